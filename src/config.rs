@@ -1,0 +1,422 @@
+//! The one typed `Config`: read from the environment (and optionally `FERRY_CONFIG`, a TOML-like
+//! `KEY = "value"` file), validated once at startup. Every error names the variable at fault.
+//!
+//! Nothing here touches the network; the only file written is the generated `JWT_SECRET`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A secret that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Local,
+    Tailscale,
+    Docker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NginxMode {
+    Managed,
+    External,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub tunnels_dir: PathBuf,
+    pub logs_dir: PathBuf,
+    pub jwt_secret: Secret,
+    pub max_tunnel: Duration,
+    pub stall_timeout: Duration,
+    pub grace_period: Duration,
+    pub resume_window: Duration,
+    pub preview_bytes: u64,
+    pub redis_url: Option<Secret>,
+    pub base_url: String,
+    pub admin_addr: SocketAddr,
+    pub admin_hosts: Vec<String>,
+    pub public_addr: SocketAddr,
+    pub upstream_url: String,
+    pub provider: ProviderKind,
+    pub nginx_mode: NginxMode,
+    pub nginx_bin: Option<PathBuf>,
+    pub trusted_proxies: Vec<String>,
+    pub admin_token: Option<Secret>,
+    pub history_days: u32,
+    pub log_filter: String,
+}
+
+/// Where configuration values come from: the process environment, then the optional file.
+pub struct Source {
+    env: HashMap<String, String>,
+    file: HashMap<String, String>,
+}
+
+impl Source {
+    pub fn from_process() -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let file = match env.get("FERRY_CONFIG") {
+            Some(path) => parse_file(Path::new(path))?,
+            None => HashMap::new(),
+        };
+        Ok(Source { env, file })
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let env = pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Source {
+            env,
+            file: HashMap::new(),
+        }
+    }
+
+    fn get(&self, var: &str) -> Option<&str> {
+        self.env
+            .get(var)
+            .or_else(|| self.file.get(var))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+fn parse_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err("FERRY_CONFIG", format!("cannot read {}: {e}", path.display())))?;
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(err("FERRY_CONFIG", format!("line {}: expected KEY = \"value\"", n + 1)));
+        };
+        let v = v.trim();
+        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn seconds(src: &Source, var: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
+    let n = number(src, var, default)?;
+    if n < min {
+        return Err(err(var, format!("must be at least {min} seconds, got {n}")));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+fn number(src: &Source, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match src.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| err(var, format!("expected a whole number, got {v:?}"))),
+    }
+}
+
+fn addr(src: &Source, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = src.get(var).unwrap_or(default);
+    v.parse()
+        .map_err(|_| err(var, format!("expected host:port with an IP address, got {v:?}")))
+}
+
+fn dir(src: &Source, var: &'static str, default: &str) -> Result<PathBuf, ConfigError> {
+    let p = PathBuf::from(src.get(var).unwrap_or(default));
+    std::path::absolute(&p).map_err(|e| err(var, format!("cannot resolve {}: {e}", p.display())))
+}
+
+impl Config {
+    /// Reads and validates everything, but writes nothing.
+    pub fn load(src: &Source) -> Result<Config, ConfigError> {
+        let data_dir = dir(src, "NAS_MOUNT_PATH", "./data")?;
+        if !data_dir.is_dir() {
+            return Err(err(
+                "NAS_MOUNT_PATH",
+                format!("{} is not a directory", data_dir.display()),
+            ));
+        }
+        let state_dir = dir(src, "FERRY_STATE_DIR", "./state")?;
+        let tunnels_dir = dir(src, "FERRY_TUNNELS_DIR", "./tunnels")?;
+        let logs_dir = dir(src, "FERRY_LOGS_DIR", "./logs")?;
+
+        let jwt_secret = match src.get("JWT_SECRET") {
+            Some(s) if s.len() < 32 => {
+                return Err(err("JWT_SECRET", format!("must be at least 32 bytes, got {}", s.len())));
+            }
+            Some(s) => Secret::new(s),
+            None => Secret::new(""), // filled in by `ensure_secret` once the state dir exists
+        };
+        let redis_url = src.get("REDIS_URL").map(Secret::new);
+        if redis_url.is_some() && jwt_secret.expose().is_empty() {
+            return Err(err("JWT_SECRET", "required with REDIS_URL (instances must share it)"));
+        }
+
+        let max_tunnel = seconds(src, "MAX_TUNNEL_SECONDS", 3600, 1)?;
+        let stall_timeout = seconds(src, "STALL_TIMEOUT_SECONDS", 300, 1)?;
+        let grace_period = seconds(src, "GRACE_PERIOD_SECONDS", 60, 0)?;
+        let resume_window = seconds(src, "RESUME_WINDOW_SECONDS", 30, 0)?;
+        let preview_bytes = number(src, "FERRY_PREVIEW_BYTES", 1 << 20)?;
+
+        let admin_addr = addr(src, "FERRY_ADMIN_ADDR", "127.0.0.1:8000")?;
+        let public_addr = addr(src, "FERRY_PUBLIC_ADDR", "127.0.0.1:8080")?;
+        let admin_hosts = list(src.get("FERRY_ADMIN_HOSTS"));
+        let base_url = url(src, "BASE_URL", "http://localhost:8080")?;
+        let upstream_url = url(src, "FERRY_UPSTREAM_URL", &format!("http://{public_addr}"))?;
+
+        let provider = match src.get("FERRY_PROVIDER").unwrap_or("local") {
+            "local" => ProviderKind::Local,
+            "tailscale" => ProviderKind::Tailscale,
+            "docker" => ProviderKind::Docker,
+            other => {
+                return Err(err(
+                    "FERRY_PROVIDER",
+                    format!("expected local, tailscale or docker, got {other:?}"),
+                ));
+            }
+        };
+        if provider != ProviderKind::Local {
+            return Err(err("FERRY_PROVIDER", "only `local` is available in this build"));
+        }
+        let nginx_mode = match src.get("FERRY_NGINX").unwrap_or("managed") {
+            "managed" => NginxMode::Managed,
+            "external" => NginxMode::External,
+            other => {
+                return Err(err(
+                    "FERRY_NGINX",
+                    format!("expected managed or external, got {other:?}"),
+                ));
+            }
+        };
+        let nginx_bin = src.get("FERRY_NGINX_BIN").map(PathBuf::from);
+        let trusted_proxies = list(src.get("FERRY_TRUSTED_PROXIES"));
+        for p in &trusted_proxies {
+            if !valid_cidr(p) {
+                return Err(err(
+                    "FERRY_TRUSTED_PROXIES",
+                    format!("{p:?} is not an IP address or CIDR"),
+                ));
+            }
+        }
+
+        let admin_token = src.get("FERRY_ADMIN_TOKEN").map(Secret::new);
+        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(err("FERRY_ADMIN_TOKEN", "must be at least 16 characters"));
+        }
+        if admin_token.is_none() && !admin_addr.ip().is_loopback() {
+            return Err(err(
+                "FERRY_ADMIN_TOKEN",
+                format!("required when FERRY_ADMIN_ADDR ({admin_addr}) is not a loopback address"),
+            ));
+        }
+        let history_days = number(src, "FERRY_HISTORY_DAYS", 90)?;
+        let history_days = u32::try_from(history_days).map_err(|_| err("FERRY_HISTORY_DAYS", "too large"))?;
+        let log_filter = src.get("FERRY_LOG").unwrap_or("info").to_string();
+        if log_filter.parse::<tracing_subscriber::filter::Targets>().is_err() {
+            return Err(err("FERRY_LOG", format!("not a valid filter: {log_filter:?}")));
+        }
+
+        Ok(Config {
+            data_dir,
+            state_dir,
+            tunnels_dir,
+            logs_dir,
+            jwt_secret,
+            max_tunnel,
+            stall_timeout,
+            grace_period,
+            resume_window,
+            preview_bytes,
+            redis_url,
+            base_url,
+            admin_addr,
+            admin_hosts,
+            public_addr,
+            upstream_url,
+            provider,
+            nginx_mode,
+            nginx_bin,
+            trusted_proxies,
+            admin_token,
+            history_days,
+            log_filter,
+        })
+    }
+
+    /// Creates the runtime folders and, when `JWT_SECRET` is unset, loads or generates the secret
+    /// kept in the state dir (mode 0600).
+    pub fn prepare_dirs(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        for d in [&self.state_dir, &self.tunnels_dir, &self.logs_dir] {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::set_permissions(&self.state_dir, std::fs::Permissions::from_mode(0o700))?;
+        if !self.jwt_secret.expose().is_empty() {
+            return Ok(());
+        }
+        let path = self.state_dir.join("jwt_secret");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim().len() >= 32 => {
+                self.jwt_secret = Secret::new(s.trim());
+                return Ok(());
+            }
+            Ok(_) => anyhow::bail!("JWT_SECRET: {} is shorter than 32 bytes", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("JWT_SECRET: cannot read {}: {e}", path.display()),
+        }
+        let secret = crate::links::random_token(48);
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, secret.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        self.jwt_secret = Secret::new(secret);
+        Ok(())
+    }
+}
+
+fn list(v: Option<&str>) -> Vec<String> {
+    v.map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn url(src: &Source, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let v = src.get(var).unwrap_or(default).trim_end_matches('/');
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or_else(|| err(var, format!("expected an http:// or https:// URL, got {v:?}")))?;
+    if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(err(var, format!("expected a URL with a host and no query, got {v:?}")));
+    }
+    Ok(v.to_string())
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (s, None),
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.is_none_or(|b| b.parse::<u8>().is_ok_and(|b| b <= max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir();
+        let d = dir.to_str().unwrap();
+        let mut all = vec![("NAS_MOUNT_PATH", d)];
+        all.extend_from_slice(pairs);
+        Config::load(&Source::from_pairs(all))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.max_tunnel, Duration::from_secs(3600));
+        assert_eq!(c.public_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.upstream_url, "http://127.0.0.1:8080");
+        assert_eq!(c.provider, ProviderKind::Local);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("MAX_TUNNEL_SECONDS", "soon"),
+            ("MAX_TUNNEL_SECONDS", "0"),
+            ("JWT_SECRET", "short"),
+            ("FERRY_ADMIN_ADDR", "localhost"),
+            ("FERRY_PUBLIC_ADDR", "1.2.3.4"),
+            ("FERRY_PROVIDER", "ngrok"),
+            ("FERRY_NGINX", "maybe"),
+            ("BASE_URL", "ftp://x"),
+            ("FERRY_TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("FERRY_LOG", "=="),
+            ("STALL_TIMEOUT_SECONDS", "-1"),
+        ];
+        for (var, value) in cases {
+            let e = load(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, *var, "{var}={value} blamed {e}");
+            assert!(e.to_string().starts_with(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn non_loopback_admin_needs_a_token() {
+        let e = load(&[("FERRY_ADMIN_ADDR", "0.0.0.0:8000")]).unwrap_err();
+        assert_eq!(e.var, "FERRY_ADMIN_TOKEN");
+        assert!(
+            load(&[
+                ("FERRY_ADMIN_ADDR", "0.0.0.0:8000"),
+                ("FERRY_ADMIN_TOKEN", "0123456789abcdef0")
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn secrets_redact_themselves() {
+        let s = Secret::new("hunter2hunter2hunter2hunter2hunter2");
+        assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
+    }
+}

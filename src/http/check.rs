@@ -1,0 +1,57 @@
+//! The check nginx makes before serving any public request (`auth_request` over the Unix socket
+//! in the state dir). 204 allows, with the file's `Content-Disposition`; anything else makes nginx
+//! answer 444. Only nginx can reach this router: it is never bound to TCP.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::AppState;
+use crate::links::rules::{Admission, Method, Refusal};
+use crate::links::{ClientKey, content_disposition};
+
+pub fn router(state: AppState) -> Router {
+    Router::new().route("/check", get(check)).with_state(state)
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+async fn check(State(s): State<AppState>, h: HeaderMap) -> Response {
+    match decide(&s, &h).await {
+        Ok(disposition) => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&disposition) {
+                r.headers_mut().insert("x-ferry-disposition", v);
+            }
+            r
+        }
+        Err(refusal) => {
+            tracing::debug!(%refusal, tunnel = header(&h, "x-ferry-tunnel"), client = header(&h, "x-ferry-client"), "refused");
+            StatusCode::FORBIDDEN.into_response()
+        }
+    }
+}
+
+async fn decide(s: &AppState, h: &HeaderMap) -> Result<String, Refusal> {
+    let request_id = header(h, "x-ferry-request-id");
+    let client =
+        ClientKey::new(header(h, "x-ferry-client"), header(h, "x-ferry-user-agent")).ok_or(Refusal::Malformed)?;
+    if request_id.len() != 32 {
+        return Err(Refusal::Malformed);
+    }
+    let admission = Admission {
+        request_id: request_id.to_string(),
+        method: Method::parse(header(h, "x-ferry-method")),
+        has_range: !header(h, "x-ferry-range").is_empty(),
+        client,
+    };
+    let link = s
+        .links
+        .check(header(h, "x-ferry-tunnel"), header(h, "x-ferry-token"), admission)
+        .await?;
+    Ok(content_disposition(link.file_path.file_name()))
+}

@@ -1,0 +1,46 @@
+//! `GET /api/files?path=<dir>&q=<search>`: browse and search the data dir.
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::links::path::{PathError, RelPath};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/files", get(files))
+}
+
+#[derive(Deserialize)]
+struct FilesQuery {
+    path: Option<String>,
+    q: Option<String>,
+}
+
+async fn files(State(s): State<AppState>, Query(q): Query<FilesQuery>) -> Result<Json<Value>, ApiError> {
+    let dir = match q.path.as_deref() {
+        None | Some("") | Some("/") => RelPath::root(),
+        Some(p) => RelPath::parse(p).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?,
+    };
+    let data = s.links.data();
+    let entries = match q.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        Some(needle) => tokio::task::block_in_place(|| data.search(&dir, needle, 500)),
+        None => tokio::task::block_in_place(|| data.list(&dir)),
+    }
+    .map_err(|e| match e {
+        PathError::NotFound => ApiError::NotFound(format!("path: {e}")),
+        PathError::Io(m) => ApiError::Internal(m),
+        e => ApiError::BadRequest(format!("path: {e}")),
+    })?;
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            let ms = u64::try_from(e.modified_ns / 1_000_000).unwrap_or(0);
+            json!({"name": e.name, "path": e.path.as_str(), "size": e.size, "is_dir": e.is_dir, "modified": crate::links::rfc3339(ms)})
+        })
+        .collect();
+    Ok(Json(json!({"path": dir.as_str(), "entries": entries})))
+}

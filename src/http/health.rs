@@ -1,0 +1,45 @@
+//! `GET /health`: is every part ferry depends on working? 503 when one is down.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+    let store = s.links.store().ping().await.is_ok();
+    let nginx = s.nginx_running.load(Ordering::SeqCst);
+    let ok = store && nginx;
+    let status = if ok { "ok" } else { "degraded" };
+    let up = |b: bool| if b { "ok" } else { "down" };
+    let body = json!({
+        "status": status,
+        "components": {
+            "store": {"status": up(store), "kind": s.links.store().kind()},
+            "nginx": {"status": up(nginx)},
+            "provider": {"status": "ok", "kind": s.provider},
+            "monitor": {
+                "status": "ok",
+                "lines": s.monitor.lines.load(Ordering::Relaxed),
+                "bad_lines": s.monitor.bad_lines.load(Ordering::Relaxed),
+                "progress": "log",
+            },
+        }
+    });
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+}

@@ -1,0 +1,72 @@
+//! A JSON body extractor that answers like the rest of the API: 415 for another content type, 413
+//! for an oversized body, 400 naming what is wrong otherwise.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::header::CONTENT_TYPE;
+use serde_json::Value;
+
+use super::error::ApiError;
+
+const LIMIT: usize = 64 * 1024;
+
+/// A JSON object, checked field by field by the handler (so errors can name the field).
+pub struct JsonObject(pub serde_json::Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(_) => Err(ApiError::BadRequest("body must be a JSON object".into())),
+            Err(e) => Err(ApiError::BadRequest(format!("body is not valid JSON: {e}"))),
+        }
+    }
+}
+
+impl JsonObject {
+    /// Refuses fields other than `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::BadRequest(format!(
+                "{k}: unknown field (expected one of: {})",
+                allowed.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn string(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.field(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::BadRequest(format!("{name}: must be a string"))),
+        }
+    }
+
+    pub fn uint(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.field(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| ApiError::BadRequest(format!("{name}: must be a whole number ≥ 0"))),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The admin listener's HTTP API (one file per resource, each exporting `router()`) and the check
+//! endpoint nginx calls over the Unix socket. Handlers parse input into domain types and call
+//! [`crate::links::Links`]; they never touch files, nginx or the provider directly.
+
+pub mod check;
+pub mod error;
+pub mod files;
+pub mod health;
+pub mod json;
+pub mod links;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+
+use crate::links::Links;
+use crate::monitor::follow::Counters;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub links: Arc<Links>,
+    pub nginx_running: Arc<AtomicBool>,
+    pub monitor: Arc<Counters>,
+    pub provider: &'static str,
+}
+
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(files::router())
+        .merge(links::router())
+        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}

@@ -1,0 +1,126 @@
+//! ferry shares a file from a NAS through a link that works once, for a while, and then vanishes
+//! together with its public tunnel.
+//!
+//! # Layout
+//! - [`config`]: one typed configuration, from the environment, validated at startup.
+//! - [`links`]: the link model, the state machine ([`links::rules`], pure), safe paths, tokens, and
+//!   the one teardown procedure.
+//! - [`store`]: where links live (embedded redb), behind one interface.
+//! - [`tunnel`]: providers that make a link public (`local` today).
+//! - [`nginx`]: the data plane's config and the managed nginx process.
+//! - [`monitor`]: the access-log follower, its line parser and byte-range coverage.
+//! - [`http`]: the admin API and the check endpoint nginx calls.
+//! - [`cli`]: the command line.
+//!
+//! [`run`] wires them together; the caller binds the admin listener, so tests can use port 0.
+
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod links;
+pub mod monitor;
+pub mod nginx;
+pub mod store;
+pub mod tunnel;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::{Config, NginxMode};
+use links::Links;
+use store::Store;
+use tunnel::Provider;
+
+/// Runs ferry until `shutdown` is cancelled.
+pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = Store::Embedded(
+        store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
+            .context("FERRY_STATE_DIR: cannot open the store")?,
+    );
+    let provider = Provider::Local(tunnel::local::Local);
+    let provider_name = provider.name();
+    let links = Links::new(&config, store, provider)?;
+
+    let closed = links.reconcile().await?;
+    if !closed.is_empty() {
+        tracing::info!(
+            count = closed.len(),
+            "closed overdue links and removed orphans at startup"
+        );
+    }
+
+    let tasks = TaskTracker::new();
+    let nginx_running = Arc::new(AtomicBool::new(config.nginx_mode == NginxMode::External));
+    let monitor = Arc::new(monitor::follow::Counters::default());
+    let state = http::AppState {
+        links: links.clone(),
+        nginx_running: nginx_running.clone(),
+        monitor: monitor.clone(),
+        provider: provider_name,
+    };
+
+    // The check socket: nginx's only way to ask. Owner and group only.
+    let sock = nginx::check_socket(&config);
+    let _ = std::fs::remove_file(&sock);
+    let check = UnixListener::bind(&sock).with_context(|| format!("cannot bind {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
+    let check_app = http::check::router(state.clone());
+    let c = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(check, check_app)
+            .with_graceful_shutdown(c.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "check server failed");
+        }
+    });
+
+    if config.nginx_mode == NginxMode::Managed {
+        let managed = nginx::Managed::prepare(&config).await?;
+        let running = managed.running.clone();
+        tasks.spawn(managed.supervise(shutdown.clone()));
+        // /health reads the supervisor's view.
+        tasks.spawn({
+            let (running, out, c) = (running, nginx_running.clone(), shutdown.clone());
+            async move {
+                loop {
+                    out.store(
+                        running.load(std::sync::atomic::Ordering::SeqCst),
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                    tokio::select! {
+                        _ = c.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        });
+    }
+
+    let follower = monitor::follow::Follower {
+        log: config.logs_dir.join("access.log"),
+        position_file: config.state_dir.join("access.position"),
+        counters: monitor,
+    };
+    tasks.spawn(follower.run(links.clone(), shutdown.clone()));
+    tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
+
+    tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
+    let app = http::admin_router(state);
+    axum::serve(admin, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

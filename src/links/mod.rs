@@ -1,0 +1,779 @@
+//! Links: the model, the state machine's shell, and the one teardown procedure.
+//!
+//! [`Links`] is the control plane's heart: it creates links, answers nginx's check for every public
+//! request, settles access-log lines, and closes links when they are due. Decisions are made by the
+//! pure functions in [`rules`]; this module only loads, stores and acts on them. It never serves
+//! file bytes (nginx does) and never runs a command (the tunnel provider does).
+
+pub mod path;
+pub mod rules;
+pub mod token;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::monitor::coverage::Coverage;
+use crate::monitor::record::AccessRecord;
+use crate::store::{Store, StoreError, Write};
+use crate::tunnel::Provider;
+use path::{DataDir, FileIdentity, PathError, RelPath};
+use rules::{Admission, Refusal};
+
+/// Random, URL-safe text of `bytes` random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    B64.encode(buf)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A link's identifier: 144 random bits, base64url. Parsing refuses anything else, so an id can be
+/// used in a path or a file name safely.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TunnelId(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a tunnel id")]
+pub struct BadTunnelId;
+
+impl TunnelId {
+    pub fn random() -> Self {
+        TunnelId(random_token(18))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, BadTunnelId> {
+        let ok = (16..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(TunnelId(s.to_string()))
+        } else {
+            Err(BadTunnelId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TunnelId {
+    type Error = BadTunnelId;
+    fn try_from(s: String) -> Result<Self, BadTunnelId> {
+        TunnelId::parse(&s)
+    }
+}
+
+impl From<TunnelId> for String {
+    fn from(t: TunnelId) -> String {
+        t.0
+    }
+}
+
+impl std::fmt::Display for TunnelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client: an IPv4 address or an IPv6 /64, with its User-Agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientKey {
+    pub address: String,
+    pub user_agent: String,
+}
+
+impl ClientKey {
+    pub fn new(addr: &str, user_agent: &str) -> Option<Self> {
+        let address = match addr.parse::<IpAddr>().ok()? {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let s = v6.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+        };
+        let user_agent: String = user_agent.chars().take(512).collect();
+        Some(ClientKey { address, user_agent })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Open,
+    Downloading,
+    Completed,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    Completed,
+    Stalled,
+    Expired,
+    Terminated,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub client: ClientKey,
+    pub last_end_ms: u64,
+    pub coverage: Coverage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub request_id: String,
+    pub client: ClientKey,
+    /// A GET that holds (or used) a claim; HEAD does not.
+    pub claims: bool,
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientSeen {
+    pub client: ClientKey,
+    pub bytes: u64,
+}
+
+/// A link as the store keeps it. It holds no token: the token is re-derived from `id`,
+/// `issued_at_s` and the expiry when the owner asks for the URL again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub id: TunnelId,
+    pub file_path: RelPath,
+    pub file_size: u64,
+    pub identity: FileIdentity,
+    pub state: LinkState,
+    pub created_at_ms: u64,
+    pub issued_at_s: u64,
+    pub expires_at_ms: u64,
+    pub max_downloads: u32,
+    pub downloads_completed: u32,
+    pub bytes_served: u64,
+    /// Union of ranges served over successive claims (used with `max_downloads = 1`).
+    pub coverage: Coverage,
+    pub claims: Vec<Claim>,
+    pub inflight: Vec<InFlight>,
+    pub clients: Vec<ClientSeen>,
+    pub last_activity_ms: Option<u64>,
+    pub completer: Option<ClientKey>,
+    pub grace_until_ms: Option<u64>,
+    pub close_reason: Option<CloseReason>,
+    pub closed_at_ms: Option<u64>,
+    pub note: Option<String>,
+    pub rate_limit_bytes_per_second: Option<u64>,
+}
+
+#[cfg(test)]
+pub(crate) fn test_link(size: u64, max_downloads: u32) -> Link {
+    Link {
+        id: TunnelId::random(),
+        file_path: RelPath::parse("f.bin").unwrap(),
+        file_size: size,
+        identity: FileIdentity {
+            dev: 1,
+            ino: 2,
+            size,
+            mtime_ns: 3,
+        },
+        state: LinkState::Open,
+        created_at_ms: 0,
+        issued_at_s: 0,
+        expires_at_ms: 3_600_000,
+        max_downloads,
+        downloads_completed: 0,
+        bytes_served: 0,
+        coverage: Coverage::default(),
+        claims: vec![],
+        inflight: vec![],
+        clients: vec![],
+        last_activity_ms: None,
+        completer: None,
+        grace_until_ms: None,
+        close_reason: None,
+        closed_at_ms: None,
+        note: None,
+        rate_limit_bytes_per_second: None,
+    }
+}
+
+/// The JSON face of a link (SPEC §6 `Tunnel`): never the token, never the download URL.
+#[derive(Debug, Serialize)]
+pub struct TunnelView {
+    pub tunnel_id: TunnelId,
+    pub file_path: String,
+    pub file_size: u64,
+    pub state: LinkState,
+    pub public_url: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub max_downloads: u32,
+    pub downloads_completed: u32,
+    pub bytes_served: u64,
+    pub progress: f64,
+    pub last_activity: Option<String>,
+    pub clients: Vec<ClientView>,
+    pub close_reason: Option<CloseReason>,
+    pub closed_at: Option<String>,
+    pub note: Option<String>,
+    pub rate_limit_bytes_per_second: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClientView {
+    pub address: String,
+    pub user_agent: String,
+    pub bytes: u64,
+}
+
+/// What the owner asked for.
+#[derive(Debug, Clone)]
+pub struct NewLink {
+    pub file_path: RelPath,
+    pub expires_in: Option<u64>,
+    pub max_downloads: Option<u32>,
+    pub note: Option<String>,
+    pub rate_limit_bytes_per_second: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub download_url: String,
+    pub tunnel_id: TunnelId,
+    pub token: String,
+    pub file_path: String,
+    pub expires_in_seconds: u64,
+    pub expires_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("file_path: {0}")]
+    Path(PathError),
+    #[error("unknown tunnel id")]
+    NotFound,
+    #[error("tunnel could not be opened: {0}")]
+    Tunnel(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Something the owner's UI and webhooks hear about.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub event: &'static str,
+    pub tunnel_id: TunnelId,
+    pub close_reason: Option<CloseReason>,
+    pub bytes_served: u64,
+}
+
+/// Timings and limits the rules need, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_tunnel_s: u64,
+    pub grace_ms: u64,
+    pub resume_ms: u64,
+}
+
+pub struct Links {
+    store: Store,
+    provider: Provider,
+    data: DataDir,
+    keys: token::Keys,
+    policy: Policy,
+    tunnels_dir: PathBuf,
+    base_url: String,
+    /// Wakes the scheduler when a deadline may have moved earlier.
+    wake: Notify,
+    pub events: broadcast::Sender<Event>,
+}
+
+impl Links {
+    pub fn new(config: &Config, store: Store, provider: Provider) -> anyhow::Result<Arc<Self>> {
+        let data = DataDir::open(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: cannot open {}: {e}", config.data_dir.display()))?;
+        Ok(Arc::new(Links {
+            store,
+            provider,
+            data,
+            keys: token::Keys::new(&config.jwt_secret),
+            policy: Policy {
+                max_tunnel_s: config.max_tunnel.as_secs(),
+                grace_ms: config.grace_period.as_millis() as u64,
+                resume_ms: config.resume_window.as_millis() as u64,
+            },
+            tunnels_dir: config.tunnels_dir.clone(),
+            base_url: config.base_url.clone(),
+            wake: Notify::new(),
+            events: broadcast::channel(1024).0,
+        }))
+    }
+
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn public_url(&self, link: &Link) -> String {
+        let name = percent_encoding::utf8_percent_encode(link.file_path.file_name(), URL_SEGMENT);
+        format!("{}/s/{}/{}", self.base_url, link.id, name)
+    }
+
+    pub fn download_url(&self, link: &Link) -> String {
+        let token = self.keys.issue(&link.id, link.issued_at_s, link.expires_at_ms / 1000);
+        format!("{}?t={}", self.public_url(link), token)
+    }
+
+    pub fn view(&self, link: &Link) -> TunnelView {
+        TunnelView {
+            tunnel_id: link.id.clone(),
+            file_path: link.file_path.to_string(),
+            file_size: link.file_size,
+            state: link.state,
+            public_url: self.public_url(link),
+            created_at: rfc3339(link.created_at_ms),
+            expires_at: rfc3339(link.expires_at_ms),
+            max_downloads: link.max_downloads,
+            downloads_completed: link.downloads_completed,
+            bytes_served: link.bytes_served,
+            progress: rules::progress(link),
+            last_activity: link.last_activity_ms.map(rfc3339),
+            clients: link
+                .clients
+                .iter()
+                .map(|c| ClientView {
+                    address: c.client.address.clone(),
+                    user_agent: c.client.user_agent.clone(),
+                    bytes: c.bytes,
+                })
+                .collect(),
+            close_reason: link.close_reason,
+            closed_at: link.closed_at_ms.map(rfc3339),
+            note: link.note.clone(),
+            rate_limit_bytes_per_second: link.rate_limit_bytes_per_second,
+        }
+    }
+
+    fn emit(&self, event: &'static str, link: &Link) {
+        tracing::info!(tunnel_id = %link.id, event, bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
+        let _ = self.events.send(Event {
+            event,
+            tunnel_id: link.id.clone(),
+            close_reason: link.close_reason,
+            bytes_served: link.bytes_served,
+        });
+    }
+
+    /// Creates a link: resolve the file safely, record it durably, expose it (symlink, then
+    /// tunnel), and only then hand out the URL. If exposing fails, the link is closed as `error`
+    /// and nothing stays reachable.
+    pub async fn create(&self, req: NewLink) -> Result<(Created, Link), LinkError> {
+        let expires_in = req.expires_in.unwrap_or(self.policy.max_tunnel_s);
+        if !(1..=self.policy.max_tunnel_s).contains(&expires_in) {
+            return Err(LinkError::Invalid {
+                field: "expires_in_seconds",
+                message: format!(
+                    "must be between 1 and {} (MAX_TUNNEL_SECONDS)",
+                    self.policy.max_tunnel_s
+                ),
+            });
+        }
+        let max_downloads = req.max_downloads.unwrap_or(1);
+        if max_downloads < 1 {
+            return Err(LinkError::Invalid {
+                field: "max_downloads",
+                message: "must be at least 1".into(),
+            });
+        }
+        if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
+            return Err(LinkError::Invalid {
+                field: "note",
+                message: "must be at most 500 characters".into(),
+            });
+        }
+        if req.rate_limit_bytes_per_second == Some(0) {
+            return Err(LinkError::Invalid {
+                field: "rate_limit_bytes_per_second",
+                message: "must be at least 1".into(),
+            });
+        }
+        let resolved = self.data.resolve_file(&req.file_path).map_err(LinkError::Path)?;
+
+        let now = now_ms();
+        let exp_s = (now + expires_in * 1000).div_ceil(1000);
+        let id = TunnelId::random();
+        let link = Link {
+            id: id.clone(),
+            file_path: req.file_path.clone(),
+            file_size: resolved.identity.size,
+            identity: resolved.identity,
+            state: LinkState::Open,
+            created_at_ms: now,
+            issued_at_s: now / 1000,
+            expires_at_ms: exp_s * 1000,
+            max_downloads,
+            downloads_completed: 0,
+            bytes_served: 0,
+            coverage: Coverage::default(),
+            claims: vec![],
+            inflight: vec![],
+            clients: vec![],
+            last_activity_ms: None,
+            completer: None,
+            grace_until_ms: None,
+            close_reason: None,
+            closed_at_ms: None,
+            note: req.note,
+            rate_limit_bytes_per_second: req.rate_limit_bytes_per_second,
+        };
+        self.store.insert(&link).await?;
+
+        let exposed = async {
+            self.link_dir(&id, &resolved.real_path)
+                .await
+                .map_err(|e| LinkError::Internal(format!("symlink: {e}")))?;
+            self.provider
+                .open(&id)
+                .await
+                .map_err(|e| LinkError::Tunnel(e.to_string()))
+        }
+        .await;
+        if let Err(e) = exposed {
+            tracing::error!(tunnel_id = %id, error = %e, "could not expose link");
+            self.close(&id, CloseReason::Error).await?;
+            return Err(e);
+        }
+        self.wake.notify_one();
+        self.emit("created", &link);
+        let created = Created {
+            download_url: self.download_url(&link),
+            tunnel_id: id,
+            token: self.keys.issue(&link.id, link.issued_at_s, exp_s),
+            file_path: link.file_path.to_string(),
+            expires_in_seconds: expires_in,
+            expires_at: rfc3339(link.expires_at_ms),
+        };
+        Ok((created, link))
+    }
+
+    async fn link_dir(&self, id: &TunnelId, target: &std::path::Path) -> std::io::Result<()> {
+        let dir = self.tunnels_dir.join(id.as_str());
+        tokio::fs::create_dir(&dir).await?;
+        tokio::fs::symlink(target, dir.join("file")).await
+    }
+
+    /// nginx's question for every public request: may this request be served?
+    pub async fn check(&self, id: &str, token: &str, admission: Admission) -> Result<Link, Refusal> {
+        let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
+        let now = now_ms();
+        self.keys
+            .verify(token, &id, now / 1000)
+            .map_err(|_| Refusal::BadToken)?;
+        let link = self
+            .store
+            .get(&id)
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .ok_or(Refusal::Unknown)?;
+        if link.state == LinkState::Closed {
+            return Err(Refusal::Closed);
+        }
+        // The file must still be the one that was shared.
+        if self.data.identity(&link.file_path).ok() != Some(link.identity) {
+            tracing::warn!(tunnel_id = %id, "shared file changed or was replaced; closing the link");
+            let _ = self.close(&id, CloseReason::Error).await;
+            return Err(Refusal::FileChanged);
+        }
+        let resume = self.policy.resume_ms;
+        let outcome = self
+            .store
+            .update(&id, &mut |link| match rules::admit(link, &admission, now, resume) {
+                Ok(()) => Write::Durable(Ok(link.clone())),
+                Err(r) => Write::No(Err(r)),
+            })
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .ok_or(Refusal::Unknown)?;
+        let link = outcome?;
+        if link.inflight.len() == 1
+            && link.claims.len() == 1
+            && admission.method == rules::Method::Get
+            && link.bytes_served == 0
+        {
+            self.emit("started", &link);
+        }
+        Ok(link)
+    }
+
+    /// Applies one access-log line.
+    pub async fn apply_log(&self, rec: &AccessRecord) -> Result<(), StoreError> {
+        let Some(id) = &rec.tunnel_id else { return Ok(()) };
+        let Some(client) = ClientKey::new(&rec.client, &rec.user_agent) else {
+            tracing::warn!(client = %rec.client, "access log line with an unparseable client address");
+            return Ok(());
+        };
+        let now = now_ms();
+        let grace = self.policy.grace_ms;
+        let settled = self
+            .store
+            .update(id, &mut |link| {
+                let s = rules::settle(link, rec, client.clone(), now, grace);
+                let v = (s, link.clone());
+                if s.download_completed {
+                    Write::Durable(v)
+                } else if s.changed {
+                    Write::Soft(v)
+                } else {
+                    Write::No(v)
+                }
+            })
+            .await?;
+        let Some((s, link)) = settled else { return Ok(()) };
+        if s.download_completed {
+            self.emit("completed", &link);
+        }
+        if s.link_completed && link.state != LinkState::Closed {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The one teardown procedure. Idempotent: closing a closed link changes nothing, and every
+    /// step can be repeated after a crash. Order: gate (the record says closed, so every check
+    /// refuses), provider, symlink directory, event.
+    pub async fn close(&self, id: &TunnelId, reason: CloseReason) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let closed = self
+            .store
+            .update(id, &mut |link| {
+                if link.state == LinkState::Closed {
+                    return Write::No(None);
+                }
+                link.state = LinkState::Closed;
+                link.close_reason = Some(reason);
+                link.closed_at_ms = Some(now);
+                link.claims.clear();
+                Write::Durable(Some(link.clone()))
+            })
+            .await?
+            .flatten();
+        self.expose_nothing(id).await;
+        match closed {
+            Some(link) => {
+                self.emit("closed", &link);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Removes every public trace of a link: its tunnel and its symlink directory. Retried until
+    /// done, since a link that is closed in the store must not stay reachable.
+    async fn expose_nothing(&self, id: &TunnelId) {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 0..8 {
+            let tunnel = self.provider.close(id).await;
+            let dir = match tokio::fs::remove_dir_all(self.tunnels_dir.join(id.as_str())).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+            match (tunnel, dir) {
+                (Ok(()), Ok(())) => return,
+                (t, d) => {
+                    tracing::warn!(tunnel_id = %id, attempt, tunnel = ?t.err(), dir = ?d.err(), "teardown step failed; retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        tracing::error!(tunnel_id = %id, "teardown incomplete; reconciliation will retry");
+    }
+
+    /// Brings the runtime folders and the provider into agreement with the store: links past their
+    /// deadline are closed, symlink directories and tunnels of links that are not open are removed.
+    /// Returns the ids it closed.
+    pub async fn reconcile(&self) -> Result<Vec<TunnelId>, StoreError> {
+        let now = now_ms();
+        let open = self.store.list_open().await?;
+        let mut closed = Vec::new();
+        for link in &open {
+            let due_now = rules::due(link).filter(|(at, _)| *at <= now);
+            if let Some((_, reason)) = due_now
+                && self.close(&link.id, reason).await?
+            {
+                closed.push(link.id.clone());
+            }
+        }
+        let open_ids: std::collections::HashSet<_> = open
+            .iter()
+            .filter(|l| !closed.contains(&l.id))
+            .map(|l| l.id.clone())
+            .collect();
+        if let Ok(mut dir) = tokio::fs::read_dir(&self.tunnels_dir).await {
+            while let Ok(Some(entry)) = dir.next_entry().await {
+                let name = entry.file_name();
+                let orphan = match name.to_str().map(TunnelId::parse) {
+                    Some(Ok(id)) => !open_ids.contains(&id),
+                    _ => !name.to_string_lossy().starts_with('.'),
+                };
+                if orphan {
+                    tracing::info!(entry = %name.to_string_lossy(), "removing orphan tunnel directory");
+                    let _ = tokio::fs::remove_dir_all(entry.path()).await;
+                    if let Some(Ok(id)) = name.to_str().map(TunnelId::parse) {
+                        closed.push(id);
+                    }
+                }
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Closes links when they fall due: at `expires_at`, or when a completed link's grace period
+    /// ends. One loop for all links; it sleeps until the earliest deadline.
+    pub async fn run_scheduler(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let now = now_ms();
+            let mut next = now + 60_000;
+            match self.store.list_open().await {
+                Ok(open) => {
+                    for link in open {
+                        let Some((at, reason)) = rules::due(&link) else {
+                            continue;
+                        };
+                        if at <= now {
+                            if let Err(e) = self.close(&link.id, reason).await {
+                                tracing::error!(tunnel_id = %link.id, error = %e, "could not close a due link");
+                                next = next.min(now + 1000);
+                            }
+                        } else {
+                            next = next.min(at);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduler cannot read the store");
+                    next = now + 1000;
+                }
+            }
+            let sleep = Duration::from_millis(next.saturating_sub(now_ms()));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Listing helpers for the API.
+    pub async fn open_links(&self) -> Result<Vec<Link>, StoreError> {
+        let mut v = self.store.list_open().await?;
+        v.sort_by_key(|l| std::cmp::Reverse(l.created_at_ms));
+        Ok(v)
+    }
+
+    pub async fn terminate(&self, id: &str) -> Result<(), LinkError> {
+        let id = TunnelId::parse(id).map_err(|_| LinkError::NotFound)?;
+        match self.store.get(&id).await? {
+            None => Err(LinkError::NotFound),
+            Some(l) if l.state == LinkState::Closed => Err(LinkError::NotFound),
+            Some(_) => {
+                self.close(&id, CloseReason::Terminated).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Characters escaped in a URL path segment.
+pub const URL_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `Content-Disposition` for the file's real name: an ASCII fallback and the exact UTF-8 name.
+pub fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let exact = percent_encoding::utf8_percent_encode(name, URL_SEGMENT);
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_enough_entropy_and_parse() {
+        let a = TunnelId::random();
+        assert_eq!(a.as_str().len(), 24); // 18 bytes = 144 bits
+        assert_ne!(a, TunnelId::random());
+        assert!(TunnelId::parse(a.as_str()).is_ok());
+        for bad in [
+            "",
+            "short",
+            "../../../../etc/passwd",
+            "a/b/c/d/e/f/g/h/i/j",
+            &"a".repeat(65),
+        ] {
+            assert!(TunnelId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clients_group_ipv6_by_64() {
+        let a = ClientKey::new("2001:db8:1:2:aaaa::1", "ua").unwrap();
+        let b = ClientKey::new("2001:db8:1:2:bbbb::9", "ua").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.address, "2001:db8:1:2::/64");
+        assert_eq!(ClientKey::new("::ffff:10.0.0.1", "ua").unwrap().address, "10.0.0.1");
+        assert!(ClientKey::new("nope", "ua").is_none());
+    }
+
+    #[test]
+    fn disposition_carries_the_real_name() {
+        assert_eq!(
+            content_disposition("résumé \"v2\".pdf"),
+            "attachment; filename=\"r_sum_ _v2_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22v2%22.pdf"
+        );
+    }
+}

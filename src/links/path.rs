@@ -1,0 +1,335 @@
+//! Paths inside the data dir. A [`RelPath`] can only be built from a string that names a path
+//! beneath the data dir in plain form; [`DataDir::open`] then resolves it with `openat2`
+//! (`RESOLVE_BENEATH`), so no symlink, `..` or magic link can lead out of the data dir. Nothing
+//! here creates or changes a file in the data dir.
+
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags};
+use serde::{Deserialize, Serialize};
+
+const MAX_PATH: usize = 4096;
+const MAX_NAME: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path is empty")]
+    Empty,
+    #[error("absolute paths are not allowed; give a path relative to the data dir")]
+    Absolute,
+    #[error("path may not contain `..`")]
+    Parent,
+    #[error("path may not contain NUL, backslashes or control characters")]
+    BadChar,
+    #[error("path may not contain percent-encoded separators or dots")]
+    Encoded,
+    #[error("path or one of its names is too long")]
+    TooLong,
+    #[error("no such file in the data dir")]
+    NotFound,
+    #[error("folders are not supported")]
+    Folder,
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("path leads outside the data dir")]
+    Escapes,
+    #[error("not a folder")]
+    NotFolder,
+    #[error("cannot read it: {0}")]
+    Io(String),
+}
+
+/// A normalised path relative to the data dir: no leading `/`, no `.`/`..`, no empty names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// The root of the data dir itself (for listing).
+    pub fn root() -> Self {
+        RelPath(String::new())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, PathError> {
+        if s.len() > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
+        if s.bytes().any(|b| b == 0 || b == b'\\' || b < 0x20 || b == 0x7f) {
+            return Err(PathError::BadChar);
+        }
+        if s.starts_with('/') || s.starts_with('~') {
+            return Err(PathError::Absolute);
+        }
+        let lower = s.to_ascii_lowercase();
+        if ["%2e", "%2f", "%5c", "%00", "%25"].iter().any(|e| lower.contains(e)) {
+            return Err(PathError::Encoded);
+        }
+        let mut names = Vec::new();
+        for name in s.split('/') {
+            match name {
+                "" | "." => continue,
+                ".." => return Err(PathError::Parent),
+                n if n.len() > MAX_NAME => return Err(PathError::TooLong),
+                n => names.push(n),
+            }
+        }
+        Ok(RelPath(names.join("/")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or("")
+    }
+
+    pub fn join(&self, name: &str) -> Result<RelPath, PathError> {
+        if self.is_root() {
+            RelPath::parse(name)
+        } else {
+            RelPath::parse(&format!("{}/{name}", self.0))
+        }
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for RelPath {
+    type Error = PathError;
+    fn try_from(s: String) -> Result<Self, PathError> {
+        RelPath::parse(&s)
+    }
+}
+
+impl From<RelPath> for String {
+    fn from(p: RelPath) -> String {
+        p.0
+    }
+}
+
+/// What a shared file was when the link was made; every check compares the file against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+/// A regular file found beneath the data dir.
+pub struct Resolved {
+    pub identity: FileIdentity,
+    /// The file's real absolute path (inner symlinks already followed, all within the data dir).
+    pub real_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub path: RelPath,
+    pub size: u64,
+    pub is_dir: bool,
+    pub modified_ns: i128,
+}
+
+/// The data dir, held open so that every lookup is relative to the same directory.
+pub struct DataDir {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+fn identity(st: &rfs::Stat) -> FileIdentity {
+    FileIdentity {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+    }
+}
+
+fn io(e: rustix::io::Errno) -> PathError {
+    match e {
+        rustix::io::Errno::NOENT | rustix::io::Errno::LOOP => PathError::NotFound,
+        rustix::io::Errno::XDEV => PathError::Escapes,
+        rustix::io::Errno::NOTDIR => PathError::NotFound,
+        rustix::io::Errno::NAMETOOLONG => PathError::TooLong,
+        e => PathError::Io(e.to_string()),
+    }
+}
+
+impl DataDir {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let root = rfs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(DataDir {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_beneath(&self, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
+        let name = if rel.is_root() { "." } else { rel.as_str() };
+        // O_PATH: never blocks on a FIFO or device, and reads nothing.
+        let fd = rfs::openat2(
+            self.root.as_fd(),
+            name,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(io)?;
+        let st = rfs::fstat(&fd).map_err(io)?;
+        Ok((fd, st))
+    }
+
+    /// Resolves a path to a regular file beneath the data dir.
+    pub fn resolve_file(&self, rel: &RelPath) -> Result<Resolved, PathError> {
+        if rel.is_root() {
+            return Err(PathError::Folder);
+        }
+        let (fd, st) = self.open_beneath(rel)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {}
+            FileType::Directory => return Err(PathError::Folder),
+            _ => return Err(PathError::NotRegular),
+        }
+        let real_path = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+            .map_err(|e| PathError::Io(e.to_string()))?;
+        if !real_path.starts_with(&self.path) {
+            return Err(PathError::Escapes);
+        }
+        Ok(Resolved {
+            identity: identity(&st),
+            real_path,
+        })
+    }
+
+    /// The file's identity now, for comparison with the one recorded at creation.
+    pub fn identity(&self, rel: &RelPath) -> Result<FileIdentity, PathError> {
+        self.resolve_file(rel).map(|r| r.identity)
+    }
+
+    /// Lists a folder beneath the data dir (hidden entries and non-regular files left out).
+    pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, PathError> {
+        let (fd, st) = self.open_beneath(rel)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(PathError::NotFolder);
+        }
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+            .map_err(|e| PathError::Io(e.to_string()))?;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&real).map_err(|e| PathError::Io(e.to_string()))? {
+            let Ok(entry) = entry else { continue };
+            let Some(name) = entry.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(path) = rel.join(&name) else { continue };
+            let Ok((_, st)) = self.open_beneath(&path) else {
+                continue;
+            };
+            let is_dir = match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => true,
+                FileType::RegularFile => false,
+                _ => continue,
+            };
+            let id = identity(&st);
+            out.push(Entry {
+                name,
+                path,
+                size: if is_dir { 0 } else { id.size },
+                is_dir,
+                modified_ns: id.mtime_ns,
+            });
+        }
+        out.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// Finds entries whose name contains `q` (case-insensitive) below `rel`, breadth first,
+    /// stopping at `limit` results.
+    pub fn search(&self, rel: &RelPath, q: &str, limit: usize) -> Result<Vec<Entry>, PathError> {
+        let q = q.to_lowercase();
+        let mut queue = std::collections::VecDeque::from([rel.clone()]);
+        let mut out = Vec::new();
+        let mut visited = 0;
+        while let Some(dir) = queue.pop_front() {
+            visited += 1;
+            if visited > 10_000 {
+                break;
+            }
+            let Ok(entries) = self.list(&dir) else { continue };
+            for e in entries {
+                if e.is_dir {
+                    queue.push_back(e.path.clone());
+                }
+                if e.name.to_lowercase().contains(&q) {
+                    out.push(e);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_strings_are_refused() {
+        let long = "a".repeat(256);
+        let table: &[(&str, PathError)] = &[
+            ("", PathError::Empty),
+            ("/etc/passwd", PathError::Absolute),
+            ("../etc/passwd", PathError::Parent),
+            ("a/../../b", PathError::Parent),
+            ("a/..", PathError::Parent),
+            ("a\0b", PathError::BadChar),
+            ("a\\..\\b", PathError::BadChar),
+            ("%2e%2e/etc", PathError::Encoded),
+            ("a%2Fb", PathError::Encoded),
+            ("%252e%252e", PathError::Encoded),
+            ("~root/x", PathError::Absolute),
+            (&long, PathError::TooLong),
+            ("line\nbreak", PathError::BadChar),
+        ];
+        for (s, want) in table {
+            let got = RelPath::parse(s).map_err(|e| e.to_string());
+            // Empty normalises to the root, which is never a file: resolve_file refuses it.
+            if *want == PathError::Empty {
+                assert!(got.unwrap().is_root());
+                continue;
+            }
+            assert_eq!(got, Err(want.to_string()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn plain_paths_normalise() {
+        assert_eq!(RelPath::parse("a//b/./c.txt").unwrap().as_str(), "a/b/c.txt");
+        assert_eq!(
+            RelPath::parse("dir/file name.iso").unwrap().file_name(),
+            "file name.iso"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! Link tokens: HS256 JWTs whose algorithm is pinned and whose `exp` equals the link's
+//! `expires_at`. The token is a bearer secret: it is never logged, stored or echoed, and it can be
+//! re-derived from the link (same claims, same key) when the owner asks for the URL again.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::TunnelId;
+use crate::config::Secret;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    tid: String,
+    iat: u64,
+    exp: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed, forged or expired")]
+    Invalid,
+    #[error("token belongs to another link")]
+    OtherLink,
+    #[error("token was issued in the future")]
+    FromTheFuture,
+}
+
+pub struct Keys {
+    enc: EncodingKey,
+    dec: DecodingKey,
+    validation: Validation,
+}
+
+impl Keys {
+    pub fn new(secret: &Secret) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = 0;
+        // `exp` is checked below against the caller's clock (leeway 0); its presence is required here.
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["exp", "iat"]);
+        Keys {
+            enc: EncodingKey::from_secret(secret.expose().as_bytes()),
+            dec: DecodingKey::from_secret(secret.expose().as_bytes()),
+            validation,
+        }
+    }
+
+    pub fn issue(&self, id: &TunnelId, iat: u64, exp: u64) -> String {
+        let claims = Claims {
+            tid: id.as_str().to_string(),
+            iat,
+            exp,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .expect("HS256 signing of plain claims cannot fail")
+    }
+
+    /// Verifies a token for the link `id` at `now` (Unix seconds).
+    pub fn verify(&self, token: &str, id: &TunnelId, now: u64) -> Result<(), TokenError> {
+        if token.len() > 1024 {
+            return Err(TokenError::Invalid);
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).map_err(|_| TokenError::Invalid)?;
+        let c = data.claims;
+        // jsonwebtoken accepts `exp == now`; the link is refused from `expires_at` on.
+        if c.exp <= now {
+            return Err(TokenError::Invalid);
+        }
+        if c.tid != id.as_str() {
+            return Err(TokenError::OtherLink);
+        }
+        if c.iat > now {
+            return Err(TokenError::FromTheFuture);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new(&Secret::new("k".repeat(40)))
+    }
+
+    fn forge(header: &str, claims: &str, sig: &str) -> String {
+        format!("{}.{}.{}", B64.encode(header), B64.encode(claims), sig)
+    }
+
+    #[test]
+    fn tampered_tokens_are_refused() {
+        let k = keys();
+        let id = TunnelId::random();
+        let other = TunnelId::random();
+        let now = 1_700_000_000;
+        let good = k.issue(&id, now - 10, now + 100);
+        assert_eq!(k.verify(&good, &id, now), Ok(()));
+
+        let parts: Vec<&str> = good.split('.').collect();
+        let claims = format!(
+            r#"{{"tid":"{}","iat":{},"exp":{}}}"#,
+            id.as_str(),
+            now - 10,
+            now + 100_000
+        );
+        let other_key = Keys::new(&Secret::new("x".repeat(40)));
+        let table: Vec<(&str, String)> = vec![
+            (
+                "changed claims",
+                format!("{}.{}.{}", parts[0], B64.encode(&claims), parts[2]),
+            ),
+            (
+                "changed signature",
+                format!("{}.{}.{}A", parts[0], parts[1], &parts[2][..parts[2].len() - 1]),
+            ),
+            ("alg none", forge(r#"{"alg":"none","typ":"JWT"}"#, &claims, "")),
+            ("alg HS512", forge(r#"{"alg":"HS512","typ":"JWT"}"#, &claims, parts[2])),
+            ("other key", other_key.issue(&id, now - 10, now + 100)),
+            ("other link", k.issue(&other, now - 10, now + 100)),
+            ("past exp", k.issue(&id, now - 10, now - 1)),
+            ("exp now", k.issue(&id, now - 10, now)),
+            ("iat in future", k.issue(&id, now + 60, now + 100)),
+            ("missing exp", {
+                let c = format!(r#"{{"tid":"{}","iat":{}}}"#, id.as_str(), now);
+                let h = Header::new(Algorithm::HS256);
+                let raw: serde_json::Value = serde_json::from_str(&c).unwrap();
+                jsonwebtoken::encode(&h, &raw, &EncodingKey::from_secret("k".repeat(40).as_bytes())).unwrap()
+            }),
+            ("empty", String::new()),
+            ("garbage", "a.b.c".into()),
+            ("huge", "a".repeat(5000)),
+        ];
+        for (what, token) in table {
+            assert!(k.verify(&token, &id, now).is_err(), "{what} was accepted");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! nginx, ferry's data plane: the config rendered from the template in `nginx/`, and (in managed
+//! mode) the nginx child process, supervised and stopped with ferry. nginx's error log comes to
+//! ferry on stderr and is redacted before it is recorded. Creating or closing a link never touches
+//! nginx.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+pub const TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
+
+/// Finds the nginx binary: `FERRY_NGINX_BIN`, else `PATH`, else `/usr/sbin/nginx`.
+pub fn find_bin(config: &Config) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = &config.nginx_bin {
+        anyhow::ensure!(bin.is_file(), "FERRY_NGINX_BIN: {} does not exist", bin.display());
+        return Ok(bin.clone());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("nginx"))
+        .chain([PathBuf::from("/usr/sbin/nginx")])
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "FERRY_NGINX_BIN: nginx was not found on PATH or at /usr/sbin/nginx; install it or set FERRY_NGINX_BIN"
+            )
+        })
+}
+
+pub fn check_socket(config: &Config) -> PathBuf {
+    config.state_dir.join("check.sock")
+}
+
+pub fn prefix(config: &Config) -> PathBuf {
+    config.state_dir.join("nginx")
+}
+
+/// Renders the template for this configuration.
+pub fn render(template: &str, config: &Config) -> String {
+    let user = if rustix::process::geteuid().is_root() {
+        // Workers run as ferry's own user, who can read the NAS; nginx would otherwise drop them
+        // to `nobody`.
+        "user root root;".to_string()
+    } else {
+        String::new()
+    };
+    let realip = if config.trusted_proxies.is_empty() {
+        String::new()
+    } else {
+        let mut s: String = config
+            .trusted_proxies
+            .iter()
+            .map(|p| format!("        set_real_ip_from {p};\n"))
+            .collect();
+        s.push_str("        real_ip_header X-Forwarded-For;\n        real_ip_recursive off;\n");
+        s
+    };
+    template
+        .replace("{{user}}", &user)
+        .replace("{{prefix}}", &prefix(config).display().to_string())
+        .replace("{{check_socket}}", &check_socket(config).display().to_string())
+        .replace("{{public_addr}}", &config.public_addr.to_string())
+        .replace("{{tunnels}}", &config.tunnels_dir.display().to_string())
+        .replace("{{logs}}", &config.logs_dir.display().to_string())
+        .replace("{{realip}}", &realip)
+}
+
+/// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).
+pub fn redact(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("t=") {
+        let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b' ' | b'"');
+        out.push_str(&rest[..i + 2]);
+        rest = &rest[i + 2..];
+        if boundary {
+            let end = rest.find(['&', ' ', '"', ',']).unwrap_or(rest.len());
+            out.push_str("[redacted]");
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    // A JWT anywhere else (a header, a referrer).
+    while let Some(i) = out.find("eyJ") {
+        let end = out[i..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .map_or(out.len(), |e| i + e);
+        out.replace_range(i..end, "[redacted]");
+    }
+    out
+}
+
+pub struct Managed {
+    bin: PathBuf,
+    prefix: PathBuf,
+    conf: PathBuf,
+    pub running: Arc<AtomicBool>,
+}
+
+impl Managed {
+    /// Writes the config, checks it with `nginx -t`, and stops a stale nginx left by a killed
+    /// ferry (found through the pid file), so there is never two.
+    pub async fn prepare(config: &Config) -> anyhow::Result<Self> {
+        let bin = find_bin(config)?;
+        let prefix = prefix(config);
+        for d in ["tmp", "logs"] {
+            tokio::fs::create_dir_all(prefix.join(d)).await?;
+        }
+        let conf = prefix.join("nginx.conf");
+        tokio::fs::write(&conf, render(TEMPLATE, config)).await?;
+        let m = Managed {
+            bin,
+            prefix,
+            conf,
+            running: Arc::new(AtomicBool::new(false)),
+        };
+        m.stop_stale().await;
+        let out = m.command().arg("-t").output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "nginx rejected its configuration: {}",
+            redact(&String::from_utf8_lossy(&out.stderr))
+        );
+        Ok(m)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("-p")
+            .arg(&self.prefix)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-e")
+            .arg("stderr");
+        c
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.prefix.join("nginx.pid")
+    }
+
+    async fn stop_stale(&self) {
+        let Ok(text) = tokio::fs::read_to_string(self.pid_file()).await else {
+            return;
+        };
+        let Some(pid) = text.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw) else {
+            return;
+        };
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*self.conf.to_string_lossy());
+        if !ours {
+            return;
+        }
+        tracing::warn!(
+            pid = pid.as_raw_nonzero().get(),
+            "stopping a stale nginx left by an earlier ferry"
+        );
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+        for i in 0..100 {
+            if !Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists() {
+                return;
+            }
+            if i == 50 {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn(&self) -> std::io::Result<Child> {
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!(target: "ferry::nginx", "{}", redact(&line));
+                }
+            });
+        }
+        Ok(child)
+    }
+
+    /// Runs nginx until `cancel`, restarting it whenever it dies.
+    pub async fn supervise(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut child = match self.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start nginx");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            self.running.store(true, Ordering::SeqCst);
+            tokio::select! {
+                status = child.wait() => {
+                    self.running.store(false, Ordering::SeqCst);
+                    tracing::error!(?status, "nginx exited; restarting");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                _ = cancel.cancelled() => {
+                    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+                    }
+                    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                        let _ = child.kill().await;
+                    }
+                    self.running.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_tokens() {
+        let line = r#"limiting requests, request: "GET /s/abc/f.iso?t=eyJhbGciOi.eyJ0aWQ.sig&x=1 HTTP/1.1", referrer: "https://h/?t=secret""#;
+        let r = redact(line);
+        assert!(!r.contains("eyJ"), "{r}");
+        assert!(!r.contains("secret"), "{r}");
+        assert!(r.contains("t=[redacted]&x=1"), "{r}");
+        assert_eq!(redact("no secrets here: a=b"), "no secrets here: a=b");
+        assert_eq!(redact("Bearer eyJabc.def.ghi rest"), "Bearer [redacted] rest");
+    }
+}
