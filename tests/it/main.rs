@@ -1,1 +1,7 @@
+//! ferry's integration tests: the real binary, real nginx, real curl, on loopback.
 
+mod helpers;
+
+mod api;
+mod download;
+mod security;

@@ -1,0 +1,190 @@
+//! The admin API's contract: shapes, validation errors that name the field, config errors.
+
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_400_naming_the_field() {
+    let app = TestApp::spawn_with(&[("MAX_TUNNEL_SECONDS", "600")]).await;
+    app.data_file("a.txt", 10);
+    let table = [
+        (
+            json!({"file_path": "a.txt", "expires_in_seconds": 0}),
+            "expires_in_seconds",
+        ),
+        (
+            json!({"file_path": "a.txt", "expires_in_seconds": 601}),
+            "expires_in_seconds",
+        ),
+        (
+            json!({"file_path": "a.txt", "expires_in_seconds": -5}),
+            "expires_in_seconds",
+        ),
+        (
+            json!({"file_path": "a.txt", "expires_in_seconds": "soon"}),
+            "expires_in_seconds",
+        ),
+        (json!({"file_path": "a.txt", "max_downloads": 0}), "max_downloads"),
+        (json!({"file_path": "a.txt", "surprise": 1}), "surprise"),
+        (json!({"file_path": 7}), "file_path"),
+        (json!({}), "file_path"),
+    ];
+    for (body, field) in table {
+        let (status, v) = app.create(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().starts_with(field), "{body}: {v}");
+    }
+    let r = app
+        .http
+        .post(format!("{}/api/links", app.admin))
+        .body("file_path=a.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let big = "x".repeat(100_000);
+    let r = app
+        .http
+        .post(format!("{}/api/links", app.admin))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"file_path":"{big}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = app
+        .http
+        .delete(format!("{}/admin/tunnels/AAAAAAAAAAAAAAAAAAAAAAAA", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(app.open().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_are_listed_terminated_and_kept_in_history() {
+    let app = TestApp::spawn().await;
+    app.data_file("a.txt", 10);
+    let (status, v) = app
+        .create(json!({"file_path": "a.txt", "expires_in_seconds": 60, "note": "for mum"}))
+        .await;
+    assert_eq!(status, 201);
+    for key in [
+        "download_url",
+        "tunnel_id",
+        "token",
+        "file_path",
+        "expires_in_seconds",
+        "expires_at",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["expires_in_seconds"], 60);
+    // The legacy route is the same operation.
+    let r = app
+        .http
+        .post(format!("{}/generate-link", app.admin))
+        .json(&json!({"file_path": "a.txt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let open = app.open().await;
+    assert_eq!(open.len(), 2);
+    let t = open.iter().find(|t| t["tunnel_id"] == v["tunnel_id"]).unwrap();
+    assert_eq!(t["state"], "open");
+    assert_eq!(t["note"], "for mum");
+    assert_eq!(t["file_size"], 10);
+    assert!(t.get("token").is_none());
+
+    let id = v["tunnel_id"].as_str().unwrap();
+    let (status, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stats["download_url"], v["download_url"],
+        "the owner can copy the link again"
+    );
+
+    let r = app
+        .http
+        .delete(format!("{}/admin/tunnels/{id}", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .http
+        .delete(format!("{}/admin/tunnels/{id}", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a closed link is no longer open");
+    let h = app.history().await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["close_reason"], "terminated");
+    assert!(!app.path("tunnels").join(id).exists());
+    let (_, limited) = app.get("/admin/history?limit=0").await;
+    assert!(limited["error"].as_str().unwrap().starts_with("limit"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_listed_and_searched() {
+    let app = TestApp::spawn().await;
+    app.data_file("music/song.flac", 5);
+    app.data_file("music/live/Encore Song.flac", 7);
+    app.data_file("notes.txt", 3);
+    let (status, v) = app.get("/api/files").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["music", "notes.txt"]);
+    assert_eq!(v["entries"][0]["is_dir"], true);
+    assert_eq!(v["entries"][1]["size"], 3);
+    let (_, v) = app.get("/api/files?q=SONG").await;
+    let paths: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["music/song.flac", "music/live/Encore Song.flac"]);
+    let (status, _) = app.get("/api/files?path=../").await;
+    assert_eq!(status, 400);
+    let (status, _) = app.get("/api/files?path=nope").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_config_stops_startup_with_a_line_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = [
+        ("MAX_TUNNEL_SECONDS", "an hour"),
+        ("JWT_SECRET", "too-short"),
+        ("FERRY_PUBLIC_ADDR", "everywhere"),
+        ("NAS_MOUNT_PATH", "/definitely/not/here"),
+        ("FERRY_NGINX_BIN", "/no/nginx"),
+    ];
+    for (var, value) in table {
+        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("NAS_MOUNT_PATH", dir.path())
+            .env("FERRY_STATE_DIR", dir.path().join("state"))
+            .env("FERRY_ADMIN_ADDR", "127.0.0.1:0")
+            .env(var, value)
+            .output()
+            .await
+            .unwrap();
+        assert!(!o.status.success(), "{var}={value} started");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let line = err.lines().find(|l| l.starts_with("ferry:")).unwrap_or_default();
+        assert!(line.contains(var), "{var}={value}: {err}");
+    }
+}

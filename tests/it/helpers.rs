@@ -1,0 +1,290 @@
+//! `TestApp`: a real `ferry serve` process with real nginx, in a temp dir, on free loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub admin: String,
+    pub public: String,
+    pub http: reqwest::Client,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(env: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let admin_port = free_port();
+        let public_port = free_port();
+        let mut all: Vec<(String, String)> = vec![
+            ("NAS_MOUNT_PATH".into(), dir.path().join("data").display().to_string()),
+            ("FERRY_STATE_DIR".into(), dir.path().join("state").display().to_string()),
+            (
+                "FERRY_TUNNELS_DIR".into(),
+                dir.path().join("tunnels").display().to_string(),
+            ),
+            ("FERRY_LOGS_DIR".into(), dir.path().join("logs").display().to_string()),
+            ("FERRY_ADMIN_ADDR".into(), format!("127.0.0.1:{admin_port}")),
+            ("FERRY_PUBLIC_ADDR".into(), format!("127.0.0.1:{public_port}")),
+            ("BASE_URL".into(), format!("http://127.0.0.1:{public_port}")),
+            ("FERRY_LOG".into(), "info,ferry=debug".into()),
+        ];
+        for (k, v) in env {
+            all.retain(|(kk, _)| kk != k);
+            all.push((k.to_string(), v.to_string()));
+        }
+        let mut app = TestApp {
+            dir,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            public: format!("http://127.0.0.1:{public_port}"),
+            http: reqwest::Client::new(),
+            env: all,
+            child: None,
+        };
+        app.start().await;
+        app
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file of `size` pseudo-random bytes into the data dir and returns its bytes.
+    pub fn data_file(&self, rel: &str, size: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9E3779B97F4A7C15 ^ size as u64;
+        let bytes: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let p = self.path("data").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, &bytes).unwrap();
+        bytes
+    }
+
+    pub async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("ferry.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ferry binary runs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health", self.admin)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("ferry exited during startup ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry did not become healthy:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("ferry.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` of ferry (its nginx lives on, as it would after a crash).
+    pub async fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.start_kill().unwrap();
+        c.wait().await.unwrap();
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().unwrap().to_string())
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
+        }
+    }
+
+    pub async fn create(&self, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/links", self.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn link(&self, file: &str) -> Value {
+        let (status, v) = self.create(serde_json::json!({ "file_path": file })).await;
+        assert_eq!(status, 201, "{v}");
+        v
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.admin)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn history(&self) -> Vec<Value> {
+        self.get("/admin/history").await.1["tunnels"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub async fn open(&self) -> Vec<Value> {
+        self.get("/admin/tunnels").await.1["tunnels"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until the link is in history, and returns its record.
+    pub async fn closed(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(t) = self.history().await.into_iter().find(|t| t["tunnel_id"] == id) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "link {id} was not closed within {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The master process of this app's managed nginx, from its pid file.
+    pub fn nginx_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.path("state/nginx/nginx.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref().and_then(|c| c.id()) {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.to_string())
+                .status();
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{c}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{c}/stat")).is_ok_and(|s| s.contains(") Z "))
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // A killed ferry leaves its nginx behind; never leave it running after a test.
+        if let Some(pid) = self.nginx_pid() {
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
+/// What curl did: its exit code, the body it received, and the HTTP status (0 for none).
+pub struct CurlResult {
+    pub exit: i32,
+    pub body: Vec<u8>,
+    pub status: u16,
+}
+
+/// Runs curl with `args` against `url`, writing the body to a temp file.
+pub async fn curl(url: &str, args: &[&str]) -> CurlResult {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let o = Command::new("curl")
+        .args(["-sS", "-o"])
+        .arg(out.path())
+        .args(["-w", "%{http_code}", "-A", "ferry-test"])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl is installed (script/test installs it)");
+    CurlResult {
+        exit: o.status.code().unwrap_or(-1),
+        body: std::fs::read(out.path()).unwrap_or_default(),
+        status: String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0),
+    }
+}
+
+/// curl's exit code for "Empty reply from server": what nginx's 444 looks like to a client.
+pub const EMPTY_REPLY: i32 = 52;
+
+/// A GET that reads `n` body bytes and then hangs up: an interrupted download.
+pub async fn interrupted_get(url: &str, n: usize) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry-test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let mut body_at = None;
+    while body_at.is_none_or(|b| got.len() < b + n) {
+        let k = s.read(&mut buf).await.unwrap();
+        assert!(k > 0, "server closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..k]);
+        if body_at.is_none() {
+            body_at = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+    }
+    let b = body_at.unwrap();
+    got[b..b + n].to_vec()
+}

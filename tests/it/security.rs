@@ -1,0 +1,163 @@
+//! Hostile paths and tampered tokens: refused, with nothing created and zero bytes sent.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde_json::json;
+
+use crate::helpers::{EMPTY_REPLY, TestApp, curl};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_paths_are_refused_before_anything_is_created() {
+    let app = TestApp::spawn().await;
+    app.data_file("ok.txt", 10);
+    app.data_file("dir/inner.txt", 10);
+    let data = app.path("data");
+    std::os::unix::fs::symlink("/etc/passwd", data.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc", data.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink("missing.txt", data.join("dangling")).unwrap();
+    std::os::unix::fs::symlink(app.path("state"), data.join("state-link")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(data.join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let long = "a".repeat(300);
+
+    let table: &[(&str, u16)] = &[
+        ("../etc/passwd", 400),
+        ("dir/../../etc/passwd", 400),
+        ("/etc/passwd", 400),
+        ("%2e%2e/etc/passwd", 400),
+        ("..%2fetc%2fpasswd", 400),
+        ("dir\\..\\..\\etc\\passwd", 400),
+        ("ok.txt\u{0}.jpg", 400),
+        ("escape", 400),
+        ("etc-link/passwd", 400),
+        ("state-link/jwt_secret", 400),
+        ("dangling", 404),
+        ("fifo", 400),
+        ("dir", 400),
+        ("", 400),
+        (&long, 400),
+        ("no-such-file", 404),
+    ];
+    for (path, want) in table {
+        let (status, body) = app.create(json!({ "file_path": path })).await;
+        assert_eq!(status, *want, "{path:?}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with("file_path"),
+            "{path:?}: {body}"
+        );
+    }
+    assert!(app.open().await.is_empty(), "no link may exist");
+    assert_eq!(
+        std::fs::read_dir(app.path("tunnels")).unwrap().count(),
+        0,
+        "no tunnel dir may exist"
+    );
+    let (status, _) = app.create(json!({ "file_path": "dir/inner.txt" })).await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_tokens_get_444_and_zero_bytes() {
+    let app = TestApp::spawn().await;
+    let bytes = app.data_file("secret.pdf", 50_000);
+    app.data_file("other.pdf", 10);
+    let link = app.link("secret.pdf").await;
+    let other = app.link("other.pdf").await;
+    let base = link["download_url"]
+        .as_str()
+        .unwrap()
+        .split("?t=")
+        .next()
+        .unwrap()
+        .to_string();
+    let token = link["token"].as_str().unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    let claims: serde_json::Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    let with = |c: serde_json::Value| B64.encode(c.to_string());
+    let mut longer = claims.clone();
+    longer["exp"] = json!(claims["exp"].as_u64().unwrap() + 86_400);
+    let mut future = claims.clone();
+    future["iat"] = json!(claims["iat"].as_u64().unwrap() + 3_600);
+    let mut no_exp = claims.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let mut past = claims.clone();
+    past["exp"] = json!(1_000_000_000);
+    let flipped = {
+        let mut s = parts[2].to_string();
+        let c = if s.ends_with('A') { 'B' } else { 'A' };
+        s.pop();
+        s.push(c);
+        s
+    };
+
+    let table: Vec<(&str, String)> = vec![
+        ("changed claims", format!("{}.{}.{}", parts[0], with(longer), parts[2])),
+        ("changed signature", format!("{}.{}.{}", parts[0], parts[1], flipped)),
+        (
+            "alg none",
+            format!("{}.{}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]),
+        ),
+        (
+            "alg HS512",
+            format!(
+                "{}.{}.{}",
+                B64.encode(r#"{"alg":"HS512","typ":"JWT"}"#),
+                parts[1],
+                parts[2]
+            ),
+        ),
+        (
+            "alg RS256",
+            format!(
+                "{}.{}.{}",
+                B64.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+                parts[1],
+                parts[2]
+            ),
+        ),
+        ("another link's token", other["token"].as_str().unwrap().to_string()),
+        ("missing exp", format!("{}.{}.{}", parts[0], with(no_exp), parts[2])),
+        ("past exp", format!("{}.{}.{}", parts[0], with(past), parts[2])),
+        (
+            "iat in the future",
+            format!("{}.{}.{}", parts[0], with(future), parts[2]),
+        ),
+        ("no token", String::new()),
+        ("garbage", "not-a-token".into()),
+    ];
+    for (what, t) in &table {
+        let r = curl(&format!("{base}?t={t}"), &[]).await;
+        assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0), "{what} was served");
+    }
+    // Paths outside /s/ and mangled link paths: 444 too.
+    for path in ["/", "/s/", "/etc/passwd", "/s/../tunnels", "/.ferry/check"] {
+        let r = curl(&format!("{}{path}", app.public), &["--path-as-is"]).await;
+        assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0), "{path} was answered");
+    }
+    // None of that used the link up.
+    let r = curl(link["download_url"].as_str().unwrap(), &[]).await;
+    assert_eq!(r.exit, 0);
+    assert!(r.body == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_swapped_after_the_link_was_made_is_refused_and_the_link_closed_as_error() {
+    let app = TestApp::spawn().await;
+    app.data_file("report.pdf", 1000);
+    let link = app.link("report.pdf").await;
+    let id = link["tunnel_id"].as_str().unwrap();
+    let p = app.path("data/report.pdf");
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+    let r = curl(link["download_url"].as_str().unwrap(), &[]).await;
+    assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0));
+    let t = app.closed(id, Duration::from_secs(5)).await;
+    assert_eq!(t["close_reason"], "error");
+}
