@@ -58,11 +58,17 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     }
 
     let tasks = TaskTracker::new();
-    let nginx_running = Arc::new(AtomicBool::new(config.nginx_mode == NginxMode::External));
+    let managed = match config.nginx_mode {
+        NginxMode::Managed => Some(nginx::Managed::prepare(&config).await?),
+        NginxMode::External => None,
+    };
+    let nginx_running = managed
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicBool::new(true)), |m| m.running.clone());
     let monitor = Arc::new(monitor::follow::Counters::default());
     let state = http::AppState {
         links: links.clone(),
-        nginx_running: nginx_running.clone(),
+        nginx_running,
         monitor: monitor.clone(),
         provider: provider_name,
     };
@@ -82,27 +88,8 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
             tracing::error!(error = %e, "check server failed");
         }
     });
-
-    if config.nginx_mode == NginxMode::Managed {
-        let managed = nginx::Managed::prepare(&config).await?;
-        let running = managed.running.clone();
+    if let Some(managed) = managed {
         tasks.spawn(managed.supervise(shutdown.clone()));
-        // /health reads the supervisor's view.
-        tasks.spawn({
-            let (running, out, c) = (running, nginx_running.clone(), shutdown.clone());
-            async move {
-                loop {
-                    out.store(
-                        running.load(std::sync::atomic::Ordering::SeqCst),
-                        std::sync::atomic::Ordering::SeqCst,
-                    );
-                    tokio::select! {
-                        _ = c.cancelled() => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                    }
-                }
-            }
-        });
     }
 
     let follower = monitor::follow::Follower {

@@ -210,6 +210,15 @@ impl Managed {
                     continue;
                 }
             };
+            // nginx writes its pid file once its listeners are bound: only then is it up.
+            let pid = child.id().unwrap_or(0).to_string();
+            for _ in 0..200 {
+                let written = tokio::fs::read_to_string(self.pid_file()).await.unwrap_or_default();
+                if written.trim() == pid || child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             self.running.store(true, Ordering::SeqCst);
             tokio::select! {
                 status = child.wait() => {

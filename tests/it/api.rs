@@ -188,3 +188,52 @@ async fn bad_config_stops_startup_with_a_line_naming_the_variable() {
         assert!(line.contains(var), "{var}={value}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generated_jwt_secret_is_private_and_survives_restarts() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut app = TestApp::spawn().await;
+    app.data_file("a.txt", 10);
+    let link = app.link("a.txt").await;
+    let secret = app.path("state/jwt_secret");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read_to_string(&secret).unwrap();
+    assert!(before.len() >= 32);
+    assert!(!app.log().contains(&before), "the secret was logged");
+    app.stop().await;
+    app.start().await;
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), before);
+    // Links made before the restart still verify.
+    let r = crate::helpers::curl(link["download_url"].as_str().unwrap(), &["-I"]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x_forwarded_for_is_ignored_from_untrusted_peers() {
+    let app = TestApp::spawn().await;
+    app.data_file("a.txt", 10);
+    let link = app.link("a.txt").await;
+    let r = crate::helpers::curl(
+        link["download_url"].as_str().unwrap(),
+        &["--interface", "127.0.0.7", "-H", "X-Forwarded-For: 203.0.113.9"],
+    )
+    .await;
+    assert_eq!(r.exit, 0);
+    let id = link["tunnel_id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let t = loop {
+        let open = app.open().await;
+        let t = open
+            .into_iter()
+            .find(|t| t["tunnel_id"] == id)
+            .expect("in its grace period");
+        if t["downloads_completed"] == 1 {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "download not settled: {t}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(t["state"], "completed");
+    assert_eq!(t["clients"][0]["address"], "127.0.0.7", "{t}");
+}
