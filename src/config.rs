@@ -55,6 +55,64 @@ pub enum ProviderKind {
     Docker,
 }
 
+/// How long one access-log file covers: nginx starts a new file when `$msec` enters a new slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSlot {
+    Tenth,
+    Second,
+    Ten,
+    Hundred,
+    Thousand,
+}
+
+impl LogSlot {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "0.1s" => LogSlot::Tenth,
+            "1s" => LogSlot::Second,
+            "10s" => LogSlot::Ten,
+            "100s" => LogSlot::Hundred,
+            "1000s" => LogSlot::Thousand,
+            _ => return None,
+        })
+    }
+
+    pub fn millis(self) -> u64 {
+        match self {
+            LogSlot::Tenth => 100,
+            LogSlot::Second => 1_000,
+            LogSlot::Ten => 10_000,
+            LogSlot::Hundred => 100_000,
+            LogSlot::Thousand => 1_000_000,
+        }
+    }
+
+    /// The nginx regex that cuts a slot out of `$msec` (`1700000000.123`).
+    pub fn nginx_regex(self) -> &'static str {
+        match self {
+            LogSlot::Tenth => r"^(?<s>\d+\.\d)",
+            LogSlot::Second => r"^(?<s>\d+)\.",
+            LogSlot::Ten => r"^(?<s>\d+)\d\.",
+            LogSlot::Hundred => r"^(?<s>\d+)\d\d\.",
+            LogSlot::Thousand => r"^(?<s>\d+)\d\d\d\.",
+        }
+    }
+
+    /// The start of the slot named `s` (as the regex above cut it), in ms since the epoch.
+    pub fn start_ms(self, s: &str) -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return None;
+        }
+        match self {
+            LogSlot::Tenth => {
+                let (secs, tenth) = s.split_once('.')?;
+                Some(secs.parse::<u64>().ok()? * 1000 + tenth.parse::<u64>().ok().filter(|t| *t < 10)? * 100)
+            }
+            _ => Some(s.parse::<u64>().ok()? * self.millis()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NginxMode {
     Managed,
@@ -86,6 +144,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub history_days: u32,
     pub log_filter: String,
+    pub log_slot: LogSlot,
+    pub webhook_url: Option<Secret>,
 }
 
 /// Where configuration values come from: the process environment, then the optional file.
@@ -259,6 +319,20 @@ impl Config {
             return Err(err("FERRY_LOG", format!("not a valid filter: {log_filter:?}")));
         }
 
+        let log_slot = match src.get("FERRY_LOG_SLOT") {
+            None => LogSlot::Hundred,
+            Some(v) => LogSlot::parse(v).ok_or_else(|| {
+                err(
+                    "FERRY_LOG_SLOT",
+                    format!("expected 0.1s, 1s, 10s, 100s or 1000s, got {v:?}"),
+                )
+            })?,
+        };
+        let webhook_url = match src.get("FERRY_WEBHOOK_URL") {
+            None => None,
+            Some(_) => Some(Secret::new(url(src, "FERRY_WEBHOOK_URL", "")?)),
+        };
+
         Ok(Config {
             data_dir,
             state_dir,
@@ -283,6 +357,8 @@ impl Config {
             admin_token,
             history_days,
             log_filter,
+            log_slot,
+            webhook_url,
         })
     }
 
@@ -393,6 +469,8 @@ mod tests {
             ("FERRY_TRUSTED_PROXIES", "10.0.0.0/99"),
             ("FERRY_LOG", "=="),
             ("STALL_TIMEOUT_SECONDS", "-1"),
+            ("FERRY_LOG_SLOT", "5m"),
+            ("FERRY_WEBHOOK_URL", "mailto:me"),
         ];
         for (var, value) in cases {
             let e = load(&[(var, value)]).unwrap_err();
@@ -412,6 +490,16 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn log_slots_name_their_start() {
+        assert_eq!(LogSlot::Tenth.start_ms("1700000000.4"), Some(1_700_000_000_400));
+        assert_eq!(LogSlot::Second.start_ms("1700000000"), Some(1_700_000_000_000));
+        assert_eq!(LogSlot::Hundred.start_ms("17000000"), Some(1_700_000_000_000));
+        for bad in ["", "x", "1.2.3", "17000000.12", "-5"] {
+            assert_eq!(LogSlot::Tenth.start_ms(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     }
 
     let follower = monitor::follow::Follower {
-        log: config.logs_dir.join("access.log"),
+        dir: config.logs_dir.clone(),
+        slot: config.log_slot,
         position_file: config.state_dir.join("access.position"),
         counters: monitor,
     };

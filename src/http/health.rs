@@ -30,6 +30,8 @@ async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
                 "status": "ok",
                 "lines": s.monitor.lines.load(Ordering::Relaxed),
                 "bad_lines": s.monitor.bad_lines.load(Ordering::Relaxed),
+                "files_done": s.monitor.files_done.load(Ordering::Relaxed),
+                "lag_ms": s.monitor.last_lag_ms.load(Ordering::Relaxed),
                 "progress": "log",
             },
         }

@@ -1,11 +1,14 @@
-//! Follows `logs/access.log` line by line. Each complete line is parsed and handed to the links;
-//! a partial line waits for its end. The position (inode and offset) is kept in the state dir, so a
-//! restart resumes exactly where the last run stopped. If the file is replaced (a new inode) the
-//! old one has already been read to its end, and the new one is read from its start; if it is
-//! truncated, it is read again from its start.
+//! Follows nginx's access log without ever losing a line, and without signalling nginx.
+//!
+//! nginx writes each line to `logs/access-<slot>.log`, the slot being a prefix of `$msec` (see
+//! `nginx/nginx.conf`): a new file begins when the clock enters a new slot, so rotation needs no
+//! rename and no reopen signal (it works when nginx runs in another container). The follower reads
+//! the files in slot order, each to its end; it leaves a file only once a later one exists and the
+//! file's slot ended long enough ago that no worker can still be writing to it, and then deletes it.
+//! Its position (file name, offset) is kept in the state dir, so a restart neither loses nor
+//! repeats a line. It never decides anything about a link: each line goes to
+//! [`crate::links::Links::apply_log`].
 
-use std::io::SeekFrom;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,91 +18,147 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use super::record::AccessRecord;
-use crate::links::Links;
+use crate::config::LogSlot;
+use crate::links::{Links, now_ms};
 
-const IDLE: Duration = Duration::from_millis(20);
+const IDLE: Duration = Duration::from_millis(10);
+/// How long after a slot ends before its file is considered finished.
+const SETTLE_MS: u64 = 1500;
 
 #[derive(Default)]
 pub struct Counters {
     pub lines: AtomicU64,
     pub bad_lines: AtomicU64,
+    pub files_done: AtomicU64,
+    /// Milliseconds between nginx writing the last line and ferry applying it.
+    pub last_lag_ms: AtomicU64,
 }
 
 pub struct Follower {
-    pub log: PathBuf,
+    pub dir: PathBuf,
+    pub slot: LogSlot,
     pub position_file: PathBuf,
     pub counters: Arc<Counters>,
 }
 
-async fn load_position(path: &Path) -> Option<(u64, u64)> {
+/// A slot file: its name and its slot's start, in milliseconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+struct SlotFile {
+    name: String,
+    start_ms: u64,
+}
+
+fn slot_files(dir: &Path, slot: LogSlot) -> Vec<SlotFile> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+    let mut v: Vec<SlotFile> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let start_ms = slot.start_ms(name.strip_prefix("access-")?.strip_suffix(".log")?)?;
+            Some(SlotFile { name, start_ms })
+        })
+        .collect();
+    v.sort_by_key(|f| f.start_ms);
+    v
+}
+
+async fn load_position(path: &Path) -> Option<(String, u64)> {
     let text = tokio::fs::read_to_string(path).await.ok()?;
-    let (ino, off) = text.trim().split_once(' ')?;
-    Some((ino.parse().ok()?, off.parse().ok()?))
+    let (name, off) = text.trim().rsplit_once(' ')?;
+    Some((name.to_string(), off.parse().ok()?))
 }
 
 impl Follower {
     pub async fn run(self, links: Arc<Links>, cancel: CancellationToken) {
-        let mut saved = load_position(&self.position_file).await;
-        let mut buf = Vec::with_capacity(64 * 1024);
-        'reopen: loop {
-            let mut file = loop {
-                match tokio::fs::File::open(&self.log).await {
-                    Ok(f) => break f,
-                    Err(_) => {
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(IDLE) => {}
-                        }
-                    }
+        let mut position = load_position(&self.position_file).await;
+        let mut partial = Vec::new();
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let files = slot_files(&self.dir, self.slot);
+            let Some(current) = (match &position {
+                Some((name, _)) => files.iter().find(|f| &f.name == name).or(files.first()),
+                None => files.first(),
+            }) else {
+                tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(IDLE) => {} }
+                continue;
+            };
+            let current = current.clone();
+            // Files before the position were read to their end by an earlier run.
+            for f in files.iter().take_while(|f| f.start_ms < current.start_ms) {
+                let _ = std::fs::remove_file(self.dir.join(&f.name));
+            }
+            let mut offset = match &position {
+                Some((name, off)) if *name == current.name => *off,
+                _ => {
+                    partial.clear();
+                    0
                 }
             };
-            let Ok(meta) = file.metadata().await else { continue };
-            let ino = meta.ino();
-            let mut offset = match saved.take() {
-                Some((i, off)) if i == ino && off <= meta.len() => off,
-                _ => 0,
-            };
-            if file.seek(SeekFrom::Start(offset)).await.is_err() {
+            let next = files.iter().find(|f| f.start_ms > current.start_ms).cloned();
+            let finished = next.is_some() && now_ms() >= current.start_ms + self.slot.millis() + SETTLE_MS;
+            let read = self
+                .read_from(&links, &current.name, &mut offset, &mut partial, &mut chunk)
+                .await;
+            position = Some((current.name.clone(), offset));
+            let _ = tokio::fs::write(&self.position_file, format!("{} {offset}", current.name)).await;
+            if finished {
+                if !partial.is_empty() {
+                    tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
+                    self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
+                    partial.clear();
+                }
+                let next = next.expect("checked above");
+                let _ = tokio::fs::write(&self.position_file, format!("{} 0", next.name)).await;
+                let _ = std::fs::remove_file(self.dir.join(&current.name));
+                self.counters.files_done.fetch_add(1, Ordering::Relaxed);
+                position = Some((next.name, 0));
                 continue;
             }
-            buf.clear();
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                let n = match file.read(&mut chunk).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the access log failed; reopening");
-                        continue 'reopen;
-                    }
-                };
-                if n > 0 {
-                    buf.extend_from_slice(&chunk[..n]);
-                    let mut start = 0;
-                    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-                        let line = &buf[start..start + nl];
-                        start += nl + 1;
-                        self.handle(&links, line).await;
-                    }
-                    buf.drain(..start);
-                    offset += start as u64;
-                    let _ = tokio::fs::write(&self.position_file, format!("{ino} {offset}")).await;
-                    continue;
-                }
-                // At the end: has the file been replaced or truncated?
-                match tokio::fs::metadata(&self.log).await {
-                    Ok(m) if m.ino() != ino => continue 'reopen,
-                    Ok(m) if m.len() < offset + buf.len() as u64 => {
-                        tracing::warn!("access log was truncated; reading it from its start");
-                        saved = None;
-                        continue 'reopen;
-                    }
-                    _ => {}
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(IDLE) => {}
-                }
+            if read == 0 {
+                tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(IDLE) => {} }
             }
+        }
+    }
+
+    /// Reads `name` from `offset` to its current end, applying every complete line. Returns the
+    /// number of bytes read.
+    async fn read_from(
+        &self,
+        links: &Links,
+        name: &str,
+        offset: &mut u64,
+        partial: &mut Vec<u8>,
+        chunk: &mut [u8],
+    ) -> usize {
+        let Ok(mut file) = tokio::fs::File::open(self.dir.join(name)).await else {
+            return 0;
+        };
+        if file
+            .seek(std::io::SeekFrom::Start(*offset + partial.len() as u64))
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        let mut total = 0;
+        loop {
+            let n = match file.read(chunk).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => n,
+            };
+            total += n;
+            partial.extend_from_slice(&chunk[..n]);
+            let mut start = 0;
+            while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
+                let line = &partial[start..start + nl];
+                self.handle(links, line).await;
+                start += nl + 1;
+            }
+            partial.drain(..start);
+            *offset += start as u64;
         }
     }
 
@@ -108,24 +167,26 @@ impl Follower {
         let parsed = std::str::from_utf8(line)
             .map_err(|e| e.to_string())
             .and_then(|l| AccessRecord::parse(l).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(rec) => {
-                // The store may be briefly unavailable; a line is only dropped after retries.
-                for attempt in 0..5u32 {
-                    match links.apply_log(&rec).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::warn!(error = %e, attempt, "could not apply an access log line");
-                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                        }
-                    }
-                }
-                tracing::error!(request_id = %rec.request_id, "gave up on an access log line");
-            }
+        let rec = match parsed {
+            Ok(rec) => rec,
             Err(e) => {
                 self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "skipping a malformed access log line");
+                return;
+            }
+        };
+        let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
+        self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
+        // The store may be briefly unavailable; a line is only dropped after retries.
+        for attempt in 0..6u32 {
+            match links.apply_log(&rec).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "could not apply an access log line");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
             }
         }
+        tracing::error!(request_id = %rec.request_id, "gave up on an access log line");
     }
 }

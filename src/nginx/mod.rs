@@ -71,6 +71,7 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{tunnels}}", &config.tunnels_dir.display().to_string())
         .replace("{{logs}}", &config.logs_dir.display().to_string())
         .replace("{{realip}}", &realip)
+        .replace("{{log_slot_regex}}", config.log_slot.nginx_regex())
 }
 
 /// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).
@@ -111,7 +112,7 @@ impl Managed {
     pub async fn prepare(config: &Config) -> anyhow::Result<Self> {
         let bin = find_bin(config)?;
         let prefix = prefix(config);
-        for d in ["tmp", "logs"] {
+        for d in ["tmp", "logs", "html"] {
             tokio::fs::create_dir_all(prefix.join(d)).await?;
         }
         let conf = prefix.join("nginx.conf");

@@ -4,4 +4,5 @@ mod helpers;
 
 mod api;
 mod download;
+mod lifecycle;
 mod security;
