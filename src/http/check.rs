@@ -13,7 +13,10 @@ use crate::links::rules::{Admission, Method, Refusal};
 use crate::links::{ClientKey, content_disposition};
 
 pub fn router(state: AppState) -> Router {
-    Router::new().route("/check", get(check)).with_state(state)
+    Router::new()
+        .route("/check", get(check))
+        .route("/s/{*rest}", get(preview))
+        .with_state(state)
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
@@ -31,6 +34,30 @@ async fn check(State(s): State<AppState>, h: HeaderMap) -> Response {
         }
         Err(refusal) => {
             tracing::debug!(%refusal, tunnel = header(&h, "x-ferry-tunnel"), client = header(&h, "x-ferry-client"), "refused");
+            StatusCode::FORBIDDEN.into_response()
+        }
+    }
+}
+
+/// A previewer's request, proxied as is by nginx: an HTML preview, or 403 (444 at nginx).
+async fn preview(State(s): State<AppState>, h: HeaderMap) -> Response {
+    match s
+        .links
+        .preview(header(&h, "x-ferry-tunnel"), header(&h, "x-ferry-token"))
+        .await
+    {
+        Ok(link) => (
+            [
+                ("content-type", "text/html; charset=utf-8"),
+                ("referrer-policy", "no-referrer"),
+                ("cache-control", "private, no-store"),
+                ("content-security-policy", "default-src 'none'"),
+            ],
+            crate::links::preview_html(&link),
+        )
+            .into_response(),
+        Err(refusal) => {
+            tracing::debug!(%refusal, client = header(&h, "x-ferry-client"), "preview refused");
             StatusCode::FORBIDDEN.into_response()
         }
     }

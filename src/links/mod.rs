@@ -536,6 +536,28 @@ impl Links {
         Ok(link)
     }
 
+    /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
+    pub async fn preview(&self, id: &str, token: &str) -> Result<Link, Refusal> {
+        let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
+        let now = now_ms();
+        self.keys
+            .verify(token, &id, now / 1000)
+            .map_err(|_| Refusal::BadToken)?;
+        let link = self
+            .store
+            .get(&id)
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .ok_or(Refusal::Unknown)?;
+        if link.state == LinkState::Closed {
+            return Err(Refusal::Closed);
+        }
+        if now >= link.expires_at_ms {
+            return Err(Refusal::Expired);
+        }
+        Ok(link)
+    }
+
     /// Applies one access-log line.
     pub async fn apply_log(&self, rec: &AccessRecord) -> Result<(), StoreError> {
         let Some(id) = &rec.tunnel_id else { return Ok(()) };
@@ -715,6 +737,46 @@ impl Links {
     }
 }
 
+/// The HTML a link previewer gets: the file's name and size, nothing external, no referrer.
+pub fn preview_html(link: &Link) -> String {
+    let name = html_escape(link.file_path.file_name());
+    let size = human_size(link.file_size);
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+         <meta name=\"robots\" content=\"noindex\"><meta property=\"og:title\" content=\"{name}\">\
+         <meta property=\"og:description\" content=\"{size}\"><title>{name}</title></head>\
+         <body><h1>{name}</h1><p>{size}</p></body></html>\n"
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".into(),
+            '<' => "&lt;".into(),
+            '>' => "&gt;".into(),
+            '"' => "&quot;".into(),
+            '\'' => "&#39;".into(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// Characters escaped in a URL path segment.
 pub const URL_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -767,6 +829,16 @@ mod tests {
         assert_eq!(a.address, "2001:db8:1:2::/64");
         assert_eq!(ClientKey::new("::ffff:10.0.0.1", "ua").unwrap().address, "10.0.0.1");
         assert!(ClientKey::new("nope", "ua").is_none());
+    }
+
+    #[test]
+    fn previews_escape_the_name() {
+        let mut l = test_link(1_500_000, 1);
+        l.file_path = RelPath::parse("<b>\"x\"&.txt").unwrap();
+        let html = preview_html(&l);
+        assert!(html.contains("content=\"&lt;b&gt;&quot;x&quot;&amp;.txt\""), "{html}");
+        assert!(html.contains("1.5 MB"));
+        assert!(!html.contains("<b>"));
     }
 
     #[test]

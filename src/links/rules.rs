@@ -117,6 +117,9 @@ pub struct Settled {
 
 /// Applies one access-log line (the final ledger of one request) to its link.
 pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, grace_ms: u64) -> Settled {
+    if rec.preview {
+        return Settled::default();
+    }
     let was_inflight = match link.inflight.iter().position(|r| r.request_id == rec.request_id) {
         Some(i) => {
             link.inflight.swap_remove(i);
@@ -280,6 +283,7 @@ mod tests {
             completion: if ok { Completion::Ok } else { Completion::Aborted },
             client: client(c).address,
             user_agent: "curl".into(),
+            preview: false,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct AccessRecord {
     pub completion: Completion,
     pub client: String,
     pub user_agent: String,
+    /// A previewer or prefetch got the HTML preview, not the file.
+    pub preview: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,7 @@ struct Raw<'a> {
     user_agent: std::borrow::Cow<'a, str>,
     #[serde(rename = "request_time")]
     _request_time: f64,
+    preview: &'a str,
 }
 
 impl AccessRecord {
@@ -77,6 +80,11 @@ impl AccessRecord {
             "" => Completion::Aborted,
             c => return Err(bad("completion", c)),
         };
+        let preview = match raw.preview {
+            "0" => false,
+            "1" => true,
+            p => return Err(bad("preview", p)),
+        };
         let content_range = Some(raw.content_range.into_owned()).filter(|s| !s.is_empty());
         Ok(AccessRecord {
             msec,
@@ -89,6 +97,7 @@ impl AccessRecord {
             completion,
             client: raw.client.to_string(),
             user_agent: raw.user_agent.into_owned(),
+            preview,
         })
     }
 }
@@ -97,7 +106,7 @@ impl AccessRecord {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"{"msec":"1700000000.123","request_id":"0123456789abcdef0123456789abcdef","tunnel_id":"AAAAAAAAAAAAAAAAAAAAAAAA","method":"GET","status":206,"bytes_sent":900,"body_bytes_sent":500,"range":"bytes=0-499","content_range":"bytes 0-499/1000","completion":"OK","client":"127.0.0.2","user_agent":"curl/8 \"q\"","request_time":0.001}"#;
+    const GOOD: &str = r#"{"msec":"1700000000.123","request_id":"0123456789abcdef0123456789abcdef","tunnel_id":"AAAAAAAAAAAAAAAAAAAAAAAA","method":"GET","status":206,"bytes_sent":900,"body_bytes_sent":500,"range":"bytes=0-499","content_range":"bytes 0-499/1000","completion":"OK","client":"127.0.0.2","user_agent":"curl/8 \"q\"","request_time":0.001,"preview":"0"}"#;
 
     #[test]
     fn parses_a_line() {
@@ -119,6 +128,7 @@ mod tests {
             (&GOOD.replace("0123456789abcdef0123456789abcdef", "xyz"), "request_id"),
             (&GOOD.replace("AAAAAAAAAAAAAAAAAAAAAAAA", "../etc"), "tunnel_id"),
             (&GOOD.replace("1700000000.123", "soon"), "msec"),
+            (&GOOD.replace("\"preview\":\"0\"", "\"preview\":\"yes\""), "preview"),
             (&GOOD.replace("\"status\":206", "\"status\":\"x\""), "JSON"),
             (&GOOD.replace("\"status\":206", "\"status\":206,\"extra\":1"), "JSON"),
         ];

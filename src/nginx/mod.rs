@@ -16,6 +16,27 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 
 pub const TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
+pub const PREVIEWERS: &str = include_str!("../../nginx/previewers.txt");
+
+/// The previewer tokens as one nginx regex alternation (each token escaped).
+pub fn previewer_regex(list: &str) -> String {
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|t| {
+            t.chars()
+                .flat_map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        vec![c]
+                    } else {
+                        vec!['\\', c]
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
 
 /// Finds the nginx binary: `FERRY_NGINX_BIN`, else `PATH`, else `/usr/sbin/nginx`.
 pub fn find_bin(config: &Config) -> anyhow::Result<PathBuf> {
@@ -72,6 +93,7 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{logs}}", &config.logs_dir.display().to_string())
         .replace("{{realip}}", &realip)
         .replace("{{log_slot_regex}}", config.log_slot.nginx_regex())
+        .replace("{{previewers}}", &previewer_regex(PREVIEWERS))
 }
 
 /// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).
@@ -249,6 +271,15 @@ impl Managed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn previewer_tokens_become_one_escaped_alternation() {
+        assert_eq!(
+            previewer_regex("# c\nSlackbot-LinkExpanding\n\nDiscordbot\n"),
+            "Slackbot\\-LinkExpanding|Discordbot"
+        );
+        assert!(previewer_regex(PREVIEWERS).contains("facebookexternalhit"));
+    }
 
     #[test]
     fn redacts_tokens() {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, curl};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_rotations_during_a_thousand_downloads_lose_no_line() {
@@ -74,4 +74,54 @@ async fn a_hundred_rotations_during_a_thousand_downloads_lose_no_line() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn previewers_and_head_never_claim_or_use_up_a_link() {
+    let app = TestApp::spawn().await;
+    let bytes = app.data_file("Party <Photos>.zip", 2_000_000);
+    let link = app.link("Party <Photos>.zip").await;
+    let url = link["download_url"].as_str().unwrap();
+    let id = link["tunnel_id"].as_str().unwrap();
+
+    for (i, ua) in [
+        "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+        "Mozilla/5.0 (compatible; Discordbot/2.0)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = curl(url, &["-A", ua, "--interface", &format!("127.0.0.{}", 40 + i)]).await;
+        assert_eq!(r.status, 200, "{ua}");
+        let html = String::from_utf8(r.body).unwrap();
+        assert!(
+            html.contains(r#"<meta property="og:title" content="Party &lt;Photos&gt;.zip">"#),
+            "{html}"
+        );
+        assert!(html.contains("2.0 MB") && !html.contains("http"), "{html}");
+    }
+    let prefetch = curl(url, &["-H", "Sec-Purpose: prefetch", "--interface", "127.0.0.42"]).await;
+    assert_eq!(prefetch.status, 200);
+    assert!(prefetch.body.len() < 1000, "a prefetch got the file");
+    let head = curl(url, &["-I", "--interface", "127.0.0.43"]).await;
+    assert_eq!(head.status, 200);
+    // A previewer with a bad token learns nothing.
+    let bad = curl(&url.replace("?t=", "?t=x"), &["-A", "Discordbot"]).await;
+    assert_eq!((bad.exit, bad.body.len()), (crate::helpers::EMPTY_REPLY, 0));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = app
+        .open()
+        .await
+        .into_iter()
+        .find(|t| t["tunnel_id"] == id)
+        .expect("still open");
+    assert_eq!(t["state"], "open", "unclaimed: {t}");
+    assert_eq!(
+        (t["downloads_completed"].as_u64(), t["bytes_served"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // The recipient still gets the file, from yet another address.
+    let r = curl(url, &["--interface", "127.0.0.44"]).await;
+    assert!(r.exit == 0 && r.body == bytes);
 }
