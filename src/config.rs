@@ -146,6 +146,8 @@ pub struct Config {
     pub log_filter: String,
     pub log_slot: LogSlot,
     pub webhook_url: Option<Secret>,
+    /// `None`: detected from the URL.
+    pub webhook_format: Option<crate::notify::Format>,
 }
 
 /// Where configuration values come from: the process environment, then the optional file.
@@ -332,6 +334,17 @@ impl Config {
             None => None,
             Some(_) => Some(Secret::new(url(src, "FERRY_WEBHOOK_URL", "")?)),
         };
+        let webhook_format = match src.get("FERRY_WEBHOOK_FORMAT") {
+            None | Some("auto") => None,
+            Some("json") => Some(crate::notify::Format::Json),
+            Some("ntfy") => Some(crate::notify::Format::Ntfy),
+            Some(v) => {
+                return Err(err(
+                    "FERRY_WEBHOOK_FORMAT",
+                    format!("expected auto, json or ntfy, got {v:?}"),
+                ));
+            }
+        };
 
         Ok(Config {
             data_dir,
@@ -359,6 +372,7 @@ impl Config {
             log_filter,
             log_slot,
             webhook_url,
+            webhook_format,
         })
     }
 

@@ -22,6 +22,7 @@ pub mod http;
 pub mod links;
 pub mod monitor;
 pub mod nginx;
+pub mod notify;
 pub mod store;
 pub mod tunnel;
 
@@ -48,6 +49,15 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     let provider = Provider::Local(tunnel::local::Local);
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
+
+    if let Some(url) = &config.webhook_url {
+        let url = url.expose().to_string();
+        let format = match config.webhook_format {
+            Some(f) => f,
+            None => notify::Format::detect(&url),
+        };
+        notify::spawn(url, format, links.events.subscribe(), shutdown.clone());
+    }
 
     let closed = links.reconcile().await?;
     if !closed.is_empty() {

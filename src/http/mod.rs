@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod health;
 pub mod json;
@@ -30,6 +31,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(health::router())
         .merge(files::router())
         .merge(links::router())
+        .merge(events::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

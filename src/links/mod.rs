@@ -26,7 +26,7 @@ use crate::monitor::record::AccessRecord;
 use crate::store::{Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
-use rules::{Admission, Refusal};
+use rules::{Admission, Admitted, Refusal};
 
 /// Random, URL-safe text of `bytes` random bytes.
 pub fn random_token(bytes: usize) -> String {
@@ -222,7 +222,7 @@ pub(crate) fn test_link(size: u64, max_downloads: u32) -> Link {
 }
 
 /// The JSON face of a link (SPEC §6 `Tunnel`): never the token, never the download URL.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TunnelView {
     pub tunnel_id: TunnelId,
     pub file_path: String,
@@ -243,7 +243,32 @@ pub struct TunnelView {
     pub rate_limit_bytes_per_second: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[cfg(test)]
+impl TunnelView {
+    pub(crate) fn for_test(link: &Link) -> Self {
+        TunnelView {
+            tunnel_id: link.id.clone(),
+            file_path: link.file_path.to_string(),
+            file_size: link.file_size,
+            state: link.state,
+            public_url: String::new(),
+            created_at: rfc3339(link.created_at_ms),
+            expires_at: rfc3339(link.expires_at_ms),
+            max_downloads: link.max_downloads,
+            downloads_completed: link.downloads_completed,
+            bytes_served: link.bytes_served,
+            progress: rules::progress(link),
+            last_activity: None,
+            clients: vec![],
+            close_reason: link.close_reason,
+            closed_at: None,
+            note: None,
+            rate_limit_bytes_per_second: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct ClientView {
     pub address: String,
     pub user_agent: String,
@@ -286,13 +311,13 @@ pub enum LinkError {
     Internal(String),
 }
 
-/// Something the owner's UI and webhooks hear about.
+/// Something the owner's UI and webhooks hear about: `created`, `started`, `progress`,
+/// `completed` (one download done) or `closed` (with its reason), with the link as it is then.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub event: &'static str,
-    pub tunnel_id: TunnelId,
-    pub close_reason: Option<CloseReason>,
-    pub bytes_served: u64,
+    pub time: String,
+    pub tunnel: TunnelView,
 }
 
 /// Timings and limits the rules need, taken from [`Config`].
@@ -313,6 +338,8 @@ pub struct Links {
     base_url: String,
     /// Wakes the scheduler when a deadline may have moved earlier.
     wake: Notify,
+    /// When each link last had a `progress` event (they are limited to a few per second).
+    progress_sent: std::sync::Mutex<std::collections::HashMap<TunnelId, u64>>,
     pub events: broadcast::Sender<Event>,
 }
 
@@ -333,6 +360,7 @@ impl Links {
             tunnels_dir: config.tunnels_dir.clone(),
             base_url: config.base_url.clone(),
             wake: Notify::new(),
+            progress_sent: Default::default(),
             events: broadcast::channel(1024).0,
         }))
     }
@@ -387,12 +415,25 @@ impl Links {
 
     fn emit(&self, event: &'static str, link: &Link) {
         tracing::info!(tunnel_id = %link.id, event, bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
-        let _ = self.events.send(Event {
-            event,
-            tunnel_id: link.id.clone(),
-            close_reason: link.close_reason,
-            bytes_served: link.bytes_served,
-        });
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Event {
+                event,
+                time: rfc3339(now_ms()),
+                tunnel: self.view(link),
+            });
+        }
+    }
+
+    /// Emits `progress` for a link at most every 250 ms.
+    fn emit_progress(&self, link: &Link) {
+        let now = now_ms();
+        let mut sent = self.progress_sent.lock().expect("progress mutex");
+        let last = sent.entry(link.id.clone()).or_insert(0);
+        if now >= *last + 250 {
+            *last = now;
+            drop(sent);
+            self.emit("progress", link);
+        }
     }
 
     /// Creates a link: resolve the file safely, record it durably, expose it (symlink, then
@@ -519,18 +560,16 @@ impl Links {
         let outcome = self
             .store
             .update(&id, &mut |link| match rules::admit(link, &admission, now, resume) {
-                Ok(()) => Write::Durable(Ok(link.clone())),
+                // A new claim must survive a crash; a request riding on one need not.
+                Ok(a @ Admitted::NewClaim) => Write::Durable(Ok((a, link.clone()))),
+                Ok(a) => Write::Soft(Ok((a, link.clone()))),
                 Err(r) => Write::No(Err(r)),
             })
             .await
             .map_err(|_| Refusal::Unavailable)?
             .ok_or(Refusal::Unknown)?;
-        let link = outcome?;
-        if link.inflight.len() == 1
-            && link.claims.len() == 1
-            && admission.method == rules::Method::Get
-            && link.bytes_served == 0
-        {
+        let (admitted, link) = outcome?;
+        if admitted == Admitted::NewClaim {
             self.emit("started", &link);
         }
         Ok(link)
@@ -584,6 +623,8 @@ impl Links {
         let Some((s, link)) = settled else { return Ok(()) };
         if s.download_completed {
             self.emit("completed", &link);
+        } else if s.changed {
+            self.emit_progress(&link);
         }
         if s.link_completed && link.state != LinkState::Closed {
             self.wake.notify_one();
@@ -611,6 +652,7 @@ impl Links {
             .await?
             .flatten();
         self.expose_nothing(id).await;
+        self.progress_sent.lock().expect("progress mutex").remove(id);
         match closed {
             Some(link) => {
                 self.emit("closed", &link);

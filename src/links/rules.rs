@@ -60,9 +60,18 @@ fn claim_active(link: &Link, c: &Claim, now: u64, resume_ms: u64) -> bool {
     now < c.last_end_ms.saturating_add(resume_ms) || link.inflight.iter().any(|r| r.client == c.client && r.claims)
 }
 
+/// What an allowed request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// It took a new claim: a download starts.
+    NewClaim,
+    /// It rides on an existing claim, or sends no body (HEAD), or resumes during grace.
+    Served,
+}
+
 /// Decides a request and, when it is allowed, records it as in flight (taking a claim if it would
 /// send body bytes). The caller persists the link afterwards; the whole call is one atomic step.
-pub fn admit(link: &mut Link, a: &Admission, now: u64, resume_ms: u64) -> Result<(), Refusal> {
+pub fn admit(link: &mut Link, a: &Admission, now: u64, resume_ms: u64) -> Result<Admitted, Refusal> {
     if link.state == LinkState::Closed {
         return Err(Refusal::Closed);
     }
@@ -73,6 +82,7 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, resume_ms: u64) -> Result
         return Err(Refusal::Method);
     }
     let claims_body = a.method == Method::Get;
+    let mut admitted = Admitted::Served;
     if link.state == LinkState::Completed {
         let completer = link.completer.as_ref() == Some(&a.client);
         if !(completer && a.has_range && claims_body) {
@@ -88,6 +98,7 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, resume_ms: u64) -> Result
             if link.claims.len() >= left {
                 return Err(Refusal::UsedUp);
             }
+            admitted = Admitted::NewClaim;
             link.claims.push(Claim {
                 client: a.client.clone(),
                 last_end_ms: now,
@@ -102,7 +113,7 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, resume_ms: u64) -> Result
         claims: claims_body,
         since_ms: now,
     });
-    Ok(())
+    Ok(admitted)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -290,15 +301,24 @@ mod tests {
     #[test]
     fn one_claim_at_a_time_for_a_single_download() {
         let mut l = test_link(1000, 1);
-        assert_eq!(admit(&mut l, &req("a", Method::Get, false, 1), 10, RESUME), Ok(()));
+        assert_eq!(
+            admit(&mut l, &req("a", Method::Get, false, 1), 10, RESUME),
+            Ok(Admitted::NewClaim)
+        );
         assert_eq!(
             admit(&mut l, &req("b", Method::Get, false, 2), 11, RESUME),
             Err(Refusal::UsedUp)
         );
         // The claiming client may open parallel requests.
-        assert_eq!(admit(&mut l, &req("c", Method::Get, true, 1), 12, RESUME), Ok(()));
+        assert_eq!(
+            admit(&mut l, &req("c", Method::Get, true, 1), 12, RESUME),
+            Ok(Admitted::Served)
+        );
         // HEAD never claims, from anyone.
-        assert_eq!(admit(&mut l, &req("d", Method::Head, false, 3), 13, RESUME), Ok(()));
+        assert_eq!(
+            admit(&mut l, &req("d", Method::Head, false, 3), 13, RESUME),
+            Ok(Admitted::Served)
+        );
         assert_eq!(
             admit(&mut l, &req("e", Method::Other, false, 1), 13, RESUME),
             Err(Refusal::Method)
@@ -323,7 +343,7 @@ mod tests {
         );
         assert_eq!(
             admit(&mut l, &req("b", Method::Get, false, 2), 100 + RESUME, RESUME),
-            Ok(())
+            Ok(Admitted::NewClaim)
         );
     }
 
@@ -367,7 +387,10 @@ mod tests {
             admit(&mut l, &req("e", Method::Get, true, 2), 6, RESUME),
             Err(Refusal::Grace)
         );
-        assert_eq!(admit(&mut l, &req("f", Method::Get, true, 1), 6, RESUME), Ok(()));
+        assert_eq!(
+            admit(&mut l, &req("f", Method::Get, true, 1), 6, RESUME),
+            Ok(Admitted::Served)
+        );
         assert_eq!(due(&l), Some((60_005, CloseReason::Completed)));
     }
 

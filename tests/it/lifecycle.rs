@@ -125,3 +125,84 @@ async fn previewers_and_head_never_claim_or_use_up_a_link() {
     let r = curl(url, &["--interface", "127.0.0.44"]).await;
     assert!(r.exit == 0 && r.body == bytes);
 }
+
+/// A webhook receiver on loopback that records every body it gets, failing the first request so
+/// that delivery has to retry.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let (g, f) = (got.clone(), failed_once.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (g, f) = (g.clone(), f.clone());
+            async move {
+                if !f.swap(true, Ordering::SeqCst) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                g.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_and_webhooks_see_the_events_in_order() {
+    let (hook, got) = webhook_receiver().await;
+    let app = TestApp::spawn_with(&[("FERRY_WEBHOOK_URL", &hook), ("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = app.data_file("report.pdf", 300_000);
+    let sse_file = app.path("events.txt");
+    let mut sse = tokio::process::Command::new("curl")
+        .args(["-sN", "--max-time", "20", "-o"])
+        .arg(&sse_file)
+        .arg(format!("{}/admin/events", app.admin))
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let link = app.link("report.pdf").await;
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let r = curl(link["download_url"].as_str().unwrap(), &[]).await;
+    assert!(r.exit == 0 && r.body == bytes);
+    app.closed(&id, Duration::from_secs(5)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hooks = loop {
+        let v = got.lock().unwrap().clone();
+        if v.len() >= 3 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "webhook got {v:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: Vec<&str> = hooks.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["created", "completed", "closed"], "retried, in order");
+    assert_eq!(hooks[2]["tunnel"]["close_reason"], "completed");
+    assert_eq!(hooks[2]["tunnel"]["bytes_served"], 300_000);
+    assert_eq!(hooks[0]["tunnel"]["tunnel_id"], id.as_str());
+
+    sse.start_kill().unwrap();
+    sse.wait().await.unwrap();
+    let text = std::fs::read_to_string(&sse_file).unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .filter(|e| *e != "progress")
+        .collect();
+    assert_eq!(events, ["created", "started", "completed", "closed"], "{text}");
+    let token = link["token"].as_str().unwrap();
+    assert!(
+        !text.contains(token) && !hooks.iter().any(|h| h.to_string().contains(token)),
+        "token in an event"
+    );
+    let closed_line = text.lines().filter(|l| l.starts_with("data: ")).next_back().unwrap();
+    let closed: serde_json::Value = serde_json::from_str(&closed_line["data: ".len()..]).unwrap();
+    assert_eq!(closed["tunnel"]["close_reason"], "completed");
+}

@@ -1,0 +1,33 @@
+//! `GET /admin/events`: the links' events as Server-Sent Events, in the order they happened.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::get;
+use futures_util::stream::{self, Stream};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/admin/events", get(events))
+}
+
+async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = s.links.events.subscribe();
+    let stream = stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(e) => SseEvent::default()
+                .event(e.event)
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+            // A slow reader missed events: say so, and go on from the newest.
+            Err(RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}")),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

@@ -1,0 +1,138 @@
+//! Webhook notifications: `created`, `completed` and `closed` events POSTed to
+//! `FERRY_WEBHOOK_URL`, in order, with retries and backoff. Delivery runs in its own task behind a
+//! bounded queue, so a slow or dead receiver never holds up a link's lifecycle; when the queue is
+//! full, events are dropped and counted. An ntfy topic gets a plain-text message instead of JSON.
+
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::links::{Event, human_size};
+
+const ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Ntfy,
+}
+
+impl Format {
+    /// ntfy topics (`https://ntfy.sh/topic`, or a self-hosted `ntfy.` host) take plain text.
+    pub fn detect(url: &str) -> Format {
+        let host = url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split(['/', ':']).next())
+            .unwrap_or("");
+        if host == "ntfy.sh" || host.starts_with("ntfy.") {
+            Format::Ntfy
+        } else {
+            Format::Json
+        }
+    }
+}
+
+fn wanted(e: &Event) -> bool {
+    matches!(e.event, "created" | "completed" | "closed")
+}
+
+/// The plain-text line an ntfy topic receives.
+pub fn text(e: &Event) -> String {
+    let t = &e.tunnel;
+    let name = t.file_path.rsplit('/').next().unwrap_or(&t.file_path);
+    match e.event {
+        "created" => format!("Shared {name} ({})", human_size(t.file_size)),
+        "completed" => format!(
+            "{name} was downloaded ({} of {})",
+            t.downloads_completed, t.max_downloads
+        ),
+        _ => {
+            let reason = t
+                .close_reason
+                .map(|r| format!("{r:?}").to_lowercase())
+                .unwrap_or_default();
+            format!("Link to {name} closed: {reason}, {} served", human_size(t.bytes_served))
+        }
+    }
+}
+
+pub fn spawn(url: String, format: Format, mut events: broadcast::Receiver<Event>, cancel: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            let e = tokio::select! {
+                _ = c.cancelled() => return,
+                e = events.recv() => e,
+            };
+            match e {
+                Ok(e) if wanted(&e) => {
+                    if tx.try_send(e).is_err() {
+                        tracing::warn!("webhook queue is full; dropping an event");
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "webhook missed events"),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client with default settings");
+        while let Some(e) = rx.recv().await {
+            let mut delay = Duration::from_millis(500);
+            for attempt in 1..=ATTEMPTS {
+                let req = match format {
+                    Format::Json => http.post(&url).json(&e),
+                    Format::Ntfy => http.post(&url).header("Title", "ferry").body(text(&e)),
+                };
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => break,
+                    Ok(r) => tracing::warn!(status = %r.status(), attempt, event = e.event, "webhook refused"),
+                    Err(err) => tracing::warn!(error = %err.without_url(), attempt, event = e.event, "webhook failed"),
+                }
+                if attempt == ATTEMPTS {
+                    tracing::error!(event = e.event, tunnel_id = %e.tunnel.tunnel_id, "webhook gave up");
+                    break;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay *= 2;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ntfy_is_detected_by_host() {
+        assert_eq!(Format::detect("https://ntfy.sh/my-topic"), Format::Ntfy);
+        assert_eq!(Format::detect("http://ntfy.home.lan:8080/t"), Format::Ntfy);
+        assert_eq!(Format::detect("https://hooks.example/ntfy.sh"), Format::Json);
+        assert_eq!(Format::detect("http://127.0.0.1:9/hook"), Format::Json);
+    }
+
+    #[test]
+    fn ntfy_messages_are_plain_sentences() {
+        let mut link = crate::links::test_link(3_000_000, 1);
+        link.bytes_served = 3_000_000;
+        link.close_reason = Some(crate::links::CloseReason::Stalled);
+        let links_view = crate::links::TunnelView::for_test(&link);
+        let e = Event {
+            event: "closed",
+            time: String::new(),
+            tunnel: links_view,
+        };
+        assert_eq!(text(&e), "Link to f.bin closed: stalled, 3.0 MB served");
+    }
+}
