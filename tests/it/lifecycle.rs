@@ -202,7 +202,7 @@ async fn sse_and_webhooks_see_the_events_in_order() {
         !text.contains(token) && !hooks.iter().any(|h| h.to_string().contains(token)),
         "token in an event"
     );
-    let closed_line = text.lines().filter(|l| l.starts_with("data: ")).next_back().unwrap();
+    let closed_line = text.lines().rfind(|l| l.starts_with("data: ")).unwrap();
     let closed: serde_json::Value = serde_json::from_str(&closed_line["data: ".len()..]).unwrap();
     assert_eq!(closed["tunnel"]["close_reason"], "completed");
 }
