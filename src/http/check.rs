@@ -11,6 +11,7 @@ use axum::routing::get;
 use super::AppState;
 use crate::links::rules::{Admission, Method, Refusal};
 use crate::links::{ClientKey, content_disposition};
+use crate::monitor::sockdiag::Conn;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -73,8 +74,12 @@ async fn decide(s: &AppState, h: &HeaderMap) -> Result<String, Refusal> {
     let admission = Admission {
         request_id: request_id.to_string(),
         method: Method::parse(header(h, "x-ferry-method")),
-        has_range: !header(h, "x-ferry-range").is_empty(),
+        range: Some(header(h, "x-ferry-range"))
+            .filter(|r| !r.is_empty())
+            .map(String::from),
         client,
+        // The baseline is filled in by the check itself.
+        conn: Conn::parse(header(h, "x-ferry-local"), header(h, "x-ferry-peer")).map(|c| (c, 0)),
     };
     let link = s
         .links

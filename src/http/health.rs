@@ -18,7 +18,9 @@ async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = s.links.store().ping().await.is_ok();
     let nginx = s.nginx_running.load(Ordering::SeqCst);
     let ok = store && nginx;
-    let status = if ok { "ok" } else { "degraded" };
+    // Without socket progress ferry still works, from the log alone: degraded, not down.
+    let sockets = s.links.socket_progress();
+    let status = if ok && sockets { "ok" } else { "degraded" };
     let up = |b: bool| if b { "ok" } else { "down" };
     let body = json!({
         "status": status,
@@ -27,12 +29,12 @@ async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
             "nginx": {"status": up(nginx)},
             "provider": {"status": "ok", "kind": s.provider},
             "monitor": {
-                "status": "ok",
+                "status": if sockets { "ok" } else { "degraded" },
                 "lines": s.monitor.lines.load(Ordering::Relaxed),
                 "bad_lines": s.monitor.bad_lines.load(Ordering::Relaxed),
                 "files_done": s.monitor.files_done.load(Ordering::Relaxed),
                 "lag_ms": s.monitor.last_lag_ms.load(Ordering::Relaxed),
-                "progress": "log",
+                "progress": if s.links.socket_progress() { "socket" } else { "log" },
             },
         }
     });

@@ -26,7 +26,7 @@ use crate::monitor::record::AccessRecord;
 use crate::store::{Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
-use rules::{Admission, Admitted, Refusal};
+use rules::{Admission, Admitted, Policy, Refusal};
 
 /// Random, URL-safe text of `bytes` random bytes.
 pub fn random_token(bytes: usize) -> String {
@@ -142,6 +142,8 @@ pub struct Claim {
     pub client: ClientKey,
     pub last_end_ms: u64,
     pub coverage: Coverage,
+    /// Body bytes proven delivered to this claim.
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +153,18 @@ pub struct InFlight {
     /// A GET that holds (or used) a claim; HEAD does not.
     pub claims: bool,
     pub since_ms: u64,
+    /// Where the response body starts in the file.
+    pub range_start: u64,
+    /// The connection, when ferry can see its socket.
+    pub conn: Option<crate::monitor::sockdiag::Conn>,
+    /// What the peer had acknowledged on this connection before this request.
+    pub baseline: u64,
+    /// Acknowledged since the check (response header included).
+    pub delivered: u64,
+    /// When `delivered` last grew.
+    pub progress_ms: u64,
+    /// When the connection was first found gone.
+    pub gone_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +194,8 @@ pub struct Link {
     pub inflight: Vec<InFlight>,
     pub clients: Vec<ClientSeen>,
     pub last_activity_ms: Option<u64>,
+    /// When bytes last moved (or a claim was taken); stalls are measured from here.
+    pub last_progress_ms: Option<u64>,
     pub completer: Option<ClientKey>,
     pub grace_until_ms: Option<u64>,
     pub close_reason: Option<CloseReason>,
@@ -212,6 +228,7 @@ pub(crate) fn test_link(size: u64, max_downloads: u32) -> Link {
         inflight: vec![],
         clients: vec![],
         last_activity_ms: None,
+        last_progress_ms: None,
         completer: None,
         grace_until_ms: None,
         close_reason: None,
@@ -320,20 +337,13 @@ pub struct Event {
     pub tunnel: TunnelView,
 }
 
-/// Timings and limits the rules need, taken from [`Config`].
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub max_tunnel_s: u64,
-    pub grace_ms: u64,
-    pub resume_ms: u64,
-}
-
 pub struct Links {
     store: Store,
     provider: Provider,
     data: DataDir,
     keys: token::Keys,
     policy: Policy,
+    diag: Option<crate::monitor::sockdiag::SockDiag>,
     tunnels_dir: PathBuf,
     base_url: String,
     /// Wakes the scheduler when a deadline may have moved earlier.
@@ -356,6 +366,15 @@ impl Links {
                 max_tunnel_s: config.max_tunnel.as_secs(),
                 grace_ms: config.grace_period.as_millis() as u64,
                 resume_ms: config.resume_window.as_millis() as u64,
+                stall_ms: config.stall_timeout.as_millis() as u64,
+                preview_bytes: config.preview_bytes,
+            },
+            diag: match crate::monitor::sockdiag::SockDiag::open() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sock_diag unavailable: progress comes from the access log only");
+                    None
+                }
             },
             tunnels_dir: config.tunnels_dir.clone(),
             base_url: config.base_url.clone(),
@@ -491,6 +510,7 @@ impl Links {
             inflight: vec![],
             clients: vec![],
             last_activity_ms: None,
+            last_progress_ms: None,
             completer: None,
             grace_until_ms: None,
             close_reason: None,
@@ -535,7 +555,7 @@ impl Links {
     }
 
     /// nginx's question for every public request: may this request be served?
-    pub async fn check(&self, id: &str, token: &str, admission: Admission) -> Result<Link, Refusal> {
+    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<Link, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = now_ms();
         self.keys
@@ -556,10 +576,16 @@ impl Links {
             let _ = self.close(&id, CloseReason::Error).await;
             return Err(Refusal::FileChanged);
         }
-        let resume = self.policy.resume_ms;
+        // The baseline: what this (possibly reused) connection had already acknowledged.
+        if let (Some((conn, base)), Some(diag)) = (admission.conn.as_mut(), &self.diag) {
+            *base = diag.bytes_acked(*conn).ok().flatten().unwrap_or(0);
+        } else {
+            admission.conn = None;
+        }
+        let policy = self.policy;
         let outcome = self
             .store
-            .update(&id, &mut |link| match rules::admit(link, &admission, now, resume) {
+            .update(&id, &mut |link| match rules::admit(link, &admission, now, &policy) {
                 // A new claim must survive a crash; a request riding on one need not.
                 Ok(a @ Admitted::NewClaim) => Write::Durable(Ok((a, link.clone()))),
                 Ok(a) => Write::Soft(Ok((a, link.clone()))),
@@ -605,11 +631,20 @@ impl Links {
             return Ok(());
         };
         let now = now_ms();
-        let grace = self.policy.grace_ms;
+        // One last look at the socket, so an aborted request is credited up to the end.
+        let last = self.store.get(id).await?.and_then(|l| {
+            let f = l.inflight.into_iter().find(|f| f.request_id == rec.request_id)?;
+            Some((f.conn?, self.diag.as_ref()?))
+        });
+        let acked = last.and_then(|(conn, diag)| diag.bytes_acked(conn).ok().flatten());
+        let policy = self.policy;
         let settled = self
             .store
             .update(id, &mut |link| {
-                let s = rules::settle(link, rec, client.clone(), now, grace);
+                if acked.is_some() {
+                    rules::sample(link, &rec.request_id, acked, now);
+                }
+                let s = rules::settle(link, rec, client.clone(), now, &policy);
                 let v = (s, link.clone());
                 if s.download_completed {
                     Write::Durable(v)
@@ -757,6 +792,72 @@ impl Links {
                 _ = self.wake.notified() => {}
             }
         }
+    }
+
+    /// Whether live progress comes from the sockets (else only from the access log).
+    pub fn socket_progress(&self) -> bool {
+        self.diag.is_some()
+    }
+
+    /// Every second: sample the sockets of requests in flight, report progress, close stalled
+    /// links, and settle requests whose connection vanished without a log line.
+    pub async fn run_sampler(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sample_once().await {
+                tracing::warn!(error = %e, "progress sampling failed");
+            }
+        }
+    }
+
+    /// One round of the sampler (tests call it directly).
+    pub async fn sample_once(&self) -> Result<(), StoreError> {
+        const UNLOGGED_AFTER_MS: u64 = 5_000;
+        let policy = self.policy;
+        for link in self.store.list_open().await? {
+            let samples: Vec<(String, Option<u64>)> = match &self.diag {
+                Some(diag) => link
+                    .inflight
+                    .iter()
+                    .filter_map(|f| Some((f.request_id.clone(), diag.bytes_acked(f.conn?).ok()?)))
+                    .collect(),
+                None => vec![],
+            };
+            let now = now_ms();
+            let outcome = self
+                .store
+                .update(&link.id, &mut |l| {
+                    let mut moved = false;
+                    for (rid, acked) in &samples {
+                        moved |= rules::sample(l, rid, *acked, now);
+                    }
+                    let settled = rules::settle_unlogged(l, now, UNLOGGED_AFTER_MS);
+                    let dropped = rules::drop_stalled_claims(l, now, &policy);
+                    let stalled = rules::stalled(l, now, &policy);
+                    let r = (moved, stalled, l.clone());
+                    if settled || dropped {
+                        Write::Durable(r)
+                    } else if moved {
+                        Write::Soft(r)
+                    } else {
+                        Write::No(r)
+                    }
+                })
+                .await?;
+            let Some((moved, stalled, l)) = outcome else { continue };
+            if stalled {
+                tracing::info!(tunnel_id = %l.id, delivered = rules::delivered(&l), "no progress for the stall timeout");
+                self.close(&l.id, CloseReason::Stalled).await?;
+            } else if moved {
+                self.emit_progress(&l);
+            }
+        }
+        Ok(())
     }
 
     /// Listing helpers for the API.

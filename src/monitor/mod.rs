@@ -8,3 +8,4 @@
 pub mod coverage;
 pub mod follow;
 pub mod record;
+pub mod sockdiag;

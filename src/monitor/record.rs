@@ -19,6 +19,8 @@ pub struct AccessRecord {
     pub tunnel_id: Option<TunnelId>,
     pub method: String,
     pub status: u16,
+    /// Header and body bytes handed to the socket.
+    pub bytes_sent: u64,
     pub body_bytes_sent: u64,
     pub content_range: Option<String>,
     pub completion: Completion,
@@ -44,8 +46,7 @@ struct Raw<'a> {
     tunnel_id: &'a str,
     method: &'a str,
     status: u16,
-    #[serde(rename = "bytes_sent")]
-    _bytes_sent: u64,
+    bytes_sent: u64,
     body_bytes_sent: u64,
     #[serde(rename = "range", borrow)]
     _range: std::borrow::Cow<'a, str>,
@@ -92,6 +93,7 @@ impl AccessRecord {
             tunnel_id,
             method: raw.method.to_string(),
             status: raw.status,
+            bytes_sent: raw.bytes_sent,
             body_bytes_sent: raw.body_bytes_sent,
             content_range,
             completion,
