@@ -68,6 +68,8 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     }
 
     let tasks = TaskTracker::new();
+    // Deadlines are enforced from the first moment, before nginx is (re)started.
+    tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
     let managed = match config.nginx_mode {
         NginxMode::Managed => Some(nginx::Managed::prepare(&config).await?),
         NginxMode::External => None,
@@ -109,7 +111,6 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         counters: monitor,
     };
     tasks.spawn(follower.run(links.clone(), shutdown.clone()));
-    tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
     tasks.spawn(links.clone().run_sampler(shutdown.clone()));
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");

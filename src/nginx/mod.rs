@@ -186,7 +186,8 @@ impl Managed {
             pid = pid.as_raw_nonzero().get(),
             "stopping a stale nginx left by an earlier ferry"
         );
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+        // Fast shutdown: the stale nginx serves nothing ferry answers for any more.
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         for i in 0..100 {
             if !Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists() {
                 return;

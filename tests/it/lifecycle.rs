@@ -206,3 +206,131 @@ async fn sse_and_webhooks_see_the_events_in_order() {
     let closed: serde_json::Value = serde_json::from_str(&closed_line["data: ".len()..]).unwrap();
     assert_eq!(closed["tunnel"]["close_reason"], "completed");
 }
+
+async fn open_link(app: &TestApp, id: &str) -> Option<serde_json::Value> {
+    app.open().await.into_iter().find(|t| t["tunnel_id"] == id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_moves_while_a_slow_download_runs_and_a_killed_client_stalls_the_link() {
+    let app = TestApp::spawn_with(&[("STALL_TIMEOUT_SECONDS", "3")]).await;
+    let size = 60_000_000u64;
+    app.data_file("movie.mkv", size as usize);
+    let link = app.link("movie.mkv").await;
+    let id = link["tunnel_id"].as_str().unwrap();
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["components"]["monitor"]["progress"], "socket", "{health}");
+
+    let mut slow = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--limit-rate",
+            "4M",
+            link["download_url"].as_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let p1 = open_link(&app, id).await.expect("open while bytes flow")["progress"]
+        .as_f64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Past the stall timeout, still open: bytes are flowing.
+    let Some(t) = open_link(&app, id).await else {
+        panic!(
+            "a slow but steady reader is not a stall: {:?}\n{}",
+            app.history().await,
+            app.log()
+        );
+    };
+    let p2 = t["progress"].as_f64().unwrap();
+    assert!(0.0 < p1 && p1 < p2 && p2 < 1.0, "progress {p1} -> {p2}");
+    assert_eq!(t["state"], "downloading");
+
+    slow.start_kill().unwrap();
+    slow.wait().await.unwrap();
+    let killed = Instant::now();
+    let t = app.closed(id, Duration::from_secs(10)).await;
+    assert_eq!(t["close_reason"], "stalled");
+    assert!(
+        killed.elapsed() >= Duration::from_secs(1),
+        "closed before the stall timeout"
+    );
+    let served = t["bytes_served"].as_u64().unwrap();
+    assert!(served > 0 && served < size, "bytes_served {served}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_range_then_silence_stalls_with_the_exact_bytes_and_a_resume_completes() {
+    let app = TestApp::spawn_with(&[("STALL_TIMEOUT_SECONDS", "2"), ("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = app.data_file("iso.img", 4_000_000);
+    let quiet = app.link("iso.img").await;
+    let resumed = app.link("iso.img").await;
+
+    let r = curl(quiet["download_url"].as_str().unwrap(), &["-r", "0-2097151"]).await;
+    assert_eq!(r.status, 206);
+    let first = curl(resumed["download_url"].as_str().unwrap(), &["-r", "0-2097151"]).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rest = curl(resumed["download_url"].as_str().unwrap(), &["-r", "2097152-"]).await;
+    assert!([first.body, rest.body].concat() == bytes);
+
+    let t = app
+        .closed(quiet["tunnel_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    assert_eq!(t["close_reason"], "stalled");
+    assert_eq!(t["bytes_served"], 2_097_152);
+    let t = app
+        .closed(resumed["tunnel_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    assert_eq!(t["close_reason"], "completed");
+    assert_eq!(t["bytes_served"], 4_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_no_link_is_lost_the_overdue_one_closes_and_orphans_go() {
+    let mut app = TestApp::spawn().await;
+    let bytes = app.data_file("keep.bin", 100_000);
+    app.data_file("soon.bin", 10);
+    let keep = app.link("keep.bin").await;
+    let (_, soon) = app
+        .create(serde_json::json!({"file_path": "soon.bin", "expires_in_seconds": 2}))
+        .await;
+    let old_nginx = app.nginx_pid().unwrap();
+    app.kill9().await;
+
+    // While ferry is down: a stray tunnel directory appears, and `soon` passes its deadline.
+    let orphan = app.path("tunnels").join("AAAAAAAAAAAAAAAAAAAAAAAA");
+    std::fs::create_dir(&orphan).unwrap();
+    std::os::unix::fs::symlink(app.path("data/keep.bin"), orphan.join("file")).unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let restarted = std::time::SystemTime::now();
+    app.start().await;
+    let t = app
+        .closed(soon["tunnel_id"].as_str().unwrap(), Duration::from_secs(5))
+        .await;
+    assert_eq!(t["close_reason"], "expired");
+    let closed_at = humantime::parse_rfc3339(t["closed_at"].as_str().unwrap()).unwrap();
+    let delay = closed_at.duration_since(restarted).unwrap_or_default();
+    assert!(
+        delay < Duration::from_secs(1) + Duration::from_millis(500),
+        "closed {delay:?} after the restart began\n{}",
+        app.log()
+    );
+    assert!(!orphan.exists(), "orphan symlink directory removed");
+    assert!(!app.path("tunnels").join(soon["tunnel_id"].as_str().unwrap()).exists());
+
+    let open = app.open().await;
+    assert_eq!(open.len(), 1, "the live link survived");
+    assert_eq!(open[0]["tunnel_id"], keep["tunnel_id"]);
+    // One nginx: the stale one is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{old_nginx}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "the stale nginx is still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = curl(keep["download_url"].as_str().unwrap(), &[]).await;
+    assert!(r.exit == 0 && r.body == bytes);
+}
