@@ -9,6 +9,9 @@ pub mod path;
 pub mod rules;
 pub mod token;
 
+#[cfg(test)]
+mod timed_tests;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +36,30 @@ pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("the OS random source is available");
     B64.encode(buf)
+}
+
+/// Where link time comes from: the system clock, or tokio's clock (which tests can pause and
+/// advance) anchored to the wall time when the link service started.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    System,
+    Tokio { wall_ms: u64, start: tokio::time::Instant },
+}
+
+impl Clock {
+    pub fn tokio() -> Self {
+        Clock::Tokio {
+            wall_ms: now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => now_ms(),
+            Clock::Tokio { wall_ms, start } => wall_ms + start.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -338,6 +365,7 @@ pub struct Event {
 }
 
 pub struct Links {
+    clock: Clock,
     store: Store,
     provider: Provider,
     data: DataDir,
@@ -346,6 +374,7 @@ pub struct Links {
     diag: Option<crate::monitor::sockdiag::SockDiag>,
     tunnels_dir: PathBuf,
     base_url: String,
+    history_ms: u64,
     /// Wakes the scheduler when a deadline may have moved earlier.
     wake: Notify,
     /// When each link last had a `progress` event (they are limited to a few per second).
@@ -355,9 +384,14 @@ pub struct Links {
 
 impl Links {
     pub fn new(config: &Config, store: Store, provider: Provider) -> anyhow::Result<Arc<Self>> {
+        Self::with_clock(config, store, provider, Clock::System)
+    }
+
+    pub fn with_clock(config: &Config, store: Store, provider: Provider, clock: Clock) -> anyhow::Result<Arc<Self>> {
         let data = DataDir::open(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: cannot open {}: {e}", config.data_dir.display()))?;
         Ok(Arc::new(Links {
+            clock,
             store,
             provider,
             data,
@@ -377,6 +411,7 @@ impl Links {
                 }
             },
             tunnels_dir: config.tunnels_dir.clone(),
+            history_ms: u64::from(config.history_days) * 86_400_000,
             base_url: config.base_url.clone(),
             wake: Notify::new(),
             progress_sent: Default::default(),
@@ -437,7 +472,7 @@ impl Links {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(Event {
                 event,
-                time: rfc3339(now_ms()),
+                time: rfc3339(self.clock.now_ms()),
                 tunnel: self.view(link),
             });
         }
@@ -445,7 +480,7 @@ impl Links {
 
     /// Emits `progress` for a link at most every 250 ms.
     fn emit_progress(&self, link: &Link) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut sent = self.progress_sent.lock().expect("progress mutex");
         let last = sent.entry(link.id.clone()).or_insert(0);
         if now >= *last + 250 {
@@ -490,7 +525,7 @@ impl Links {
         }
         let resolved = self.data.resolve_file(&req.file_path).map_err(LinkError::Path)?;
 
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let exp_s = (now + expires_in * 1000).div_ceil(1000);
         let id = TunnelId::random();
         let link = Link {
@@ -557,7 +592,7 @@ impl Links {
     /// nginx's question for every public request: may this request be served?
     pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<Link, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.keys
             .verify(token, &id, now / 1000)
             .map_err(|_| Refusal::BadToken)?;
@@ -604,7 +639,7 @@ impl Links {
     /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
     pub async fn preview(&self, id: &str, token: &str) -> Result<Link, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.keys
             .verify(token, &id, now / 1000)
             .map_err(|_| Refusal::BadToken)?;
@@ -630,7 +665,7 @@ impl Links {
             tracing::warn!(client = %rec.client, "access log line with an unparseable client address");
             return Ok(());
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // One last look at the socket, so an aborted request is credited up to the end.
         let last = self.store.get(id).await?.and_then(|l| {
             let f = l.inflight.into_iter().find(|f| f.request_id == rec.request_id)?;
@@ -671,7 +706,7 @@ impl Links {
     /// step can be repeated after a crash. Order: gate (the record says closed, so every check
     /// refuses), provider, symlink directory, event.
     pub async fn close(&self, id: &TunnelId, reason: CloseReason) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let closed = self
             .store
             .update(id, &mut |link| {
@@ -723,7 +758,7 @@ impl Links {
     /// deadline are closed, symlink directories and tunnels of links that are not open are removed.
     /// Returns the ids it closed.
     pub async fn reconcile(&self) -> Result<Vec<TunnelId>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let open = self.store.list_open().await?;
         let mut closed = Vec::new();
         for link in &open {
@@ -758,12 +793,35 @@ impl Links {
         Ok(closed)
     }
 
+    /// Reconciliation and retention, done every minute: agreement between store, folders and
+    /// provider, and history older than `FERRY_HISTORY_DAYS` forgotten.
+    pub async fn housekeeping(&self) -> Result<(), StoreError> {
+        let closed = self.reconcile().await?;
+        if !closed.is_empty() {
+            tracing::info!(count = closed.len(), "reconciliation closed links or removed orphans");
+        }
+        let before = self.clock.now_ms().saturating_sub(self.history_ms);
+        let purged = self.store.purge_history(before).await?;
+        if purged > 0 {
+            tracing::info!(purged, "forgot history past its retention");
+        }
+        Ok(())
+    }
+
     /// Closes links when they fall due: at `expires_at`, or when a completed link's grace period
-    /// ends. One loop for all links; it sleeps until the earliest deadline.
+    /// ends. One loop for all links; it sleeps until the earliest deadline, and does the
+    /// housekeeping every minute.
     pub async fn run_scheduler(self: Arc<Self>, cancel: CancellationToken) {
+        let mut housekeeping_at = self.clock.now_ms() + 60_000;
         loop {
-            let now = now_ms();
-            let mut next = now + 60_000;
+            let now = self.clock.now_ms();
+            if now >= housekeeping_at {
+                housekeeping_at = now + 60_000;
+                if let Err(e) = self.housekeeping().await {
+                    tracing::warn!(error = %e, "housekeeping failed");
+                }
+            }
+            let mut next = housekeeping_at;
             match self.store.list_open().await {
                 Ok(open) => {
                     for link in open {
@@ -785,7 +843,7 @@ impl Links {
                     next = now + 1000;
                 }
             }
-            let sleep = Duration::from_millis(next.saturating_sub(now_ms()));
+            let sleep = Duration::from_millis(next.saturating_sub(self.clock.now_ms()));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(sleep) => {}
@@ -828,7 +886,7 @@ impl Links {
                     .collect(),
                 None => vec![],
             };
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let outcome = self
                 .store
                 .update(&link.id, &mut |l| {

@@ -153,6 +153,31 @@ impl Embedded {
         Ok(self.open.lock().expect("store mutex").values().cloned().collect())
     }
 
+    /// Deletes closed links that closed before `before_ms`; returns how many.
+    pub fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let _guard = self.open.lock().expect("store mutex");
+        blocking(|| {
+            let txn = self.db.begin_write().map_err(unavailable)?;
+            let mut n = 0;
+            {
+                let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
+                let mut links = txn.open_table(LINKS).map_err(unavailable)?;
+                let old: Vec<(u64, String)> = history
+                    .range(..(before_ms, ""))
+                    .map_err(unavailable)?
+                    .filter_map(|row| row.ok().map(|(k, _)| (k.value().0, k.value().1.to_string())))
+                    .collect();
+                for (at, id) in old {
+                    history.remove((at, id.as_str())).map_err(unavailable)?;
+                    links.remove(id.as_str()).map_err(unavailable)?;
+                    n += 1;
+                }
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(n)
+        })
+    }
+
     pub fn history(&self, limit: usize) -> Result<Vec<Link>, StoreError> {
         blocking(|| {
             let txn = self.db.begin_read().map_err(unavailable)?;

@@ -84,6 +84,13 @@ impl Store {
         }
     }
 
+    /// Forgets closed links that closed before `before_ms` (history retention).
+    pub async fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
+        match self {
+            Store::Embedded(s) => s.purge_history(before_ms),
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Embedded(_) => Ok(()),

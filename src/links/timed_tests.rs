@@ -1,0 +1,194 @@
+//! Time-based rules end to end inside the link service, on tokio's paused clock: the scheduler,
+//! the sampler and housekeeping see virtual time, so deadlines are checked to the millisecond
+//! without sleeping. Real store, real files; no nginx (its part is tested in `tests/it`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::rules::{Admission, Method};
+use super::*;
+use crate::config::{Config, Source};
+use crate::monitor::record::{AccessRecord, Completion};
+use crate::store::embedded::Embedded;
+
+struct Fixture {
+    links: Arc<Links>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(extra: &[(&str, &str)]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/f.bin"), vec![1u8; 4_000_000]).unwrap();
+    let (data, state, tunnels, logs) = (p("data"), p("state"), p("tunnels"), p("logs"));
+    let mut pairs = vec![
+        ("NAS_MOUNT_PATH", data.as_str()),
+        ("FERRY_STATE_DIR", state.as_str()),
+        ("FERRY_TUNNELS_DIR", tunnels.as_str()),
+        ("FERRY_LOGS_DIR", logs.as_str()),
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+    ];
+    pairs.extend_from_slice(extra);
+    let mut config = Config::load(&Source::from_pairs(pairs)).unwrap();
+    config.prepare_dirs().unwrap();
+    let store = Store::Embedded(Embedded::open(&config.state_dir.join("ferry.redb")).unwrap());
+    let links = Links::with_clock(
+        &config,
+        store,
+        Provider::Local(crate::tunnel::local::Local),
+        Clock::tokio(),
+    )
+    .unwrap();
+    Fixture { links, _dir: dir }
+}
+
+fn new_link(expires_in: u64) -> NewLink {
+    NewLink {
+        file_path: RelPath::parse("f.bin").unwrap(),
+        expires_in: Some(expires_in),
+        max_downloads: None,
+        note: None,
+        rate_limit_bytes_per_second: None,
+    }
+}
+
+/// Lets spawned tasks run until they wait again.
+async fn run_pending() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn state_of(links: &Links, id: &TunnelId) -> Link {
+    links.store().get(id).await.unwrap().unwrap()
+}
+
+fn record(request_id: &str, status: u16, body: u64, content_range: &str) -> AccessRecord {
+    AccessRecord {
+        msec: 0.0,
+        request_id: request_id.into(),
+        tunnel_id: None,
+        method: "GET".into(),
+        status,
+        bytes_sent: body + 300,
+        body_bytes_sent: body,
+        content_range: Some(content_range.to_string()).filter(|s| !s.is_empty()),
+        completion: Completion::Ok,
+        client: "127.0.0.5".into(),
+        user_agent: "curl".into(),
+        preview: false,
+    }
+}
+
+async fn download_range(f: &Fixture, created: &Created, rid: &str, range: &str, body: u64, cr: &str) {
+    let admission = Admission {
+        request_id: rid.into(),
+        method: Method::Get,
+        range: Some(range.into()),
+        client: ClientKey::new("127.0.0.5", "curl").unwrap(),
+        conn: None,
+    };
+    f.links
+        .check(created.tunnel_id.as_str(), &created.token, admission)
+        .await
+        .unwrap();
+    let mut rec = record(rid, 206, body, cr);
+    rec.tunnel_id = Some(created.tunnel_id.clone());
+    f.links.apply_log(&rec).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_closes_the_link_at_its_deadline_to_the_millisecond() {
+    let f = fixture(&[]);
+    let cancel = CancellationToken::new();
+    tokio::spawn(f.links.clone().run_scheduler(cancel.clone()));
+    let (created, link) = f.links.create(new_link(5)).await.unwrap();
+    let left = link.expires_at_ms - f.links.clock.now_ms();
+    tokio::time::advance(Duration::from_millis(left - 1)).await;
+    run_pending().await;
+    assert_eq!(state_of(&f.links, &created.tunnel_id).await.state, LinkState::Open);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    run_pending().await;
+    let l = state_of(&f.links, &created.tunnel_id).await;
+    assert_eq!(
+        (l.state, l.close_reason),
+        (LinkState::Closed, Some(CloseReason::Expired))
+    );
+    assert_eq!(l.closed_at_ms, Some(l.expires_at_ms));
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completed_link_closes_when_its_grace_period_ends() {
+    let f = fixture(&[("GRACE_PERIOD_SECONDS", "60")]);
+    let cancel = CancellationToken::new();
+    tokio::spawn(f.links.clone().run_scheduler(cancel.clone()));
+    let (created, _) = f.links.create(new_link(3600)).await.unwrap();
+    download_range(
+        &f,
+        &created,
+        "0123456789abcdef0123456789abcde1",
+        "bytes=0-",
+        4_000_000,
+        "bytes 0-3999999/4000000",
+    )
+    .await;
+    let l = state_of(&f.links, &created.tunnel_id).await;
+    assert_eq!(l.state, LinkState::Completed);
+    tokio::time::advance(Duration::from_millis(59_999)).await;
+    run_pending().await;
+    assert_eq!(state_of(&f.links, &created.tunnel_id).await.state, LinkState::Completed);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    run_pending().await;
+    let l = state_of(&f.links, &created.tunnel_id).await;
+    assert_eq!(
+        (l.state, l.close_reason, l.bytes_served),
+        (LinkState::Closed, Some(CloseReason::Completed), 4_000_000)
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn silence_after_a_partial_download_stalls_after_the_timeout_and_not_before() {
+    let f = fixture(&[("STALL_TIMEOUT_SECONDS", "300")]);
+    let (created, _) = f.links.create(new_link(3600)).await.unwrap();
+    download_range(
+        &f,
+        &created,
+        "0123456789abcdef0123456789abcde2",
+        "bytes=0-1999999",
+        2_000_000,
+        "bytes 0-1999999/4000000",
+    )
+    .await;
+    tokio::time::advance(Duration::from_millis(299_999)).await;
+    f.links.sample_once().await.unwrap();
+    assert_eq!(
+        state_of(&f.links, &created.tunnel_id).await.state,
+        LinkState::Downloading
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    f.links.sample_once().await.unwrap();
+    let l = state_of(&f.links, &created.tunnel_id).await;
+    assert_eq!(
+        (l.close_reason, l.bytes_served),
+        (Some(CloseReason::Stalled), 2_000_000)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_is_forgotten_after_its_retention() {
+    let f = fixture(&[("FERRY_HISTORY_DAYS", "1")]);
+    let (created, _) = f.links.create(new_link(3600)).await.unwrap();
+    f.links.terminate(created.tunnel_id.as_str()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(86_399)).await;
+    f.links.housekeeping().await.unwrap();
+    assert_eq!(f.links.store().history(10).await.unwrap().len(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    f.links.housekeeping().await.unwrap();
+    assert!(f.links.store().history(10).await.unwrap().is_empty());
+    assert!(f.links.store().get(&created.tunnel_id).await.unwrap().is_none());
+}
