@@ -83,6 +83,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         nginx_running,
         monitor: monitor.clone(),
         provider: provider_name,
+        auth: Arc::new(http::auth::AdminAuth::new(
+            config.admin_token.clone(),
+            admin.local_addr()?,
+            &config.admin_hosts,
+        )),
     };
 
     // The check socket: nginx's only way to ask. Owner and group only.

@@ -2,6 +2,7 @@
 //! endpoint nginx calls over the Unix socket. Handlers parse input into domain types and call
 //! [`crate::links::Links`]; they never touch files, nginx or the provider directly.
 
+pub mod auth;
 pub mod check;
 pub mod error;
 pub mod events;
@@ -9,6 +10,7 @@ pub mod files;
 pub mod health;
 pub mod json;
 pub mod links;
+pub mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,6 +26,7 @@ pub struct AppState {
     pub nginx_running: Arc<AtomicBool>,
     pub monitor: Arc<Counters>,
     pub provider: &'static str,
+    pub auth: Arc<auth::AdminAuth>,
 }
 
 pub fn admin_router(state: AppState) -> Router {
@@ -32,6 +35,9 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(files::router())
         .merge(links::router())
         .merge(events::router())
+        .merge(auth::router())
+        .merge(ui::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .with_state(state)
 }

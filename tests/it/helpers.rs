@@ -51,11 +51,18 @@ impl TestApp {
             all.retain(|(kk, _)| kk != k);
             all.push((k.to_string(), v.to_string()));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some((_, token)) = all.iter().find(|(k, _)| k == "FERRY_ADMIN_TOKEN") {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+        }
         let mut app = TestApp {
             dir,
             admin: format!("http://127.0.0.1:{admin_port}"),
             public: format!("http://127.0.0.1:{public_port}"),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder().default_headers(headers).build().unwrap(),
             env: all,
             child: None,
         };

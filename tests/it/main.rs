@@ -3,6 +3,7 @@
 mod helpers;
 
 mod api;
+mod auth;
 mod download;
 mod lifecycle;
 mod security;

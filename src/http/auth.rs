@@ -1,0 +1,303 @@
+//! Who may use the admin listener.
+//!
+//! Every request: its `Host` must name this listener (`localhost`, `127.0.0.1`, `[::1]`, the
+//! listener's own address, or a name in `FERRY_ADMIN_HOSTS`), else 421, which defeats DNS
+//! rebinding; a state-changing request whose `Origin` is another site gets 403. With
+//! `FERRY_ADMIN_TOKEN` set, every route but `/health`, the login and the UI's static files needs
+//! `Authorization: Bearer <token>` (compared in constant time) or the session cookie the login
+//! sets (HttpOnly, SameSite=Strict, signed with a key derived from the token). Tokens are never
+//! logged.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::AppState;
+use super::json::JsonObject;
+use crate::config::Secret;
+
+pub const COOKIE: &str = "ferry_session";
+const SESSION_SECONDS: u64 = 12 * 3600;
+
+pub struct AdminAuth {
+    token: Option<Secret>,
+    hosts: Vec<String>,
+    session_enc: Option<EncodingKey>,
+    session_dec: Option<DecodingKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Session {
+    sub: String,
+    exp: u64,
+}
+
+/// Equal-length, data-independent comparison (the length of the expected token is not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The host part of a `Host` header or an origin's authority, lower-cased, without the port.
+fn host_name(authority: &str) -> Option<String> {
+    let a = authority.trim();
+    let name = if let Some(rest) = a.strip_prefix('[') {
+        format!("[{}]", rest.split(']').next()?)
+    } else {
+        a.rsplit_once(':')
+            .map_or(a, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { a })
+            .to_string()
+    };
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+impl AdminAuth {
+    pub fn new(token: Option<Secret>, admin_addr: SocketAddr, extra_hosts: &[String]) -> Self {
+        let own = match admin_addr.ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "[::1]".into(), own];
+        hosts.extend(extra_hosts.iter().map(|h| h.to_ascii_lowercase()));
+        let key = token.as_ref().map(|t| format!("ferry-session:{}", t.expose()));
+        AdminAuth {
+            session_enc: key.as_ref().map(|k| EncodingKey::from_secret(k.as_bytes())),
+            session_dec: key.as_ref().map(|k| DecodingKey::from_secret(k.as_bytes())),
+            token,
+            hosts,
+        }
+    }
+
+    pub fn required(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn host_allowed(&self, authority: &str) -> bool {
+        host_name(authority).is_some_and(|h| self.hosts.contains(&h))
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        let Some(rest) = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+        else {
+            return false;
+        };
+        self.host_allowed(rest.trim_end_matches('/'))
+    }
+
+    fn bearer_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else { return true };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| ct_eq(given.trim().as_bytes(), token.expose().as_bytes()))
+    }
+
+    fn session_ok(&self, headers: &HeaderMap, now_s: u64) -> bool {
+        let Some(dec) = &self.session_dec else { return false };
+        let Some(value) = cookie(headers, COOKIE) else {
+            return false;
+        };
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 0;
+        match jsonwebtoken::decode::<Session>(value, dec, &v) {
+            Ok(d) => d.claims.sub == "admin" && d.claims.exp > now_s,
+            Err(_) => false,
+        }
+    }
+
+    pub fn authorized(&self, headers: &HeaderMap, now_s: u64) -> bool {
+        self.token.is_none() || self.bearer_ok(headers) || self.session_ok(headers, now_s)
+    }
+
+    fn session_cookie(&self, now_s: u64) -> Option<String> {
+        let enc = self.session_enc.as_ref()?;
+        let s = Session {
+            sub: "admin".into(),
+            exp: now_s + SESSION_SECONDS,
+        };
+        let v = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &s, enc).ok()?;
+        Some(format!(
+            "{COOKIE}={v}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_SECONDS}"
+        ))
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn now_s() -> u64 {
+    crate::links::now_ms() / 1000
+}
+
+/// Routes anyone on the listener may reach: health, the login, the UI's static files.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/login" | "/logout") || super::ui::is_asset(path)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message, "details": null}))).into_response()
+}
+
+pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let auth = &s.auth;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !auth.host_allowed(host) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Host is not this admin listener (see FERRY_ADMIN_HOSTS)",
+        );
+    }
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            if !origin.to_str().is_ok_and(|o| auth.origin_allowed(o)) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "cross-site request refused (Origin is not this admin listener)",
+                );
+            }
+        }
+    }
+    if !is_public(req.uri().path()) && !auth.authorized(req.headers(), now_s()) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: Authorization: Bearer <FERRY_ADMIN_TOKEN>",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+}
+
+/// `POST /login` with `{"token": "..."}`: sets the session cookie.
+async fn login(State(s): State<AppState>, body: JsonObject) -> Response {
+    if let Err(e) = body.only(&["token"]) {
+        return e.into_response();
+    }
+    let given = body.string("token").ok().flatten().unwrap_or("");
+    let ok = s
+        .auth
+        .token
+        .as_ref()
+        .is_some_and(|t| ct_eq(given.as_bytes(), t.expose().as_bytes()));
+    if !ok {
+        // Slow down guessing.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        return error(StatusCode::UNAUTHORIZED, "token: wrong token");
+    }
+    match s.auth.session_cookie(now_s()) {
+        Some(c) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, c)]).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no login: FERRY_ADMIN_TOKEN is not set"),
+    }
+}
+
+async fn logout() -> Response {
+    let c = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, c)]).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> AdminAuth {
+        AdminAuth::new(
+            Some(Secret::new("0123456789abcdef")),
+            "192.168.1.5:8000".parse().unwrap(),
+            &["nas.lan".into()],
+        )
+    }
+
+    #[test]
+    fn hosts_and_origins() {
+        let a = auth();
+        for ok in [
+            "localhost:8000",
+            "127.0.0.1",
+            "[::1]:8000",
+            "192.168.1.5:8000",
+            "NAS.lan",
+            "nas.lan:443",
+        ] {
+            assert!(a.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:8000",
+            "nas.lan.evil.example",
+            "localhost.evil",
+            "[::2]:8000",
+        ] {
+            assert!(!a.host_allowed(bad), "{bad}");
+        }
+        assert!(a.origin_allowed("http://localhost:8000"));
+        assert!(a.origin_allowed("https://nas.lan"));
+        for bad in ["null", "http://evil.example", "file://", "localhost:8000"] {
+            assert!(!a.origin_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bearer_and_session() {
+        let a = auth();
+        let mut h = HeaderMap::new();
+        assert!(!a.authorized(&h, 100));
+        h.insert(header::AUTHORIZATION, "Bearer 0123456789abcdeX".parse().unwrap());
+        assert!(!a.authorized(&h, 100));
+        h.insert(header::AUTHORIZATION, "Bearer 0123456789abcdef".parse().unwrap());
+        assert!(a.authorized(&h, 100));
+        let c = a.session_cookie(100).unwrap();
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"));
+        let value = c.split(';').next().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, format!("other=1; {value}").parse().unwrap());
+        assert!(a.authorized(&h, 100));
+        assert!(!a.authorized(&h, 100 + SESSION_SECONDS), "sessions expire");
+        let other = AdminAuth::new(
+            Some(Secret::new("another-token-123")),
+            "127.0.0.1:1".parse().unwrap(),
+            &[],
+        );
+        assert!(!other.authorized(&h, 100), "a session from another token is worthless");
+    }
+
+    #[test]
+    fn constant_time_compare_is_exact() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,38 @@
+//! The web UI's static files, built into the binary (`web/`). No build step: plain HTML, CSS and
+//! JavaScript modules.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::AppState;
+
+const FILES: &[(&str, &str, &str)] = &[("/", "text/html; charset=utf-8", include_str!("../../web/index.html"))];
+
+pub fn is_asset(path: &str) -> bool {
+    FILES.iter().any(|(p, _, _)| *p == path)
+}
+
+pub fn router() -> Router<AppState> {
+    FILES.iter().fold(Router::new(), |r, &(path, mime, body)| {
+        r.route(path, get(move || async move { asset(mime, body) }))
+    })
+}
+
+fn asset(mime: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
