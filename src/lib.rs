@@ -83,6 +83,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         nginx_running,
         monitor: monitor.clone(),
         provider: provider_name,
+        metrics: install_metrics(),
         auth: Arc::new(http::auth::AdminAuth::new(
             config.admin_token.clone(),
             admin.local_addr()?,
@@ -128,4 +129,18 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     tasks.wait().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+/// The process-wide metrics recorder (the `metrics` facade is global by design); a second
+/// `run` in one process reuses nothing and records into its own, unexported recorder.
+fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
+        .expect("static buckets are valid")
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder was already installed in this process");
+    }
+    handle
 }

@@ -34,6 +34,7 @@ async fn check(State(s): State<AppState>, h: HeaderMap) -> Response {
             r
         }
         Err(refusal) => {
+            metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             tracing::debug!(%refusal, tunnel = header(&h, "x-ferry-tunnel"), client = header(&h, "x-ferry-client"), "refused");
             StatusCode::FORBIDDEN.into_response()
         }
@@ -58,6 +59,7 @@ async fn preview(State(s): State<AppState>, h: HeaderMap) -> Response {
         )
             .into_response(),
         Err(refusal) => {
+            metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             tracing::debug!(%refusal, client = header(&h, "x-ferry-client"), "preview refused");
             StatusCode::FORBIDDEN.into_response()
         }

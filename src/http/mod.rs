@@ -10,6 +10,7 @@ pub mod files;
 pub mod health;
 pub mod json;
 pub mod links;
+pub mod metrics;
 pub mod ui;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct AppState {
     pub monitor: Arc<Counters>,
     pub provider: &'static str,
     pub auth: Arc<auth::AdminAuth>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn admin_router(state: AppState) -> Router {
@@ -36,6 +38,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(links::router())
         .merge(events::router())
         .merge(auth::router())
+        .merge(metrics::router())
         .merge(ui::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))

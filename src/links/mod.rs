@@ -164,6 +164,18 @@ pub enum CloseReason {
     Error,
 }
 
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Completed => "completed",
+            CloseReason::Stalled => "stalled",
+            CloseReason::Expired => "expired",
+            CloseReason::Terminated => "terminated",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claim {
     pub client: ClientKey,
@@ -571,6 +583,7 @@ impl Links {
             return Err(e);
         }
         self.wake.notify_one();
+        metrics::counter!("ferry_links_created_total").increment(1);
         self.emit("created", &link);
         let created = Created {
             download_url: self.download_url(&link),
@@ -679,8 +692,9 @@ impl Links {
                 if acked.is_some() {
                     rules::sample(link, &rec.request_id, acked, now);
                 }
+                let before = link.bytes_served;
                 let s = rules::settle(link, rec, client.clone(), now, &policy);
-                let v = (s, link.clone());
+                let v = (s, link.bytes_served - before, link.clone());
                 if s.download_completed {
                     Write::Durable(v)
                 } else if s.changed {
@@ -690,8 +704,10 @@ impl Links {
                 }
             })
             .await?;
-        let Some((s, link)) = settled else { return Ok(()) };
+        let Some((s, bytes, link)) = settled else { return Ok(()) };
+        metrics::counter!("ferry_bytes_served_total").increment(bytes);
         if s.download_completed {
+            metrics::counter!("ferry_downloads_completed_total").increment(1);
             self.emit("completed", &link);
         } else if s.changed {
             self.emit_progress(&link);
@@ -725,6 +741,8 @@ impl Links {
         self.progress_sent.lock().expect("progress mutex").remove(id);
         match closed {
             Some(link) => {
+                let reason = link.close_reason.map_or("unknown", CloseReason::as_str);
+                metrics::counter!("ferry_links_closed_total", "reason" => reason).increment(1);
                 self.emit("closed", &link);
                 Ok(true)
             }
@@ -737,7 +755,9 @@ impl Links {
     async fn expose_nothing(&self, id: &TunnelId) {
         let mut delay = Duration::from_millis(50);
         for attempt in 0..8 {
+            let started = std::time::Instant::now();
             let tunnel = self.provider.close(id).await;
+            metrics::histogram!("ferry_provider_call_seconds", "op" => "close").record(started.elapsed().as_secs_f64());
             let dir = match tokio::fs::remove_dir_all(self.tunnels_dir.join(id.as_str())).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -894,7 +914,9 @@ impl Links {
                     for (rid, acked) in &samples {
                         moved |= rules::sample(l, rid, *acked, now);
                     }
+                    let before = l.bytes_served;
                     let settled = rules::settle_unlogged(l, now, UNLOGGED_AFTER_MS);
+                    metrics::counter!("ferry_bytes_served_total").increment(l.bytes_served - before);
                     let dropped = rules::drop_stalled_claims(l, now, &policy);
                     let stalled = rules::stalled(l, now, &policy);
                     let r = (moved, stalled, l.clone());

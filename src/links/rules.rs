@@ -74,6 +74,24 @@ pub enum Refusal {
     Unavailable,
 }
 
+impl Refusal {
+    /// A stable name for metrics and the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::BadToken => "bad_token",
+            Refusal::Unknown => "unknown_link",
+            Refusal::Closed => "closed",
+            Refusal::Expired => "expired",
+            Refusal::Method => "method",
+            Refusal::UsedUp => "used_up",
+            Refusal::Grace => "grace",
+            Refusal::FileChanged => "file_changed",
+            Refusal::Malformed => "malformed",
+            Refusal::Unavailable => "store_unavailable",
+        }
+    }
+}
+
 /// What an allowed request got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admitted {

@@ -177,6 +177,7 @@ impl Follower {
         };
         let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
         self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
+        metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
         // The store may be briefly unavailable; a line is only dropped after retries.
         for attempt in 0..6u32 {
             match links.apply_log(&rec).await {

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod admin;
 mod api;
 mod auth;
 mod download;

@@ -1,0 +1,25 @@
+//! `GET /metrics`: Prometheus text, rendered by the `metrics` exporter from what the parts record
+//! (links created and closed by reason, bytes served, downloads completed, refusals by reason,
+//! monitor lag, provider call latency); the open-links gauge is read from the store on each scrape.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::AppState;
+use super::error::ApiError;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let open = s.links.store().list_open().await?.len();
+    metrics::gauge!("ferry_links_open").set(open as f64);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    ))
+}

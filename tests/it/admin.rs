@@ -1,0 +1,57 @@
+//! The admin surface: metrics, configuration, audit, bans, monitor status.
+
+use std::time::Duration;
+
+use crate::helpers::{EMPTY_REPLY, TestApp, curl};
+
+/// The value of one sample line (`name{labels} value`) in Prometheus text, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(app: &TestApp) -> String {
+    let r = app.http.get(format!("{}/metrics", app.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    r.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_move_as_links_are_created_downloaded_and_closed() {
+    let app = TestApp::spawn_with(&[("GRACE_PERIOD_SECONDS", "0")]).await;
+    app.data_file("a.bin", 5000);
+    let before = metrics(&app).await;
+    assert_eq!(sample(&before, "ferry_links_created_total"), 0.0);
+
+    let done = app.link("a.bin").await;
+    let ended = app.link("a.bin").await;
+    let m = metrics(&app).await;
+    assert_eq!(sample(&m, "ferry_links_created_total"), 2.0, "{m}");
+    assert_eq!(sample(&m, "ferry_links_open"), 2.0);
+
+    assert_eq!(curl(done["download_url"].as_str().unwrap(), &[]).await.exit, 0);
+    let bad = curl(&format!("{}x", done["download_url"].as_str().unwrap()), &[]).await;
+    assert_eq!(bad.exit, EMPTY_REPLY);
+    app.closed(done["tunnel_id"].as_str().unwrap(), Duration::from_secs(5))
+        .await;
+    let id = ended["tunnel_id"].as_str().unwrap();
+    app.http
+        .delete(format!("{}/admin/tunnels/{id}", app.admin))
+        .send()
+        .await
+        .unwrap();
+
+    let m = metrics(&app).await;
+    assert_eq!(sample(&m, "ferry_links_open"), 0.0);
+    assert_eq!(sample(&m, "ferry_bytes_served_total"), 5000.0, "{m}");
+    assert_eq!(sample(&m, "ferry_downloads_completed_total"), 1.0);
+    assert_eq!(sample(&m, "ferry_links_closed_total{reason=\"completed\"}"), 1.0, "{m}");
+    assert_eq!(sample(&m, "ferry_links_closed_total{reason=\"terminated\"}"), 1.0);
+    assert!(sample(&m, "ferry_refusals_total{reason=\"bad_token\"}") >= 1.0, "{m}");
+    assert!(m.contains("ferry_monitor_lag_seconds"), "{m}");
+    assert!(m.contains("ferry_provider_call_seconds"), "{m}");
+}
