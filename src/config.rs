@@ -146,6 +146,9 @@ pub struct Config {
     pub log_filter: String,
     pub log_slot: LogSlot,
     pub webhook_url: Option<Secret>,
+    pub ban_after_fails: u32,
+    pub ban: Duration,
+    pub conn_per_client: u32,
     /// `None`: detected from the URL.
     pub webhook_format: Option<crate::notify::Format>,
 }
@@ -334,6 +337,13 @@ impl Config {
             None => None,
             Some(_) => Some(Secret::new(url(src, "FERRY_WEBHOOK_URL", "")?)),
         };
+        let ban_after_fails = u32::try_from(number(src, "FERRY_BAN_AFTER_FAILS", 10)?)
+            .map_err(|_| err("FERRY_BAN_AFTER_FAILS", "too large"))?;
+        let ban = seconds(src, "FERRY_BAN_SECONDS", 900, 1)?;
+        let conn_per_client = u32::try_from(number(src, "FERRY_CONN_PER_CLIENT", 64)?)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| err("FERRY_CONN_PER_CLIENT", "must be between 1 and 4294967295"))?;
         let webhook_format = match src.get("FERRY_WEBHOOK_FORMAT") {
             None | Some("auto") => None,
             Some("json") => Some(crate::notify::Format::Json),
@@ -372,6 +382,9 @@ impl Config {
             log_filter,
             log_slot,
             webhook_url,
+            ban_after_fails,
+            ban,
+            conn_per_client,
             webhook_format,
         })
     }
@@ -411,6 +424,96 @@ impl Config {
         self.jwt_secret = Secret::new(secret);
         Ok(())
     }
+}
+
+impl Config {
+    /// The effective configuration as the owner may see it: secrets only say whether they are set.
+    pub fn redacted(&self) -> serde_json::Value {
+        let set = |s: &Option<Secret>| if s.is_some() { "[set]" } else { "[unset]" };
+        serde_json::json!({
+            "NAS_MOUNT_PATH": self.data_dir,
+            "FERRY_STATE_DIR": self.state_dir,
+            "FERRY_TUNNELS_DIR": self.tunnels_dir,
+            "FERRY_LOGS_DIR": self.logs_dir,
+            "JWT_SECRET": "[set]",
+            "MAX_TUNNEL_SECONDS": self.max_tunnel.as_secs(),
+            "STALL_TIMEOUT_SECONDS": self.stall_timeout.as_secs(),
+            "GRACE_PERIOD_SECONDS": self.grace_period.as_secs(),
+            "RESUME_WINDOW_SECONDS": self.resume_window.as_secs(),
+            "FERRY_PREVIEW_BYTES": self.preview_bytes,
+            "REDIS_URL": set(&self.redis_url),
+            "BASE_URL": self.base_url,
+            "FERRY_ADMIN_ADDR": self.admin_addr.to_string(),
+            "FERRY_ADMIN_HOSTS": self.admin_hosts,
+            "FERRY_PUBLIC_ADDR": self.public_addr.to_string(),
+            "FERRY_UPSTREAM_URL": self.upstream_url,
+            "FERRY_PROVIDER": format!("{:?}", self.provider).to_lowercase(),
+            "FERRY_NGINX": format!("{:?}", self.nginx_mode).to_lowercase(),
+            "FERRY_NGINX_BIN": self.nginx_bin,
+            "FERRY_TRUSTED_PROXIES": self.trusted_proxies,
+            "FERRY_ADMIN_TOKEN": set(&self.admin_token),
+            "FERRY_BAN_AFTER_FAILS": self.ban_after_fails,
+            "FERRY_BAN_SECONDS": self.ban.as_secs(),
+            "FERRY_CONN_PER_CLIENT": self.conn_per_client,
+            "FERRY_WEBHOOK_URL": set(&self.webhook_url),
+            "FERRY_HISTORY_DAYS": self.history_days,
+            "FERRY_LOG": self.log_filter,
+            "FERRY_LOG_SLOT": format!("{}s", self.log_slot.millis() as f64 / 1000.0),
+        })
+    }
+
+    /// Values that work but put something at risk, each as one sentence naming the variable.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.admin_addr.ip().is_loopback() {
+            w.push(format!(
+                "FERRY_ADMIN_ADDR: the admin listener ({}) is reachable from the network; keep FERRY_ADMIN_TOKEN long and secret",
+                self.admin_addr
+            ));
+        }
+        if self.admin_token.is_none() {
+            w.push("FERRY_ADMIN_TOKEN: unset; anything on this machine can use the admin API".into());
+        }
+        if self.public_addr.ip().is_unspecified() && self.provider == ProviderKind::Local {
+            w.push(
+                "FERRY_PUBLIC_ADDR: listening on every interface with the local provider exposes links to the LAN"
+                    .into(),
+            );
+        }
+        if self.max_tunnel > Duration::from_secs(7 * 86_400) {
+            w.push("MAX_TUNNEL_SECONDS: links may stay public for more than a week".into());
+        }
+        if self.grace_period < Duration::from_secs(10) && self.provider != ProviderKind::Local {
+            w.push(
+                "GRACE_PERIOD_SECONDS: under 10 s, a recipient behind Funnel's buffering can lose the last bytes"
+                    .into(),
+            );
+        }
+        if self.stall_timeout < Duration::from_secs(30) {
+            w.push("STALL_TIMEOUT_SECONDS: under 30 s, a slow network can close a download as stalled".into());
+        }
+        if self.trusted_proxies.iter().any(|p| p.ends_with("/0")) {
+            w.push(
+                "FERRY_TRUSTED_PROXIES: trusts X-Forwarded-For from everyone; client addresses can be forged".into(),
+            );
+        }
+        if self.ban_after_fails == 0 {
+            w.push("FERRY_BAN_AFTER_FAILS: 0 turns banning off; token guessing goes unpunished".into());
+        }
+        if self
+            .redis_url
+            .as_ref()
+            .is_some_and(|u| u.expose().starts_with("redis://") && !is_local_url(u.expose()))
+        {
+            w.push("REDIS_URL: plain redis:// to another host; link state crosses the network unencrypted".into());
+        }
+        w
+    }
+}
+
+fn is_local_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or("").rsplit('@').next().unwrap_or("");
+    host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
 }
 
 fn list(v: Option<&str>) -> Vec<String> {
@@ -485,6 +588,8 @@ mod tests {
             ("STALL_TIMEOUT_SECONDS", "-1"),
             ("FERRY_LOG_SLOT", "5m"),
             ("FERRY_WEBHOOK_URL", "mailto:me"),
+            ("FERRY_CONN_PER_CLIENT", "0"),
+            ("FERRY_BAN_SECONDS", "0"),
         ];
         for (var, value) in cases {
             let e = load(&[(var, value)]).unwrap_err();
@@ -514,6 +619,35 @@ mod tests {
         for bad in ["", "x", "1.2.3", "17000000.12", "-5"] {
             assert_eq!(LogSlot::Tenth.start_ms(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_effective_config_hides_secrets_and_warns() {
+        let c = load(&[
+            ("FERRY_ADMIN_ADDR", "0.0.0.0:8000"),
+            ("FERRY_ADMIN_TOKEN", "super-secret-admin-token"),
+            ("JWT_SECRET", "an-extremely-secret-jwt-key-of-40-bytes!"),
+            ("FERRY_TRUSTED_PROXIES", "0.0.0.0/0"),
+        ])
+        .unwrap();
+        let text = c.redacted().to_string();
+        assert!(
+            !text.contains("super-secret") && !text.contains("extremely-secret"),
+            "{text}"
+        );
+        assert!(text.contains("\"FERRY_ADMIN_TOKEN\":\"[set]\""));
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains("FERRY_ADMIN_ADDR") && w.contains("FERRY_TRUSTED_PROXIES"),
+            "{w}"
+        );
+        assert!(
+            load(&[("FERRY_ADMIN_TOKEN", "0123456789abcdef")])
+                .unwrap()
+                .warnings()
+                .len()
+                <= 1
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         monitor: monitor.clone(),
         provider: provider_name,
         metrics: install_metrics(),
+        config: Arc::new(config.clone()),
         auth: Arc::new(http::auth::AdminAuth::new(
             config.admin_token.clone(),
             admin.local_addr()?,

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod config;
 pub mod error;
 pub mod events;
 pub mod files;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub provider: &'static str,
     pub auth: Arc<auth::AdminAuth>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub config: Arc<crate::config::Config>,
 }
 
 pub fn admin_router(state: AppState) -> Router {
@@ -39,6 +41,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(events::router())
         .merge(auth::router())
         .merge(metrics::router())
+        .merge(config::router())
         .merge(ui::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))

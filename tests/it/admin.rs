@@ -55,3 +55,26 @@ async fn metrics_move_as_links_are_created_downloaded_and_closed() {
     assert!(m.contains("ferry_monitor_lag_seconds"), "{m}");
     assert!(m.contains("ferry_provider_call_seconds"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_effective_config_is_shown_without_secrets() {
+    let token = "config-test-admin-token";
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", token), ("STALL_TIMEOUT_SECONDS", "5")]).await;
+    let (status, v) = app.get("/admin/config").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["config"]["STALL_TIMEOUT_SECONDS"], 5);
+    assert_eq!(v["config"]["FERRY_ADMIN_TOKEN"], "[set]");
+    let secret = std::fs::read_to_string(app.path("state/jwt_secret")).unwrap();
+    let text = v.to_string();
+    assert!(!text.contains(token) && !text.contains(&secret));
+    let warnings: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("STALL_TIMEOUT_SECONDS")),
+        "{warnings:?}"
+    );
+}
