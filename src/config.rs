@@ -149,6 +149,7 @@ pub struct Config {
     pub ban_after_fails: u32,
     pub ban: Duration,
     pub conn_per_client: u32,
+    pub req_per_client: u32,
     /// `None`: detected from the URL.
     pub webhook_format: Option<crate::notify::Format>,
 }
@@ -344,6 +345,15 @@ impl Config {
             .ok()
             .filter(|n| *n >= 1)
             .ok_or_else(|| err("FERRY_CONN_PER_CLIENT", "must be between 1 and 4294967295"))?;
+        let req_per_client = u32::try_from(number(src, "FERRY_REQ_PER_CLIENT", 200)?)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                err(
+                    "FERRY_REQ_PER_CLIENT",
+                    "must be a whole number of requests per second, at least 1",
+                )
+            })?;
         let webhook_format = match src.get("FERRY_WEBHOOK_FORMAT") {
             None | Some("auto") => None,
             Some("json") => Some(crate::notify::Format::Json),
@@ -385,6 +395,7 @@ impl Config {
             ban_after_fails,
             ban,
             conn_per_client,
+            req_per_client,
             webhook_format,
         })
     }
@@ -455,6 +466,7 @@ impl Config {
             "FERRY_BAN_AFTER_FAILS": self.ban_after_fails,
             "FERRY_BAN_SECONDS": self.ban.as_secs(),
             "FERRY_CONN_PER_CLIENT": self.conn_per_client,
+            "FERRY_REQ_PER_CLIENT": self.req_per_client,
             "FERRY_WEBHOOK_URL": set(&self.webhook_url),
             "FERRY_HISTORY_DAYS": self.history_days,
             "FERRY_LOG": self.log_filter,

@@ -24,13 +24,35 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
+/// Refuses banned clients up front, and counts refusals that look like guessing.
+async fn guarded<T>(s: &AppState, h: &HeaderMap, f: impl Future<Output = Result<T, Refusal>>) -> Result<T, Refusal> {
+    let address = ClientKey::new(header(h, "x-ferry-client"), "")
+        .map(|c| c.address)
+        .unwrap_or_default();
+    let now = s.links.now_ms();
+    if s.links.bans.is_banned(&address, now) {
+        return Err(Refusal::Banned);
+    }
+    let out = f.await;
+    if let Err(r) = &out
+        && r.counts_against_client()
+        && s.links.bans.fail(&address, now)
+    {
+        tracing::warn!(client = %address, "banned after repeated bad tokens");
+        metrics::counter!("ferry_bans_total").increment(1);
+    }
+    out
+}
+
 async fn check(State(s): State<AppState>, h: HeaderMap) -> Response {
-    match decide(&s, &h).await {
-        Ok(disposition) => {
+    match guarded(&s, &h, decide(&s, &h)).await {
+        Ok((disposition, rate)) => {
             let mut r = StatusCode::NO_CONTENT.into_response();
             if let Ok(v) = HeaderValue::from_str(&disposition) {
                 r.headers_mut().insert("x-ferry-disposition", v);
             }
+            // nginx's limit_rate: 0 is no cap.
+            r.headers_mut().insert("x-ferry-rate", HeaderValue::from(rate));
             r
         }
         Err(refusal) => {
@@ -66,7 +88,7 @@ async fn preview(State(s): State<AppState>, h: HeaderMap) -> Response {
     }
 }
 
-async fn decide(s: &AppState, h: &HeaderMap) -> Result<String, Refusal> {
+async fn decide(s: &AppState, h: &HeaderMap) -> Result<(String, u64), Refusal> {
     let request_id = header(h, "x-ferry-request-id");
     let client =
         ClientKey::new(header(h, "x-ferry-client"), header(h, "x-ferry-user-agent")).ok_or(Refusal::Malformed)?;
@@ -87,5 +109,8 @@ async fn decide(s: &AppState, h: &HeaderMap) -> Result<String, Refusal> {
         .links
         .check(header(h, "x-ferry-tunnel"), header(h, "x-ferry-token"), admission)
         .await?;
-    Ok(content_disposition(link.file_path.file_name()))
+    Ok((
+        content_disposition(link.file_path.file_name()),
+        link.rate_limit_bytes_per_second.unwrap_or(0),
+    ))
 }

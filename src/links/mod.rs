@@ -5,6 +5,7 @@
 //! pure functions in [`rules`]; this module only loads, stores and acts on them. It never serves
 //! file bytes (nginx does) and never runs a command (the tunnel provider does).
 
+pub mod bans;
 pub mod path;
 pub mod rules;
 pub mod token;
@@ -384,6 +385,7 @@ pub struct Links {
     keys: token::Keys,
     policy: Policy,
     diag: Option<crate::monitor::sockdiag::SockDiag>,
+    pub bans: bans::Bans,
     tunnels_dir: PathBuf,
     base_url: String,
     history_ms: u64,
@@ -415,6 +417,7 @@ impl Links {
                 stall_ms: config.stall_timeout.as_millis() as u64,
                 preview_bytes: config.preview_bytes,
             },
+            bans: bans::Bans::new(config.ban_after_fails, config.ban.as_millis() as u64),
             diag: match crate::monitor::sockdiag::SockDiag::open() {
                 Ok(d) => Some(d),
                 Err(e) => {
@@ -429,6 +432,10 @@ impl Links {
             progress_sent: Default::default(),
             events: broadcast::channel(1024).0,
         }))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn data(&self) -> &DataDir {

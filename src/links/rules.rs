@@ -72,6 +72,8 @@ pub enum Refusal {
     Malformed,
     #[error("store unavailable")]
     Unavailable,
+    #[error("client is banned")]
+    Banned,
 }
 
 impl Refusal {
@@ -88,7 +90,15 @@ impl Refusal {
             Refusal::FileChanged => "file_changed",
             Refusal::Malformed => "malformed",
             Refusal::Unavailable => "store_unavailable",
+            Refusal::Banned => "banned",
         }
+    }
+}
+
+impl Refusal {
+    /// Refusals that suggest guessing: they count towards a ban.
+    pub fn counts_against_client(&self) -> bool {
+        matches!(self, Refusal::BadToken | Refusal::Unknown | Refusal::Malformed)
     }
 }
 

@@ -94,6 +94,17 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{realip}}", &realip)
         .replace("{{log_slot_regex}}", config.log_slot.nginx_regex())
         .replace("{{previewers}}", &previewer_regex(PREVIEWERS))
+        .replace("{{conn_per_client}}", &config.conn_per_client.to_string())
+        .replace(
+            "{{conn_per_link}}",
+            &(config.conn_per_client.saturating_mul(2)).to_string(),
+        )
+        .replace("{{req_per_client}}", &config.req_per_client.to_string())
+        .replace(
+            "{{req_per_link}}",
+            &(config.req_per_client.saturating_mul(2)).to_string(),
+        )
+        .replace("{{req_burst}}", &(config.req_per_client.saturating_mul(4)).to_string())
 }
 
 /// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).

@@ -125,7 +125,7 @@ async fn links_are_listed_terminated_and_kept_in_history() {
     let h = app.history().await;
     assert_eq!(h.len(), 1);
     assert_eq!(h[0]["close_reason"], "terminated");
-    assert!(!app.path("tunnels").join(id).exists());
+    assert!(app.tunnel_dir_gone(id).await);
     let (_, limited) = app.get("/admin/history?limit=0").await;
     assert!(limited["error"].as_str().unwrap().starts_with("limit"));
 }

@@ -43,7 +43,7 @@ async fn a_link_serves_its_file_once_then_closes_as_completed() {
     assert_eq!(t["downloads_completed"], 1);
     assert_eq!(t["progress"], 1.0);
     assert!(t.get("token").is_none() && t.get("download_url").is_none());
-    assert!(!app.path("tunnels").join(id).exists(), "tunnels/ entry must be gone");
+    assert!(app.tunnel_dir_gone(id).await, "tunnels/ entry must be gone");
     let again = curl(&url(&link), &[]).await;
     assert_eq!((again.exit, again.body.len()), (EMPTY_REPLY, 0));
     assert!(
@@ -154,7 +154,7 @@ async fn expiry_serves_before_the_deadline_refuses_after_and_closes_within_a_sec
     assert!(late < Duration::from_secs(1), "closed {late:?} after the deadline");
     let after = curl(&url(&link), &[]).await;
     assert_eq!((after.exit, after.body.len()), (EMPTY_REPLY, 0));
-    assert!(!app.path("tunnels").join(id).exists());
+    assert!(app.tunnel_dir_gone(id).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

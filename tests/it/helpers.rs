@@ -207,6 +207,17 @@ impl TestApp {
         }
     }
 
+    /// Waits until `tunnels/<id>` is gone (teardown removes it right after the gate closes).
+    pub async fn tunnel_dir_gone(&self, id: &str) -> bool {
+        for _ in 0..100 {
+            if !self.path("tunnels").join(id).exists() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// The master process of this app's managed nginx, from its pid file.
     pub fn nginx_pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.path("state/nginx/nginx.pid"))
