@@ -122,7 +122,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
     let app = http::admin_router(state);
-    axum::serve(admin, app)
+    axum::serve(admin, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
     shutdown.cancel();

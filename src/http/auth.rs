@@ -200,7 +200,12 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `POST /login` with `{"token": "..."}`: sets the session cookie.
-async fn login(State(s): State<AppState>, body: JsonObject) -> Response {
+async fn login(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: JsonObject,
+) -> Response {
+    let client = peer.ip().to_string();
     if let Err(e) = body.only(&["token"]) {
         return e.into_response();
     }
@@ -210,6 +215,9 @@ async fn login(State(s): State<AppState>, body: JsonObject) -> Response {
         .token
         .as_ref()
         .is_some_and(|t| ct_eq(given.as_bytes(), t.expose().as_bytes()));
+    s.links
+        .audit(if ok { "login" } else { "login.failed" }, Some(&client), None, None)
+        .await;
     if !ok {
         // Slow down guessing.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -31,15 +31,22 @@ async fn guarded<T>(s: &AppState, h: &HeaderMap, f: impl Future<Output = Result<
         .unwrap_or_default();
     let now = s.links.now_ms();
     if s.links.bans.is_banned(&address, now) {
+        s.links
+            .audit_refusal(&address, header(h, "x-ferry-tunnel"), Refusal::Banned)
+            .await;
         return Err(Refusal::Banned);
     }
     let out = f.await;
-    if let Err(r) = &out
-        && r.counts_against_client()
-        && s.links.bans.fail(&address, now)
-    {
-        tracing::warn!(client = %address, "banned after repeated bad tokens");
-        metrics::counter!("ferry_bans_total").increment(1);
+    if let Err(r) = &out {
+        let tunnel = header(h, "x-ferry-tunnel");
+        s.links.audit_refusal(&address, tunnel, *r).await;
+        if r.counts_against_client() && s.links.bans.fail(&address, now) {
+            tracing::warn!(client = %address, "banned after repeated bad tokens");
+            metrics::counter!("ferry_bans_total").increment(1);
+            s.links
+                .audit("banned", Some(&address), Some(tunnel), Some(r.code().to_string()))
+                .await;
+        }
     }
     out
 }

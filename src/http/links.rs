@@ -1,7 +1,9 @@
 //! Links over HTTP: create (`POST /api/links`, `POST /generate-link`), list open ones, stats,
 //! terminate, history, cleanup.
 
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -16,6 +18,7 @@ use crate::links::{LinkError, NewLink, TunnelId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/admin/audit", get(audit))
         .route("/api/links", post(create))
         .route("/generate-link", post(create))
         .route("/admin/tunnels", get(list))
@@ -52,9 +55,22 @@ fn new_link(body: &JsonObject) -> Result<NewLink, ApiError> {
     })
 }
 
-async fn create(State(s): State<AppState>, body: JsonObject) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = new_link(&body)?;
     let (created, _) = s.links.create(req).await?;
+    let detail = Some(created.file_path.clone());
+    s.links
+        .audit(
+            "link.created",
+            Some(&peer.ip().to_string()),
+            Some(created.tunnel_id.as_str()),
+            detail,
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::to_value(created).map_err(|e| ApiError::Internal(e.to_string()))?),
@@ -87,9 +103,18 @@ async fn stats(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json
     })))
 }
 
-async fn terminate(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn terminate(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     match s.links.terminate(&id).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            s.links
+                .audit("link.terminated", Some(&peer.ip().to_string()), Some(&id), None)
+                .await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(LinkError::NotFound) => Err(ApiError::NotFound(format!("no open tunnel with id {id:?}"))),
         Err(e) => Err(e.into()),
     }
@@ -114,7 +139,46 @@ async fn history(State(s): State<AppState>, Query(q): Query<HistoryQuery>) -> Re
     Ok(Json(json!({ "tunnels": tunnels })))
 }
 
-async fn cleanup(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn cleanup(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Json<Value>, ApiError> {
     let closed = s.links.reconcile().await?;
+    let detail = Some(format!("closed {}", closed.len()));
+    s.links
+        .audit("cleanup", Some(&peer.ip().to_string()), None, detail)
+        .await;
     Ok(Json(json!({ "closed": closed })))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    event: Option<String>,
+    limit: Option<String>,
+}
+
+async fn audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::BadRequest("limit: must be a whole number from 1 to 10000".into()))?,
+    };
+    let event = q.event.as_deref().filter(|e| !e.is_empty());
+    let records = s.links.store().audit_query(event, limit).await?;
+    let events: Vec<Value> = records
+        .into_iter()
+        .map(|r| {
+            json!({
+                "time": crate::links::rfc3339(r.time_ms),
+                "event": r.event,
+                "client": r.client,
+                "tunnel_id": r.tunnel_id,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "events": events })))
 }

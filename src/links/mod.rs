@@ -386,6 +386,8 @@ pub struct Links {
     policy: Policy,
     diag: Option<crate::monitor::sockdiag::SockDiag>,
     pub bans: bans::Bans,
+    /// When each client's last refusal was audited (one record a second at most).
+    refusals_audited: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     tunnels_dir: PathBuf,
     base_url: String,
     history_ms: u64,
@@ -417,6 +419,7 @@ impl Links {
                 stall_ms: config.stall_timeout.as_millis() as u64,
                 preview_bytes: config.preview_bytes,
             },
+            refusals_audited: Default::default(),
             bans: bans::Bans::new(config.ban_after_fails, config.ban.as_millis() as u64),
             diag: match crate::monitor::sockdiag::SockDiag::open() {
                 Ok(d) => Some(d),
@@ -432,6 +435,43 @@ impl Links {
             progress_sent: Default::default(),
             events: broadcast::channel(1024).0,
         }))
+    }
+
+    /// Records an audit event; a failure to record is logged, never fatal to the action.
+    pub async fn audit(&self, event: &str, client: Option<&str>, tunnel_id: Option<&str>, detail: Option<String>) {
+        let rec = crate::store::audit::AuditRecord {
+            time_ms: self.clock.now_ms(),
+            event: event.to_string(),
+            client: client.map(String::from),
+            tunnel_id: tunnel_id.filter(|t| TunnelId::parse(t).is_ok()).map(String::from),
+            detail,
+        };
+        if let Err(e) = self.store.audit(&rec).await {
+            tracing::warn!(error = %e, event, "could not record an audit event");
+        }
+    }
+
+    /// Audits a public refusal, at most once a second per client.
+    pub async fn audit_refusal(&self, address: &str, tunnel_id: &str, refusal: Refusal) {
+        let now = self.clock.now_ms();
+        {
+            let mut seen = self.refusals_audited.lock().expect("audit mutex");
+            if seen.len() > 10_000 {
+                seen.retain(|_, t| now < *t + 1000);
+            }
+            let last = seen.entry(address.to_string()).or_insert(0);
+            if now < *last + 1000 {
+                return;
+            }
+            *last = now;
+        }
+        self.audit(
+            "refused",
+            Some(address),
+            Some(tunnel_id),
+            Some(refusal.code().to_string()),
+        )
+        .await;
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -12,16 +12,20 @@ use std::sync::Mutex;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::audit::AuditRecord;
 use super::{StoreError, Updater, Write};
 use crate::links::{Link, LinkState, TunnelId};
 
 const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
 const OPEN: TableDefinition<&str, ()> = TableDefinition::new("open");
 const HISTORY: TableDefinition<(u64, &str), ()> = TableDefinition::new("history");
+/// (time, sequence) → JSON audit record.
+const AUDIT: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("audit");
 
 pub struct Embedded {
     db: Database,
     open: Mutex<HashMap<TunnelId, Link>>,
+    audit_seq: std::sync::atomic::AtomicU64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -49,6 +53,7 @@ impl Embedded {
             let links = txn.open_table(LINKS).map_err(unavailable)?;
             let ids = txn.open_table(OPEN).map_err(unavailable)?;
             txn.open_table(HISTORY).map_err(unavailable)?;
+            txn.open_table(AUDIT).map_err(unavailable)?;
             for row in ids.iter().map_err(unavailable)? {
                 let (id, _) = row.map_err(unavailable)?;
                 let id = id.value().to_string();
@@ -61,9 +66,15 @@ impl Embedded {
             }
         }
         txn.commit().map_err(unavailable)?;
+        // Sequence numbers only break ties within a millisecond; starting from the clock keeps
+        // them unique across restarts.
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         Ok(Embedded {
             db,
             open: Mutex::new(open),
+            audit_seq: seq.into(),
         })
     }
 
@@ -153,6 +164,44 @@ impl Embedded {
         Ok(self.open.lock().expect("store mutex").values().cloned().collect())
     }
 
+    /// Appends an audit record. Not fsynced on its own: it reaches the disk with the next durable
+    /// commit (a refusal flood must not turn into an fsync flood).
+    pub fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let seq = self.audit_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _guard = self.open.lock().expect("store mutex");
+        blocking(|| {
+            let mut txn = self.db.begin_write().map_err(unavailable)?;
+            txn.set_durability(Durability::None).map_err(unavailable)?;
+            txn.open_table(AUDIT)
+                .map_err(unavailable)?
+                .insert((rec.time_ms, seq), bytes.as_slice())
+                .map_err(unavailable)?;
+            txn.commit().map_err(unavailable)
+        })
+    }
+
+    /// Newest first, optionally only one kind of event.
+    pub fn audit_query(&self, event: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        blocking(|| {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(AUDIT).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(unavailable)?.rev() {
+                let (_, v) = row.map_err(unavailable)?;
+                let rec: AuditRecord =
+                    serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if event.is_none_or(|e| rec.event == e) {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Deletes closed links that closed before `before_ms`; returns how many.
     pub fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
         let _guard = self.open.lock().expect("store mutex");
@@ -171,6 +220,15 @@ impl Embedded {
                     history.remove((at, id.as_str())).map_err(unavailable)?;
                     links.remove(id.as_str()).map_err(unavailable)?;
                     n += 1;
+                }
+                let mut audit = txn.open_table(AUDIT).map_err(unavailable)?;
+                let old: Vec<(u64, u64)> = audit
+                    .range(..(before_ms, 0))
+                    .map_err(unavailable)?
+                    .filter_map(|row| row.ok().map(|(k, _)| k.value()))
+                    .collect();
+                for key in old {
+                    audit.remove(key).map_err(unavailable)?;
                 }
             }
             txn.commit().map_err(unavailable)?;

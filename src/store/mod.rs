@@ -8,6 +8,7 @@
 //!
 //! The store never decides anything about a link; it only keeps it.
 
+pub mod audit;
 pub mod embedded;
 
 use crate::links::{Link, TunnelId};
@@ -84,10 +85,22 @@ impl Store {
         }
     }
 
-    /// Forgets closed links that closed before `before_ms` (history retention).
+    /// Forgets closed links that closed before `before_ms`, and audit records as old (retention).
     pub async fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
         match self {
             Store::Embedded(s) => s.purge_history(before_ms),
+        }
+    }
+
+    pub async fn audit(&self, rec: &audit::AuditRecord) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.audit(rec),
+        }
+    }
+
+    pub async fn audit_query(&self, event: Option<&str>, limit: usize) -> Result<Vec<audit::AuditRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.audit_query(event, limit),
         }
     }
 

@@ -78,3 +78,47 @@ async fn the_effective_config_is_shown_without_secrets() {
         "{warnings:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_actions_and_refusals_are_audited_and_queryable() {
+    let app = TestApp::spawn().await;
+    app.data_file("a.bin", 100);
+    let link = app.link("a.bin").await;
+    let id = link["tunnel_id"].as_str().unwrap();
+    let url = link["download_url"].as_str().unwrap();
+    let bad = curl(&format!("{url}x"), &["--interface", "127.0.0.60"]).await;
+    assert_eq!(bad.exit, EMPTY_REPLY);
+    app.http
+        .delete(format!("{}/admin/tunnels/{id}", app.admin))
+        .send()
+        .await
+        .unwrap();
+    let closed = curl(url, &["--interface", "127.0.0.61"]).await;
+    assert_eq!(closed.exit, EMPTY_REPLY);
+
+    let (status, all) = app.get("/admin/audit").await;
+    assert_eq!(status, 200);
+    let events: Vec<&str> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["refused", "link.terminated", "refused", "link.created"],
+        "newest first: {all}"
+    );
+    let (_, refused) = app.get("/admin/audit?event=refused&limit=1").await;
+    let r = &refused["events"].as_array().unwrap()[0];
+    assert_eq!(
+        (r["client"].as_str(), r["detail"].as_str(), r["tunnel_id"].as_str()),
+        (Some("127.0.0.61"), Some("closed"), Some(id))
+    );
+    let (_, older) = app.get("/admin/audit?event=refused").await;
+    assert_eq!(older["events"][1]["detail"], "bad_token");
+    assert_eq!(older["events"][1]["client"], "127.0.0.60");
+    assert!(!all.to_string().contains(link["token"].as_str().unwrap()));
+    let (status, _) = app.get("/admin/audit?limit=0").await;
+    assert_eq!(status, 400);
+}
