@@ -85,6 +85,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         provider: provider_name,
         metrics: install_metrics(),
         config: Arc::new(config.clone()),
+        host: http::status::Host::new(),
         auth: Arc::new(http::auth::AdminAuth::new(
             config.admin_token.clone(),
             admin.local_addr()?,

@@ -91,11 +91,33 @@ async fn stats(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json
         .get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound("unknown tunnel id".into()))?;
-    let requests: Vec<Value> = link
-        .inflight
-        .iter()
-        .map(|r| json!({"client": r.client.address, "user_agent": r.client.user_agent, "since": crate::links::rfc3339(r.since_ms), "in_flight": true}))
-        .collect();
+    let done = link.requests.iter().map(|r| {
+        json!({
+            "time": crate::links::rfc3339(r.time_ms),
+            "client": r.client.address,
+            "user_agent": r.client.user_agent,
+            "method": r.method,
+            "status": r.status,
+            "bytes": r.bytes,
+            "range": r.range,
+            "completed": r.completed,
+            "in_flight": false,
+        })
+    });
+    let running = link.inflight.iter().map(|r| {
+        json!({
+            "time": crate::links::rfc3339(r.since_ms),
+            "client": r.client.address,
+            "user_agent": r.client.user_agent,
+            "method": if r.claims { "GET" } else { "HEAD" },
+            "status": null,
+            "bytes": r.delivered,
+            "range": null,
+            "completed": false,
+            "in_flight": true,
+        })
+    });
+    let requests: Vec<Value> = done.chain(running).collect();
     Ok(Json(json!({
         "tunnel": s.links.view(&link),
         "download_url": s.links.download_url(&link),

@@ -12,6 +12,7 @@ pub mod health;
 pub mod json;
 pub mod links;
 pub mod metrics;
+pub mod status;
 pub mod ui;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub auth: Arc<auth::AdminAuth>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub config: Arc<crate::config::Config>,
+    pub host: Arc<status::Host>,
 }
 
 pub fn admin_router(state: AppState) -> Router {
@@ -42,6 +44,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(metrics::router())
         .merge(config::router())
+        .merge(status::router())
         .merge(ui::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))

@@ -207,6 +207,18 @@ pub struct InFlight {
     pub gone_ms: Option<u64>,
 }
 
+/// One finished request, as the owner sees it in a link's stats (the last few are kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestSeen {
+    pub time_ms: u64,
+    pub client: ClientKey,
+    pub method: String,
+    pub status: u16,
+    pub bytes: u64,
+    pub range: Option<String>,
+    pub completed: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientSeen {
     pub client: ClientKey,
@@ -233,6 +245,9 @@ pub struct Link {
     pub claims: Vec<Claim>,
     pub inflight: Vec<InFlight>,
     pub clients: Vec<ClientSeen>,
+    /// The last requests settled from the log, oldest first.
+    #[serde(default)]
+    pub requests: Vec<RequestSeen>,
     pub last_activity_ms: Option<u64>,
     /// When bytes last moved (or a claim was taken); stalls are measured from here.
     pub last_progress_ms: Option<u64>,
@@ -267,6 +282,7 @@ pub(crate) fn test_link(size: u64, max_downloads: u32) -> Link {
         claims: vec![],
         inflight: vec![],
         clients: vec![],
+        requests: vec![],
         last_activity_ms: None,
         last_progress_ms: None,
         completer: None,
@@ -603,6 +619,7 @@ impl Links {
             claims: vec![],
             inflight: vec![],
             clients: vec![],
+            requests: vec![],
             last_activity_ms: None,
             last_progress_ms: None,
             completer: None,

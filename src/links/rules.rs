@@ -17,6 +17,9 @@ pub struct Policy {
     pub preview_bytes: u64,
 }
 
+/// How many finished requests a link remembers for its stats.
+pub const MAX_REQUESTS_KEPT: usize = 20;
+
 /// Response header bytes assumed when a request was never logged (so its body bytes are never
 /// over-counted).
 pub const HEADER_ALLOWANCE: u64 = 1024;
@@ -267,6 +270,18 @@ pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, 
         (Completion::Aborted, None) => (0, None),
     };
     credit(link, &client, bytes, range, now);
+    if link.requests.len() >= MAX_REQUESTS_KEPT {
+        link.requests.remove(0);
+    }
+    link.requests.push(super::RequestSeen {
+        time_ms: now,
+        client: client.clone(),
+        method: rec.method.clone(),
+        status: rec.status,
+        bytes,
+        range: rec.content_range.clone(),
+        completed: rec.completion == Completion::Ok,
+    });
     let empty_ok = link.file_size == 0 && rec.method == "GET" && rec.status == 200 && rec.completion == Completion::Ok;
     if range.is_none() && !empty_ok {
         return out;

@@ -122,3 +122,46 @@ async fn admin_actions_and_refusals_are_audited_and_queryable() {
     let (status, _) = app.get("/admin/audit?limit=0").await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_show_the_requests_and_monitor_status_the_parts() {
+    let app = TestApp::spawn().await;
+    app.data_file("a.bin", 10_000);
+    let link = app.link("a.bin").await;
+    let id = link["tunnel_id"].as_str().unwrap();
+    let url = link["download_url"].as_str().unwrap();
+    assert_eq!(
+        curl(url, &["-r", "0-999", "--interface", "127.0.0.70"]).await.status,
+        206
+    );
+    assert_eq!(curl(url, &["-I", "--interface", "127.0.0.70"]).await.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let (status, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
+        assert_eq!(status, 200);
+        let r = stats["requests"].as_array().unwrap();
+        if r.len() == 2 && r.iter().all(|r| r["in_flight"] == false) {
+            break stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first = &stats["requests"][0];
+    assert_eq!(
+        (first["status"].as_u64(), first["bytes"].as_u64()),
+        (Some(206), Some(1000)),
+        "{stats}"
+    );
+    assert_eq!(first["client"], "127.0.0.70");
+    assert_eq!(stats["requests"][1]["method"], "HEAD");
+    assert_eq!(stats["tunnel"]["bytes_served"], 1000);
+
+    let (status, s) = app.get("/admin/monitor/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(s["nginx"]["running"], true);
+    assert_eq!(s["store"]["status"], "ok");
+    assert_eq!(s["store"]["open_links"], 1);
+    assert_eq!(s["monitor"]["lines"], 2, "{s}");
+    assert!(s["host"]["memory_total_bytes"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["host"]["data_dir_free_bytes"].as_u64().unwrap() > 0, "{s}");
+}
