@@ -200,7 +200,16 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `POST /login` with `{"token": "..."}`: sets the session cookie.
-async fn login(
+/// Log in with the admin token: sets an HttpOnly, SameSite=Strict session cookie.
+#[utoipa::path(post, path = "/login", tag = "auth", security(()),
+    request_body(content = crate::http::openapi::LoginRequest, content_type = "application/json"),
+    responses((status = 204, description = "Logged in"),
+              (status = 400, description = "Bad body", body = crate::http::openapi::ErrorBody),
+              (status = 401, description = "Wrong token", body = crate::http::openapi::ErrorBody),
+              (status = 404, description = "No token is configured", body = crate::http::openapi::ErrorBody),
+              (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
+              (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody)))]
+pub async fn login(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     body: JsonObject,
@@ -229,7 +238,9 @@ async fn login(
     }
 }
 
-async fn logout() -> Response {
+/// Log out: clears the session cookie.
+#[utoipa::path(post, path = "/logout", tag = "auth", security(()), responses((status = 204, description = "Logged out")))]
+pub async fn logout() -> Response {
     let c = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, c)]).into_response()
 }

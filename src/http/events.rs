@@ -16,7 +16,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/admin/events", get(events))
 }
 
-async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+/// The links' events as Server-Sent Events: created, started, progress, completed, closed.
+#[utoipa::path(get, path = "/admin/events", tag = "links",
+    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody)))]
+pub async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = s.links.events.subscribe();
     let stream = stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {

@@ -1,6 +1,6 @@
 //! `GET /api/files?path=<dir>&q=<search>`: browse and search the data dir.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::json::ApiQuery;
 use crate::links::path::{PathError, RelPath};
 
 pub fn router() -> Router<AppState> {
@@ -15,12 +16,19 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-struct FilesQuery {
+pub struct FilesQuery {
     path: Option<String>,
     q: Option<String>,
 }
 
-async fn files(State(s): State<AppState>, Query(q): Query<FilesQuery>) -> Result<Json<Value>, ApiError> {
+/// Browse (`path`) or search by name (`q`) the data dir.
+#[utoipa::path(get, path = "/api/files", tag = "files",
+    params(("path" = Option<String>, Query, description = "Folder relative to the data dir"),
+           ("q" = Option<String>, Query, description = "Case-insensitive part of a name, searched below `path`")),
+    responses((status = 200, description = "Entries", body = crate::http::openapi::FileList),
+              (status = 400, description = "Bad path", body = crate::http::openapi::ErrorBody),
+              (status = 404, description = "No such folder", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>) -> Result<Json<Value>, ApiError> {
     let dir = match q.path.as_deref() {
         None | Some("") | Some("/") => RelPath::root(),
         Some(p) => RelPath::parse(p).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?,

@@ -14,7 +14,11 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health))
 }
 
-async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+/// Whether every part ferry depends on works. Open without a token.
+#[utoipa::path(get, path = "/health", tag = "meta", security(()),
+    responses((status = 200, description = "All parts work (status ok or degraded)", body = crate::http::openapi::Health),
+              (status = 503, description = "The store or nginx is down", body = crate::http::openapi::Health)))]
+pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = s.links.store().ping().await.is_ok();
     let nginx = s.nginx_running.load(Ordering::SeqCst);
     let ok = store && nginx;

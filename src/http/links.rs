@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::json::JsonObject;
+use super::json::{ApiPath, ApiQuery};
 use crate::links::path::RelPath;
 use crate::links::{LinkError, NewLink, TunnelId};
 
@@ -20,7 +21,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/audit", get(audit))
         .route("/api/links", post(create))
-        .route("/generate-link", post(create))
+        .route("/generate-link", post(generate_link))
         .route("/admin/tunnels", get(list))
         .route("/admin/tunnels/{id}", delete(terminate))
         .route("/admin/tunnels/{id}/stats", get(stats))
@@ -55,7 +56,33 @@ fn new_link(body: &JsonObject) -> Result<NewLink, ApiError> {
     })
 }
 
-async fn create(
+/// The same as `POST /api/links` (the route of the system ferry replaces).
+#[utoipa::path(post, path = "/generate-link", tag = "links",
+    request_body(content = crate::http::openapi::CreateLinkRequest, content_type = "application/json"),
+    responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
+              (status = 400, description = "Bad input; the message names the field", body = crate::http::openapi::ErrorBody),
+              (status = 404, description = "No such file", body = crate::http::openapi::ErrorBody),
+              (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
+              (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
+              (status = 502, description = "The tunnel could not be opened", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn generate_link(
+    s: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    body: JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    create(s, peer, body).await
+}
+
+/// Share a file: create a link.
+#[utoipa::path(post, path = "/api/links", tag = "links",
+    request_body(content = crate::http::openapi::CreateLinkRequest, content_type = "application/json"),
+    responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
+              (status = 400, description = "Bad input; the message names the field", body = crate::http::openapi::ErrorBody),
+              (status = 404, description = "No such file", body = crate::http::openapi::ErrorBody),
+              (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
+              (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
+              (status = 502, description = "The tunnel could not be opened", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn create(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: JsonObject,
@@ -77,13 +104,21 @@ async fn create(
     ))
 }
 
-async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Open links.
+#[utoipa::path(get, path = "/admin/tunnels", tag = "links",
+    responses((status = 200, description = "Open links, newest first", body = crate::http::openapi::TunnelList), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let links = s.links.open_links().await?;
     let tunnels: Vec<_> = links.iter().map(|l| s.links.view(l)).collect();
     Ok(Json(json!({ "tunnels": tunnels })))
 }
 
-async fn stats(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// One link (open or closed), its recent requests, and its URL again.
+#[utoipa::path(get, path = "/admin/tunnels/{id}/stats", tag = "links",
+    params(("id" = String, Path, description = "tunnel_id")),
+    responses((status = 200, description = "The link", body = crate::http::openapi::Stats),
+              (status = 404, description = "Unknown id", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let id = TunnelId::parse(&id).map_err(|_| ApiError::NotFound("unknown tunnel id".into()))?;
     let link = s
         .links
@@ -125,10 +160,15 @@ async fn stats(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json
     })))
 }
 
-async fn terminate(
+/// End an open link now.
+#[utoipa::path(delete, path = "/admin/tunnels/{id}", tag = "links",
+    params(("id" = String, Path, description = "tunnel_id")),
+    responses((status = 204, description = "Closed as terminated"),
+              (status = 404, description = "No open link with this id", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn terminate(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     match s.links.terminate(&id).await {
         Ok(()) => {
@@ -143,11 +183,16 @@ async fn terminate(
 }
 
 #[derive(Deserialize)]
-struct HistoryQuery {
+pub struct HistoryQuery {
     limit: Option<String>,
 }
 
-async fn history(State(s): State<AppState>, Query(q): Query<HistoryQuery>) -> Result<Json<Value>, ApiError> {
+/// Closed links, newest first.
+#[utoipa::path(get, path = "/admin/history", tag = "links",
+    params(("limit" = Option<String>, Query, description = "1 to 10000 (default 100)")),
+    responses((status = 200, description = "Closed links", body = crate::http::openapi::TunnelList),
+              (status = 400, description = "Bad limit", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn history(State(s): State<AppState>, ApiQuery(q): ApiQuery<HistoryQuery>) -> Result<Json<Value>, ApiError> {
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(v) => v
@@ -161,7 +206,10 @@ async fn history(State(s): State<AppState>, Query(q): Query<HistoryQuery>) -> Re
     Ok(Json(json!({ "tunnels": tunnels })))
 }
 
-async fn cleanup(
+/// Close everything past its deadline and remove every orphan.
+#[utoipa::path(post, path = "/admin/cleanup", tag = "links",
+    responses((status = 200, description = "What was closed or removed", body = crate::http::openapi::Cleanup), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn cleanup(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Json<Value>, ApiError> {
@@ -174,12 +222,18 @@ async fn cleanup(
 }
 
 #[derive(Deserialize)]
-struct AuditQuery {
+pub struct AuditQuery {
     event: Option<String>,
     limit: Option<String>,
 }
 
-async fn audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+/// Admin actions and public refusals, newest first.
+#[utoipa::path(get, path = "/admin/audit", tag = "admin",
+    params(("event" = Option<String>, Query, description = "Only this event (e.g. refused, link.created)"),
+           ("limit" = Option<String>, Query, description = "1 to 10000 (default 100)")),
+    responses((status = 200, description = "Audit events", body = crate::http::openapi::AuditList),
+              (status = 400, description = "Bad limit", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn audit(State(s): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<Value>, ApiError> {
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(v) => v

@@ -12,6 +12,7 @@ pub mod health;
 pub mod json;
 pub mod links;
 pub mod metrics;
+pub mod openapi;
 pub mod status;
 pub mod ui;
 
@@ -45,6 +46,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(config::router())
         .merge(status::router())
+        .merge(openapi::router())
         .merge(ui::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))

@@ -58,7 +58,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/admin/monitor/status", get(status))
 }
 
-async fn status(State(s): State<AppState>) -> Json<Value> {
+/// Monitor lag and counters, nginx, provider, store, host.
+#[utoipa::path(get, path = "/admin/monitor/status", tag = "admin",
+    responses((status = 200, description = "Status of the parts", body = Object), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody)))]
+pub async fn status(State(s): State<AppState>) -> Json<Value> {
     let store_ok = s.links.store().ping().await.is_ok();
     let open = s.links.store().list_open().await.map(|l| l.len()).ok();
     let m = &s.monitor;

@@ -146,7 +146,7 @@ impl ClientKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
     Open,
@@ -155,7 +155,7 @@ pub enum LinkState {
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseReason {
     Completed,
@@ -295,8 +295,9 @@ pub(crate) fn test_link(size: u64, max_downloads: u32) -> Link {
 }
 
 /// The JSON face of a link (SPEC §6 `Tunnel`): never the token, never the download URL.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TunnelView {
+    #[schema(value_type = String)]
     pub tunnel_id: TunnelId,
     pub file_path: String,
     pub file_size: u64,
@@ -341,7 +342,7 @@ impl TunnelView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClientView {
     pub address: String,
     pub user_agent: String,
@@ -358,9 +359,10 @@ pub struct NewLink {
     pub rate_limit_bytes_per_second: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Created {
     pub download_url: String,
+    #[schema(value_type = String)]
     pub tunnel_id: TunnelId,
     pub token: String,
     pub file_path: String,

@@ -7,4 +7,5 @@ mod api;
 mod auth;
 mod download;
 mod lifecycle;
+mod openapi;
 mod security;

@@ -1,0 +1,206 @@
+//! `GET /api/openapi.json`: the OpenAPI 3 document of the admin API, generated from the handlers'
+//! `#[utoipa::path]` annotations and the types' `ToSchema` derives, so it cannot drift from the
+//! code. Schemathesis checks the running server against it (tests/it/openapi.rs).
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::AppState;
+
+/// Every error: a message that names what was wrong, and details where there are any.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+/// What `POST /api/links` accepts.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // documents the body; the handler checks it field by field
+pub struct CreateLinkRequest {
+    /// Path of a regular file, relative to the data dir.
+    pub file_path: String,
+    /// 1 to `MAX_TUNNEL_SECONDS`; defaults to `MAX_TUNNEL_SECONDS`.
+    #[schema(minimum = 1)]
+    pub expires_in_seconds: Option<u64>,
+    /// Defaults to 1.
+    #[schema(minimum = 1)]
+    pub max_downloads: Option<u32>,
+    #[schema(max_length = 500)]
+    pub note: Option<String>,
+    #[schema(minimum = 1)]
+    pub rate_limit_bytes_per_second: Option<u64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct LoginRequest {
+    pub token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TunnelList {
+    pub tunnels: Vec<crate::links::TunnelView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RequestView {
+    pub time: String,
+    pub client: String,
+    pub user_agent: String,
+    pub method: String,
+    pub status: Option<u16>,
+    pub bytes: u64,
+    pub range: Option<String>,
+    pub completed: bool,
+    pub in_flight: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Stats {
+    pub tunnel: crate::links::TunnelView,
+    pub download_url: String,
+    pub requests: Vec<RequestView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FileEntry {
+    pub name: String,
+    pub path: String,
+    pub size: u64,
+    pub is_dir: bool,
+    pub modified: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FileList {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Cleanup {
+    pub closed: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditEvent {
+    pub time: String,
+    pub event: String,
+    pub client: Option<String>,
+    pub tunnel_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditList {
+    pub events: Vec<AuditEvent>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub components: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConfigView {
+    #[schema(value_type = Object)]
+    pub config: Value,
+    pub warnings: Vec<String>,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ferry",
+        description = "Share a file from a NAS through a link that works once, then vanishes with its tunnel. \
+                       With FERRY_ADMIN_TOKEN set, every route but /health and /login needs `Authorization: Bearer`."
+    ),
+    paths(
+        super::health::health,
+        super::files::files,
+        super::links::create,
+        super::links::generate_link,
+        super::links::list,
+        super::links::stats,
+        super::links::terminate,
+        super::links::history,
+        super::links::cleanup,
+        super::links::audit,
+        super::events::events,
+        super::config::config,
+        super::status::status,
+        super::metrics::metrics,
+        super::auth::login,
+        super::auth::logout,
+        openapi,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/openapi.json", get(openapi))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3 document", body = Object),
+              (status = 401, description = "Authentication required", body = ErrorBody)))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_covers_every_route() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/health",
+            "/api/files",
+            "/api/links",
+            "/generate-link",
+            "/admin/tunnels",
+            "/admin/tunnels/{id}",
+            "/admin/tunnels/{id}/stats",
+            "/admin/cleanup",
+            "/admin/history",
+            "/admin/monitor/status",
+            "/admin/events",
+            "/admin/audit",
+            "/admin/config",
+            "/metrics",
+            "/api/openapi.json",
+        ] {
+            assert!(paths.contains_key(p), "{p} is missing");
+        }
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let create = &doc["components"]["schemas"]["CreateLinkRequest"];
+        assert_eq!(create["additionalProperties"], false);
+    }
+}
