@@ -5,6 +5,7 @@ mod helpers;
 mod admin;
 mod api;
 mod auth;
+mod cli;
 mod download;
 mod lifecycle;
 mod openapi;

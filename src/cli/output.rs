@@ -1,0 +1,147 @@
+//! How the CLI shows things to people: aligned tables, sizes, a progress bar on stderr.
+
+use std::io::{IsTerminal, Write};
+
+use serde_json::Value;
+
+use crate::links::human_size;
+
+/// Prints `value` as JSON, or the table `text` makes.
+pub fn print(json: bool, value: &Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        print!("{}", text());
+    }
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s: String = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+pub fn tunnels(list: &Value, closed: bool) -> String {
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return if closed {
+            "no closed links\n".into()
+        } else {
+            "no open links\n".into()
+        };
+    }
+    let rows = items
+        .iter()
+        .map(|t| {
+            let progress = format!("{:.0}%", t["progress"].as_f64().unwrap_or(0.0) * 100.0);
+            let bytes = human_size(t["bytes_served"].as_u64().unwrap_or(0));
+            let when = if closed {
+                s(&t["closed_at"])
+            } else {
+                s(&t["expires_at"])
+            };
+            let status = if closed { s(&t["close_reason"]) } else { s(&t["state"]) };
+            vec![s(&t["tunnel_id"]), s(&t["file_path"]), status, progress, bytes, when]
+        })
+        .collect();
+    let when = if closed { "CLOSED" } else { "EXPIRES" };
+    let status = if closed { "REASON" } else { "STATE" };
+    table(&["ID", "FILE", status, "PROGRESS", "SERVED", when], rows)
+}
+
+pub fn files(entries: &Value) -> String {
+    let rows = entries
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let size = if e["is_dir"] == true {
+                "dir".into()
+            } else {
+                human_size(e["size"].as_u64().unwrap_or(0))
+            };
+            vec![s(&e["path"]), size, s(&e["modified"])]
+        })
+        .collect();
+    table(&["PATH", "SIZE", "MODIFIED"], rows)
+}
+
+pub fn health(h: &Value) -> String {
+    let mut out = format!("ferry: {}\n", s(&h["status"]));
+    if let Some(c) = h["components"].as_object() {
+        for (name, v) in c {
+            out.push_str(&format!("  {name:<9} {}\n", s(&v["status"])));
+        }
+    }
+    out
+}
+
+/// A one-line progress bar on stderr, drawn only for a terminal or when asked.
+pub struct Bar {
+    on: bool,
+    tty: bool,
+}
+
+impl Bar {
+    pub fn new(on: bool) -> Bar {
+        Bar {
+            on,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn draw(&mut self, t: &Value) {
+        if !self.on {
+            return;
+        }
+        let p = t["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+        let filled = (p * 30.0).round() as usize;
+        let line = format!(
+            "[{}{}] {:>3.0}%  {}",
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            p * 100.0,
+            human_size(t["bytes_served"].as_u64().unwrap_or(0))
+        );
+        let mut err = std::io::stderr();
+        if self.tty {
+            let _ = write!(err, "\r{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+
+    pub fn finish(&mut self, reason: &str) {
+        if self.on {
+            eprintln!("{}link {reason}", if self.tty { "\n" } else { "" });
+        }
+    }
+}

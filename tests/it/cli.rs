@@ -1,0 +1,194 @@
+//! The `ferry` client commands against a running ferry: output, `--json`, `--wait`, exit codes.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::helpers::{TestApp, curl};
+
+const TOKEN: &str = "cli-test-admin-token";
+
+fn ferry(app: &TestApp, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.args(args)
+        .env("FERRY_URL", &app.admin)
+        .env("FERRY_ADMIN_TOKEN", TOKEN);
+    c
+}
+
+async fn run(app: &TestApp, args: &[&str]) -> Output {
+    ferry(app, args).output().await.unwrap()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn share_ls_rm_history_round_trip() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    app.data_file("photos/beach.jpg", 2048);
+
+    let o = run(
+        &app,
+        &[
+            "share",
+            "photos/beach.jpg",
+            "--expires",
+            "15m",
+            "--max-downloads",
+            "2",
+            "--note",
+            "mum",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let created = json(&o);
+    let id = created["tunnel_id"].as_str().unwrap().to_string();
+    assert_eq!(created["expires_in_seconds"], 900);
+    let o = run(&app, &["share", "photos/beach.jpg"]).await;
+    assert!(o.status.success());
+    let human = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        human.starts_with("http://") && human.contains("/beach.jpg?t="),
+        "{human}"
+    );
+
+    let o = run(&app, &["ls"]).await;
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        table.starts_with("ID") && table.contains(&id) && table.contains("photos/beach.jpg"),
+        "{table}"
+    );
+    let o = run(&app, &["ls", "--json"]).await;
+    assert_eq!(json(&o)["tunnels"].as_array().unwrap().len(), 2);
+
+    let o = run(&app, &["rm", &id]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("terminated {id}")));
+    let o = run(&app, &["history", "--json"]).await;
+    let h = json(&o);
+    assert_eq!(h["tunnels"][0]["tunnel_id"], id.as_str());
+    assert_eq!(h["tunnels"][0]["close_reason"], "terminated");
+    let o = run(&app, &["history"]).await;
+    assert!(String::from_utf8_lossy(&o.stdout).contains("terminated"));
+
+    let o = run(&app, &["files", "photos"]).await;
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("photos/beach.jpg"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&app, &["files", "--search", "BEACH", "--json"]).await;
+    assert_eq!(json(&o)["entries"][0]["path"], "photos/beach.jpg");
+    let o = run(&app, &["status"]).await;
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("nginx"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_unknown_ids_and_unreachable_servers_exit_as_documented() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    app.data_file("a.txt", 10);
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["share", "../etc/passwd"], 1, "file_path"),
+        (vec!["share", "missing.txt"], 1, "no such file"),
+        (vec!["share", "a.txt", "--expires", "soon"], 2, "90s"),
+        (vec!["share", "a.txt", "--expires", "10d"], 1, "expires_in_seconds"),
+        (vec!["rm", "AAAAAAAAAAAAAAAAAAAAAAAA"], 1, "AAAAAAAAAAAAAAAAAAAAAAAA"),
+        (vec!["frobnicate"], 2, "unrecognized"),
+    ];
+    for (args, code, needle) in cases {
+        let o = run(&app, &args).await;
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+    let o = ferry(&app, &["ls"])
+        .env("FERRY_ADMIN_TOKEN", "wrong-token")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("FERRY_ADMIN_TOKEN"));
+    let o = ferry(&app, &["ls"])
+        .env("FERRY_URL", format!("http://127.0.0.1:{}", crate::helpers::free_port()))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("cannot reach ferry"));
+    let o = ferry(&app, &["rm", "AAAAAAAAAAAAAAAAAAAAAAAA", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(json(&o)["error"].as_str().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn share_wait_follows_the_download_and_exits_by_how_the_link_closed() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    let bytes = app.data_file("video.mp4", 8_000_000);
+
+    // Completed: exit 0.
+    let mut waiting = ferry(&app, &["share", "video.mp4", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = read_url(&mut waiting).await;
+    let r = curl(&url, &["--limit-rate", "4M"]).await;
+    assert!(r.exit == 0 && r.body == bytes);
+    let o = tokio::time::timeout(Duration::from_secs(20), waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("100%") && err.contains("link completed"), "{err}");
+
+    // Terminated while waiting: exit 4.
+    let mut waiting = ferry(&app, &["share", "video.mp4", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = read_url(&mut waiting).await;
+    let id = url.split("/s/").nth(1).unwrap().split('/').next().unwrap().to_string();
+    let o = run(&app, &["rm", &id]).await;
+    assert!(o.status.success());
+    let o = tokio::time::timeout(Duration::from_secs(20), waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("link terminated"));
+}
+
+/// Reads the first stdout line of a running `share` (its URL).
+async fn read_url(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    line.trim().to_string()
+}
