@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/tunnels", get(list))
         .route("/admin/tunnels/{id}", delete(terminate))
         .route("/admin/tunnels/{id}/stats", get(stats))
+        .route("/admin/tunnels/{id}/qr.svg", get(qr))
         .route("/admin/history", get(history))
         .route("/admin/cleanup", post(cleanup))
 }
@@ -158,6 +160,37 @@ pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> R
         "download_url": s.links.download_url(&link),
         "requests": requests,
     })))
+}
+
+/// The link's download URL as a QR code, for a phone to scan.
+#[utoipa::path(get, path = "/admin/tunnels/{id}/qr.svg", tag = "links",
+    params(("id" = String, Path, description = "tunnel_id")),
+    responses((status = 200, description = "SVG image", content_type = "image/svg+xml", body = String),
+              (status = 404, description = "Unknown id", body = crate::http::openapi::ErrorBody),
+              (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody),
+              (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn qr(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = TunnelId::parse(&id).map_err(|_| ApiError::NotFound("unknown tunnel id".into()))?;
+    let link = s
+        .links
+        .store()
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("unknown tunnel id".into()))?;
+    let code = qrcode::QrCode::with_error_correction_level(s.links.download_url(&link), qrcode::EcLevel::M)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(220, 220)
+        .quiet_zone(true)
+        .build();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        svg,
+    ))
 }
 
 /// End an open link now.

@@ -143,6 +143,7 @@ impl Modify for BearerAuth {
         super::links::generate_link,
         super::links::list,
         super::links::stats,
+        super::links::qr,
         super::links::terminate,
         super::links::history,
         super::links::cleanup,

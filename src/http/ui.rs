@@ -8,7 +8,24 @@ use axum::routing::get;
 
 use super::AppState;
 
-const FILES: &[(&str, &str, &str)] = &[("/", "text/html; charset=utf-8", include_str!("../../web/index.html"))];
+const FILES: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../../web/index.html")),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/app.js"),
+    ),
+    (
+        "/api.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/api.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web/style.css"),
+    ),
+];
 
 pub fn is_asset(path: &str) -> bool {
     FILES.iter().any(|(p, _, _)| *p == path)

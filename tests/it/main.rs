@@ -10,3 +10,5 @@ mod download;
 mod lifecycle;
 mod openapi;
 mod security;
+mod ui;
+mod webdriver;

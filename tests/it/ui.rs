@@ -1,0 +1,207 @@
+//! The web UI in a real browser (headless Chromium through chromedriver): log in, browse and
+//! search files, share from the dialog, watch a download's progress live, terminate, history,
+//! status, a phone-sized screen. Screenshots of each page land in `target/tmp/screenshots/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, curl};
+use crate::webdriver::Browser;
+
+const TOKEN: &str = "ui-test-admin-token-0123";
+
+fn shot(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("screenshots")
+        .join(format!("{name}.png"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_shares_watches_and_terminates_from_the_browser() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN), ("GRACE_PERIOD_SECONDS", "2")]).await;
+    let movie = app.data_file("movies/holiday.mkv", 40_000_000);
+    app.data_file("docs/report.pdf", 40_000);
+    app.data_file("docs/taxes/2025.pdf", 1_000);
+    app.data_file("notes.txt", 300);
+    let b = Browser::start().await;
+
+    // Login first: the API refuses the page until it has a session.
+    b.goto(&app.admin).await;
+    let token = b.find("#token").await;
+    b.screenshot(&shot("login")).await;
+    b.type_into(&token, TOKEN).await;
+    b.click(&b.find("#login-form button[type=submit]").await).await;
+
+    // Files: the data dir's top level, folders first.
+    b.wait_for(
+        "the file list",
+        "document.querySelector('#file-rows tr[data-path=\"notes.txt\"]')",
+    )
+    .await;
+    let rows = b
+        .script("return [...document.querySelectorAll('#file-rows tr')].map(r => r.dataset.path)")
+        .await;
+    assert_eq!(rows, json!(["docs", "movies", "notes.txt"]));
+    b.screenshot(&shot("files")).await;
+
+    // Into a folder, then search by name across the tree.
+    b.click(&b.find("#file-rows tr[data-path=docs] button").await).await;
+    b.wait_for(
+        "docs/",
+        "document.querySelector('#file-rows tr[data-path=\"docs/report.pdf\"]')",
+    )
+    .await;
+    assert!(b.text(&b.find("#crumbs").await).await.contains("docs"));
+    b.type_into(&b.find("#search").await, "2025").await;
+    b.wait_for("search results", "document.querySelectorAll('#file-rows tr').length === 1 && document.querySelector('#file-rows tr[data-path=\"docs/taxes/2025.pdf\"]')").await;
+    b.screenshot(&shot("search")).await;
+
+    // Share the movie from the dialog: a preset, two downloads, a note.
+    b.click(&b.find("#crumbs button").await).await;
+    b.wait_for("top level", "document.querySelector('#file-rows tr[data-path=movies]')")
+        .await;
+    b.script("document.getElementById('search').value = ''").await;
+    b.click(&b.find("#file-rows tr[data-path=movies] button").await).await;
+    b.click(
+        &b.find("#file-rows tr[data-path=\"movies/holiday.mkv\"] button[aria-label^=Share]")
+            .await,
+    )
+    .await;
+    b.click(&b.find("#expiry-presets button[data-seconds='900']").await)
+        .await;
+    let max = b.find("#max-downloads").await;
+    b.script("document.getElementById('max-downloads').value = ''").await;
+    b.type_into(&max, "1").await;
+    b.type_into(&b.find("#note").await, "for grandma").await;
+    b.screenshot(&shot("share-dialog")).await;
+    b.click(&b.find("#share-create").await).await;
+    let url_input = b.find("#share-url").await;
+    let url = b.property(&url_input, "value").await.as_str().unwrap().to_string();
+    assert!(url.starts_with(&app.public) && url.contains("/holiday.mkv?t="), "{url}");
+    b.wait_for("the QR code", "document.getElementById('share-qr').naturalWidth > 0")
+        .await;
+    b.screenshot(&shot("share-result")).await;
+
+    let open = app.open().await;
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0]["note"], "for grandma");
+    let id = open[0]["tunnel_id"].as_str().unwrap().to_string();
+    let expires = millis(&open[0]["expires_at"]) - millis(&open[0]["created_at"]);
+    assert!(
+        (899_000..=901_000).contains(&expires),
+        "the 15 min preset gave {expires} ms"
+    );
+
+    // The open list, live: the card appears, its bar moves while curl downloads (slowly, and a
+    // file larger than loopback's socket buffers, so progress is seen mid-way) and reaches 100%,
+    // then the link moves to history.
+    b.click(&b.find("#share-done").await).await;
+    let card = format!("#open-list li[data-id='{id}']");
+    b.find(&card).await;
+    b.screenshot(&shot("open")).await;
+    let download = tokio::spawn(async move { curl(&url, &["--limit-rate", "10M"]).await });
+    b.wait_for("progress under way", &format!("(() => {{ const p = document.querySelector(\"{card} progress\"); return p && p.value > 0 && p.value < 100; }})()")).await;
+    b.screenshot(&shot("open-progress")).await;
+    b.wait_for(
+        "100%",
+        &format!("document.querySelector(\"{card} progress\")?.value === 100"),
+    )
+    .await;
+    let got = download.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert!(got.body == movie, "the download is the file");
+    b.wait_for("the card to leave", &format!("!document.querySelector(\"{card}\")"))
+        .await;
+
+    // Terminate another link from its card, confirming the dialog.
+    app.data_file("other.bin", 10);
+    let other = app.link("other.bin").await;
+    let other_id = other["tunnel_id"].as_str().unwrap();
+    let other_card = format!("#open-list li[data-id='{other_id}']");
+    b.click(&b.find(&format!("{other_card} button.danger")).await).await;
+    b.accept_dialog().await;
+    b.wait_for(
+        "the terminated card to leave",
+        &format!("!document.querySelector(\"{other_card}\")"),
+    )
+    .await;
+    let closed = app.closed(other_id, Duration::from_secs(5)).await;
+    assert_eq!(closed["close_reason"], "terminated");
+
+    // History: both, with reasons and bytes.
+    b.click(&b.find("header nav a[data-view=history]").await).await;
+    b.wait_for(
+        "history rows",
+        &format!("document.querySelector(\"#history-rows tr[data-id='{other_id}']\")"),
+    )
+    .await;
+    let row = b
+        .text(&b.find(&format!("#history-rows tr[data-id='{id}']")).await)
+        .await;
+    assert!(
+        row.contains("movies/holiday.mkv") && row.contains("completed") && row.contains("40.0 MB"),
+        "{row}"
+    );
+    let row = b
+        .text(&b.find(&format!("#history-rows tr[data-id='{other_id}']")).await)
+        .await;
+    assert!(row.contains("terminated"), "{row}");
+    b.screenshot(&shot("history")).await;
+
+    // Status: every component, as /health says.
+    b.click(&b.find("header nav a[data-view=status]").await).await;
+    b.wait_for(
+        "status facts",
+        "document.querySelectorAll('#status-list dt').length > 3",
+    )
+    .await;
+    let facts = b.text(&b.find("#status-list").await).await;
+    assert!(
+        facts.contains("nginx") && facts.contains("store") && facts.contains("ok"),
+        "{facts}"
+    );
+    b.screenshot(&shot("status")).await;
+
+    // An API error is shown as the server said it: the file vanished before it was shared.
+    b.click(&b.find("header nav a[data-view=files]").await).await;
+    b.click(&b.find("#crumbs button").await).await;
+    b.wait_for(
+        "the file list",
+        "document.querySelector('#file-rows tr[data-path=\"notes.txt\"]')",
+    )
+    .await;
+    std::fs::remove_file(app.path("data/notes.txt")).unwrap();
+    b.click(
+        &b.find("#file-rows tr[data-path=\"notes.txt\"] button[aria-label^=Share]")
+            .await,
+    )
+    .await;
+    b.click(&b.find("#share-create").await).await;
+    let error = b.text(&b.find("#error").await).await;
+    assert!(error.contains("file_path"), "the error names what was wrong: {error}");
+    b.screenshot(&shot("error")).await;
+
+    // A phone-sized screen: nothing wider than the viewport.
+    b.resize(390, 844).await;
+    b.goto(&format!("{}/#open", app.admin)).await;
+    b.find("#open-empty").await;
+    let overflow = b
+        .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page scrolls sideways by {overflow} px"
+    );
+    b.screenshot(&shot("phone")).await;
+
+    // Logging out ends the session: the API refuses the page again.
+    b.click(&b.find("#logout").await).await;
+    b.find("#token").await;
+}
+
+fn millis(t: &serde_json::Value) -> u128 {
+    let t = humantime::parse_rfc3339(t.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+}

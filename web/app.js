@@ -1,0 +1,271 @@
+// ferry's web UI: files, sharing, open links (live over SSE), history, status.
+// Plain DOM, no framework; every piece of server data goes in through textContent.
+
+import { api, ApiError, size, when, until } from "/api.js";
+
+const $ = (id) => document.getElementById(id);
+const views = ["files", "open", "history", "status"];
+const state = { dir: "", links: new Map(), events: null, sharing: null, expiry: 3600, maxExpiry: 3600 };
+
+function el(tag, props = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function showError(err) {
+  const box = $("error");
+  if (!err) { box.hidden = true; return; }
+  if (err instanceof ApiError && err.status === 401) { showLogin(); return; }
+  box.textContent = err.message || String(err);
+  box.hidden = false;
+}
+
+async function guarded(fn) {
+  try { showError(null); await fn(); } catch (e) { showError(e); }
+}
+
+// ---- navigation -----------------------------------------------------------
+
+function route() {
+  const view = views.includes(location.hash.slice(1)) ? location.hash.slice(1) : "files";
+  for (const v of views) $(v).hidden = v !== view;
+  $("login").hidden = true;
+  for (const a of document.querySelectorAll("header nav a")) {
+    if (a.dataset.view === view) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  guarded(() => ({ files: loadFiles, open: loadOpen, history: loadHistory, status: loadStatus })[view]());
+}
+
+function showLogin() {
+  for (const v of views) $(v).hidden = true;
+  $("login").hidden = false;
+  $("token").focus();
+}
+
+// ---- files ------------------------------------------------------------------
+
+async function loadFiles() {
+  const q = $("search").value.trim();
+  const params = new URLSearchParams({ path: state.dir });
+  if (q) params.set("q", q);
+  const data = await api("GET", `/api/files?${params}`);
+  renderCrumbs();
+  const rows = $("file-rows");
+  rows.replaceChildren();
+  for (const e of data.entries) {
+    const name = e.is_dir
+      ? el("button", { type: "button", text: `${e.name}/`, onclick: () => { state.dir = e.path; $("search").value = ""; guarded(loadFiles); } })
+      : el("span", { text: q ? e.path : e.name });
+    const share = e.is_dir ? "" : el("button", { type: "button", class: "quiet", text: "Share", "aria-label": `Share ${e.name}`, onclick: () => openShare(e) });
+    rows.append(el("tr", { "data-path": e.path },
+      el("td", { class: "name" }, name),
+      el("td", { class: "num", text: e.is_dir ? "" : size(e.size) }),
+      el("td", { class: "hide-narrow", text: when(e.modified) }),
+      el("td", {}, share)));
+  }
+  $("files-empty").hidden = data.entries.length > 0;
+}
+
+function renderCrumbs() {
+  const crumbs = $("crumbs");
+  crumbs.replaceChildren();
+  const parts = state.dir ? state.dir.split("/") : [];
+  const go = (dir) => () => { state.dir = dir; $("search").value = ""; guarded(loadFiles); };
+  crumbs.append(el("button", { type: "button", text: "data", onclick: go("") }));
+  parts.forEach((p, i) => {
+    crumbs.append(" / ", el("button", { type: "button", text: p, onclick: go(parts.slice(0, i + 1).join("/")) }));
+  });
+}
+
+// ---- sharing ------------------------------------------------------------------
+
+const PRESETS = [["15 min", 900], ["1 hour", 3600], ["6 hours", 21600], ["1 day", 86400], ["1 week", 604800]];
+
+function openShare(entry) {
+  state.sharing = entry;
+  $("share-name").textContent = entry.name;
+  $("share-form").hidden = false;
+  $("share-result").hidden = true;
+  $("max-downloads").value = "1";
+  $("note").value = "";
+  $("rate").value = "";
+  const presets = $("expiry-presets");
+  presets.replaceChildren();
+  const options = PRESETS.filter(([, s]) => s < state.maxExpiry).concat([[`max (${until(new Date(Date.now() + state.maxExpiry * 1000).toISOString())})`, state.maxExpiry]]);
+  state.expiry = Math.min(3600, state.maxExpiry);
+  for (const [label, secs] of options) {
+    const b = el("button", { type: "button", text: label, "aria-pressed": String(secs === state.expiry), "data-seconds": String(secs) });
+    b.addEventListener("click", () => {
+      state.expiry = secs;
+      for (const o of presets.children) o.setAttribute("aria-pressed", String(o === b));
+    });
+    presets.append(b);
+  }
+  $("share-dialog").showModal();
+}
+
+async function createLink(ev) {
+  ev.preventDefault();
+  const body = { file_path: state.sharing.path, expires_in_seconds: state.expiry, max_downloads: Number($("max-downloads").value) };
+  const note = $("note").value.trim();
+  if (note) body.note = note;
+  const rate = $("rate").value.trim();
+  if (rate) body.rate_limit_bytes_per_second = Math.round(Number(rate) * 1000);
+  try {
+    showError(null);
+    const created = await api("POST", "/api/links", body);
+    $("share-form").hidden = true;
+    $("share-result").hidden = false;
+    $("share-url").value = created.download_url;
+    $("share-qr").src = `/admin/tunnels/${encodeURIComponent(created.tunnel_id)}/qr.svg`;
+    $("share-copy").focus();
+  } catch (e) {
+    $("share-dialog").close();
+    showError(e);
+    if (e instanceof ApiError && e.status === 404) guarded(loadFiles).then(() => showError(e));
+  }
+}
+
+async function copyUrl() {
+  const input = $("share-url");
+  input.select();
+  try {
+    await navigator.clipboard.writeText(input.value);
+  } catch {
+    document.execCommand("copy");
+  }
+  $("share-copy").textContent = "Copied";
+  setTimeout(() => { $("share-copy").textContent = "Copy"; }, 1500);
+}
+
+// ---- open links (live) ------------------------------------------------------------------
+
+async function loadOpen() {
+  const data = await api("GET", "/admin/tunnels");
+  state.links = new Map(data.tunnels.map((t) => [t.tunnel_id, t]));
+  renderOpen();
+  listen();
+}
+
+function renderOpen() {
+  const list = $("open-list");
+  list.replaceChildren();
+  for (const t of state.links.values()) list.append(card(t));
+  $("open-empty").hidden = state.links.size > 0;
+  $("open-count").textContent = state.links.size ? String(state.links.size) : "";
+}
+
+function card(t) {
+  const pct = Math.round((t.progress || 0) * 100);
+  // progress covers every allowed download; bytes_served is the settled ledger (log lines).
+  const total = t.file_size * t.max_downloads;
+  const client = t.clients && t.clients.length ? ` · ${t.clients[t.clients.length - 1].address}` : "";
+  const terminate = el("button", { type: "button", class: "danger", text: "Terminate", "aria-label": `Terminate ${t.file_path}` });
+  terminate.addEventListener("click", () => {
+    if (!confirm(`End the link to ${t.file_path} now? The recipient will not be able to use it.`)) return;
+    guarded(async () => {
+      await api("DELETE", `/admin/tunnels/${encodeURIComponent(t.tunnel_id)}`);
+      state.links.delete(t.tunnel_id);
+      renderOpen();
+    });
+  });
+  const note = t.note ? ` · ${t.note}` : "";
+  return el("li", { "data-id": t.tunnel_id, "data-state": t.state },
+    el("div", { class: "top" }, el("strong", { text: t.file_path }), terminate),
+    el("div", { class: "meta", text: `${t.state} · ${t.downloads_completed}/${t.max_downloads} downloads · expires in ${until(t.expires_at)}${note}` }),
+    el("progress", { max: "100", value: String(pct), "aria-label": `Progress of ${t.file_path}` }),
+    el("div", { class: "meta", text: `${pct}% · ${size(Math.round((t.progress || 0) * total))} of ${size(total)}${client}` }));
+}
+
+function listen() {
+  if (state.events) return;
+  const es = new EventSource("/admin/events");
+  state.events = es;
+  const update = (ev) => {
+    const e = JSON.parse(ev.data);
+    const t = e.tunnel;
+    if (e.event === "closed") state.links.delete(t.tunnel_id);
+    else state.links.set(t.tunnel_id, t);
+    if (!$("open").hidden) renderOpen();
+    else $("open-count").textContent = state.links.size ? String(state.links.size) : "";
+  };
+  for (const name of ["created", "started", "progress", "completed", "closed"]) es.addEventListener(name, update);
+  // The server dropped events for this slow reader: start again from the list.
+  es.addEventListener("lagged", () => guarded(loadOpen));
+  es.onerror = () => {
+    es.close();
+    state.events = null;
+    setTimeout(() => guarded(loadOpen), 2000);
+  };
+}
+
+// ---- history and status ------------------------------------------------------------------
+
+async function loadHistory() {
+  const data = await api("GET", "/admin/history?limit=200");
+  const rows = $("history-rows");
+  rows.replaceChildren();
+  for (const t of data.tunnels) {
+    rows.append(el("tr", { "data-id": t.tunnel_id },
+      el("td", { text: t.file_path }),
+      el("td", { class: t.close_reason === "completed" ? "ok" : "", text: t.close_reason || "" }),
+      el("td", { class: "num", text: size(t.bytes_served) }),
+      el("td", { class: "hide-narrow", text: when(t.closed_at) })));
+  }
+  $("history-empty").hidden = data.tunnels.length > 0;
+}
+
+async function loadStatus() {
+  const [health, status] = await Promise.all([
+    fetch("/health").then((r) => r.json()),
+    api("GET", "/admin/monitor/status"),
+  ]);
+  const list = $("status-list");
+  list.replaceChildren();
+  const row = (k, v, cls = "") => list.append(el("dt", { text: k }), el("dd", { class: cls, text: v }));
+  row("ferry", health.status, health.status === "ok" ? "ok" : "bad");
+  for (const [name, c] of Object.entries(health.components)) row(name, `${c.status}${c.kind ? ` (${c.kind})` : ""}`, c.status === "ok" ? "ok" : "bad");
+  row("open links", String(status.store.open_links ?? "?"));
+  row("log lines", `${status.monitor.lines} (lag ${status.monitor.lag_ms} ms)`);
+  if (status.host.cpu_percent !== null) row("CPU", `${status.host.cpu_percent}%`);
+  if (status.host.memory_total_bytes) row("memory", `${size(status.host.memory_used_bytes)} of ${size(status.host.memory_total_bytes)}`);
+  if (status.host.data_dir_free_bytes !== null) row("free space", size(status.host.data_dir_free_bytes));
+}
+
+// ---- start ------------------------------------------------------------------
+
+async function start() {
+  $("search").addEventListener("input", () => { clearTimeout(state.searchTimer); state.searchTimer = setTimeout(() => guarded(loadFiles), 200); });
+  $("share-form").addEventListener("submit", createLink);
+  $("share-cancel").addEventListener("click", () => $("share-dialog").close());
+  $("share-done").addEventListener("click", () => { $("share-dialog").close(); location.hash = "#open"; });
+  $("share-copy").addEventListener("click", copyUrl);
+  $("logout").addEventListener("click", () => guarded(async () => { await api("POST", "/logout"); location.reload(); }));
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    guarded(async () => {
+      await api("POST", "/login", { token: $("token").value });
+      $("token").value = "";
+      await boot();
+    });
+  });
+  window.addEventListener("hashchange", route);
+  await guarded(boot);
+}
+
+async function boot() {
+  const cfg = await api("GET", "/admin/config");
+  state.maxExpiry = cfg.config.MAX_TUNNEL_SECONDS;
+  $("logout").hidden = cfg.config.FERRY_ADMIN_TOKEN !== "[set]";
+  route();
+}
+
+start();
