@@ -71,7 +71,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     // Deadlines are enforced from the first moment, before nginx is (re)started.
     tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
     let managed = match config.nginx_mode {
-        NginxMode::Managed => Some(nginx::Managed::prepare(&config).await?),
+        NginxMode::Managed => Some(
+            nginx::Managed::prepare(&config)
+                .await?
+                .watch_log_writes(links.log_writes.clone(), config.logs_dir.clone()),
+        ),
         NginxMode::External => None,
     };
     let nginx_running = managed
@@ -120,6 +124,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     };
     tasks.spawn(follower.run(links.clone(), shutdown.clone()));
     tasks.spawn(links.clone().run_sampler(shutdown.clone()));
+    tasks.spawn(monitor::logwrites::watch_space(
+        links.log_writes.clone(),
+        config.logs_dir.clone(),
+        shutdown.clone(),
+    ));
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
     let app = http::admin_router(state);

@@ -24,7 +24,9 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let ok = store && nginx;
     // Without socket progress ferry still works, from the log alone: degraded, not down.
     let sockets = s.links.socket_progress();
-    let status = if ok && sockets { "ok" } else { "degraded" };
+    // While nginx cannot write its access log, no new download starts.
+    let log_writes = !s.links.log_writes.failing();
+    let status = if ok && sockets && log_writes { "ok" } else { "degraded" };
     let up = |b: bool| if b { "ok" } else { "down" };
     let body = json!({
         "status": status,
@@ -33,7 +35,8 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
             "nginx": {"status": up(nginx)},
             "provider": {"status": "ok", "kind": s.provider},
             "monitor": {
-                "status": if sockets { "ok" } else { "degraded" },
+                "status": if sockets && log_writes { "ok" } else { "degraded" },
+                "log_writes": if log_writes { "ok" } else { "failing" },
                 "lines": s.monitor.lines.load(Ordering::Relaxed),
                 "bad_lines": s.monitor.bad_lines.load(Ordering::Relaxed),
                 "files_done": s.monitor.files_done.load(Ordering::Relaxed),

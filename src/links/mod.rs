@@ -30,7 +30,7 @@ use crate::monitor::record::AccessRecord;
 use crate::store::{Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
-use rules::{Admission, Admitted, Policy, Refusal};
+use rules::{Admission, Admitted, Method, Policy, Refusal};
 
 /// Random, URL-safe text of `bytes` random bytes.
 pub fn random_token(bytes: usize) -> String {
@@ -205,11 +205,18 @@ pub struct InFlight {
     pub progress_ms: u64,
     /// When the connection was first found gone.
     pub gone_ms: Option<u64>,
+    /// A later request arrived on the same connection: this response is over (its log line is
+    /// on its way), and what the connection carries from now on is not this request's.
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// One finished request, as the owner sees it in a link's stats (the last few are kept).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestSeen {
+    /// nginx's `$request_id`: a line read twice (a replay after a crash) is applied once.
+    #[serde(default)]
+    pub request_id: String,
     pub time_ms: u64,
     pub client: ClientKey,
     pub method: String,
@@ -414,6 +421,11 @@ pub struct Links {
     /// When each link last had a `progress` event (they are limited to a few per second).
     progress_sent: std::sync::Mutex<std::collections::HashMap<TunnelId, u64>>,
     pub events: broadcast::Sender<Event>,
+    /// Whether nginx can write the access log (no new claims while it cannot).
+    pub log_writes: Arc<crate::monitor::logwrites::LogWrites>,
+    /// The latest request admitted on each connection ferry can see (nginx reuses connections;
+    /// a new request on one ends the previous).
+    conns: std::sync::Mutex<std::collections::HashMap<crate::monitor::sockdiag::Conn, (TunnelId, String)>>,
 }
 
 impl Links {
@@ -452,6 +464,8 @@ impl Links {
             wake: Notify::new(),
             progress_sent: Default::default(),
             events: broadcast::channel(1024).0,
+            log_writes: Default::default(),
+            conns: Default::default(),
         }))
     }
 
@@ -675,6 +689,10 @@ impl Links {
         self.keys
             .verify(token, &id, now / 1000)
             .map_err(|_| Refusal::BadToken)?;
+        // A request whose log line cannot be written would deliver bytes nobody counts.
+        if admission.method != Method::Head && self.log_writes.failing() {
+            return Err(Refusal::LogUnwritable);
+        }
         let link = self
             .store
             .get(&id)
@@ -711,6 +729,22 @@ impl Links {
         let (admitted, link) = outcome?;
         if admitted == Admitted::NewClaim {
             self.emit("started", &link);
+        }
+        if let Some((conn, _)) = admission.conn {
+            let previous = self
+                .conns
+                .lock()
+                .expect("conns mutex")
+                .insert(conn, (id.clone(), admission.request_id.clone()));
+            if let Some((prev_id, prev_rid)) = previous.filter(|(_, rid)| *rid != admission.request_id) {
+                let _ = self
+                    .store
+                    .update(&prev_id, &mut |l| match rules::end_on_reuse(l, &prev_rid) {
+                        true => Write::Soft(()),
+                        false => Write::No(()),
+                    })
+                    .await;
+            }
         }
         Ok(link)
     }
@@ -963,7 +997,19 @@ impl Links {
     pub async fn sample_once(&self) -> Result<(), StoreError> {
         const UNLOGGED_AFTER_MS: u64 = 5_000;
         let policy = self.policy;
-        for link in self.store.list_open().await? {
+        let open = self.store.list_open().await?;
+        {
+            // Connections whose request is settled need no entry any more.
+            let live: std::collections::HashSet<&str> = open
+                .iter()
+                .flat_map(|l| l.inflight.iter().map(|f| f.request_id.as_str()))
+                .collect();
+            self.conns
+                .lock()
+                .expect("conns mutex")
+                .retain(|_, (_, rid)| live.contains(rid.as_str()));
+        }
+        for link in open {
             let samples: Vec<(String, Option<u64>)> = match &self.diag {
                 Some(diag) => link
                     .inflight

@@ -77,6 +77,8 @@ pub enum Refusal {
     Unavailable,
     #[error("client is banned")]
     Banned,
+    #[error("the access log cannot be written")]
+    LogUnwritable,
 }
 
 impl Refusal {
@@ -94,6 +96,7 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::Unavailable => "store_unavailable",
             Refusal::Banned => "banned",
+            Refusal::LogUnwritable => "log_unwritable",
         }
     }
 }
@@ -192,6 +195,7 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
         delivered: 0,
         progress_ms: now,
         gone_ms: None,
+        ended: false,
     });
     Ok(admitted)
 }
@@ -233,7 +237,7 @@ fn credit(link: &mut Link, client: &ClientKey, bytes: u64, range: Option<ByteRan
 
 /// Applies one access-log line (the final ledger of one request) to its link.
 pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, p: &Policy) -> Settled {
-    if rec.preview {
+    if rec.preview || link.requests.iter().any(|r| r.request_id == rec.request_id) {
         return Settled::default();
     }
     let flight = link
@@ -274,6 +278,7 @@ pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, 
         link.requests.remove(0);
     }
     link.requests.push(super::RequestSeen {
+        request_id: rec.request_id.clone(),
         time_ms: now,
         client: client.clone(),
         method: rec.method.clone(),
@@ -335,6 +340,8 @@ pub fn sample(link: &mut Link, request_id: &str, acked: Option<u64>, now: u64) -
         return false;
     };
     match acked {
+        // Bytes now on the connection belong to a later request.
+        Some(_) if f.ended => false,
         Some(a) => {
             let d = a.saturating_sub(f.baseline);
             if d > f.delivered {
@@ -355,17 +362,59 @@ pub fn sample(link: &mut Link, request_id: &str, acked: Option<u64>, now: u64) -
     }
 }
 
+/// A request ended by a later one on its connection is settled unlogged only this many times
+/// later than one whose connection simply vanished.
+const ENDED_WAIT_FACTOR: u64 = 12;
+
+/// A later request arrived on `request_id`'s connection: its response is over. Returns whether
+/// anything changed.
+pub fn end_on_reuse(link: &mut Link, request_id: &str) -> bool {
+    match link
+        .inflight
+        .iter_mut()
+        .find(|f| f.request_id == request_id && !f.ended)
+    {
+        Some(f) => {
+            f.ended = true;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Requests whose connection vanished `after_ms` ago with no log line (an nginx worker was
 /// killed) are settled from their last sample: the bytes count, no range is proven.
 pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64) -> bool {
     let (lost, kept): (Vec<InFlight>, Vec<InFlight>) = link
         .inflight
         .drain(..)
-        .partition(|f| f.gone_ms.is_some_and(|g| now >= g + after_ms));
+        // An ended request's log line is already written: wait for it far longer.
+        .partition(|f| {
+            let wait = if f.ended {
+                after_ms * ENDED_WAIT_FACTOR
+            } else {
+                after_ms
+            };
+            f.gone_ms.is_some_and(|g| now >= g + wait)
+        });
     link.inflight = kept;
     for f in &lost {
         let bytes = f.delivered.saturating_sub(HEADER_ALLOWANCE);
         credit(link, &f.client, bytes, None, now);
+        // Should its log line turn up after all, it is not counted a second time.
+        if link.requests.len() >= MAX_REQUESTS_KEPT {
+            link.requests.remove(0);
+        }
+        link.requests.push(super::RequestSeen {
+            request_id: f.request_id.clone(),
+            time_ms: now,
+            client: f.client.clone(),
+            method: "GET".into(),
+            status: 0,
+            bytes,
+            range: None,
+            completed: false,
+        });
     }
     !lost.is_empty()
 }
@@ -714,6 +763,62 @@ mod tests {
         assert!(settle_unlogged(&mut l, 605_000, 5_000));
         assert_eq!((l.inflight.len(), l.bytes_served), (0, 5000 - HEADER_ALLOWANCE));
         assert_eq!(l.coverage.covered(), 0, "unlogged bytes prove no range");
+    }
+
+    #[test]
+    fn a_later_request_on_the_connection_freezes_the_earlier_ones_count() {
+        let mut l = test_link(10_000, 1);
+        admit(&mut l, &get("a", 1), 0, &P).unwrap();
+        assert!(sample(&mut l, "a", Some(3000), 10));
+        // The client reuses the connection for another download: its bytes are not "a"'s.
+        assert!(end_on_reuse(&mut l, "a"));
+        assert!(!end_on_reuse(&mut l, "a"), "ending twice changes nothing");
+        assert!(!sample(&mut l, "a", Some(9_000_000), 20));
+        assert_eq!(l.inflight[0].delivered, 3000);
+        // Its log line is on its way: a vanished connection waits far longer before guessing.
+        assert!(sample(&mut l, "a", None, 1_000));
+        assert!(!settle_unlogged(&mut l, 1_000 + 5_000, 5_000));
+        let s = settle(
+            &mut l,
+            &line("a", "GET", 200, 10_000, None, true, 1),
+            client(1),
+            7_000,
+            &P,
+        );
+        assert!(s.download_completed);
+        assert_eq!(l.bytes_served, 10_000, "the log line's count, once");
+    }
+
+    #[test]
+    fn a_line_read_twice_counts_once() {
+        let mut l = test_link(10, 1);
+        admit(&mut l, &get("a", 1), 0, &P).unwrap();
+        let rec = line("a", "GET", 206, 5, Some("bytes 0-4/10"), true, 1);
+        assert!(settle(&mut l, &rec, client(1), 5, &P).changed);
+        // After a crash the follower reads the same line again.
+        assert_eq!(settle(&mut l, &rec, client(1), 6, &P), Settled::default());
+        assert_eq!((l.bytes_served, l.coverage.covered()), (5, 5));
+    }
+
+    #[test]
+    fn a_late_line_after_an_unlogged_settlement_counts_once() {
+        let mut l = test_link(10_000, 1);
+        admit(&mut l, &get("a", 1), 0, &P).unwrap();
+        assert!(sample(&mut l, "a", Some(4000), 10));
+        assert!(sample(&mut l, "a", None, 20));
+        assert!(settle_unlogged(&mut l, 5_020, 5_000));
+        let served = l.bytes_served;
+        assert!(
+            !settle(
+                &mut l,
+                &line("a", "GET", 200, 10_000, None, false, 1),
+                client(1),
+                6_000,
+                &P
+            )
+            .changed
+        );
+        assert_eq!(l.bytes_served, served);
     }
 
     #[test]

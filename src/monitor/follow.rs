@@ -152,36 +152,65 @@ impl Follower {
             total += n;
             partial.extend_from_slice(&chunk[..n]);
             let mut start = 0;
+            let mut lines = Vec::new();
             while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
-                let line = &partial[start..start + nl];
-                self.handle(links, line).await;
+                lines.push(&partial[start..start + nl]);
                 start += nl + 1;
             }
+            self.handle_all(links, &lines).await;
             partial.drain(..start);
             *offset += start as u64;
         }
     }
 
-    async fn handle(&self, links: &Links, line: &[u8]) {
+    /// Applies a run of lines: the lines of one link in their order, different links side by
+    /// side, so that their store writes share commits instead of queueing one behind another.
+    async fn handle_all(&self, links: &Links, lines: &[&[u8]]) {
+        let mut groups: Vec<Vec<AccessRecord>> = Vec::new();
+        let mut by_link: std::collections::HashMap<Option<crate::links::TunnelId>, usize> = Default::default();
+        for line in lines {
+            let Some(rec) = self.parse(line) else { continue };
+            links.log_writes.line_seen((rec.msec * 1000.0) as u64);
+            let i = *by_link.entry(rec.tunnel_id.clone()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[i].push(rec);
+        }
+        futures_util::future::join_all(groups.iter().map(|recs| async move {
+            for rec in recs {
+                self.apply(links, rec).await;
+            }
+        }))
+        .await;
+    }
+
+    fn parse(&self, line: &[u8]) -> Option<AccessRecord> {
         self.counters.lines.fetch_add(1, Ordering::Relaxed);
         let parsed = std::str::from_utf8(line)
             .map_err(|e| e.to_string())
             .and_then(|l| AccessRecord::parse(l).map_err(|e| e.to_string()));
-        let rec = match parsed {
-            Ok(rec) => rec,
+        match parsed {
+            Ok(rec) => Some(rec),
             Err(e) => {
                 self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "skipping a malformed access log line");
-                return;
+                None
             }
-        };
-        let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
-        self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
-        metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
+        }
+    }
+
+    async fn apply(&self, links: &Links, rec: &AccessRecord) {
         // The store may be briefly unavailable; a line is only dropped after retries.
         for attempt in 0..6u32 {
-            match links.apply_log(&rec).await {
-                Ok(()) => return,
+            match links.apply_log(rec).await {
+                Ok(()) => {
+                    // Lag: from nginx writing the line to ferry having acted on it.
+                    let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
+                    self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
+                    metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "could not apply an access log line");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;

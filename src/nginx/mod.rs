@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::monitor::logwrites::LogWrites;
 
 pub const TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
 pub const PREVIEWERS: &str = include_str!("../../nginx/previewers.txt");
@@ -137,6 +138,8 @@ pub struct Managed {
     prefix: PathBuf,
     conf: PathBuf,
     pub running: Arc<AtomicBool>,
+    /// Told when nginx reports that a write to the access log in this dir failed.
+    log_writes: Option<(Arc<LogWrites>, PathBuf)>,
 }
 
 impl Managed {
@@ -155,6 +158,7 @@ impl Managed {
             prefix,
             conf,
             running: Arc::new(AtomicBool::new(false)),
+            log_writes: None,
         };
         m.stop_stale().await;
         let out = m.command().arg("-t").output().await?;
@@ -164,6 +168,12 @@ impl Managed {
             redact(&String::from_utf8_lossy(&out.stderr))
         );
         Ok(m)
+    }
+
+    /// Reports nginx's failed writes to access logs in `logs_dir` to `writes`.
+    pub fn watch_log_writes(mut self, writes: Arc<LogWrites>, logs_dir: PathBuf) -> Self {
+        self.log_writes = Some((writes, logs_dir));
+        self
     }
 
     fn command(&self) -> Command {
@@ -219,9 +229,13 @@ impl Managed {
             .kill_on_drop(true)
             .spawn()?;
         if let Some(stderr) = child.stderr.take() {
+            let log_writes = self.log_writes.clone();
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some((writes, dir)) = &log_writes {
+                        writes.error_line(&line, dir, crate::links::now_ms());
+                    }
                     tracing::warn!(target: "ferry::nginx", "{}", redact(&line));
                 }
             });

@@ -9,6 +9,7 @@ mod cli;
 mod download;
 mod lifecycle;
 mod openapi;
+mod reliability;
 mod security;
 mod ui;
 mod webdriver;
