@@ -410,6 +410,19 @@ pub fn drop_stalled_claims(link: &mut Link, now: u64, p: &Policy) -> bool {
     link.claims.len() != before
 }
 
+/// Closes the link for `reason`: the record is the gate, so from here on every check refuses it.
+/// Returns false when it was already closed (teardown is idempotent; the first reason stays).
+pub fn close(link: &mut Link, reason: CloseReason, now: u64) -> bool {
+    if link.state == LinkState::Closed {
+        return false;
+    }
+    link.state = LinkState::Closed;
+    link.close_reason = Some(reason);
+    link.closed_at_ms = Some(now);
+    link.claims.clear();
+    true
+}
+
 /// When the link must next be looked at, and why.
 pub fn due(link: &Link) -> Option<(u64, CloseReason)> {
     match link.state {
