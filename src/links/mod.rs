@@ -11,6 +11,8 @@ pub mod rules;
 pub mod token;
 
 #[cfg(test)]
+mod rules_props;
+#[cfg(test)]
 mod timed_tests;
 
 use std::net::IpAddr;
@@ -826,14 +828,11 @@ impl Links {
         let closed = self
             .store
             .update(id, &mut |link| {
-                if link.state == LinkState::Closed {
-                    return Write::No(None);
+                if rules::close(link, reason, now) {
+                    Write::Durable(Some(link.clone()))
+                } else {
+                    Write::No(None)
                 }
-                link.state = LinkState::Closed;
-                link.close_reason = Some(reason);
-                link.closed_at_ms = Some(now);
-                link.claims.clear();
-                Write::Durable(Some(link.clone()))
             })
             .await?
             .flatten();

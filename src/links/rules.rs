@@ -127,7 +127,13 @@ pub fn range_start(range: Option<&str>, size: u64) -> u64 {
         return 0; // max_ranges 1: served whole
     }
     match spec.split_once('-') {
-        Some(("", suffix)) => suffix.trim().parse::<u64>().map_or(0, |n| size.saturating_sub(n)),
+        // `bytes=-0` asks for nothing: nginx answers 416 with no body, not a start at the end.
+        Some(("", suffix)) => suffix
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map_or(0, |n| size.saturating_sub(n)),
         Some((start, _)) => start.trim().parse::<u64>().ok().filter(|s| *s < size).unwrap_or(0),
         None => 0,
     }
@@ -210,14 +216,15 @@ pub struct Settled {
     pub link_completed: bool,
 }
 
-/// Counts body bytes proven delivered to `client`, over `range` if known.
+/// Counts body bytes proven delivered to `client`, over `range` if known. The counts come from
+/// log lines and saturate: no line, however odd, can wrap them around or panic the follower.
 fn credit(link: &mut Link, client: &ClientKey, bytes: u64, range: Option<ByteRange>, now: u64) {
     if bytes > 0 {
-        link.bytes_served += bytes;
+        link.bytes_served = link.bytes_served.saturating_add(bytes);
         link.last_progress_ms = Some(now);
     }
     match link.clients.iter_mut().find(|c| &c.client == client) {
-        Some(seen) => seen.bytes += bytes,
+        Some(seen) => seen.bytes = seen.bytes.saturating_add(bytes),
         None => link.clients.push(super::ClientSeen {
             client: client.clone(),
             bytes,
@@ -225,7 +232,7 @@ fn credit(link: &mut Link, client: &ClientKey, bytes: u64, range: Option<ByteRan
     }
     if let Some(c) = link.claims.iter_mut().find(|c| &c.client == client) {
         c.last_end_ms = now;
-        c.bytes += bytes;
+        c.bytes = c.bytes.saturating_add(bytes);
         if let Some(r) = range {
             c.coverage.insert(r);
         }
@@ -421,13 +428,10 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64) -> bool {
 
 /// Body bytes delivered to this link so far, including requests still in flight.
 pub fn delivered(link: &Link) -> u64 {
-    link.bytes_served
-        + link
-            .inflight
-            .iter()
-            .filter(|f| f.claims)
-            .map(|f| f.delivered)
-            .sum::<u64>()
+    link.inflight
+        .iter()
+        .filter(|f| f.claims)
+        .fold(link.bytes_served, |sum, f| sum.saturating_add(f.delivered))
 }
 
 /// Whether a single-download link has stalled: it received at least a preview's worth, is not
@@ -459,6 +463,19 @@ pub fn drop_stalled_claims(link: &mut Link, now: u64, p: &Policy) -> bool {
     link.claims.len() != before
 }
 
+/// Closes the link for `reason`: the record is the gate, so from here on every check refuses it.
+/// Returns false when it was already closed (teardown is idempotent; the first reason stays).
+pub fn close(link: &mut Link, reason: CloseReason, now: u64) -> bool {
+    if link.state == LinkState::Closed {
+        return false;
+    }
+    link.state = LinkState::Closed;
+    link.close_reason = Some(reason);
+    link.closed_at_ms = Some(now);
+    link.claims.clear();
+    true
+}
+
 /// When the link must next be looked at, and why.
 pub fn due(link: &Link) -> Option<(u64, CloseReason)> {
     match link.state {
@@ -478,23 +495,28 @@ pub fn progress(link: &Link) -> f64 {
     let partial = if link.downloads_completed >= link.max_downloads {
         0.0
     } else if link.max_downloads == 1 {
-        let live: u64 = link.inflight.iter().filter(|f| f.claims).map(|f| f.delivered).sum();
+        let live = link
+            .inflight
+            .iter()
+            .filter(|f| f.claims)
+            .map(|f| f.delivered as f64)
+            .sum::<f64>();
         if link.file_size == 0 {
             0.0
         } else {
-            ((link.coverage.covered() + live) as f64 / size).min(0.999)
+            ((link.coverage.covered() as f64 + live) / size).min(0.999)
         }
     } else {
         link.claims
             .iter()
             .map(|c| {
-                let live: u64 = link
+                let live = link
                     .inflight
                     .iter()
                     .filter(|f| f.claims && f.client == c.client)
-                    .map(|f| f.delivered)
-                    .sum();
-                ((c.coverage.covered() + live) as f64 / size).min(0.999)
+                    .map(|f| f.delivered as f64)
+                    .sum::<f64>();
+                ((c.coverage.covered() as f64 + live) / size).min(0.999)
             })
             .fold(0.0, f64::max)
     };
@@ -839,6 +861,23 @@ mod tests {
     }
 
     #[test]
+    fn absurd_byte_counts_saturate() {
+        // Found by the `access_log` fuzz target: two lines claiming u64::MAX body bytes.
+        let mut l = test_link(1000, 2);
+        for id in ["a", "b"] {
+            admit(&mut l, &get(id, 1), 0, &P).unwrap();
+            assert!(sample(&mut l, id, Some(u64::MAX), 1));
+            let mut big = line(id, "GET", 200, 0, None, true, 1);
+            (big.bytes_sent, big.body_bytes_sent) = (u64::MAX, u64::MAX);
+            assert!(settle(&mut l, &big, client(1), 2, &P).changed);
+        }
+        assert_eq!(l.bytes_served, u64::MAX);
+        assert_eq!(l.clients[0].bytes, u64::MAX);
+        assert_eq!(delivered(&l), u64::MAX);
+        assert!((0.0..=1.0).contains(&progress(&l)));
+    }
+
+    #[test]
     fn range_starts() {
         let table: &[(Option<&str>, u64)] = &[
             (None, 0),
@@ -850,6 +889,9 @@ mod tests {
             (Some("bytes=0-1,5-9"), 0),
             (Some("items=1-2"), 0),
             (Some("bytes=x-"), 0),
+            // Found by the `range` fuzz target: the start must lie inside the file.
+            (Some("bytes=-0"), 0),
+            (Some("bytes=-1"), 999),
         ];
         for (r, want) in table {
             assert_eq!(range_start(*r, 1000), *want, "{r:?}");
