@@ -21,17 +21,22 @@ pub fn router() -> Router<AppState> {
 pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = s.links.store().ping().await.is_ok();
     let nginx = s.nginx_running.load(Ordering::SeqCst);
-    let ok = store && nginx;
+    let provider = s.links.provider().health();
+    let ok = store && nginx && provider.status != "down";
     // Without socket progress ferry still works, from the log alone: degraded, not down.
     let sockets = s.links.socket_progress();
-    let status = if ok && sockets { "ok" } else { "degraded" };
+    let status = if ok && sockets && provider.status == "ok" {
+        "ok"
+    } else {
+        "degraded"
+    };
     let up = |b: bool| if b { "ok" } else { "down" };
     let body = json!({
         "status": status,
         "components": {
             "store": {"status": up(store), "kind": s.links.store().kind()},
             "nginx": {"status": up(nginx)},
-            "provider": {"status": "ok", "kind": s.provider},
+            "provider": {"status": provider.status, "kind": s.provider, "detail": provider.detail},
             "monitor": {
                 "status": if sockets { "ok" } else { "degraded" },
                 "lines": s.monitor.lines.load(Ordering::Relaxed),
