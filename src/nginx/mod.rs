@@ -81,9 +81,19 @@ pub fn render(template: &str, config: &Config) -> String {
             .iter()
             .map(|p| format!("        set_real_ip_from {p};\n"))
             .collect();
-        s.push_str("        real_ip_header X-Forwarded-For;\n        real_ip_recursive off;\n");
+        // Behind a Funnel TCP forward the real client comes in the PROXY protocol header, else
+        // in the proxy's X-Forwarded-For.
+        let header = if tcp_funnel(config) {
+            "proxy_protocol"
+        } else {
+            "X-Forwarded-For"
+        };
+        s.push_str(&format!(
+            "        real_ip_header {header};\n        real_ip_recursive off;\n"
+        ));
         s
     };
+    let listen_options = if tcp_funnel(config) { " proxy_protocol" } else { "" };
     template
         .replace("{{user}}", &user)
         .replace("{{prefix}}", &prefix(config).display().to_string())
@@ -92,6 +102,7 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{tunnels}}", &config.tunnels_dir.display().to_string())
         .replace("{{logs}}", &config.logs_dir.display().to_string())
         .replace("{{realip}}", &realip)
+        .replace("{{listen_options}}", listen_options)
         .replace("{{log_slot_regex}}", config.log_slot.nginx_regex())
         .replace("{{previewers}}", &previewer_regex(PREVIEWERS))
         .replace("{{conn_per_client}}", &config.conn_per_client.to_string())
@@ -105,6 +116,12 @@ pub fn render(template: &str, config: &Config) -> String {
             &(config.req_per_client.saturating_mul(2)).to_string(),
         )
         .replace("{{req_burst}}", &(config.req_per_client.saturating_mul(4)).to_string())
+}
+
+/// Whether the public listener sits behind a Funnel TCP forward that speaks PROXY protocol.
+fn tcp_funnel(config: &Config) -> bool {
+    config.provider != crate::config::ProviderKind::Local
+        && config.funnel_mode == crate::tunnel::tailscale::FunnelMode::Tcp
 }
 
 /// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).

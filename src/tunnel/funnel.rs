@@ -164,11 +164,17 @@ impl Funnel {
     /// Before the first link: learn the node's name, check the port is fit for ferry, put the
     /// placeholder in place (path mode). Done again after the sidecar lost its config.
     async fn ensure_ready(&self, st: &mut State) -> Result<(String, ServeConfig), TunnelError> {
-        let host = self.node().await?;
+        let known = self.dns_name.lock().expect("dns mutex").clone();
+        let host = match known {
+            Some(h) if st.ready => h,
+            _ => self.node().await?,
+        };
         let mut sc = self.serve_config().await?;
         if st.ready && self.placeholder_ok(&host, &sc) {
             return Ok((host, sc));
         }
+        // Something changed (first call, or the sidecar lost its config): check everything again.
+        st.ready = false;
         match self.mode {
             FunnelMode::Path => {
                 let foreign = sc.foreign_mounts(&host, self.port);
@@ -303,7 +309,11 @@ impl Funnel {
             }
             Err(f) => return Err(self.fail(f)),
         }
-        let host = self.node().await?;
+        let known = self.dns_name.lock().expect("dns mutex").clone();
+        let host = match known {
+            Some(h) => h,
+            None => self.node().await?,
+        };
         let sc = self.serve_config().await?;
         if sc.handler(&host, self.port, mount).is_some() {
             return Err(self.unverified(&format!("{mount} is still in the serve config")));

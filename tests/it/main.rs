@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod cli;
 mod download;
+mod funnel;
 mod lifecycle;
 mod openapi;
 mod security;

@@ -1,0 +1,538 @@
+//! The Tailscale Funnel providers against the `tailscale` emulator (`tests/emulator/`): the same
+//! suite runs with `FERRY_PROVIDER=tailscale` (ferry runs the emulator as a local process) and with
+//! `FERRY_PROVIDER=docker` (the emulator runs as the sidecar container on the real Docker Engine,
+//! from an image made here with `docker import`, and ferry execs the CLI in it through the API).
+//! Recipients go through the emulator's Funnel front, as they would through Funnel.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, curl, free_port};
+
+const EMULATOR: &str = env!("CARGO_BIN_EXE_tailscale-emulator");
+const DNS: &str = "ferry-nas.tail0000.ts.net";
+const IMAGE: &str = "ferry-test-tailscale:latest";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Process,
+    Docker,
+}
+
+/// The emulated sidecar: tailscaled's state plus Funnel's public front on a loopback port.
+pub struct Sidecar {
+    kind: Kind,
+    pub front: String,
+    port: u16,
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
+    daemon: Option<std::process::Child>,
+    container: Option<String>,
+}
+
+impl Sidecar {
+    pub async fn start(kind: Kind, extra: &[&str]) -> Sidecar {
+        let port = free_port();
+        let mut s = Sidecar {
+            kind,
+            front: format!("http://127.0.0.1:{port}"),
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().unwrap(),
+            daemon: None,
+            container: None,
+        };
+        match kind {
+            Kind::Process => s.spawn_daemon(),
+            Kind::Docker => {
+                let image = emulator_image();
+                let name = format!("ferry-ts-{}-{}", std::process::id(), port);
+                let mut args: Vec<String> = [
+                    "run",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--network",
+                    "host",
+                    "--tmpfs",
+                    "/var/run/tailscale",
+                    image,
+                    "/usr/local/bin/tailscale",
+                    "daemon",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                args.extend(s.daemon_args());
+                // Named before it runs, so Drop removes it even if `run` half-failed.
+                s.container = Some(name);
+                let out = std::process::Command::new("docker").args(&args).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "docker run: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        s.wait_ready().await;
+        s
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("tailscaled.sock")
+    }
+
+    fn daemon_args(&self) -> Vec<String> {
+        let mut v = vec![format!("--listen=127.0.0.1:{}", self.port), format!("--dns-name={DNS}")];
+        v.extend(self.extra.iter().cloned());
+        v
+    }
+
+    fn spawn_daemon(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let child = std::process::Command::new(EMULATOR)
+            .arg(format!("--socket={}", self.socket().display()))
+            .arg("daemon")
+            .args(self.daemon_args())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, _, _) = self.cli(&["status", "--json"]);
+            if code == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the emulated sidecar did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs the emulated CLI where ferry runs it: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = match self.kind {
+            Kind::Process => std::process::Command::new(EMULATOR)
+                .arg(format!("--socket={}", self.socket().display()))
+                .args(args)
+                .output()
+                .unwrap(),
+            Kind::Docker => std::process::Command::new("docker")
+                .args(["exec", self.container.as_ref().unwrap(), "tailscale"])
+                .args(args)
+                .output()
+                .unwrap(),
+        };
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn serve_config(&self) -> Value {
+        let (code, out, err) = self.cli(&["funnel", "status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// The mounts served on port 443.
+    pub fn mounts(&self) -> Vec<String> {
+        self.serve_config()["Web"][format!("{DNS}:443")]["Handlers"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A sidecar restart that loses the serve config.
+    pub async fn restart(&mut self) {
+        match self.kind {
+            Kind::Process => {
+                let mut c = self.daemon.take().unwrap();
+                c.kill().unwrap();
+                c.wait().unwrap();
+                self.spawn_daemon();
+            }
+            Kind::Docker => {
+                let out = std::process::Command::new("docker")
+                    .args(["restart", "-t", "0", self.container.as_ref().unwrap()])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        self.wait_ready().await;
+        assert!(self.mounts().is_empty(), "the restart kept the config");
+    }
+
+    /// What ferry needs to drive this sidecar.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self.kind {
+            Kind::Process => vec![
+                ("FERRY_PROVIDER".into(), "tailscale".into()),
+                ("FERRY_TAILSCALE_BIN".into(), EMULATOR.into()),
+                ("FERRY_TAILSCALE_SOCKET".into(), self.socket().display().to_string()),
+            ],
+            Kind::Docker => vec![
+                ("FERRY_PROVIDER".into(), "docker".into()),
+                ("FERRY_TAILSCALE_CONTAINER".into(), self.container.clone().unwrap()),
+            ],
+        }
+    }
+
+    /// The recipient's URL through the front (as DNS would resolve the Funnel host).
+    pub fn via_front(&self, url: &str) -> String {
+        let base = format!("https://{DNS}");
+        assert!(url.starts_with(&base), "{url} is not on the Funnel host");
+        url.replacen(&base, &self.front, 1)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(name) = &self.container {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The sidecar image, made once per test run: busybox-static and the emulator (with the shared
+/// libraries it links) in a rootfs, imported with `docker import` (nothing can be pulled here).
+fn emulator_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in [
+            "bin",
+            "usr/local/bin",
+            "var/run/tailscale",
+            "tmp",
+            "proc",
+            "dev",
+            "sys",
+            "etc",
+        ] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox is missing: install busybox-static (script/test does)");
+        std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+        std::fs::copy(EMULATOR, r.join("usr/local/bin/tailscale")).unwrap();
+        let ldd = std::process::Command::new("ldd").arg(EMULATOR).output().unwrap();
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let dest = r.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap();
+        }
+        std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+        let previous = image_id();
+        let mut tar = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(r)
+            .args(["-cf", "-", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::process::Command::new("docker")
+            .args(["import", "-", IMAGE])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .expect("docker is missing (the docker provider is tested on the real engine)");
+        assert!(tar.wait().unwrap().success(), "tar of the sidecar rootfs failed");
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Leave no dangling image from the previous run.
+        if let Some(old) = previous
+            && Some(&old) != image_id().as_ref()
+        {
+            let _ = std::process::Command::new("docker")
+                .args(["image", "rm", &old])
+                .output();
+        }
+    });
+    IMAGE
+}
+
+fn image_id() -> Option<String> {
+    let out = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub async fn app_with(sidecar: &Sidecar, env: &[(&str, &str)]) -> TestApp {
+    let mut all: Vec<(String, String)> = sidecar.env();
+    all.push(("GRACE_PERIOD_SECONDS".into(), "0".into()));
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    TestApp::spawn_with(&pairs).await
+}
+
+/// Polls `what` until it holds, for at most `within`.
+async fn eventually(within: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn handler(sc: &Value, mount: &str) -> Value {
+    sc["Web"][format!("{DNS}:443")]["Handlers"][mount].clone()
+}
+
+macro_rules! for_both_providers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn tailscale() {
+                super::$name(super::Kind::Process).await
+            }
+            #[tokio::test]
+            async fn docker() {
+                super::$name(super::Kind::Docker).await
+            }
+        }
+    )*};
+}
+
+for_both_providers!(
+    a_link_downloads_through_funnel_and_then_answers_404,
+    termination_and_expiry_leave_404,
+    a_tampered_token_reaches_the_client_as_502,
+    twenty_links_at_once_leave_twenty_handlers_despite_etag_races,
+    a_sidecar_restart_gets_the_handlers_back,
+    missing_funnel_capability_fails_creation_clearly,
+);
+
+async fn a_link_downloads_through_funnel_and_then_answers_404(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    let bytes = app.data_file("movies/holiday.mkv", 300_000);
+    let v = app.link("movies/holiday.mkv").await;
+    let id = v["tunnel_id"].as_str().unwrap();
+    let url = v["download_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("https://{DNS}/s/{id}/holiday.mkv?t=")),
+        "{url}"
+    );
+
+    // The handler proxies to the public listener, repeating the mount path; the placeholder
+    // keeps Funnel on for the port.
+    let sc = ts.serve_config();
+    let public = app.public.clone();
+    assert_eq!(
+        handler(&sc, &format!("/s/{id}")),
+        json!({"Proxy": format!("{public}/s/{id}")})
+    );
+    assert_eq!(handler(&sc, "/s/.ferry"), json!({"Text": "ferry"}));
+    assert_eq!(sc["AllowFunnel"][format!("{DNS}:443")], json!(true));
+
+    // From "the Internet" (another loopback address), through the front: the whole file.
+    let got = curl(&ts.via_front(url), &["--interface", "127.0.0.5"]).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body == bytes, "the body differs");
+
+    let closed = app.closed(id, Duration::from_secs(15)).await;
+    assert_eq!(closed["close_reason"], "completed");
+    // The real client address came through X-Forwarded-For from the trusted front.
+    assert_eq!(closed["clients"][0]["address"], "127.0.0.5", "{closed}");
+
+    // Gone at the provider: Tailscale's own 404; the placeholder stays.
+    let front = ts.via_front(url);
+    eventually(Duration::from_secs(5), "the path answers 404", async || {
+        let r = curl(&front, &[]).await;
+        r.status == 404 && r.body == b"404 page not found\n"
+    })
+    .await;
+    assert_eq!(ts.mounts(), vec!["/s/.ferry".to_string()]);
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["components"]["provider"]["status"], "ok", "{health}");
+}
+
+async fn termination_and_expiry_leave_404(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 10_000);
+    let ended = app.link("a.bin").await;
+    let (status, expiring) = app.create(json!({"file_path": "a.bin", "expires_in_seconds": 2})).await;
+    assert_eq!(status, 201, "{expiring}");
+
+    let id = ended["tunnel_id"].as_str().unwrap();
+    let r = app
+        .http
+        .delete(format!("{}/admin/tunnels/{id}", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let url = ts.via_front(ended["download_url"].as_str().unwrap());
+    let r = curl(&url, &[]).await;
+    assert_eq!(r.status, 404, "a terminated link's path is gone at once");
+
+    let eid = expiring["tunnel_id"].as_str().unwrap();
+    let eurl = ts.via_front(expiring["download_url"].as_str().unwrap());
+    // Served until the deadline (HEAD claims nothing)...
+    assert_eq!(curl(&eurl, &["-I"]).await.status, 200);
+    let closed = app.closed(eid, Duration::from_secs(6)).await;
+    assert_eq!(closed["close_reason"], "expired");
+    // ...and the handler is gone within a second of it.
+    eventually(Duration::from_secs(1), "the expired path answers 404", async || {
+        curl(&eurl, &[]).await.status == 404
+    })
+    .await;
+    assert_eq!(ts.mounts(), vec!["/s/.ferry".to_string()]);
+}
+
+async fn a_tampered_token_reaches_the_client_as_502(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 10_000);
+    let v = app.link("a.bin").await;
+    let url = ts.via_front(v["download_url"].as_str().unwrap());
+    let (base, token) = url.split_once("?t=").unwrap();
+    let mut t = token.as_bytes().to_vec();
+    let last = t.len() - 3;
+    t[last] = if t[last] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{base}?t={}", String::from_utf8(t).unwrap());
+    // nginx closes with 444; Funnel's proxy retries once and answers 502 with no body.
+    let r = curl(&tampered, &[]).await;
+    assert_eq!(r.status, 502);
+    assert!(r.body.is_empty());
+    // The genuine link is untouched.
+    let r = curl(&url, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 10_000);
+}
+
+async fn twenty_links_at_once_leave_twenty_handlers_despite_etag_races(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    // Another writer wins the next three ETag races.
+    let (code, _, err) = ts.cli(&["emulator-set", "etag_failures=3"]);
+    assert_eq!(code, 0, "{err}");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let http = app.http.clone();
+        let admin = app.admin.clone();
+        set.spawn(async move {
+            let r = http
+                .post(format!("{admin}/api/links"))
+                .json(&json!({"file_path": "a.bin"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
+    }
+    let mut ids = vec![];
+    while let Some(r) = set.join_next().await {
+        let (status, v) = r.unwrap();
+        assert_eq!(status, 201, "{v}");
+        ids.push(v["tunnel_id"].as_str().unwrap().to_string());
+    }
+    let sc = ts.serve_config();
+    let mut mounts = ts.mounts();
+    mounts.retain(|m| m != "/s/.ferry");
+    assert_eq!(mounts.len(), 20, "{sc}");
+    for id in &ids {
+        assert!(mounts.contains(&format!("/s/{id}")), "{id} has no handler");
+    }
+    let log = app.log();
+    assert!(log.contains("retrying"), "the races were not retried:\n{log}");
+
+    for id in &ids {
+        let r = app
+            .http
+            .delete(format!("{}/admin/tunnels/{id}", app.admin))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    assert_eq!(ts.mounts(), vec!["/s/.ferry".to_string()]);
+}
+
+async fn a_sidecar_restart_gets_the_handlers_back(kind: Kind) {
+    let mut ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    let bytes = app.data_file("a.bin", 50_000);
+    let v = app.link("a.bin").await;
+    let id = v["tunnel_id"].as_str().unwrap();
+    ts.restart().await;
+    let url = ts.via_front(v["download_url"].as_str().unwrap());
+    // With no config at all Funnel is off for the port: nothing answers.
+    assert_eq!(curl(&url, &["-I"]).await.status, 0, "the restart lost the handler");
+    // ferry notices within its reconcile period and puts the link's handler (and the
+    // placeholder) back.
+    let mount = format!("/s/{id}");
+    eventually(Duration::from_secs(15), "the handler is re-asserted", async || {
+        let m = ts.mounts();
+        m.contains(&mount) && m.contains(&"/s/.ferry".to_string())
+    })
+    .await;
+    let r = curl(&url, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == bytes);
+}
+
+async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
+    let ts = Sidecar::start(kind, &["--no-funnel"]).await;
+    let (code, _, err) = ts.cli(&["emulator-set", "enable_wait_ms=200"]);
+    assert_eq!(code, 0, "{err}");
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 502, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.contains("Funnel is not available") && msg.contains("https://login.tailscale.com/f/funnel"),
+        "{msg}"
+    );
+    // Recorded closed as `error`, nothing exposed, and /health says why.
+    let history = app.history().await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["close_reason"], "error");
+    assert!(ts.mounts().is_empty());
+    let (code, health) = app.get("/health").await;
+    assert_eq!(code, 200);
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["components"]["provider"]["status"], "degraded");
+    assert!(
+        health["components"]["provider"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("login.tailscale.com"),
+        "{health}"
+    );
+}
