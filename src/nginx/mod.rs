@@ -311,6 +311,27 @@ mod tests {
     }
 
     #[test]
+    fn behind_funnel_the_real_client_comes_from_the_tunnel_only() {
+        let dir = std::env::temp_dir();
+        let load = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("NAS_MOUNT_PATH", dir.to_str().unwrap())];
+            all.extend_from_slice(pairs);
+            Config::load(&crate::config::Source::from_pairs(all)).unwrap()
+        };
+        let local = render(TEMPLATE, &load(&[]));
+        assert!(!local.contains("real_ip_header") && !local.contains("proxy_protocol"));
+        let path = render(TEMPLATE, &load(&[("FERRY_PROVIDER", "tailscale")]));
+        assert!(path.contains("set_real_ip_from 127.0.0.1;") && path.contains("real_ip_header X-Forwarded-For;"));
+        assert!(!path.contains("proxy_protocol"));
+        let tcp = render(
+            TEMPLATE,
+            &load(&[("FERRY_PROVIDER", "docker"), ("FERRY_FUNNEL_MODE", "tcp")]),
+        );
+        assert!(tcp.contains("listen 127.0.0.1:8080 proxy_protocol;"), "{tcp}");
+        assert!(tcp.contains("real_ip_header proxy_protocol;"));
+    }
+
+    #[test]
     fn redacts_tokens() {
         let line = r#"limiting requests, request: "GET /s/abc/f.iso?t=eyJhbGciOi.eyJ0aWQ.sig&x=1 HTTP/1.1", referrer: "https://h/?t=secret""#;
         let r = redact(line);

@@ -536,3 +536,54 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
         "{health}"
     );
 }
+
+for_both_providers!(tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open);
+
+async fn tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[("FERRY_FUNNEL_MODE", "tcp")]).await;
+    let bytes = app.data_file("a.bin", 200_000);
+    assert!(ts.serve_config()["TCP"].is_null(), "no forward before the first link");
+
+    let v = app.link("a.bin").await;
+    let id = v["tunnel_id"].as_str().unwrap();
+    let sc = ts.serve_config();
+    let upstream = app.public.trim_start_matches("http://").to_string();
+    assert_eq!(
+        sc["TCP"]["443"],
+        json!({"TCPForward": upstream, "TerminateTLS": DNS, "ProxyProtocol": 2}),
+        "{sc}"
+    );
+    assert_eq!(sc["AllowFunnel"][format!("{DNS}:443")], json!(true));
+    assert!(sc["Web"].is_null(), "tcp mode adds no web handlers: {sc}");
+
+    let url = ts.via_front(v["download_url"].as_str().unwrap());
+    // nginx gates every path itself; its 444 reaches the client as a silent close.
+    let (base, _) = url.split_once("?t=").unwrap();
+    let r = curl(&format!("{base}?t=nope"), &["--interface", "127.0.0.9"]).await;
+    assert_eq!((r.status, r.exit), (0, crate::helpers::EMPTY_REPLY));
+
+    let r = curl(&url, &["--interface", "127.0.0.7"]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == bytes);
+    let closed = app.closed(id, Duration::from_secs(15)).await;
+    assert_eq!(closed["close_reason"], "completed");
+    // The address nginx logged is the recipient's, from the PROXY protocol header.
+    let (_, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
+    let clients: Vec<&str> = stats["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["client"].as_str().unwrap())
+        .collect();
+    assert!(clients.contains(&"127.0.0.7"), "{stats}");
+    assert_eq!(closed["clients"][0]["address"], "127.0.0.7", "{closed}");
+
+    // The last link closed: the forward is gone, and nothing answers.
+    let front = ts.front.clone();
+    eventually(Duration::from_secs(5), "the forward is removed", async || {
+        ts.serve_config()["TCP"].is_null()
+    })
+    .await;
+    assert_eq!(curl(&format!("{front}/s/{id}/a.bin"), &[]).await.status, 0);
+}
