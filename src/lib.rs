@@ -87,7 +87,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
     let managed = match config.nginx_mode {
         NginxMode::Managed => Some(nginx::Managed::prepare(&config).await?),
-        NginxMode::External => None,
+        NginxMode::External => {
+            let conf = nginx::write_external(&config).await?;
+            tracing::info!(config = %conf.display(), "nginx runs elsewhere (FERRY_NGINX=external) from this config");
+            None
+        }
     };
     let nginx_running = managed
         .as_ref()

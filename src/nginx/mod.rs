@@ -149,6 +149,20 @@ pub fn redact(line: &str) -> String {
     out
 }
 
+/// External mode (compose): nginx runs in its own container and reads the config ferry renders
+/// into the shared state dir (`<state>/nginx/nginx.conf`); the paths in it are the same in both.
+pub async fn write_external(config: &Config) -> anyhow::Result<PathBuf> {
+    let prefix = prefix(config);
+    for d in ["tmp", "logs", "html"] {
+        tokio::fs::create_dir_all(prefix.join(d)).await?;
+    }
+    let conf = prefix.join("nginx.conf");
+    let tmp = prefix.join("nginx.conf.tmp");
+    tokio::fs::write(&tmp, render(TEMPLATE, config)).await?;
+    tokio::fs::rename(&tmp, &conf).await?;
+    Ok(conf)
+}
+
 pub struct Managed {
     bin: PathBuf,
     prefix: PathBuf,
