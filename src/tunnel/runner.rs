@@ -76,29 +76,56 @@ impl Runner {
         };
         match self {
             Runner::Process { bin, socket } => {
-                let child = tokio::process::Command::new(bin)
+                use tokio::io::AsyncReadExt;
+                let spawn_err = |e: std::io::Error| RunError::Spawn {
+                    bin: bin.display().to_string(),
+                    error: e.to_string(),
+                };
+                let mut child = tokio::process::Command::new(bin)
                     .args(Self::argv(socket, args))
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|e| RunError::Spawn {
-                        bin: bin.display().to_string(),
-                        error: e.to_string(),
-                    })?;
-                // Dropping the future on timeout kills the child (kill_on_drop).
-                let out = tokio::time::timeout(timeout, child.wait_with_output())
+                    .map_err(spawn_err)?;
+                let mut stdout_pipe = child.stdout.take().expect("piped");
+                let mut stderr_pipe = child.stderr.take().expect("piped");
+                let stderr_task = tokio::spawn(async move {
+                    let mut b = Vec::new();
+                    let _ = stderr_pipe.read_to_end(&mut b).await;
+                    b
+                });
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut stdout = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match tokio::time::timeout_at(deadline, stdout_pipe.read(&mut buf)).await {
+                        Err(_) => return Err(timed_out()),
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(n)) => stdout.extend_from_slice(&buf[..n]),
+                    }
+                    // The CLI waits (for ever) for the owner to enable Funnel; the link it printed
+                    // is the answer.
+                    if awaits_enablement(&stdout) {
+                        let _ = child.kill().await;
+                        return Ok(Output {
+                            code: -1,
+                            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                            stderr: String::new(),
+                        });
+                    }
+                }
+                // Dropping the child on timeout kills it (kill_on_drop).
+                let status = tokio::time::timeout_at(deadline, child.wait())
                     .await
                     .map_err(|_| timed_out())?
-                    .map_err(|e| RunError::Spawn {
-                        bin: bin.display().to_string(),
-                        error: e.to_string(),
-                    })?;
+                    .map_err(spawn_err)?;
+                let stderr = stderr_task.await.unwrap_or_default();
                 Ok(Output {
-                    code: out.status.code().map_or(-1, i64::from),
-                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    code: status.code().map_or(-1, i64::from),
+                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
                 })
             }
             Runner::Docker {
@@ -134,6 +161,65 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+/// Whether the CLI printed Funnel's enablement link and now waits for the owner to follow it.
+fn awaits_enablement(stdout: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(stdout);
+    // The whole link line must have arrived.
+    s.split_once("To enable, visit:")
+        .and_then(|(_, rest)| rest.find("https://").map(|at| &rest[at..]))
+        .is_some_and(|link| link.contains('\n'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_enablement_link_ends_the_wait_once_complete() {
+        let full = b"Funnel is not enabled on your tailnet.\nTo enable, visit:\n\n         https://login.tailscale.com/f/funnel?node=n1\n";
+        assert!(awaits_enablement(full));
+        assert!(!awaits_enablement(&full[..full.len() - 5]));
+        assert!(!awaits_enablement(
+            b"Available on the internet:\n\nhttps://x.ts.net/s/a\n"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_hung_command_times_out_and_output_is_kept() {
+        let r = Runner::process("sh".into(), None);
+        let out = r
+            .run(
+                &["-c".into(), "echo out; echo err >&2; exit 3".into()],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (3, "out\n", "err\n")
+        );
+        let started = std::time::Instant::now();
+        let e = r
+            .run(&["-c".into(), "sleep 30".into()], Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RunError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let waiting = "printf 'To enable, visit:\\n\\n   https://login.tailscale.com/f/funnel?node=n1\\n'; sleep 30";
+        let out = r
+            .run(&["-c".into(), waiting.into()], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(out.stdout.contains("login.tailscale.com"), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let missing = Runner::process("/nonexistent/tailscale".into(), None);
+        assert!(matches!(
+            missing.run(&[], Duration::from_secs(1)).await,
+            Err(RunError::Spawn { .. })
+        ));
     }
 }
 
@@ -179,6 +265,15 @@ async fn exec(docker: &bollard::Docker, container: &str, cmd: Vec<String>) -> Re
                 bollard::container::LogOutput::StdOut { message } => stdout.extend_from_slice(&message),
                 bollard::container::LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
                 _ => {}
+            }
+            if awaits_enablement(&stdout) {
+                // An exec cannot be killed through the API; it ends when the owner enables
+                // Funnel or the sidecar restarts. ferry stops waiting for it.
+                return Ok(Output {
+                    code: -1,
+                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                });
             }
         }
     }
