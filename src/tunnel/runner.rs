@@ -173,56 +173,6 @@ fn awaits_enablement(stdout: &[u8]) -> bool {
         .is_some_and(|link| link.contains('\n'))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_enablement_link_ends_the_wait_once_complete() {
-        let full = b"Funnel is not enabled on your tailnet.\nTo enable, visit:\n\n         https://login.tailscale.com/f/funnel?node=n1\n";
-        assert!(awaits_enablement(full));
-        assert!(!awaits_enablement(&full[..full.len() - 5]));
-        assert!(!awaits_enablement(
-            b"Available on the internet:\n\nhttps://x.ts.net/s/a\n"
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_hung_command_times_out_and_output_is_kept() {
-        let r = Runner::process("sh".into(), None);
-        let out = r
-            .run(
-                &["-c".into(), "echo out; echo err >&2; exit 3".into()],
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (out.code, out.stdout.as_str(), out.stderr.as_str()),
-            (3, "out\n", "err\n")
-        );
-        let started = std::time::Instant::now();
-        let e = r
-            .run(&["-c".into(), "sleep 30".into()], Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(matches!(e, RunError::Timeout { .. }), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(2));
-        let waiting = "printf 'To enable, visit:\\n\\n   https://login.tailscale.com/f/funnel?node=n1\\n'; sleep 30";
-        let out = r
-            .run(&["-c".into(), waiting.into()], Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(out.stdout.contains("login.tailscale.com"), "{out:?}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-        let missing = Runner::process("/nonexistent/tailscale".into(), None);
-        assert!(matches!(
-            missing.run(&[], Duration::from_secs(1)).await,
-            Err(RunError::Spawn { .. })
-        ));
-    }
-}
-
 async fn connect() -> Result<bollard::Docker, RunError> {
     let d = bollard::Docker::connect_with_defaults().map_err(|e| RunError::Docker(format!("cannot connect: {e}")))?;
     // Older engines refuse a client that speaks a newer API than theirs.
@@ -286,4 +236,54 @@ async fn exec(docker: &bollard::Docker, container: &str, cmd: Vec<String>) -> Re
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_enablement_link_ends_the_wait_once_complete() {
+        let full = b"Funnel is not enabled on your tailnet.\nTo enable, visit:\n\n         https://login.tailscale.com/f/funnel?node=n1\n";
+        assert!(awaits_enablement(full));
+        assert!(!awaits_enablement(&full[..full.len() - 5]));
+        assert!(!awaits_enablement(
+            b"Available on the internet:\n\nhttps://x.ts.net/s/a\n"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_hung_command_times_out_and_output_is_kept() {
+        let r = Runner::process("sh".into(), None);
+        let out = r
+            .run(
+                &["-c".into(), "echo out; echo err >&2; exit 3".into()],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (3, "out\n", "err\n")
+        );
+        let started = std::time::Instant::now();
+        let e = r
+            .run(&["-c".into(), "sleep 30".into()], Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RunError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let waiting = "printf 'To enable, visit:\\n\\n   https://login.tailscale.com/f/funnel?node=n1\\n'; sleep 30";
+        let out = r
+            .run(&["-c".into(), waiting.into()], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(out.stdout.contains("login.tailscale.com"), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let missing = Runner::process("/nonexistent/tailscale".into(), None);
+        assert!(matches!(
+            missing.run(&[], Duration::from_secs(1)).await,
+            Err(RunError::Spawn { .. })
+        ));
+    }
 }
