@@ -173,6 +173,26 @@ impl Sidecar {
         assert!(self.mounts().is_empty(), "the restart kept the config");
     }
 
+    /// The sidecar stops (tailscaled gone) and later comes back with its state.
+    pub async fn stop(&mut self) {
+        match self.kind {
+            Kind::Process => {
+                let mut c = self.daemon.take().unwrap();
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+            Kind::Docker => docker(&["stop", "-t", "0", self.container.as_ref().unwrap()]),
+        }
+    }
+
+    pub async fn start_again(&mut self) {
+        match self.kind {
+            Kind::Process => self.spawn_daemon(),
+            Kind::Docker => docker(&["start", self.container.as_ref().unwrap()]),
+        }
+        self.wait_ready().await;
+    }
+
     /// What ferry needs to drive this sidecar.
     pub fn env(&self) -> Vec<(String, String)> {
         match self.kind {
@@ -210,6 +230,16 @@ impl Drop for Sidecar {
                 .status();
         }
     }
+}
+
+fn docker(args: &[&str]) {
+    let out = std::process::Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The sidecar image, made once per test run: busybox-static and the emulator (with the shared
@@ -504,6 +534,44 @@ async fn a_sidecar_restart_gets_the_handlers_back(kind: Kind) {
     let r = curl(&url, &[]).await;
     assert_eq!(r.status, 200);
     assert!(r.body == bytes);
+
+    // A handler of ferry's for a link that is not open (left by a crash) is removed; the owner's
+    // own handlers elsewhere are never touched.
+    let stray = "/s/AAAAAAAAAAAAAAAAAAAAAAAA";
+    for args in [
+        vec![
+            "funnel",
+            "--bg",
+            "--https=443",
+            "--set-path",
+            stray,
+            "http://127.0.0.1:9/s/x",
+        ],
+        vec![
+            "serve",
+            "--bg",
+            "--https=8443",
+            "--set-path=/grafana",
+            "http://127.0.0.1:3000",
+        ],
+    ] {
+        let (code, _, err) = ts.cli(&args);
+        assert_eq!(code, 0, "{err}");
+    }
+    eventually(Duration::from_secs(15), "the stray handler is removed", async || {
+        !ts.mounts().contains(&stray.to_string())
+    })
+    .await;
+    let sc = ts.serve_config();
+    assert_eq!(
+        handler(&sc, "/s/.ferry"),
+        json!({"Text": "ferry"}),
+        "the placeholder stays: {sc}"
+    );
+    assert_eq!(
+        sc["Web"][format!("{DNS}:8443")]["Handlers"]["/grafana"]["Proxy"],
+        "http://127.0.0.1:3000"
+    );
 }
 
 async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
@@ -542,7 +610,77 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
     );
 }
 
-for_both_providers!(tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open);
+for_both_providers!(
+    tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open,
+    a_port_serving_the_owners_handlers_without_funnel_is_refused,
+    a_stopped_sidecar_takes_health_down_and_back,
+);
+
+async fn a_port_serving_the_owners_handlers_without_funnel_is_refused(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    // The owner serves Grafana to the tailnet on 443; Funnel is off for it.
+    let (code, _, err) = ts.cli(&["serve", "--bg", "--https=443", "--set-path=/grafana", "3000"]);
+    assert_eq!(code, 0, "{err}");
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 502, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("FERRY_FUNNEL_PORT") && msg.contains("/grafana"), "{msg}");
+    let sc = ts.serve_config();
+    assert!(sc["AllowFunnel"].is_null(), "Funnel was switched on: {sc}");
+    assert_eq!(ts.mounts(), vec!["/grafana".to_string()]);
+    assert_eq!(app.history().await[0]["close_reason"], "error");
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["components"]["provider"]["status"], "degraded", "{health}");
+
+    // On another port ferry is fine.
+    drop(app);
+    let app = app_with(&ts, &[("FERRY_FUNNEL_PORT", "8443")]).await;
+    app.data_file("a.bin", 1000);
+    let v = app.link("a.bin").await;
+    assert!(
+        v["download_url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("https://{DNS}:8443/s/")),
+        "{v}"
+    );
+}
+
+async fn a_stopped_sidecar_takes_health_down_and_back(kind: Kind) {
+    let mut ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    let (code, health) = app.get("/health").await;
+    assert_eq!(
+        (code, &health["components"]["provider"]["status"]),
+        (200, &json!("ok")),
+        "{health}"
+    );
+
+    ts.stop().await;
+    eventually(
+        Duration::from_secs(15),
+        "/health says the provider is down",
+        async || {
+            let (code, h) = app.get("/health").await;
+            code == 503 && h["components"]["provider"]["status"] == "down"
+        },
+    )
+    .await;
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 502, "{v}");
+
+    ts.start_again().await;
+    eventually(Duration::from_secs(15), "/health recovers", async || {
+        let (code, h) = app.get("/health").await;
+        code == 200 && h["components"]["provider"]["status"] == "ok"
+    })
+    .await;
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 201, "{v}");
+}
 
 async fn tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open(kind: Kind) {
     let ts = Sidecar::start(kind, &[]).await;
