@@ -730,3 +730,42 @@ async fn tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open(kind: Kind) 
     .await;
     assert_eq!(curl(&format!("{front}/s/{id}/a.bin"), &[]).await.status, 0);
 }
+
+/// The emulator is honest about concurrent writers: two CLIs that read the same config and write
+/// it back collide on the ETag, and the loser gets tailscaled's error text (ferry serializes its
+/// own calls for this reason).
+#[tokio::test]
+async fn the_emulator_fails_concurrent_writers_like_tailscaled() {
+    let ts = Sidecar::start(Kind::Process, &[]).await;
+    let (code, _, err) = ts.cli(&["emulator-set", "write_delay_ms=300"]);
+    assert_eq!(code, 0, "{err}");
+    let socket = format!("--socket={}", ts.socket().display());
+    let writers: Vec<_> = ["/s/one", "/s/two"]
+        .iter()
+        .map(|m| {
+            std::process::Command::new(EMULATOR)
+                .args([socket.as_str(), "funnel", "--bg", "--https=443"])
+                .arg(format!("--set-path={m}"))
+                .arg("text:x")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<(bool, String)> = writers
+        .into_iter()
+        .map(|w| {
+            let o = w.wait_with_output().unwrap();
+            (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+        })
+        .collect();
+    let wins = outcomes.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(wins, 1, "{outcomes:?}");
+    let (_, loser) = outcomes.iter().find(|(ok, _)| !ok).unwrap();
+    assert!(
+        loser.contains("Another client is changing the serve config; please try again."),
+        "{loser}"
+    );
+    assert_eq!(ts.mounts().len(), 1);
+}
