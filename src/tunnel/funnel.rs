@@ -285,13 +285,23 @@ impl Funnel {
     /// Removes one link's public path; a handler that is not there counts as closed.
     pub async fn close(&self, id: &TunnelId) -> Result<(), TunnelError> {
         let mut st = self.state.lock().await;
-        st.open.remove(id);
-        match self.mode {
-            FunnelMode::Path => self.close_mount(&ts::mount(id)).await?,
-            FunnelMode::Tcp if st.open.is_empty() => self.close_tcp().await?,
-            FunnelMode::Tcp => {}
+        let was_open = st.open.remove(id);
+        let r = match self.mode {
+            FunnelMode::Path => self.close_mount(&ts::mount(id)).await,
+            FunnelMode::Tcp if st.open.is_empty() => self.close_tcp().await,
+            FunnelMode::Tcp => Ok(()),
+        };
+        match r {
+            // A link this process never opened (its open failed, or the sidecar was unreachable
+            // since startup) while the sidecar cannot be reached: nothing to wait for here. If a
+            // handler of it exists, the reconciliation removes it once the sidecar answers (the
+            // link is not open in the store), and nginx's gate refuses it meanwhile.
+            Err(e) if !was_open && self.health().status == "down" => {
+                tracing::debug!(tunnel_id = %id, error = %e, "sidecar unreachable; the reconciliation will remove any handler");
+                Ok(())
+            }
+            r => r,
         }
-        Ok(())
     }
 
     async fn close_mount(&self, mount: &str) -> Result<(), TunnelError> {

@@ -471,6 +471,7 @@ async fn twenty_links_at_once_leave_twenty_handlers_despite_etag_races(kind: Kin
     // Another writer wins the next three ETag races.
     let (code, _, err) = ts.cli(&["emulator-set", "etag_failures=3"]);
     assert_eq!(code, 0, "{err}");
+    let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let http = app.http.clone();
@@ -491,6 +492,7 @@ async fn twenty_links_at_once_leave_twenty_handlers_despite_etag_races(kind: Kin
         assert_eq!(status, 201, "{v}");
         ids.push(v["tunnel_id"].as_str().unwrap().to_string());
     }
+    eprintln!("{kind:?}: 20 links created and verified in {:?}", started.elapsed());
     let sc = ts.serve_config();
     let mut mounts = ts.mounts();
     mounts.retain(|m| m != "/s/.ferry");
@@ -501,6 +503,7 @@ async fn twenty_links_at_once_leave_twenty_handlers_despite_etag_races(kind: Kin
     let log = app.log();
     assert!(log.contains("retrying"), "the races were not retried:\n{log}");
 
+    let started = Instant::now();
     for id in &ids {
         let r = app
             .http
@@ -510,6 +513,7 @@ async fn twenty_links_at_once_leave_twenty_handlers_despite_etag_races(kind: Kin
             .unwrap();
         assert!(r.status().is_success());
     }
+    eprintln!("{kind:?}: 20 links closed and verified in {:?}", started.elapsed());
     assert_eq!(ts.mounts(), vec!["/s/.ferry".to_string()]);
 }
 
@@ -669,8 +673,11 @@ async fn a_stopped_sidecar_takes_health_down_and_back(kind: Kind) {
         },
     )
     .await;
+    let started = Instant::now();
     let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
     assert_eq!(status, 502, "{v}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(app.history().await[0]["close_reason"], "error");
 
     ts.start_again().await;
     eventually(Duration::from_secs(15), "/health recovers", async || {
