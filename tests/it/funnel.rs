@@ -407,6 +407,11 @@ async fn a_link_downloads_through_funnel_and_then_answers_404(kind: Kind) {
     assert_eq!(ts.mounts(), vec!["/s/.ferry".to_string()]);
     let (_, health) = app.get("/health").await;
     assert_eq!(health["components"]["provider"]["status"], "ok", "{health}");
+
+    // A graceful stop takes the placeholder away too: nothing of ferry's stays public.
+    let mut app = app;
+    app.stop().await;
+    assert!(ts.mounts().is_empty(), "{}", ts.serve_config());
 }
 
 async fn termination_and_expiry_leave_404(kind: Kind) {
@@ -616,6 +621,7 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
 
 for_both_providers!(
     tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open,
+    tcp_mode_gets_its_forward_back_after_a_sidecar_restart,
     a_port_serving_the_owners_handlers_without_funnel_is_refused,
     a_stopped_sidecar_takes_health_down_and_back,
 );
@@ -775,4 +781,19 @@ async fn the_emulator_fails_concurrent_writers_like_tailscaled() {
         "{loser}"
     );
     assert_eq!(ts.mounts().len(), 1);
+}
+
+async fn tcp_mode_gets_its_forward_back_after_a_sidecar_restart(kind: Kind) {
+    let mut ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[("FERRY_FUNNEL_MODE", "tcp")]).await;
+    let bytes = app.data_file("a.bin", 20_000);
+    let v = app.link("a.bin").await;
+    ts.restart().await;
+    eventually(Duration::from_secs(15), "the TCP forward is re-asserted", async || {
+        ts.serve_config()["TCP"]["443"]["ProxyProtocol"] == 2
+    })
+    .await;
+    let r = curl(&ts.via_front(v["download_url"].as_str().unwrap()), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == bytes);
 }
