@@ -620,6 +620,7 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
 }
 
 for_both_providers!(
+    after_kill_9_a_restart_leaves_exactly_the_open_links_public,
     tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open,
     tcp_mode_gets_its_forward_back_after_a_sidecar_restart,
     a_port_serving_the_owners_handlers_without_funnel_is_refused,
@@ -796,4 +797,27 @@ async fn tcp_mode_gets_its_forward_back_after_a_sidecar_restart(kind: Kind) {
     let r = curl(&ts.via_front(v["download_url"].as_str().unwrap()), &[]).await;
     assert_eq!(r.status, 200);
     assert!(r.body == bytes);
+}
+
+async fn after_kill_9_a_restart_leaves_exactly_the_open_links_public(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let mut app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    let keep = app.link("a.bin").await;
+    let (status, short) = app.create(json!({"file_path": "a.bin", "expires_in_seconds": 1})).await;
+    assert_eq!(status, 201, "{short}");
+    app.kill9().await;
+    // While ferry is down the short link passes its deadline; its handler is still there.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let short_mount = format!("/s/{}", short["tunnel_id"].as_str().unwrap());
+    assert!(ts.mounts().contains(&short_mount));
+    app.start().await;
+    // Startup closed the overdue link and reconciled the provider before answering /health.
+    let mounts = ts.mounts();
+    let keep_mount = format!("/s/{}", keep["tunnel_id"].as_str().unwrap());
+    assert!(!mounts.contains(&short_mount), "{mounts:?}");
+    assert!(mounts.contains(&keep_mount), "{mounts:?}");
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    let r = curl(&ts.via_front(keep["download_url"].as_str().unwrap()), &[]).await;
+    assert_eq!(r.status, 200);
 }
