@@ -89,8 +89,14 @@ impl Funnel {
         for attempt in 1..=RACE_ATTEMPTS {
             let started = std::time::Instant::now();
             let out = self.runner.run(args, self.timeout).await;
-            metrics::histogram!("ferry_provider_call_seconds", "op" => args.first().cloned().unwrap_or_default())
-                .record(started.elapsed().as_secs_f64());
+            let op = if args.iter().any(|a| a == "status") {
+                "status"
+            } else if args.last().is_some_and(|a| a == "off") {
+                "close"
+            } else {
+                "open"
+            };
+            metrics::histogram!("ferry_provider_call_seconds", "op" => op).record(started.elapsed().as_secs_f64());
             let out = out.map_err(Failed::Run)?;
             if out.code == 0 {
                 return Ok(out);
