@@ -47,7 +47,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
             .context("FERRY_STATE_DIR: cannot open the store")?,
     );
-    let provider = Provider::from_config(&config);
+    let provider = Provider::from_config(&config)?;
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
 

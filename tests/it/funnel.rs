@@ -821,3 +821,23 @@ async fn after_kill_9_a_restart_leaves_exactly_the_open_links_public(kind: Kind)
     let r = curl(&ts.via_front(keep["download_url"].as_str().unwrap()), &[]).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn a_missing_tailscale_cli_stops_startup_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("NAS_MOUNT_PATH", dir.path())
+        .env("FERRY_STATE_DIR", dir.path().join("state"))
+        .env("FERRY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("FERRY_PROVIDER", "tailscale")
+        .env("FERRY_TAILSCALE_BIN", "/no/tailscale")
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err.lines().find(|l| l.starts_with("ferry:")).unwrap_or_default();
+    assert!(line.contains("FERRY_TAILSCALE_BIN"), "{err}");
+}
