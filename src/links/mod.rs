@@ -651,6 +651,9 @@ impl Links {
         if let Err(e) = exposed {
             tracing::error!(tunnel_id = %id, error = %e, "could not expose link");
             self.close(&id, CloseReason::Error).await?;
+            // Why the link closed as `error` stays with it in the audit record.
+            self.audit("link.error", None, Some(id.as_str()), Some(e.to_string()))
+                .await;
             return Err(e);
         }
         self.wake.notify_one();

@@ -605,6 +605,13 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
     let history = app.history().await;
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["close_reason"], "error");
+    let (_, audit) = app.get("/admin/audit?event=link.error").await;
+    let rec = &audit["events"][0];
+    assert_eq!(rec["tunnel_id"], history[0]["tunnel_id"], "{audit}");
+    assert!(
+        rec["detail"].as_str().unwrap().contains("login.tailscale.com"),
+        "{audit}"
+    );
     assert!(ts.mounts().is_empty());
     let (code, health) = app.get("/health").await;
     assert_eq!(code, 200);
@@ -840,4 +847,47 @@ async fn a_missing_tailscale_cli_stops_startup_naming_the_variable() {
     let err = String::from_utf8_lossy(&o.stderr);
     let line = err.lines().find(|l| l.starts_with("ferry:")).unwrap_or_default();
     assert!(line.contains("FERRY_TAILSCALE_BIN"), "{err}");
+}
+
+/// The front proxies as Funnel does: the mount point is stripped and the rest joined onto the
+/// target's path, the query kept, and the client's address and Funnel's marker added.
+#[tokio::test]
+async fn the_front_rewrites_paths_and_sets_funnel_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ts = Sidecar::start(Kind::Process, &[]).await;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/up", upstream.local_addr().unwrap());
+    let (code, _, err) = ts.cli(&["funnel", "--bg", "--https=443", "--set-path=/s/probe", &target]);
+    assert_eq!(code, 0, "{err}");
+    let server = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .await
+            .unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let r = curl(
+        &format!("{}/s/probe/dir/file.bin?t=abc", ts.front),
+        &["--interface", "127.0.0.6", "-H", "X-Forwarded-For: 6.6.6.6"],
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
+    let head = server.await.unwrap();
+    assert!(head.starts_with("GET /up/dir/file.bin?t=abc HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.contains("X-Forwarded-For: 127.0.0.6\r\n"),
+        "a forged XFF must not pass: {head}"
+    );
+    assert!(!head.contains("6.6.6.6"), "{head}");
+    assert!(head.contains("Tailscale-Funnel-Request: ?1\r\n"), "{head}");
+    // No handler: Tailscale's 404.
+    let r = curl(&format!("{}/s/other/x", ts.front), &[]).await;
+    assert_eq!((r.status, r.body.as_slice()), (404, b"404 page not found\n".as_slice()));
 }
