@@ -6,7 +6,8 @@
 //! - [`links`]: the link model, the state machine ([`links::rules`], pure), safe paths, tokens, and
 //!   the one teardown procedure.
 //! - [`store`]: where links live (embedded redb), behind one interface.
-//! - [`tunnel`]: providers that make a link public (`local` today).
+//! - [`tunnel`]: providers that make a link public: `local`, or Tailscale Funnel through the CLI
+//!   or a Docker exec in the sidecar.
 //! - [`nginx`]: the data plane's config and the managed nginx process.
 //! - [`monitor`]: the access-log follower, its line parser and byte-range coverage.
 //! - [`http`]: the admin API and the check endpoint nginx calls.
@@ -46,7 +47,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
             .context("FERRY_STATE_DIR: cannot open the store")?,
     );
-    let provider = Provider::Local(tunnel::local::Local);
+    let provider = Provider::from_config(&config)?;
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
 
@@ -67,7 +68,21 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         );
     }
 
+    if provider_name != "local" {
+        // The sidecar may not be up yet; the watch below keeps trying.
+        if let Err(e) = links.reconcile_tunnels().await {
+            tracing::warn!(error = %e, "the tunnel provider is not ready");
+        }
+    }
+
     let tasks = TaskTracker::new();
+    if provider_name != "local" {
+        tasks.spawn(
+            links
+                .clone()
+                .run_tunnel_watch(std::time::Duration::from_secs(5), shutdown.clone()),
+        );
+    }
     // Deadlines are enforced from the first moment, before nginx is (re)started.
     tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
     let managed = match config.nginx_mode {
@@ -76,7 +91,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
                 .await?
                 .watch_log_writes(links.log_writes.clone(), config.logs_dir.clone()),
         ),
-        NginxMode::External => None,
+        NginxMode::External => {
+            let conf = nginx::write_external(&config).await?;
+            tracing::info!(config = %conf.display(), "nginx runs elsewhere (FERRY_NGINX=external) from this config");
+            None
+        }
     };
     let nginx_running = managed
         .as_ref()
@@ -138,6 +157,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    links.provider().stop().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())
 }

@@ -21,19 +21,24 @@ pub fn router() -> Router<AppState> {
 pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = s.links.store().ping().await.is_ok();
     let nginx = s.nginx_running.load(Ordering::SeqCst);
-    let ok = store && nginx;
+    let provider = s.links.provider().health();
+    let ok = store && nginx && provider.status != "down";
     // Without socket progress ferry still works, from the log alone: degraded, not down.
     let sockets = s.links.socket_progress();
     // While nginx cannot write its access log, no new download starts.
     let log_writes = !s.links.log_writes.failing();
-    let status = if ok && sockets && log_writes { "ok" } else { "degraded" };
+    let status = if ok && sockets && log_writes && provider.status == "ok" {
+        "ok"
+    } else {
+        "degraded"
+    };
     let up = |b: bool| if b { "ok" } else { "down" };
     let body = json!({
         "status": status,
         "components": {
             "store": {"status": up(store), "kind": s.links.store().kind()},
             "nginx": {"status": up(nginx)},
-            "provider": {"status": "ok", "kind": s.provider},
+            "provider": {"status": provider.status, "kind": s.provider, "detail": provider.detail},
             "monitor": {
                 "status": if sockets && log_writes { "ok" } else { "degraded" },
                 "log_writes": if log_writes { "ok" } else { "failing" },

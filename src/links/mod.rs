@@ -520,9 +520,14 @@ impl Links {
         &self.store
     }
 
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
     fn public_url(&self, link: &Link) -> String {
         let name = percent_encoding::utf8_percent_encode(link.file_path.file_name(), URL_SEGMENT);
-        format!("{}/s/{}/{}", self.base_url, link.id, name)
+        let base = self.provider.public_base();
+        format!("{}/s/{}/{}", base.as_deref().unwrap_or(&self.base_url), link.id, name)
     }
 
     pub fn download_url(&self, link: &Link) -> String {
@@ -662,6 +667,9 @@ impl Links {
         if let Err(e) = exposed {
             tracing::error!(tunnel_id = %id, error = %e, "could not expose link");
             self.close(&id, CloseReason::Error).await?;
+            // Why the link closed as `error` stays with it in the audit record.
+            self.audit("link.error", None, Some(id.as_str()), Some(e.to_string()))
+                .await;
             return Err(e);
         }
         self.wake.notify_one();
@@ -967,6 +975,34 @@ impl Links {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Makes the provider agree with the store: the open links' handlers are there (a sidecar
+    /// restart can lose them), and no handler of ferry's serves a link that is not open.
+    pub async fn reconcile_tunnels(&self) -> Result<(), LinkError> {
+        let open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id).collect();
+        let done = self
+            .provider
+            .reconcile(&open)
+            .await
+            .map_err(|e| LinkError::Tunnel(e.to_string()))?;
+        if !done.reasserted.is_empty() || !done.removed.is_empty() {
+            tracing::info!(reasserted = ?done.reasserted, removed = ?done.removed, "tunnel provider reconciled");
+        }
+        Ok(())
+    }
+
+    /// Every few seconds, [`Self::reconcile_tunnels`]: one `status --json` when all is well.
+    pub async fn run_tunnel_watch(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.reconcile_tunnels().await {
+                tracing::warn!(error = %e, "tunnel reconciliation failed");
             }
         }
     }

@@ -82,9 +82,19 @@ pub fn render(template: &str, config: &Config) -> String {
             .iter()
             .map(|p| format!("        set_real_ip_from {p};\n"))
             .collect();
-        s.push_str("        real_ip_header X-Forwarded-For;\n        real_ip_recursive off;\n");
+        // Behind a Funnel TCP forward the real client comes in the PROXY protocol header, else
+        // in the proxy's X-Forwarded-For.
+        let header = if tcp_funnel(config) {
+            "proxy_protocol"
+        } else {
+            "X-Forwarded-For"
+        };
+        s.push_str(&format!(
+            "        real_ip_header {header};\n        real_ip_recursive off;\n"
+        ));
         s
     };
+    let listen_options = if tcp_funnel(config) { " proxy_protocol" } else { "" };
     template
         .replace("{{user}}", &user)
         .replace("{{prefix}}", &prefix(config).display().to_string())
@@ -93,6 +103,7 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{tunnels}}", &config.tunnels_dir.display().to_string())
         .replace("{{logs}}", &config.logs_dir.display().to_string())
         .replace("{{realip}}", &realip)
+        .replace("{{listen_options}}", listen_options)
         .replace("{{log_slot_regex}}", config.log_slot.nginx_regex())
         .replace("{{previewers}}", &previewer_regex(PREVIEWERS))
         .replace("{{conn_per_client}}", &config.conn_per_client.to_string())
@@ -106,6 +117,12 @@ pub fn render(template: &str, config: &Config) -> String {
             &(config.req_per_client.saturating_mul(2)).to_string(),
         )
         .replace("{{req_burst}}", &(config.req_per_client.saturating_mul(4)).to_string())
+}
+
+/// Whether the public listener sits behind a Funnel TCP forward that speaks PROXY protocol.
+fn tcp_funnel(config: &Config) -> bool {
+    config.provider != crate::config::ProviderKind::Local
+        && config.funnel_mode == crate::tunnel::tailscale::FunnelMode::Tcp
 }
 
 /// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).
@@ -131,6 +148,20 @@ pub fn redact(line: &str) -> String {
         out.replace_range(i..end, "[redacted]");
     }
     out
+}
+
+/// External mode (compose): nginx runs in its own container and reads the config ferry renders
+/// into the shared state dir (`<state>/nginx/nginx.conf`); the paths in it are the same in both.
+pub async fn write_external(config: &Config) -> anyhow::Result<PathBuf> {
+    let prefix = prefix(config);
+    for d in ["tmp", "logs", "html"] {
+        tokio::fs::create_dir_all(prefix.join(d)).await?;
+    }
+    let conf = prefix.join("nginx.conf");
+    let tmp = prefix.join("nginx.conf.tmp");
+    tokio::fs::write(&tmp, render(TEMPLATE, config)).await?;
+    tokio::fs::rename(&tmp, &conf).await?;
+    Ok(conf)
 }
 
 pub struct Managed {
@@ -305,6 +336,27 @@ mod tests {
             "Slackbot\\-LinkExpanding|Discordbot"
         );
         assert!(previewer_regex(PREVIEWERS).contains("facebookexternalhit"));
+    }
+
+    #[test]
+    fn behind_funnel_the_real_client_comes_from_the_tunnel_only() {
+        let dir = std::env::temp_dir();
+        let load = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("NAS_MOUNT_PATH", dir.to_str().unwrap())];
+            all.extend_from_slice(pairs);
+            Config::load(&crate::config::Source::from_pairs(all)).unwrap()
+        };
+        let local = render(TEMPLATE, &load(&[]));
+        assert!(!local.contains("real_ip_header") && !local.contains("proxy_protocol"));
+        let path = render(TEMPLATE, &load(&[("FERRY_PROVIDER", "tailscale")]));
+        assert!(path.contains("set_real_ip_from 127.0.0.1;") && path.contains("real_ip_header X-Forwarded-For;"));
+        assert!(!path.contains("proxy_protocol"));
+        let tcp = render(
+            TEMPLATE,
+            &load(&[("FERRY_PROVIDER", "docker"), ("FERRY_FUNNEL_MODE", "tcp")]),
+        );
+        assert!(tcp.contains("listen 127.0.0.1:8080 proxy_protocol;"), "{tcp}");
+        assert!(tcp.contains("real_ip_header proxy_protocol;"));
     }
 
     #[test]
