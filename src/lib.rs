@@ -5,7 +5,8 @@
 //! - [`config`]: one typed configuration, from the environment, validated at startup.
 //! - [`links`]: the link model, the state machine ([`links::rules`], pure), safe paths, tokens, and
 //!   the one teardown procedure.
-//! - [`store`]: where links live (embedded redb), behind one interface.
+//! - [`store`]: where links live (embedded redb, or Redis shared by several instances), behind one
+//!   interface.
 //! - [`tunnel`]: providers that make a link public (`local` today).
 //! - [`nginx`]: the data plane's config and the managed nginx process.
 //! - [`monitor`]: the access-log follower, its line parser and byte-range coverage.
@@ -42,10 +43,7 @@ use tunnel::Provider;
 
 /// Runs ferry until `shutdown` is cancelled.
 pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = Store::Embedded(
-        store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
-            .context("FERRY_STATE_DIR: cannot open the store")?,
-    );
+    let store = open_store(&config).await?;
     let provider = Provider::Local(tunnel::local::Local);
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
@@ -120,6 +118,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     };
     tasks.spawn(follower.run(links.clone(), shutdown.clone()));
     tasks.spawn(links.clone().run_sampler(shutdown.clone()));
+    tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
     let app = http::admin_router(state);
@@ -131,6 +130,29 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     tasks.wait().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+/// The embedded store in the state dir, or Redis when `REDIS_URL` is set.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    match &config.redis_url {
+        None => Ok(Store::Embedded(
+            store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
+                .context("FERRY_STATE_DIR: cannot open the store")?,
+        )),
+        Some(url) => {
+            let instance = store::redis::instance_id(&config.state_dir).context("FERRY_STATE_DIR: instance id")?;
+            let redis = store::redis::Redis::connect(
+                url.expose(),
+                instance.clone(),
+                u64::from(config.history_days) * 86_400_000,
+                config.instance_timeout,
+            )
+            .await
+            .context("REDIS_URL")?;
+            tracing::info!(%instance, durability = %redis.durability().detail, "state in Redis");
+            Ok(Store::Redis(Box::new(redis)))
+        }
+    }
 }
 
 /// The process-wide metrics recorder (the `metrics` facade is global by design); a second

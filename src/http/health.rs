@@ -24,12 +24,20 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let ok = store && nginx;
     // Without socket progress ferry still works, from the log alone: degraded, not down.
     let sockets = s.links.socket_progress();
-    let status = if ok && sockets { "ok" } else { "degraded" };
+    // A store that may lose a redemption in a crash still works: degraded, not down (SPEC §5).
+    let (durable, durability) = s.links.store().durability();
+    let status = if ok && sockets && durable { "ok" } else { "degraded" };
     let up = |b: bool| if b { "ok" } else { "down" };
     let body = json!({
         "status": status,
         "components": {
-            "store": {"status": up(store), "kind": s.links.store().kind()},
+            "store": {
+                "status": if !store { "down" } else if durable { "ok" } else { "degraded" },
+                "kind": s.links.store().kind(),
+                "durable": durable,
+                "durability": durability,
+                "instance": s.links.store().instance(),
+            },
             "nginx": {"status": up(nginx)},
             "provider": {"status": "ok", "kind": s.provider},
             "monitor": {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::monitor::coverage::Coverage;
 use crate::monitor::record::AccessRecord;
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Owner, Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
 use rules::{Admission, Admitted, Policy, Refusal};
@@ -803,7 +803,7 @@ impl Links {
             })
             .await?
             .flatten();
-        self.expose_nothing(id).await;
+        self.teardown(id).await;
         self.progress_sent.lock().expect("progress mutex").remove(id);
         match closed {
             Some(link) => {
@@ -814,6 +814,70 @@ impl Links {
             }
             None => Ok(false),
         }
+    }
+
+    /// The exposure steps of the teardown, run where the link's tunnel lives: here, or on the
+    /// instance that owns it (asked through the store; the gate is already closed for everyone).
+    async fn teardown(&self, id: &TunnelId) {
+        match self.store.owner(id).await {
+            Ok(Owner::Elsewhere(owner)) => match self.store.hand_over(&owner, id).await {
+                Ok(()) => tracing::debug!(tunnel_id = %id, %owner, "teardown handed to the owning instance"),
+                Err(e) => {
+                    tracing::warn!(tunnel_id = %id, %owner, error = %e, "could not hand the teardown over; the owner's reconciliation will remove it")
+                }
+            },
+            _ => self.teardown_here(id).await,
+        }
+    }
+
+    async fn teardown_here(&self, id: &TunnelId) {
+        self.expose_nothing(id).await;
+        if let Err(e) = self.store.release(id).await {
+            tracing::warn!(tunnel_id = %id, error = %e, "could not release the link's ownership");
+        }
+    }
+
+    /// With shared state (Redis): says this instance is alive, takes over the links of instances
+    /// that are gone (so their deadlines and teardowns still happen), and tears down on this node
+    /// the links other instances closed. Returns at once with the embedded store.
+    pub async fn run_peers(self: Arc<Self>, heartbeat: Duration, cancel: CancellationToken) {
+        if !self.store.shared() {
+            return;
+        }
+        let mut beat_at = tokio::time::Instant::now();
+        while !cancel.is_cancelled() {
+            if tokio::time::Instant::now() >= beat_at {
+                beat_at = tokio::time::Instant::now() + heartbeat;
+                if let Err(e) = self.peers_once().await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+            // Not raced against `cancel`: a pop interrupted by a drop would lose its id.
+            match self.store.next_teardown(Duration::from_secs(1)).await {
+                Ok(Some(id)) => {
+                    tracing::info!(tunnel_id = %id, "tearing down a link closed by another instance");
+                    self.teardown_here(&id).await;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One heartbeat: alive, durability re-checked, dead instances' links taken over.
+    pub async fn peers_once(&self) -> Result<Vec<TunnelId>, StoreError> {
+        self.store.heartbeat().await?;
+        let taken = self.store.take_over().await?;
+        if !taken.is_empty() {
+            tracing::warn!(count = taken.len(), ids = ?taken, "took over the links of an instance that is gone");
+            self.wake.notify_one();
+        }
+        Ok(taken)
     }
 
     /// Removes every public trace of a link: its tunnel and its symlink directory. Retried until
@@ -908,6 +972,11 @@ impl Links {
                 }
             }
             let mut next = housekeeping_at;
+            if self.store.shared() {
+                // Other instances create links this loop was not woken for; their deadlines
+                // must hold even when the instance that made them is gone.
+                next = next.min(now + 1000);
+            }
             match self.store.list_open().await {
                 Ok(open) => {
                     for link in open {
@@ -963,7 +1032,12 @@ impl Links {
     pub async fn sample_once(&self) -> Result<(), StoreError> {
         const UNLOGGED_AFTER_MS: u64 = 5_000;
         let policy = self.policy;
+        // Only the owner sees a link's sockets (another node's connections look vanished).
+        let mine = self.store.owned_here().await?;
         for link in self.store.list_open().await? {
+            if mine.as_ref().is_some_and(|m| !m.contains(&link.id)) {
+                continue;
+            }
             let samples: Vec<(String, Option<u64>)> = match &self.diag {
                 Some(diag) => link
                     .inflight

@@ -100,7 +100,7 @@ impl Follower {
             let next = files.iter().find(|f| f.start_ms > current.start_ms).cloned();
             let finished = next.is_some() && now_ms() >= current.start_ms + self.slot.millis() + SETTLE_MS;
             let read = self
-                .read_from(&links, &current.name, &mut offset, &mut partial, &mut chunk)
+                .read_from(&links, &current.name, &mut offset, &mut partial, &mut chunk, &cancel)
                 .await;
             position = Some((current.name.clone(), offset));
             let _ = tokio::fs::write(&self.position_file, format!("{} {offset}", current.name)).await;
@@ -132,6 +132,7 @@ impl Follower {
         offset: &mut u64,
         partial: &mut Vec<u8>,
         chunk: &mut [u8],
+        cancel: &CancellationToken,
     ) -> usize {
         let Ok(mut file) = tokio::fs::File::open(self.dir.join(name)).await else {
             return 0;
@@ -154,7 +155,12 @@ impl Follower {
             let mut start = 0;
             while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
                 let line = &partial[start..start + nl];
-                self.handle(links, line).await;
+                if !self.handle(links, line, cancel).await {
+                    // Shutting down while the store is away: this line is read again next run.
+                    partial.drain(..start);
+                    *offset += start as u64;
+                    return total;
+                }
                 start += nl + 1;
             }
             partial.drain(..start);
@@ -162,7 +168,8 @@ impl Follower {
         }
     }
 
-    async fn handle(&self, links: &Links, line: &[u8]) {
+    /// Applies one line; false only when cancelled before the line could be applied.
+    async fn handle(&self, links: &Links, line: &[u8], cancel: &CancellationToken) -> bool {
         self.counters.lines.fetch_add(1, Ordering::Relaxed);
         let parsed = std::str::from_utf8(line)
             .map_err(|e| e.to_string())
@@ -172,22 +179,35 @@ impl Follower {
             Err(e) => {
                 self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "skipping a malformed access log line");
-                return;
+                return true;
             }
         };
         let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
         self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
         metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
-        // The store may be briefly unavailable; a line is only dropped after retries.
-        for attempt in 0..6u32 {
+        // While the store is unavailable the line waits (and the lines after it), however long
+        // the outage: a completion must not be lost. A record the store cannot read is retried a
+        // few times, then given up.
+        let mut corrupt = 0u32;
+        let mut delay = Duration::from_millis(100);
+        loop {
             match links.apply_log(&rec).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "could not apply an access log line");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                Ok(()) => return true,
+                Err(e @ crate::store::StoreError::Corrupt(_)) => {
+                    corrupt += 1;
+                    tracing::warn!(error = %e, attempt = corrupt, "could not apply an access log line");
+                    if corrupt >= 6 {
+                        tracing::error!(request_id = %rec.request_id, "gave up on an access log line");
+                        return true;
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "store unavailable; the access log waits"),
             }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        tracing::error!(request_id = %rec.request_id, "gave up on an access log line");
     }
 }

@@ -9,6 +9,8 @@ mod cli;
 mod download;
 mod lifecycle;
 mod openapi;
+mod redis;
 mod security;
+mod store;
 mod ui;
 mod webdriver;
