@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl};
 use crate::store::{link, redis, redis_store};
@@ -118,4 +118,96 @@ async fn ferry_link(server: &RedisServer, id: &str) -> Value {
         .unwrap()
         .expect("the link is in Redis");
     serde_json::to_value(l).unwrap()
+}
+
+async fn delete(app: &TestApp, id: &str) -> u16 {
+    app.http
+        .delete(format!("{}/admin/tunnels/{id}", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_links_and_teardown_runs_where_the_tunnel_is() {
+    let server = RedisServer::start().await;
+    let a = on_redis(&server, &[("GRACE_PERIOD_SECONDS", "0")]).await;
+    let b = on_redis(&server, &[("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = a.data_file("report.pdf", 200_000);
+    b.data_file("report.pdf", 200_000);
+
+    // Created on A: listed and reported on B.
+    let link = a.link("report.pdf").await;
+    let id = link["tunnel_id"].as_str().unwrap();
+    assert!(b.open().await.iter().any(|t| t["tunnel_id"] == id), "B lists A's link");
+    let (status, stats) = b.get(&format!("/admin/tunnels/{id}/stats")).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["tunnel"]["file_path"], "report.pdf");
+    let (_, sa) = a.get("/admin/monitor/status").await;
+    let (_, sb) = b.get("/admin/monitor/status").await;
+    assert_eq!(
+        (sa["store"]["owned_links"].clone(), sb["store"]["owned_links"].clone()),
+        (json!(1), json!(0))
+    );
+    assert_ne!(sa["store"]["instance"], sb["store"]["instance"]);
+
+    // Terminated on B: A's public listener refuses at once, and A (which owns the tunnel)
+    // removes its symlink directory.
+    assert_eq!(delete(&b, id).await, 204);
+    let r = curl(&url(&link), &[]).await;
+    assert_eq!(
+        (r.exit, r.body.len()),
+        (EMPTY_REPLY, 0),
+        "A refuses a link B terminated"
+    );
+    assert!(a.tunnel_dir_gone(id).await, "A tore the link down:\n{}", a.log());
+    assert!(a.log().contains("tearing down a link closed by another instance"));
+    let t = a.closed(id, Duration::from_secs(2)).await;
+    assert_eq!(t["close_reason"], "terminated");
+    assert_eq!(delete(&a, id).await, 404, "already closed for everyone");
+
+    // Completed through A's nginx (seen in A's log): closed for B too.
+    let link = a.link("report.pdf").await;
+    let id = link["tunnel_id"].as_str().unwrap();
+    let r = curl(&url(&link), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == bytes);
+    let t = b.closed(id, Duration::from_secs(5)).await;
+    assert_eq!(t["close_reason"], "completed");
+    assert_eq!(t["bytes_served"], 200_000);
+    assert!(!b.open().await.iter().any(|t| t["tunnel_id"] == id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_is_gone_has_its_links_taken_over() {
+    let server = RedisServer::start().await;
+    let fast = [("FERRY_INSTANCE_TIMEOUT_SECONDS", "2")];
+    let mut a = on_redis(&server, &fast).await;
+    let b = on_redis(&server, &fast).await;
+    a.data_file("a.bin", 1000);
+    let kept = a.link("a.bin").await;
+    let kept = kept["tunnel_id"].as_str().unwrap().to_string();
+    let (_, expiring) = a.create(json!({"file_path": "a.bin", "expires_in_seconds": 3})).await;
+    let expiring = expiring["tunnel_id"].as_str().unwrap().to_string();
+    let owned = async |app: &TestApp| app.get("/admin/monitor/status").await.1["store"]["owned_links"].clone();
+    assert_eq!(owned(&b).await, json!(0));
+
+    a.kill9().await;
+    // B stops waiting for A after its heartbeat lapses, and owns its links from then on.
+    eventually(Duration::from_secs(8), "B takes over A's links", async || {
+        owned(&b).await == json!(2)
+    })
+    .await;
+    assert!(b.log().contains("took over the links of an instance that is gone"));
+    // A deadline set on A is kept by B.
+    let t = b.closed(&expiring, Duration::from_secs(5)).await;
+    assert_eq!(t["close_reason"], "expired");
+    // Terminated on B, the new owner, which tears it down itself.
+    assert_eq!(delete(&b, &kept).await, 204);
+    eventually(Duration::from_secs(3), "B releases what it tore down", async || {
+        owned(&b).await == json!(0)
+    })
+    .await;
 }
