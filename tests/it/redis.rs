@@ -211,3 +211,107 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_down_ferry_fails_closed_and_recovers_by_itself() {
+    let mut server = RedisServer::start().await;
+    let app = on_redis(&server, &[]).await;
+    let bytes = app.data_file("movie.mkv", 500_000);
+    let link = app.link("movie.mkv").await;
+    let id = link["tunnel_id"].as_str().unwrap();
+    let (status, health) = app.get("/health").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")), "{health}");
+    assert_eq!(health["components"]["store"]["kind"], "redis");
+
+    server.kill9();
+    let r = curl(&url(&link), &[]).await;
+    assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0), "public requests fail closed");
+    let (status, body) = app.get("/admin/tunnels").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "state store unavailable");
+    assert_eq!(body["details"]["component"], "store");
+    let (status, body) = app.create(json!({"file_path": "movie.mkv"})).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("state store unavailable")));
+    let (status, health) = app.get("/health").await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["components"]["store"]["status"], "down");
+
+    server.restart().await;
+    let back = Instant::now();
+    eventually(Duration::from_secs(10), "/health recovers", async || {
+        app.get("/health").await.0 == 200
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the API recovers", async || {
+        app.get("/admin/tunnels").await.0 == 200
+    })
+    .await;
+    println!(
+        "recovered {} ms after redis-server was back",
+        back.elapsed().as_millis()
+    );
+    assert!(
+        app.open().await.iter().any(|t| t["tunnel_id"] == id),
+        "the link was not lost"
+    );
+    let r = curl(&url(&link), &[]).await;
+    assert_eq!(r.status, 200, "served again without a restart");
+    assert!(r.body == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redemption_survives_kill_9_of_redis_server() {
+    let mut server = RedisServer::start().await;
+    let app = on_redis(&server, &[("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = app.data_file("big.iso", 3_000_000);
+    // About three seconds of transfer: time to crash Redis while the winner downloads.
+    let (status, link) = app
+        .create(json!({"file_path": "big.iso", "rate_limit_bytes_per_second": 1_000_000}))
+        .await;
+    assert_eq!(status, 201, "{link}");
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let u = url(&link);
+    let winner = tokio::spawn({
+        let u = u.clone();
+        async move { curl(&u, &["--interface", "127.0.0.2"]).await }
+    });
+    // The claim is taken at the check and confirmed durable before nginx sends a byte.
+    eventually(Duration::from_secs(5), "the claim is in Redis", async || {
+        ferry_link(&server, &id).await["claims"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    server.kill9();
+    server.restart().await;
+    let stored = ferry_link(&server, &id).await;
+    assert_eq!(
+        stored["claims"][0]["client"]["address"], "127.0.0.2",
+        "the claim survived: {stored}"
+    );
+    let other = curl(&u, &["--interface", "127.0.0.3"]).await;
+    assert_eq!(
+        (other.exit, other.body.len()),
+        (EMPTY_REPLY, 0),
+        "another client cannot redeem it"
+    );
+
+    let w = winner.await.unwrap();
+    assert_eq!(w.status, 200);
+    assert!(w.body == bytes, "the winner got the whole file");
+    let t = app.closed(&id, Duration::from_secs(10)).await;
+    assert_eq!(t["close_reason"], "completed");
+    // Right after the completion: crash Redis again. The used-up link stays used up.
+    server.kill9();
+    server.restart().await;
+    let stored = ferry_link(&server, &id).await;
+    assert_eq!(
+        (stored["state"].as_str(), stored["downloads_completed"].as_u64()),
+        (Some("closed"), Some(1))
+    );
+    for n in [2, 4] {
+        let again = curl(&u, &["--interface", &format!("127.0.0.{n}")]).await;
+        assert_eq!((again.exit, again.body.len()), (EMPTY_REPLY, 0), "never served again");
+    }
+}
