@@ -1056,10 +1056,11 @@ impl Links {
                     }
                     let before = l.bytes_served;
                     let settled = rules::settle_unlogged(l, now, UNLOGGED_AFTER_MS);
-                    metrics::counter!("ferry_bytes_served_total").increment(l.bytes_served - before);
+                    // Counted once the write is kept (a shared store may run this closure again).
+                    let credited = l.bytes_served - before;
                     let dropped = rules::drop_stalled_claims(l, now, &policy);
                     let stalled = rules::stalled(l, now, &policy);
-                    let r = (moved, stalled, l.clone());
+                    let r = (moved, stalled, credited, l.clone());
                     if settled || dropped {
                         Write::Durable(r)
                     } else if moved {
@@ -1069,7 +1070,10 @@ impl Links {
                     }
                 })
                 .await?;
-            let Some((moved, stalled, l)) = outcome else { continue };
+            let Some((moved, stalled, credited, l)) = outcome else {
+                continue;
+            };
+            metrics::counter!("ferry_bytes_served_total").increment(credited);
             if stalled {
                 tracing::info!(tunnel_id = %l.id, delivered = rules::delivered(&l), "no progress for the stall timeout");
                 self.close(&l.id, CloseReason::Stalled).await?;

@@ -315,3 +315,65 @@ async fn a_redemption_survives_kill_9_of_redis_server() {
         assert_eq!((again.exit, again.body.len()), (EMPTY_REPLY, 0), "never served again");
     }
 }
+
+/// One raw command against the test server.
+async fn raw<T: ::redis::FromRedisValue>(server: &RedisServer, cmd: &mut ::redis::Cmd) -> T {
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    cmd.query_async(&mut c).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_layout_is_the_documented_one() {
+    let s = redis().await;
+    let server = s.redis.as_ref().unwrap();
+    let (open, closed) = (link(0), link(1));
+    s.store.insert(&open).await.unwrap();
+    s.store.insert(&closed).await.unwrap();
+    s.store
+        .update(&closed.id, &mut |l| {
+            l.state = LinkState::Closed;
+            l.closed_at_ms = Some(ferry::links::now_ms());
+            Write::Durable(())
+        })
+        .await
+        .unwrap();
+    let key = |l: &ferry::links::Link| format!("ferry:link:{}", l.id);
+    // A live link never expires by itself; a closed one is kept for FERRY_HISTORY_DAYS (1 here).
+    let ttl_open: i64 = raw(server, ::redis::cmd("PTTL").arg(key(&open))).await;
+    let ttl_closed: i64 = raw(server, ::redis::cmd("PTTL").arg(key(&closed))).await;
+    assert_eq!(ttl_open, -1);
+    assert!((86_000_000..=86_400_000).contains(&ttl_closed), "{ttl_closed}");
+    let open_ids: Vec<String> = raw(server, ::redis::cmd("ZRANGE").arg("ferry:links:open").arg(0).arg(-1)).await;
+    let history: Vec<String> = raw(server, ::redis::cmd("ZRANGE").arg("ferry:links:history").arg(0).arg(-1)).await;
+    assert_eq!(
+        (open_ids, history),
+        (vec![open.id.to_string()], vec![closed.id.to_string()])
+    );
+    let owner: Option<String> = raw(server, ::redis::cmd("HGET").arg("ferry:owners").arg(open.id.as_str())).await;
+    assert_eq!(owner.as_deref(), Some("contract"));
+    let record: String = raw(server, ::redis::cmd("GET").arg(key(&open))).await;
+    assert!(
+        record.contains("\"note\":\"a note\""),
+        "the record is the link as JSON: {record}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_degraded_when_redis_may_lose_a_redemption() {
+    let server = RedisServer::start_with(&["--appendfsync", "everysec"]).await;
+    let app = on_redis(&server, &[]).await;
+    let (status, health) = app.get("/health").await;
+    assert_eq!(status, 200, "ferry runs: {health}");
+    assert_eq!(health["status"], "degraded");
+    let store = &health["components"]["store"];
+    assert_eq!(
+        (store["status"].as_str(), store["durable"].as_bool()),
+        (Some("degraded"), Some(false))
+    );
+    assert!(
+        store["durability"].as_str().unwrap().contains("appendfsync everysec"),
+        "{store}"
+    );
+    assert!(app.log().contains("appendfsync everysec"), "said so at startup");
+}
