@@ -621,6 +621,9 @@ mod tests {
             ("FERRY_WEBHOOK_URL", "mailto:me"),
             ("FERRY_CONN_PER_CLIENT", "0"),
             ("FERRY_BAN_SECONDS", "0"),
+            ("REDIS_URL", "http://127.0.0.1:6379"),
+            ("REDIS_URL", "redis://127.0.0.1:port"),
+            ("FERRY_INSTANCE_TIMEOUT_SECONDS", "1"),
         ];
         for (var, value) in cases {
             let e = load(&[(var, value)]).unwrap_err();

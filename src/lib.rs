@@ -57,12 +57,20 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         notify::spawn(url, format, links.events.subscribe(), shutdown.clone());
     }
 
-    let closed = links.reconcile().await?;
-    if !closed.is_empty() {
-        tracing::info!(
-            count = closed.len(),
-            "closed overdue links and removed orphans at startup"
-        );
+    match links.reconcile().await {
+        Ok(closed) if !closed.is_empty() => {
+            tracing::info!(
+                count = closed.len(),
+                "closed overdue links and removed orphans at startup"
+            );
+        }
+        Ok(_) => {}
+        // Redis may come up after ferry (compose): run, report the store down, and reconcile
+        // with the housekeeping once it is there.
+        Err(e @ store::StoreError::Unavailable(_)) => {
+            tracing::error!(error = %e, "store unavailable at startup; reconciliation will be retried");
+        }
+        Err(e) => return Err(e.into()),
     }
 
     let tasks = TaskTracker::new();

@@ -172,6 +172,8 @@ pub struct Redis {
     history_ms: u64,
     instance_ttl: Duration,
     durability: RwLock<Durability>,
+    /// Since when this instance has seen each other instance's heartbeat missing.
+    missing_since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     audit_seq: AtomicU64,
     cas: redis::Script,
     insert: redis::Script,
@@ -237,6 +239,7 @@ impl Redis {
             history_ms,
             instance_ttl,
             durability: RwLock::new(Durability::unknown("not checked yet".into())),
+            missing_since: Default::default(),
             audit_seq: seq.into(),
             cas: redis::Script::new(CAS),
             insert: redis::Script::new(INSERT),
@@ -609,10 +612,16 @@ impl Redis {
     }
 
     /// Takes over the links of instances whose heartbeat has lapsed; returns their ids.
+    ///
+    /// A lapsed heartbeat is not enough on its own: after an outage of Redis longer than the
+    /// timeout every heartbeat has lapsed, and the first instance back would take everything.
+    /// So this instance must also have seen the other's heartbeat missing for half the timeout
+    /// on its own clock, longer than the heartbeat interval (a third of it): a live instance
+    /// beats again within that.
     pub async fn take_over(&self) -> Result<Vec<TunnelId>, StoreError> {
         let owners = self.owners().await?;
         let distinct: HashSet<&String> = owners.values().filter(|o| **o != self.instance).collect();
-        let mut dead = HashSet::new();
+        let mut missing = Vec::new();
         for o in distinct {
             let alive: bool = redis::cmd("EXISTS")
                 .arg(instance_key(o))
@@ -620,9 +629,18 @@ impl Redis {
                 .await
                 .map_err(unavailable)?;
             if !alive {
-                dead.insert(o.clone());
+                missing.push(o.clone());
             }
         }
+        let dead: HashSet<String> = {
+            let mut since = self.missing_since.lock().expect("missing mutex");
+            since.retain(|o, _| missing.contains(o));
+            let now = std::time::Instant::now();
+            missing
+                .into_iter()
+                .filter(|o| now.duration_since(*since.entry(o.clone()).or_insert(now)) >= self.instance_ttl / 2)
+                .collect()
+        };
         let mut taken = Vec::new();
         for (id, owner) in &owners {
             if !dead.contains(owner) {

@@ -333,11 +333,21 @@ impl RedisServer {
         s
     }
 
+    /// A port and a data dir for a server that is not started yet (`spawn` starts it).
+    pub fn reserve() -> RedisServer {
+        RedisServer {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            extra: vec![],
+            child: None,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    async fn spawn(&mut self) {
+    pub async fn spawn(&mut self) {
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")

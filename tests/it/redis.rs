@@ -377,3 +377,52 @@ async fn health_is_degraded_when_redis_may_lose_a_redemption() {
     );
     assert!(app.log().contains("appendfsync everysec"), "said so at startup");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ferry_starts_before_redis_and_works_once_it_is_there() {
+    let mut server = RedisServer::reserve();
+    let redis_url = server.url();
+    let app =
+        tokio::spawn(
+            async move { TestApp::spawn_with(&[("REDIS_URL", redis_url.as_str()), ("JWT_SECRET", SECRET)]).await },
+        );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!app.is_finished(), "ferry cannot be healthy without its store");
+    server.spawn().await;
+    let app = app.await.unwrap();
+    assert!(
+        app.log().contains("store unavailable at startup"),
+        "ferry was running before Redis:\n{}",
+        app.log()
+    );
+    let bytes = app.data_file("late.txt", 10_000);
+    let link = app.link("late.txt").await;
+    let r = curl(&url(&link), &[]).await;
+    assert_eq!((r.status, r.body == bytes), (200, true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_longer_than_the_timeout_takes_over_nothing() {
+    let mut server = RedisServer::start().await;
+    let fast = [("FERRY_INSTANCE_TIMEOUT_SECONDS", "2")];
+    let a = on_redis(&server, &fast).await;
+    let b = on_redis(&server, &fast).await;
+    a.data_file("a.bin", 1000);
+    a.link("a.bin").await;
+    let owned = async |app: &TestApp| app.get("/admin/monitor/status").await.1["store"]["owned_links"].clone();
+    // Every heartbeat lapses while Redis is away; both instances are alive all along.
+    server.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart().await;
+    eventually(Duration::from_secs(10), "both instances see Redis again", async || {
+        a.get("/health").await.0 == 200 && b.get("/health").await.0 == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        (owned(&a).await, owned(&b).await),
+        (json!(1), json!(0)),
+        "A keeps its link"
+    );
+    assert!(!b.log().contains("took over"), "{}", b.log());
+}
