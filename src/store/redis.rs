@@ -172,6 +172,9 @@ pub struct Redis {
     history_ms: u64,
     instance_ttl: Duration,
     durability: RwLock<Durability>,
+    /// Updates of one link from this process queue here instead of colliding in Redis (the
+    /// compare-and-set then only races other instances). Striped by id: no map to clean up.
+    stripes: Vec<tokio::sync::Mutex<()>>,
     /// Since when this instance has seen each other instance's heartbeat missing.
     missing_since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     audit_seq: AtomicU64,
@@ -240,6 +243,7 @@ impl Redis {
             instance_ttl,
             durability: RwLock::new(Durability::unknown("not checked yet".into())),
             missing_since: Default::default(),
+            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             audit_seq: seq.into(),
             cas: redis::Script::new(CAS),
             insert: redis::Script::new(INSERT),
@@ -355,6 +359,14 @@ impl Redis {
     }
 
     pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            // Fixed keys: the same id always lands on the same stripe.
+            let mut h = std::hash::DefaultHasher::new();
+            id.hash(&mut h);
+            h.finish() as usize % self.stripes.len()
+        };
+        let _serial = self.stripes[stripe].lock().await;
         for attempt in 0..CAS_ATTEMPTS {
             let Some(old) = self.read_raw(id).await? else {
                 return Ok(None);

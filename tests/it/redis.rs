@@ -426,3 +426,45 @@ async fn a_redis_outage_longer_than_the_timeout_takes_over_nothing() {
     );
     assert!(!b.log().contains("took over"), "{}", b.log());
 }
+
+/// Updates from one process queue locally; between processes the compare-and-set decides. Two
+/// stores on one server, 50 writers each, one record: nothing lost, one first claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_updating_one_link_lose_nothing() {
+    let server = RedisServer::start().await;
+    let a = std::sync::Arc::new(redis_store(&server.url(), "a").await);
+    let b = std::sync::Arc::new(redis_store(&server.url(), "b").await);
+    let l = link(0);
+    a.insert(&l).await.unwrap();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100u32 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let id = l.id.clone();
+        tasks.spawn(async move {
+            store
+                .update(&id, &mut |l| {
+                    l.bytes_served += 1;
+                    if l.downloads_completed == 0 {
+                        l.downloads_completed = 1;
+                        Write::Durable(true)
+                    } else {
+                        Write::Soft(false)
+                    }
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        });
+    }
+    let mut firsts = 0;
+    while let Some(r) = tasks.join_next().await {
+        firsts += u32::from(r.unwrap());
+    }
+    println!(
+        "100 updates of one link from two instances: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(firsts, 1);
+    assert_eq!(b.get(&l.id).await.unwrap().unwrap().bytes_served, 100);
+}

@@ -246,6 +246,7 @@ async fn audit_is_newest_first_filtered_and_limited(s: Subject) {
 async fn concurrent_updates_are_atomic(s: Subject) {
     let l = link(1_000);
     s.store.insert(&l).await.unwrap();
+    let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..100u32 {
         let store = s.store.clone();
@@ -270,6 +271,11 @@ async fn concurrent_updates_are_atomic(s: Subject) {
     while let Some(r) = tasks.join_next().await {
         winners += u32::from(r.unwrap());
     }
+    println!(
+        "100 concurrent updates of one link on {}: {} ms",
+        s.store.kind(),
+        started.elapsed().as_millis()
+    );
     assert_eq!(winners, 1);
     let l = s.store.get(&l.id).await.unwrap().unwrap();
     assert_eq!(l.bytes_served, 100);
