@@ -127,6 +127,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     tasks.spawn(follower.run(links.clone(), shutdown.clone()));
     tasks.spawn(links.clone().run_sampler(shutdown.clone()));
     tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
+    tasks.spawn(links.clone().run_relay(shutdown.clone()));
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
     let app = http::admin_router(state);

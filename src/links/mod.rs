@@ -414,6 +414,19 @@ pub struct Links {
     /// When each link last had a `progress` event (they are limited to a few per second).
     progress_sent: std::sync::Mutex<std::collections::HashMap<TunnelId, u64>>,
     pub events: broadcast::Sender<Event>,
+    /// Events other instances emitted (with shared state), for this instance's SSE clients.
+    /// Webhooks never see them: each instance sends its own events' webhooks.
+    pub peer_events: broadcast::Sender<PeerEvent>,
+    /// This instance's events on their way to the others, in order.
+    outbox: Option<tokio::sync::mpsc::Sender<String>>,
+    outbox_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+}
+
+/// An event another instance emitted: its name and its JSON, as that instance sent it.
+#[derive(Debug, Clone)]
+pub struct PeerEvent {
+    pub event: String,
+    pub json: String,
 }
 
 impl Links {
@@ -422,6 +435,13 @@ impl Links {
     }
 
     pub fn with_clock(config: &Config, store: Store, provider: Provider, clock: Clock) -> anyhow::Result<Arc<Self>> {
+        let outbox = match store.shared() {
+            true => {
+                let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let data = DataDir::open(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: cannot open {}: {e}", config.data_dir.display()))?;
         Ok(Arc::new(Links {
@@ -452,6 +472,9 @@ impl Links {
             wake: Notify::new(),
             progress_sent: Default::default(),
             events: broadcast::channel(1024).0,
+            peer_events: broadcast::channel(1024).0,
+            outbox: outbox.0,
+            outbox_rx: std::sync::Mutex::new(outbox.1),
         }))
     }
 
@@ -546,13 +569,74 @@ impl Links {
 
     fn emit(&self, event: &'static str, link: &Link) {
         tracing::info!(tunnel_id = %link.id, event, bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(Event {
-                event,
-                time: rfc3339(self.clock.now_ms()),
-                tunnel: self.view(link),
-            });
+        if self.events.receiver_count() == 0 && self.outbox.is_none() {
+            return;
         }
+        let e = Event {
+            event,
+            time: rfc3339(self.clock.now_ms()),
+            tunnel: self.view(link),
+        };
+        if let (Some(outbox), Some(instance)) = (&self.outbox, self.store.instance()) {
+            let payload = serde_json::json!({"from": instance, "event": event, "data": &e}).to_string();
+            // Other instances' live views may miss an event while Redis is away; nothing else does.
+            if outbox.try_send(payload).is_err() {
+                tracing::debug!(event, "event not relayed to other instances (outbox full)");
+            }
+        }
+        let _ = self.events.send(e);
+    }
+
+    /// With shared state: sends this instance's events to the others and hands theirs to this
+    /// instance's SSE clients (Redis pub/sub, reconnected after an outage). Returns at once with
+    /// the embedded store.
+    pub async fn run_relay(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut outbox) = self.outbox_rx.lock().expect("outbox mutex").take() else {
+            return;
+        };
+        let publish = async {
+            while let Some(payload) = tokio::select! {
+                p = outbox.recv() => p,
+                _ = cancel.cancelled() => None,
+            } {
+                if let Err(e) = self.store.publish_event(&payload).await {
+                    tracing::debug!(error = %e, "could not relay an event");
+                }
+            }
+        };
+        let subscribe = async {
+            use futures_util::StreamExt;
+            let me = self.store.instance().unwrap_or_default().to_string();
+            while !cancel.is_cancelled() {
+                match self.store.event_stream().await {
+                    Ok(mut stream) => loop {
+                        let msg = tokio::select! {
+                            m = stream.next() => m,
+                            _ = cancel.cancelled() => return,
+                        };
+                        let Some(payload) = msg else { break };
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                            continue;
+                        };
+                        if v["from"].as_str() == Some(me.as_str()) || self.peer_events.receiver_count() == 0 {
+                            continue;
+                        }
+                        if let Some(event) = v["event"].as_str() {
+                            let _ = self.peer_events.send(PeerEvent {
+                                event: event.to_string(),
+                                json: v["data"].to_string(),
+                            });
+                        }
+                    },
+                    Err(e) => tracing::debug!(error = %e, "event subscription failed; retrying"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        };
+        tokio::join!(publish, subscribe);
     }
 
     /// Emits `progress` for a link at most every 250 ms.

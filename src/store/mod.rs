@@ -220,6 +220,24 @@ impl Store {
         }
     }
 
+    /// Sends one event to every instance (with shared state; nothing otherwise).
+    pub async fn publish_event(&self, payload: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(()),
+            Store::Redis(s) => s.publish_event(payload).await,
+        }
+    }
+
+    /// The events every instance publishes, as they come.
+    pub async fn event_stream(
+        &self,
+    ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>, StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(Box::pin(futures_util::stream::pending())),
+            Store::Redis(s) => s.event_stream().await,
+        }
+    }
+
     /// Whether acknowledged durable writes survive a crash of the store, and why (for `/health`).
     pub fn durability(&self) -> (bool, String) {
         match self {

@@ -12,6 +12,7 @@
 //! | `ferry:owners` | hash | link id → instance that owns its tunnel | field removed after teardown |
 //! | `ferry:instance:<iid>` | string | an instance's heartbeat | the takeover timeout |
 //! | `ferry:teardown:<iid>` | list | ids the instance must tear down on its node | `FERRY_HISTORY_DAYS` |
+//! | `ferry:events` | pub/sub channel | every instance's link events, for the others' SSE clients | - |
 //!
 //! `update` is a compare-and-set: read the record, run the closure, and write it back with a Lua
 //! script only if the record is still exactly what was read (retried on conflict). The script
@@ -37,6 +38,8 @@ const OPEN: &str = "ferry:links:open";
 const HISTORY: &str = "ferry:links:history";
 const AUDIT: &str = "ferry:audit";
 const OWNERS: &str = "ferry:owners";
+/// Pub/sub channel: every instance's link events, for the others' live views.
+const EVENTS: &str = "ferry:events";
 
 fn link_key(id: &str) -> String {
     format!("ferry:link:{id}")
@@ -164,6 +167,7 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 }
 
 pub struct Redis {
+    client: redis::Client,
     conn: ConnectionManager,
     /// A second connection for the blocking pop of the teardown queue, so it never delays the
     /// check's commands.
@@ -229,13 +233,16 @@ impl Redis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
-        let queue =
-            ConnectionManager::new_lazy_with_config(client, config.set_response_timeout(Some(Duration::from_secs(5))))
-                .map_err(unavailable)?;
+        let queue = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            config.set_response_timeout(Some(Duration::from_secs(5))),
+        )
+        .map_err(unavailable)?;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let store = Redis {
+            client,
             conn,
             queue,
             instance,
@@ -609,6 +616,36 @@ impl Redis {
             .await
             .map_err(unavailable)?;
         Ok(popped.and_then(|(_, id)| TunnelId::parse(&id).ok()))
+    }
+
+    pub async fn publish_event(&self, payload: &str) -> Result<(), StoreError> {
+        redis::cmd("PUBLISH")
+            .arg(EVENTS)
+            .arg(payload)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// A subscription to every instance's events; it ends when the connection does.
+    pub async fn event_stream(
+        &self,
+    ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>, StoreError> {
+        use futures_util::StreamExt;
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(EVENTS).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("redis: subscribing timed out".into()))?
+            .map_err(unavailable)?;
+        Ok(Box::pin(
+            pubsub
+                .into_on_message()
+                .filter_map(|m| async move { m.get_payload::<String>().ok() }),
+        ))
     }
 
     /// Says this instance is alive for the next takeover timeout.

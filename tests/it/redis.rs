@@ -137,6 +137,15 @@ async fn two_instances_share_links_and_teardown_runs_where_the_tunnel_is() {
     let b = on_redis(&server, &[("GRACE_PERIOD_SECONDS", "0")]).await;
     let bytes = a.data_file("report.pdf", 200_000);
     b.data_file("report.pdf", 200_000);
+    // B's live view (SSE) follows what happens on A too.
+    let sse_file = b.path("events.txt");
+    let mut sse = tokio::process::Command::new("curl")
+        .args(["-sN", "--max-time", "30", "-o"])
+        .arg(&sse_file)
+        .arg(format!("{}/admin/events", b.admin))
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Created on A: listed and reported on B.
     let link = a.link("report.pdf").await;
@@ -178,6 +187,42 @@ async fn two_instances_share_links_and_teardown_runs_where_the_tunnel_is() {
     assert_eq!(t["close_reason"], "completed");
     assert_eq!(t["bytes_served"], 200_000);
     assert!(!b.open().await.iter().any(|t| t["tunnel_id"] == id));
+
+    // On B's event stream: the whole life of the link A served, in order, without its token.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&sse_file).unwrap_or_default();
+        seen = sse_events(&text, id);
+        if seen.last().map(String::as_str) == Some("closed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sse.start_kill().unwrap();
+    sse.wait().await.unwrap();
+    assert_eq!(seen, ["created", "started", "completed", "closed"]);
+    let text = std::fs::read_to_string(&sse_file).unwrap();
+    assert!(!text.contains(link["token"].as_str().unwrap()), "token in an event");
+}
+
+/// The names of the events about link `id` in an SSE transcript, `progress` left out.
+fn sse_events(text: &str, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = Some(n.to_string());
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            if let Some(n) = name.take()
+                && v["tunnel"]["tunnel_id"] == id
+                && n != "progress"
+            {
+                out.push(n);
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
