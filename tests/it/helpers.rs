@@ -370,7 +370,7 @@ impl RedisServer {
         }
     }
 
-    /// Whether the server answers PING (and has loaded its data).
+    /// Whether the server answers PING (and has loaded its data: until then it says LOADING).
     pub fn pong(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
@@ -378,7 +378,10 @@ impl RedisServer {
         };
         let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 64];
-        c.write_all(b"PING\r\n").is_ok() && c.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        // With requirepass, NOAUTH is the answer of a server that is up.
+        c.write_all(b"PING\r\n").is_ok()
+            && c.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     }
 
     /// `kill -9`: no shutdown, no final fsync.

@@ -513,3 +513,41 @@ async fn two_instances_updating_one_link_lose_nothing() {
     assert_eq!(firsts, 1);
     assert_eq!(b.get(&l.id).await.unwrap().unwrap().bytes_served, 100);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_instance_loses_nothing_and_a_redis_password_never_shows() {
+    let mut server = RedisServer::start_with(&["--requirepass", "redis-pass-9f3e1c"]).await;
+    let redis_url = format!("redis://:redis-pass-9f3e1c@127.0.0.1:{}/0", server.port);
+    let env = [("REDIS_URL", redis_url.as_str()), ("JWT_SECRET", SECRET)];
+    let mut app = TestApp::spawn_with(&env).await;
+    let bytes = app.data_file("keep.bin", 50_000);
+    let first = app.link("keep.bin").await;
+    let second = app.link("keep.bin").await;
+
+    app.kill9().await;
+    app.start().await;
+    app.stop().await;
+    app.start().await;
+    let open: Vec<Value> = app.open().await;
+    for l in [&first, &second] {
+        assert!(open.iter().any(|t| t["tunnel_id"] == l["tunnel_id"]), "lost {l}");
+    }
+    let r = curl(&url(&first), &[]).await;
+    assert_eq!((r.status, r.body == bytes), (200, true));
+    let (_, config) = app.get("/admin/config").await;
+    assert_eq!(config["config"]["REDIS_URL"], "[set]");
+
+    // Errors while Redis is away name no password either.
+    server.kill9();
+    assert_eq!(app.get("/admin/tunnels").await.0, 503);
+    server.restart().await;
+    eventually(Duration::from_secs(10), "back", async || {
+        app.get("/health").await.0 == 200
+    })
+    .await;
+    assert!(app.log().contains("store unavailable") || app.log().contains("service unavailable"));
+    assert!(
+        !app.log().contains("redis-pass-9f3e1c"),
+        "the Redis password leaked into the log"
+    );
+}
