@@ -1012,7 +1012,16 @@ impl Links {
             while let Ok(Some(entry)) = dir.next_entry().await {
                 let name = entry.file_name();
                 let orphan = match name.to_str().map(TunnelId::parse) {
-                    Some(Ok(id)) => !open_ids.contains(&id),
+                    Some(Ok(id)) if open_ids.contains(&id) => {
+                        // Its tunnel is on this node: if another instance took the link over
+                        // while this one was away, this one owns it again.
+                        if let Ok(true) = self.store.reclaim(&id).await {
+                            tracing::info!(tunnel_id = %id, "reclaimed a link whose tunnel is on this instance");
+                        }
+                        false
+                    }
+                    // Created after the listing above? Then it is no orphan.
+                    Some(Ok(id)) => !matches!(self.store.get(&id).await, Ok(Some(l)) if l.state != LinkState::Closed),
                     _ => !name.to_string_lossy().starts_with('.'),
                 };
                 if orphan {

@@ -181,6 +181,14 @@ impl Store {
         }
     }
 
+    /// Makes this instance the owner of `id` (its tunnel is here); true if it was another's.
+    pub async fn reclaim(&self, id: &TunnelId) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(false),
+            Store::Redis(s) => s.reclaim(id).await,
+        }
+    }
+
     /// Asks instance `owner` to tear down `id` on its node.
     pub async fn hand_over(&self, owner: &str, id: &TunnelId) -> Result<(), StoreError> {
         match self {

@@ -590,6 +590,26 @@ impl Redis {
         Ok(())
     }
 
+    /// Takes `id` back from whichever instance holds it (this node has its tunnel).
+    pub async fn reclaim(&self, id: &TunnelId) -> Result<bool, StoreError> {
+        let Some(current) = self.owner(id).await? else {
+            return Ok(false);
+        };
+        if current == self.instance {
+            return Ok(false);
+        }
+        let swapped: i64 = self
+            .swap_owner
+            .key(OWNERS)
+            .arg(id.as_str())
+            .arg(&current)
+            .arg(&self.instance)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(swapped == 1)
+    }
+
     /// Asks instance `owner` to tear `id` down on its node.
     pub async fn hand_over(&self, owner: &str, id: &TunnelId) -> Result<(), StoreError> {
         let key = queue_key(owner);

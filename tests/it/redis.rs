@@ -234,6 +234,8 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
     a.data_file("a.bin", 1000);
     let kept = a.link("a.bin").await;
     let kept = kept["tunnel_id"].as_str().unwrap().to_string();
+    let back = a.link("a.bin").await;
+    let back = back["tunnel_id"].as_str().unwrap().to_string();
     let (_, expiring) = a.create(json!({"file_path": "a.bin", "expires_in_seconds": 3})).await;
     let expiring = expiring["tunnel_id"].as_str().unwrap().to_string();
     let owned = async |app: &TestApp| app.get("/admin/monitor/status").await.1["store"]["owned_links"].clone();
@@ -242,7 +244,7 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
     a.kill9().await;
     // B stops waiting for A after its heartbeat lapses, and owns its links from then on.
     eventually(Duration::from_secs(8), "B takes over A's links", async || {
-        owned(&b).await == json!(2)
+        owned(&b).await == json!(3)
     })
     .await;
     assert!(b.log().contains("took over the links of an instance that is gone"));
@@ -252,9 +254,17 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
     // Terminated on B, the new owner, which tears it down itself.
     assert_eq!(delete(&b, &kept).await, 204);
     eventually(Duration::from_secs(3), "B releases what it tore down", async || {
-        owned(&b).await == json!(0)
+        owned(&b).await == json!(1)
     })
     .await;
+
+    // A comes back: the tunnel of `back` is on A's node, so A owns it again, and a termination
+    // on B is torn down on A.
+    a.start().await;
+    assert_eq!((owned(&a).await, owned(&b).await), (json!(1), json!(0)));
+    assert!(a.path("tunnels").join(&back).exists());
+    assert_eq!(delete(&b, &back).await, 204);
+    assert!(a.tunnel_dir_gone(&back).await, "A tore it down:\n{}", a.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
