@@ -6,16 +6,17 @@
 //! | key | type | what | expires |
 //! |---|---|---|---|
 //! | `ferry:link:<id>` | string | the link record (JSON) | never while open; `FERRY_HISTORY_DAYS` after it closed |
-//! | `ferry:links:open` | zset | ids of links not closed, scored by creation time | never |
+//! | `ferry:links:open` | zset | ids of links not closed, scored by creation time | members leave on close |
 //! | `ferry:links:history` | zset | ids of closed links, scored by closing time | members purged with retention |
-//! | `ferry:audit` | zset | audit records (`<seq>:<json>`), scored by time | members purged with retention |
+//! | `ferry:audit` | zset | audit records (`<iid>-<seq>:<json>`), scored by time | members purged with retention |
 //! | `ferry:owners` | hash | link id → instance that owns its tunnel | field removed after teardown |
 //! | `ferry:instance:<iid>` | string | an instance's heartbeat | the takeover timeout |
 //! | `ferry:teardown:<iid>` | list | ids the instance must tear down on its node | `FERRY_HISTORY_DAYS` |
 //! | `ferry:events` | pub/sub channel | every instance's link events, for the others' SSE clients | - |
 //!
 //! `update` is a compare-and-set: read the record, run the closure, and write it back with a Lua
-//! script only if the record is still exactly what was read (retried on conflict). The script
+//! script only if the record is still exactly what was read (retried on conflict; updates from
+//! this process queue on a local lock first, so only other instances can conflict). The script
 //! also moves the id between the open and history indexes, so a record and its indexes never
 //! disagree. A durable write waits for the AOF fsync (`WAITAOF`) where the server has it; with
 //! `appendfsync always` the reply itself already comes after the fsync.
@@ -53,9 +54,9 @@ fn queue_key(iid: &str) -> String {
     format!("ferry:teardown:{iid}")
 }
 
-/// How many times a compare-and-set is retried before the store is called unavailable. 100
-/// concurrent claims of one link need at most 100 rounds; the margin covers the sampler and the
-/// follower writing the same record meanwhile.
+/// How many times a compare-and-set is retried before the store is called unavailable. Within
+/// one process updates of a link queue on a local lock first, so only other instances' writes
+/// conflict: one round per concurrent writer elsewhere, with a wide margin.
 const CAS_ATTEMPTS: u32 = 500;
 
 /// SET the record and keep the indexes in step, only if the record is what the caller read.
@@ -224,7 +225,9 @@ impl Redis {
         history_ms: u64,
         instance_ttl: Duration,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("REDIS_URL: {e}")))?;
+        // The parser's kind only: the URL may hold a password.
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("REDIS_URL is not a valid Redis URL ({:?})", e.kind())))?;
         // Fail fast while Redis is away: a check must answer (444) quickly rather than hang, and
         // the manager reconnects on the next command.
         let config = ConnectionManagerConfig::new()
