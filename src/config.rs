@@ -158,6 +158,8 @@ pub struct Config {
     pub req_per_client: u32,
     /// `None`: detected from the URL.
     pub webhook_format: Option<crate::notify::Format>,
+    /// With Redis: how long an instance may stay silent before another takes over its links.
+    pub instance_timeout: Duration,
 }
 
 /// Where configuration values come from: the process environment, then the optional file.
@@ -263,6 +265,19 @@ impl Config {
             None => Secret::new(""), // filled in by `ensure_secret` once the state dir exists
         };
         let redis_url = src.get("REDIS_URL").map(Secret::new);
+        if let Some(u) = &redis_url {
+            let scheme = u.expose().split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("redis" | "redis+unix" | "unix")) {
+                return Err(err(
+                    "REDIS_URL",
+                    "expected redis://host:port/db or unix:///path/to/socket",
+                ));
+            }
+            if let Err(e) = redis::Client::open(u.expose()) {
+                // The parser's message never repeats the URL (which may hold a password).
+                return Err(err("REDIS_URL", format!("not a valid Redis URL ({:?})", e.kind())));
+            }
+        }
         if redis_url.is_some() && jwt_secret.expose().is_empty() {
             return Err(err("JWT_SECRET", "required with REDIS_URL (instances must share it)"));
         }
@@ -397,6 +412,8 @@ impl Config {
             }
         };
 
+        let instance_timeout = seconds(src, "FERRY_INSTANCE_TIMEOUT_SECONDS", 30, 2)?;
+
         Ok(Config {
             data_dir,
             state_dir,
@@ -433,6 +450,7 @@ impl Config {
             conn_per_client,
             req_per_client,
             webhook_format,
+            instance_timeout,
         })
     }
 
@@ -512,6 +530,7 @@ impl Config {
             "FERRY_HISTORY_DAYS": self.history_days,
             "FERRY_LOG": self.log_filter,
             "FERRY_LOG_SLOT": format!("{}s", self.log_slot.millis() as f64 / 1000.0),
+            "FERRY_INSTANCE_TIMEOUT_SECONDS": self.instance_timeout.as_secs(),
         })
     }
 
@@ -652,6 +671,9 @@ mod tests {
             ("FERRY_FUNNEL_PORT", "8080"),
             ("FERRY_FUNNEL_MODE", "udp"),
             ("FERRY_TAILSCALE_SOCKET", "relative.sock"),
+            ("REDIS_URL", "http://127.0.0.1:6379"),
+            ("REDIS_URL", "redis://127.0.0.1:port"),
+            ("FERRY_INSTANCE_TIMEOUT_SECONDS", "1"),
         ];
         for (var, value) in cases {
             let e = load(&[(var, value)]).unwrap_err();

@@ -5,7 +5,8 @@
 //! - [`config`]: one typed configuration, from the environment, validated at startup.
 //! - [`links`]: the link model, the state machine ([`links::rules`], pure), safe paths, tokens, and
 //!   the one teardown procedure.
-//! - [`store`]: where links live (embedded redb), behind one interface.
+//! - [`store`]: where links live (embedded redb, or Redis shared by several instances), behind one
+//!   interface.
 //! - [`tunnel`]: providers that make a link public: `local`, or Tailscale Funnel through the CLI
 //!   or a Docker exec in the sidecar.
 //! - [`nginx`]: the data plane's config and the managed nginx process.
@@ -43,10 +44,7 @@ use tunnel::Provider;
 
 /// Runs ferry until `shutdown` is cancelled.
 pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = Store::Embedded(
-        store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
-            .context("FERRY_STATE_DIR: cannot open the store")?,
-    );
+    let store = open_store(&config).await?;
     let provider = Provider::from_config(&config)?;
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
@@ -60,12 +58,20 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         notify::spawn(url, format, links.events.subscribe(), shutdown.clone());
     }
 
-    let closed = links.reconcile().await?;
-    if !closed.is_empty() {
-        tracing::info!(
-            count = closed.len(),
-            "closed overdue links and removed orphans at startup"
-        );
+    match links.reconcile().await {
+        Ok(closed) if !closed.is_empty() => {
+            tracing::info!(
+                count = closed.len(),
+                "closed overdue links and removed orphans at startup"
+            );
+        }
+        Ok(_) => {}
+        // Redis may come up after ferry (compose): run, report the store down, and reconcile
+        // with the housekeeping once it is there.
+        Err(e @ store::StoreError::Unavailable(_)) => {
+            tracing::error!(error = %e, "store unavailable at startup; reconciliation will be retried");
+        }
+        Err(e) => return Err(e.into()),
     }
 
     if provider_name != "local" {
@@ -148,6 +154,8 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         config.logs_dir.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
+    tasks.spawn(links.clone().run_relay(shutdown.clone()));
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
     let app = http::admin_router(state);
@@ -160,6 +168,29 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     links.provider().stop().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+/// The embedded store in the state dir, or Redis when `REDIS_URL` is set.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    match &config.redis_url {
+        None => Ok(Store::Embedded(
+            store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
+                .context("FERRY_STATE_DIR: cannot open the store")?,
+        )),
+        Some(url) => {
+            let instance = store::redis::instance_id(&config.state_dir).context("FERRY_STATE_DIR: instance id")?;
+            let redis = store::redis::Redis::connect(
+                url.expose(),
+                instance.clone(),
+                u64::from(config.history_days) * 86_400_000,
+                config.instance_timeout,
+            )
+            .await
+            .context("REDIS_URL")?;
+            tracing::info!(%instance, durability = %redis.durability().detail, "state in Redis");
+            Ok(Store::Redis(Box::new(redis)))
+        }
+    }
 }
 
 /// The process-wide metrics recorder (the `metrics` facade is global by design); a second

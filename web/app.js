@@ -233,6 +233,9 @@ async function loadStatus() {
   const row = (k, v, cls = "") => list.append(el("dt", { text: k }), el("dd", { class: cls, text: v }));
   row("ferry", health.status, health.status === "ok" ? "ok" : "bad");
   for (const [name, c] of Object.entries(health.components)) row(name, `${c.status}${c.kind ? ` (${c.kind})` : ""}`, c.status === "ok" ? "ok" : "bad");
+  const store = health.components.store;
+  if (store && store.durability) row("store durability", store.durability, store.durable ? "ok" : "bad");
+  if (status.store.instance) row("instance", `${status.store.instance} (owns ${status.store.owned_links ?? "?"} links)`);
   row("open links", String(status.store.open_links ?? "?"));
   row("log lines", `${status.monitor.lines} (lag ${status.monitor.lag_ms} ms)`);
   if (status.host.cpu_percent !== null) row("CPU", `${status.host.cpu_percent}%`);

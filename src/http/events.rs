@@ -20,17 +20,26 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/admin/events", tag = "links",
     responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody)))]
 pub async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = s.links.events.subscribe();
-    let stream = stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
-            Ok(e) => SseEvent::default()
-                .event(e.event)
-                .data(serde_json::to_string(&e).unwrap_or_default()),
-            // A slow reader missed events: say so, and go on from the newest.
-            Err(RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}")),
-            Err(RecvError::Closed) => return None,
+    // This instance's events, and (with shared state) the other instances' ones.
+    let rx = (s.links.events.subscribe(), s.links.peer_events.subscribe());
+    let stream = stream::unfold(rx, |(mut rx, mut peers)| async move {
+        let lagged = |n| SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}"));
+        let event = tokio::select! {
+            e = rx.recv() => match e {
+                Ok(e) => SseEvent::default()
+                    .event(e.event)
+                    .data(serde_json::to_string(&e).unwrap_or_default()),
+                // A slow reader missed events: say so, and go on from the newest.
+                Err(RecvError::Lagged(n)) => lagged(n),
+                Err(RecvError::Closed) => return None,
+            },
+            e = peers.recv() => match e {
+                Ok(e) => SseEvent::default().event(e.event).data(e.json),
+                Err(RecvError::Lagged(n)) => lagged(n),
+                Err(RecvError::Closed) => return None,
+            },
         };
-        Some((Ok(event), rx))
+        Some((Ok(event), (rx, peers)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -27,7 +27,9 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let sockets = s.links.socket_progress();
     // While nginx cannot write its access log, no new download starts.
     let log_writes = !s.links.log_writes.failing();
-    let status = if ok && sockets && log_writes && provider.status == "ok" {
+    // A store that may lose a redemption in a crash still works: degraded, not down (SPEC §5).
+    let (durable, durability) = s.links.store().durability();
+    let status = if ok && sockets && log_writes && durable && provider.status == "ok" {
         "ok"
     } else {
         "degraded"
@@ -36,7 +38,13 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let body = json!({
         "status": status,
         "components": {
-            "store": {"status": up(store), "kind": s.links.store().kind()},
+            "store": {
+                "status": if !store { "down" } else if durable { "ok" } else { "degraded" },
+                "kind": s.links.store().kind(),
+                "durable": durable,
+                "durability": durability,
+                "instance": s.links.store().instance(),
+            },
             "nginx": {"status": up(nginx)},
             "provider": {"status": provider.status, "kind": s.provider, "detail": provider.detail},
             "monitor": {

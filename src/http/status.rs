@@ -64,6 +64,13 @@ pub fn router() -> Router<AppState> {
 pub async fn status(State(s): State<AppState>) -> Json<Value> {
     let store_ok = s.links.store().ping().await.is_ok();
     let open = s.links.store().list_open().await.map(|l| l.len()).ok();
+    // With shared state: how many open links have their tunnel on this instance.
+    let owned = match s.links.store().owned_here().await {
+        Ok(Some(mine)) => Some(mine.len()),
+        Ok(None) => open,
+        Err(_) => None,
+    };
+    let (durable, durability) = s.links.store().durability();
     let m = &s.monitor;
     let host = s.host.clone();
     let data_dir = s.config.data_dir.clone();
@@ -80,7 +87,15 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
         },
         "nginx": {"running": s.nginx_running.load(Ordering::SeqCst)},
         "provider": {"kind": s.provider, "status": s.links.provider().health().status, "detail": s.links.provider().health().detail},
-        "store": {"kind": s.links.store().kind(), "status": if store_ok { "ok" } else { "down" }, "open_links": open},
+        "store": {
+            "kind": s.links.store().kind(),
+            "status": if store_ok { "ok" } else { "down" },
+            "open_links": open,
+            "owned_links": owned,
+            "instance": s.links.store().instance(),
+            "durable": durable,
+            "durability": durability,
+        },
         "host": host,
     }))
 }

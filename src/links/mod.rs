@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::monitor::coverage::Coverage;
 use crate::monitor::record::AccessRecord;
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Owner, Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
 use rules::{Admission, Admitted, Method, Policy, Refusal};
@@ -428,6 +428,19 @@ pub struct Links {
     /// The latest request admitted on each connection ferry can see (nginx reuses connections;
     /// a new request on one ends the previous).
     conns: std::sync::Mutex<std::collections::HashMap<crate::monitor::sockdiag::Conn, (TunnelId, String)>>,
+    /// Events other instances emitted (with shared state), for this instance's SSE clients.
+    /// Webhooks never see them: each instance sends its own events' webhooks.
+    pub peer_events: broadcast::Sender<PeerEvent>,
+    /// This instance's events on their way to the others, in order.
+    outbox: Option<tokio::sync::mpsc::Sender<String>>,
+    outbox_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+}
+
+/// An event another instance emitted: its name and its JSON, as that instance sent it.
+#[derive(Debug, Clone)]
+pub struct PeerEvent {
+    pub event: String,
+    pub json: String,
 }
 
 impl Links {
@@ -436,6 +449,13 @@ impl Links {
     }
 
     pub fn with_clock(config: &Config, store: Store, provider: Provider, clock: Clock) -> anyhow::Result<Arc<Self>> {
+        let outbox = match store.shared() {
+            true => {
+                let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let data = DataDir::open(&config.data_dir)
             .map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: cannot open {}: {e}", config.data_dir.display()))?;
         Ok(Arc::new(Links {
@@ -468,6 +488,9 @@ impl Links {
             events: broadcast::channel(1024).0,
             log_writes: Default::default(),
             conns: Default::default(),
+            peer_events: broadcast::channel(1024).0,
+            outbox: outbox.0,
+            outbox_rx: std::sync::Mutex::new(outbox.1),
         }))
     }
 
@@ -567,13 +590,74 @@ impl Links {
 
     fn emit(&self, event: &'static str, link: &Link) {
         tracing::info!(tunnel_id = %link.id, event, bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(Event {
-                event,
-                time: rfc3339(self.clock.now_ms()),
-                tunnel: self.view(link),
-            });
+        if self.events.receiver_count() == 0 && self.outbox.is_none() {
+            return;
         }
+        let e = Event {
+            event,
+            time: rfc3339(self.clock.now_ms()),
+            tunnel: self.view(link),
+        };
+        if let (Some(outbox), Some(instance)) = (&self.outbox, self.store.instance()) {
+            let payload = serde_json::json!({"from": instance, "event": event, "data": &e}).to_string();
+            // Other instances' live views may miss an event while Redis is away; nothing else does.
+            if outbox.try_send(payload).is_err() {
+                tracing::debug!(event, "event not relayed to other instances (outbox full)");
+            }
+        }
+        let _ = self.events.send(e);
+    }
+
+    /// With shared state: sends this instance's events to the others and hands theirs to this
+    /// instance's SSE clients (Redis pub/sub, reconnected after an outage). Returns at once with
+    /// the embedded store.
+    pub async fn run_relay(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut outbox) = self.outbox_rx.lock().expect("outbox mutex").take() else {
+            return;
+        };
+        let publish = async {
+            while let Some(payload) = tokio::select! {
+                p = outbox.recv() => p,
+                _ = cancel.cancelled() => None,
+            } {
+                if let Err(e) = self.store.publish_event(&payload).await {
+                    tracing::debug!(error = %e, "could not relay an event");
+                }
+            }
+        };
+        let subscribe = async {
+            use futures_util::StreamExt;
+            let me = self.store.instance().unwrap_or_default().to_string();
+            while !cancel.is_cancelled() {
+                match self.store.event_stream().await {
+                    Ok(mut stream) => loop {
+                        let msg = tokio::select! {
+                            m = stream.next() => m,
+                            _ = cancel.cancelled() => return,
+                        };
+                        let Some(payload) = msg else { break };
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                            continue;
+                        };
+                        if v["from"].as_str() == Some(me.as_str()) || self.peer_events.receiver_count() == 0 {
+                            continue;
+                        }
+                        if let Some(event) = v["event"].as_str() {
+                            let _ = self.peer_events.send(PeerEvent {
+                                event: event.to_string(),
+                                json: v["data"].to_string(),
+                            });
+                        }
+                    },
+                    Err(e) => tracing::debug!(error = %e, "event subscription failed; retrying"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        };
+        tokio::join!(publish, subscribe);
     }
 
     /// Emits `progress` for a link at most every 250 ms.
@@ -844,7 +928,7 @@ impl Links {
             })
             .await?
             .flatten();
-        self.expose_nothing(id).await;
+        self.teardown(id).await;
         self.progress_sent.lock().expect("progress mutex").remove(id);
         match closed {
             Some(link) => {
@@ -855,6 +939,70 @@ impl Links {
             }
             None => Ok(false),
         }
+    }
+
+    /// The exposure steps of the teardown, run where the link's tunnel lives: here, or on the
+    /// instance that owns it (asked through the store; the gate is already closed for everyone).
+    async fn teardown(&self, id: &TunnelId) {
+        match self.store.owner(id).await {
+            Ok(Owner::Elsewhere(owner)) => match self.store.hand_over(&owner, id).await {
+                Ok(()) => tracing::debug!(tunnel_id = %id, %owner, "teardown handed to the owning instance"),
+                Err(e) => {
+                    tracing::warn!(tunnel_id = %id, %owner, error = %e, "could not hand the teardown over; the owner's reconciliation will remove it")
+                }
+            },
+            _ => self.teardown_here(id).await,
+        }
+    }
+
+    async fn teardown_here(&self, id: &TunnelId) {
+        self.expose_nothing(id).await;
+        if let Err(e) = self.store.release(id).await {
+            tracing::warn!(tunnel_id = %id, error = %e, "could not release the link's ownership");
+        }
+    }
+
+    /// With shared state (Redis): says this instance is alive, takes over the links of instances
+    /// that are gone (so their deadlines and teardowns still happen), and tears down on this node
+    /// the links other instances closed. Returns at once with the embedded store.
+    pub async fn run_peers(self: Arc<Self>, heartbeat: Duration, cancel: CancellationToken) {
+        if !self.store.shared() {
+            return;
+        }
+        let mut beat_at = tokio::time::Instant::now();
+        while !cancel.is_cancelled() {
+            if tokio::time::Instant::now() >= beat_at {
+                beat_at = tokio::time::Instant::now() + heartbeat;
+                if let Err(e) = self.peers_once().await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+            // Not raced against `cancel`: a pop interrupted by a drop would lose its id.
+            match self.store.next_teardown(Duration::from_secs(1)).await {
+                Ok(Some(id)) => {
+                    tracing::info!(tunnel_id = %id, "tearing down a link closed by another instance");
+                    self.teardown_here(&id).await;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One heartbeat: alive, durability re-checked, dead instances' links taken over.
+    pub async fn peers_once(&self) -> Result<Vec<TunnelId>, StoreError> {
+        self.store.heartbeat().await?;
+        let taken = self.store.take_over().await?;
+        if !taken.is_empty() {
+            tracing::warn!(count = taken.len(), ids = ?taken, "took over the links of an instance that is gone");
+            self.wake.notify_one();
+        }
+        Ok(taken)
     }
 
     /// Removes every public trace of a link: its tunnel and its symlink directory. Retried until
@@ -905,7 +1053,16 @@ impl Links {
             while let Ok(Some(entry)) = dir.next_entry().await {
                 let name = entry.file_name();
                 let orphan = match name.to_str().map(TunnelId::parse) {
-                    Some(Ok(id)) => !open_ids.contains(&id),
+                    Some(Ok(id)) if open_ids.contains(&id) => {
+                        // Its tunnel is on this node: if another instance took the link over
+                        // while this one was away, this one owns it again.
+                        if let Ok(true) = self.store.reclaim(&id).await {
+                            tracing::info!(tunnel_id = %id, "reclaimed a link whose tunnel is on this instance");
+                        }
+                        false
+                    }
+                    // Created after the listing above? Then it is no orphan.
+                    Some(Ok(id)) => !matches!(self.store.get(&id).await, Ok(Some(l)) if l.state != LinkState::Closed),
                     _ => !name.to_string_lossy().starts_with('.'),
                 };
                 if orphan {
@@ -949,6 +1106,11 @@ impl Links {
                 }
             }
             let mut next = housekeeping_at;
+            if self.store.shared() {
+                // Other instances create links this loop was not woken for; their deadlines
+                // must hold even when the instance that made them is gone.
+                next = next.min(now + 1000);
+            }
             match self.store.list_open().await {
                 Ok(open) => {
                     for link in open {
@@ -1044,7 +1206,12 @@ impl Links {
                 .expect("conns mutex")
                 .retain(|_, (_, rid)| live.contains(rid.as_str()));
         }
+        // Only the owner sees a link's sockets (another node's connections look vanished).
+        let mine = self.store.owned_here().await?;
         for link in open {
+            if mine.as_ref().is_some_and(|m| !m.contains(&link.id)) {
+                continue;
+            }
             let samples: Vec<(String, Option<u64>)> = match &self.diag {
                 Some(diag) => link
                     .inflight
@@ -1063,10 +1230,11 @@ impl Links {
                     }
                     let before = l.bytes_served;
                     let settled = rules::settle_unlogged(l, now, UNLOGGED_AFTER_MS);
-                    metrics::counter!("ferry_bytes_served_total").increment(l.bytes_served - before);
+                    // Counted once the write is kept (a shared store may run this closure again).
+                    let credited = l.bytes_served - before;
                     let dropped = rules::drop_stalled_claims(l, now, &policy);
                     let stalled = rules::stalled(l, now, &policy);
-                    let r = (moved, stalled, l.clone());
+                    let r = (moved, stalled, credited, l.clone());
                     if settled || dropped {
                         Write::Durable(r)
                     } else if moved {
@@ -1076,7 +1244,10 @@ impl Links {
                     }
                 })
                 .await?;
-            let Some((moved, stalled, l)) = outcome else { continue };
+            let Some((moved, stalled, credited, l)) = outcome else {
+                continue;
+            };
+            metrics::counter!("ferry_bytes_served_total").increment(credited);
             if stalled {
                 tracing::info!(tunnel_id = %l.id, delivered = rules::delivered(&l), "no progress for the stall timeout");
                 self.close(&l.id, CloseReason::Stalled).await?;

@@ -100,7 +100,7 @@ impl Follower {
             let next = files.iter().find(|f| f.start_ms > current.start_ms).cloned();
             let finished = next.is_some() && now_ms() >= current.start_ms + self.slot.millis() + SETTLE_MS;
             let read = self
-                .read_from(&links, &current.name, &mut offset, &mut partial, &mut chunk)
+                .read_from(&links, &current.name, &mut offset, &mut partial, &mut chunk, &cancel)
                 .await;
             position = Some((current.name.clone(), offset));
             let _ = tokio::fs::write(&self.position_file, format!("{} {offset}", current.name)).await;
@@ -132,6 +132,7 @@ impl Follower {
         offset: &mut u64,
         partial: &mut Vec<u8>,
         chunk: &mut [u8],
+        cancel: &CancellationToken,
     ) -> usize {
         let Ok(mut file) = tokio::fs::File::open(self.dir.join(name)).await else {
             return 0;
@@ -157,7 +158,11 @@ impl Follower {
                 lines.push(&partial[start..start + nl]);
                 start += nl + 1;
             }
-            self.handle_all(links, &lines).await;
+            if !self.handle_all(links, &lines, cancel).await {
+                // Shutting down while the store is away: these lines are read again next run
+                // (those already applied are recognised by their request id).
+                return total;
+            }
             partial.drain(..start);
             *offset += start as u64;
         }
@@ -165,7 +170,8 @@ impl Follower {
 
     /// Applies a run of lines: the lines of one link in their order, different links side by
     /// side, so that their store writes share commits instead of queueing one behind another.
-    async fn handle_all(&self, links: &Links, lines: &[&[u8]]) {
+    /// False only when cancelled before every line could be applied.
+    async fn handle_all(&self, links: &Links, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
         let mut groups: Vec<Vec<AccessRecord>> = Vec::new();
         let mut by_link: std::collections::HashMap<Option<crate::links::TunnelId>, usize> = Default::default();
         for line in lines {
@@ -177,12 +183,16 @@ impl Follower {
             });
             groups[i].push(rec);
         }
-        futures_util::future::join_all(groups.iter().map(|recs| async move {
+        let applied = futures_util::future::join_all(groups.iter().map(|recs| async move {
             for rec in recs {
-                self.apply(links, rec).await;
+                if !self.apply(links, rec, cancel).await {
+                    return false;
+                }
             }
+            true
         }))
         .await;
+        applied.into_iter().all(|a| a)
     }
 
     fn parse(&self, line: &[u8]) -> Option<AccessRecord> {
@@ -200,23 +210,37 @@ impl Follower {
         }
     }
 
-    async fn apply(&self, links: &Links, rec: &AccessRecord) {
-        // The store may be briefly unavailable; a line is only dropped after retries.
-        for attempt in 0..6u32 {
+    /// Applies one line; false only when cancelled before it could be.
+    async fn apply(&self, links: &Links, rec: &AccessRecord, cancel: &CancellationToken) -> bool {
+        // While the store is unavailable the line waits (and the lines after it), however long
+        // the outage: a completion must not be lost. A record the store cannot read is retried a
+        // few times, then given up.
+        let mut corrupt = 0u32;
+        let mut delay = Duration::from_millis(100);
+        loop {
             match links.apply_log(rec).await {
                 Ok(()) => {
                     // Lag: from nginx writing the line to ferry having acted on it.
                     let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
                     self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
                     metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
-                    return;
+                    return true;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "could not apply an access log line");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                Err(e @ crate::store::StoreError::Corrupt(_)) => {
+                    corrupt += 1;
+                    tracing::warn!(error = %e, attempt = corrupt, "could not apply an access log line");
+                    if corrupt >= 6 {
+                        tracing::error!(request_id = %rec.request_id, "gave up on an access log line");
+                        return true;
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "store unavailable; the access log waits"),
             }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        tracing::error!(request_id = %rec.request_id, "gave up on an access log line");
     }
 }

@@ -311,3 +311,101 @@ pub async fn interrupted_get(url: &str, n: usize) -> Vec<u8> {
     let b = body_at.unwrap();
     got[b..b + n].to_vec()
 }
+
+/// A real `redis-server` on a free loopback port, its data (AOF on, `appendfsync always`) in a
+/// temp dir; killed when dropped. `restart` brings it back on the same port with the same data.
+pub struct RedisServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    extra: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra `--name value` arguments (they win over the defaults).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
+        let mut s = RedisServer {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            child: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// A port and a data dir for a server that is not started yet (`spawn` starts it).
+    pub fn reserve() -> RedisServer {
+        RedisServer {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            extra: vec![],
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args(&self.extra)
+            .stdout(std::fs::File::create(self.dir.path().join("redis.log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (script/test installs it: apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start:\n{}",
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the server answers PING (and has loaded its data: until then it says LOADING).
+    pub fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        // With requirepass, NOAUTH is the answer of a server that is up.
+        c.write_all(b"PING\r\n").is_ok()
+            && c.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
+    }
+
+    /// `kill -9`: no shutdown, no final fsync.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

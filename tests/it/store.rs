@@ -1,0 +1,313 @@
+//! The store contract: one set of tests over `Store`, run against the embedded backend (redb in a
+//! temp dir) and against a real `redis-server` on a free loopback port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry::links::path::{FileIdentity, RelPath};
+use ferry::links::{ClientKey, Link, LinkState, TunnelId};
+use ferry::monitor::coverage::Coverage;
+use ferry::store::audit::AuditRecord;
+use ferry::store::{Store, Write};
+
+use crate::helpers::RedisServer;
+
+/// A store under test and whatever must live as long as it.
+pub struct Subject {
+    pub store: Arc<Store>,
+    _dir: Option<tempfile::TempDir>,
+    pub redis: Option<RedisServer>,
+}
+
+pub fn embedded() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ferry::store::embedded::Embedded::open(&dir.path().join("ferry.redb")).unwrap();
+    Subject {
+        store: Arc::new(Store::Embedded(store)),
+        _dir: Some(dir),
+        redis: None,
+    }
+}
+
+pub async fn redis_store(url: &str, instance: &str) -> Store {
+    let r = ferry::store::redis::Redis::connect(url, instance.into(), 86_400_000, Duration::from_secs(3))
+        .await
+        .unwrap();
+    Store::Redis(Box::new(r))
+}
+
+pub async fn redis() -> Subject {
+    let server = RedisServer::start().await;
+    let store = redis_store(&server.url(), "contract").await;
+    Subject {
+        store: Arc::new(store),
+        _dir: None,
+        redis: Some(server),
+    }
+}
+
+/// A link created `created_at_ms` after now (times are real: Redis expires closed links from
+/// their closing time).
+pub fn link(created_at_ms: u64) -> Link {
+    let created_at_ms = now() + created_at_ms;
+    Link {
+        id: TunnelId::random(),
+        file_path: RelPath::parse("dir/f.bin").unwrap(),
+        file_size: 1000,
+        identity: FileIdentity {
+            dev: 1,
+            ino: 2,
+            size: 1000,
+            mtime_ns: 3,
+        },
+        state: LinkState::Open,
+        created_at_ms,
+        issued_at_s: created_at_ms / 1000,
+        expires_at_ms: created_at_ms + 3_600_000,
+        max_downloads: 1,
+        downloads_completed: 0,
+        bytes_served: 0,
+        coverage: Coverage::default(),
+        claims: vec![],
+        inflight: vec![],
+        clients: vec![],
+        requests: vec![],
+        last_activity_ms: None,
+        last_progress_ms: None,
+        completer: None,
+        grace_until_ms: None,
+        close_reason: None,
+        closed_at_ms: None,
+        note: Some("a note".into()),
+        rate_limit_bytes_per_second: None,
+    }
+}
+
+fn now() -> u64 {
+    // One base for the whole test binary run, so offsets compare.
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(ferry::links::now_ms)
+}
+
+async fn close(store: &Store, id: &TunnelId, at: u64) -> bool {
+    let at = now() + at;
+    store
+        .update(id, &mut |l| {
+            if l.state == LinkState::Closed {
+                return Write::No(false);
+            }
+            l.state = LinkState::Closed;
+            l.close_reason = Some(ferry::links::CloseReason::Terminated);
+            l.closed_at_ms = Some(at);
+            Write::Durable(true)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn ids(links: &[Link]) -> Vec<TunnelId> {
+    links.iter().map(|l| l.id.clone()).collect()
+}
+
+async fn insert_then_get_returns_the_same_record(s: Subject) {
+    let store = &s.store;
+    let l = link(1_000);
+    store.insert(&l).await.unwrap();
+    assert_eq!(store.get(&l.id).await.unwrap(), Some(l.clone()));
+    assert_eq!(store.get(&TunnelId::random()).await.unwrap(), None);
+    assert!(store.ping().await.is_ok());
+}
+
+async fn update_writes_only_what_the_closure_changed(s: Subject) {
+    let store = &s.store;
+    let l = link(1_000);
+    store.insert(&l).await.unwrap();
+    // Write::No: the change is not kept.
+    let r = store
+        .update(&l.id, &mut |l| {
+            l.bytes_served = 99;
+            Write::No(7)
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, Some(7));
+    assert_eq!(store.get(&l.id).await.unwrap().unwrap().bytes_served, 0);
+    for (n, durable) in [(5u64, false), (6, true)] {
+        store
+            .update(&l.id, &mut |l| {
+                l.bytes_served = n;
+                if durable { Write::Durable(()) } else { Write::Soft(()) }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.get(&l.id).await.unwrap().unwrap().bytes_served, n);
+    }
+    let missing = store
+        .update(&TunnelId::random(), &mut |_| Write::Durable(1))
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+}
+
+async fn open_and_history_are_listed_newest_first(s: Subject) {
+    let store = &s.store;
+    let links: Vec<Link> = (0..4).map(|i| link(10_000 + i * 1000)).collect();
+    for l in &links {
+        store.insert(l).await.unwrap();
+    }
+    let mut open = ids(&store.list_open().await.unwrap());
+    open.sort();
+    let mut all = ids(&links);
+    all.sort();
+    assert_eq!(open, all);
+
+    // Closed in the order 2, 0, 3: history is newest first.
+    assert!(close(store, &links[2].id, 50_000).await);
+    assert!(close(store, &links[0].id, 51_000).await);
+    assert!(close(store, &links[3].id, 52_000).await);
+    // Closing again changes nothing and adds no second history row.
+    assert!(!close(store, &links[0].id, 53_000).await);
+    assert_eq!(ids(&store.list_open().await.unwrap()), vec![links[1].id.clone()]);
+    let history = store.history(10).await.unwrap();
+    assert_eq!(
+        ids(&history),
+        vec![links[3].id.clone(), links[0].id.clone(), links[2].id.clone()]
+    );
+    assert!(history.iter().all(|l| l.state == LinkState::Closed));
+    assert_eq!(ids(&store.history(2).await.unwrap()).len(), 2);
+    assert!(store.history(0).await.unwrap().is_empty());
+    // A closed link is still readable by id (stats of a past link).
+    assert_eq!(
+        store.get(&links[2].id).await.unwrap().unwrap().closed_at_ms,
+        Some(now() + 50_000)
+    );
+}
+
+async fn retention_forgets_only_old_history(s: Subject) {
+    let store = &s.store;
+    let old = link(1_000);
+    let recent = link(2_000);
+    let open = link(3_000);
+    for l in [&old, &recent, &open] {
+        store.insert(l).await.unwrap();
+    }
+    close(store, &old.id, 10_000).await;
+    close(store, &recent.id, 20_000).await;
+    for (t, e) in [(5_000, "old"), (25_000, "new")] {
+        store
+            .audit(&AuditRecord {
+                time_ms: now() + t,
+                event: e.into(),
+                client: None,
+                tunnel_id: None,
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.purge_history(now() + 15_000).await.unwrap(), 1);
+    assert_eq!(store.get(&old.id).await.unwrap(), None);
+    assert_eq!(ids(&store.history(10).await.unwrap()), vec![recent.id.clone()]);
+    assert_eq!(ids(&store.list_open().await.unwrap()), vec![open.id.clone()]);
+    let audit = store.audit_query(None, 10).await.unwrap();
+    assert_eq!(audit.iter().map(|a| a.event.as_str()).collect::<Vec<_>>(), vec!["new"]);
+}
+
+async fn audit_is_newest_first_filtered_and_limited(s: Subject) {
+    let store = &s.store;
+    for i in 0..30u64 {
+        let rec = AuditRecord {
+            time_ms: 1_000 + i,
+            event: if i % 3 == 0 { "refused" } else { "link.created" }.into(),
+            client: Some("10.0.0.1".into()),
+            tunnel_id: None,
+            detail: Some(format!("n{i}")),
+        };
+        store.audit(&rec).await.unwrap();
+        // The same record twice is kept twice.
+        if i == 29 {
+            store.audit(&rec).await.unwrap();
+        }
+    }
+    let all = store.audit_query(None, 100).await.unwrap();
+    assert_eq!(all.len(), 31);
+    assert!(all.windows(2).all(|w| w[0].time_ms >= w[1].time_ms));
+    let refused = store.audit_query(Some("refused"), 3).await.unwrap();
+    assert_eq!(
+        refused.iter().map(|r| r.detail.clone().unwrap()).collect::<Vec<_>>(),
+        vec!["n27", "n24", "n21"]
+    );
+    assert!(store.audit_query(Some("nothing"), 10).await.unwrap().is_empty());
+}
+
+/// 100 concurrent updates of one record: none is lost, and a first-come claim has one winner.
+async fn concurrent_updates_are_atomic(s: Subject) {
+    let l = link(1_000);
+    s.store.insert(&l).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100u32 {
+        let store = s.store.clone();
+        let id = l.id.clone();
+        tasks.spawn(async move {
+            store
+                .update(&id, &mut |l| {
+                    l.bytes_served += 1;
+                    if l.completer.is_none() {
+                        l.completer = ClientKey::new(&format!("10.0.{}.{}", i / 256, i % 256), "ua");
+                        Write::Durable(true)
+                    } else {
+                        Write::Soft(false)
+                    }
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        });
+    }
+    let mut winners = 0;
+    while let Some(r) = tasks.join_next().await {
+        winners += u32::from(r.unwrap());
+    }
+    println!(
+        "100 concurrent updates of one link on {}: {} ms",
+        s.store.kind(),
+        started.elapsed().as_millis()
+    );
+    assert_eq!(winners, 1);
+    let l = s.store.get(&l.id).await.unwrap().unwrap();
+    assert_eq!(l.bytes_served, 100);
+    assert!(l.completer.is_some());
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::embedded()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    insert_then_get_returns_the_same_record,
+    update_writes_only_what_the_closure_changed,
+    open_and_history_are_listed_newest_first,
+    retention_forgets_only_old_history,
+    audit_is_newest_first_filtered_and_limited,
+    concurrent_updates_are_atomic,
+);
