@@ -15,7 +15,7 @@ use crate::helpers::{TestApp, curl, free_port};
 
 const EMULATOR: &str = env!("CARGO_BIN_EXE_tailscale-emulator");
 const DNS: &str = "ferry-nas.tail0000.ts.net";
-const IMAGE: &str = "ferry-test-tailscale:latest";
+const IMAGE_REPO: &str = "ferry-test-tailscale";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
@@ -244,9 +244,19 @@ fn docker(args: &[&str]) {
 
 /// The sidecar image, made once per test run: busybox-static and the emulator (with the shared
 /// libraries it links) in a rootfs, imported with `docker import` (nothing can be pulled here).
+/// Its tag is the emulator's content hash, so test runs from different checkouts at the same time
+/// never run each other's emulator; images of older emulators are removed when unused.
 fn emulator_image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let bin = std::fs::read(EMULATOR).unwrap();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bin.hash(&mut h);
+        let image = format!("{IMAGE_REPO}:{:016x}", h.finish());
+        if image_exists(&image) {
+            return image;
+        }
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         for d in [
@@ -267,7 +277,12 @@ fn emulator_image() -> &'static str {
             .expect("busybox is missing: install busybox-static (script/test does)");
         std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
         std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
-        std::fs::copy(EMULATOR, r.join("usr/local/bin/tailscale")).unwrap();
+        std::fs::write(r.join("usr/local/bin/tailscale"), &bin).unwrap();
+        std::fs::set_permissions(
+            r.join("usr/local/bin/tailscale"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let ldd = std::process::Command::new("ldd").arg(EMULATOR).output().unwrap();
         for lib in String::from_utf8_lossy(&ldd.stdout)
             .split_whitespace()
@@ -278,7 +293,6 @@ fn emulator_image() -> &'static str {
             std::fs::copy(lib, &dest).unwrap();
         }
         std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-        let previous = image_id();
         let mut tar = std::process::Command::new("tar")
             .arg("-C")
             .arg(r)
@@ -287,7 +301,7 @@ fn emulator_image() -> &'static str {
             .spawn()
             .unwrap();
         let out = std::process::Command::new("docker")
-            .args(["import", "-", IMAGE])
+            .args(["import", "-", &image])
             .stdin(tar.stdout.take().unwrap())
             .output()
             .expect("docker is missing (the docker provider is tested on the real engine)");
@@ -297,26 +311,23 @@ fn emulator_image() -> &'static str {
             "docker import: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Leave no dangling image from the previous run.
-        if let Some(old) = previous
-            && Some(&old) != image_id().as_ref()
-        {
-            let _ = std::process::Command::new("docker")
-                .args(["image", "rm", &old])
-                .output();
+        // Images of other emulator builds go, unless a container still uses them.
+        let list = std::process::Command::new("docker")
+            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO])
+            .output()
+            .unwrap();
+        for old in String::from_utf8_lossy(&list.stdout).lines().filter(|t| *t != image) {
+            let _ = std::process::Command::new("docker").args(["image", "rm", old]).output();
         }
-    });
-    IMAGE
+        image
+    })
 }
 
-fn image_id() -> Option<String> {
-    let out = std::process::Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
+fn image_exists(image: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", image])
         .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .is_ok_and(|o| o.status.success())
 }
 
 pub async fn app_with(sidecar: &Sidecar, env: &[(&str, &str)]) -> TestApp {
