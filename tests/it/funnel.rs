@@ -638,6 +638,7 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
 }
 
 for_both_providers!(
+    a_hung_cli_costs_one_link_its_timeout_and_no_more,
     after_kill_9_a_restart_leaves_exactly_the_open_links_public,
     tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open,
     tcp_mode_gets_its_forward_back_after_a_sidecar_restart,
@@ -901,4 +902,30 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
     // No handler: Tailscale's 404.
     let r = curl(&format!("{}/s/other/x", ts.front), &[]).await;
     assert_eq!((r.status, r.body.as_slice()), (404, b"404 page not found\n".as_slice()));
+}
+
+async fn a_hung_cli_costs_one_link_its_timeout_and_no_more(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[("FERRY_TAILSCALE_TIMEOUT_SECONDS", "2")]).await;
+    app.data_file("a.bin", 1000);
+    // The next command (the first link's open) hangs.
+    let (code, _, err) = ts.cli(&["emulator-set", "hang_next=1"]);
+    assert_eq!(code, 0, "{err}");
+    let started = Instant::now();
+    let (first, second) = tokio::join!(app.create(json!({"file_path": "a.bin"})), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.create(json!({"file_path": "a.bin"})).await
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(first.0, 502, "{}", first.1);
+    assert!(
+        first.1["error"].as_str().unwrap().contains("did not finish within 2s"),
+        "{}",
+        first.1
+    );
+    assert_eq!(second.0, 201, "{}", second.1);
+    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+    let id = second.1["tunnel_id"].as_str().unwrap();
+    assert!(ts.mounts().contains(&format!("/s/{id}")));
+    eprintln!("{kind:?}: both answers within {elapsed:?} of a hung command");
 }
