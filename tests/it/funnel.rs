@@ -899,6 +899,25 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
     );
     assert!(!head.contains("6.6.6.6"), "{head}");
     assert!(head.contains("Tailscale-Funnel-Request: ?1\r\n"), "{head}");
+    // An upstream that closes without answering (nginx's 444): one retry on a fresh
+    // connection, as Go's transport does for a GET, then 502.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", silent.local_addr().unwrap());
+    let (code, _, err) = ts.cli(&["funnel", "--bg", "--https=443", "--set-path=/s/silent", &target]);
+    assert_eq!(code, 0, "{err}");
+    let closer = tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_secs(2), silent.accept()).await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            accepted += 1;
+        }
+        accepted
+    });
+    let r = curl(&format!("{}/s/silent/f", ts.front), &[]).await;
+    assert_eq!((r.status, r.body.len()), (502, 0));
+    assert_eq!(closer.await.unwrap(), 2, "one request, one retry");
+
     // No handler: Tailscale's 404.
     let r = curl(&format!("{}/s/other/x", ts.front), &[]).await;
     assert_eq!((r.status, r.body.as_slice()), (404, b"404 page not found\n".as_slice()));
