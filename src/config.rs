@@ -144,6 +144,8 @@ pub struct Config {
     pub tailscale_container: String,
     pub funnel_port: u16,
     pub funnel_mode: crate::tunnel::tailscale::FunnelMode,
+    /// How long one `tailscale` command may run (`FERRY_TAILSCALE_TIMEOUT_SECONDS`).
+    pub tailscale_timeout: Duration,
     pub nginx_mode: NginxMode,
     pub nginx_bin: Option<PathBuf>,
     pub trusted_proxies: Vec<String>,
@@ -322,6 +324,7 @@ impl Config {
                 ));
             }
         };
+        let tailscale_timeout = seconds(src, "FERRY_TAILSCALE_TIMEOUT_SECONDS", 15, 1)?;
         let funnel_mode = match src.get("FERRY_FUNNEL_MODE").unwrap_or("path") {
             "path" => crate::tunnel::tailscale::FunnelMode::Path,
             "tcp" => crate::tunnel::tailscale::FunnelMode::Tcp,
@@ -437,6 +440,7 @@ impl Config {
             tailscale_container,
             funnel_port,
             funnel_mode,
+            tailscale_timeout,
             nginx_mode,
             nginx_bin,
             trusted_proxies,
@@ -518,6 +522,7 @@ impl Config {
             "FERRY_TAILSCALE_CONTAINER": self.tailscale_container,
             "FERRY_FUNNEL_PORT": self.funnel_port,
             "FERRY_FUNNEL_MODE": format!("{:?}", self.funnel_mode).to_lowercase(),
+            "FERRY_TAILSCALE_TIMEOUT_SECONDS": self.tailscale_timeout.as_secs(),
             "FERRY_NGINX": format!("{:?}", self.nginx_mode).to_lowercase(),
             "FERRY_NGINX_BIN": self.nginx_bin,
             "FERRY_TRUSTED_PROXIES": self.trusted_proxies,
@@ -674,6 +679,7 @@ mod tests {
             ("REDIS_URL", "http://127.0.0.1:6379"),
             ("REDIS_URL", "redis://127.0.0.1:port"),
             ("FERRY_INSTANCE_TIMEOUT_SECONDS", "1"),
+            ("FERRY_TAILSCALE_TIMEOUT_SECONDS", "0"),
         ];
         for (var, value) in cases {
             let e = load(&[(var, value)]).unwrap_err();

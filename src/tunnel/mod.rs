@@ -9,8 +9,6 @@ pub mod local;
 pub mod runner;
 pub mod tailscale;
 
-use std::time::Duration;
-
 use crate::config::{Config, ProviderKind};
 use crate::links::TunnelId;
 
@@ -66,9 +64,6 @@ pub enum Provider {
     Docker(funnel::Funnel),
 }
 
-/// How long one `tailscale` command may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Finds the `tailscale` CLI for the local-process provider: a path, or a name on `PATH`.
 pub fn find_cli(bin: &str) -> Option<std::path::PathBuf> {
     if bin.contains('/') {
@@ -98,7 +93,7 @@ impl Provider {
                 config.funnel_mode,
                 config.funnel_port,
                 config.upstream_url.clone(),
-                COMMAND_TIMEOUT,
+                config.tailscale_timeout,
             )
         };
         match config.provider {

@@ -19,7 +19,8 @@
 //!   ADDR as Funnel answers on `NAME:PORT`, in plain HTTP/TCP (no TLS).
 //! - `emulator-set KEY=VALUE...` changes a knob in the state: `etag_failures` (the next N writes
 //!   lose the ETag race, as if another client changed the config), `funnel` (`true`/`false`: the
-//!   node's Funnel capability), `enable_wait_ms` (how long the interactive enablement waits).
+//!   node's Funnel capability), `enable_wait_ms` (how long the interactive enablement waits),
+//!   `hang_next` (the next N commands hang for a minute, as a wedged tailscaled makes them).
 //!
 //! Writes are guarded as tailscaled guards them: the CLI reads the config with its ETag, changes
 //! it, and the write fails when the ETag moved in between ("Another client is changing the serve
@@ -61,6 +62,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let rest = &args[1..];
+    if cmd != "daemon" && cmd != "emulator-set" {
+        hang_if_asked(&socket);
+    }
     let r = match cmd.as_str() {
         "daemon" => return daemon(&socket, rest),
         "emulator-set" => emulator_set(&socket, rest),
@@ -82,6 +86,21 @@ fn main() -> ExitCode {
             eprintln!("{}", f.stderr);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// `hang_next`: this command takes the knob's next turn and hangs.
+fn hang_if_asked(socket: &Path) {
+    let Ok(_guard) = lock(socket) else { return };
+    let Ok(mut node) = Node::connect(socket) else { return };
+    let n = node.state["hang_next"].as_u64().unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    node.state["hang_next"] = json!(n - 1);
+    if node.save().is_ok() {
+        drop(_guard);
+        std::thread::sleep(Duration::from_secs(60));
     }
 }
 
@@ -235,7 +254,7 @@ fn emulator_set(socket: &Path, args: &[String]) -> Result<String, Fail> {
             .split_once('=')
             .ok_or_else(|| Fail::usage(format!("emulator-set: expected KEY=VALUE, got {a:?}")))?;
         let v: Value = match k {
-            "etag_failures" | "enable_wait_ms" | "write_delay_ms" => json!(
+            "etag_failures" | "enable_wait_ms" | "write_delay_ms" | "hang_next" => json!(
                 v.parse::<u64>()
                     .map_err(|_| Fail::usage(format!("emulator-set: {k} wants a number, got {v:?}")))?
             ),

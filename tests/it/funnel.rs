@@ -15,7 +15,7 @@ use crate::helpers::{TestApp, curl, free_port};
 
 const EMULATOR: &str = env!("CARGO_BIN_EXE_tailscale-emulator");
 const DNS: &str = "ferry-nas.tail0000.ts.net";
-const IMAGE: &str = "ferry-test-tailscale:latest";
+const IMAGE_REPO: &str = "ferry-test-tailscale";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
@@ -244,9 +244,19 @@ fn docker(args: &[&str]) {
 
 /// The sidecar image, made once per test run: busybox-static and the emulator (with the shared
 /// libraries it links) in a rootfs, imported with `docker import` (nothing can be pulled here).
+/// Its tag is the emulator's content hash, so test runs from different checkouts at the same time
+/// never run each other's emulator; images of older emulators are removed when unused.
 fn emulator_image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let bin = std::fs::read(EMULATOR).unwrap();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bin.hash(&mut h);
+        let image = format!("{IMAGE_REPO}:{:016x}", h.finish());
+        if image_exists(&image) {
+            return image;
+        }
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         for d in [
@@ -267,7 +277,12 @@ fn emulator_image() -> &'static str {
             .expect("busybox is missing: install busybox-static (script/test does)");
         std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
         std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
-        std::fs::copy(EMULATOR, r.join("usr/local/bin/tailscale")).unwrap();
+        std::fs::write(r.join("usr/local/bin/tailscale"), &bin).unwrap();
+        std::fs::set_permissions(
+            r.join("usr/local/bin/tailscale"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let ldd = std::process::Command::new("ldd").arg(EMULATOR).output().unwrap();
         for lib in String::from_utf8_lossy(&ldd.stdout)
             .split_whitespace()
@@ -278,7 +293,6 @@ fn emulator_image() -> &'static str {
             std::fs::copy(lib, &dest).unwrap();
         }
         std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-        let previous = image_id();
         let mut tar = std::process::Command::new("tar")
             .arg("-C")
             .arg(r)
@@ -287,7 +301,7 @@ fn emulator_image() -> &'static str {
             .spawn()
             .unwrap();
         let out = std::process::Command::new("docker")
-            .args(["import", "-", IMAGE])
+            .args(["import", "-", &image])
             .stdin(tar.stdout.take().unwrap())
             .output()
             .expect("docker is missing (the docker provider is tested on the real engine)");
@@ -297,26 +311,23 @@ fn emulator_image() -> &'static str {
             "docker import: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Leave no dangling image from the previous run.
-        if let Some(old) = previous
-            && Some(&old) != image_id().as_ref()
-        {
-            let _ = std::process::Command::new("docker")
-                .args(["image", "rm", &old])
-                .output();
+        // Images of other emulator builds go, unless a container still uses them.
+        let list = std::process::Command::new("docker")
+            .args(["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO])
+            .output()
+            .unwrap();
+        for old in String::from_utf8_lossy(&list.stdout).lines().filter(|t| *t != image) {
+            let _ = std::process::Command::new("docker").args(["image", "rm", old]).output();
         }
-    });
-    IMAGE
+        image
+    })
 }
 
-fn image_id() -> Option<String> {
-    let out = std::process::Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
+fn image_exists(image: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", image])
         .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .is_ok_and(|o| o.status.success())
 }
 
 pub async fn app_with(sidecar: &Sidecar, env: &[(&str, &str)]) -> TestApp {
@@ -627,6 +638,7 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
 }
 
 for_both_providers!(
+    a_hung_cli_costs_one_link_its_timeout_and_no_more,
     after_kill_9_a_restart_leaves_exactly_the_open_links_public,
     tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open,
     tcp_mode_gets_its_forward_back_after_a_sidecar_restart,
@@ -887,7 +899,52 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
     );
     assert!(!head.contains("6.6.6.6"), "{head}");
     assert!(head.contains("Tailscale-Funnel-Request: ?1\r\n"), "{head}");
+    // An upstream that closes without answering (nginx's 444): one retry on a fresh
+    // connection, as Go's transport does for a GET, then 502.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", silent.local_addr().unwrap());
+    let (code, _, err) = ts.cli(&["funnel", "--bg", "--https=443", "--set-path=/s/silent", &target]);
+    assert_eq!(code, 0, "{err}");
+    let closer = tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_secs(2), silent.accept()).await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            accepted += 1;
+        }
+        accepted
+    });
+    let r = curl(&format!("{}/s/silent/f", ts.front), &[]).await;
+    assert_eq!((r.status, r.body.len()), (502, 0));
+    assert_eq!(closer.await.unwrap(), 2, "one request, one retry");
+
     // No handler: Tailscale's 404.
     let r = curl(&format!("{}/s/other/x", ts.front), &[]).await;
     assert_eq!((r.status, r.body.as_slice()), (404, b"404 page not found\n".as_slice()));
+}
+
+async fn a_hung_cli_costs_one_link_its_timeout_and_no_more(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[("FERRY_TAILSCALE_TIMEOUT_SECONDS", "2")]).await;
+    app.data_file("a.bin", 1000);
+    // The next command (the first link's open) hangs.
+    let (code, _, err) = ts.cli(&["emulator-set", "hang_next=1"]);
+    assert_eq!(code, 0, "{err}");
+    let started = Instant::now();
+    let (first, second) = tokio::join!(app.create(json!({"file_path": "a.bin"})), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.create(json!({"file_path": "a.bin"})).await
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(first.0, 502, "{}", first.1);
+    assert!(
+        first.1["error"].as_str().unwrap().contains("did not finish within 2s"),
+        "{}",
+        first.1
+    );
+    assert_eq!(second.0, 201, "{}", second.1);
+    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+    let id = second.1["tunnel_id"].as_str().unwrap();
+    assert!(ts.mounts().contains(&format!("/s/{id}")));
+    eprintln!("{kind:?}: both answers within {elapsed:?} of a hung command");
 }
