@@ -37,7 +37,8 @@ pub enum Command {
     Ls(Common),
     /// End an open link now.
     Rm {
-        /// The link's tunnel id.
+        /// The link's tunnel id (ids may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[command(flatten)]
         common: Common,
@@ -210,5 +211,21 @@ async fn share(client: &Client, s: Share) -> Result<ExitCode, Failure> {
             return Ok(ExitCode::from(4));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn an_id_beginning_with_a_dash_is_an_id_not_a_flag() {
+        // Ids are base64url: one in 64 begins with `-`.
+        let cli = Cli::try_parse_from(["ferry", "rm", "-Xk2V8cQ1aB3dE4fG5hJ6kL7"]).unwrap();
+        assert!(matches!(cli.command, Command::Rm { id, .. } if id == "-Xk2V8cQ1aB3dE4fG5hJ6kL7"));
+        let cli = Cli::try_parse_from(["ferry", "rm", "--json", "-abc"]).unwrap();
+        assert!(matches!(cli.command, Command::Rm { id, common } if id == "-abc" && common.json));
     }
 }

@@ -32,7 +32,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     let token = b.find("#token").await;
     b.screenshot(&shot("login")).await;
     b.type_into(&token, TOKEN).await;
-    b.click(&b.find("#login-form button[type=submit]").await).await;
+    b.click_css("#login-form button[type=submit]").await;
 
     // Files: the data dir's top level, folders first.
     b.wait_for(
@@ -47,7 +47,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     b.screenshot(&shot("files")).await;
 
     // Into a folder, then search by name across the tree.
-    b.click(&b.find("#file-rows tr[data-path=docs] button").await).await;
+    b.click_css("#file-rows tr[data-path=docs] button").await;
     b.wait_for(
         "docs/",
         "document.querySelector('#file-rows tr[data-path=\"docs/report.pdf\"]')",
@@ -59,11 +59,11 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     b.screenshot(&shot("search")).await;
 
     // Share the movie from the dialog: a preset, two downloads, a note.
-    b.click(&b.find("#crumbs button").await).await;
+    b.click_css("#crumbs button").await;
     b.wait_for("top level", "document.querySelector('#file-rows tr[data-path=movies]')")
         .await;
     b.script("document.getElementById('search').value = ''").await;
-    b.click(&b.find("#file-rows tr[data-path=movies] button").await).await;
+    b.click_css("#file-rows tr[data-path=movies] button").await;
     b.click(
         &b.find("#file-rows tr[data-path=\"movies/holiday.mkv\"] button[aria-label^=Share]")
             .await,
@@ -76,7 +76,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     b.type_into(&max, "1").await;
     b.type_into(&b.find("#note").await, "for grandma").await;
     b.screenshot(&shot("share-dialog")).await;
-    b.click(&b.find("#share-create").await).await;
+    b.click_css("#share-create").await;
     let url_input = b.find("#share-url").await;
     let url = b.property(&url_input, "value").await.as_str().unwrap().to_string();
     assert!(url.starts_with(&app.public) && url.contains("/holiday.mkv?t="), "{url}");
@@ -97,7 +97,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     // The open list, live: the card appears, its bar moves while curl downloads (slowly, and a
     // file larger than loopback's socket buffers, so progress is seen mid-way) and reaches 100%,
     // then the link moves to history.
-    b.click(&b.find("#share-done").await).await;
+    b.click_css("#share-done").await;
     let card = format!("#open-list li[data-id='{id}']");
     b.find(&card).await;
     b.screenshot(&shot("open")).await;
@@ -131,7 +131,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     assert_eq!(closed["close_reason"], "terminated");
 
     // History: both, with reasons and bytes.
-    b.click(&b.find("header nav a[data-view=history]").await).await;
+    b.click_css("header nav a[data-view=history]").await;
     b.wait_for(
         "history rows",
         &format!("document.querySelector(\"#history-rows tr[data-id='{other_id}']\")"),
@@ -151,7 +151,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     b.screenshot(&shot("history")).await;
 
     // Status: every component, as /health says.
-    b.click(&b.find("header nav a[data-view=status]").await).await;
+    b.click_css("header nav a[data-view=status]").await;
     b.wait_for(
         "status facts",
         "document.querySelectorAll('#status-list dt').length > 3",
@@ -165,8 +165,8 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     b.screenshot(&shot("status")).await;
 
     // An API error is shown as the server said it: the file vanished before it was shared.
-    b.click(&b.find("header nav a[data-view=files]").await).await;
-    b.click(&b.find("#crumbs button").await).await;
+    b.click_css("header nav a[data-view=files]").await;
+    b.click_css("#crumbs button").await;
     b.wait_for(
         "the file list",
         "document.querySelector('#file-rows tr[data-path=\"notes.txt\"]')",
@@ -178,7 +178,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
             .await,
     )
     .await;
-    b.click(&b.find("#share-create").await).await;
+    b.click_css("#share-create").await;
     let error = b.text(&b.find("#error").await).await;
     assert!(error.contains("file_path"), "the error names what was wrong: {error}");
     b.screenshot(&shot("error")).await;
@@ -197,7 +197,7 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     b.screenshot(&shot("phone")).await;
 
     // Logging out ends the session: the API refuses the page again.
-    b.click(&b.find("#logout").await).await;
+    b.click_css("#logout").await;
     b.find("#token").await;
 }
 

@@ -164,6 +164,22 @@ impl Browser {
         .await;
     }
 
+    /// Finds and clicks `css`, finding it again when the page re-rendered it in between (a view
+    /// that loads asynchronously replaces its elements).
+    pub async fn click_css(&self, css: &str) {
+        for _ in 0..20 {
+            let e = self.find(css).await;
+            let done = self
+                .try_cmd(reqwest::Method::POST, &format!("/element/{}/click", e.0), json!({}))
+                .await;
+            if done.is_some() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("could not click {css}: it kept being replaced");
+    }
+
     pub async fn type_into(&self, e: &Element, text: &str) {
         self.cmd(
             reqwest::Method::POST,
