@@ -31,7 +31,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(rec.request_id.bytes().all(|b| b.is_ascii_hexdigit()));
     assert!(rec.content_range.as_deref() != Some(""));
 
-    let Some(client) = ClientKey::new(&rec.client, &rec.user_agent) else { return };
+    let Some(client) = ClientKey::new(&rec.client, &rec.user_agent) else {
+        return;
+    };
     for size in [0, 1000, u64::MAX] {
         for max_downloads in [1, 3] {
             let mut link = ferry_fuzz::link(size, max_downloads);

@@ -25,7 +25,9 @@ const POLICY: Policy = Policy {
 fuzz_target!(|data: &[u8]| {
     let mut h = HeaderMap::new();
     for line in data.split(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&line[..colon]),
             HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()),

@@ -55,15 +55,29 @@ fuzz_target!(|s: &str| {
     let p = rel.as_str();
     // The normal form: relative, no `.`/`..`/empty names, nothing a shell or nginx would decode.
     assert!(!p.starts_with('/') && !p.starts_with('~'), "{s:?} -> {p:?}");
-    assert!(p.split('/').all(|n| !n.is_empty() && n != "." && n != "..") || rel.is_root(), "{s:?} -> {p:?}");
-    assert!(!p.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\'), "{s:?} -> {p:?}");
+    assert!(
+        p.split('/').all(|n| !n.is_empty() && n != "." && n != "..") || rel.is_root(),
+        "{s:?} -> {p:?}"
+    );
+    assert!(
+        !p.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\'),
+        "{s:?} -> {p:?}"
+    );
     assert!(p.len() <= s.len());
-    assert_eq!(RelPath::parse(p).as_ref(), Ok(&rel), "normalising {s:?} is not idempotent");
+    assert_eq!(
+        RelPath::parse(p).as_ref(),
+        Ok(&rel),
+        "normalising {s:?} is not idempotent"
+    );
     assert!(rel.is_root() || !rel.file_name().is_empty());
 
     let t = tree();
     if let Ok(found) = t.data.resolve_file(&rel) {
-        assert!(found.real_path.starts_with(&t.root), "{s:?} resolved to {:?}", found.real_path);
+        assert!(
+            found.real_path.starts_with(&t.root),
+            "{s:?} resolved to {:?}",
+            found.real_path
+        );
         assert!(found.identity.ino != t.secret_ino, "{s:?} reached the secret");
         assert!(std::fs::metadata(&found.real_path).unwrap().is_file());
     }

@@ -30,8 +30,8 @@ fuzz_target!(|token: &str| {
     }
     // Accepted: the claims must be exactly what ferry would sign for this link and clock.
     let payload = token.split('.').nth(1).expect("an accepted token has a payload");
-    let claims: serde_json::Value = serde_json::from_slice(&B64.decode(payload).expect("base64url payload"))
-        .expect("JSON claims");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&B64.decode(payload).expect("base64url payload")).expect("JSON claims");
     let iat = claims["iat"].as_u64().expect("iat");
     let exp = claims["exp"].as_u64().expect("exp");
     assert!(iat <= NOW && NOW < exp, "{claims}");

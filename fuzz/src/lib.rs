@@ -52,13 +52,24 @@ fn rank(s: LinkState) -> u8 {
 
 fn sane(c: &Coverage, size: u64) {
     let r = c.ranges();
-    assert!(r.iter().all(|r| r.start < r.end && r.end <= size), "{c:?} outside a file of {size}");
-    assert!(r.windows(2).all(|w| w[0].end < w[1].start), "{c:?} not disjoint and sorted");
+    assert!(
+        r.iter().all(|r| r.start < r.end && r.end <= size),
+        "{c:?} outside a file of {size}"
+    );
+    assert!(
+        r.windows(2).all(|w| w[0].end < w[1].start),
+        "{c:?} not disjoint and sorted"
+    );
 }
 
 /// What must hold after one fact was applied to a link that was `before`.
 pub fn check_books(before: &Link, after: &Link) {
-    assert!(rank(after.state) >= rank(before.state), "{:?} went back to {:?}", before.state, after.state);
+    assert!(
+        rank(after.state) >= rank(before.state),
+        "{:?} went back to {:?}",
+        before.state,
+        after.state
+    );
     assert!(after.downloads_completed <= after.max_downloads);
     assert!(after.downloads_completed >= before.downloads_completed);
     assert!(after.bytes_served >= before.bytes_served);

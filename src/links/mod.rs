@@ -138,8 +138,10 @@ impl ClientKey {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => v4.to_string(),
                 None => {
+                    // The /64 in its one normal form (RFC 5952), so a client has one key.
                     let s = v6.segments();
-                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                    let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                    format!("{net}/64")
                 }
             },
         };
@@ -1368,6 +1370,10 @@ mod tests {
         let b = ClientKey::new("2001:db8:1:2:bbbb::9", "ua").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.address, "2001:db8:1:2::/64");
+        // Found by the `check_request` fuzz target: zero groups were written out (`2001:db8:a1ba:0::`).
+        let z = ClientKey::new("2001:db8:a1ba::b:2:3:4", "ua").unwrap();
+        assert_eq!(z.address, "2001:db8:a1ba::/64");
+        assert_eq!(ClientKey::new("::1", "ua").unwrap().address, "::/64");
         assert_eq!(ClientKey::new("::ffff:10.0.0.1", "ua").unwrap().address, "10.0.0.1");
         assert!(ClientKey::new("nope", "ua").is_none());
     }

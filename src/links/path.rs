@@ -350,4 +350,39 @@ mod tests {
             "file name.iso"
         );
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any string built from path-like pieces either is refused or normalises to a
+            /// relative path of plain names that parses again to itself (and so reads back from
+            /// the store).
+            #[test]
+            fn the_normal_form_is_a_fixed_point(
+                parts in prop::collection::vec(
+                    prop_oneof![
+                        Just(String::new()), Just(".".to_string()), Just("..".to_string()),
+                        Just("~".to_string()), Just("%2e".to_string()), Just("a\\b".to_string()),
+                        "[a-z~. %]{1,6}",
+                    ],
+                    0..6,
+                ),
+                lead in prop::bool::ANY,
+            ) {
+                let s = format!("{}{}", if lead { "/" } else { "" }, parts.join("/"));
+                if let Ok(p) = RelPath::parse(&s) {
+                    let n = p.as_str();
+                    prop_assert_eq!(RelPath::parse(n), Ok(p.clone()), "{:?}", s);
+                    prop_assert!(!n.starts_with('/') && !n.starts_with('~'), "{:?} -> {:?}", s, n);
+                    prop_assert!(p.is_root() || n.split('/').all(|x| !x.is_empty() && x != "." && x != ".."));
+                    prop_assert!(!lead);
+                }
+            }
+        }
+    }
 }

@@ -897,4 +897,26 @@ mod tests {
             assert_eq!(range_start(*r, 1000), *want, "{r:?}");
         }
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Whatever the `Range` header, the response starts inside the file (or at 0).
+            #[test]
+            fn a_range_starts_inside_the_file(
+                size in prop_oneof![Just(0u64), 1..5_000u64, Just(u64::MAX)],
+                a in prop::option::of(prop_oneof![Just(0u64), 1..6_000u64, any::<u64>()]),
+                b in prop::option::of(prop_oneof![Just(0u64), 1..6_000u64, any::<u64>()]),
+                junk in "[ ,=x-]{0,2}",
+            ) {
+                let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+                let header = format!("bytes={}-{}{junk}", opt(a), opt(b));
+                let start = range_start(Some(&header), size);
+                prop_assert!(start == 0 || start < size, "{:?} in {}: {}", header, size, start);
+            }
+        }
+    }
 }
