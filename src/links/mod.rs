@@ -961,6 +961,12 @@ impl Links {
             tracing::warn!(count = taken.len(), ids = ?taken, "took over the links of an instance that is gone");
             self.wake.notify_one();
         }
+        // A link closed while its owner was gone still waits for its teardown: do it here.
+        for id in &taken {
+            if !matches!(self.store.get(id).await?, Some(l) if l.state != LinkState::Closed) {
+                self.teardown_here(id).await;
+            }
+        }
         Ok(taken)
     }
 
