@@ -566,3 +566,35 @@ async fn a_restarted_instance_loses_nothing_and_a_redis_password_never_shows() {
         "the Redis password leaked into the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_that_ends_while_redis_is_down_is_settled_when_it_returns() {
+    let mut server = RedisServer::start().await;
+    let app = on_redis(&server, &[("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = app.data_file("film.mp4", 2_000_000);
+    let (status, link) = app
+        .create(json!({"file_path": "film.mp4", "rate_limit_bytes_per_second": 1_000_000}))
+        .await;
+    assert_eq!(status, 201, "{link}");
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let u = url(&link);
+    let download = tokio::spawn(async move { curl(&u, &[]).await });
+    eventually(Duration::from_secs(5), "the download started", async || {
+        ferry_link(&server, &id).await["claims"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    server.kill9();
+    // nginx serves on; its log line is written while ferry cannot store anything.
+    let r = download.await.unwrap();
+    assert_eq!((r.status, r.body == bytes), (200, true));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.get("/admin/tunnels").await.0, 503);
+    server.restart().await;
+    let t = app.closed(&id, Duration::from_secs(15)).await;
+    assert_eq!(t["close_reason"], "completed");
+    assert_eq!(t["bytes_served"], 2_000_000);
+    assert_eq!(t["downloads_completed"], 1);
+    assert!(app.log().contains("store unavailable; the access log waits"));
+}
