@@ -436,6 +436,17 @@ async fn health_is_degraded_when_redis_may_lose_a_redemption() {
         "{store}"
     );
     assert!(app.log().contains("appendfsync everysec"), "said so at startup");
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("status")
+        .env("FERRY_URL", &app.admin)
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("ferry: degraded") && out.contains("store     degraded (appendfsync everysec"),
+        "ferry status says why: {out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
