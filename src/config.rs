@@ -138,6 +138,14 @@ pub struct Config {
     pub public_addr: SocketAddr,
     pub upstream_url: String,
     pub provider: ProviderKind,
+    /// The `tailscale` CLI (`FERRY_TAILSCALE_BIN`): a local path, or the name inside the sidecar.
+    pub tailscale_bin: String,
+    pub tailscale_socket: Option<PathBuf>,
+    pub tailscale_container: String,
+    pub funnel_port: u16,
+    pub funnel_mode: crate::tunnel::tailscale::FunnelMode,
+    /// How long one `tailscale` command may run (`FERRY_TAILSCALE_TIMEOUT_SECONDS`).
+    pub tailscale_timeout: Duration,
     pub nginx_mode: NginxMode,
     pub nginx_bin: Option<PathBuf>,
     pub trusted_proxies: Vec<String>,
@@ -299,9 +307,29 @@ impl Config {
                 ));
             }
         };
-        if provider != ProviderKind::Local {
-            return Err(err("FERRY_PROVIDER", "only `local` is available in this build"));
+        let tailscale_bin = src.get("FERRY_TAILSCALE_BIN").unwrap_or("tailscale").to_string();
+        let tailscale_socket = src.get("FERRY_TAILSCALE_SOCKET").map(PathBuf::from);
+        if tailscale_socket.as_ref().is_some_and(|s| !s.is_absolute()) {
+            return Err(err("FERRY_TAILSCALE_SOCKET", "must be an absolute path"));
         }
+        let tailscale_container = src.get("FERRY_TAILSCALE_CONTAINER").unwrap_or("tailscale").to_string();
+        let funnel_port = match src.get("FERRY_FUNNEL_PORT").unwrap_or("443") {
+            "443" => 443,
+            "8443" => 8443,
+            "10000" => 10000,
+            other => {
+                return Err(err(
+                    "FERRY_FUNNEL_PORT",
+                    format!("Funnel listens on 443, 8443 or 10000 only, got {other:?}"),
+                ));
+            }
+        };
+        let tailscale_timeout = seconds(src, "FERRY_TAILSCALE_TIMEOUT_SECONDS", 15, 1)?;
+        let funnel_mode = match src.get("FERRY_FUNNEL_MODE").unwrap_or("path") {
+            "path" => crate::tunnel::tailscale::FunnelMode::Path,
+            "tcp" => crate::tunnel::tailscale::FunnelMode::Tcp,
+            other => return Err(err("FERRY_FUNNEL_MODE", format!("expected path or tcp, got {other:?}"))),
+        };
         let nginx_mode = match src.get("FERRY_NGINX").unwrap_or("managed") {
             "managed" => NginxMode::Managed,
             "external" => NginxMode::External,
@@ -313,7 +341,13 @@ impl Config {
             }
         };
         let nginx_bin = src.get("FERRY_NGINX_BIN").map(PathBuf::from);
-        let trusted_proxies = list(src.get("FERRY_TRUSTED_PROXIES"));
+        // Behind a tunnel, the tunnel's own address is believed by default (the sidecar on this
+        // host); with `local` nobody is.
+        let trusted_proxies = match src.get("FERRY_TRUSTED_PROXIES") {
+            Some(v) => list(Some(v)),
+            None if provider == ProviderKind::Local => vec![],
+            None => vec!["127.0.0.1".into(), "::1".into()],
+        };
         for p in &trusted_proxies {
             if !valid_cidr(p) {
                 return Err(err(
@@ -401,6 +435,12 @@ impl Config {
             public_addr,
             upstream_url,
             provider,
+            tailscale_bin,
+            tailscale_socket,
+            tailscale_container,
+            funnel_port,
+            funnel_mode,
+            tailscale_timeout,
             nginx_mode,
             nginx_bin,
             trusted_proxies,
@@ -477,6 +517,12 @@ impl Config {
             "FERRY_PUBLIC_ADDR": self.public_addr.to_string(),
             "FERRY_UPSTREAM_URL": self.upstream_url,
             "FERRY_PROVIDER": format!("{:?}", self.provider).to_lowercase(),
+            "FERRY_TAILSCALE_BIN": self.tailscale_bin,
+            "FERRY_TAILSCALE_SOCKET": self.tailscale_socket,
+            "FERRY_TAILSCALE_CONTAINER": self.tailscale_container,
+            "FERRY_FUNNEL_PORT": self.funnel_port,
+            "FERRY_FUNNEL_MODE": format!("{:?}", self.funnel_mode).to_lowercase(),
+            "FERRY_TAILSCALE_TIMEOUT_SECONDS": self.tailscale_timeout.as_secs(),
             "FERRY_NGINX": format!("{:?}", self.nginx_mode).to_lowercase(),
             "FERRY_NGINX_BIN": self.nginx_bin,
             "FERRY_TRUSTED_PROXIES": self.trusted_proxies,
@@ -508,6 +554,12 @@ impl Config {
         if self.public_addr.ip().is_unspecified() && self.provider == ProviderKind::Local {
             w.push(
                 "FERRY_PUBLIC_ADDR: listening on every interface with the local provider exposes links to the LAN"
+                    .into(),
+            );
+        }
+        if self.provider == ProviderKind::Docker {
+            w.push(
+                "FERRY_PROVIDER: docker uses the Docker socket, which is root on the host; put a socket proxy that allows only exec in front of it"
                     .into(),
             );
         }
@@ -621,9 +673,13 @@ mod tests {
             ("FERRY_WEBHOOK_URL", "mailto:me"),
             ("FERRY_CONN_PER_CLIENT", "0"),
             ("FERRY_BAN_SECONDS", "0"),
+            ("FERRY_FUNNEL_PORT", "8080"),
+            ("FERRY_FUNNEL_MODE", "udp"),
+            ("FERRY_TAILSCALE_SOCKET", "relative.sock"),
             ("REDIS_URL", "http://127.0.0.1:6379"),
             ("REDIS_URL", "redis://127.0.0.1:port"),
             ("FERRY_INSTANCE_TIMEOUT_SECONDS", "1"),
+            ("FERRY_TAILSCALE_TIMEOUT_SECONDS", "0"),
         ];
         for (var, value) in cases {
             let e = load(&[(var, value)]).unwrap_err();

@@ -7,7 +7,8 @@
 //!   the one teardown procedure.
 //! - [`store`]: where links live (embedded redb, or Redis shared by several instances), behind one
 //!   interface.
-//! - [`tunnel`]: providers that make a link public (`local` today).
+//! - [`tunnel`]: providers that make a link public: `local`, or Tailscale Funnel through the CLI
+//!   or a Docker exec in the sidecar.
 //! - [`nginx`]: the data plane's config and the managed nginx process.
 //! - [`monitor`]: the access-log follower, its line parser and byte-range coverage.
 //! - [`http`]: the admin API and the check endpoint nginx calls.
@@ -44,7 +45,7 @@ use tunnel::Provider;
 /// Runs ferry until `shutdown` is cancelled.
 pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
-    let provider = Provider::Local(tunnel::local::Local);
+    let provider = Provider::from_config(&config)?;
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
 
@@ -78,13 +79,35 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         Err(e) => return Err(e.into()),
     }
 
+    if provider_name != "local" {
+        // The sidecar may not be up yet; the watch below keeps trying.
+        if let Err(e) = links.reconcile_tunnels().await {
+            tracing::warn!(error = %e, "the tunnel provider is not ready");
+        }
+    }
+
     let tasks = TaskTracker::new();
+    if provider_name != "local" {
+        tasks.spawn(
+            links
+                .clone()
+                .run_tunnel_watch(std::time::Duration::from_secs(5), shutdown.clone()),
+        );
+    }
     // Deadlines are enforced from the first moment, before nginx is (re)started.
     tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
     tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
     let managed = match config.nginx_mode {
-        NginxMode::Managed => Some(nginx::Managed::prepare(&config).await?),
-        NginxMode::External => None,
+        NginxMode::Managed => Some(
+            nginx::Managed::prepare(&config)
+                .await?
+                .watch_log_writes(links.log_writes.clone(), config.logs_dir.clone()),
+        ),
+        NginxMode::External => {
+            let conf = nginx::write_external(&config).await?;
+            tracing::info!(config = %conf.display(), "nginx runs elsewhere (FERRY_NGINX=external) from this config");
+            None
+        }
     };
     let nginx_running = managed
         .as_ref()
@@ -132,6 +155,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     };
     tasks.spawn(follower.run(links.clone(), shutdown.clone()));
     tasks.spawn(links.clone().run_sampler(shutdown.clone()));
+    tasks.spawn(monitor::logwrites::watch_space(
+        links.log_writes.clone(),
+        config.logs_dir.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(links.clone().run_relay(shutdown.clone()));
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
@@ -142,6 +170,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    links.provider().stop().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())
 }

@@ -95,14 +95,16 @@ async fn preview(State(s): State<AppState>, h: HeaderMap) -> Response {
     }
 }
 
-async fn decide(s: &AppState, h: &HeaderMap) -> Result<(String, u64), Refusal> {
+/// The request as nginx describes it in the check's headers. A missing or unreadable request id
+/// or client address is `Malformed`; the rest is optional.
+pub fn admission(h: &HeaderMap) -> Result<Admission, Refusal> {
     let request_id = header(h, "x-ferry-request-id");
     let client =
         ClientKey::new(header(h, "x-ferry-client"), header(h, "x-ferry-user-agent")).ok_or(Refusal::Malformed)?;
     if request_id.len() != 32 {
         return Err(Refusal::Malformed);
     }
-    let admission = Admission {
+    Ok(Admission {
         request_id: request_id.to_string(),
         method: Method::parse(header(h, "x-ferry-method")),
         range: Some(header(h, "x-ferry-range"))
@@ -111,7 +113,11 @@ async fn decide(s: &AppState, h: &HeaderMap) -> Result<(String, u64), Refusal> {
         client,
         // The baseline is filled in by the check itself.
         conn: Conn::parse(header(h, "x-ferry-local"), header(h, "x-ferry-peer")).map(|c| (c, 0)),
-    };
+    })
+}
+
+async fn decide(s: &AppState, h: &HeaderMap) -> Result<(String, u64), Refusal> {
+    let admission = admission(h)?;
     let link = s
         .links
         .check(header(h, "x-ferry-tunnel"), header(h, "x-ferry-token"), admission)

@@ -21,12 +21,19 @@ pub fn router() -> Router<AppState> {
 pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = s.links.store().ping().await.is_ok();
     let nginx = s.nginx_running.load(Ordering::SeqCst);
-    let ok = store && nginx;
+    let provider = s.links.provider().health();
+    let ok = store && nginx && provider.status != "down";
     // Without socket progress ferry still works, from the log alone: degraded, not down.
     let sockets = s.links.socket_progress();
+    // While nginx cannot write its access log, no new download starts.
+    let log_writes = !s.links.log_writes.failing();
     // A store that may lose a redemption in a crash still works: degraded, not down (SPEC §5).
     let (durable, durability) = s.links.store().durability();
-    let status = if ok && sockets && durable { "ok" } else { "degraded" };
+    let status = if ok && sockets && log_writes && durable && provider.status == "ok" {
+        "ok"
+    } else {
+        "degraded"
+    };
     let up = |b: bool| if b { "ok" } else { "down" };
     let body = json!({
         "status": status,
@@ -39,9 +46,10 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
                 "instance": s.links.store().instance(),
             },
             "nginx": {"status": up(nginx)},
-            "provider": {"status": "ok", "kind": s.provider},
+            "provider": {"status": provider.status, "kind": s.provider, "detail": provider.detail},
             "monitor": {
-                "status": if sockets { "ok" } else { "degraded" },
+                "status": if sockets && log_writes { "ok" } else { "degraded" },
+                "log_writes": if log_writes { "ok" } else { "failing" },
                 "lines": s.monitor.lines.load(Ordering::Relaxed),
                 "bad_lines": s.monitor.bad_lines.load(Ordering::Relaxed),
                 "files_done": s.monitor.files_done.load(Ordering::Relaxed),

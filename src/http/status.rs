@@ -86,7 +86,7 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
             "progress": if s.links.socket_progress() { "socket" } else { "log" },
         },
         "nginx": {"running": s.nginx_running.load(Ordering::SeqCst)},
-        "provider": {"kind": s.provider, "status": "ok"},
+        "provider": {"kind": s.provider, "status": s.links.provider().health().status, "detail": s.links.provider().health().detail},
         "store": {
             "kind": s.links.store().kind(),
             "status": if store_ok { "ok" } else { "down" },

@@ -11,6 +11,8 @@ pub mod rules;
 pub mod token;
 
 #[cfg(test)]
+mod rules_props;
+#[cfg(test)]
 mod timed_tests;
 
 use std::net::IpAddr;
@@ -30,7 +32,7 @@ use crate::monitor::record::AccessRecord;
 use crate::store::{Owner, Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
-use rules::{Admission, Admitted, Policy, Refusal};
+use rules::{Admission, Admitted, Method, Policy, Refusal};
 
 /// Random, URL-safe text of `bytes` random bytes.
 pub fn random_token(bytes: usize) -> String {
@@ -205,11 +207,18 @@ pub struct InFlight {
     pub progress_ms: u64,
     /// When the connection was first found gone.
     pub gone_ms: Option<u64>,
+    /// A later request arrived on the same connection: this response is over (its log line is
+    /// on its way), and what the connection carries from now on is not this request's.
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// One finished request, as the owner sees it in a link's stats (the last few are kept).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestSeen {
+    /// nginx's `$request_id`: a line read twice (a replay after a crash) is applied once.
+    #[serde(default)]
+    pub request_id: String,
     pub time_ms: u64,
     pub client: ClientKey,
     pub method: String,
@@ -414,6 +423,11 @@ pub struct Links {
     /// When each link last had a `progress` event (they are limited to a few per second).
     progress_sent: std::sync::Mutex<std::collections::HashMap<TunnelId, u64>>,
     pub events: broadcast::Sender<Event>,
+    /// Whether nginx can write the access log (no new claims while it cannot).
+    pub log_writes: Arc<crate::monitor::logwrites::LogWrites>,
+    /// The latest request admitted on each connection ferry can see (nginx reuses connections;
+    /// a new request on one ends the previous).
+    conns: std::sync::Mutex<std::collections::HashMap<crate::monitor::sockdiag::Conn, (TunnelId, String)>>,
     /// Events other instances emitted (with shared state), for this instance's SSE clients.
     /// Webhooks never see them: each instance sends its own events' webhooks.
     pub peer_events: broadcast::Sender<PeerEvent>,
@@ -472,6 +486,8 @@ impl Links {
             wake: Notify::new(),
             progress_sent: Default::default(),
             events: broadcast::channel(1024).0,
+            log_writes: Default::default(),
+            conns: Default::default(),
             peer_events: broadcast::channel(1024).0,
             outbox: outbox.0,
             outbox_rx: std::sync::Mutex::new(outbox.1),
@@ -527,9 +543,14 @@ impl Links {
         &self.store
     }
 
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
     fn public_url(&self, link: &Link) -> String {
         let name = percent_encoding::utf8_percent_encode(link.file_path.file_name(), URL_SEGMENT);
-        format!("{}/s/{}/{}", self.base_url, link.id, name)
+        let base = self.provider.public_base();
+        format!("{}/s/{}/{}", base.as_deref().unwrap_or(&self.base_url), link.id, name)
     }
 
     pub fn download_url(&self, link: &Link) -> String {
@@ -730,6 +751,9 @@ impl Links {
         if let Err(e) = exposed {
             tracing::error!(tunnel_id = %id, error = %e, "could not expose link");
             self.close(&id, CloseReason::Error).await?;
+            // Why the link closed as `error` stays with it in the audit record.
+            self.audit("link.error", None, Some(id.as_str()), Some(e.to_string()))
+                .await;
             return Err(e);
         }
         self.wake.notify_one();
@@ -759,6 +783,10 @@ impl Links {
         self.keys
             .verify(token, &id, now / 1000)
             .map_err(|_| Refusal::BadToken)?;
+        // A request whose log line cannot be written would deliver bytes nobody counts.
+        if admission.method != Method::Head && self.log_writes.failing() {
+            return Err(Refusal::LogUnwritable);
+        }
         let link = self
             .store
             .get(&id)
@@ -795,6 +823,22 @@ impl Links {
         let (admitted, link) = outcome?;
         if admitted == Admitted::NewClaim {
             self.emit("started", &link);
+        }
+        if let Some((conn, _)) = admission.conn {
+            let previous = self
+                .conns
+                .lock()
+                .expect("conns mutex")
+                .insert(conn, (id.clone(), admission.request_id.clone()));
+            if let Some((prev_id, prev_rid)) = previous.filter(|(_, rid)| *rid != admission.request_id) {
+                let _ = self
+                    .store
+                    .update(&prev_id, &mut |l| match rules::end_on_reuse(l, &prev_rid) {
+                        true => Write::Soft(()),
+                        false => Write::No(()),
+                    })
+                    .await;
+            }
         }
         Ok(link)
     }
@@ -876,14 +920,11 @@ impl Links {
         let closed = self
             .store
             .update(id, &mut |link| {
-                if link.state == LinkState::Closed {
-                    return Write::No(None);
+                if rules::close(link, reason, now) {
+                    Write::Durable(Some(link.clone()))
+                } else {
+                    Write::No(None)
                 }
-                link.state = LinkState::Closed;
-                link.close_reason = Some(reason);
-                link.closed_at_ms = Some(now);
-                link.claims.clear();
-                Write::Durable(Some(link.clone()))
             })
             .await?
             .flatten();
@@ -1106,6 +1147,34 @@ impl Links {
         }
     }
 
+    /// Makes the provider agree with the store: the open links' handlers are there (a sidecar
+    /// restart can lose them), and no handler of ferry's serves a link that is not open.
+    pub async fn reconcile_tunnels(&self) -> Result<(), LinkError> {
+        let open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id).collect();
+        let done = self
+            .provider
+            .reconcile(&open)
+            .await
+            .map_err(|e| LinkError::Tunnel(e.to_string()))?;
+        if !done.reasserted.is_empty() || !done.removed.is_empty() {
+            tracing::info!(reasserted = ?done.reasserted, removed = ?done.removed, "tunnel provider reconciled");
+        }
+        Ok(())
+    }
+
+    /// Every few seconds, [`Self::reconcile_tunnels`]: one `status --json` when all is well.
+    pub async fn run_tunnel_watch(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.reconcile_tunnels().await {
+                tracing::warn!(error = %e, "tunnel reconciliation failed");
+            }
+        }
+    }
+
     /// Whether live progress comes from the sockets (else only from the access log).
     pub fn socket_progress(&self) -> bool {
         self.diag.is_some()
@@ -1131,9 +1200,21 @@ impl Links {
     pub async fn sample_once(&self) -> Result<(), StoreError> {
         const UNLOGGED_AFTER_MS: u64 = 5_000;
         let policy = self.policy;
+        let open = self.store.list_open().await?;
+        {
+            // Connections whose request is settled need no entry any more.
+            let live: std::collections::HashSet<&str> = open
+                .iter()
+                .flat_map(|l| l.inflight.iter().map(|f| f.request_id.as_str()))
+                .collect();
+            self.conns
+                .lock()
+                .expect("conns mutex")
+                .retain(|_, (_, rid)| live.contains(rid.as_str()));
+        }
         // Only the owner sees a link's sockets (another node's connections look vanished).
         let mine = self.store.owned_here().await?;
-        for link in self.store.list_open().await? {
+        for link in open {
             if mine.as_ref().is_some_and(|m| !m.contains(&link.id)) {
                 continue;
             }

@@ -75,6 +75,11 @@ impl RelPath {
                 n => names.push(n),
             }
         }
+        // Checked on the normal form too: `./~` must not become `~`, which would not parse again
+        // (and a stored link must always read back).
+        if names.first().is_some_and(|n| n.starts_with('~')) {
+            return Err(PathError::Absolute);
+        }
         Ok(RelPath(names.join("/")))
     }
 
@@ -312,6 +317,9 @@ mod tests {
             ("~root/x", PathError::Absolute),
             (&long, PathError::TooLong),
             ("line\nbreak", PathError::BadChar),
+            // Found by the `path` fuzz target: `~` behind names that normalise away.
+            ("./~/./.", PathError::Absolute),
+            ("//~x", PathError::Absolute),
         ];
         for (s, want) in table {
             let got = RelPath::parse(s).map_err(|e| e.to_string());
@@ -321,6 +329,16 @@ mod tests {
                 continue;
             }
             assert_eq!(got, Err(want.to_string()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_parsed_path_reads_back() {
+        for s in ["a//b/./c.txt", "./~/x", "x/~", "./a", "~"] {
+            if let Ok(p) = RelPath::parse(s) {
+                let json = serde_json::to_string(&p).unwrap();
+                assert_eq!(serde_json::from_str::<RelPath>(&json).unwrap(), p, "{s:?}");
+            }
         }
     }
 

@@ -77,6 +77,8 @@ pub enum Refusal {
     Unavailable,
     #[error("client is banned")]
     Banned,
+    #[error("the access log cannot be written")]
+    LogUnwritable,
 }
 
 impl Refusal {
@@ -94,6 +96,7 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::Unavailable => "store_unavailable",
             Refusal::Banned => "banned",
+            Refusal::LogUnwritable => "log_unwritable",
         }
     }
 }
@@ -124,7 +127,13 @@ pub fn range_start(range: Option<&str>, size: u64) -> u64 {
         return 0; // max_ranges 1: served whole
     }
     match spec.split_once('-') {
-        Some(("", suffix)) => suffix.trim().parse::<u64>().map_or(0, |n| size.saturating_sub(n)),
+        // `bytes=-0` asks for nothing: nginx answers 416 with no body, not a start at the end.
+        Some(("", suffix)) => suffix
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map_or(0, |n| size.saturating_sub(n)),
         Some((start, _)) => start.trim().parse::<u64>().ok().filter(|s| *s < size).unwrap_or(0),
         None => 0,
     }
@@ -192,6 +201,7 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
         delivered: 0,
         progress_ms: now,
         gone_ms: None,
+        ended: false,
     });
     Ok(admitted)
 }
@@ -206,14 +216,15 @@ pub struct Settled {
     pub link_completed: bool,
 }
 
-/// Counts body bytes proven delivered to `client`, over `range` if known.
+/// Counts body bytes proven delivered to `client`, over `range` if known. The counts come from
+/// log lines and saturate: no line, however odd, can wrap them around or panic the follower.
 fn credit(link: &mut Link, client: &ClientKey, bytes: u64, range: Option<ByteRange>, now: u64) {
     if bytes > 0 {
-        link.bytes_served += bytes;
+        link.bytes_served = link.bytes_served.saturating_add(bytes);
         link.last_progress_ms = Some(now);
     }
     match link.clients.iter_mut().find(|c| &c.client == client) {
-        Some(seen) => seen.bytes += bytes,
+        Some(seen) => seen.bytes = seen.bytes.saturating_add(bytes),
         None => link.clients.push(super::ClientSeen {
             client: client.clone(),
             bytes,
@@ -221,7 +232,7 @@ fn credit(link: &mut Link, client: &ClientKey, bytes: u64, range: Option<ByteRan
     }
     if let Some(c) = link.claims.iter_mut().find(|c| &c.client == client) {
         c.last_end_ms = now;
-        c.bytes += bytes;
+        c.bytes = c.bytes.saturating_add(bytes);
         if let Some(r) = range {
             c.coverage.insert(r);
         }
@@ -233,7 +244,7 @@ fn credit(link: &mut Link, client: &ClientKey, bytes: u64, range: Option<ByteRan
 
 /// Applies one access-log line (the final ledger of one request) to its link.
 pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, p: &Policy) -> Settled {
-    if rec.preview {
+    if rec.preview || link.requests.iter().any(|r| r.request_id == rec.request_id) {
         return Settled::default();
     }
     let flight = link
@@ -274,6 +285,7 @@ pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, 
         link.requests.remove(0);
     }
     link.requests.push(super::RequestSeen {
+        request_id: rec.request_id.clone(),
         time_ms: now,
         client: client.clone(),
         method: rec.method.clone(),
@@ -335,6 +347,8 @@ pub fn sample(link: &mut Link, request_id: &str, acked: Option<u64>, now: u64) -
         return false;
     };
     match acked {
+        // Bytes now on the connection belong to a later request.
+        Some(_) if f.ended => false,
         Some(a) => {
             let d = a.saturating_sub(f.baseline);
             if d > f.delivered {
@@ -355,30 +369,69 @@ pub fn sample(link: &mut Link, request_id: &str, acked: Option<u64>, now: u64) -
     }
 }
 
+/// A request ended by a later one on its connection is settled unlogged only this many times
+/// later than one whose connection simply vanished.
+const ENDED_WAIT_FACTOR: u64 = 12;
+
+/// A later request arrived on `request_id`'s connection: its response is over. Returns whether
+/// anything changed.
+pub fn end_on_reuse(link: &mut Link, request_id: &str) -> bool {
+    match link
+        .inflight
+        .iter_mut()
+        .find(|f| f.request_id == request_id && !f.ended)
+    {
+        Some(f) => {
+            f.ended = true;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Requests whose connection vanished `after_ms` ago with no log line (an nginx worker was
 /// killed) are settled from their last sample: the bytes count, no range is proven.
 pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64) -> bool {
     let (lost, kept): (Vec<InFlight>, Vec<InFlight>) = link
         .inflight
         .drain(..)
-        .partition(|f| f.gone_ms.is_some_and(|g| now >= g + after_ms));
+        // An ended request's log line is already written: wait for it far longer.
+        .partition(|f| {
+            let wait = if f.ended {
+                after_ms * ENDED_WAIT_FACTOR
+            } else {
+                after_ms
+            };
+            f.gone_ms.is_some_and(|g| now >= g + wait)
+        });
     link.inflight = kept;
     for f in &lost {
         let bytes = f.delivered.saturating_sub(HEADER_ALLOWANCE);
         credit(link, &f.client, bytes, None, now);
+        // Should its log line turn up after all, it is not counted a second time.
+        if link.requests.len() >= MAX_REQUESTS_KEPT {
+            link.requests.remove(0);
+        }
+        link.requests.push(super::RequestSeen {
+            request_id: f.request_id.clone(),
+            time_ms: now,
+            client: f.client.clone(),
+            method: "GET".into(),
+            status: 0,
+            bytes,
+            range: None,
+            completed: false,
+        });
     }
     !lost.is_empty()
 }
 
 /// Body bytes delivered to this link so far, including requests still in flight.
 pub fn delivered(link: &Link) -> u64 {
-    link.bytes_served
-        + link
-            .inflight
-            .iter()
-            .filter(|f| f.claims)
-            .map(|f| f.delivered)
-            .sum::<u64>()
+    link.inflight
+        .iter()
+        .filter(|f| f.claims)
+        .fold(link.bytes_served, |sum, f| sum.saturating_add(f.delivered))
 }
 
 /// Whether a single-download link has stalled: it received at least a preview's worth, is not
@@ -410,6 +463,19 @@ pub fn drop_stalled_claims(link: &mut Link, now: u64, p: &Policy) -> bool {
     link.claims.len() != before
 }
 
+/// Closes the link for `reason`: the record is the gate, so from here on every check refuses it.
+/// Returns false when it was already closed (teardown is idempotent; the first reason stays).
+pub fn close(link: &mut Link, reason: CloseReason, now: u64) -> bool {
+    if link.state == LinkState::Closed {
+        return false;
+    }
+    link.state = LinkState::Closed;
+    link.close_reason = Some(reason);
+    link.closed_at_ms = Some(now);
+    link.claims.clear();
+    true
+}
+
 /// When the link must next be looked at, and why.
 pub fn due(link: &Link) -> Option<(u64, CloseReason)> {
     match link.state {
@@ -429,23 +495,28 @@ pub fn progress(link: &Link) -> f64 {
     let partial = if link.downloads_completed >= link.max_downloads {
         0.0
     } else if link.max_downloads == 1 {
-        let live: u64 = link.inflight.iter().filter(|f| f.claims).map(|f| f.delivered).sum();
+        let live = link
+            .inflight
+            .iter()
+            .filter(|f| f.claims)
+            .map(|f| f.delivered as f64)
+            .sum::<f64>();
         if link.file_size == 0 {
             0.0
         } else {
-            ((link.coverage.covered() + live) as f64 / size).min(0.999)
+            ((link.coverage.covered() as f64 + live) / size).min(0.999)
         }
     } else {
         link.claims
             .iter()
             .map(|c| {
-                let live: u64 = link
+                let live = link
                     .inflight
                     .iter()
                     .filter(|f| f.claims && f.client == c.client)
-                    .map(|f| f.delivered)
-                    .sum();
-                ((c.coverage.covered() + live) as f64 / size).min(0.999)
+                    .map(|f| f.delivered as f64)
+                    .sum::<f64>();
+                ((c.coverage.covered() as f64 + live) / size).min(0.999)
             })
             .fold(0.0, f64::max)
     };
@@ -717,6 +788,62 @@ mod tests {
     }
 
     #[test]
+    fn a_later_request_on_the_connection_freezes_the_earlier_ones_count() {
+        let mut l = test_link(10_000, 1);
+        admit(&mut l, &get("a", 1), 0, &P).unwrap();
+        assert!(sample(&mut l, "a", Some(3000), 10));
+        // The client reuses the connection for another download: its bytes are not "a"'s.
+        assert!(end_on_reuse(&mut l, "a"));
+        assert!(!end_on_reuse(&mut l, "a"), "ending twice changes nothing");
+        assert!(!sample(&mut l, "a", Some(9_000_000), 20));
+        assert_eq!(l.inflight[0].delivered, 3000);
+        // Its log line is on its way: a vanished connection waits far longer before guessing.
+        assert!(sample(&mut l, "a", None, 1_000));
+        assert!(!settle_unlogged(&mut l, 1_000 + 5_000, 5_000));
+        let s = settle(
+            &mut l,
+            &line("a", "GET", 200, 10_000, None, true, 1),
+            client(1),
+            7_000,
+            &P,
+        );
+        assert!(s.download_completed);
+        assert_eq!(l.bytes_served, 10_000, "the log line's count, once");
+    }
+
+    #[test]
+    fn a_line_read_twice_counts_once() {
+        let mut l = test_link(10, 1);
+        admit(&mut l, &get("a", 1), 0, &P).unwrap();
+        let rec = line("a", "GET", 206, 5, Some("bytes 0-4/10"), true, 1);
+        assert!(settle(&mut l, &rec, client(1), 5, &P).changed);
+        // After a crash the follower reads the same line again.
+        assert_eq!(settle(&mut l, &rec, client(1), 6, &P), Settled::default());
+        assert_eq!((l.bytes_served, l.coverage.covered()), (5, 5));
+    }
+
+    #[test]
+    fn a_late_line_after_an_unlogged_settlement_counts_once() {
+        let mut l = test_link(10_000, 1);
+        admit(&mut l, &get("a", 1), 0, &P).unwrap();
+        assert!(sample(&mut l, "a", Some(4000), 10));
+        assert!(sample(&mut l, "a", None, 20));
+        assert!(settle_unlogged(&mut l, 5_020, 5_000));
+        let served = l.bytes_served;
+        assert!(
+            !settle(
+                &mut l,
+                &line("a", "GET", 200, 10_000, None, false, 1),
+                client(1),
+                6_000,
+                &P
+            )
+            .changed
+        );
+        assert_eq!(l.bytes_served, served);
+    }
+
+    #[test]
     fn with_downloads_left_a_stall_drops_only_the_claim() {
         let mut l = test_link(10_000, 2);
         admit(&mut l, &get("a", 1), 0, &P).unwrap();
@@ -734,6 +861,23 @@ mod tests {
     }
 
     #[test]
+    fn absurd_byte_counts_saturate() {
+        // Found by the `access_log` fuzz target: two lines claiming u64::MAX body bytes.
+        let mut l = test_link(1000, 2);
+        for id in ["a", "b"] {
+            admit(&mut l, &get(id, 1), 0, &P).unwrap();
+            assert!(sample(&mut l, id, Some(u64::MAX), 1));
+            let mut big = line(id, "GET", 200, 0, None, true, 1);
+            (big.bytes_sent, big.body_bytes_sent) = (u64::MAX, u64::MAX);
+            assert!(settle(&mut l, &big, client(1), 2, &P).changed);
+        }
+        assert_eq!(l.bytes_served, u64::MAX);
+        assert_eq!(l.clients[0].bytes, u64::MAX);
+        assert_eq!(delivered(&l), u64::MAX);
+        assert!((0.0..=1.0).contains(&progress(&l)));
+    }
+
+    #[test]
     fn range_starts() {
         let table: &[(Option<&str>, u64)] = &[
             (None, 0),
@@ -745,6 +889,9 @@ mod tests {
             (Some("bytes=0-1,5-9"), 0),
             (Some("items=1-2"), 0),
             (Some("bytes=x-"), 0),
+            // Found by the `range` fuzz target: the start must lie inside the file.
+            (Some("bytes=-0"), 0),
+            (Some("bytes=-1"), 999),
         ];
         for (r, want) in table {
             assert_eq!(range_start(*r, 1000), *want, "{r:?}");

@@ -146,4 +146,115 @@ mod tests {
             assert_eq!(got, *want, "{v:?}");
         }
     }
+
+    mod props {
+        //! Coverage against the simplest model there is: one flag per byte of a small file.
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const SIZE: u64 = 64;
+
+        fn range() -> impl Strategy<Value = ByteRange> {
+            (0..SIZE).prop_flat_map(|a| (a + 1..=SIZE).prop_map(move |b| ByteRange::new(a, b).unwrap()))
+        }
+
+        fn bitmap(rs: &[ByteRange]) -> Vec<bool> {
+            let mut bits = vec![false; SIZE as usize];
+            for r in rs {
+                bits[r.start as usize..r.end as usize].fill(true);
+            }
+            bits
+        }
+
+        fn union(rs: &[ByteRange]) -> Coverage {
+            let mut c = Coverage::default();
+            for &r in rs {
+                c.insert(r);
+            }
+            c
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever ranges arrive, the union holds exactly the bytes they name, kept as
+            /// sorted, non-empty, disjoint and non-adjacent ranges.
+            #[test]
+            fn union_matches_a_bitmap(rs in prop::collection::vec(range(), 0..24)) {
+                let c = union(&rs);
+                let want = bitmap(&rs);
+                prop_assert_eq!(bitmap(c.ranges()), want.clone());
+                prop_assert_eq!(c.covered(), want.iter().filter(|b| **b).count() as u64);
+                prop_assert_eq!(c.covers(SIZE), want.iter().all(|b| *b));
+                prop_assert!(c.ranges().iter().all(|r| !r.is_empty()));
+                prop_assert!(c.ranges().windows(2).all(|w| w[0].end < w[1].start), "{:?}", c);
+                let f = c.fraction(SIZE);
+                prop_assert!((f - c.covered() as f64 / SIZE as f64).abs() < 1e-12);
+            }
+
+            /// Out-of-order and repeated arrivals give the same union.
+            #[test]
+            fn order_and_repeats_do_not_matter(
+                (rs, shuffled) in prop::collection::vec(range(), 0..16)
+                    .prop_flat_map(|rs| (Just(rs.clone()), Just(rs).prop_shuffle())),
+                again in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let mut replayed = shuffled.clone();
+                if !rs.is_empty() {
+                    replayed.extend(again.iter().map(|i| rs[i.index(rs.len())]));
+                }
+                prop_assert_eq!(union(&rs), union(&shuffled));
+                prop_assert_eq!(union(&rs), union(&replayed));
+            }
+
+            /// A download resumed or segmented at any points, with overlaps, in any order, covers
+            /// the file once: the union is the file, never more.
+            #[test]
+            fn resumed_segments_cover_once(
+                cuts in prop::collection::btree_set(1..SIZE, 0..8),
+                overlap in 0..8u64,
+                seed in any::<u64>(),
+            ) {
+                let mut points: Vec<u64> = std::iter::once(0).chain(cuts).chain([SIZE]).collect();
+                points.dedup();
+                let mut segs: Vec<ByteRange> = points
+                    .windows(2)
+                    .map(|w| ByteRange::new(w[0], (w[1] + overlap).min(SIZE)).unwrap())
+                    .collect();
+                // A deterministic shuffle from the seed: out-of-order arrival.
+                let n = segs.len();
+                for i in (1..n).rev() {
+                    segs.swap(i, (seed.rotate_left(i as u32) % (i as u64 + 1)) as usize);
+                }
+                let c = union(&segs);
+                prop_assert!(c.covers(SIZE));
+                prop_assert_eq!(c.covered(), SIZE);
+                // Missing any one segment without overlap leaves a hole.
+                if overlap == 0 && n > 1 {
+                    let partial = union(&segs[1..]);
+                    prop_assert!(!partial.covers(SIZE));
+                    prop_assert_eq!(partial.covered(), SIZE - segs[0].len());
+                }
+            }
+
+            /// Content-Range as nginx writes it parses back to the range it names; a range past
+            /// the end or for another size is refused.
+            #[test]
+            fn content_range_round_trips(size in 1..u64::MAX, a in any::<u64>(), b in any::<u64>()) {
+                let (a, b) = (a % size, b % size);
+                let v = format!("bytes {a}-{b}/{size}");
+                let got = ByteRange::from_content_range(&v, size);
+                if a <= b {
+                    prop_assert_eq!(got, Some(ByteRange { start: a, end: b + 1 }));
+                    prop_assert_eq!(ByteRange::from_content_range(&format!("bytes {a}-{b}/*"), size), got);
+                } else {
+                    prop_assert_eq!(got, None);
+                }
+                prop_assert_eq!(ByteRange::from_content_range(&v, size - 1), None);
+                let past = format!("bytes {a}-{size}/{size}");
+                prop_assert_eq!(ByteRange::from_content_range(&past, size), None);
+            }
+        }
+    }
 }

@@ -153,46 +153,79 @@ impl Follower {
             total += n;
             partial.extend_from_slice(&chunk[..n]);
             let mut start = 0;
+            let mut lines = Vec::new();
             while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
-                let line = &partial[start..start + nl];
-                if !self.handle(links, line, cancel).await {
-                    // Shutting down while the store is away: this line is read again next run.
-                    partial.drain(..start);
-                    *offset += start as u64;
-                    return total;
-                }
+                lines.push(&partial[start..start + nl]);
                 start += nl + 1;
+            }
+            if !self.handle_all(links, &lines, cancel).await {
+                // Shutting down while the store is away: these lines are read again next run
+                // (those already applied are recognised by their request id).
+                return total;
             }
             partial.drain(..start);
             *offset += start as u64;
         }
     }
 
-    /// Applies one line; false only when cancelled before the line could be applied.
-    async fn handle(&self, links: &Links, line: &[u8], cancel: &CancellationToken) -> bool {
+    /// Applies a run of lines: the lines of one link in their order, different links side by
+    /// side, so that their store writes share commits instead of queueing one behind another.
+    /// False only when cancelled before every line could be applied.
+    async fn handle_all(&self, links: &Links, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
+        let mut groups: Vec<Vec<AccessRecord>> = Vec::new();
+        let mut by_link: std::collections::HashMap<Option<crate::links::TunnelId>, usize> = Default::default();
+        for line in lines {
+            let Some(rec) = self.parse(line) else { continue };
+            links.log_writes.line_seen((rec.msec * 1000.0) as u64);
+            let i = *by_link.entry(rec.tunnel_id.clone()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[i].push(rec);
+        }
+        let applied = futures_util::future::join_all(groups.iter().map(|recs| async move {
+            for rec in recs {
+                if !self.apply(links, rec, cancel).await {
+                    return false;
+                }
+            }
+            true
+        }))
+        .await;
+        applied.into_iter().all(|a| a)
+    }
+
+    fn parse(&self, line: &[u8]) -> Option<AccessRecord> {
         self.counters.lines.fetch_add(1, Ordering::Relaxed);
         let parsed = std::str::from_utf8(line)
             .map_err(|e| e.to_string())
             .and_then(|l| AccessRecord::parse(l).map_err(|e| e.to_string()));
-        let rec = match parsed {
-            Ok(rec) => rec,
+        match parsed {
+            Ok(rec) => Some(rec),
             Err(e) => {
                 self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "skipping a malformed access log line");
-                return true;
+                None
             }
-        };
-        let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
-        self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
-        metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
+        }
+    }
+
+    /// Applies one line; false only when cancelled before it could be.
+    async fn apply(&self, links: &Links, rec: &AccessRecord, cancel: &CancellationToken) -> bool {
         // While the store is unavailable the line waits (and the lines after it), however long
         // the outage: a completion must not be lost. A record the store cannot read is retried a
         // few times, then given up.
         let mut corrupt = 0u32;
         let mut delay = Duration::from_millis(100);
         loop {
-            match links.apply_log(&rec).await {
-                Ok(()) => return true,
+            match links.apply_log(rec).await {
+                Ok(()) => {
+                    // Lag: from nginx writing the line to ferry having acted on it.
+                    let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
+                    self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
+                    metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
+                    return true;
+                }
                 Err(e @ crate::store::StoreError::Corrupt(_)) => {
                     corrupt += 1;
                     tracing::warn!(error = %e, attempt = corrupt, "could not apply an access log line");

@@ -7,5 +7,6 @@
 
 pub mod coverage;
 pub mod follow;
+pub mod logwrites;
 pub mod record;
 pub mod sockdiag;

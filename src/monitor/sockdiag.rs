@@ -27,7 +27,7 @@ pub struct SockDiag {
 }
 
 /// One TCP connection, seen from nginx's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Conn {
     pub local: SocketAddr,
     pub peer: SocketAddr,

@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::monitor::logwrites::LogWrites;
 
 pub const TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
 pub const PREVIEWERS: &str = include_str!("../../nginx/previewers.txt");
@@ -81,9 +82,19 @@ pub fn render(template: &str, config: &Config) -> String {
             .iter()
             .map(|p| format!("        set_real_ip_from {p};\n"))
             .collect();
-        s.push_str("        real_ip_header X-Forwarded-For;\n        real_ip_recursive off;\n");
+        // Behind a Funnel TCP forward the real client comes in the PROXY protocol header, else
+        // in the proxy's X-Forwarded-For.
+        let header = if tcp_funnel(config) {
+            "proxy_protocol"
+        } else {
+            "X-Forwarded-For"
+        };
+        s.push_str(&format!(
+            "        real_ip_header {header};\n        real_ip_recursive off;\n"
+        ));
         s
     };
+    let listen_options = if tcp_funnel(config) { " proxy_protocol" } else { "" };
     template
         .replace("{{user}}", &user)
         .replace("{{prefix}}", &prefix(config).display().to_string())
@@ -92,6 +103,7 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{tunnels}}", &config.tunnels_dir.display().to_string())
         .replace("{{logs}}", &config.logs_dir.display().to_string())
         .replace("{{realip}}", &realip)
+        .replace("{{listen_options}}", listen_options)
         .replace("{{log_slot_regex}}", config.log_slot.nginx_regex())
         .replace("{{previewers}}", &previewer_regex(PREVIEWERS))
         .replace("{{conn_per_client}}", &config.conn_per_client.to_string())
@@ -105,6 +117,12 @@ pub fn render(template: &str, config: &Config) -> String {
             &(config.req_per_client.saturating_mul(2)).to_string(),
         )
         .replace("{{req_burst}}", &(config.req_per_client.saturating_mul(4)).to_string())
+}
+
+/// Whether the public listener sits behind a Funnel TCP forward that speaks PROXY protocol.
+fn tcp_funnel(config: &Config) -> bool {
+    config.provider != crate::config::ProviderKind::Local
+        && config.funnel_mode == crate::tunnel::tailscale::FunnelMode::Tcp
 }
 
 /// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).
@@ -132,11 +150,27 @@ pub fn redact(line: &str) -> String {
     out
 }
 
+/// External mode (compose): nginx runs in its own container and reads the config ferry renders
+/// into the shared state dir (`<state>/nginx/nginx.conf`); the paths in it are the same in both.
+pub async fn write_external(config: &Config) -> anyhow::Result<PathBuf> {
+    let prefix = prefix(config);
+    for d in ["tmp", "logs", "html"] {
+        tokio::fs::create_dir_all(prefix.join(d)).await?;
+    }
+    let conf = prefix.join("nginx.conf");
+    let tmp = prefix.join("nginx.conf.tmp");
+    tokio::fs::write(&tmp, render(TEMPLATE, config)).await?;
+    tokio::fs::rename(&tmp, &conf).await?;
+    Ok(conf)
+}
+
 pub struct Managed {
     bin: PathBuf,
     prefix: PathBuf,
     conf: PathBuf,
     pub running: Arc<AtomicBool>,
+    /// Told when nginx reports that a write to the access log in this dir failed.
+    log_writes: Option<(Arc<LogWrites>, PathBuf)>,
 }
 
 impl Managed {
@@ -155,6 +189,7 @@ impl Managed {
             prefix,
             conf,
             running: Arc::new(AtomicBool::new(false)),
+            log_writes: None,
         };
         m.stop_stale().await;
         let out = m.command().arg("-t").output().await?;
@@ -164,6 +199,12 @@ impl Managed {
             redact(&String::from_utf8_lossy(&out.stderr))
         );
         Ok(m)
+    }
+
+    /// Reports nginx's failed writes to access logs in `logs_dir` to `writes`.
+    pub fn watch_log_writes(mut self, writes: Arc<LogWrites>, logs_dir: PathBuf) -> Self {
+        self.log_writes = Some((writes, logs_dir));
+        self
     }
 
     fn command(&self) -> Command {
@@ -219,9 +260,13 @@ impl Managed {
             .kill_on_drop(true)
             .spawn()?;
         if let Some(stderr) = child.stderr.take() {
+            let log_writes = self.log_writes.clone();
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some((writes, dir)) = &log_writes {
+                        writes.error_line(&line, dir, crate::links::now_ms());
+                    }
                     tracing::warn!(target: "ferry::nginx", "{}", redact(&line));
                 }
             });
@@ -291,6 +336,27 @@ mod tests {
             "Slackbot\\-LinkExpanding|Discordbot"
         );
         assert!(previewer_regex(PREVIEWERS).contains("facebookexternalhit"));
+    }
+
+    #[test]
+    fn behind_funnel_the_real_client_comes_from_the_tunnel_only() {
+        let dir = std::env::temp_dir();
+        let load = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("NAS_MOUNT_PATH", dir.to_str().unwrap())];
+            all.extend_from_slice(pairs);
+            Config::load(&crate::config::Source::from_pairs(all)).unwrap()
+        };
+        let local = render(TEMPLATE, &load(&[]));
+        assert!(!local.contains("real_ip_header") && !local.contains("proxy_protocol"));
+        let path = render(TEMPLATE, &load(&[("FERRY_PROVIDER", "tailscale")]));
+        assert!(path.contains("set_real_ip_from 127.0.0.1;") && path.contains("real_ip_header X-Forwarded-For;"));
+        assert!(!path.contains("proxy_protocol"));
+        let tcp = render(
+            TEMPLATE,
+            &load(&[("FERRY_PROVIDER", "docker"), ("FERRY_FUNNEL_MODE", "tcp")]),
+        );
+        assert!(tcp.contains("listen 127.0.0.1:8080 proxy_protocol;"), "{tcp}");
+        assert!(tcp.contains("real_ip_header proxy_protocol;"));
     }
 
     #[test]

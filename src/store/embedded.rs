@@ -2,15 +2,24 @@
 //! checksummed commits, in one file in the state dir. Chosen for crash durability without a C
 //! toolchain (SQLite) or a server; see ARCHITECTURE.md.
 //!
-//! Open links are also kept in memory behind one mutex: that mutex is what makes `update` atomic,
-//! and reads of open links never touch the disk. Every change is written through before the
-//! mutex is released.
+//! Open links (and closed ones until their close is on disk) live in memory behind one mutex,
+//! held only for the closure of an `update`, never across disk I/O: that mutex is what makes
+//! `update` atomic, and reads of open links never touch the disk.
+//!
+//! Writes are group-committed. An `update` applies its change in memory and queues the record;
+//! whoever finds no commit under way becomes the committer and writes everything queued in one
+//! transaction (one fsync, when any write in it must be durable), looping until the queue is
+//! empty. A durable write returns only once its transaction is on disk, and so does any result
+//! that depends on a durable write still in flight (a second request riding on a claim that is
+//! not yet on disk waits for it). With one caller at a time this is a plain synchronous commit;
+//! with a hundred, one fsync serves them all.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
 
 use super::audit::AuditRecord;
 use super::{StoreError, Updater, Write};
@@ -22,10 +31,58 @@ const HISTORY: TableDefinition<(u64, &str), ()> = TableDefinition::new("history"
 /// (time, sequence) → JSON audit record.
 const AUDIT: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("audit");
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// How a batch's commit ended: `None` while it is under way.
+type Outcome = Option<Result<(), String>>;
+
 pub struct Embedded {
     db: Database,
-    open: Mutex<HashMap<TunnelId, Link>>,
+    state: Mutex<State>,
+    /// Held by the one caller committing; never awaited, only tried.
+    committer: Mutex<()>,
     audit_seq: std::sync::atomic::AtomicU64,
+}
+
+struct State {
+    /// Links not closed, and closed ones whose close is not on disk yet.
+    live: HashMap<TunnelId, Entry>,
+    /// The writes waiting for the next commit.
+    queue: Batch,
+}
+
+struct Entry {
+    link: Link,
+    /// The batch of this link's latest durable write, until it is committed.
+    durable: Option<(u64, watch::Receiver<Outcome>)>,
+    /// The batch of this link's latest write of any kind.
+    last_batch: u64,
+}
+
+struct Batch {
+    seq: u64,
+    /// (record, was it open before this write)
+    links: Vec<(Link, bool)>,
+    audits: Vec<((u64, u64), Vec<u8>)>,
+    durable: bool,
+    done: watch::Sender<Outcome>,
+}
+
+impl Batch {
+    fn new(seq: u64) -> Batch {
+        Batch {
+            seq,
+            links: Vec::new(),
+            audits: Vec::new(),
+            durable: false,
+            done: watch::channel(None).0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.links.is_empty() && self.audits.is_empty()
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -34,6 +91,10 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn decode(bytes: &[u8]) -> Result<Link, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode(link: &Link) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Runs blocking disk work without stalling the async runtime's other tasks.
@@ -46,9 +107,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 impl Embedded {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(unavailable)?;
+        // redb caches up to 1 GiB of pages by default, kept for the life of the process; open
+        // links live in memory anyway, and history reads are rare.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(unavailable)?;
         let txn = db.begin_write().map_err(unavailable)?;
-        let mut open = HashMap::new();
+        let mut live = HashMap::new();
         {
             let links = txn.open_table(LINKS).map_err(unavailable)?;
             let ids = txn.open_table(OPEN).map_err(unavailable)?;
@@ -62,7 +128,12 @@ impl Embedded {
                     .map_err(unavailable)?
                     .ok_or_else(|| StoreError::Corrupt(format!("open link {id} has no record")))?;
                 let link = decode(bytes.value())?;
-                open.insert(link.id.clone(), link);
+                let entry = Entry {
+                    link,
+                    durable: None,
+                    last_batch: 0,
+                };
+                live.insert(entry.link.id.clone(), entry);
             }
         }
         txn.commit().map_err(unavailable)?;
@@ -73,29 +144,90 @@ impl Embedded {
             .map_or(0, |d| d.as_nanos() as u64);
         Ok(Embedded {
             db,
-            open: Mutex::new(open),
+            state: Mutex::new(State {
+                live,
+                queue: Batch::new(1),
+            }),
+            committer: Mutex::new(()),
             audit_seq: seq.into(),
         })
     }
 
-    fn write(&self, link: &Link, was_open: bool, durable: bool) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        blocking(|| {
-            let mut txn = self.db.begin_write().map_err(unavailable)?;
-            txn.set_durability(if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(unavailable)?;
-            {
-                let mut links = txn.open_table(LINKS).map_err(unavailable)?;
-                links.insert(link.id.as_str(), bytes.as_slice()).map_err(unavailable)?;
-                let mut open = txn.open_table(OPEN).map_err(unavailable)?;
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("store mutex")
+    }
+
+    /// Commits everything queued, unless another caller is already doing it (it will take ours
+    /// too: it loops until the queue is empty, and gives up the role only while holding the
+    /// state lock, so a write queued before a failed `try_lock` is always picked up).
+    fn commit_queued(&self) {
+        let Ok(role) = self.committer.try_lock() else {
+            return;
+        };
+        loop {
+            let batch = {
+                let mut st = self.state();
+                if st.queue.is_empty() {
+                    drop(role);
+                    return;
+                }
+                let next = Batch::new(st.queue.seq + 1);
+                std::mem::replace(&mut st.queue, next)
+            };
+            let result = blocking(|| self.write_batch(&batch));
+            let mut st = self.state();
+            match &result {
+                Ok(()) => {
+                    // Closed links are on disk now: the disk answers for them from here on.
+                    st.live
+                        .retain(|_, e| e.link.state != LinkState::Closed || e.last_batch > batch.seq);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the store could not commit; will retry with the next write");
+                    // Memory still holds the truth: the records go out again with the next batch.
+                    let mut next = std::mem::replace(&mut st.queue, Batch::new(0));
+                    let mut links = batch.links.clone();
+                    links.append(&mut next.links);
+                    next.links = links;
+                    next.durable |= batch.durable;
+                    // Whoever depends on the failed writes now waits for their second chance.
+                    let retry = (next.seq, next.done.subscribe());
+                    for e in st.live.values_mut() {
+                        if e.durable.as_ref().is_some_and(|(seq, _)| *seq == batch.seq) {
+                            e.durable = Some(retry.clone());
+                        }
+                    }
+                    st.queue = next;
+                }
+            }
+            let failed = result.is_err();
+            batch.done.send_replace(Some(result.map_err(|e| e.to_string())));
+            if failed {
+                drop(role);
+                return;
+            }
+        }
+    }
+
+    fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(unavailable)?;
+        txn.set_durability(if batch.durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(unavailable)?;
+        {
+            let mut links = txn.open_table(LINKS).map_err(unavailable)?;
+            let mut open = txn.open_table(OPEN).map_err(unavailable)?;
+            let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
+            for (link, was_open) in &batch.links {
+                links
+                    .insert(link.id.as_str(), encode(link)?.as_slice())
+                    .map_err(unavailable)?;
                 if link.state == LinkState::Closed {
-                    if was_open {
+                    if *was_open {
                         open.remove(link.id.as_str()).map_err(unavailable)?;
-                        let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
                         history
                             .insert((link.closed_at_ms.unwrap_or(0), link.id.as_str()), ())
                             .map_err(unavailable)?;
@@ -104,8 +236,29 @@ impl Embedded {
                     open.insert(link.id.as_str(), ()).map_err(unavailable)?;
                 }
             }
-            txn.commit().map_err(unavailable)
-        })
+            let mut audit = txn.open_table(AUDIT).map_err(unavailable)?;
+            for (key, bytes) in &batch.audits {
+                audit.insert(*key, bytes.as_slice()).map_err(unavailable)?;
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    /// Waits until the batch behind `done` is committed, committing it ourselves when nobody is.
+    async fn settled(&self, mut done: watch::Receiver<Outcome>) -> Result<(), StoreError> {
+        loop {
+            if let Some(outcome) = done.borrow_and_update().clone() {
+                return outcome.map_err(StoreError::Unavailable);
+            }
+            self.commit_queued();
+            if let Some(outcome) = done.borrow_and_update().clone() {
+                return outcome.map_err(StoreError::Unavailable);
+            }
+            // Someone else is committing our batch.
+            if done.changed().await.is_err() {
+                return Err(StoreError::Unavailable("store commit abandoned".into()));
+            }
+        }
     }
 
     fn read(&self, id: &TunnelId) -> Result<Option<Link>, StoreError> {
@@ -120,65 +273,100 @@ impl Embedded {
         })
     }
 
-    pub fn insert(&self, link: &Link) -> Result<(), StoreError> {
-        let mut open = self.open.lock().expect("store mutex");
-        self.write(link, false, true)?;
-        if link.state != LinkState::Closed {
-            open.insert(link.id.clone(), link.clone());
+    /// Queues a write of `link`; returns the batch's receiver when it must be durable.
+    fn queue(st: &mut State, link: &Link, was_open: bool, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
+        st.queue.links.push((link.clone(), was_open));
+        st.queue.durable |= durable;
+        let seq = st.queue.seq;
+        let rx = st.queue.done.subscribe();
+        let entry = st.live.entry(link.id.clone()).or_insert_with(|| Entry {
+            link: link.clone(),
+            durable: None,
+            last_batch: seq,
+        });
+        entry.link = link.clone();
+        entry.last_batch = seq;
+        if durable {
+            entry.durable = Some((seq, rx.clone()));
         }
-        Ok(())
+        durable.then_some((seq, rx))
+    }
+
+    pub async fn insert(&self, link: &Link) -> Result<(), StoreError> {
+        let wait = {
+            let mut st = self.state();
+            Self::queue(&mut st, link, false, true)
+        };
+        match wait {
+            Some((_, rx)) => self.settled(rx).await,
+            None => Ok(()),
+        }
     }
 
     pub fn get(&self, id: &TunnelId) -> Result<Option<Link>, StoreError> {
-        if let Some(l) = self.open.lock().expect("store mutex").get(id) {
-            return Ok(Some(l.clone()));
+        if let Some(e) = self.state().live.get(id) {
+            return Ok(Some(e.link.clone()));
         }
         self.read(id)
     }
 
-    pub fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
-        let mut open = self.open.lock().expect("store mutex");
-        let (mut link, was_open) = match open.get(id) {
-            Some(l) => (l.clone(), true),
-            None => match self.read(id)? {
-                Some(l) => (l, false),
-                None => return Ok(None),
-            },
-        };
-        let result = f(&mut link);
-        let durable = match &result {
-            Write::No(_) => return Ok(Some(result.into_inner())),
-            Write::Soft(_) => false,
-            Write::Durable(_) => true,
-        };
-        self.write(&link, was_open, durable)?;
-        if link.state == LinkState::Closed {
-            open.remove(id);
+    pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
+        // A link not in memory is closed and on disk; it is read before taking the lock.
+        let from_disk = if self.state().live.contains_key(id) {
+            None
         } else {
-            open.insert(id.clone(), link);
+            match self.read(id)? {
+                Some(l) => Some(l),
+                None if self.state().live.contains_key(id) => None,
+                None => return Ok(None),
+            }
+        };
+        let (result, wait) = {
+            let mut st = self.state();
+            let (mut link, was_open, pending) = match st.live.get(id) {
+                Some(e) => (e.link.clone(), e.link.state != LinkState::Closed, e.durable.clone()),
+                None => match from_disk {
+                    Some(l) => (l, false, None),
+                    None => return Ok(None),
+                },
+            };
+            let result = f(&mut link);
+            let wait = match &result {
+                Write::No(_) => pending,
+                Write::Soft(_) => {
+                    Self::queue(&mut st, &link, was_open, false);
+                    pending
+                }
+                Write::Durable(_) => Self::queue(&mut st, &link, was_open, true),
+            };
+            (result, wait)
+        };
+        match wait {
+            Some((_, rx)) => self.settled(rx).await?,
+            // Soft writes ride with the next commit; start one if nobody is committing.
+            None => self.commit_queued(),
         }
         Ok(Some(result.into_inner()))
     }
 
     pub fn list_open(&self) -> Result<Vec<Link>, StoreError> {
-        Ok(self.open.lock().expect("store mutex").values().cloned().collect())
+        Ok(self
+            .state()
+            .live
+            .values()
+            .filter(|e| e.link.state != LinkState::Closed)
+            .map(|e| e.link.clone())
+            .collect())
     }
 
-    /// Appends an audit record. Not fsynced on its own: it reaches the disk with the next durable
+    /// Appends an audit record. Not fsynced on its own: it reaches the disk with the next
     /// commit (a refusal flood must not turn into an fsync flood).
     pub fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let seq = self.audit_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _guard = self.open.lock().expect("store mutex");
-        blocking(|| {
-            let mut txn = self.db.begin_write().map_err(unavailable)?;
-            txn.set_durability(Durability::None).map_err(unavailable)?;
-            txn.open_table(AUDIT)
-                .map_err(unavailable)?
-                .insert((rec.time_ms, seq), bytes.as_slice())
-                .map_err(unavailable)?;
-            txn.commit().map_err(unavailable)
-        })
+        self.state().queue.audits.push(((rec.time_ms, seq), bytes));
+        self.commit_queued();
+        Ok(())
     }
 
     /// Newest first, optionally only one kind of event.
@@ -204,7 +392,6 @@ impl Embedded {
 
     /// Deletes closed links that closed before `before_ms`; returns how many.
     pub fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
-        let _guard = self.open.lock().expect("store mutex");
         blocking(|| {
             let txn = self.db.begin_write().map_err(unavailable)?;
             let mut n = 0;
@@ -237,16 +424,32 @@ impl Embedded {
     }
 
     pub fn history(&self, limit: usize) -> Result<Vec<Link>, StoreError> {
+        // Closes still on their way to the disk come first: they are the newest.
+        let mut out: Vec<Link> = self
+            .state()
+            .live
+            .values()
+            .filter(|e| e.link.state == LinkState::Closed)
+            .map(|e| e.link.clone())
+            .collect();
+        out.sort_by_key(|l| std::cmp::Reverse(l.closed_at_ms));
+        out.truncate(limit);
+        let recent: std::collections::HashSet<TunnelId> = out.iter().map(|l| l.id.clone()).collect();
         blocking(|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let history = txn.open_table(HISTORY).map_err(unavailable)?;
             let links = txn.open_table(LINKS).map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in history.iter().map_err(unavailable)?.rev().take(limit) {
+            for row in history.iter().map_err(unavailable)?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
                 let (key, _) = row.map_err(unavailable)?;
                 let (_, id) = key.value();
                 if let Some(b) = links.get(id).map_err(unavailable)? {
-                    out.push(decode(b.value())?);
+                    let link = decode(b.value())?;
+                    if !recent.contains(&link.id) {
+                        out.push(link);
+                    }
                 }
             }
             Ok(out)

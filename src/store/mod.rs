@@ -70,7 +70,7 @@ impl Store {
 
     pub async fn insert(&self, link: &Link) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(s) => s.insert(link),
+            Store::Embedded(s) => s.insert(link).await,
             Store::Redis(s) => s.insert(link).await,
         }
     }
@@ -85,7 +85,7 @@ impl Store {
     /// Runs `f` atomically on the link; `None` when there is no such link.
     pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
         match self {
-            Store::Embedded(s) => s.update(id, f),
+            Store::Embedded(s) => s.update(id, f).await,
             Store::Redis(s) => s.update(id, f).await,
         }
     }

@@ -1,25 +1,127 @@
 //! Tunnel providers: what makes a link reachable from outside. The `local` provider exposes
 //! nothing beyond nginx's own listener; the Tailscale providers (CLI or Docker exec) add one Funnel
-//! path per link. Only this module may run a command.
+//! path per link ([`funnel`] drives them, [`tailscale`] holds the command lines and output
+//! parsing, [`runner`] runs a command locally or in the sidecar). Only this module may run a
+//! command.
 
+pub mod funnel;
 pub mod local;
+pub mod runner;
+pub mod tailscale;
 
+use crate::config::{Config, ProviderKind};
 use crate::links::TunnelId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("{0}")]
     Failed(String),
+    /// The node cannot use Funnel (capability missing); the message says how to enable it.
+    #[error("{0}")]
+    NoFunnel(String),
+    /// ferry will not use the port as it is (it would publish the owner's own handlers).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How the provider is doing, for `/health`: `down` means it cannot be reached at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub status: &'static str,
+    pub detail: Option<String>,
+}
+
+impl Health {
+    pub fn ok() -> Self {
+        Health {
+            status: "ok",
+            detail: None,
+        }
+    }
+    pub fn unknown() -> Self {
+        Health {
+            status: "ok",
+            detail: Some("not contacted yet".into()),
+        }
+    }
+    pub fn degraded(m: &str) -> Self {
+        Health {
+            status: "degraded",
+            detail: Some(m.to_string()),
+        }
+    }
+    pub fn down(m: &str) -> Self {
+        Health {
+            status: "down",
+            detail: Some(m.to_string()),
+        }
+    }
 }
 
 pub enum Provider {
     Local(local::Local),
+    Tailscale(funnel::Funnel),
+    Docker(funnel::Funnel),
+}
+
+/// Finds the `tailscale` CLI for the local-process provider: a path, or a name on `PATH`.
+pub fn find_cli(bin: &str) -> Option<std::path::PathBuf> {
+    if bin.contains('/') {
+        let p = std::path::PathBuf::from(bin);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file())
 }
 
 impl Provider {
+    /// The provider `FERRY_PROVIDER` names; refuses a `tailscale` CLI that is not there.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        if config.provider == ProviderKind::Tailscale && find_cli(&config.tailscale_bin).is_none() {
+            anyhow::bail!(
+                "FERRY_TAILSCALE_BIN: {:?} was not found (install Tailscale, or set FERRY_TAILSCALE_BIN to the CLI)",
+                config.tailscale_bin
+            );
+        }
+        Ok(Self::build(config))
+    }
+
+    fn build(config: &Config) -> Self {
+        let funnel = |runner| {
+            funnel::Funnel::new(
+                runner,
+                config.funnel_mode,
+                config.funnel_port,
+                config.upstream_url.clone(),
+                config.tailscale_timeout,
+            )
+        };
+        match config.provider {
+            ProviderKind::Local => Provider::Local(local::Local),
+            ProviderKind::Tailscale => Provider::Tailscale(funnel(runner::Runner::process(
+                config.tailscale_bin.clone().into(),
+                config.tailscale_socket.clone(),
+            ))),
+            ProviderKind::Docker => Provider::Docker(funnel(runner::Runner::docker(
+                config.tailscale_container.clone(),
+                config.tailscale_bin.clone(),
+                config.tailscale_socket.clone(),
+            ))),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Provider::Local(_) => "local",
+            Provider::Tailscale(_) => "tailscale",
+            Provider::Docker(_) => "docker",
+        }
+    }
+
+    fn funnel(&self) -> Option<&funnel::Funnel> {
+        match self {
+            Provider::Local(_) => None,
+            Provider::Tailscale(f) | Provider::Docker(f) => Some(f),
         }
     }
 
@@ -27,6 +129,7 @@ impl Provider {
     pub async fn open(&self, id: &TunnelId) -> Result<(), TunnelError> {
         match self {
             Provider::Local(p) => p.open(id),
+            Provider::Tailscale(f) | Provider::Docker(f) => f.open(id).await,
         }
     }
 
@@ -34,6 +137,30 @@ impl Provider {
     pub async fn close(&self, id: &TunnelId) -> Result<(), TunnelError> {
         match self {
             Provider::Local(p) => p.close(id),
+            Provider::Tailscale(f) | Provider::Docker(f) => f.close(id).await,
+        }
+    }
+
+    /// Puts back what the provider lost and removes what it should not have, given the open links.
+    pub async fn reconcile(&self, open: &[TunnelId]) -> Result<funnel::Reconciled, TunnelError> {
+        match self.funnel() {
+            None => Ok(funnel::Reconciled::default()),
+            Some(f) => f.reconcile(open).await,
+        }
+    }
+
+    /// Where download URLs point: the Funnel host once known; `None` means `BASE_URL`.
+    pub fn public_base(&self) -> Option<String> {
+        self.funnel().and_then(funnel::Funnel::public_base)
+    }
+
+    pub fn health(&self) -> Health {
+        self.funnel().map_or_else(Health::ok, funnel::Funnel::health)
+    }
+
+    pub async fn stop(&self) {
+        if let Some(f) = self.funnel() {
+            f.stop().await;
         }
     }
 }

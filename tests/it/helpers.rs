@@ -128,6 +128,11 @@ impl TestApp {
         }
     }
 
+    /// ferry's process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(|c| c.id()).expect("ferry runs")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("ferry.log")).unwrap_or_default()
     }

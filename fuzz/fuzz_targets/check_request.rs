@@ -1,0 +1,80 @@
+//! The check's reading of nginx's request headers (`x-ferry-*`): request id, client address and
+//! User-Agent, method, `Range`, and the connection's two ends. Input: header lines `name: value`.
+//! Whatever nginx passes, the check either refuses it as malformed or builds a request whose parts
+//! are in their normal form: a 32-character id, a client that is one IPv4 address or one IPv6 /64,
+//! a bounded User-Agent, a non-empty range, and a connection that prints back to itself.
+#![no_main]
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use ferry::http::check::admission;
+use ferry::links::ClientKey;
+use ferry::links::rules::{self, Method, Policy, Refusal};
+use ferry::monitor::sockdiag::Conn;
+use libfuzzer_sys::fuzz_target;
+
+const POLICY: Policy = Policy {
+    max_tunnel_s: 3600,
+    grace_ms: 60_000,
+    resume_ms: 30_000,
+    stall_ms: 300_000,
+    preview_bytes: 1 << 20,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let mut h = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()),
+        ) else {
+            continue;
+        };
+        h.append(name, value);
+    }
+    let a = match admission(&h) {
+        Ok(a) => a,
+        Err(r) => {
+            assert_eq!(r, Refusal::Malformed);
+            return;
+        }
+    };
+    assert_eq!(a.request_id.len(), 32);
+    let address = &a.client.address;
+    match address.strip_suffix("/64") {
+        Some(prefix) => {
+            let ip: Ipv6Addr = prefix.parse().unwrap_or_else(|_| panic!("{address:?} is no /64"));
+            assert_eq!(ip.segments()[4..], [0, 0, 0, 0], "{address:?}");
+            assert!(ip.to_ipv4_mapped().is_none(), "{address:?} is an IPv4 address");
+            assert_eq!(&format!("{ip}/64"), address, "{address:?} is not in normal form");
+        }
+        None => {
+            let ip: IpAddr = address.parse().unwrap_or_else(|_| panic!("{address:?} is no address"));
+            assert!(ip.is_ipv4(), "{address:?} should be an IPv4 address");
+            assert_eq!(&ip.to_string(), address);
+        }
+    }
+    // The client key is stable: the same client read again is the same client.
+    let again = ClientKey::new(address.strip_suffix("/64").unwrap_or(address), &a.client.user_agent)
+        .expect("a client address reads again");
+    assert_eq!(again, a.client);
+    assert!(a.client.user_agent.chars().count() <= 512);
+    let method = h.get("x-ferry-method").map(|v| v.as_bytes());
+    assert_eq!(a.method == Method::Get, method == Some(b"GET"));
+    assert_eq!(a.method == Method::Head, method == Some(b"HEAD"));
+    assert!(a.range.as_deref() != Some(""));
+    if let Some((c, baseline)) = a.conn {
+        assert_eq!(baseline, 0);
+        assert_eq!(Conn::parse(&c.local.to_string(), &c.peer.to_string()), Some(c));
+    }
+    // And the state machine takes it as it comes.
+    let mut link = ferry_fuzz::link(1000, 1);
+    let before = link.clone();
+    if rules::admit(&mut link, &a, 1_000, &POLICY).is_ok() {
+        let f = link.inflight.last().expect("an admitted request is in flight");
+        assert!(f.range_start < 1000);
+    }
+    ferry_fuzz::check_books(&before, &link);
+});

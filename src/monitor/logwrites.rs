@@ -1,0 +1,165 @@
+//! Can nginx write its access log? The log line is the ledger of every download (SPEC §3): a
+//! request served while the line cannot be written would deliver bytes nobody counts. So while
+//! writes fail (a full disk, most often), ferry takes no new claims and `/health` degrades.
+//!
+//! Two witnesses, because neither sees everything: nginx's error log, which names each failed
+//! write (managed mode only: in external mode ferry does not read it), and the free space of the
+//! logs dir, probed every second (catches a disk about to fill, and works in both modes).
+//! Writes count as working again once a line newer than the last failure arrives, or once the
+//! disk has room and nginx has not complained for a while.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::links::now_ms;
+
+/// Below this much free space, the next lines may not fit: stop before they fail.
+pub const LOW_SPACE: u64 = 256 << 10;
+/// With no complaint from nginx for this long and room on the disk, writes work again.
+const QUIET_MS: u64 = 3_000;
+
+#[derive(Debug, Default)]
+pub struct LogWrites {
+    /// When writes started failing (ms since the epoch), 0 while they work.
+    failing_since: AtomicU64,
+    /// The last evidence of a failure.
+    last_failure: AtomicU64,
+}
+
+impl LogWrites {
+    pub fn failing(&self) -> bool {
+        self.failing_since.load(Ordering::SeqCst) != 0
+    }
+
+    fn fail(&self, now: u64) {
+        self.last_failure.store(now, Ordering::SeqCst);
+        if self
+            .failing_since
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            tracing::error!("nginx cannot write its access log: taking no new claims until it can");
+        }
+    }
+
+    fn recover(&self) {
+        if self.failing_since.swap(0, Ordering::SeqCst) != 0 {
+            tracing::info!("nginx writes its access log again");
+        }
+    }
+
+    /// A line from nginx's error log; true when it reports a failed access-log write.
+    pub fn error_line(&self, line: &str, logs_dir: &Path, now: u64) -> bool {
+        let failed = is_write_failure(line, logs_dir);
+        if failed {
+            self.fail(now);
+        }
+        failed
+    }
+
+    /// A line nginx wrote at `logged_ms` arrived: writes after the last failure work.
+    pub fn line_seen(&self, logged_ms: u64) {
+        if self.failing() && logged_ms > self.last_failure.load(Ordering::SeqCst) {
+            self.recover();
+        }
+    }
+
+    /// The logs dir has `free` bytes available (to unprivileged writers).
+    pub fn space(&self, free: u64, now: u64) {
+        if free < LOW_SPACE {
+            self.fail(now);
+        } else if self.failing() && now.saturating_sub(self.last_failure.load(Ordering::SeqCst)) >= QUIET_MS {
+            self.recover();
+        }
+    }
+}
+
+/// nginx's words for a failed log write: `write() to "<file>" failed (28: No space left on
+/// device)`, or `... was incomplete: 10 of 412`, naming a file in the logs dir.
+pub fn is_write_failure(line: &str, logs_dir: &Path) -> bool {
+    let Some(at) = line.find("write() to \"") else {
+        return false;
+    };
+    let rest = &line[at + "write() to \"".len()..];
+    let Some(end) = rest.find('"') else {
+        return false;
+    };
+    let (file, after) = (&rest[..end], &rest[end + 1..]);
+    Path::new(file).starts_with(logs_dir) && (after.starts_with(" failed") || after.starts_with(" was incomplete"))
+}
+
+/// Probes the free space of `dir` every second until `cancel`.
+pub async fn watch_space(writes: std::sync::Arc<LogWrites>, dir: PathBuf, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match rustix::fs::statvfs(&dir) {
+            Ok(s) => writes.space(s.f_bavail.saturating_mul(s.f_frsize), now_ms()),
+            Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "cannot read the logs dir's free space"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIR: &str = "/srv/ferry/logs";
+
+    #[test]
+    fn nginx_write_failures_on_the_access_log_are_recognised() {
+        let dir = Path::new(DIR);
+        assert!(is_write_failure(
+            r#"2026/11/23 10:00:00 [alert] 12#12: *5 write() to "/srv/ferry/logs/access-17.log" failed (28: No space left on device) while logging request, client: 127.0.0.1"#,
+            dir
+        ));
+        assert!(is_write_failure(
+            r#"2026/11/23 10:00:00 [alert] 12#12: *5 write() to "/srv/ferry/logs/access-17.log" was incomplete: 10 of 412 while logging request"#,
+            dir
+        ));
+        // Another file, another message, a look-alike directory: not the access log failing.
+        assert!(!is_write_failure(
+            r#"[alert] write() to "/var/log/other.log" failed (28: No space left on device)"#,
+            dir
+        ));
+        assert!(!is_write_failure(
+            r#"[alert] write() to "/srv/ferry/logs2/access-1.log" failed (28)"#,
+            dir
+        ));
+        assert!(!is_write_failure(r#"[error] open() "/srv/ferry/logs/x" failed"#, dir));
+        assert!(!is_write_failure(r#"write() to "/srv/ferry/logs/access-1.log"#, dir));
+    }
+
+    #[test]
+    fn failing_until_a_newer_line_or_room_and_quiet() {
+        let w = LogWrites::default();
+        let dir = Path::new(DIR);
+        assert!(!w.failing());
+        assert!(w.error_line(r#"write() to "/srv/ferry/logs/a.log" failed (28)"#, dir, 1_000));
+        assert!(w.failing());
+        // A line written before the failure proves nothing.
+        w.line_seen(999);
+        assert!(w.failing());
+        w.line_seen(1_001);
+        assert!(!w.failing());
+
+        // Low space fails at once; room alone recovers only after a quiet spell.
+        w.space(LOW_SPACE - 1, 10_000);
+        assert!(w.failing());
+        w.space(1 << 30, 10_000 + QUIET_MS - 1);
+        assert!(w.failing());
+        w.space(1 << 30, 10_000 + QUIET_MS);
+        assert!(!w.failing());
+        // nginx's complaint restarts the quiet spell even with room on the disk.
+        w.error_line(r#"write() to "/srv/ferry/logs/a.log" failed (28)"#, dir, 20_000);
+        w.space(1 << 30, 21_000);
+        assert!(w.failing());
+    }
+}

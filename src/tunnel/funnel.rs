@@ -1,0 +1,424 @@
+//! The Funnel driver shared by the `tailscale` and `docker` providers: it runs the commands of
+//! [`super::tailscale`] through a [`Runner`], one at a time (the CLI's ETag check fails concurrent
+//! writers), retries the "Another client is changing the serve config" race with backoff, and
+//! never trusts an exit status: after every change it reads `funnel status --json` and checks.
+//!
+//! It keeps the placeholder handler while ferry runs, refuses a port where the owner serves other
+//! things without Funnel, and re-asserts the open links' handlers when the sidecar lost them.
+//! It never runs `reset`, and never `off` without `--set-path` (or, in tcp mode, for its port).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::runner::{Output, RunError, Runner};
+use super::tailscale::{self as ts, Failure, FunnelMode, ServeConfig};
+use super::{Health, TunnelError};
+use crate::links::TunnelId;
+
+/// Attempts for one command when another writer keeps winning the ETag race.
+const RACE_ATTEMPTS: u32 = 8;
+
+pub struct Funnel {
+    runner: Runner,
+    mode: FunnelMode,
+    port: u16,
+    /// The public listener as the sidecar reaches it (`FERRY_UPSTREAM_URL`).
+    upstream: String,
+    timeout: Duration,
+    /// Serializes every call; holds what ferry knows of the node.
+    state: tokio::sync::Mutex<State>,
+    health: std::sync::Mutex<Health>,
+    dns_name: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The placeholder is in place and the port was found fit for ferry.
+    ready: bool,
+    /// Links ferry has opened and not closed.
+    open: BTreeSet<TunnelId>,
+}
+
+/// What one reconciliation did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reconciled {
+    pub reasserted: Vec<TunnelId>,
+    pub removed: Vec<String>,
+}
+
+impl Funnel {
+    pub fn new(runner: Runner, mode: FunnelMode, port: u16, upstream: String, timeout: Duration) -> Self {
+        Funnel {
+            runner,
+            mode,
+            port,
+            upstream,
+            timeout,
+            state: tokio::sync::Mutex::new(State::default()),
+            health: std::sync::Mutex::new(Health::unknown()),
+            dns_name: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.lock().expect("health mutex").clone()
+    }
+
+    fn set_health(&self, h: Health) {
+        *self.health.lock().expect("health mutex") = h;
+    }
+
+    /// `https://<node>[:port]`, once the node's name is known.
+    pub fn public_base(&self) -> Option<String> {
+        let dns = self.dns_name.lock().expect("dns mutex").clone()?;
+        Some(ts::public_base(&dns, self.port))
+    }
+
+    fn target(&self, id: &TunnelId) -> String {
+        format!("{}{}", self.upstream, ts::mount(id))
+    }
+
+    fn tcp_upstream(&self) -> Result<String, TunnelError> {
+        ts::url_host_port(&self.upstream)
+            .ok_or_else(|| TunnelError::Failed(format!("FERRY_UPSTREAM_URL: no host:port in {}", self.upstream)))
+    }
+
+    /// Runs one command; retries the ETag race; classifies failures.
+    async fn cmd(&self, args: &[String]) -> Result<Output, Failed> {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=RACE_ATTEMPTS {
+            let started = std::time::Instant::now();
+            let out = self.runner.run(args, self.timeout).await;
+            let op = if args.iter().any(|a| a == "status") {
+                "status"
+            } else if args.last().is_some_and(|a| a == "off") {
+                "close"
+            } else {
+                "open"
+            };
+            metrics::histogram!("ferry_provider_call_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+            let out = out.map_err(Failed::Run)?;
+            if out.code == 0 {
+                return Ok(out);
+            }
+            match ts::classify(&out.stdout, &out.stderr) {
+                Failure::Race if attempt < RACE_ATTEMPTS => {
+                    tracing::debug!(attempt, "serve config changed under us; retrying");
+                    // Jitter, so two writers that collided do not collide again in step.
+                    let jitter = Duration::from_millis(u64::from(crate::links::random_token(1).as_bytes()[0] % 50));
+                    tokio::time::sleep(delay + jitter).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                f => return Err(Failed::Cli(f)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn serve_config(&self) -> Result<ServeConfig, TunnelError> {
+        let out = self.cmd(&ts::serve_status_argv()).await.map_err(|f| self.fail(f))?;
+        ts::parse_serve_config(&out.stdout).map_err(|e| self.fail(Failed::Parse(e.to_string())))
+    }
+
+    async fn node(&self) -> Result<String, TunnelError> {
+        let out = self.cmd(&ts::status_argv()).await.map_err(|f| self.fail(f))?;
+        let st = ts::parse_status(&out.stdout).map_err(|e| self.fail(Failed::Parse(e.to_string())))?;
+        *self.dns_name.lock().expect("dns mutex") = Some(st.dns_name.clone());
+        Ok(st.dns_name)
+    }
+
+    /// Records what a failure says about the provider's health, and turns it into an error.
+    fn fail(&self, f: Failed) -> TunnelError {
+        let (health, err) = match f {
+            Failed::Cli(Failure::NoFunnel { enable_url, message }) => {
+                let m = match enable_url {
+                    Some(u) => format!("Funnel is not available on this node; enable it at {u} ({message})"),
+                    None => format!("Funnel is not available on this node: {message}"),
+                };
+                (Health::degraded(&m), TunnelError::NoFunnel(m))
+            }
+            Failed::Cli(Failure::NoDaemon(m)) => {
+                let m = format!("tailscaled is not reachable: {m}");
+                (Health::down(&m), TunnelError::Failed(m))
+            }
+            Failed::Run(e @ RunError::Spawn { .. }) | Failed::Run(e @ RunError::Docker(_)) => {
+                let m = e.to_string();
+                (Health::down(&m), TunnelError::Failed(m))
+            }
+            Failed::Run(e @ RunError::Timeout { .. }) => {
+                let m = e.to_string();
+                (Health::degraded(&m), TunnelError::Failed(m))
+            }
+            Failed::Cli(Failure::Race) => {
+                let m = "the serve config kept changing under ferry (another writer); gave up".to_string();
+                (Health::degraded(&m), TunnelError::Failed(m))
+            }
+            Failed::Cli(Failure::NoHandler) => {
+                let m = "handler does not exist".to_string();
+                (Health::degraded(&m), TunnelError::Failed(m))
+            }
+            Failed::Cli(Failure::Other(m)) => {
+                let m = format!("tailscale failed: {m}");
+                (Health::degraded(&m), TunnelError::Failed(m))
+            }
+            Failed::Parse(m) => (Health::degraded(&m), TunnelError::Failed(m)),
+        };
+        self.set_health(health);
+        err
+    }
+
+    /// Before the first link: learn the node's name, check the port is fit for ferry, put the
+    /// placeholder in place (path mode). Done again after the sidecar lost its config.
+    async fn ensure_ready(&self, st: &mut State) -> Result<(String, ServeConfig), TunnelError> {
+        let known = self.dns_name.lock().expect("dns mutex").clone();
+        let host = match known {
+            Some(h) if st.ready => h,
+            _ => self.node().await?,
+        };
+        let mut sc = self.serve_config().await?;
+        if st.ready && self.placeholder_ok(&host, &sc) {
+            return Ok((host, sc));
+        }
+        // Something changed (first call, or the sidecar lost its config): check everything again.
+        st.ready = false;
+        match self.mode {
+            FunnelMode::Path => {
+                let foreign = sc.foreign_mounts(&host, self.port);
+                if !foreign.is_empty() && !sc.funnel_on(&host, self.port) {
+                    let m = format!(
+                        "FERRY_FUNNEL_PORT: port {} already serves {} to your tailnet without Funnel; ferry will not \
+                         switch Funnel on and publish them. Choose another FERRY_FUNNEL_PORT (443, 8443 or 10000)",
+                        self.port,
+                        foreign.join(", ")
+                    );
+                    self.set_health(Health::degraded(&m));
+                    return Err(TunnelError::Refused(m));
+                }
+                if sc.tcp_forward(self.port).is_some() {
+                    let m = format!(
+                        "FERRY_FUNNEL_PORT: port {} is a TCP forward; path mode needs a web port",
+                        self.port
+                    );
+                    self.set_health(Health::degraded(&m));
+                    return Err(TunnelError::Refused(m));
+                }
+                if !self.placeholder_ok(&host, &sc) {
+                    self.cmd(&ts::open_path_argv(self.port, ts::PLACEHOLDER, ts::PLACEHOLDER_TARGET))
+                        .await
+                        .map_err(|f| self.fail(f))?;
+                    sc = self.serve_config().await?;
+                    if !self.placeholder_ok(&host, &sc) {
+                        return Err(self.unverified("the placeholder handler /s/.ferry is not in the serve config"));
+                    }
+                }
+            }
+            FunnelMode::Tcp => {
+                if sc.serves_web(self.port) {
+                    let m = format!(
+                        "FERRY_FUNNEL_PORT: port {} has web handlers; FERRY_FUNNEL_MODE=tcp needs a port without any",
+                        self.port
+                    );
+                    self.set_health(Health::degraded(&m));
+                    return Err(TunnelError::Refused(m));
+                }
+            }
+        }
+        st.ready = true;
+        self.set_health(Health::ok());
+        Ok((host, sc))
+    }
+
+    fn placeholder_ok(&self, host: &str, sc: &ServeConfig) -> bool {
+        match self.mode {
+            FunnelMode::Path => {
+                sc.funnel_on(host, self.port)
+                    && sc
+                        .handler(host, self.port, ts::PLACEHOLDER)
+                        .is_some_and(|h| h.text == "ferry")
+            }
+            FunnelMode::Tcp => true,
+        }
+    }
+
+    fn unverified(&self, what: &str) -> TunnelError {
+        let m = format!("the command succeeded but {what}");
+        self.set_health(Health::degraded(&m));
+        TunnelError::Failed(m)
+    }
+
+    /// Makes one link public and checks it is.
+    pub async fn open(&self, id: &TunnelId) -> Result<(), TunnelError> {
+        let mut st = self.state.lock().await;
+        let known = self.dns_name.lock().expect("dns mutex").clone();
+        let (host, sc) = match known {
+            // The usual case: one command and one check. The placeholder is the
+            // reconciliation's to keep.
+            Some(host) if st.ready => (host, ServeConfig::default()),
+            _ => self.ensure_ready(&mut st).await?,
+        };
+        self.open_one(&host, &sc, id).await?;
+        st.open.insert(id.clone());
+        self.set_health(Health::ok());
+        Ok(())
+    }
+
+    async fn open_one(&self, host: &str, sc: &ServeConfig, id: &TunnelId) -> Result<(), TunnelError> {
+        match self.mode {
+            FunnelMode::Path => {
+                let (mount, target) = (ts::mount(id), self.target(id));
+                if sc.serves(host, self.port, &mount, &target) {
+                    return Ok(());
+                }
+                self.cmd(&ts::open_path_argv(self.port, &mount, &target))
+                    .await
+                    .map_err(|f| self.fail(f))?;
+                let sc = self.serve_config().await?;
+                if !sc.serves(host, self.port, &mount, &target) {
+                    return Err(self.unverified(&format!("{mount} is not served publicly")));
+                }
+            }
+            FunnelMode::Tcp => {
+                let up = self.tcp_upstream()?;
+                if sc.tcp_forward(self.port) == Some((up.as_str(), 2)) && sc.funnel_on(host, self.port) {
+                    return Ok(());
+                }
+                self.cmd(&ts::open_tcp_argv(self.port, &up))
+                    .await
+                    .map_err(|f| self.fail(f))?;
+                let sc = self.serve_config().await?;
+                if sc.tcp_forward(self.port) != Some((up.as_str(), 2)) || !sc.funnel_on(host, self.port) {
+                    return Err(self.unverified(&format!("port {} does not forward to {up} publicly", self.port)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes one link's public path; a handler that is not there counts as closed.
+    pub async fn close(&self, id: &TunnelId) -> Result<(), TunnelError> {
+        let mut st = self.state.lock().await;
+        let was_open = st.open.remove(id);
+        let r = match self.mode {
+            FunnelMode::Path => self.close_mount(&ts::mount(id)).await,
+            FunnelMode::Tcp if st.open.is_empty() => self.close_tcp().await,
+            FunnelMode::Tcp => Ok(()),
+        };
+        match r {
+            // A link this process never opened (its open failed, or the sidecar was unreachable
+            // since startup) while the sidecar cannot be reached: nothing to wait for here. If a
+            // handler of it exists, the reconciliation removes it once the sidecar answers (the
+            // link is not open in the store), and nginx's gate refuses it meanwhile.
+            Err(e) if !was_open && self.health().status == "down" => {
+                tracing::debug!(tunnel_id = %id, error = %e, "sidecar unreachable; the reconciliation will remove any handler");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    async fn close_mount(&self, mount: &str) -> Result<(), TunnelError> {
+        match self.cmd(&ts::close_path_argv(self.port, mount)).await {
+            Ok(_) | Err(Failed::Cli(Failure::NoHandler)) => {}
+            // `funnel` checks the node may use Funnel even to switch a path off; `serve` does not,
+            // and removes the same handler.
+            Err(Failed::Cli(Failure::NoFunnel { .. })) => {
+                let mut argv = ts::close_path_argv(self.port, mount);
+                argv[0] = "serve".into();
+                match self.cmd(&argv).await {
+                    Ok(_) | Err(Failed::Cli(Failure::NoHandler)) => {}
+                    Err(f) => return Err(self.fail(f)),
+                }
+            }
+            Err(f) => return Err(self.fail(f)),
+        }
+        let known = self.dns_name.lock().expect("dns mutex").clone();
+        let host = match known {
+            Some(h) => h,
+            None => self.node().await?,
+        };
+        let sc = self.serve_config().await?;
+        if sc.handler(&host, self.port, mount).is_some() {
+            return Err(self.unverified(&format!("{mount} is still in the serve config")));
+        }
+        Ok(())
+    }
+
+    async fn close_tcp(&self) -> Result<(), TunnelError> {
+        let sc = self.serve_config().await?;
+        if sc.tcp_forward(self.port).is_none() {
+            return Ok(());
+        }
+        match self.cmd(&ts::close_tcp_argv(self.port)).await {
+            Ok(_) => {}
+            Err(Failed::Cli(Failure::Other(m))) if m.contains("serve config does not exist") => {}
+            Err(f) => return Err(self.fail(f)),
+        }
+        let sc = self.serve_config().await?;
+        if sc.tcp_forward(self.port).is_some() {
+            return Err(self.unverified(&format!("port {} still forwards", self.port)));
+        }
+        Ok(())
+    }
+
+    /// Brings the node's serve config into agreement with the open links: handlers (or the TCP
+    /// forward) that went missing (a sidecar restart can lose them) are put back, ferry's handlers
+    /// for links that are not open are removed, and the placeholder is kept.
+    pub async fn reconcile(&self, open: &[TunnelId]) -> Result<Reconciled, TunnelError> {
+        let mut st = self.state.lock().await;
+        let (host, sc) = self.ensure_ready(&mut st).await?;
+        let mut done = Reconciled::default();
+        st.open = open.iter().cloned().collect();
+        match self.mode {
+            FunnelMode::Path => {
+                for id in open {
+                    if !sc.serves(&host, self.port, &ts::mount(id), &self.target(id)) {
+                        self.open_one(&host, &sc, id).await?;
+                        done.reasserted.push(id.clone());
+                    }
+                }
+                let wanted: BTreeSet<String> = open.iter().map(ts::mount).collect();
+                for m in sc.link_mounts(&host, self.port) {
+                    if !wanted.contains(&m) {
+                        self.close_mount(&m).await?;
+                        done.removed.push(m);
+                    }
+                }
+            }
+            FunnelMode::Tcp => {
+                if let Some(first) = open.first() {
+                    let up = self.tcp_upstream()?;
+                    if sc.tcp_forward(self.port) != Some((up.as_str(), 2)) || !sc.funnel_on(&host, self.port) {
+                        self.open_one(&host, &sc, first).await?;
+                        done.reasserted.push(first.clone());
+                    }
+                } else if sc.tcp_forward(self.port).is_some() {
+                    self.close_tcp().await?;
+                    done.removed.push(format!("tcp:{}", self.port));
+                }
+            }
+        }
+        self.set_health(Health::ok());
+        Ok(done)
+    }
+
+    /// On shutdown: the placeholder goes (links that stay open keep their handlers; the next
+    /// start reconciles them).
+    pub async fn stop(&self) {
+        if self.mode != FunnelMode::Path {
+            return;
+        }
+        let _st = self.state.lock().await;
+        if let Err(e) = self.cmd(&ts::close_path_argv(self.port, ts::PLACEHOLDER)).await
+            && !matches!(e, Failed::Cli(Failure::NoHandler))
+        {
+            tracing::warn!(error = ?e, "could not remove the placeholder handler");
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Failed {
+    Run(RunError),
+    Cli(Failure),
+    Parse(String),
+}
