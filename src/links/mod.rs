@@ -1150,7 +1150,13 @@ impl Links {
     /// Makes the provider agree with the store: the open links' handlers are there (a sidecar
     /// restart can lose them), and no handler of ferry's serves a link that is not open.
     pub async fn reconcile_tunnels(&self) -> Result<(), LinkError> {
-        let open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id).collect();
+        let mut open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id).collect();
+        if let Some(mine) = self.store.owned_here().await? {
+            // With shared state, this node's provider serves only the links whose tunnel is
+            // here: another instance's link must never get a handler on this node (nor one of
+            // a gone instance taken over here: its symlink is on the other node).
+            open.retain(|id| mine.contains(id) && self.tunnels_dir.join(id.as_str()).exists());
+        }
         let done = self
             .provider
             .reconcile(&open)

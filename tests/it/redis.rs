@@ -609,3 +609,51 @@ async fn a_download_that_ends_while_redis_is_down_is_settled_when_it_returns() {
     assert_eq!(t["downloads_completed"], 1);
     assert!(app.log().contains("store unavailable; the access log waits"));
 }
+
+/// Two nodes, each with its own Funnel (the `tailscale` emulator) and nginx, on one Redis: a
+/// link's Funnel handler exists only on the node that made it, and ending the link on the other
+/// node removes it there.
+#[tokio::test(flavor = "multi_thread")]
+async fn funnel_handlers_live_only_on_the_node_that_owns_the_link() {
+    use crate::funnel::{Kind, Sidecar, app_with};
+    let server = RedisServer::start().await;
+    let (side_a, side_b) = (
+        Sidecar::start(Kind::Process, &[]).await,
+        Sidecar::start(Kind::Process, &[]).await,
+    );
+    let redis_url = server.url();
+    let env = [("REDIS_URL", redis_url.as_str()), ("JWT_SECRET", SECRET)];
+    let a = app_with(&side_a, &env).await;
+    let b = app_with(&side_b, &env).await;
+    let bytes = a.data_file("photo.jpg", 100_000);
+    let link = a.link("photo.jpg").await;
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let mount = format!("/s/{id}");
+    assert!(side_a.mounts().contains(&mount));
+    // B's tunnel watch runs every 5 s; after two rounds it still has not opened A's link.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(
+        !side_b.mounts().contains(&mount),
+        "B exposed A's link: {:?}",
+        side_b.mounts()
+    );
+    assert!(
+        side_a.mounts().contains(&mount),
+        "A's handler survived B's reconciliation"
+    );
+    let r = curl(&side_a.via_front(&url(&link)), &[]).await;
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, bytes.len()),
+        "served through A's Funnel"
+    );
+
+    let link = a.link("photo.jpg").await;
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let mount = format!("/s/{id}");
+    assert_eq!(delete(&b, &id).await, 204);
+    eventually(Duration::from_secs(5), "A closes its Funnel handler", async || {
+        !side_a.mounts().contains(&mount)
+    })
+    .await;
+}
