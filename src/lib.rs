@@ -58,6 +58,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         notify::spawn(url, format, links.events.subscribe(), shutdown.clone());
     }
 
+    // With shared state: alive before anything else, so that no other instance takes this
+    // one's links over while it starts (and its reconciliation reclaims them).
+    if let Err(e) = links.store().heartbeat().await {
+        tracing::warn!(error = %e, "first heartbeat failed");
+    }
     match links.reconcile().await {
         Ok(closed) if !closed.is_empty() => {
             tracing::info!(
@@ -91,6 +96,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     }
     // Deadlines are enforced from the first moment, before nginx is (re)started.
     tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
+    tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
     let managed = match config.nginx_mode {
         NginxMode::Managed => Some(
             nginx::Managed::prepare(&config)
@@ -154,7 +160,6 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         config.logs_dir.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
     tasks.spawn(links.clone().run_relay(shutdown.clone()));
 
     tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");

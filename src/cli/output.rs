@@ -97,7 +97,12 @@ pub fn health(h: &Value) -> String {
     let mut out = format!("ferry: {}\n", s(&h["status"]));
     if let Some(c) = h["components"].as_object() {
         for (name, v) in c {
-            out.push_str(&format!("  {name:<9} {}\n", s(&v["status"])));
+            // Why a store is not ok (e.g. a Redis that may lose a redemption in a crash).
+            let why = match (v["status"].as_str(), v["durability"].as_str()) {
+                (Some(st), Some(d)) if st != "ok" => format!(" ({d})"),
+                _ => String::new(),
+            };
+            out.push_str(&format!("  {name:<9} {}{why}\n", s(&v["status"])));
         }
     }
     out

@@ -1004,6 +1004,12 @@ impl Links {
             tracing::warn!(count = taken.len(), ids = ?taken, "took over the links of an instance that is gone");
             self.wake.notify_one();
         }
+        // A link closed while its owner was gone still waits for its teardown: do it here.
+        for id in &taken {
+            if !matches!(self.store.get(id).await?, Some(l) if l.state != LinkState::Closed) {
+                self.teardown_here(id).await;
+            }
+        }
         Ok(taken)
     }
 
@@ -1146,7 +1152,13 @@ impl Links {
     /// Makes the provider agree with the store: the open links' handlers are there (a sidecar
     /// restart can lose them), and no handler of ferry's serves a link that is not open.
     pub async fn reconcile_tunnels(&self) -> Result<(), LinkError> {
-        let open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id).collect();
+        let mut open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id).collect();
+        if let Some(mine) = self.store.owned_here().await? {
+            // With shared state, this node's provider serves only the links whose tunnel is
+            // here: another instance's link must never get a handler on this node (nor one of
+            // a gone instance taken over here: its symlink is on the other node).
+            open.retain(|id| mine.contains(id) && self.tunnels_dir.join(id.as_str()).exists());
+        }
         let done = self
             .provider
             .reconcile(&open)

@@ -236,23 +236,28 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
     let kept = kept["tunnel_id"].as_str().unwrap().to_string();
     let back = a.link("a.bin").await;
     let back = back["tunnel_id"].as_str().unwrap().to_string();
+    let orphaned = a.link("a.bin").await;
+    let orphaned = orphaned["tunnel_id"].as_str().unwrap().to_string();
     let (_, expiring) = a.create(json!({"file_path": "a.bin", "expires_in_seconds": 3})).await;
     let expiring = expiring["tunnel_id"].as_str().unwrap().to_string();
     let owned = async |app: &TestApp| app.get("/admin/monitor/status").await.1["store"]["owned_links"].clone();
     assert_eq!(owned(&b).await, json!(0));
 
     a.kill9().await;
+    // Closed while A is gone: its teardown waits in A's queue until someone takes A's links.
+    assert_eq!(delete(&b, &orphaned).await, 204);
     // B stops waiting for A after its heartbeat lapses, and owns its links from then on.
     eventually(Duration::from_secs(8), "B takes over A's links", async || {
-        owned(&b).await == json!(3)
+        b.log().contains("took over the links of an instance that is gone")
     })
     .await;
-    assert!(b.log().contains("took over the links of an instance that is gone"));
     // A deadline set on A is kept by B.
     let t = b.closed(&expiring, Duration::from_secs(5)).await;
     assert_eq!(t["close_reason"], "expired");
     // Terminated on B, the new owner, which tears it down itself.
     assert_eq!(delete(&b, &kept).await, 204);
+    // What B tore down (the expired, the terminated, and the one closed before the takeover)
+    // it no longer owns; `back` stays open.
     eventually(Duration::from_secs(3), "B releases what it tore down", async || {
         owned(&b).await == json!(1)
     })
@@ -431,6 +436,17 @@ async fn health_is_degraded_when_redis_may_lose_a_redemption() {
         "{store}"
     );
     assert!(app.log().contains("appendfsync everysec"), "said so at startup");
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("status")
+        .env("FERRY_URL", &app.admin)
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("ferry: degraded") && out.contains("store     degraded (appendfsync everysec"),
+        "ferry status says why: {out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -560,4 +576,84 @@ async fn a_restarted_instance_loses_nothing_and_a_redis_password_never_shows() {
         !app.log().contains("redis-pass-9f3e1c"),
         "the Redis password leaked into the log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_that_ends_while_redis_is_down_is_settled_when_it_returns() {
+    let mut server = RedisServer::start().await;
+    let app = on_redis(&server, &[("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = app.data_file("film.mp4", 2_000_000);
+    let (status, link) = app
+        .create(json!({"file_path": "film.mp4", "rate_limit_bytes_per_second": 1_000_000}))
+        .await;
+    assert_eq!(status, 201, "{link}");
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let u = url(&link);
+    let download = tokio::spawn(async move { curl(&u, &[]).await });
+    eventually(Duration::from_secs(5), "the download started", async || {
+        ferry_link(&server, &id).await["claims"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    server.kill9();
+    // nginx serves on; its log line is written while ferry cannot store anything.
+    let r = download.await.unwrap();
+    assert_eq!((r.status, r.body == bytes), (200, true));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.get("/admin/tunnels").await.0, 503);
+    server.restart().await;
+    let t = app.closed(&id, Duration::from_secs(15)).await;
+    assert_eq!(t["close_reason"], "completed");
+    assert_eq!(t["bytes_served"], 2_000_000);
+    assert_eq!(t["downloads_completed"], 1);
+    assert!(app.log().contains("store unavailable; the access log waits"));
+}
+
+/// Two nodes, each with its own Funnel (the `tailscale` emulator) and nginx, on one Redis: a
+/// link's Funnel handler exists only on the node that made it, and ending the link on the other
+/// node removes it there.
+#[tokio::test(flavor = "multi_thread")]
+async fn funnel_handlers_live_only_on_the_node_that_owns_the_link() {
+    use crate::funnel::{Kind, Sidecar, app_with};
+    let server = RedisServer::start().await;
+    let (side_a, side_b) = (
+        Sidecar::start(Kind::Process, &[]).await,
+        Sidecar::start(Kind::Process, &[]).await,
+    );
+    let redis_url = server.url();
+    let env = [("REDIS_URL", redis_url.as_str()), ("JWT_SECRET", SECRET)];
+    let a = app_with(&side_a, &env).await;
+    let b = app_with(&side_b, &env).await;
+    let bytes = a.data_file("photo.jpg", 100_000);
+    let link = a.link("photo.jpg").await;
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let mount = format!("/s/{id}");
+    assert!(side_a.mounts().contains(&mount));
+    // B's tunnel watch runs every 5 s; after two rounds it still has not opened A's link.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(
+        !side_b.mounts().contains(&mount),
+        "B exposed A's link: {:?}",
+        side_b.mounts()
+    );
+    assert!(
+        side_a.mounts().contains(&mount),
+        "A's handler survived B's reconciliation"
+    );
+    let r = curl(&side_a.via_front(&url(&link)), &[]).await;
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, bytes.len()),
+        "served through A's Funnel"
+    );
+
+    let link = a.link("photo.jpg").await;
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let mount = format!("/s/{id}");
+    assert_eq!(delete(&b, &id).await, 204);
+    eventually(Duration::from_secs(5), "A closes its Funnel handler", async || {
+        !side_a.mounts().contains(&mount)
+    })
+    .await;
 }
