@@ -666,6 +666,11 @@ impl Links {
     fn emit_progress(&self, link: &Link) {
         let now = self.clock.now_ms();
         let mut sent = self.progress_sent.lock().expect("progress mutex");
+        // A late line or sample can follow a link's close, which removed its entry: entries older
+        // than the interval change nothing, so dropping them keeps the map to the busy links.
+        if sent.len() > 1024 {
+            sent.retain(|_, t| now < *t + 250);
+        }
         let last = sent.entry(link.id.clone()).or_insert(0);
         if now >= *last + 250 {
             *last = now;
