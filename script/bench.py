@@ -1,0 +1,663 @@
+#!/usr/bin/env python3
+"""ferry's benchmarks: ferry against its physical limit and its peers, side by side in one run.
+
+Every comparison runs its variants interleaved (A, B, A, B, ...) and reports medians of at least
+five runs and their ratio: these machines are noisy, so absolute numbers are context only. Files
+are read once before measuring so that they come from the page cache. Everything binds loopback;
+every load is bounded in time.
+
+Usage: script/bench [--quick]   (writes BENCHMARKS.md; --quick: fewer runs, for trying it out)
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import http.client
+import urllib.parse
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FERRY = os.path.join(ROOT, "target", "release", "ferry")
+QUICK = "--quick" in sys.argv
+RUNS = 3 if QUICK else 5
+WRK_SECONDS = 3 if QUICK else 5
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+results = []  # (section, markdown)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def make_file(path, size):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        with open(path, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            left = size
+            while left:
+                n = min(left, len(chunk))
+                f.write(chunk[:n])
+                left -= n
+    with open(path, "rb") as f:  # into the page cache
+        while f.read(1 << 24):
+            pass
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+class Ferry:
+    """A release `ferry serve` in a temp dir, on free loopback ports."""
+
+    def __init__(self, work, data, **env):
+        self.work = work
+        os.makedirs(work, exist_ok=True)
+        self.admin_port = free_port()
+        self.public_port = free_port()
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "NAS_MOUNT_PATH": data,
+            "FERRY_STATE_DIR": os.path.join(work, "state"),
+            "FERRY_TUNNELS_DIR": os.path.join(work, "tunnels"),
+            "FERRY_LOGS_DIR": os.path.join(work, "logs"),
+            "FERRY_ADMIN_ADDR": f"127.0.0.1:{self.admin_port}",
+            "FERRY_PUBLIC_ADDR": f"127.0.0.1:{self.public_port}",
+            "BASE_URL": f"http://127.0.0.1:{self.public_port}",
+            "FERRY_LOG": "warn",
+            "FERRY_REQ_PER_CLIENT": "1000000",
+            "FERRY_CONN_PER_CLIENT": "4096",
+            "FERRY_BAN_AFTER_FAILS": "0",
+        }
+        self.env.update({k: str(v) for k, v in env.items()})
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(os.path.join(self.work, "ferry.log"), "ab")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([FERRY, "serve"], env=self.env, cwd=self.work,
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.time() + 30
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=2)
+                c.request("GET", "/health")
+                r = c.getresponse()
+                r.read()
+                if r.status == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit("ferry did not start; see " + self.log.name)
+            time.sleep(0.01)
+        self.started_in = time.perf_counter() - t0
+        if self.env.get("FERRY_NGINX") != "external":
+            wait_port(self.public_port)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    def conn(self):
+        return http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=30)
+
+    def create(self, conn, path, **extra):
+        body = json.dumps({"file_path": path, **extra})
+        conn.request("POST", "/api/links", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 201:
+            raise SystemExit(f"create failed: {r.status} {data!r}")
+        return json.loads(data)
+
+    def get(self, path):
+        c = self.conn()
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    def cpu_ticks(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+
+class Nginx:
+    """A plain nginx for the baselines: a static file, optionally behind auth_request."""
+
+    def __init__(self, work, root, auth_socket=None, log_dir=None):
+        self.port = free_port()
+        self.prefix = os.path.join(work, f"nginx-{self.port}")
+        os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
+        check = ""
+        upstream = ""
+        check_location = ""
+        if auth_socket:
+            upstream = f"upstream check {{ server unix:{auth_socket}; keepalive 128; }}"
+            check = """
+            auth_request /check;"""
+            check_location = """
+        location = /check {
+            internal;
+            proxy_pass http://check;
+            proxy_http_version 1.1;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header Connection "";
+        }"""
+        log = "access_log off;"
+        if log_dir:
+            # ferry's own log format and time slots, so that ferry can follow it.
+            tpl = open(os.path.join(ROOT, "nginx", "nginx.conf")).read()
+            fmt = re.search(r"log_format ferry .*?;\n", tpl, re.S).group(0)
+            log = (fmt + '\n    map $msec $ferry_log_slot { "~^(?<s>\\d+)\\d\\d\\." $s; default "0"; }\n'
+                   '    map $uri $ferry_tunnel { default ""; }\n'
+                   '    map $http_user_agent $ferry_previewer { default 0; }\n'
+                   '    open_log_file_cache max=8 inactive=10s valid=1s min_uses=1;\n'
+                   f'    access_log {log_dir}/access-$ferry_log_slot.log ferry;')
+        # Workers as the invoking user, as ferry's managed nginx runs them (so they can reach the
+        # check socket and the files).
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = f"""
+{user}
+worker_processes auto;
+pid {self.prefix}/nginx.pid;
+error_log stderr error;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    types {{ }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    max_ranges 1;
+    client_body_temp_path {self.prefix}/tmp;
+    proxy_temp_path {self.prefix}/tmp;
+    fastcgi_temp_path {self.prefix}/tmp;
+    uwsgi_temp_path {self.prefix}/tmp;
+    scgi_temp_path {self.prefix}/tmp;
+    {log}
+    {upstream}
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {root};
+        location / {{{check}
+        }}{check_location}
+    }}
+}}
+"""
+        path = os.path.join(self.prefix, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        self.proc = subprocess.Popen([NGINX, "-p", self.prefix, "-c", path],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGQUIT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def curl_speed(url):
+    """Bytes per second of one download, as curl measures it."""
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{speed_download} %{size_download}",
+                          url], capture_output=True, text=True, timeout=120)
+    code, speed, size = out.stdout.split()
+    if code not in ("200", "206"):
+        raise SystemExit(f"download of {url} answered {code}: {out.stderr}")
+    return float(speed), int(size)
+
+
+def wrk(url, conns, headers=(), seconds=None):
+    """Requests per second from wrk (non-2xx answers are refused: they would flatter the rate)."""
+    args = ["wrk", "-t2", f"-c{conns}", f"-d{seconds or WRK_SECONDS}s", "--latency"]
+    for h in headers:
+        args += ["-H", h]
+    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=120).stdout
+    if "Non-2xx" in out or "Socket errors" in out and "read 0" not in out:
+        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if m and int(m.group(1)) > 0:
+            raise SystemExit(f"wrk saw refusals against {url}:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def fastapi_server(work, data):
+    port = free_port()
+    app = os.path.join(work, "fastapi_app.py")
+    with open(app, "w") as f:
+        f.write(f"""
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+app = FastAPI()
+@app.get("/{{name}}")
+def get(name: str):
+    return FileResponse({data!r} + "/" + name, filename=name)
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def runs_table(what, unit, runs, fmt):
+    """Medians of each variant's runs, and a table of them with every run."""
+    m = {k: median(v) for k, v in runs.items()}
+    return m, table([what, f"{unit} (median)", "runs"],
+                    [[k, fmt(v), " ".join(fmt(x) for x in runs[k])] for k, v in m.items()])
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+# ---------------------------------------------------------------------------------------------
+
+def bench_download(work, data):
+    """1. One 1 GiB download: bare nginx, a ferry link, FastAPI FileResponse."""
+    make_file(os.path.join(data, "big.bin"), 1 << 30)
+    bare = Nginx(work, data)
+    ferry = Ferry(os.path.join(work, "dl"), data)
+    api, api_port = fastapi_server(work, data)
+    c = ferry.conn()
+    speeds = {"nginx": [], "ferry": [], "fastapi": []}
+    try:
+        for _ in range(RUNS):
+            speeds["nginx"].append(curl_speed(f"http://127.0.0.1:{bare.port}/big.bin")[0])
+            url = ferry.create(c, "big.bin")["download_url"]
+            s, n = curl_speed(url)
+            assert n == 1 << 30, n
+            speeds["ferry"].append(s)
+            speeds["fastapi"].append(curl_speed(f"http://127.0.0.1:{api_port}/big.bin")[0])
+    finally:
+        bare.stop()
+        ferry.stop()
+        api.terminate()
+    m, runs = runs_table("server", "GB/s", speeds, lambda x: f"{x / 1e9:.2f}")
+    r_nginx = m["ferry"] / m["nginx"]
+    r_api = m["ferry"] / m["fastapi"]
+    results.append(("1. One 1 GiB download", runs
+        + f"\n\nferry / bare nginx = **{r_nginx:.3f}** (target ≥ 0.95: {verdict(r_nginx >= 0.95)}); "
+          f"ferry / FastAPI FileResponse = **{r_api:.2f}×**."))
+
+
+def bench_ranges(work, data):
+    """2. 4 KiB ranges through one link, 64 connections, one client; the auth_request floor."""
+    make_file(os.path.join(data, "ranges.bin"), 64 << 20)
+    sock = os.path.join(work, "auth204.sock")
+    floor_srv = subprocess.Popen(["cargo", "bench", "-q", "--bench", "auth204", "--", sock], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not os.path.exists(sock):
+        if time.time() > deadline or floor_srv.poll() is not None:
+            raise SystemExit("the auth204 baseline did not start")
+        time.sleep(0.1)
+    bare = Nginx(work, data)
+    floor = Nginx(work, data, auth_socket=sock)
+    ferry = Ferry(os.path.join(work, "ranges"), data)
+    url = ferry.create(ferry.conn(), "ranges.bin", max_downloads=1)["download_url"]
+    rng = ["Range: bytes=0-4095"]
+    rates = {"bare nginx": [], "auth_request → 204": [], "ferry link": []}
+    try:
+        for _ in range(RUNS):
+            rates["bare nginx"].append(wrk(f"http://127.0.0.1:{bare.port}/ranges.bin", 64, rng))
+            rates["auth_request → 204"].append(wrk(f"http://127.0.0.1:{floor.port}/ranges.bin", 64, rng))
+            rates["ferry link"].append(wrk(url, 64, rng))
+    finally:
+        for s in (bare, floor):
+            s.stop()
+        ferry.stop()
+        floor_srv.terminate()
+    m, runs = runs_table("path", "req/s", rates, lambda x: f"{x:,.0f}")
+    r = m["ferry link"] / m["auth_request → 204"]
+    results.append(("2. 4 KiB range requests, 64 connections, one client", runs
+        + f"\n\nferry / auth_request floor = **{r:.3f}** (target ≥ 0.8: {verdict(r >= 0.8)}); "
+          f"ferry / bare nginx = {m['ferry link'] / m['bare nginx']:.3f}."))
+
+
+def lag_histogram(ferry):
+    _, text = ferry.get("/metrics")
+    buckets = {}
+    for line in text.decode().splitlines():
+        m = re.match(r'ferry_monitor_lag_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
+        if m:
+            buckets[m.group(1)] = int(m.group(2))
+    return buckets
+
+
+def bench_monitor(work, data):
+    """3. nginx's 4 KiB rate while ferry follows its access log, against nobody following it."""
+    make_file(os.path.join(data, "small.bin"), 4096)
+    logs = os.path.join(work, "monitor-logs")
+    os.makedirs(logs, exist_ok=True)
+    web = Nginx(work, data, log_dir=logs)
+    rates = {"nobody follows": [], "ferry follows": []}
+    lag = None
+    try:
+        for i in range(RUNS):
+            for f in os.listdir(logs):
+                os.remove(os.path.join(logs, f))
+            rates["nobody follows"].append(wrk(f"http://127.0.0.1:{web.port}/small.bin", 64))
+            for f in os.listdir(logs):
+                os.remove(os.path.join(logs, f))
+            ferry = Ferry(os.path.join(work, f"monitor-{i}"), data, FERRY_NGINX="external", FERRY_LOGS_DIR=logs,
+                          FERRY_LOG_SLOT="100s")
+            before = lag_histogram(ferry)
+            rates["ferry follows"].append(wrk(f"http://127.0.0.1:{web.port}/small.bin", 64))
+            time.sleep(1)
+            after = lag_histogram(ferry)
+            ferry.stop()
+            h = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            lag = h if lag is None else {k: lag[k] + h[k] for k in h}
+    finally:
+        web.stop()
+    m, runs = runs_table("nginx, 4 KiB GETs, JSON access log", "req/s", rates, lambda x: f"{x:,.0f}")
+    r = m["ferry follows"] / m["nobody follows"]
+    total = lag.get("+Inf", 0)
+    within = {k: (v / total if total else 0) for k, v in lag.items()}
+    p99 = next((k for k in sorted((k for k in within if k != "+Inf"), key=float) if within[k] >= 0.99), "> 5")
+    results.append(("3. The monitor's cost", runs
+        + f"\n\nwith ferry following / without = **{r:.3f}** (target ≥ 0.85: {verdict(r >= 0.85)}).\n\n"
+          f"Monitor lag over {total:,} lines at ≥ {m['ferry follows']:,.0f} req/s (from ferry's "
+          f"`ferry_monitor_lag_seconds` histogram): "
+          + ", ".join(f"≤ {float(k) * 1000:g} ms: {within[k] * 100:.1f}%" for k in sorted(
+              (k for k in within if k != "+Inf"), key=float))
+          + f". p99 ≤ {float(p99) * 1000 if p99 != '> 5' else p99:g} ms "
+            f"(target ≤ 50 ms: {verdict(p99 != '> 5' and float(p99) <= 0.05)})."))
+
+
+def bench_close(work, data):
+    """4. Last byte received → `closed` event (grace 0, local provider)."""
+    make_file(os.path.join(data, "close.bin"), 256 << 10)
+    ferry = Ferry(os.path.join(work, "close"), data, GRACE_PERIOD_SECONDS=0)
+    closed = {}
+    ready = threading.Event()
+
+    def listen():
+        c = ferry.conn()
+        c.request("GET", "/admin/events")
+        r = c.getresponse()
+        ready.set()
+        event = None
+        while True:
+            line = r.fp.readline()
+            if not line:
+                return
+            line = line.decode().strip()
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "closed":
+                closed[json.loads(line[5:])["tunnel"]["tunnel_id"]] = time.perf_counter()
+
+    threading.Thread(target=listen, daemon=True).start()
+    ready.wait(10)
+    c = ferry.conn()
+    n = 50 if QUICK else 200
+    lat = []
+    for _ in range(n):
+        link = ferry.create(c, "close.bin")
+        u = urllib.parse.urlsplit(link["download_url"])
+        d = http.client.HTTPConnection(u.hostname, u.port)
+        d.request("GET", u.path + "?" + u.query)
+        r = d.getresponse()
+        body = r.read()
+        t0 = time.perf_counter()
+        assert r.status == 200 and len(body) == 256 << 10
+        d.close()
+        deadline = time.time() + 5
+        while link["tunnel_id"] not in closed:
+            if time.time() > deadline:
+                raise SystemExit("a link did not close")
+            time.sleep(0.0002)
+        lat.append((closed[link["tunnel_id"]] - t0) * 1000)
+    ferry.stop()
+    p50, p99 = pct(lat, 50), pct(lat, 99)
+    results.append(("4. Last byte served → link closed", table(
+        ["downloads", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+        [[n, f"{p50:.2f}", f"{pct(lat, 90):.2f}", f"{p99:.2f}", f"{max(lat):.2f}"]])
+        + f"\n\nMeasured from the client's last byte to the `closed` event on `/admin/events` (GRACE_PERIOD_SECONDS=0). "
+          f"Targets p50 ≤ 5 ms: {verdict(p50 <= 5)}; p99 ≤ 50 ms: {verdict(p99 <= 50)}."))
+
+
+def bench_create(work, data, label, **env):
+    """5. Link creation: latency one at a time, then throughput from 8 clients."""
+    make_file(os.path.join(data, "create.bin"), 1024)
+    ferry = Ferry(os.path.join(work, f"create-{label}"), data, **env)
+    c = ferry.conn()
+    n = 500 if QUICK else 2000
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ferry.create(c, "create.bin")
+        lat.append((time.perf_counter() - t0) * 1000)
+    count = [0] * 8
+    stop = time.time() + (3 if QUICK else 5)
+
+    def worker(i):
+        cc = ferry.conn()
+        while time.time() < stop:
+            ferry.create(cc, "create.bin")
+            count[i] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rate = sum(count) / (time.perf_counter() - t0)
+    ferry.stop()
+    return lat, rate
+
+
+def bench_creation(work, data):
+    rows = []
+    notes = []
+    variants = [("embedded", {}, 5)]
+    redis = shutil.which("redis-server")
+    if redis:
+        variants.append(("redis", {"REDIS_URL": None, "JWT_SECRET": "b" * 40}, 3))
+    for label, env, target in variants:
+        srv = None
+        if label == "redis":
+            port = free_port()
+            rdir = os.path.join(work, "redis")
+            os.makedirs(rdir, exist_ok=True)
+            srv = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--dir", rdir,
+                                    "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                                   stdout=subprocess.DEVNULL)
+            wait_port(port)
+            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/"
+        try:
+            lat, rate = bench_create(work, data, label, **env)
+        except SystemExit as e:
+            notes.append(f"{label}: not measured ({e})")
+            continue
+        finally:
+            if srv:
+                srv.terminate()
+        p99 = pct(lat, 99)
+        rows.append([label, len(lat), f"{pct(lat, 50):.2f}", f"{p99:.2f}", f"{rate:,.0f}",
+                     f"p99 ≤ {target} ms: {verdict(p99 <= target)}; ≥ 2,000/s: {verdict(rate >= 2000)}"])
+    results.append(("5. Link creation", table(
+        ["store", "links", "p50 ms", "p99 ms", "links/s (8 clients)", "targets"], rows)
+        + "\n\nOne client on a keep-alive connection for latency (Python `http.client`, its own cost included); "
+          "8 clients for throughput." + ("\n\n" + "\n".join(notes) if notes else "")))
+
+
+def bench_scale(work, data):
+    """6. 10,000 open links: memory, listing, restart; idle memory and CPU."""
+    make_file(os.path.join(data, "scale.bin"), 1024)
+    ferry = Ferry(os.path.join(work, "scale"), data)
+    time.sleep(2)
+    idle_rss = ferry.rss_kb() / 1024
+    t0 = ferry.cpu_ticks()
+    time.sleep(10)
+    idle_cpu = (ferry.cpu_ticks() - t0) / os.sysconf("SC_CLK_TCK") / 10 * 100
+    n = 2000 if QUICK else 10000
+    conns = [ferry.conn() for _ in range(4)]
+
+    def make(i):
+        for _ in range(n // 4):
+            ferry.create(conns[i], "scale.bin")
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rss = ferry.rss_kb() / 1024
+    lists = []
+    c = ferry.conn()
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        c.request("GET", "/admin/tunnels")
+        r = c.getresponse()
+        body = r.read()
+        lists.append((time.perf_counter() - t0) * 1000)
+    count = len(json.loads(body)["tunnels"])
+    assert count == n, count
+    ferry.stop()
+    ferry.start()
+    restart = ferry.started_in
+    ferry.stop()
+    rows = [
+        ["idle RSS (no links)", f"{idle_rss:.1f} MB", "≤ 20 MB", verdict(idle_rss <= 20)],
+        ["idle CPU over 10 s", f"{idle_cpu:.2f}%", "none measurable", verdict(idle_cpu < 0.5)],
+        [f"RSS with {n:,} open links", f"{rss:.1f} MB", "≤ 150 MB", verdict(rss <= 150)],
+        [f"`GET /admin/tunnels` ({n:,} links, median of {RUNS})", f"{median(lists):.1f} ms", "≤ 100 ms",
+         verdict(median(lists) <= 100)],
+        [f"restart to serving, reconciled ({n:,} links)", f"{restart * 1000:.0f} ms", "≤ 2 s", verdict(restart <= 2)],
+    ]
+    results.append(("6. Scale", table(["what", "measured", "target", ""], rows)
+                    + "\n\nRSS is ferry's own process (nginx is a separate process). Restart is SIGTERM, then "
+                      "`ferry serve` until `/health` answers 200: the store is opened and every link reconciled "
+                      "(symlinks, deadlines) before the admin listener serves."))
+
+
+def bench_reliability(work, data):
+    """7. The reliability suite's figures (tests/it/reliability.rs) and a fuzzing run, in this run."""
+    t0 = time.time()
+    run = subprocess.run(["cargo", "test", "--locked", "--test", "it", "reliability::", "--",
+                          "--nocapture", "--test-threads=1"], cwd=ROOT, capture_output=True, text=True)
+    took = time.time() - t0
+    if run.returncode != 0:
+        raise SystemExit("the reliability suite failed:\n" + (run.stdout + run.stderr)[-4000:])
+    figures = [line.strip() for line in run.stderr.splitlines()
+               if re.match(r"^(1000 links|300 links)", line.strip())]
+    passed = re.search(r"test result: ok\. (\d+) passed", run.stdout)
+    seconds = 10 if QUICK else 30
+    fuzz = subprocess.run([os.path.join(ROOT, "script", "fuzz"), str(seconds)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if fuzz.returncode != 0:
+        raise SystemExit("a fuzz target failed:\n" + fuzz.stderr[-4000:])
+    rows = []
+    for line in fuzz.stderr.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+) s\s+(\d+) inputs\s+(\d+) corpus\s+ok$", line)
+        if m:
+            rows.append([f"`{m.group(1)}`", f"{m.group(2)} s", f"{int(m.group(3)):,}", m.group(4), "no crash"])
+    results.append(("7. Reliability", f"`cargo test --test it reliability::` ({passed.group(1) if passed else '?'} "
+                    f"tests, all passed, {took:.0f} s with the build):\n\n"
+                    + "\n".join(f"- {f}" for f in figures)
+                    + "\n\nThe full log disk test (444 for new claims while nginx cannot write its log, "
+                      "service again once there is room) is in the same suite. "
+                      f"Fuzzing, `script/fuzz {seconds}` (libFuzzer, every parser target):\n\n"
+                    + table(["target", "time", "inputs tried", "corpus", "result"], rows)))
+
+
+def machine():
+    cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read())
+    mem = int(re.search(r"MemTotal:\s+(\d+)", open("/proc/meminfo").read()).group(1)) // 1024 // 1024
+    nginx_v = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip()
+    return (f"{os.cpu_count()} cores ({cpu.group(1) if cpu else 'unknown CPU'}), {mem} GiB, "
+            f"{os.uname().sysname} {os.uname().release}; {nginx_v}; "
+            f"{subprocess.run(['rustc', '--version'], capture_output=True, text=True).stdout.strip()}")
+
+
+def main():
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "--benches"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="ferry-bench-")
+    os.chmod(work, 0o755)  # nginx started as root serves as `nobody`
+    data = os.path.join(work, "data")
+    os.makedirs(data)
+    only = [a for a in sys.argv[1:] if not a.startswith("--")]
+    steps = [("download", bench_download), ("ranges", bench_ranges), ("monitor", bench_monitor),
+             ("close", bench_close), ("create", bench_creation), ("scale", bench_scale),
+             ("reliability", bench_reliability)]
+    started = datetime.now(timezone.utc)
+    try:
+        for name, step in steps:
+            if only and name not in only:
+                continue
+            print(f"bench: {name}", flush=True)
+            step(work, data)
+            print(results[-1][1] + "\n", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if only:
+        return
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+        f.write("# Benchmarks\n\n")
+        f.write(f"Measured {started:%Y-%m-%d %H:%M} UTC by `script/bench{' --quick' if QUICK else ''}` on "
+                f"{machine()}.\n\n")
+        f.write("Each comparison runs its variants interleaved in one run and gives medians of "
+                f"{RUNS} runs; ratios are the result, absolute figures are context (these machines are "
+                "noisy). Files are read into the page cache first. wrk runs 2 threads for "
+                f"{WRK_SECONDS} s a run. Everything is on loopback, so the client shares the 2 cores "
+                "with the servers.\n\n")
+        for title, body in results:
+            f.write(f"## {title}\n\n{body}\n\n")
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
