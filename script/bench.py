@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FERRY = os.path.join(ROOT, "target", "release", "ferry")
 QUICK = "--quick" in sys.argv
 RUNS = 3 if QUICK else 5
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))  # creation throughput
 WRK_SECONDS = 3 if QUICK else 5
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 results = []  # (section, markdown)
@@ -469,7 +470,7 @@ def bench_close(work, data):
 
 
 def bench_create(work, data, label, **env):
-    """5. Link creation: latency one at a time, then throughput from 8 clients."""
+    """5. Link creation: latency one at a time, then throughput from CLIENTS clients (BENCH_CLIENTS, default 8)."""
     make_file(os.path.join(data, "create.bin"), 1024)
     ferry = Ferry(os.path.join(work, f"create-{label}"), data, **env)
     c = ferry.conn()
@@ -479,7 +480,7 @@ def bench_create(work, data, label, **env):
         t0 = time.perf_counter()
         ferry.create(c, "create.bin")
         lat.append((time.perf_counter() - t0) * 1000)
-    count = [0] * 8
+    count = [0] * CLIENTS
     stop = time.time() + (3 if QUICK else 5)
 
     def worker(i):
@@ -489,7 +490,7 @@ def bench_create(work, data, label, **env):
             count[i] += 1
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
     for t in threads:
         t.start()
     for t in threads:
@@ -529,9 +530,9 @@ def bench_creation(work, data):
         rows.append([label, len(lat), f"{pct(lat, 50):.2f}", f"{p99:.2f}", f"{rate:,.0f}",
                      f"p99 ≤ {target} ms: {verdict(p99 <= target)}; ≥ 2,000/s: {verdict(rate >= 2000)}"])
     results.append(("5. Link creation", table(
-        ["store", "links", "p50 ms", "p99 ms", "links/s (8 clients)", "targets"], rows)
+        ["store", "links", "p50 ms", "p99 ms", f"links/s ({CLIENTS} clients)", "targets"], rows)
         + "\n\nOne client on a keep-alive connection for latency (Python `http.client`, its own cost included); "
-          "8 clients for throughput." + ("\n\n" + "\n".join(notes) if notes else "")))
+          f"{CLIENTS} clients for throughput (BENCH_CLIENTS)." + ("\n\n" + "\n".join(notes) if notes else "")))
 
 
 def bench_scale(work, data):
