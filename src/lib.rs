@@ -216,14 +216,33 @@ fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
 
 /// Folds the histograms' pending samples into their buckets every few seconds. The recorder keeps
 /// every sample until the next scrape or upkeep, so without this a ferry nobody scrapes grows by a
-/// few samples a request (measured: about 0.8 kB a link, without end).
+/// few samples a request.
 async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut every = Every::new(std::time::Duration::from_secs(5), shutdown);
+    while every.tick().await {
+        handle.run_upkeep();
+    }
+}
+
+/// A period for background work: the first tick at once, a late one not made up, none after
+/// the token is cancelled.
+pub(crate) struct Every {
+    tick: tokio::time::Interval,
+    cancel: CancellationToken,
+}
+
+impl Every {
+    pub(crate) fn new(period: std::time::Duration, cancel: CancellationToken) -> Every {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { tick, cancel }
+    }
+
+    /// Waits for the next tick: `false` once cancelled.
+    pub(crate) async fn tick(&mut self) -> bool {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => handle.run_upkeep(),
+            _ = self.cancel.cancelled() => false,
+            _ = self.tick.tick() => true,
         }
     }
 }

@@ -5,17 +5,10 @@
 #![no_main]
 
 use ferry::links::ClientKey;
-use ferry::links::rules::{self, Admission, Method, Policy};
+use ferry::links::rules::{self, Admission, Method};
 use ferry::monitor::record::AccessRecord;
+use ferry_fuzz::POLICY;
 use libfuzzer_sys::fuzz_target;
-
-const POLICY: Policy = Policy {
-    max_tunnel_s: 3600,
-    grace_ms: 60_000,
-    resume_ms: 30_000,
-    stall_ms: 300_000,
-    preview_bytes: 1 << 20,
-};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else { return };

@@ -10,17 +10,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use ferry::http::check::admission;
 use ferry::links::ClientKey;
-use ferry::links::rules::{self, Method, Policy, Refusal};
+use ferry::links::rules::{self, Method, Refusal};
 use ferry::monitor::sockdiag::Conn;
+use ferry_fuzz::POLICY;
 use libfuzzer_sys::fuzz_target;
-
-const POLICY: Policy = Policy {
-    max_tunnel_s: 3600,
-    grace_ms: 60_000,
-    resume_ms: 30_000,
-    stall_ms: 300_000,
-    preview_bytes: 1 << 20,
-};
 
 fuzz_target!(|data: &[u8]| {
     let mut h = HeaderMap::new();

@@ -2,52 +2,35 @@
 //! whatever is applied to it.
 
 use ferry::links::path::{FileIdentity, RelPath};
-use ferry::links::rules::{self, MAX_REQUESTS_KEPT};
-use ferry::links::{Link, LinkState, TunnelId};
+use ferry::links::rules::{self, MAX_REQUESTS_KEPT, Policy};
+use ferry::links::{Link, TunnelId};
 use ferry::monitor::coverage::Coverage;
+
+/// The policy the targets apply facts under.
+pub const POLICY: Policy = Policy {
+    max_tunnel_s: 3600,
+    grace_ms: 60_000,
+    resume_ms: 30_000,
+    stall_ms: 300_000,
+    preview_bytes: 1 << 20,
+};
 
 /// A fresh open link to a file of `size` bytes, expiring an hour after t = 0.
 pub fn link(size: u64, max_downloads: u32) -> Link {
-    Link {
-        id: TunnelId::parse("fuzzfuzzfuzzfuzzfuzzfuzz").expect("a valid id"),
-        file_path: RelPath::parse("f.bin").expect("a valid path"),
-        file_size: size,
-        identity: FileIdentity {
-            dev: 1,
-            ino: 2,
-            size,
-            mtime_ns: 3,
-        },
-        state: LinkState::Open,
-        created_at_ms: 0,
-        issued_at_s: 0,
-        expires_at_ms: 3_600_000,
+    let identity = FileIdentity {
+        dev: 1,
+        ino: 2,
+        size,
+        mtime_ns: 3,
+    };
+    Link::new(
+        TunnelId::parse("fuzzfuzzfuzzfuzzfuzzfuzz").expect("a valid id"),
+        RelPath::parse("f.bin").expect("a valid path"),
+        identity,
+        0,
+        3_600_000,
         max_downloads,
-        downloads_completed: 0,
-        bytes_served: 0,
-        coverage: Coverage::default(),
-        claims: vec![],
-        inflight: vec![],
-        clients: vec![],
-        requests: vec![],
-        last_activity_ms: None,
-        last_progress_ms: None,
-        completer: None,
-        grace_until_ms: None,
-        close_reason: None,
-        closed_at_ms: None,
-        note: None,
-        rate_limit_bytes_per_second: None,
-    }
-}
-
-fn rank(s: LinkState) -> u8 {
-    match s {
-        LinkState::Open => 0,
-        LinkState::Downloading => 1,
-        LinkState::Completed => 2,
-        LinkState::Closed => 3,
-    }
+    )
 }
 
 fn sane(c: &Coverage, size: u64) {
@@ -65,7 +48,7 @@ fn sane(c: &Coverage, size: u64) {
 /// What must hold after one fact was applied to a link that was `before`.
 pub fn check_books(before: &Link, after: &Link) {
     assert!(
-        rank(after.state) >= rank(before.state),
+        after.state >= before.state,
         "{:?} went back to {:?}",
         before.state,
         after.state

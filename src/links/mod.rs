@@ -150,7 +150,8 @@ impl ClientKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Ordered as a link lives: it only ever moves to a greater state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
     Open,
@@ -270,39 +271,61 @@ pub struct Link {
     pub rate_limit_bytes_per_second: Option<u64>,
 }
 
+impl Link {
+    /// A new open link to a file of `identity.size` bytes: nothing served, nothing claimed.
+    pub fn new(
+        id: TunnelId,
+        file_path: RelPath,
+        identity: FileIdentity,
+        created_at_ms: u64,
+        expires_at_ms: u64,
+        max_downloads: u32,
+    ) -> Link {
+        Link {
+            id,
+            file_path,
+            file_size: identity.size,
+            identity,
+            state: LinkState::Open,
+            created_at_ms,
+            issued_at_s: created_at_ms / 1000,
+            expires_at_ms,
+            max_downloads,
+            downloads_completed: 0,
+            bytes_served: 0,
+            coverage: Coverage::default(),
+            claims: vec![],
+            inflight: vec![],
+            clients: vec![],
+            requests: vec![],
+            last_activity_ms: None,
+            last_progress_ms: None,
+            completer: None,
+            grace_until_ms: None,
+            close_reason: None,
+            closed_at_ms: None,
+            note: None,
+            rate_limit_bytes_per_second: None,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn test_link(size: u64, max_downloads: u32) -> Link {
-    Link {
-        id: TunnelId::random(),
-        file_path: RelPath::parse("f.bin").unwrap(),
-        file_size: size,
-        identity: FileIdentity {
-            dev: 1,
-            ino: 2,
-            size,
-            mtime_ns: 3,
-        },
-        state: LinkState::Open,
-        created_at_ms: 0,
-        issued_at_s: 0,
-        expires_at_ms: 3_600_000,
+    let identity = FileIdentity {
+        dev: 1,
+        ino: 2,
+        size,
+        mtime_ns: 3,
+    };
+    Link::new(
+        TunnelId::random(),
+        RelPath::parse("f.bin").unwrap(),
+        identity,
+        0,
+        3_600_000,
         max_downloads,
-        downloads_completed: 0,
-        bytes_served: 0,
-        coverage: Coverage::default(),
-        claims: vec![],
-        inflight: vec![],
-        clients: vec![],
-        requests: vec![],
-        last_activity_ms: None,
-        last_progress_ms: None,
-        completer: None,
-        grace_until_ms: None,
-        close_reason: None,
-        closed_at_ms: None,
-        note: None,
-        rate_limit_bytes_per_second: None,
-    }
+    )
 }
 
 /// The JSON face of a link (SPEC §6 `Tunnel`): never the token, never the download URL.
@@ -718,30 +741,16 @@ impl Links {
         let exp_s = (now + expires_in * 1000).div_ceil(1000);
         let id = TunnelId::random();
         let link = Link {
-            id: id.clone(),
-            file_path: req.file_path.clone(),
-            file_size: resolved.identity.size,
-            identity: resolved.identity,
-            state: LinkState::Open,
-            created_at_ms: now,
-            issued_at_s: now / 1000,
-            expires_at_ms: exp_s * 1000,
-            max_downloads,
-            downloads_completed: 0,
-            bytes_served: 0,
-            coverage: Coverage::default(),
-            claims: vec![],
-            inflight: vec![],
-            clients: vec![],
-            requests: vec![],
-            last_activity_ms: None,
-            last_progress_ms: None,
-            completer: None,
-            grace_until_ms: None,
-            close_reason: None,
-            closed_at_ms: None,
             note: req.note,
             rate_limit_bytes_per_second: req.rate_limit_bytes_per_second,
+            ..Link::new(
+                id.clone(),
+                req.file_path.clone(),
+                resolved.identity,
+                now,
+                exp_s * 1000,
+                max_downloads,
+            )
         };
         self.store.insert(&link).await?;
 
@@ -1196,13 +1205,8 @@ impl Links {
     /// Every second: sample the sockets of requests in flight, report progress, close stalled
     /// links, and settle requests whose connection vanished without a log line.
     pub async fn run_sampler(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = crate::Every::new(Duration::from_secs(1), cancel);
+        while every.tick().await {
             if let Err(e) = self.sample_once().await {
                 tracing::warn!(error = %e, "progress sampling failed");
             }

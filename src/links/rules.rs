@@ -523,18 +523,22 @@ pub fn progress(link: &Link) -> f64 {
     ((link.downloads_completed as f64 + partial) / max).min(1.0)
 }
 
+/// The policy the unit and property tests run under.
+#[cfg(test)]
+pub(crate) const TEST_POLICY: Policy = Policy {
+    max_tunnel_s: 3600,
+    grace_ms: 60_000,
+    resume_ms: 30_000,
+    stall_ms: 300_000,
+    preview_bytes: 100,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::links::test_link;
 
-    const P: Policy = Policy {
-        max_tunnel_s: 3600,
-        grace_ms: 60_000,
-        resume_ms: 30_000,
-        stall_ms: 300_000,
-        preview_bytes: 100,
-    };
+    const P: Policy = TEST_POLICY;
 
     fn client(n: u8) -> ClientKey {
         ClientKey {

@@ -93,13 +93,8 @@ pub fn is_write_failure(line: &str, logs_dir: &Path) -> bool {
 
 /// Probes the free space of `dir` every second until `cancel`.
 pub async fn watch_space(writes: std::sync::Arc<LogWrites>, dir: PathBuf, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = crate::Every::new(Duration::from_secs(1), cancel);
+    while every.tick().await {
         match rustix::fs::statvfs(&dir) {
             Ok(s) => writes.space(s.f_bavail.saturating_mul(s.f_frsize), now_ms()),
             Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "cannot read the logs dir's free space"),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl};
-use crate::store::{link, redis, redis_store};
+use crate::store::{link, race_updates, redis, redis_store};
 use ferry::links::LinkState;
 use ferry::store::Write;
 
@@ -507,35 +507,8 @@ async fn two_instances_updating_one_link_lose_nothing() {
     let b = std::sync::Arc::new(redis_store(&server.url(), "b").await);
     let l = link(0);
     a.insert(&l).await.unwrap();
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..100u32 {
-        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let id = l.id.clone();
-        tasks.spawn(async move {
-            store
-                .update(&id, &mut |l| {
-                    l.bytes_served += 1;
-                    if l.downloads_completed == 0 {
-                        l.downloads_completed = 1;
-                        Write::Durable(true)
-                    } else {
-                        Write::Soft(false)
-                    }
-                })
-                .await
-                .unwrap()
-                .unwrap()
-        });
-    }
-    let mut firsts = 0;
-    while let Some(r) = tasks.join_next().await {
-        firsts += u32::from(r.unwrap());
-    }
-    println!(
-        "100 updates of one link from two instances: {} ms",
-        started.elapsed().as_millis()
-    );
+    let (firsts, took) = race_updates(&[a, b.clone()], &l.id, 100).await;
+    println!("100 updates of one link from two instances: {} ms", took.as_millis());
     assert_eq!(firsts, 1);
     assert_eq!(b.get(&l.id).await.unwrap().unwrap().bytes_served, 100);
 }

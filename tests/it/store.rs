@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use ferry::links::path::{FileIdentity, RelPath};
 use ferry::links::{ClientKey, Link, LinkState, TunnelId};
-use ferry::monitor::coverage::Coverage;
 use ferry::store::audit::AuditRecord;
 use ferry::store::{Store, Write};
 
@@ -50,36 +49,22 @@ pub async fn redis() -> Subject {
 /// their closing time).
 pub fn link(created_at_ms: u64) -> Link {
     let created_at_ms = now() + created_at_ms;
+    let identity = FileIdentity {
+        dev: 1,
+        ino: 2,
+        size: 1000,
+        mtime_ns: 3,
+    };
     Link {
-        id: TunnelId::random(),
-        file_path: RelPath::parse("dir/f.bin").unwrap(),
-        file_size: 1000,
-        identity: FileIdentity {
-            dev: 1,
-            ino: 2,
-            size: 1000,
-            mtime_ns: 3,
-        },
-        state: LinkState::Open,
-        created_at_ms,
-        issued_at_s: created_at_ms / 1000,
-        expires_at_ms: created_at_ms + 3_600_000,
-        max_downloads: 1,
-        downloads_completed: 0,
-        bytes_served: 0,
-        coverage: Coverage::default(),
-        claims: vec![],
-        inflight: vec![],
-        clients: vec![],
-        requests: vec![],
-        last_activity_ms: None,
-        last_progress_ms: None,
-        completer: None,
-        grace_until_ms: None,
-        close_reason: None,
-        closed_at_ms: None,
         note: Some("a note".into()),
-        rate_limit_bytes_per_second: None,
+        ..Link::new(
+            TunnelId::random(),
+            RelPath::parse("dir/f.bin").unwrap(),
+            identity,
+            created_at_ms,
+            created_at_ms + 3_600_000,
+            1,
+        )
     }
 }
 
@@ -242,15 +227,14 @@ async fn audit_is_newest_first_filtered_and_limited(s: Subject) {
     assert!(store.audit_query(Some("nothing"), 10).await.unwrap().is_empty());
 }
 
-/// 100 concurrent updates of one record: none is lost, and a first-come claim has one winner.
-async fn concurrent_updates_are_atomic(s: Subject) {
-    let l = link(1_000);
-    s.store.insert(&l).await.unwrap();
+/// `n` concurrent updates of link `id`, spread over `stores`, each adding a byte and the first
+/// also taking the claim. Returns how many took it and how long it all took.
+pub async fn race_updates(stores: &[Arc<Store>], id: &TunnelId, n: u32) -> (u32, std::time::Duration) {
     let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..100u32 {
-        let store = s.store.clone();
-        let id = l.id.clone();
+    for i in 0..n {
+        let store = stores[i as usize % stores.len()].clone();
+        let id = id.clone();
         tasks.spawn(async move {
             store
                 .update(&id, &mut |l| {
@@ -271,10 +255,18 @@ async fn concurrent_updates_are_atomic(s: Subject) {
     while let Some(r) = tasks.join_next().await {
         winners += u32::from(r.unwrap());
     }
+    (winners, started.elapsed())
+}
+
+/// 100 concurrent updates of one record: none is lost, and a first-come claim has one winner.
+async fn concurrent_updates_are_atomic(s: Subject) {
+    let l = link(1_000);
+    s.store.insert(&l).await.unwrap();
+    let (winners, took) = race_updates(std::slice::from_ref(&s.store), &l.id, 100).await;
     println!(
         "100 concurrent updates of one link on {}: {} ms",
         s.store.kind(),
-        started.elapsed().as_millis()
+        took.as_millis()
     );
     assert_eq!(winners, 1);
     let l = s.store.get(&l.id).await.unwrap().unwrap();
