@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{EMPTY_REPLY, TestApp, curl, interrupted_get};
+use crate::helpers::{EMPTY_REPLY, TestApp, curl, interrupted_get, race};
 
 fn url(v: &serde_json::Value) -> String {
     v["download_url"].as_str().unwrap().to_string()
@@ -108,27 +108,7 @@ async fn thirty_clients_race_one_link_and_exactly_one_receives_it() {
     let bytes = app.data_file("race.bin", 2_000_000);
     let link = app.link("race.bin").await;
     let u = url(&link);
-    let racers: Vec<_> = (2..32)
-        .map(|n| {
-            let u = u.clone();
-            tokio::spawn(async move { curl(&u, &["--interface", &format!("127.0.0.{n}")]).await })
-        })
-        .collect();
-    let mut winners = 0;
-    for r in racers {
-        let r = r.await.unwrap();
-        if r.exit == 0 {
-            winners += 1;
-            assert_eq!(r.status, 200);
-            assert!(r.body == bytes, "the winner got different bytes");
-        } else {
-            assert_eq!(
-                (r.exit, r.body.len()),
-                (EMPTY_REPLY, 0),
-                "losers get 444 and zero bytes"
-            );
-        }
-    }
+    let (winners, _) = race(&u, 2, 31, &bytes).await;
     assert_eq!(winners, 1, "exactly one client receives the file");
 }
 

@@ -312,6 +312,35 @@ pub async fn interrupted_get(url: &str, n: usize) -> Vec<u8> {
     got[b..b + n].to_vec()
 }
 
+/// Clients on loopback addresses `127.0.0.<first>` to `127.0.0.<last>` race to download `url` at
+/// once. Every winner got exactly `bytes`; every loser got 444 and zero bytes. Returns (winners,
+/// losers).
+pub async fn race(url: &str, first: u8, last: u8, bytes: &[u8]) -> (usize, usize) {
+    let racers: Vec<_> = (first..=last)
+        .map(|n| {
+            let u = url.to_string();
+            tokio::spawn(async move { curl(&u, &["--interface", &format!("127.0.0.{n}")]).await })
+        })
+        .collect();
+    let (mut winners, mut losers) = (0, 0);
+    for r in racers {
+        let r = r.await.unwrap();
+        if r.exit == 0 {
+            winners += 1;
+            assert_eq!(r.status, 200);
+            assert!(r.body == bytes, "the winner got different bytes");
+        } else {
+            losers += 1;
+            assert_eq!(
+                (r.exit, r.body.len()),
+                (EMPTY_REPLY, 0),
+                "losers get 444 and zero bytes"
+            );
+        }
+    }
+    (winners, losers)
+}
+
 /// A real `redis-server` on a free loopback port, its data (AOF on, `appendfsync always`) in a
 /// temp dir; killed when dropped. `restart` brings it back on the same port with the same data.
 pub struct RedisServer {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl};
+use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl, race};
 use crate::store::{link, race_updates, redis, redis_store};
 use ferry::links::LinkState;
 use ferry::store::Write;
@@ -77,29 +77,7 @@ async fn a_hundred_clients_race_one_link_on_redis_and_exactly_one_wins() {
     let link = app.link("race.bin").await;
     let u = url(&link);
     // 100 clients: 100 loopback addresses, so no per-address limit is what stops them.
-    let racers: Vec<_> = (2..102)
-        .map(|n| {
-            let u = u.clone();
-            tokio::spawn(async move { curl(&u, &["--interface", &format!("127.0.0.{n}")]).await })
-        })
-        .collect();
-    let mut winners = 0;
-    let mut losers = 0;
-    for r in racers {
-        let r = r.await.unwrap();
-        if r.exit == 0 {
-            winners += 1;
-            assert_eq!(r.status, 200);
-            assert!(r.body == bytes, "the winner got different bytes");
-        } else {
-            losers += 1;
-            assert_eq!(
-                (r.exit, r.body.len()),
-                (EMPTY_REPLY, 0),
-                "losers get 444 and zero bytes"
-            );
-        }
-    }
+    let (winners, losers) = race(&u, 2, 101, &bytes).await;
     assert_eq!((winners, losers), (1, 99), "exactly one client receives the file");
     // Redis itself holds one completed download.
     let id = link["tunnel_id"].as_str().unwrap().to_string();
