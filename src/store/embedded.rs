@@ -50,6 +50,9 @@ struct State {
     live: HashMap<TunnelId, Entry>,
     /// The writes waiting for the next commit.
     queue: Batch,
+    /// How many commits have dropped closed links from `live`: a record read from disk is only
+    /// current if no commit dropped a newer one in the meantime.
+    evictions: u64,
 }
 
 struct Entry {
@@ -149,6 +152,7 @@ impl Embedded {
             state: Mutex::new(State {
                 live,
                 queue: Batch::new(1),
+                evictions: 0,
             }),
             committer: Mutex::new(()),
             audit_seq: seq.into(),
@@ -167,7 +171,7 @@ impl Embedded {
             return;
         };
         loop {
-            let batch = {
+            let mut batch = {
                 let mut st = self.state();
                 if st.queue.is_empty() {
                     drop(role);
@@ -181,16 +185,21 @@ impl Embedded {
             match &result {
                 Ok(()) => {
                     // Closed links are on disk now: the disk answers for them from here on.
+                    let before = st.live.len();
                     st.live
                         .retain(|_, e| e.link.state != LinkState::Closed || e.last_batch > batch.seq);
+                    if st.live.len() < before {
+                        st.evictions += 1;
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the store could not commit; will retry with the next write");
                     // Memory still holds the truth: the records go out again with the next batch.
                     let mut next = std::mem::replace(&mut st.queue, Batch::new(0));
-                    let mut links = batch.links.clone();
-                    links.append(&mut next.links);
-                    next.links = links;
+                    batch.links.append(&mut next.links);
+                    next.links = std::mem::take(&mut batch.links);
+                    batch.audits.append(&mut next.audits);
+                    next.audits = std::mem::take(&mut batch.audits);
                     next.durable |= batch.durable;
                     // Whoever depends on the failed writes now waits for their second chance.
                     let retry = (next.seq, next.done.subscribe());
@@ -256,8 +265,10 @@ impl Embedded {
             if let Some(outcome) = done.borrow_and_update().clone() {
                 return outcome.map_err(StoreError::Unavailable);
             }
-            // Someone else is committing our batch.
-            if done.changed().await.is_err() {
+            // Someone else is committing our batch. A committer whose commit failed stops and
+            // leaves the writes queued after it to their own callers: look again shortly.
+            let wait = tokio::time::timeout(std::time::Duration::from_millis(100), done.changed());
+            if let Ok(Err(_)) = wait.await {
                 return Err(StoreError::Unavailable("store commit abandoned".into()));
             }
         }
@@ -313,20 +324,18 @@ impl Embedded {
     }
 
     pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
-        // A link not in memory is closed and on disk; it is read before taking the lock.
-        let from_disk = if self.state().live.contains_key(id) {
-            None
-        } else {
-            match self.read(id)? {
-                Some(l) => Some(l),
-                None if self.state().live.contains_key(id) => None,
-                None => return Ok(None),
-            }
-        };
-        let (result, wait) = {
+        // A link not in memory is closed and on disk; it is read before taking the lock, and read
+        // again if a commit dropped a newer version from memory meanwhile.
+        let (result, wait) = loop {
+            let (cached, evictions) = {
+                let st = self.state();
+                (st.live.contains_key(id), st.evictions)
+            };
+            let from_disk = if cached { None } else { self.read(id)? };
             let mut st = self.state();
             let (mut link, was_open, pending) = match st.live.get(id) {
                 Some(e) => (e.link.clone(), e.link.state != LinkState::Closed, e.durable.clone()),
+                None if st.evictions != evictions => continue,
                 None => match from_disk {
                     Some(l) => (l, false, None),
                     None => return Ok(None),
@@ -341,7 +350,7 @@ impl Embedded {
                 }
                 Write::Durable(_) => Self::queue(&mut st, &link, was_open, true),
             };
-            (result, wait)
+            break (result, wait);
         };
         match wait {
             Some((_, rx)) => self.settled(rx).await?,
