@@ -151,7 +151,10 @@ impl Follower {
                 .read_from(&links, &current.name, &mut offset, &mut partial, &mut chunk, &cancel)
                 .await;
             position = Some((current.name.clone(), offset));
-            let _ = tokio::fs::write(&self.position_file, format!("{} {offset}", current.name)).await;
+            if cancel.is_cancelled() {
+                // Lines left unapplied stay after the saved position, for the next run.
+                return;
+            }
             if finished {
                 if !partial.is_empty() {
                     tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
@@ -213,6 +216,8 @@ impl Follower {
             }
             partial.drain(..start);
             *offset += start as u64;
+            // Saved after every chunk, so a crash replays at most one chunk's lines.
+            let _ = tokio::fs::write(&self.position_file, format!("{name} {offset}")).await;
         }
     }
 

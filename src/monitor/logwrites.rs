@@ -9,7 +9,7 @@
 //! disk has room and nginx has not complained for a while.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,8 @@ pub struct LogWrites {
     failing_since: AtomicU64,
     /// The last evidence of a failure.
     last_failure: AtomicU64,
+    /// The last probe found the disk nearly full: a line that still fitted proves nothing.
+    low_space: AtomicBool,
 }
 
 impl LogWrites {
@@ -62,13 +64,17 @@ impl LogWrites {
 
     /// A line nginx wrote at `logged_ms` arrived: writes after the last failure work.
     pub fn line_seen(&self, logged_ms: u64) {
-        if self.failing() && logged_ms > self.last_failure.load(Ordering::SeqCst) {
+        if self.failing()
+            && !self.low_space.load(Ordering::SeqCst)
+            && logged_ms > self.last_failure.load(Ordering::SeqCst)
+        {
             self.recover();
         }
     }
 
     /// The logs dir has `free` bytes available (to unprivileged writers).
     pub fn space(&self, free: u64, now: u64) {
+        self.low_space.store(free < LOW_SPACE, Ordering::SeqCst);
         if free < LOW_SPACE {
             self.fail(now);
         } else if self.failing() && now.saturating_sub(self.last_failure.load(Ordering::SeqCst)) >= QUIET_MS {
@@ -147,6 +153,9 @@ mod tests {
 
         // Low space fails at once; room alone recovers only after a quiet spell.
         w.space(LOW_SPACE - 1, 10_000);
+        assert!(w.failing());
+        // While the disk is nearly full, a line that still fitted does not end it.
+        w.line_seen(10_500);
         assert!(w.failing());
         w.space(1 << 30, 10_000 + QUIET_MS - 1);
         assert!(w.failing());
