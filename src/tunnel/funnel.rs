@@ -37,6 +37,9 @@ struct State {
     ready: bool,
     /// Links ferry has opened and not closed.
     open: BTreeSet<TunnelId>,
+    /// Links opened or closed since the last reconciliation began: its list of open links was
+    /// read before it could take the lock, so for these `open` is the later word.
+    touched: BTreeSet<TunnelId>,
 }
 
 /// What one reconciliation did.
@@ -256,6 +259,7 @@ impl Funnel {
             Some(host) if st.ready => (host, ServeConfig::default()),
             _ => self.ensure_ready(&mut st).await?,
         };
+        st.touched.insert(id.clone());
         self.open_one(&host, &sc, id).await?;
         st.open.insert(id.clone());
         self.set_health(Health::ok());
@@ -297,6 +301,7 @@ impl Funnel {
     /// Removes one link's public path; a handler that is not there counts as closed.
     pub async fn close(&self, id: &TunnelId) -> Result<(), TunnelError> {
         let mut st = self.state.lock().await;
+        st.touched.insert(id.clone());
         let was_open = st.open.remove(id);
         let r = match self.mode {
             FunnelMode::Path => self.close_mount(&ts::mount(id)).await,
@@ -312,7 +317,14 @@ impl Funnel {
                 tracing::debug!(tunnel_id = %id, error = %e, "sidecar unreachable; the reconciliation will remove any handler");
                 Ok(())
             }
-            r => r,
+            Err(e) => {
+                if was_open {
+                    // Still public: a retry must know it was ours.
+                    st.open.insert(id.clone());
+                }
+                Err(e)
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -367,16 +379,19 @@ impl Funnel {
         let mut st = self.state.lock().await;
         let (host, sc) = self.ensure_ready(&mut st).await?;
         let mut done = Reconciled::default();
-        st.open = open.iter().cloned().collect();
+        let touched = std::mem::take(&mut st.touched);
+        let mut now_open: BTreeSet<TunnelId> = open.iter().filter(|id| !touched.contains(*id)).cloned().collect();
+        now_open.extend(st.open.iter().filter(|id| touched.contains(*id)).cloned());
+        st.open = now_open.clone();
         match self.mode {
             FunnelMode::Path => {
-                for id in open {
+                for id in now_open.iter().filter(|id| !touched.contains(*id)) {
                     if !sc.serves(&host, self.port, &ts::mount(id), &self.target(id)) {
                         self.open_one(&host, &sc, id).await?;
                         done.reasserted.push(id.clone());
                     }
                 }
-                let wanted: BTreeSet<String> = open.iter().map(ts::mount).collect();
+                let wanted: BTreeSet<String> = now_open.iter().chain(&touched).map(ts::mount).collect();
                 for m in sc.link_mounts(&host, self.port) {
                     if !wanted.contains(&m) {
                         self.close_mount(&m).await?;
@@ -385,7 +400,7 @@ impl Funnel {
                 }
             }
             FunnelMode::Tcp => {
-                if let Some(first) = open.first() {
+                if let Some(first) = now_open.first() {
                     let up = self.tcp_upstream()?;
                     if sc.tcp_forward(self.port) != Some((up.as_str(), 2)) || !sc.funnel_on(&host, self.port) {
                         self.open_one(&host, &sc, first).await?;
