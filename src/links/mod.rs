@@ -824,13 +824,32 @@ impl Links {
         } else {
             admission.conn = None;
         }
+        // The request before this one on a reused connection has ended: usually on this same
+        // link, where this update marks it; on another link it takes an update of its own.
+        let previous = admission.conn.and_then(|(conn, _)| {
+            let conns = self.conns.lock().expect("conns mutex");
+            conns
+                .get(&conn)
+                .filter(|(_, rid)| *rid != admission.request_id)
+                .cloned()
+        });
+        let ended_here = previous
+            .as_ref()
+            .filter(|(prev_id, _)| *prev_id == id)
+            .map(|(_, rid)| rid);
         let policy = self.policy;
         let outcome = self
             .store
             .update(&id, &mut |link| match rules::admit(link, &admission, now, &policy) {
-                // A new claim must survive a crash; a request riding on one need not.
-                Ok(a @ Admitted::NewClaim) => Write::Durable(Ok((a, link.clone()))),
-                Ok(a) => Write::Soft(Ok((a, link.clone()))),
+                Ok(a) => {
+                    if let Some(rid) = ended_here {
+                        rules::end_on_reuse(link, rid);
+                    }
+                    // A new claim must survive a crash; a request riding on one need not.
+                    let durable = a == Admitted::NewClaim;
+                    let v = Ok((a, link.clone()));
+                    if durable { Write::Durable(v) } else { Write::Soft(v) }
+                }
                 Err(r) => Write::No(Err(r)),
             })
             .await
@@ -841,20 +860,19 @@ impl Links {
             self.emit("started", &link);
         }
         if let Some((conn, _)) = admission.conn {
-            let previous = self
-                .conns
+            self.conns
                 .lock()
                 .expect("conns mutex")
                 .insert(conn, (id.clone(), admission.request_id.clone()));
-            if let Some((prev_id, prev_rid)) = previous.filter(|(_, rid)| *rid != admission.request_id) {
-                let _ = self
-                    .store
-                    .update(&prev_id, &mut |l| match rules::end_on_reuse(l, &prev_rid) {
-                        true => Write::Soft(()),
-                        false => Write::No(()),
-                    })
-                    .await;
-            }
+        }
+        if let Some((prev_id, prev_rid)) = previous.filter(|(prev_id, _)| *prev_id != id) {
+            let _ = self
+                .store
+                .update(&prev_id, &mut |l| match rules::end_on_reuse(l, &prev_rid) {
+                    true => Write::Soft(()),
+                    false => Write::No(()),
+                })
+                .await;
         }
         Ok(link)
     }
