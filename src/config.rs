@@ -461,7 +461,7 @@ impl Config {
     /// Creates the runtime folders and, when `JWT_SECRET` is unset, loads or generates the secret
     /// kept in the state dir (mode 0600).
     pub fn prepare_dirs(&mut self) -> anyhow::Result<()> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         for d in [&self.state_dir, &self.tunnels_dir, &self.logs_dir] {
             std::fs::create_dir_all(d)?;
         }
@@ -480,19 +480,26 @@ impl Config {
             Err(e) => anyhow::bail!("JWT_SECRET: cannot read {}: {e}", path.display()),
         }
         let secret = crate::links::random_token(48);
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        std::io::Write::write_all(&mut f, secret.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        write_durably(&path, secret.as_bytes(), 0o600)?;
         self.jwt_secret = Secret::new(secret);
         Ok(())
     }
+}
+
+/// Writes a small file that must survive a crash whole or not at all: a temp file, fsynced,
+/// then renamed over `path`.
+pub(crate) fn write_durably(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Config {

@@ -22,7 +22,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::watch;
 
 use super::audit::AuditRecord;
-use super::{StoreError, Updater, Write};
+use super::{StoreError, Updater, Write, decode, encode};
 use crate::links::{Link, LinkState, TunnelId};
 
 const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
@@ -90,14 +90,6 @@ impl Batch {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-fn decode(bytes: &[u8]) -> Result<Link, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn encode(link: &Link) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Runs blocking disk work without stalling the async runtime's other tasks.

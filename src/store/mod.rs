@@ -257,3 +257,12 @@ impl Store {
         }
     }
 }
+
+/// A link record as both backends store it: JSON.
+fn encode(link: &Link) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(link).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> Result<Link, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

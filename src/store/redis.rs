@@ -32,7 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 
 use super::audit::AuditRecord;
-use super::{StoreError, Updater, Write};
+use super::{StoreError, Updater, Write, decode, encode};
 use crate::links::{Link, LinkState, TunnelId};
 
 const OPEN: &str = "ferry:links:open";
@@ -198,22 +198,12 @@ pub fn instance_id(state_dir: &std::path::Path) -> std::io::Result<String> {
         Err(e) => return Err(e),
     }
     let id = crate::links::random_token(9);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &id)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::config::write_durably(&path, id.as_bytes(), 0o644)?;
     Ok(id)
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
-}
-
-fn decode(bytes: &[u8]) -> Result<Link, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn encode(link: &Link) -> Result<String, StoreError> {
-    serde_json::to_string(link).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 impl Redis {

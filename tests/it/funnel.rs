@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, curl, free_port};
+use crate::helpers::{TestApp, curl, eventually, free_port};
 
 const EMULATOR: &str = env!("CARGO_BIN_EXE_tailscale-emulator");
 const DNS: &str = "ferry-nas.tail0000.ts.net";
@@ -339,14 +339,6 @@ pub async fn app_with(sidecar: &Sidecar, env: &[(&str, &str)]) -> TestApp {
 }
 
 /// Polls `what` until it holds, for at most `within`.
-async fn eventually(within: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn handler(sc: &Value, mount: &str) -> Value {
     sc["Web"][format!("{DNS}:443")]["Handlers"][mount].clone()
 }

@@ -312,6 +312,15 @@ pub async fn interrupted_get(url: &str, n: usize) -> Vec<u8> {
     got[b..b + n].to_vec()
 }
 
+/// Polls `f` every 50 ms until it holds, for at most `within`.
+pub async fn eventually(within: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Clients on loopback addresses `127.0.0.<first>` to `127.0.0.<last>` race to download `url` at
 /// once. Every winner got exactly `bytes`; every loser got 444 and zero bytes. Returns (winners,
 /// losers).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl, race};
+use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl, eventually, race};
 use crate::store::{link, race_updates, redis, redis_store};
 use ferry::links::LinkState;
 use ferry::store::Write;
@@ -22,15 +22,6 @@ async fn on_redis(server: &RedisServer, extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![("REDIS_URL", redis_url.as_str()), ("JWT_SECRET", SECRET)];
     env.extend_from_slice(extra);
     TestApp::spawn_with(&env).await
-}
-
-/// Polls `f` every 50 ms until it holds, for at most `within`.
-async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, what: &str, mut f: F) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,13 +80,8 @@ async fn a_hundred_clients_race_one_link_on_redis_and_exactly_one_wins() {
 
 /// The link's record as Redis holds it.
 async fn ferry_link(server: &RedisServer, id: &str) -> Value {
-    let store = redis_store(&server.url(), "probe").await;
-    let l = store
-        .get(&ferry::links::TunnelId::parse(id).unwrap())
-        .await
-        .unwrap()
-        .expect("the link is in Redis");
-    serde_json::to_value(l).unwrap()
+    let json: String = raw(server, ::redis::cmd("GET").arg(format!("ferry:link:{id}"))).await;
+    serde_json::from_str(&json).expect("the link is in Redis")
 }
 
 async fn delete(app: &TestApp, id: &str) -> u16 {
