@@ -313,17 +313,16 @@ impl Config {
             return Err(err("FERRY_TAILSCALE_SOCKET", "must be an absolute path"));
         }
         let tailscale_container = src.get("FERRY_TAILSCALE_CONTAINER").unwrap_or("tailscale").to_string();
-        let funnel_port = match src.get("FERRY_FUNNEL_PORT").unwrap_or("443") {
-            "443" => 443,
-            "8443" => 8443,
-            "10000" => 10000,
-            other => {
-                return Err(err(
+        let funnel_port = src.get("FERRY_FUNNEL_PORT").unwrap_or("443");
+        let funnel_port = crate::tunnel::tailscale::FUNNEL_PORTS
+            .into_iter()
+            .find(|p| p.to_string() == funnel_port)
+            .ok_or_else(|| {
+                err(
                     "FERRY_FUNNEL_PORT",
-                    format!("Funnel listens on 443, 8443 or 10000 only, got {other:?}"),
-                ));
-            }
-        };
+                    format!("Funnel listens on 443, 8443 or 10000 only, got {funnel_port:?}"),
+                )
+            })?;
         let tailscale_timeout = seconds(src, "FERRY_TAILSCALE_TIMEOUT_SECONDS", 15, 1)?;
         let funnel_mode = match src.get("FERRY_FUNNEL_MODE").unwrap_or("path") {
             "path" => crate::tunnel::tailscale::FunnelMode::Path,

@@ -77,6 +77,7 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
     let host = tokio::task::spawn_blocking(move || host.sample(&data_dir))
         .await
         .unwrap_or(Value::Null);
+    let provider = s.links.provider().health();
     Json(json!({
         "monitor": {
             "lag_ms": m.last_lag_ms.load(Ordering::Relaxed),
@@ -86,7 +87,7 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
             "progress": if s.links.socket_progress() { "socket" } else { "log" },
         },
         "nginx": {"running": s.nginx_running.load(Ordering::SeqCst)},
-        "provider": {"kind": s.provider, "status": s.links.provider().health().status, "detail": s.links.provider().health().detail},
+        "provider": {"kind": s.provider, "status": provider.status, "detail": provider.detail},
         "store": {
             "kind": s.links.store().kind(),
             "status": if store_ok { "ok" } else { "down" },

@@ -661,10 +661,13 @@ impl Links {
                             _ = cancel.cancelled() => return,
                         };
                         let Some(payload) = msg else { break };
+                        if self.peer_events.receiver_count() == 0 {
+                            continue;
+                        }
                         let Ok(v) = serde_json::from_str::<serde_json::Value>(&payload) else {
                             continue;
                         };
-                        if v["from"].as_str() == Some(me.as_str()) || self.peer_events.receiver_count() == 0 {
+                        if v["from"].as_str() == Some(me.as_str()) {
                             continue;
                         }
                         if let Some(event) = v["event"].as_str() {

@@ -281,19 +281,19 @@ pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, 
         (Completion::Aborted, None) => (0, None),
     };
     credit(link, &client, bytes, range, now);
-    if link.requests.len() >= MAX_REQUESTS_KEPT {
-        link.requests.remove(0);
-    }
-    link.requests.push(super::RequestSeen {
-        request_id: rec.request_id.clone(),
-        time_ms: now,
-        client: client.clone(),
-        method: rec.method.clone(),
-        status: rec.status,
-        bytes,
-        range: rec.content_range.clone(),
-        completed: rec.completion == Completion::Ok,
-    });
+    remember(
+        link,
+        super::RequestSeen {
+            request_id: rec.request_id.clone(),
+            time_ms: now,
+            client: client.clone(),
+            method: rec.method.clone(),
+            status: rec.status,
+            bytes,
+            range: rec.content_range.clone(),
+            completed: rec.completion == Completion::Ok,
+        },
+    );
     let empty_ok = link.file_size == 0 && rec.method == "GET" && rec.status == 200 && rec.completion == Completion::Ok;
     if range.is_none() && !empty_ok {
         return out;
@@ -409,21 +409,29 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64) -> bool {
         let bytes = f.delivered.saturating_sub(HEADER_ALLOWANCE);
         credit(link, &f.client, bytes, None, now);
         // Should its log line turn up after all, it is not counted a second time.
-        if link.requests.len() >= MAX_REQUESTS_KEPT {
-            link.requests.remove(0);
-        }
-        link.requests.push(super::RequestSeen {
-            request_id: f.request_id.clone(),
-            time_ms: now,
-            client: f.client.clone(),
-            method: "GET".into(),
-            status: 0,
-            bytes,
-            range: None,
-            completed: false,
-        });
+        remember(
+            link,
+            super::RequestSeen {
+                request_id: f.request_id.clone(),
+                time_ms: now,
+                client: f.client.clone(),
+                method: "GET".into(),
+                status: 0,
+                bytes,
+                range: None,
+                completed: false,
+            },
+        );
     }
     !lost.is_empty()
+}
+
+/// Keeps a settled request among the link's last `MAX_REQUESTS_KEPT`.
+fn remember(link: &mut Link, r: super::RequestSeen) {
+    if link.requests.len() >= MAX_REQUESTS_KEPT {
+        link.requests.remove(0);
+    }
+    link.requests.push(r);
 }
 
 /// Body bytes delivered to this link so far, including requests still in flight.

@@ -222,7 +222,8 @@ impl Follower {
     }
 
     /// Applies a run of lines: the lines of one link in their order, different links side by
-    /// side, so that their store writes share commits instead of queueing one behind another.
+    /// side, so that their store round trips (Redis) overlap instead of queueing one behind
+    /// another; the embedded store commits each write as it comes.
     /// False only when cancelled before every line could be applied.
     async fn handle_all(&self, links: &Links, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
         let mut groups: Vec<Vec<AccessRecord>> = Vec::new();

@@ -45,11 +45,8 @@ pub fn find_bin(config: &Config) -> anyhow::Result<PathBuf> {
         anyhow::ensure!(bin.is_file(), "FERRY_NGINX_BIN: {} does not exist", bin.display());
         return Ok(bin.clone());
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("nginx"))
-        .chain([PathBuf::from("/usr/sbin/nginx")])
-        .find(|p| p.is_file())
+    crate::find_program("nginx")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "FERRY_NGINX_BIN: nginx was not found on PATH or at /usr/sbin/nginx; install it or set FERRY_NGINX_BIN"
@@ -153,7 +150,12 @@ pub fn redact(line: &str) -> String {
 /// External mode (compose): nginx runs in its own container and reads the config ferry renders
 /// into the shared state dir (`<state>/nginx/nginx.conf`); the paths in it are the same in both.
 pub async fn write_external(config: &Config) -> anyhow::Result<PathBuf> {
-    let prefix = prefix(config);
+    write_conf(&prefix(config), config).await
+}
+
+/// Renders the config into `<prefix>/nginx.conf` (whole or not at all: an nginx reading it
+/// meanwhile sees the old one), with the dirs nginx needs beside it.
+async fn write_conf(prefix: &Path, config: &Config) -> anyhow::Result<PathBuf> {
     for d in ["tmp", "logs", "html"] {
         tokio::fs::create_dir_all(prefix.join(d)).await?;
     }
@@ -179,11 +181,7 @@ impl Managed {
     pub async fn prepare(config: &Config) -> anyhow::Result<Self> {
         let bin = find_bin(config)?;
         let prefix = prefix(config);
-        for d in ["tmp", "logs", "html"] {
-            tokio::fs::create_dir_all(prefix.join(d)).await?;
-        }
-        let conf = prefix.join("nginx.conf");
-        tokio::fs::write(&conf, render(TEMPLATE, config)).await?;
+        let conf = write_conf(&prefix, config).await?;
         let m = Managed {
             bin,
             prefix,

@@ -108,7 +108,9 @@ impl Funnel {
                 Failure::Race if attempt < RACE_ATTEMPTS => {
                     tracing::debug!(attempt, "serve config changed under us; retrying");
                     // Jitter, so two writers that collided do not collide again in step.
-                    let jitter = Duration::from_millis(u64::from(crate::links::random_token(1).as_bytes()[0] % 50));
+                    let mut b = [0u8; 1];
+                    getrandom::fill(&mut b).expect("the OS random source is available");
+                    let jitter = Duration::from_millis(u64::from(b[0]) * 50 / 256);
                     tokio::time::sleep(delay + jitter).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }

@@ -64,20 +64,10 @@ pub enum Provider {
     Docker(funnel::Funnel),
 }
 
-/// Finds the `tailscale` CLI for the local-process provider: a path, or a name on `PATH`.
-pub fn find_cli(bin: &str) -> Option<std::path::PathBuf> {
-    if bin.contains('/') {
-        let p = std::path::PathBuf::from(bin);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file())
-}
-
 impl Provider {
     /// The provider `FERRY_PROVIDER` names; refuses a `tailscale` CLI that is not there.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        if config.provider == ProviderKind::Tailscale && find_cli(&config.tailscale_bin).is_none() {
+        if config.provider == ProviderKind::Tailscale && crate::find_program(&config.tailscale_bin).is_none() {
             anyhow::bail!(
                 "FERRY_TAILSCALE_BIN: {:?} was not found (install Tailscale, or set FERRY_TAILSCALE_BIN to the CLI)",
                 config.tailscale_bin
