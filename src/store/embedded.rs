@@ -279,28 +279,36 @@ impl Embedded {
     }
 
     /// Queues a write of `link`; returns the batch's receiver when it must be durable.
-    fn queue(st: &mut State, link: &Link, was_open: bool, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
+    fn queue(st: &mut State, link: Link, was_open: bool, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
         st.queue.links.push((link.clone(), was_open));
         st.queue.durable |= durable;
         let seq = st.queue.seq;
         let rx = st.queue.done.subscribe();
-        let entry = st.live.entry(link.id.clone()).or_insert_with(|| Entry {
-            link: link.clone(),
-            durable: None,
-            last_batch: seq,
-        });
-        entry.link = link.clone();
-        entry.last_batch = seq;
-        if durable {
-            entry.durable = Some((seq, rx.clone()));
+        let wait = durable.then_some((seq, rx));
+        match st.live.entry(link.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let e = e.get_mut();
+                e.link = link;
+                e.last_batch = seq;
+                if wait.is_some() {
+                    e.durable.clone_from(&wait);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    link,
+                    durable: wait.clone(),
+                    last_batch: seq,
+                });
+            }
         }
-        durable.then_some((seq, rx))
+        wait
     }
 
     pub async fn insert(&self, link: &Link) -> Result<(), StoreError> {
         let wait = {
             let mut st = self.state();
-            Self::queue(&mut st, link, false, true)
+            Self::queue(&mut st, link.clone(), false, true)
         };
         match wait {
             Some((_, rx)) => self.settled(rx).await,
@@ -337,10 +345,10 @@ impl Embedded {
             let wait = match &result {
                 Write::No(_) => pending,
                 Write::Soft(_) => {
-                    Self::queue(&mut st, &link, was_open, false);
+                    Self::queue(&mut st, link, was_open, false);
                     pending
                 }
-                Write::Durable(_) => Self::queue(&mut st, &link, was_open, true),
+                Write::Durable(_) => Self::queue(&mut st, link, was_open, true),
             };
             break (result, wait);
         };
