@@ -19,7 +19,7 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "admin",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let open = s.links.store().list_open().await?.len();
+    let open = s.links.store().count_open().await?;
     metrics::gauge!("ferry_links_open").set(open as f64);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

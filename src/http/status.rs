@@ -63,7 +63,7 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, description = "Status of the parts", body = Object), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody)))]
 pub async fn status(State(s): State<AppState>) -> Json<Value> {
     let store_ok = s.links.store().ping().await.is_ok();
-    let open = s.links.store().list_open().await.map(|l| l.len()).ok();
+    let open = s.links.store().count_open().await.ok();
     // With shared state: how many open links have their tunnel on this instance.
     let owned = match s.links.store().owned_here().await {
         Ok(Some(mine)) => Some(mine.len()),

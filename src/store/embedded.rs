@@ -360,6 +360,14 @@ impl Embedded {
         Ok(Some(result.into_inner()))
     }
 
+    pub fn count_open(&self) -> usize {
+        self.state()
+            .live
+            .values()
+            .filter(|e| e.link.state != LinkState::Closed)
+            .count()
+    }
+
     pub fn list_open(&self) -> Result<Vec<Link>, StoreError> {
         Ok(self
             .state()

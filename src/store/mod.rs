@@ -98,6 +98,14 @@ impl Store {
         }
     }
 
+    /// How many links are not closed (without loading them).
+    pub async fn count_open(&self) -> Result<usize, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(s.count_open()),
+            Store::Redis(s) => s.count_open().await,
+        }
+    }
+
     /// Closed links, newest first.
     pub async fn history(&self, limit: usize) -> Result<Vec<Link>, StoreError> {
         match self {

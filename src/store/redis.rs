@@ -443,6 +443,15 @@ impl Redis {
         Ok(links.into_iter().filter(|l| l.state != LinkState::Closed).collect())
     }
 
+    /// The open index moves with each record in one script, so its size is the count.
+    pub async fn count_open(&self) -> Result<usize, StoreError> {
+        redis::cmd("ZCARD")
+            .arg(OPEN)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
     pub async fn history(&self, limit: usize) -> Result<Vec<Link>, StoreError> {
         if limit == 0 {
             return Ok(vec![]);

@@ -147,6 +147,7 @@ async fn open_and_history_are_listed_newest_first(s: Subject) {
     let mut all = ids(&links);
     all.sort();
     assert_eq!(open, all);
+    assert_eq!(store.count_open().await.unwrap(), 4);
 
     // Closed in the order 2, 0, 3: history is newest first.
     assert!(close(store, &links[2].id, 50_000).await);
@@ -155,6 +156,7 @@ async fn open_and_history_are_listed_newest_first(s: Subject) {
     // Closing again changes nothing and adds no second history row.
     assert!(!close(store, &links[0].id, 53_000).await);
     assert_eq!(ids(&store.list_open().await.unwrap()), vec![links[1].id.clone()]);
+    assert_eq!(store.count_open().await.unwrap(), 1);
     let history = store.history(10).await.unwrap();
     assert_eq!(
         ids(&history),
