@@ -1,6 +1,7 @@
 //! `GET /metrics`: Prometheus text, rendered by the `metrics` exporter from what the parts record
 //! (links created and closed by reason, bytes served, downloads completed, refusals by reason,
-//! monitor lag, provider call latency); the open-links gauge is read from the store on each scrape.
+//! monitor lag, provider open and close latency, each `tailscale` CLI call's latency); the
+//! open-links gauge is read from the store on each scrape.
 
 use axum::Router;
 use axum::extract::State;

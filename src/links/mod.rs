@@ -761,10 +761,10 @@ impl Links {
             self.link_dir(&id, &resolved.real_path)
                 .await
                 .map_err(|e| LinkError::Internal(format!("symlink: {e}")))?;
-            self.provider
-                .open(&id)
-                .await
-                .map_err(|e| LinkError::Tunnel(e.to_string()))
+            let started = std::time::Instant::now();
+            let opened = self.provider.open(&id).await;
+            metrics::histogram!("ferry_provider_call_seconds", "op" => "open").record(started.elapsed().as_secs_f64());
+            opened.map_err(|e| LinkError::Tunnel(e.to_string()))
         }
         .await;
         if let Err(e) = exposed {

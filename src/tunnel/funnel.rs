@@ -92,14 +92,16 @@ impl Funnel {
         for attempt in 1..=RACE_ATTEMPTS {
             let started = std::time::Instant::now();
             let out = self.runner.run(args, self.timeout).await;
-            let op = if args.iter().any(|a| a == "status") {
+            // One CLI call (ferry_provider_call_seconds times a whole open or close).
+            let command = if args.iter().any(|a| a == "status") {
                 "status"
             } else if args.last().is_some_and(|a| a == "off") {
-                "close"
+                "off"
             } else {
-                "open"
+                "set"
             };
-            metrics::histogram!("ferry_provider_call_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+            metrics::histogram!("ferry_tailscale_command_seconds", "command" => command)
+                .record(started.elapsed().as_secs_f64());
             let out = out.map_err(Failed::Run)?;
             if out.code == 0 {
                 return Ok(out);

@@ -510,6 +510,21 @@ async fn twenty_links_at_once_leave_twenty_handlers_despite_etag_races(kind: Kin
     }
     let log = app.log();
     assert!(log.contains("retrying"), "the races were not retried:\n{log}");
+    // Each CLI call is timed apart from the provider's whole open.
+    let m = app
+        .http
+        .get(format!("{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("ferry_tailscale_command_seconds_count{command=\"set\"}"),
+        "{m}"
+    );
+    assert!(m.contains("ferry_provider_call_seconds_count{op=\"open\"} 20"), "{m}");
 
     let started = Instant::now();
     for id in &ids {
