@@ -39,11 +39,7 @@ async fn metrics_move_as_links_are_created_downloaded_and_closed() {
     app.closed(done["tunnel_id"].as_str().unwrap(), Duration::from_secs(5))
         .await;
     let id = ended["tunnel_id"].as_str().unwrap();
-    app.http
-        .delete(format!("{}/admin/tunnels/{id}", app.admin))
-        .send()
-        .await
-        .unwrap();
+    app.terminate(id).await;
 
     let m = metrics(&app).await;
     assert_eq!(sample(&m, "ferry_links_open"), 0.0);
@@ -88,11 +84,7 @@ async fn admin_actions_and_refusals_are_audited_and_queryable() {
     let url = link["download_url"].as_str().unwrap();
     let bad = curl(&format!("{url}x"), &["--interface", "127.0.0.60"]).await;
     assert_eq!(bad.exit, EMPTY_REPLY);
-    app.http
-        .delete(format!("{}/admin/tunnels/{id}", app.admin))
-        .send()
-        .await
-        .unwrap();
+    app.terminate(id).await;
     let closed = curl(url, &["--interface", "127.0.0.61"]).await;
     assert_eq!(closed.exit, EMPTY_REPLY);
 

@@ -53,13 +53,7 @@ async fn bad_input_gets_400_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let r = app
-        .http
-        .delete(format!("{}/admin/tunnels/AAAAAAAAAAAAAAAAAAAAAAAA", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(app.terminate("AAAAAAAAAAAAAAAAAAAAAAAA").await, 404);
     assert!(app.open().await.is_empty());
 }
 
@@ -108,20 +102,8 @@ async fn links_are_listed_terminated_and_kept_in_history() {
         "the owner can copy the link again"
     );
 
-    let r = app
-        .http
-        .delete(format!("{}/admin/tunnels/{id}", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = app
-        .http
-        .delete(format!("{}/admin/tunnels/{id}", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "a closed link is no longer open");
+    assert_eq!(app.terminate(id).await, 204);
+    assert_eq!(app.terminate(id).await, 404, "a closed link is no longer open");
     let h = app.history().await;
     assert_eq!(h.len(), 1);
     assert_eq!(h[0]["close_reason"], "terminated");

@@ -176,6 +176,17 @@ impl TestApp {
         v
     }
 
+    /// Ends a link through the API (`DELETE /admin/tunnels/<id>`); returns the status.
+    pub async fn terminate(&self, id: &str) -> u16 {
+        self.http
+            .delete(format!("{}/admin/tunnels/{id}", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.http.get(format!("{}{path}", self.admin)).send().await.unwrap();
         let status = r.status().as_u16();

@@ -84,16 +84,6 @@ async fn ferry_link(server: &RedisServer, id: &str) -> Value {
     serde_json::from_str(&json).expect("the link is in Redis")
 }
 
-async fn delete(app: &TestApp, id: &str) -> u16 {
-    app.http
-        .delete(format!("{}/admin/tunnels/{id}", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_links_and_teardown_runs_where_the_tunnel_is() {
     let server = RedisServer::start().await;
@@ -128,7 +118,7 @@ async fn two_instances_share_links_and_teardown_runs_where_the_tunnel_is() {
 
     // Terminated on B: A's public listener refuses at once, and A (which owns the tunnel)
     // removes its symlink directory.
-    assert_eq!(delete(&b, id).await, 204);
+    assert_eq!(b.terminate(id).await, 204);
     let r = curl(&url(&link), &[]).await;
     assert_eq!(
         (r.exit, r.body.len()),
@@ -139,7 +129,7 @@ async fn two_instances_share_links_and_teardown_runs_where_the_tunnel_is() {
     assert!(a.log().contains("tearing down a link closed by another instance"));
     let t = a.closed(id, Duration::from_secs(2)).await;
     assert_eq!(t["close_reason"], "terminated");
-    assert_eq!(delete(&a, id).await, 404, "already closed for everyone");
+    assert_eq!(a.terminate(id).await, 404, "already closed for everyone");
 
     // Completed through A's nginx (seen in A's log): closed for B too.
     let link = a.link("report.pdf").await;
@@ -209,7 +199,7 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
 
     a.kill9().await;
     // Closed while A is gone: its teardown waits in A's queue until someone takes A's links.
-    assert_eq!(delete(&b, &orphaned).await, 204);
+    assert_eq!(b.terminate(&orphaned).await, 204);
     // B stops waiting for A after its heartbeat lapses, and owns its links from then on.
     eventually(Duration::from_secs(8), "B takes over A's links", async || {
         b.log().contains("took over the links of an instance that is gone")
@@ -219,7 +209,7 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
     let t = b.closed(&expiring, Duration::from_secs(5)).await;
     assert_eq!(t["close_reason"], "expired");
     // Terminated on B, the new owner, which tears it down itself.
-    assert_eq!(delete(&b, &kept).await, 204);
+    assert_eq!(b.terminate(&kept).await, 204);
     // What B tore down (the expired, the terminated, and the one closed before the takeover)
     // it no longer owns; `back` stays open.
     eventually(Duration::from_secs(3), "B releases what it tore down", async || {
@@ -232,7 +222,7 @@ async fn an_instance_that_is_gone_has_its_links_taken_over() {
     a.start().await;
     assert_eq!((owned(&a).await, owned(&b).await), (json!(1), json!(0)));
     assert!(a.path("tunnels").join(&back).exists());
-    assert_eq!(delete(&b, &back).await, 204);
+    assert_eq!(b.terminate(&back).await, 204);
     assert!(a.tunnel_dir_gone(&back).await, "A tore it down:\n{}", a.log());
 }
 
@@ -588,7 +578,7 @@ async fn funnel_handlers_live_only_on_the_node_that_owns_the_link() {
     let link = a.link("photo.jpg").await;
     let id = link["tunnel_id"].as_str().unwrap().to_string();
     let mount = format!("/s/{id}");
-    assert_eq!(delete(&b, &id).await, 204);
+    assert_eq!(b.terminate(&id).await, 204);
     eventually(Duration::from_secs(5), "A closes its Funnel handler", async || {
         !side_a.mounts().contains(&mount)
     })
