@@ -2,13 +2,16 @@
 //! `expires_at`. The token is a bearer secret: it is never logged, stored or echoed, and it can be
 //! re-derived from the link (same claims, same key) when the owner asks for the URL again.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::TunnelId;
 use crate::config::Secret;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claims {
     tid: String,
     iat: u64,
@@ -25,10 +28,16 @@ pub enum TokenError {
     FromTheFuture,
 }
 
+/// How many verified tokens are remembered.
+const VERIFIED_KEPT: usize = 1024;
+
 pub struct Keys {
     enc: EncodingKey,
     dec: DecodingKey,
     validation: Validation,
+    /// Tokens whose signature was verified, with their claims: a download (many range requests
+    /// with one token) pays the signature check once. Claims are still checked every time.
+    verified: Mutex<HashMap<Box<str>, Claims>>,
 }
 
 impl Keys {
@@ -43,6 +52,7 @@ impl Keys {
             enc: EncodingKey::from_secret(secret.expose().as_bytes()),
             dec: DecodingKey::from_secret(secret.expose().as_bytes()),
             validation,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -61,9 +71,21 @@ impl Keys {
         if token.len() > 1024 {
             return Err(TokenError::Invalid);
         }
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).map_err(|_| TokenError::Invalid)?;
-        let c = data.claims;
+        let known = self.verified.lock().expect("tokens mutex").get(token).cloned();
+        let c = match known {
+            Some(c) => c,
+            None => {
+                let c = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
+                    .map_err(|_| TokenError::Invalid)?
+                    .claims;
+                let mut verified = self.verified.lock().expect("tokens mutex");
+                if verified.len() >= VERIFIED_KEPT {
+                    verified.clear();
+                }
+                verified.insert(token.into(), c.clone());
+                c
+            }
+        };
         // jsonwebtoken accepts `exp == now`; the link is refused from `expires_at` on.
         if c.exp <= now {
             return Err(TokenError::Invalid);
@@ -139,5 +161,30 @@ mod tests {
         for (what, token) in table {
             assert!(k.verify(&token, &id, now).is_err(), "{what} was accepted");
         }
+    }
+
+    #[test]
+    fn a_remembered_token_is_still_checked_on_every_use() {
+        let k = keys();
+        let id = TunnelId::random();
+        let now = 1_700_000_000;
+        let token = k.issue(&id, now, now + 100);
+        assert_eq!(k.verify(&token, &id, now), Ok(()));
+        assert_eq!(k.verify(&token, &id, now + 99), Ok(()));
+        assert_eq!(k.verify(&token, &id, now + 100), Err(TokenError::Invalid));
+        assert_eq!(k.verify(&token, &TunnelId::random(), now), Err(TokenError::OtherLink));
+        assert_eq!(k.verify(&token, &id, now - 1), Err(TokenError::FromTheFuture));
+        // Another key's view of the same string: nothing is shared between keys.
+        assert_eq!(
+            Keys::new(&Secret::new("x".repeat(40))).verify(&token, &id, now),
+            Err(TokenError::Invalid)
+        );
+        // Past the bound the memory starts over, and verifying still works.
+        for i in 0..VERIFIED_KEPT as u64 + 5 {
+            let t = k.issue(&id, now, now + 200 + i);
+            assert_eq!(k.verify(&t, &id, now), Ok(()));
+        }
+        assert!(k.verified.lock().unwrap().len() <= VERIFIED_KEPT);
+        assert_eq!(k.verify(&token, &id, now), Ok(()));
     }
 }
