@@ -105,7 +105,7 @@ pub fn admission(h: &HeaderMap) -> Result<Admission, Refusal> {
         return Err(Refusal::Malformed);
     }
     Ok(Admission {
-        request_id: request_id.to_string(),
+        request_id: request_id.into(),
         method: Method::parse(header(h, "x-ferry-method")),
         range: Some(header(h, "x-ferry-range"))
             .filter(|r| !r.is_empty())

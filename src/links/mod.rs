@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::monitor::coverage::Coverage;
-use crate::monitor::record::AccessRecord;
+use crate::monitor::record::{AccessRecord, Completion};
 use crate::store::{Owner, Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
@@ -80,7 +80,7 @@ pub fn rfc3339(ms: u64) -> String {
 /// used in a path or a file name safely.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TunnelId(String);
+pub struct TunnelId(Arc<str>);
 
 #[derive(Debug, thiserror::Error)]
 #[error("not a tunnel id")]
@@ -88,13 +88,13 @@ pub struct BadTunnelId;
 
 impl TunnelId {
     pub fn random() -> Self {
-        TunnelId(random_token(18))
+        TunnelId(random_token(18).into())
     }
 
     pub fn parse(s: &str) -> Result<Self, BadTunnelId> {
         let ok = (16..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
-            Ok(TunnelId(s.to_string()))
+            Ok(TunnelId(s.into()))
         } else {
             Err(BadTunnelId)
         }
@@ -114,7 +114,7 @@ impl TryFrom<String> for TunnelId {
 
 impl From<TunnelId> for String {
     fn from(t: TunnelId) -> String {
-        t.0
+        t.0.to_string()
     }
 }
 
@@ -124,11 +124,13 @@ impl std::fmt::Display for TunnelId {
     }
 }
 
-/// A client: an IPv4 address or an IPv6 /64, with its User-Agent.
+/// A client: an IPv4 address or an IPv6 /64, with its User-Agent. The strings of a link record
+/// are shared (`Arc<str>`): a record is copied on every update, and copying it must not
+/// allocate once per string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClientKey {
-    pub address: String,
-    pub user_agent: String,
+    pub address: Arc<str>,
+    pub user_agent: Arc<str>,
 }
 
 impl ClientKey {
@@ -146,7 +148,10 @@ impl ClientKey {
             },
         };
         let user_agent: String = user_agent.chars().take(512).collect();
-        Some(ClientKey { address, user_agent })
+        Some(ClientKey {
+            address: address.into(),
+            user_agent: user_agent.into(),
+        })
     }
 }
 
@@ -193,7 +198,7 @@ pub struct Claim {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InFlight {
-    pub request_id: String,
+    pub request_id: Arc<str>,
     pub client: ClientKey,
     /// A GET that holds (or used) a claim; HEAD does not.
     pub claims: bool,
@@ -221,13 +226,13 @@ pub struct InFlight {
 pub struct RequestSeen {
     /// nginx's `$request_id`: a line read twice (a replay after a crash) is applied once.
     #[serde(default)]
-    pub request_id: String,
+    pub request_id: Arc<str>,
     pub time_ms: u64,
     pub client: ClientKey,
-    pub method: String,
+    pub method: Arc<str>,
     pub status: u16,
     pub bytes: u64,
-    pub range: Option<String>,
+    pub range: Option<Arc<str>>,
     pub completed: bool,
 }
 
@@ -445,6 +450,9 @@ pub struct Links {
     history_ms: u64,
     /// Wakes the scheduler when a deadline may have moved earlier.
     wake: Notify,
+    /// When the scheduler looks next (`u64::MAX` while it is looking): a new deadline later than that
+    /// needs no wake-up, so creating links does not make it scan them all each time.
+    scheduled_at: std::sync::atomic::AtomicU64,
     /// When each link last had a `progress` event (they are limited to a few per second).
     progress_sent: std::sync::Mutex<std::collections::HashMap<TunnelId, u64>>,
     pub events: broadcast::Sender<Event>,
@@ -452,7 +460,7 @@ pub struct Links {
     pub log_writes: Arc<crate::monitor::logwrites::LogWrites>,
     /// The latest request admitted on each connection ferry can see (nginx reuses connections;
     /// a new request on one ends the previous).
-    conns: std::sync::Mutex<std::collections::HashMap<crate::monitor::sockdiag::Conn, (TunnelId, String)>>,
+    conns: std::sync::Mutex<std::collections::HashMap<crate::monitor::sockdiag::Conn, (TunnelId, Arc<str>)>>,
     /// Events other instances emitted (with shared state), for this instance's SSE clients.
     /// Webhooks never see them: each instance sends its own events' webhooks.
     pub peer_events: broadcast::Sender<PeerEvent>,
@@ -509,6 +517,7 @@ impl Links {
             history_ms: u64::from(config.history_days) * 86_400_000,
             base_url: config.base_url.clone(),
             wake: Notify::new(),
+            scheduled_at: u64::MAX.into(),
             progress_sent: Default::default(),
             events: broadcast::channel(1024).0,
             log_writes: Default::default(),
@@ -601,8 +610,8 @@ impl Links {
                 .clients
                 .iter()
                 .map(|c| ClientView {
-                    address: c.client.address.clone(),
-                    user_agent: c.client.user_agent.clone(),
+                    address: c.client.address.to_string(),
+                    user_agent: c.client.user_agent.to_string(),
                     bytes: c.bytes,
                 })
                 .collect(),
@@ -775,7 +784,7 @@ impl Links {
                 .await;
             return Err(e);
         }
-        self.wake.notify_one();
+        self.remind(link.expires_at_ms);
         metrics::counter!("ferry_links_created_total").increment(1);
         self.emit("created", &link);
         let created = Created {
@@ -796,7 +805,7 @@ impl Links {
     }
 
     /// nginx's question for every public request: may this request be served?
-    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<Link, Refusal> {
+    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<Arc<Link>, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
         self.keys
@@ -849,16 +858,14 @@ impl Links {
                         rules::end_on_reuse(link, rid);
                     }
                     // A new claim must survive a crash; a request riding on one need not.
-                    let durable = a == Admitted::NewClaim;
-                    let v = Ok((a, link.clone()));
-                    if durable { Write::Durable(v) } else { Write::Soft(v) }
+                    if a == Admitted::NewClaim { Write::Durable(Ok(a)) } else { Write::Soft(Ok(a)) }
                 }
                 Err(r) => Write::No(Err(r)),
             })
             .await
             .map_err(|_| Refusal::Unavailable)?
             .ok_or(Refusal::Unknown)?;
-        let (admitted, link) = outcome?;
+        let (admitted, link) = (outcome.0?, outcome.1);
         if admitted == Admitted::NewClaim {
             self.emit("started", &link);
         }
@@ -881,7 +888,7 @@ impl Links {
     }
 
     /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
-    pub async fn preview(&self, id: &str, token: &str) -> Result<Link, Refusal> {
+    pub async fn preview(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
         self.keys
@@ -910,12 +917,16 @@ impl Links {
             return Ok(());
         };
         let now = self.clock.now_ms();
-        // One last look at the socket, so an aborted request is credited up to the end.
-        let last = self.store.get(id).await?.and_then(|l| {
-            let f = l.inflight.into_iter().find(|f| f.request_id == rec.request_id)?;
-            Some((f.conn?, self.diag.as_ref()?))
-        });
-        let acked = last.and_then(|(conn, diag)| diag.bytes_acked(conn).ok().flatten());
+        // One last look at the socket, so an aborted request is credited up to the end (a
+        // completed one is credited what nginx sent).
+        let mut acked = None;
+        if rec.completion == Completion::Aborted
+            && let Some(diag) = &self.diag
+            && let Some(link) = self.store.get(id).await?
+            && let Some(conn) = link.inflight.iter().find(|f| *f.request_id == *rec.request_id).and_then(|f| f.conn)
+        {
+            acked = diag.bytes_acked(conn).ok().flatten();
+        }
         let policy = self.policy;
         let settled = self
             .store
@@ -925,7 +936,7 @@ impl Links {
                 }
                 let before = link.bytes_served;
                 let s = rules::settle(link, rec, client.clone(), now, &policy);
-                let v = (s, link.bytes_served - before, link.clone());
+                let v = (s, link.bytes_served - before);
                 if s.download_completed {
                     Write::Durable(v)
                 } else if s.changed {
@@ -935,7 +946,7 @@ impl Links {
                 }
             })
             .await?;
-        let Some((s, bytes, link)) = settled else { return Ok(()) };
+        let Some(((s, bytes), link)) = settled else { return Ok(()) };
         metrics::counter!("ferry_bytes_served_total").increment(bytes);
         if s.download_completed {
             metrics::counter!("ferry_downloads_completed_total").increment(1);
@@ -958,13 +969,13 @@ impl Links {
             .store
             .update(id, &mut |link| {
                 if rules::close(link, reason, now) {
-                    Write::Durable(Some(link.clone()))
+                    Write::Durable(true)
                 } else {
-                    Write::No(None)
+                    Write::No(false)
                 }
             })
             .await?
-            .flatten();
+            .and_then(|(closed, link)| closed.then_some(link));
         self.teardown(id).await;
         self.progress_sent.lock().expect("progress mutex").remove(id);
         match closed {
@@ -1135,12 +1146,23 @@ impl Links {
         Ok(())
     }
 
+    /// Tells the scheduler a link falls due at `at`, waking it if it would look later than that.
+    /// A link stored before its deadline is set here is seen either by the scan under way (which
+    /// then sleeps no later than `at`) or by the next one, which this wakes.
+    fn remind(&self, at: u64) {
+        if at < self.scheduled_at.load(std::sync::atomic::Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
     /// Closes links when they fall due: at `expires_at`, or when a completed link's grace period
     /// ends. One loop for all links; it sleeps until the earliest deadline, and does the
     /// housekeeping every minute.
     pub async fn run_scheduler(self: Arc<Self>, cancel: CancellationToken) {
         let mut housekeeping_at = self.clock.now_ms() + 60_000;
         loop {
+            // Looking: any deadline set from here on wakes the next round (see `remind`).
+            self.scheduled_at.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
             let now = self.clock.now_ms();
             if now >= housekeeping_at {
                 housekeeping_at = now + 60_000;
@@ -1175,6 +1197,7 @@ impl Links {
                     next = now + 1000;
                 }
             }
+            self.scheduled_at.store(next, std::sync::atomic::Ordering::SeqCst);
             let sleep = Duration::from_millis(next.saturating_sub(self.clock.now_ms()));
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -1187,7 +1210,7 @@ impl Links {
     /// Makes the provider agree with the store: the open links' handlers are there (a sidecar
     /// restart can lose them), and no handler of ferry's serves a link that is not open.
     pub async fn reconcile_tunnels(&self) -> Result<(), LinkError> {
-        let mut open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id).collect();
+        let mut open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id.clone()).collect();
         if let Some(mine) = self.store.owned_here().await? {
             // With shared state, this node's provider serves only the links whose tunnel is
             // here: another instance's link must never get a handler on this node (nor one of
@@ -1243,12 +1266,12 @@ impl Links {
             // Connections whose request is settled need no entry any more.
             let live: std::collections::HashSet<&str> = open
                 .iter()
-                .flat_map(|l| l.inflight.iter().map(|f| f.request_id.as_str()))
+                .flat_map(|l| l.inflight.iter().map(|f| &*f.request_id))
                 .collect();
             self.conns
                 .lock()
                 .expect("conns mutex")
-                .retain(|_, (_, rid)| live.contains(rid.as_str()));
+                .retain(|_, (_, rid)| live.contains(&**rid));
         }
         // Only the owner sees a link's sockets (another node's connections look vanished).
         let mine = self.store.owned_here().await?;
@@ -1256,7 +1279,11 @@ impl Links {
             if mine.as_ref().is_some_and(|m| !m.contains(&link.id)) {
                 continue;
             }
-            let samples: Vec<(String, Option<u64>)> = match &self.diag {
+            // Never claimed and nothing in flight: nothing to sample, settle or find stalled.
+            if link.state == LinkState::Open && link.inflight.is_empty() {
+                continue;
+            }
+            let samples: Vec<(Arc<str>, Option<u64>)> = match &self.diag {
                 Some(diag) => link
                     .inflight
                     .iter()
@@ -1278,7 +1305,7 @@ impl Links {
                     let credited = l.bytes_served - before;
                     let dropped = rules::drop_stalled_claims(l, now, &policy);
                     let stalled = rules::stalled(l, now, &policy);
-                    let r = (moved, stalled, credited, l.clone());
+                    let r = (moved, stalled, credited);
                     if settled || dropped {
                         Write::Durable(r)
                     } else if moved {
@@ -1288,7 +1315,7 @@ impl Links {
                     }
                 })
                 .await?;
-            let Some((moved, stalled, credited, l)) = outcome else {
+            let Some(((moved, stalled, credited), l)) = outcome else {
                 continue;
             };
             metrics::counter!("ferry_bytes_served_total").increment(credited);
@@ -1303,7 +1330,7 @@ impl Links {
     }
 
     /// Listing helpers for the API.
-    pub async fn open_links(&self) -> Result<Vec<Link>, StoreError> {
+    pub async fn open_links(&self) -> Result<Vec<Arc<Link>>, StoreError> {
         let mut v = self.store.list_open().await?;
         v.sort_by_key(|l| std::cmp::Reverse(l.created_at_ms));
         Ok(v)
@@ -1411,12 +1438,12 @@ mod tests {
         let a = ClientKey::new("2001:db8:1:2:aaaa::1", "ua").unwrap();
         let b = ClientKey::new("2001:db8:1:2:bbbb::9", "ua").unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.address, "2001:db8:1:2::/64");
+        assert_eq!(a.address.as_ref(), "2001:db8:1:2::/64");
         // Found by the `check_request` fuzz target: zero groups were written out (`2001:db8:a1ba:0::`).
         let z = ClientKey::new("2001:db8:a1ba::b:2:3:4", "ua").unwrap();
-        assert_eq!(z.address, "2001:db8:a1ba::/64");
-        assert_eq!(ClientKey::new("::1", "ua").unwrap().address, "::/64");
-        assert_eq!(ClientKey::new("::ffff:10.0.0.1", "ua").unwrap().address, "10.0.0.1");
+        assert_eq!(z.address.as_ref(), "2001:db8:a1ba::/64");
+        assert_eq!(&*ClientKey::new("::1", "ua").unwrap().address, "::/64");
+        assert_eq!(&*ClientKey::new("::ffff:10.0.0.1", "ua").unwrap().address, "10.0.0.1");
         assert!(ClientKey::new("nope", "ua").is_none());
     }
 

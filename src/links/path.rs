@@ -223,9 +223,15 @@ impl DataDir {
         })
     }
 
-    /// The file's identity now, for comparison with the one recorded at creation.
+    /// The file's identity now, for comparison with the one recorded at creation (which
+    /// `resolve_file` checked for escapes: the same identity is the same file).
     pub fn identity(&self, rel: &RelPath) -> Result<FileIdentity, PathError> {
-        self.resolve_file(rel).map(|r| r.identity)
+        let (_, st) = self.open_beneath(rel)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => Ok(identity(&st)),
+            FileType::Directory => Err(PathError::Folder),
+            _ => Err(PathError::NotRegular),
+        }
     }
 
     /// Lists a folder beneath the data dir (hidden entries and non-regular files left out).

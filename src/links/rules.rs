@@ -2,6 +2,8 @@
 //! line or a socket sample settles, when a link is due, when it has stalled. No I/O and no clock
 //! here, so every rule is tested with explicit times.
 
+use std::sync::Arc;
+
 use super::{Claim, ClientKey, CloseReason, InFlight, Link, LinkState};
 use crate::monitor::coverage::ByteRange;
 use crate::monitor::record::{AccessRecord, Completion};
@@ -44,7 +46,7 @@ impl Method {
 /// A public request as the check sees it, before any bytes are sent.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    pub request_id: String,
+    pub request_id: Arc<str>,
     pub method: Method,
     /// The `Range` header, if any.
     pub range: Option<String>,
@@ -244,13 +246,13 @@ fn credit(link: &mut Link, client: &ClientKey, bytes: u64, range: Option<ByteRan
 
 /// Applies one access-log line (the final ledger of one request) to its link.
 pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, p: &Policy) -> Settled {
-    if rec.preview || link.requests.iter().any(|r| r.request_id == rec.request_id) {
+    if rec.preview || link.requests.iter().any(|r| *r.request_id == *rec.request_id) {
         return Settled::default();
     }
     let flight = link
         .inflight
         .iter()
-        .position(|r| r.request_id == rec.request_id)
+        .position(|r| *r.request_id == *rec.request_id)
         .map(|i| link.inflight.swap_remove(i));
     // A refused request (444) or one that was never ours sends nothing worth settling.
     if flight.is_none() && !matches!(rec.status, 200 | 206) {
@@ -284,13 +286,13 @@ pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, now: u64, 
     remember(
         link,
         super::RequestSeen {
-            request_id: rec.request_id.clone(),
+            request_id: rec.request_id.as_str().into(),
             time_ms: now,
             client: client.clone(),
-            method: rec.method.clone(),
+            method: rec.method.as_str().into(),
             status: rec.status,
             bytes,
-            range: rec.content_range.clone(),
+            range: rec.content_range.as_deref().map(Arc::from),
             completed: rec.completion == Completion::Ok,
         },
     );
@@ -343,7 +345,7 @@ fn complete_if_covered(link: &mut Link, client: &ClientKey, empty_ok: bool, now:
 /// A socket sample for one request in flight: `Some(acked)` or `None` when the connection is gone.
 /// Returns whether anything changed.
 pub fn sample(link: &mut Link, request_id: &str, acked: Option<u64>, now: u64) -> bool {
-    let Some(f) = link.inflight.iter_mut().find(|r| r.request_id == request_id) else {
+    let Some(f) = link.inflight.iter_mut().find(|r| &*r.request_id == request_id) else {
         return false;
     };
     match acked {
@@ -379,7 +381,7 @@ pub fn end_on_reuse(link: &mut Link, request_id: &str) -> bool {
     match link
         .inflight
         .iter_mut()
-        .find(|f| f.request_id == request_id && !f.ended)
+        .find(|f| &*f.request_id == request_id && !f.ended)
     {
         Some(f) => {
             f.ended = true;
@@ -550,7 +552,7 @@ mod tests {
 
     fn client(n: u8) -> ClientKey {
         ClientKey {
-            address: format!("127.0.0.{n}"),
+            address: format!("127.0.0.{n}").into(),
             user_agent: "curl".into(),
         }
     }
@@ -580,7 +582,7 @@ mod tests {
             body_bytes_sent: body,
             content_range: cr.map(String::from),
             completion: if ok { Completion::Ok } else { Completion::Aborted },
-            client: client(c).address,
+            client: client(c).address.to_string(),
             user_agent: "curl".into(),
             preview: false,
         }
@@ -607,7 +609,7 @@ mod tests {
         );
         assert_eq!(l.claims.len(), 1);
         assert_eq!(
-            l.inflight.iter().find(|f| f.request_id == "c").unwrap().range_start,
+            l.inflight.iter().find(|f| &*f.request_id == "c").unwrap().range_start,
             500
         );
     }

@@ -81,7 +81,7 @@ fn event() -> impl Strategy<Value = Event> {
 
 fn client(n: u8) -> ClientKey {
     ClientKey {
-        address: format!("127.0.0.{n}"),
+        address: format!("127.0.0.{n}").into(),
         user_agent: "curl/8".into(),
     }
 }
@@ -131,7 +131,7 @@ impl Run {
     fn request(&mut self, c: u8, method: Method, range: Option<Index>) -> Result<(), TestCaseError> {
         let range_start = self.start(range);
         let a = Admission {
-            request_id: self.request_id(),
+            request_id: self.request_id().into(),
             method,
             range: range_start.map(|s| format!("bytes={s}-")),
             client: client(c),
@@ -183,7 +183,7 @@ impl Run {
                     prop_assert!(new.is_none(), "a served request added a claim");
                 }
                 self.sent.insert(
-                    a.request_id,
+                    a.request_id.to_string(),
                     Sent {
                         client: c,
                         method,
@@ -220,8 +220,8 @@ impl Run {
                 .filter(|_| status == 206)
                 .map(|s| format!("bytes {s}-{}/{size}", size - 1)),
             completion: if ok { Completion::Ok } else { Completion::Aborted },
-            client: client(c).address,
-            user_agent: client(c).user_agent,
+            client: client(c).address.to_string(),
+            user_agent: client(c).user_agent.to_string(),
             preview: false,
         }
     }
@@ -270,7 +270,7 @@ impl Run {
         (!self.link.inflight.is_empty()).then(|| {
             self.link.inflight[nth.index(self.link.inflight.len())]
                 .request_id
-                .clone()
+                .to_string()
         })
     }
 
@@ -321,7 +321,7 @@ impl Run {
                     close(&mut self.link, CloseReason::Stalled, self.now);
                 }
                 self.sent
-                    .retain(|id, _| self.link.inflight.iter().any(|f| &f.request_id == id));
+                    .retain(|id, _| self.link.inflight.iter().any(|f| *f.request_id == **id));
             }
             Event::Terminate => {
                 let was_closed = self.link.state == LinkState::Closed;
@@ -390,7 +390,7 @@ proptest! {
             if run.link.state == LinkState::Closed || run.now >= run.link.expires_at_ms {
                 let mut probe = run.link.clone();
                 let a = Admission {
-                    request_id: "f".repeat(32),
+                    request_id: "f".repeat(32).into(),
                     method: Method::Get,
                     range: Some("bytes=0-".into()),
                     client: run.link.completer.clone().unwrap_or_else(|| client(0)),

@@ -62,7 +62,7 @@ async fn run_pending() {
     }
 }
 
-async fn state_of(links: &Links, id: &TunnelId) -> Link {
+async fn state_of(links: &Links, id: &TunnelId) -> Arc<Link> {
     links.store().get(id).await.unwrap().unwrap()
 }
 

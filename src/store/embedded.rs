@@ -6,7 +6,8 @@
 //! held only for the closure of an `update`, never across disk I/O: that mutex is what makes
 //! `update` atomic, and reads of open links never touch the disk.
 //!
-//! Writes are group-committed. An `update` applies its change in memory and queues the record;
+//! Writes are group-committed. An `update` applies its change in memory and queues the record
+//! (a link written several times before the next commit is written once, in its latest form);
 //! whoever finds no commit under way becomes the committer and writes everything queued in one
 //! transaction (one fsync, when any write in it must be durable), looping until the queue is
 //! empty. A durable write returns only once its transaction is on disk, and so does any result
@@ -16,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
@@ -56,7 +57,8 @@ struct State {
 }
 
 struct Entry {
-    link: Link,
+    /// Shared with the queue and with readers: an update copies it once, and a read not at all.
+    link: Arc<Link>,
     /// The batch of this link's latest durable write, until it is committed.
     durable: Option<(u64, watch::Receiver<Outcome>)>,
     /// The batch of this link's latest write of any kind.
@@ -65,8 +67,8 @@ struct Entry {
 
 struct Batch {
     seq: u64,
-    /// (record, was it open before this write)
-    links: Vec<(Link, bool)>,
+    /// The latest record of each link written since the last commit.
+    links: HashMap<TunnelId, Arc<Link>>,
     audits: Vec<((u64, u64), Vec<u8>)>,
     durable: bool,
     done: watch::Sender<Outcome>,
@@ -76,7 +78,7 @@ impl Batch {
     fn new(seq: u64) -> Batch {
         Batch {
             seq,
-            links: Vec::new(),
+            links: HashMap::new(),
             audits: Vec::new(),
             durable: false,
             done: watch::channel(None).0,
@@ -124,9 +126,9 @@ impl Embedded {
                     .get(id.as_str())
                     .map_err(unavailable)?
                     .ok_or_else(|| StoreError::Corrupt(format!("open link {id} has no record")))?;
-                let link = decode(bytes.value())?;
+                let link: Link = decode(bytes.value())?;
                 let entry = Entry {
-                    link,
+                    link: Arc::new(link),
                     durable: None,
                     last_batch: 0,
                 };
@@ -188,8 +190,10 @@ impl Embedded {
                     tracing::error!(error = %e, "the store could not commit; will retry with the next write");
                     // Memory still holds the truth: the records go out again with the next batch.
                     let mut next = std::mem::replace(&mut st.queue, Batch::new(0));
-                    batch.links.append(&mut next.links);
-                    next.links = std::mem::take(&mut batch.links);
+                    for (id, link) in batch.links.drain() {
+                        // A record queued since is newer.
+                        next.links.entry(id).or_insert(link);
+                    }
                     batch.audits.append(&mut next.audits);
                     next.audits = std::mem::take(&mut batch.audits);
                     next.durable |= batch.durable;
@@ -224,17 +228,16 @@ impl Embedded {
             let mut links = txn.open_table(LINKS).map_err(unavailable)?;
             let mut open = txn.open_table(OPEN).map_err(unavailable)?;
             let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
-            for (link, was_open) in &batch.links {
+            for link in batch.links.values() {
                 links
                     .insert(link.id.as_str(), encode(link)?.as_slice())
                     .map_err(unavailable)?;
                 if link.state == LinkState::Closed {
-                    if *was_open {
-                        open.remove(link.id.as_str()).map_err(unavailable)?;
-                        history
-                            .insert((link.closed_at_ms.unwrap_or(0), link.id.as_str()), ())
-                            .map_err(unavailable)?;
-                    }
+                    // Both idempotent: a link is closed once, at one time.
+                    open.remove(link.id.as_str()).map_err(unavailable)?;
+                    history
+                        .insert((link.closed_at_ms.unwrap_or(0), link.id.as_str()), ())
+                        .map_err(unavailable)?;
                 } else {
                     open.insert(link.id.as_str(), ()).map_err(unavailable)?;
                 }
@@ -266,21 +269,21 @@ impl Embedded {
         }
     }
 
-    fn read(&self, id: &TunnelId) -> Result<Option<Link>, StoreError> {
+    fn read(&self, id: &TunnelId) -> Result<Option<Arc<Link>>, StoreError> {
         blocking(|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let links = txn.open_table(LINKS).map_err(unavailable)?;
             links
                 .get(id.as_str())
                 .map_err(unavailable)?
-                .map(|b| decode(b.value()))
+                .map(|b| decode(b.value()).map(Arc::new))
                 .transpose()
         })
     }
 
     /// Queues a write of `link`; returns the batch's receiver when it must be durable.
-    fn queue(st: &mut State, link: Link, was_open: bool, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
-        st.queue.links.push((link.clone(), was_open));
+    fn queue(st: &mut State, link: Arc<Link>, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
+        st.queue.links.insert(link.id.clone(), link.clone());
         st.queue.durable |= durable;
         let seq = st.queue.seq;
         let rx = st.queue.done.subscribe();
@@ -308,7 +311,7 @@ impl Embedded {
     pub async fn insert(&self, link: &Link) -> Result<(), StoreError> {
         let wait = {
             let mut st = self.state();
-            Self::queue(&mut st, link.clone(), false, true)
+            Self::queue(&mut st, Arc::new(link.clone()), true)
         };
         match wait {
             Some((_, rx)) => self.settled(rx).await,
@@ -316,48 +319,51 @@ impl Embedded {
         }
     }
 
-    pub fn get(&self, id: &TunnelId) -> Result<Option<Link>, StoreError> {
+    pub fn get(&self, id: &TunnelId) -> Result<Option<Arc<Link>>, StoreError> {
         if let Some(e) = self.state().live.get(id) {
             return Ok(Some(e.link.clone()));
         }
         self.read(id)
     }
 
-    pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
+    /// Runs `f` on a copy of the latest record and keeps the copy as `f` says; returns `f`'s
+    /// result and the record as `f` left it.
+    pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<(R, Arc<Link>)>, StoreError> {
         // A link not in memory is closed and on disk; it is read before taking the lock, and read
         // again if a commit dropped a newer version from memory meanwhile.
-        let (result, wait) = loop {
+        let (result, link, wait) = loop {
             let (cached, evictions) = {
                 let st = self.state();
                 (st.live.contains_key(id), st.evictions)
             };
             let from_disk = if cached { None } else { self.read(id)? };
             let mut st = self.state();
-            let (mut link, was_open, pending) = match st.live.get(id) {
-                Some(e) => (e.link.clone(), e.link.state != LinkState::Closed, e.durable.clone()),
+            let (mut link, pending) = match st.live.get(id) {
+                Some(e) => (Link::clone(&e.link), e.durable.clone()),
                 None if st.evictions != evictions => continue,
                 None => match from_disk {
-                    Some(l) => (l, false, None),
+                    Some(l) => (Arc::unwrap_or_clone(l), None),
                     None => return Ok(None),
                 },
             };
             let result = f(&mut link);
+            let link = Arc::new(link);
             let wait = match &result {
                 Write::No(_) => pending,
                 Write::Soft(_) => {
-                    Self::queue(&mut st, link, was_open, false);
+                    Self::queue(&mut st, link.clone(), false);
                     pending
                 }
-                Write::Durable(_) => Self::queue(&mut st, link, was_open, true),
+                Write::Durable(_) => Self::queue(&mut st, link.clone(), true),
             };
-            break (result, wait);
+            break (result, link, wait);
         };
         match wait {
             Some((_, rx)) => self.settled(rx).await?,
             // Soft writes ride with the next commit; start one if nobody is committing.
             None => self.commit_queued(),
         }
-        Ok(Some(result.into_inner()))
+        Ok(Some((result.into_inner(), link)))
     }
 
     pub fn count_open(&self) -> usize {
@@ -368,7 +374,7 @@ impl Embedded {
             .count()
     }
 
-    pub fn list_open(&self) -> Result<Vec<Link>, StoreError> {
+    pub fn list_open(&self) -> Result<Vec<Arc<Link>>, StoreError> {
         Ok(self
             .state()
             .live
@@ -449,7 +455,7 @@ impl Embedded {
             .live
             .values()
             .filter(|e| e.link.state == LinkState::Closed)
-            .map(|e| e.link.clone())
+            .map(|e| Link::clone(&e.link))
             .collect();
         out.sort_by_key(|l| std::cmp::Reverse(l.closed_at_ms));
         out.truncate(limit);

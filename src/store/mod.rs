@@ -16,6 +16,8 @@ pub mod audit;
 pub mod embedded;
 pub mod redis;
 
+use std::sync::Arc;
+
 use crate::links::{Link, TunnelId};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,7 @@ impl Store {
         }
     }
 
-    pub async fn get(&self, id: &TunnelId) -> Result<Option<Link>, StoreError> {
+    pub async fn get(&self, id: &TunnelId) -> Result<Option<Arc<Link>>, StoreError> {
         match self {
             Store::Embedded(s) => s.get(id),
             Store::Redis(s) => s.get(id).await,
@@ -83,7 +85,7 @@ impl Store {
     }
 
     /// Runs `f` atomically on the link; `None` when there is no such link.
-    pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
+    pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<(R, Arc<Link>)>, StoreError> {
         match self {
             Store::Embedded(s) => s.update(id, f).await,
             Store::Redis(s) => s.update(id, f).await,
@@ -91,7 +93,7 @@ impl Store {
     }
 
     /// Links not yet closed.
-    pub async fn list_open(&self) -> Result<Vec<Link>, StoreError> {
+    pub async fn list_open(&self) -> Result<Vec<Arc<Link>>, StoreError> {
         match self {
             Store::Embedded(s) => s.list_open(),
             Store::Redis(s) => s.list_open().await,

@@ -24,7 +24,7 @@
 //! The backend never decides anything about a link; it only keeps it and says who owns it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -354,11 +354,11 @@ impl Redis {
             .map_err(unavailable)
     }
 
-    pub async fn get(&self, id: &TunnelId) -> Result<Option<Link>, StoreError> {
-        self.read_raw(id).await?.map(|b| decode(&b)).transpose()
+    pub async fn get(&self, id: &TunnelId) -> Result<Option<Arc<Link>>, StoreError> {
+        self.read_raw(id).await?.map(|b| decode(&b).map(Arc::new)).transpose()
     }
 
-    pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<R>, StoreError> {
+    pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<(R, Arc<Link>)>, StoreError> {
         let stripe = {
             use std::hash::{Hash, Hasher};
             // Fixed keys: the same id always lands on the same stripe.
@@ -374,7 +374,7 @@ impl Redis {
             let mut link = decode(&old)?;
             let result = f(&mut link);
             let durable = match &result {
-                Write::No(_) => return Ok(Some(result.into_inner())),
+                Write::No(_) => return Ok(Some((result.into_inner(), Arc::new(link)))),
                 Write::Soft(_) => false,
                 Write::Durable(_) => true,
             };
@@ -400,7 +400,7 @@ impl Redis {
                 if durable {
                     self.confirm_durable().await?;
                 }
-                return Ok(Some(result.into_inner()));
+                return Ok(Some((result.into_inner(), Arc::new(link))));
             }
             // Someone else wrote the record in between: read it again, after a short random
             // pause so that many contenders spread out instead of colliding again.
@@ -431,7 +431,7 @@ impl Redis {
         Ok(out)
     }
 
-    pub async fn list_open(&self) -> Result<Vec<Link>, StoreError> {
+    pub async fn list_open(&self) -> Result<Vec<Arc<Link>>, StoreError> {
         let ids: Vec<String> = redis::cmd("ZREVRANGE")
             .arg(OPEN)
             .arg(0)
@@ -440,7 +440,11 @@ impl Redis {
             .await
             .map_err(unavailable)?;
         let links = self.load(ids).await?;
-        Ok(links.into_iter().filter(|l| l.state != LinkState::Closed).collect())
+        Ok(links
+            .into_iter()
+            .filter(|l| l.state != LinkState::Closed)
+            .map(Arc::new)
+            .collect())
     }
 
     /// The open index moves with each record in one script, so its size is the count.
