@@ -122,6 +122,35 @@ async fn expiry_closes_the_link_at_its_deadline_to_the_millisecond() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn links_created_while_the_scheduler_sleeps_close_at_their_own_deadlines() {
+    let f = fixture(&[]);
+    let cancel = CancellationToken::new();
+    tokio::spawn(f.links.clone().run_scheduler(cancel.clone()));
+    let (late, _) = f.links.create(new_link(60)).await.unwrap();
+    run_pending().await;
+    // The scheduler now sleeps until the first link's deadline; an earlier one must wake it, a
+    // later one need not.
+    let (early, _) = f.links.create(new_link(5)).await.unwrap();
+    let (later, _) = f.links.create(new_link(90)).await.unwrap();
+    let mut closed_at = std::collections::HashMap::new();
+    for _ in 0..100 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        run_pending().await;
+        for id in [&early, &late, &later].map(|c| &c.tunnel_id) {
+            let l = state_of(&f.links, id).await;
+            if l.state == LinkState::Closed {
+                closed_at.entry(id.clone()).or_insert((l.expires_at_ms, f.links.clock.now_ms()));
+            }
+        }
+    }
+    for c in [&early, &late, &later] {
+        let (due, seen) = closed_at[&c.tunnel_id];
+        assert!(seen >= due && seen < due + 1000, "{} closed late: due {due}, seen {seen}", c.file_path);
+    }
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_completed_link_closes_when_its_grace_period_ends() {
     let f = fixture(&[("GRACE_PERIOD_SECONDS", "60")]);
     let cancel = CancellationToken::new();
