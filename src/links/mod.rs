@@ -93,11 +93,7 @@ impl TunnelId {
 
     pub fn parse(s: &str) -> Result<Self, BadTunnelId> {
         let ok = (16..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok {
-            Ok(TunnelId(s.into()))
-        } else {
-            Err(BadTunnelId)
-        }
+        if ok { Ok(TunnelId(s.into())) } else { Err(BadTunnelId) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -262,9 +258,10 @@ pub struct Link {
     pub claims: Vec<Claim>,
     pub inflight: Vec<InFlight>,
     pub clients: Vec<ClientSeen>,
-    /// The last requests settled from the log, oldest first.
+    /// The last requests settled from the log, oldest first. Shared between copies of the
+    /// record until a log line changes it (a check copies the record and never does).
     #[serde(default)]
-    pub requests: Vec<RequestSeen>,
+    pub requests: Arc<Vec<RequestSeen>>,
     pub last_activity_ms: Option<u64>,
     /// When bytes last moved (or a claim was taken); stalls are measured from here.
     pub last_progress_ms: Option<u64>,
@@ -302,7 +299,7 @@ impl Link {
             claims: vec![],
             inflight: vec![],
             clients: vec![],
-            requests: vec![],
+            requests: Default::default(),
             last_activity_ms: None,
             last_progress_ms: None,
             completer: None,
@@ -824,8 +821,14 @@ impl Links {
         if link.state == LinkState::Closed {
             return Err(Refusal::Closed);
         }
-        // The file must still be the one that was shared.
-        if self.data.identity(&link.file_path).ok() != Some(link.identity) {
+        // The file must still be the one that was shared. What nginx is about to open is the
+        // link's symlink: one stat answers; without the symlink (not made yet, or made on
+        // another instance) the data dir does.
+        let same = match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
+            Some(served) => served == link.identity,
+            None => self.data.identity(&link.file_path).ok() == Some(link.identity),
+        };
+        if !same {
             tracing::warn!(tunnel_id = %id, "shared file changed or was replaced; closing the link");
             let _ = self.close(&id, CloseReason::Error).await;
             return Err(Refusal::FileChanged);
@@ -858,7 +861,11 @@ impl Links {
                         rules::end_on_reuse(link, rid);
                     }
                     // A new claim must survive a crash; a request riding on one need not.
-                    if a == Admitted::NewClaim { Write::Durable(Ok(a)) } else { Write::Soft(Ok(a)) }
+                    if a == Admitted::NewClaim {
+                        Write::Durable(Ok(a))
+                    } else {
+                        Write::Soft(Ok(a))
+                    }
                 }
                 Err(r) => Write::No(Err(r)),
             })
@@ -923,7 +930,11 @@ impl Links {
         if rec.completion == Completion::Aborted
             && let Some(diag) = &self.diag
             && let Some(link) = self.store.get(id).await?
-            && let Some(conn) = link.inflight.iter().find(|f| *f.request_id == *rec.request_id).and_then(|f| f.conn)
+            && let Some(conn) = link
+                .inflight
+                .iter()
+                .find(|f| *f.request_id == *rec.request_id)
+                .and_then(|f| f.conn)
         {
             acked = diag.bytes_acked(conn).ok().flatten();
         }
@@ -946,7 +957,9 @@ impl Links {
                 }
             })
             .await?;
-        let Some(((s, bytes), link)) = settled else { return Ok(()) };
+        let Some(((s, bytes), link)) = settled else {
+            return Ok(());
+        };
         metrics::counter!("ferry_bytes_served_total").increment(bytes);
         if s.download_completed {
             metrics::counter!("ferry_downloads_completed_total").increment(1);
@@ -1210,7 +1223,13 @@ impl Links {
     /// Makes the provider agree with the store: the open links' handlers are there (a sidecar
     /// restart can lose them), and no handler of ferry's serves a link that is not open.
     pub async fn reconcile_tunnels(&self) -> Result<(), LinkError> {
-        let mut open: Vec<TunnelId> = self.store.list_open().await?.into_iter().map(|l| l.id.clone()).collect();
+        let mut open: Vec<TunnelId> = self
+            .store
+            .list_open()
+            .await?
+            .into_iter()
+            .map(|l| l.id.clone())
+            .collect();
         if let Some(mine) = self.store.owned_here().await? {
             // With shared state, this node's provider serves only the links whose tunnel is
             // here: another instance's link must never get a handler on this node (nor one of

@@ -234,6 +234,12 @@ impl DataDir {
         }
     }
 
+    /// The identity of the regular file `path` leads to (symlinks followed), if there is one.
+    pub fn identity_at(path: &Path) -> Option<FileIdentity> {
+        let st = rfs::stat(path).ok()?;
+        (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then(|| identity(&st))
+    }
+
     /// Lists a folder beneath the data dir (hidden entries and non-regular files left out).
     pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, PathError> {
         let (fd, st) = self.open_beneath(rel)?;

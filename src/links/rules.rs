@@ -430,10 +430,11 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64) -> bool {
 
 /// Keeps a settled request among the link's last `MAX_REQUESTS_KEPT`.
 fn remember(link: &mut Link, r: super::RequestSeen) {
-    if link.requests.len() >= MAX_REQUESTS_KEPT {
-        link.requests.remove(0);
+    let requests = Arc::make_mut(&mut link.requests);
+    if requests.len() >= MAX_REQUESTS_KEPT {
+        requests.remove(0);
     }
-    link.requests.push(r);
+    requests.push(r);
 }
 
 /// Body bytes delivered to this link so far, including requests still in flight.
