@@ -23,7 +23,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::watch;
 
 use super::audit::AuditRecord;
-use super::{StoreError, Updater, Write, decode, encode};
+use super::{StoreError, Updater, Write, blocking, decode, encode};
 use crate::links::{Link, LinkState, TunnelId};
 
 const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
@@ -92,14 +92,6 @@ impl Batch {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-/// Runs blocking disk work without stalling the async runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 impl Embedded {

@@ -48,6 +48,15 @@ impl<R> Write<R> {
 
 pub type Updater<'a, R> = dyn FnMut(&mut Link) -> Write<R> + Send + 'a;
 
+/// Runs blocking work (disk, or decoding many records) without stalling the async runtime's
+/// other tasks: they move to another worker meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub enum Store {
     Embedded(embedded::Embedded),
     Redis(Box<redis::Redis>),

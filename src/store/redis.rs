@@ -32,7 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 
 use super::audit::AuditRecord;
-use super::{StoreError, Updater, Write, decode, encode};
+use super::{StoreError, Updater, Write, blocking, decode, encode};
 use crate::links::{Link, LinkState, TunnelId};
 
 const OPEN: &str = "ferry:links:open";
@@ -173,6 +173,9 @@ pub struct Redis {
     /// A second connection for the blocking pop of the teardown queue, so it never delays the
     /// check's commands.
     queue: ConnectionManager,
+    /// A third for reads of many records at once (every open link, history), so that their
+    /// large replies never hold up the checks and creations queued behind them.
+    bulk: ConnectionManager,
     instance: String,
     history_ms: u64,
     instance_ttl: Duration,
@@ -226,11 +229,9 @@ impl Redis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
-        let queue = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            config.set_response_timeout(Some(Duration::from_secs(5))),
-        )
-        .map_err(unavailable)?;
+        let config = config.set_response_timeout(Some(Duration::from_secs(5)));
+        let queue = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
+        let bulk = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -238,6 +239,7 @@ impl Redis {
             client,
             conn,
             queue,
+            bulk,
             instance,
             history_ms,
             instance_ttl,
@@ -416,29 +418,68 @@ impl Redis {
 
     async fn load(&self, ids: Vec<String>) -> Result<Vec<Link>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
+        // Small batches: Redis runs one command at a time, and a creation or a check queued
+        // behind a read of hundreds of records would wait for all of it.
+        for chunk in ids.chunks(100) {
             let keys: Vec<String> = chunk.iter().map(|id| link_key(id)).collect();
             let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                 .arg(keys)
-                .query_async(&mut self.conn())
+                .query_async(&mut self.bulk.clone())
                 .await
                 .map_err(unavailable)?;
             // A record gone from under its index was purged meanwhile; skip it.
-            for v in values.into_iter().flatten() {
-                out.push(decode(&v)?);
-            }
+            blocking(|| {
+                for v in values.into_iter().flatten() {
+                    out.push(decode(&v)?);
+                }
+                Ok::<_, StoreError>(())
+            })?;
         }
         Ok(out)
     }
 
+    /// The open index, newest first, a page at a time (a single read of thousands of entries
+    /// holds Redis up for milliseconds). Each page covers a whole range of creation times: it
+    /// ends before its oldest time, and that time's entries are read in full, so no entry
+    /// present throughout is skipped, whatever is added or removed meanwhile.
+    async fn open_ids(&self) -> Result<Vec<String>, StoreError> {
+        const PAGE: usize = 500;
+        let mut c = self.bulk.clone();
+        let mut ids = Vec::new();
+        let mut below = "+inf".to_string();
+        loop {
+            let page: Vec<(String, u64)> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(OPEN)
+                .arg(&below)
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(PAGE)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let full = page.len() == PAGE;
+            let Some(&(_, last)) = page.last() else { break };
+            ids.extend(page.into_iter().filter(|(_, t)| !full || *t != last).map(|(id, _)| id));
+            if !full {
+                break;
+            }
+            let at_last: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(OPEN)
+                .arg(last)
+                .arg(last)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            ids.extend(at_last);
+            below = format!("({last}");
+        }
+        Ok(ids)
+    }
+
     pub async fn list_open(&self) -> Result<Vec<Arc<Link>>, StoreError> {
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(OPEN)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let ids = self.open_ids().await?;
         let links = self.load(ids).await?;
         Ok(links
             .into_iter()
@@ -565,12 +606,26 @@ impl Redis {
     }
 
     /// Which instance owns each open link's tunnel.
+    /// Every link's owner, read a few hundred at a time (HSCAN returns every entry present for
+    /// the whole scan; one added meanwhile may wait for the next).
     pub async fn owners(&self) -> Result<HashMap<String, String>, StoreError> {
-        redis::cmd("HGETALL")
-            .arg(OWNERS)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)
+        let mut out = HashMap::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(OWNERS)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(200)
+                .query_async(&mut self.bulk.clone())
+                .await
+                .map_err(unavailable)?;
+            out.extend(page);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
     }
 
     pub async fn owner(&self, id: &TunnelId) -> Result<Option<String>, StoreError> {

@@ -176,6 +176,39 @@ async fn open_and_history_are_listed_newest_first(s: Subject) {
     );
 }
 
+/// Listing reads the open index in pages (Redis): across page boundaries, creation times shared
+/// by more links than a page holds, and links created and closed while it reads, every link open
+/// throughout is listed, and once.
+async fn every_open_link_is_listed_once(s: Subject) {
+    let store = &s.store;
+    // 3 links a millisecond, and 700 in one millisecond.
+    let stable: Vec<Link> = (0..1300)
+        .map(|i| link(20_000 + if i < 600 { i / 3 } else { 400 }))
+        .collect();
+    let churn: Vec<Link> = (0..200).map(|i| link(20_000 + i)).collect();
+    for batch in stable.chunks(100).chain(churn.chunks(100)) {
+        futures_util::future::join_all(batch.iter().map(|l| store.insert(l))).await;
+    }
+    let meanwhile = {
+        let store = store.clone();
+        let churn: Vec<TunnelId> = churn.iter().map(|l| l.id.clone()).collect();
+        tokio::spawn(async move {
+            for (i, id) in churn.iter().enumerate() {
+                close(&store, id, 60_000).await;
+                store.insert(&link(20_000 + i as u64 % 300)).await.unwrap();
+            }
+        })
+    };
+    for _ in 0..5 {
+        let listed = ids(&store.list_open().await.unwrap());
+        let unique: std::collections::HashSet<&TunnelId> = listed.iter().collect();
+        assert_eq!(unique.len(), listed.len(), "a link listed twice");
+        let missing = stable.iter().filter(|l| !unique.contains(&l.id)).count();
+        assert_eq!(missing, 0, "open links missing from the list");
+    }
+    meanwhile.await.unwrap();
+}
+
 async fn retention_forgets_only_old_history(s: Subject) {
     let store = &s.store;
     let old = link(1_000);
@@ -306,6 +339,7 @@ contract!(
     insert_then_get_returns_the_same_record,
     update_writes_only_what_the_closure_changed,
     open_and_history_are_listed_newest_first,
+    every_open_link_is_listed_once,
     retention_forgets_only_old_history,
     audit_is_newest_first_filtered_and_limited,
     concurrent_updates_are_atomic,
