@@ -87,33 +87,47 @@ async fn load_position(path: &Path) -> Option<(String, u64)> {
 }
 
 /// The saved position: "<file name> <offset>", rewritten in place at a fixed width (trailing
-/// spaces), one `pwrite` a save. Not fsynced: after a crash the lines since the last save are
-/// read again, and lines already applied are recognised by their request id.
+/// spaces) with a `pwrite`. It is saved only once the store has made the writes of the lines
+/// before it durable, so after a crash a line is either applied or read again; a line read again
+/// is recognised by its request id. Not fsynced itself: a position lost with the machine only
+/// means more lines read again.
 struct Position {
+    path: PathBuf,
     file: Option<File>,
     /// The length of the last record written.
     len: usize,
+    warned: bool,
 }
 
 impl Position {
     const WIDTH: usize = 96;
 
-    fn open(path: &Path) -> Position {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path);
-        match file {
-            Ok(f) => Position { file: Some(f), len: 0 },
-            Err(e) => {
-                tracing::warn!(error = %e, path = %path.display(), "cannot save the access log position");
-                Position { file: None, len: 0 }
-            }
+    fn new(path: &Path) -> Position {
+        Position {
+            path: path.to_path_buf(),
+            file: None,
+            len: 0,
+            warned: false,
         }
     }
 
     fn save(&mut self, name: &str, offset: u64) {
+        if self.file.is_none() {
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.path);
+            match opened {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    if !std::mem::replace(&mut self.warned, true) {
+                        tracing::warn!(error = %e, path = %self.path.display(), "cannot save the access log position");
+                    }
+                    return;
+                }
+            }
+        }
         let Some(file) = &self.file else { return };
         let text = format!("{name} {offset}");
         let record = format!("{text:<width$}\n", width = Self::WIDTH.max(text.len()));
@@ -123,8 +137,13 @@ impl Position {
             done = file.set_len(record.len() as u64);
             self.len = record.len();
         }
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "cannot save the access log position");
+        match done {
+            Ok(()) => self.warned = false,
+            Err(e) => {
+                if !std::mem::replace(&mut self.warned, true) {
+                    tracing::warn!(error = %e, "cannot save the access log position");
+                }
+            }
         }
     }
 }
@@ -177,7 +196,7 @@ impl Follower {
     pub async fn run(self, links: Arc<Links>, cancel: CancellationToken) {
         let wake = Wake::new(&self.dir);
         let mut position = load_position(&self.position_file).await;
-        let mut saved = Position::open(&self.position_file);
+        let mut saved = Position::new(&self.position_file);
         let mut open: Option<(String, File)> = None;
         let mut partial = Vec::new();
         let mut chunk = vec![0u8; 256 * 1024];
@@ -208,9 +227,14 @@ impl Follower {
             let next = files.iter().find(|f| f.start_ms > current.start_ms).cloned();
             let finished = next.is_some() && now_ms() >= current.start_ms + self.slot.millis() + SETTLE_MS;
             if open.as_ref().is_none_or(|(name, _)| *name != current.name) {
-                open = File::open(self.dir.join(&current.name))
-                    .ok()
-                    .map(|f| (current.name.clone(), f));
+                open = match File::open(self.dir.join(&current.name)) {
+                    Ok(f) => Some((current.name.clone(), f)),
+                    Err(e) => {
+                        // Retried at each wake-up; the files after it wait (their lines too).
+                        tracing::warn!(file = %current.name, error = %e, "cannot open the access log file");
+                        None
+                    }
+                };
             }
             let (read, lines) = match &open {
                 Some((name, file)) => {
@@ -230,7 +254,8 @@ impl Follower {
                 // Lines left unapplied stay after the saved position, for the next run.
                 return;
             }
-            if finished {
+            // A file is left only once it was read to its end, and what its lines wrote is durable.
+            if finished && open.is_some() && links.store().persist().await.is_ok() {
                 if !partial.is_empty() {
                     tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
                     self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
@@ -284,8 +309,11 @@ impl Follower {
             }
             r.partial.drain(..start);
             *r.offset += start as u64;
-            // Saved after every chunk, so a crash replays at most one chunk's lines.
-            r.saved.save(r.name, *r.offset);
+            // Saved after every chunk once its writes are durable, so a crash replays at most one
+            // chunk's lines and loses none (a store that is away: saved after a later chunk).
+            if links.store().persist().await.is_ok() {
+                r.saved.save(r.name, *r.offset);
+            }
         }
     }
 

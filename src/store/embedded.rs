@@ -54,6 +54,9 @@ struct State {
     /// How many commits have dropped closed links from `live`: a record read from disk is only
     /// current if no commit dropped a newer one in the meantime.
     evictions: u64,
+    /// A commit without fsync was made (or is being made) since the last one with: redb keeps
+    /// such commits only once a durable one follows.
+    unsynced: bool,
 }
 
 struct Entry {
@@ -85,8 +88,9 @@ impl Batch {
         }
     }
 
+    /// Nothing to write (a batch marked durable with nothing in it still commits: `persist`).
     fn is_empty(&self) -> bool {
-        self.links.is_empty() && self.audits.is_empty()
+        self.links.is_empty() && self.audits.is_empty() && !self.durable
     }
 }
 
@@ -139,6 +143,7 @@ impl Embedded {
                 live,
                 queue: Batch::new(1),
                 evictions: 0,
+                unsynced: false,
             }),
             committer: Mutex::new(()),
             audit_seq: seq.into(),
@@ -164,12 +169,17 @@ impl Embedded {
                     return;
                 }
                 let next = Batch::new(st.queue.seq + 1);
-                std::mem::replace(&mut st.queue, next)
+                let batch = std::mem::replace(&mut st.queue, next);
+                st.unsynced |= !batch.durable;
+                batch
             };
             let result = blocking(|| self.write_batch(&batch));
             let mut st = self.state();
             match &result {
                 Ok(()) => {
+                    if batch.durable {
+                        st.unsynced = false;
+                    }
                     // Closed links are on disk now: the disk answers for them from here on.
                     let before = st.live.len();
                     st.live
@@ -356,6 +366,21 @@ impl Embedded {
             None => self.commit_queued(),
         }
         Ok(Some((result.into_inner(), link)))
+    }
+
+    /// Makes every write so far survive a crash: commits with an fsync when a commit without
+    /// one was made since the last, or writes are queued. The follower calls it before it records
+    /// that it applied lines whose writes were soft.
+    pub async fn persist(&self) -> Result<(), StoreError> {
+        let rx = {
+            let mut st = self.state();
+            if !st.unsynced && st.queue.is_empty() {
+                return Ok(());
+            }
+            st.queue.durable = true;
+            st.queue.done.subscribe()
+        };
+        self.settled(rx).await
     }
 
     pub fn count_open(&self) -> usize {

@@ -93,7 +93,8 @@ impl Store {
         }
     }
 
-    /// Runs `f` atomically on the link; `None` when there is no such link.
+    /// Runs `f` atomically on the link; `None` when there is no such link. Returns `f`'s result
+    /// and the record as `f` left it (with `Write::No`, changes that were not kept).
     pub async fn update<R>(&self, id: &TunnelId, f: &mut Updater<'_, R>) -> Result<Option<(R, Arc<Link>)>, StoreError> {
         match self {
             Store::Embedded(s) => s.update(id, f).await,
@@ -102,6 +103,15 @@ impl Store {
     }
 
     /// Links not yet closed.
+    /// Makes every write acknowledged so far survive a crash (Redis: each write already does,
+    /// as far as its AOF settings allow; see `Durability`).
+    pub async fn persist(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.persist().await,
+            Store::Redis(_) => Ok(()),
+        }
+    }
+
     pub async fn list_open(&self) -> Result<Vec<Arc<Link>>, StoreError> {
         match self {
             Store::Embedded(s) => s.list_open(),

@@ -440,8 +440,9 @@ impl Redis {
 
     /// The open index, newest first, a page at a time (a single read of thousands of entries
     /// holds Redis up for milliseconds). Each page covers a whole range of creation times: it
-    /// ends before its oldest time, and that time's entries are read in full, so no entry
-    /// present throughout is skipped, whatever is added or removed meanwhile.
+    /// ends before its oldest time, and that time's entries are read in full (in one read, however
+    /// many: links created in one millisecond), so no entry present throughout is skipped,
+    /// whatever is added or removed meanwhile.
     async fn open_ids(&self) -> Result<Vec<String>, StoreError> {
         const PAGE: usize = 500;
         let mut c = self.bulk.clone();
@@ -605,9 +606,8 @@ impl Redis {
             .map_err(unavailable)
     }
 
-    /// Which instance owns each open link's tunnel.
-    /// Every link's owner, read a few hundred at a time (HSCAN returns every entry present for
-    /// the whole scan; one added meanwhile may wait for the next).
+    /// Which instance owns each open link's tunnel, read a few hundred at a time (HSCAN returns
+    /// every entry present for the whole scan; one added meanwhile may wait for the next).
     pub async fn owners(&self) -> Result<HashMap<String, String>, StoreError> {
         let mut out = HashMap::new();
         let mut cursor = 0u64;

@@ -334,3 +334,41 @@ async fn after_kill_9_no_link_is_lost_the_overdue_one_closes_and_orphans_go() {
     let r = curl(keep["download_url"].as_str().unwrap(), &[]).await;
     assert!(r.exit == 0 && r.body == bytes);
 }
+
+/// What the log said stays said through `kill -9`: the follower moves its saved position past
+/// lines only once their writes are durable. Two of three ranges are settled (soft writes riding
+/// on the claim), ferry is killed, and the third range must complete the download.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_settled_ranges_stay_settled() {
+    let mut app = TestApp::spawn_with(&[("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = app.data_file("three.bin", 300_000);
+    let link = app.link("three.bin").await;
+    let (id, url) = (
+        link["tunnel_id"].as_str().unwrap(),
+        link["download_url"].as_str().unwrap(),
+    );
+    for (range, part) in [("0-99999", 0..100_000), ("100000-199999", 100_000..200_000)] {
+        let r = curl(url, &["-r", range]).await;
+        assert_eq!((r.exit, r.body.as_slice()), (0, &bytes[part]));
+    }
+    let stats = format!("/admin/tunnels/{id}/stats");
+    crate::helpers::eventually(Duration::from_secs(5), "both ranges settled", async || {
+        app.get(&stats).await.1["tunnel"]["bytes_served"] == 200_000
+    })
+    .await;
+    app.kill9().await;
+    app.start().await;
+    assert_eq!(
+        app.get(&stats).await.1["tunnel"]["bytes_served"],
+        200_000,
+        "{}",
+        app.log()
+    );
+    let r = curl(url, &["-r", "200000-299999"]).await;
+    assert_eq!((r.exit, r.body.as_slice()), (0, &bytes[200_000..]));
+    let t = app.closed(id, Duration::from_secs(10)).await;
+    assert_eq!(
+        (&t["close_reason"], &t["bytes_served"]),
+        (&"completed".into(), &300_000.into())
+    );
+}
