@@ -336,8 +336,9 @@ def bench_ranges(work, data):
     """2. 4 KiB ranges through one link, 64 connections, one client; the auth_request floor."""
     make_file(os.path.join(data, "ranges.bin"), 64 << 20)
     sock = os.path.join(work, "auth204.sock")
+    # Its own process group: `cargo bench` runs the server as a child, which must go with it.
     floor_srv = subprocess.Popen(["cargo", "bench", "-q", "--bench", "auth204", "--", sock], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not os.path.exists(sock):
         if time.time() > deadline or floor_srv.poll() is not None:
@@ -358,7 +359,8 @@ def bench_ranges(work, data):
         for s in (bare, floor):
             s.stop()
         ferry.stop()
-        floor_srv.terminate()
+        os.killpg(floor_srv.pid, signal.SIGTERM)
+        floor_srv.wait(10)
     m, runs = runs_table("path", "req/s", rates, lambda x: f"{x:,.0f}")
     r = m["ferry link"] / m["auth_request → 204"]
     results.append(("2. 4 KiB range requests, 64 connections, one client", runs

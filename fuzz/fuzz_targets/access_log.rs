@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             let mut link = ferry_fuzz::link(size, max_downloads);
             let now = 1_000_000;
             let a = Admission {
-                request_id: rec.request_id.clone(),
+                request_id: rec.request_id.as_str().into(),
                 method: Method::parse(&rec.method),
                 range: Some("bytes=0-".into()),
                 client: client.clone(),

@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert_eq!(a.request_id.len(), 32);
-    let address = &a.client.address;
+    let address: &str = &a.client.address;
     match address.strip_suffix("/64") {
         Some(prefix) => {
             let ip: Ipv6Addr = prefix.parse().unwrap_or_else(|_| panic!("{address:?} is no /64"));
