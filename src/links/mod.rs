@@ -78,9 +78,15 @@ pub fn rfc3339(ms: u64) -> String {
 
 /// A link's identifier: 144 random bits, base64url. Parsing refuses anything else, so an id can be
 /// used in a path or a file name safely.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct TunnelId(Arc<str>);
+
+impl Serialize for TunnelId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("not a tunnel id")]
