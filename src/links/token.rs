@@ -137,10 +137,11 @@ mod tests {
                 "changed claims",
                 format!("{}.{}.{}", parts[0], B64.encode(&claims), parts[2]),
             ),
-            (
-                "changed signature",
-                format!("{}.{}.{}A", parts[0], parts[1], &parts[2][..parts[2].len() - 1]),
-            ),
+            ("changed signature", {
+                // Another last character, one that changes the signature's bits (not only padding).
+                let (sig, last) = parts[2].split_at(parts[2].len() - 1);
+                format!("{}.{}.{sig}{}", parts[0], parts[1], if last == "A" { "Q" } else { "A" })
+            }),
             ("alg none", forge(r#"{"alg":"none","typ":"JWT"}"#, &claims, "")),
             ("alg HS512", forge(r#"{"alg":"HS512","typ":"JWT"}"#, &claims, parts[2])),
             ("other key", other_key.issue(&id, now - 10, now + 100)),
