@@ -80,6 +80,15 @@ fn slot_files(dir: &Path, slot: LogSlot) -> Vec<SlotFile> {
     v
 }
 
+/// Whether `path` now names another file than the one open.
+fn replaced(path: &Path, open: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), open.metadata()) {
+        (Ok(now), Ok(was)) => (now.dev(), now.ino()) != (was.dev(), was.ino()),
+        _ => false,
+    }
+}
+
 async fn load_position(path: &Path) -> Option<(String, u64)> {
     let text = tokio::fs::read_to_string(path).await.ok()?;
     let (name, off) = text.trim().rsplit_once(' ')?;
@@ -268,6 +277,22 @@ impl Follower {
                 self.counters.files_done.fetch_add(1, Ordering::Relaxed);
                 position = Some((next.name, 0));
                 continue;
+            }
+            if read == 0
+                && open
+                    .as_ref()
+                    .is_some_and(|(name, file)| replaced(&self.dir.join(name), file))
+            {
+                // Deleted under nginx, which made it again by its name: the old file is read to
+                // its end, the new one is read from its start.
+                if links.store().persist().await.is_ok() {
+                    tracing::warn!(file = %current.name, "access log file was replaced; reading the new one");
+                    saved.save(&current.name, 0);
+                    open = None;
+                    partial.clear();
+                    position = Some((current.name.clone(), 0));
+                    continue;
+                }
             }
             if read == 0 {
                 tokio::select! { _ = cancel.cancelled() => return, _ = wake.wait() => {} }

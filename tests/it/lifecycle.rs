@@ -372,3 +372,28 @@ async fn after_kill_9_settled_ranges_stay_settled() {
         (&"completed".into(), &300_000.into())
     );
 }
+
+/// A log file deleted while nginx writes it: nginx makes it again by its name (its descriptor
+/// cache is valid for 1 s), and the follower reads the new file instead of holding on to the old.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_file_deleted_under_nginx_is_followed_again() {
+    let app = TestApp::spawn_with(&[("GRACE_PERIOD_SECONDS", "0")]).await;
+    let bytes = app.data_file("f.bin", 10_000);
+    let first = app.link("f.bin").await;
+    let r = curl(first["download_url"].as_str().unwrap(), &[]).await;
+    assert_eq!((r.exit, r.body.as_slice()), (0, bytes.as_slice()));
+    app.closed(first["tunnel_id"].as_str().unwrap(), Duration::from_secs(5))
+        .await;
+    for entry in std::fs::read_dir(app.path("logs")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    // Past nginx's descriptor cache, so the next line goes to a new file.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = app.link("f.bin").await;
+    let r = curl(second["download_url"].as_str().unwrap(), &[]).await;
+    assert_eq!((r.exit, r.body.as_slice()), (0, bytes.as_slice()));
+    let t = app
+        .closed(second["tunnel_id"].as_str().unwrap(), Duration::from_secs(5))
+        .await;
+    assert_eq!(t["close_reason"], "completed");
+}
