@@ -114,12 +114,6 @@ impl TryFrom<String> for TunnelId {
     }
 }
 
-impl From<TunnelId> for String {
-    fn from(t: TunnelId) -> String {
-        t.0.to_string()
-    }
-}
-
 impl std::fmt::Display for TunnelId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

@@ -201,17 +201,22 @@ impl DataDir {
         Ok((fd, st))
     }
 
-    /// Resolves a path to a regular file beneath the data dir.
-    pub fn resolve_file(&self, rel: &RelPath) -> Result<Resolved, PathError> {
+    /// Opens a regular file beneath the data dir (O_PATH).
+    fn open_file(&self, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
         if rel.is_root() {
             return Err(PathError::Folder);
         }
         let (fd, st) = self.open_beneath(rel)?;
         match FileType::from_raw_mode(st.st_mode) {
-            FileType::RegularFile => {}
-            FileType::Directory => return Err(PathError::Folder),
-            _ => return Err(PathError::NotRegular),
+            FileType::RegularFile => Ok((fd, st)),
+            FileType::Directory => Err(PathError::Folder),
+            _ => Err(PathError::NotRegular),
         }
+    }
+
+    /// Resolves a path to a regular file beneath the data dir.
+    pub fn resolve_file(&self, rel: &RelPath) -> Result<Resolved, PathError> {
+        let (fd, st) = self.open_file(rel)?;
         let real_path = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
             .map_err(|e| PathError::Io(e.to_string()))?;
         if !real_path.starts_with(&self.path) {
@@ -226,12 +231,7 @@ impl DataDir {
     /// The file's identity now, for comparison with the one recorded at creation (which
     /// `resolve_file` checked for escapes: the same identity is the same file).
     pub fn identity(&self, rel: &RelPath) -> Result<FileIdentity, PathError> {
-        let (_, st) = self.open_beneath(rel)?;
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::RegularFile => Ok(identity(&st)),
-            FileType::Directory => Err(PathError::Folder),
-            _ => Err(PathError::NotRegular),
-        }
+        self.open_file(rel).map(|(_, st)| identity(&st))
     }
 
     /// The identity of the regular file `path` leads to (symlinks followed), if there is one.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::TunnelId;
 use crate::config::Secret;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     tid: String,
     iat: u64,
@@ -71,29 +71,33 @@ impl Keys {
         if token.len() > 1024 {
             return Err(TokenError::Invalid);
         }
-        let known = self.verified.lock().expect("tokens mutex").get(token).cloned();
-        let c = match known {
-            Some(c) => c,
-            None => {
-                let c = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
-                    .map_err(|_| TokenError::Invalid)?
-                    .claims;
-                let mut verified = self.verified.lock().expect("tokens mutex");
-                if verified.len() >= VERIFIED_KEPT {
-                    verified.clear();
-                }
-                verified.insert(token.into(), c.clone());
-                c
-            }
-        };
+        if let Some(c) = self.verified.lock().expect("tokens mutex").get(token) {
+            return c.check(id, now);
+        }
+        let c = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
+            .map_err(|_| TokenError::Invalid)?
+            .claims;
+        let checked = c.check(id, now);
+        let mut verified = self.verified.lock().expect("tokens mutex");
+        if verified.len() >= VERIFIED_KEPT {
+            verified.clear();
+        }
+        verified.insert(token.into(), c);
+        checked
+    }
+}
+
+impl Claims {
+    /// The claims against the link and the time, on every use of a token.
+    fn check(&self, id: &TunnelId, now: u64) -> Result<(), TokenError> {
         // jsonwebtoken accepts `exp == now`; the link is refused from `expires_at` on.
-        if c.exp <= now {
+        if self.exp <= now {
             return Err(TokenError::Invalid);
         }
-        if c.tid != id.as_str() {
+        if self.tid != id.as_str() {
             return Err(TokenError::OtherLink);
         }
-        if c.iat > now {
+        if self.iat > now {
             return Err(TokenError::FromTheFuture);
         }
         Ok(())

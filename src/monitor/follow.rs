@@ -120,6 +120,16 @@ impl Position {
         }
     }
 
+    /// Moves the saved position to `offset` in `name` once the store has made the writes of the
+    /// lines before it durable; false, with nothing saved, while it cannot.
+    async fn advance(&mut self, links: &Links, name: &str, offset: u64) -> bool {
+        if links.store().persist().await.is_err() {
+            return false;
+        }
+        self.save(name, offset);
+        true
+    }
+
     fn save(&mut self, name: &str, offset: u64) {
         if self.file.is_none() {
             let opened = std::fs::OpenOptions::new()
@@ -264,35 +274,35 @@ impl Follower {
                 return;
             }
             // A file is left only once it was read to its end, and what its lines wrote is durable.
-            if finished && open.is_some() && links.store().persist().await.is_ok() {
+            if finished
+                && open.is_some()
+                && let Some(next) = next
+                && saved.advance(&links, &next.name, 0).await
+            {
                 if !partial.is_empty() {
                     tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
                     self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
                     partial.clear();
                 }
-                let next = next.expect("checked above");
-                saved.save(&next.name, 0);
                 open = None;
                 let _ = std::fs::remove_file(self.dir.join(&current.name));
                 self.counters.files_done.fetch_add(1, Ordering::Relaxed);
                 position = Some((next.name, 0));
                 continue;
             }
+            // Deleted under nginx, which made it again by its name: the old file is read to its
+            // end, the new one is read from its start.
             if read == 0
                 && open
                     .as_ref()
                     .is_some_and(|(name, file)| replaced(&self.dir.join(name), file))
+                && saved.advance(&links, &current.name, 0).await
             {
-                // Deleted under nginx, which made it again by its name: the old file is read to
-                // its end, the new one is read from its start.
-                if links.store().persist().await.is_ok() {
-                    tracing::warn!(file = %current.name, "access log file was replaced; reading the new one");
-                    saved.save(&current.name, 0);
-                    open = None;
-                    partial.clear();
-                    position = Some((current.name.clone(), 0));
-                    continue;
-                }
+                tracing::warn!(file = %current.name, "access log file was replaced; reading the new one");
+                open = None;
+                partial.clear();
+                position = Some((current.name.clone(), 0));
+                continue;
             }
             if read == 0 {
                 tokio::select! { _ = cancel.cancelled() => return, _ = wake.wait() => {} }
@@ -336,9 +346,7 @@ impl Follower {
             *r.offset += start as u64;
             // Saved after every chunk once its writes are durable, so a crash replays at most one
             // chunk's lines and loses none (a store that is away: saved after a later chunk).
-            if links.store().persist().await.is_ok() {
-                r.saved.save(r.name, *r.offset);
-            }
+            r.saved.advance(links, r.name, *r.offset).await;
         }
     }
 

@@ -102,7 +102,6 @@ impl Store {
         }
     }
 
-    /// Links not yet closed.
     /// Makes every write acknowledged so far survive a crash (Redis: each write already does,
     /// as far as its AOF settings allow; see `Durability`).
     pub async fn persist(&self) -> Result<(), StoreError> {
@@ -112,6 +111,7 @@ impl Store {
         }
     }
 
+    /// Links not yet closed.
     pub async fn list_open(&self) -> Result<Vec<Arc<Link>>, StoreError> {
         match self {
             Store::Embedded(s) => s.list_open(),
