@@ -172,6 +172,9 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Err(e) = links.store().persist().await {
+        tracing::warn!(error = %e, "the store could not make its last writes durable");
+    }
     links.provider().stop().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())

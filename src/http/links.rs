@@ -90,16 +90,7 @@ pub async fn create(
     body: JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = new_link(&body)?;
-    let (created, _) = s.links.create(req).await?;
-    let detail = Some(created.file_path.clone());
-    s.links
-        .audit(
-            "link.created",
-            Some(&peer.ip().to_string()),
-            Some(created.tunnel_id.as_str()),
-            detail,
-        )
-        .await;
+    let (created, _) = s.links.create(req, Some(&peer.ip().to_string())).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::to_value(created).map_err(|e| ApiError::Internal(e.to_string()))?),

@@ -131,7 +131,21 @@ pub struct ClientKey {
 
 impl ClientKey {
     pub fn new(addr: &str, user_agent: &str) -> Option<Self> {
-        let address = match addr.parse::<IpAddr>().ok()? {
+        let address: Arc<str> = if addr.parse::<std::net::Ipv4Addr>().is_ok() {
+            // std accepts only the normal dotted form (no leading zeros, no spaces): as it is.
+            addr.into()
+        } else {
+            Self::normal_address(addr)?.into()
+        };
+        let user_agent: Arc<str> = match user_agent.char_indices().nth(512) {
+            Some((end, _)) => user_agent[..end].into(),
+            None => user_agent.into(),
+        };
+        Some(ClientKey { address, user_agent })
+    }
+
+    fn normal_address(addr: &str) -> Option<String> {
+        Some(match addr.parse::<IpAddr>().ok()? {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => v4.to_string(),
@@ -142,11 +156,6 @@ impl ClientKey {
                     format!("{net}/64")
                 }
             },
-        };
-        let user_agent: String = user_agent.chars().take(512).collect();
-        Some(ClientKey {
-            address: address.into(),
-            user_agent: user_agent.into(),
         })
     }
 }
@@ -714,7 +723,8 @@ impl Links {
     /// Creates a link: resolve the file safely, record it durably, expose it (symlink, then
     /// tunnel), and only then hand out the URL. If exposing fails, the link is closed as `error`
     /// and nothing stays reachable.
-    pub async fn create(&self, req: NewLink) -> Result<(Created, Link), LinkError> {
+    /// Creates a link for `by` (the API client's address, for the audit record).
+    pub async fn create(&self, req: NewLink, by: Option<&str>) -> Result<(Created, Link), LinkError> {
         let expires_in = req.expires_in.unwrap_or(self.policy.max_tunnel_s);
         if !(1..=self.policy.max_tunnel_s).contains(&expires_in) {
             return Err(LinkError::Invalid {
@@ -761,7 +771,15 @@ impl Links {
                 max_downloads,
             )
         };
-        self.store.insert(&link).await?;
+        // The audit record goes with the link's own durable write.
+        let audit = crate::store::audit::AuditRecord {
+            time_ms: now,
+            event: "link.created".into(),
+            client: by.map(String::from),
+            tunnel_id: Some(id.to_string()),
+            detail: Some(link.file_path.to_string()),
+        };
+        self.store.insert_audited(&link, Some(&audit)).await?;
 
         let exposed = async {
             self.link_dir(&id, &resolved.real_path)
@@ -918,52 +936,81 @@ impl Links {
 
     /// Applies one access-log line.
     pub async fn apply_log(&self, rec: &AccessRecord) -> Result<(), StoreError> {
-        let Some(id) = &rec.tunnel_id else { return Ok(()) };
-        let Some(client) = ClientKey::new(&rec.client, &rec.user_agent) else {
-            tracing::warn!(client = %rec.client, "access log line with an unparseable client address");
+        self.apply_logs(std::slice::from_ref(rec)).await
+    }
+
+    /// Applies access-log lines of one link, in their order, in one atomic update: under load a
+    /// read brings dozens of lines per link, and each update copies the link's record.
+    pub async fn apply_logs(&self, recs: &[AccessRecord]) -> Result<(), StoreError> {
+        let Some(id) = recs.first().and_then(|r| r.tunnel_id.as_ref()) else {
             return Ok(());
         };
+        debug_assert!(recs.iter().all(|r| r.tunnel_id.as_ref() == Some(id)));
+        let recs: Vec<(&AccessRecord, ClientKey)> = recs
+            .iter()
+            .filter_map(|rec| match ClientKey::new(&rec.client, &rec.user_agent) {
+                Some(client) => Some((rec, client)),
+                None => {
+                    tracing::warn!(client = %rec.client, "access log line with an unparseable client address");
+                    None
+                }
+            })
+            .collect();
         let now = self.clock.now_ms();
         // One last look at the socket, so an aborted request is credited up to the end (a
         // completed one is credited what nginx sent).
-        let mut acked = None;
-        if rec.completion == Completion::Aborted
-            && let Some(diag) = &self.diag
+        let mut acked: Vec<Option<u64>> = vec![None; recs.len()];
+        if let Some(diag) = &self.diag
+            && recs.iter().any(|(r, _)| r.completion == Completion::Aborted)
             && let Some(link) = self.store.get(id).await?
-            && let Some(conn) = link
-                .inflight
-                .iter()
-                .find(|f| *f.request_id == *rec.request_id)
-                .and_then(|f| f.conn)
         {
-            acked = diag.bytes_acked(conn).ok().flatten();
+            for ((rec, _), acked) in recs.iter().zip(&mut acked) {
+                if rec.completion != Completion::Aborted {
+                    continue;
+                }
+                let conn = link
+                    .inflight
+                    .iter()
+                    .find(|f| *f.request_id == *rec.request_id)
+                    .and_then(|f| f.conn);
+                *acked = conn.and_then(|c| diag.bytes_acked(c).ok().flatten());
+            }
         }
         let policy = self.policy;
         let settled = self
             .store
             .update(id, &mut |link| {
-                if acked.is_some() {
-                    rules::sample(link, &rec.request_id, acked, now);
-                }
                 let before = link.bytes_served;
-                let s = rules::settle(link, rec, client.clone(), now, &policy);
-                let v = (s, link.bytes_served - before);
-                if s.download_completed {
+                let mut all = rules::Settled::default();
+                let mut downloads = 0u32;
+                for ((rec, client), acked) in recs.iter().zip(&acked) {
+                    if acked.is_some() {
+                        rules::sample(link, &rec.request_id, *acked, now);
+                    }
+                    let s = rules::settle(link, rec, client.clone(), now, &policy);
+                    all.changed |= s.changed;
+                    all.link_completed |= s.link_completed;
+                    downloads += u32::from(s.download_completed);
+                }
+                let v = (all, downloads, link.bytes_served - before);
+                if downloads > 0 {
                     Write::Durable(v)
-                } else if s.changed {
+                } else if all.changed {
                     Write::Soft(v)
                 } else {
                     Write::No(v)
                 }
             })
             .await?;
-        let Some(((s, bytes), link)) = settled else {
+        let Some(((s, downloads, bytes), link)) = settled else {
             return Ok(());
         };
         metrics::counter!("ferry_bytes_served_total").increment(bytes);
-        if s.download_completed {
-            metrics::counter!("ferry_downloads_completed_total").increment(1);
-            self.emit("completed", &link);
+        if downloads > 0 {
+            metrics::counter!("ferry_downloads_completed_total").increment(u64::from(downloads));
+            for _ in 0..downloads {
+                self.emit("completed", &link);
+            }
         } else if s.changed {
             self.emit_progress(&link);
         }
@@ -1273,6 +1320,8 @@ impl Links {
             if let Err(e) = self.sample_once().await {
                 tracing::warn!(error = %e, "progress sampling failed");
             }
+            // The checks' soft writes of the last second go out together.
+            self.store.flush();
         }
     }
 
@@ -1464,6 +1513,15 @@ mod tests {
         assert_eq!(&*ClientKey::new("::1", "ua").unwrap().address, "::/64");
         assert_eq!(&*ClientKey::new("::ffff:10.0.0.1", "ua").unwrap().address, "10.0.0.1");
         assert!(ClientKey::new("nope", "ua").is_none());
+        assert!(ClientKey::new("010.0.0.1", "ua").is_none());
+        assert_eq!(&*ClientKey::new("10.0.0.1", "ua").unwrap().address, "10.0.0.1");
+        // User-Agents are kept to 512 characters, cut between characters.
+        let long = ClientKey::new("10.0.0.1", &"é".repeat(600)).unwrap();
+        assert_eq!(long.user_agent.chars().count(), 512);
+        assert_eq!(
+            &*ClientKey::new("10.0.0.1", &"é".repeat(512)).unwrap().user_agent,
+            "é".repeat(512)
+        );
     }
 
     #[test]

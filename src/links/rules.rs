@@ -141,8 +141,8 @@ pub fn range_start(range: Option<&str>, size: u64) -> u64 {
     }
 }
 
-fn claim_active(link: &Link, c: &Claim, now: u64, p: &Policy) -> bool {
-    let in_flight = link.inflight.iter().any(|r| r.client == c.client && r.claims);
+fn claim_active(inflight: &[InFlight], c: &Claim, now: u64, p: &Policy) -> bool {
+    let in_flight = inflight.iter().any(|r| r.client == c.client && r.claims);
     // A claim that received less than a preview's worth ends with its request: a mail scanner
     // reading a few KB must not hold the link for the resume window.
     in_flight || (c.bytes >= p.preview_bytes && now < c.last_end_ms.saturating_add(p.resume_ms))
@@ -170,8 +170,8 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
     } else if claims_body {
         // Claims whose time has passed end here; with one download their coverage lives on in
         // the link's own union.
-        let snapshot = link.clone();
-        link.claims.retain(|c| claim_active(&snapshot, c, now, p));
+        let Link { claims, inflight, .. } = link;
+        claims.retain(|c| claim_active(inflight, c, now, p));
         if !link.claims.iter().any(|c| c.client == a.client) {
             let left = link.max_downloads.saturating_sub(link.downloads_completed) as usize;
             if link.claims.len() >= left {
@@ -461,8 +461,8 @@ pub fn drop_stalled_claims(link: &mut Link, now: u64, p: &Policy) -> bool {
         return false;
     }
     let before = link.claims.len();
-    let inflight = link.inflight.clone();
-    link.claims.retain(|c| {
+    let Link { claims, inflight, .. } = link;
+    claims.retain(|c| {
         let last = inflight
             .iter()
             .filter(|f| f.client == c.client)

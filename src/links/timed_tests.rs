@@ -105,7 +105,7 @@ async fn expiry_closes_the_link_at_its_deadline_to_the_millisecond() {
     let f = fixture(&[]);
     let cancel = CancellationToken::new();
     tokio::spawn(f.links.clone().run_scheduler(cancel.clone()));
-    let (created, link) = f.links.create(new_link(5)).await.unwrap();
+    let (created, link) = f.links.create(new_link(5), None).await.unwrap();
     let left = link.expires_at_ms - f.links.clock.now_ms();
     tokio::time::advance(Duration::from_millis(left - 1)).await;
     run_pending().await;
@@ -140,12 +140,12 @@ async fn links_created_while_the_scheduler_sleeps_close_at_their_own_deadlines()
     let f = fixture(&[]);
     let cancel = CancellationToken::new();
     tokio::spawn(f.links.clone().run_scheduler(cancel.clone()));
-    let (late, _) = f.links.create(new_link(60)).await.unwrap();
+    let (late, _) = f.links.create(new_link(60), None).await.unwrap();
     run_pending().await;
     // The scheduler now sleeps until the first link's deadline; an earlier one must wake it, a
     // later one need not (a missed wake-up would close the second link 55 s late).
-    let (early, _) = f.links.create(new_link(5)).await.unwrap();
-    let (later, _) = f.links.create(new_link(90)).await.unwrap();
+    let (early, _) = f.links.create(new_link(5), None).await.unwrap();
+    let (later, _) = f.links.create(new_link(90), None).await.unwrap();
     run_pending().await;
     for (c, next) in [(&early, Some(&late)), (&late, Some(&later)), (&later, None)] {
         let due = state_of(&f.links, &c.tunnel_id).await.expires_at_ms;
@@ -167,7 +167,7 @@ async fn a_completed_link_closes_when_its_grace_period_ends() {
     let f = fixture(&[("GRACE_PERIOD_SECONDS", "60")]);
     let cancel = CancellationToken::new();
     tokio::spawn(f.links.clone().run_scheduler(cancel.clone()));
-    let (created, _) = f.links.create(new_link(3600)).await.unwrap();
+    let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
     download_range(
         &f,
         &created,
@@ -195,7 +195,7 @@ async fn a_completed_link_closes_when_its_grace_period_ends() {
 #[tokio::test(start_paused = true)]
 async fn silence_after_a_partial_download_stalls_after_the_timeout_and_not_before() {
     let f = fixture(&[("STALL_TIMEOUT_SECONDS", "300")]);
-    let (created, _) = f.links.create(new_link(3600)).await.unwrap();
+    let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
     download_range(
         &f,
         &created,
@@ -223,7 +223,7 @@ async fn silence_after_a_partial_download_stalls_after_the_timeout_and_not_befor
 #[tokio::test(start_paused = true)]
 async fn history_is_forgotten_after_its_retention() {
     let f = fixture(&[("FERRY_HISTORY_DAYS", "1")]);
-    let (created, _) = f.links.create(new_link(3600)).await.unwrap();
+    let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
     f.links.terminate(created.tunnel_id.as_str()).await.unwrap();
     tokio::time::advance(Duration::from_secs(86_399)).await;
     f.links.housekeeping().await.unwrap();
@@ -232,4 +232,52 @@ async fn history_is_forgotten_after_its_retention() {
     f.links.housekeeping().await.unwrap();
     assert!(f.links.store().history(10).await.unwrap().is_empty());
     assert!(f.links.store().get(&created.tunnel_id).await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn lines_applied_together_leave_the_link_as_lines_applied_one_by_one() {
+    let f = fixture(&[]);
+    let (one_by_one, _) = f.links.create(new_link(3600), None).await.unwrap();
+    let (together, _) = f.links.create(new_link(3600), None).await.unwrap();
+    // Half the file, the other half (completing it), that line again (a replay), and a range
+    // read again by the completer in the grace period.
+    let lines = |id: &TunnelId| {
+        [
+            ("1", "bytes 0-1999999/4000000", 2_000_000),
+            ("2", "bytes 2000000-3999999/4000000", 2_000_000),
+            ("2", "bytes 2000000-3999999/4000000", 2_000_000),
+            ("3", "bytes 0-99/4000000", 100),
+        ]
+        .map(|(n, cr, body)| {
+            let mut rec = record(&format!("{n:0>32}"), 206, body, cr);
+            rec.tunnel_id = Some(id.clone());
+            rec
+        })
+    };
+    for rec in lines(&one_by_one.tunnel_id) {
+        f.links.apply_log(&rec).await.unwrap();
+    }
+    f.links.apply_logs(&lines(&together.tunnel_id)).await.unwrap();
+    let (a, b) = (
+        state_of(&f.links, &one_by_one.tunnel_id).await,
+        state_of(&f.links, &together.tunnel_id).await,
+    );
+    assert_eq!(
+        (a.state, a.downloads_completed, a.bytes_served, a.requests.len()),
+        (LinkState::Completed, 1, 4_000_100, 3)
+    );
+    let summary = |l: &Link| {
+        (
+            l.state,
+            l.downloads_completed,
+            l.bytes_served,
+            l.completer.clone(),
+            l.grace_until_ms,
+            l.requests
+                .iter()
+                .map(|r| (r.request_id.clone(), r.bytes))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(summary(&a), summary(&b));
 }

@@ -6,8 +6,8 @@
 //! the files in slot order, each to its end; it leaves a file only once a later one exists and the
 //! file's slot ended long enough ago that no worker can still be writing to it, and then deletes it.
 //! Its position (file name, offset) is kept in the state dir, so a restart neither loses nor
-//! repeats a line. It never decides anything about a link: each line goes to
-//! [`crate::links::Links::apply_log`].
+//! repeats a line. It never decides anything about a link: the lines go to
+//! [`crate::links::Links::apply_logs`].
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -350,9 +350,9 @@ impl Follower {
         }
     }
 
-    /// Applies a run of lines: the lines of one link in their order, different links side by
-    /// side, so that their store round trips (Redis) overlap instead of queueing one behind
-    /// another; the embedded store commits each write as it comes.
+    /// Applies a run of lines: the lines of one link in their order and in one update, different
+    /// links side by side, so that their store round trips (Redis) overlap instead of queueing
+    /// one behind another.
     /// False only when cancelled before every line could be applied.
     async fn handle_all(&self, links: &Links, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
         let mut groups: Vec<Vec<AccessRecord>> = Vec::new();
@@ -366,15 +366,7 @@ impl Follower {
             });
             groups[i].push(rec);
         }
-        let applied = futures_util::future::join_all(groups.iter().map(|recs| async move {
-            for rec in recs {
-                if !self.apply(links, rec, cancel).await {
-                    return false;
-                }
-            }
-            true
-        }))
-        .await;
+        let applied = futures_util::future::join_all(groups.iter().map(|recs| self.apply(links, recs, cancel))).await;
         applied.into_iter().all(|a| a)
     }
 
@@ -393,27 +385,31 @@ impl Follower {
         }
     }
 
-    /// Applies one line; false only when cancelled before it could be.
-    async fn apply(&self, links: &Links, rec: &AccessRecord, cancel: &CancellationToken) -> bool {
-        // While the store is unavailable the line waits (and the lines after it), however long
+    /// Applies one link's lines, in one update; false only when cancelled before they could be.
+    async fn apply(&self, links: &Links, recs: &[AccessRecord], cancel: &CancellationToken) -> bool {
+        // While the store is unavailable the lines wait (and the lines after them), however long
         // the outage: a completion must not be lost. A record the store cannot read is retried a
         // few times, then given up.
         let mut corrupt = 0u32;
         let mut delay = Duration::from_millis(100);
         loop {
-            match links.apply_log(rec).await {
+            match links.apply_logs(recs).await {
                 Ok(()) => {
-                    // Lag: from nginx writing the line to ferry having acted on it.
-                    let lag = now_ms().saturating_sub((rec.msec * 1000.0) as u64);
-                    self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
-                    metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
+                    // Lag: from nginx writing each line to ferry having acted on it.
+                    let now = now_ms();
+                    for rec in recs {
+                        let lag = now.saturating_sub((rec.msec * 1000.0) as u64);
+                        self.counters.last_lag_ms.store(lag, Ordering::Relaxed);
+                        metrics::histogram!("ferry_monitor_lag_seconds").record(lag as f64 / 1000.0);
+                    }
                     return true;
                 }
                 Err(e @ crate::store::StoreError::Corrupt(_)) => {
                     corrupt += 1;
                     tracing::warn!(error = %e, attempt = corrupt, "could not apply an access log line");
                     if corrupt >= 6 {
-                        tracing::error!(request_id = %rec.request_id, "gave up on an access log line");
+                        let ids: Vec<&str> = recs.iter().map(|r| r.request_id.as_str()).collect();
+                        tracing::error!(request_ids = ?ids, "gave up on access log lines");
                         return true;
                     }
                 }

@@ -7,10 +7,11 @@
 //! `update` atomic, and reads of open links never touch the disk.
 //!
 //! Writes are group-committed. An `update` applies its change in memory and queues the record
-//! (a link written several times before the next commit is written once, in its latest form);
-//! whoever finds no commit under way becomes the committer and writes everything queued in one
-//! transaction (one fsync, when any write in it must be durable), looping until the queue is
-//! empty. A durable write returns only once its transaction is on disk, and so does any result
+//! (a link written several times before the next commit is written once, in its latest form).
+//! A soft write (a request in flight, a socket sample) stops there: it goes out with the next
+//! commit, or with `flush` within a second. For a durable write, whoever finds no commit under
+//! way becomes the committer and writes everything queued in one transaction (one fsync),
+//! looping until the queue is empty. A durable write returns only once its transaction is on disk, and so does any result
 //! that depends on a durable write still in flight (a second request riding on a claim that is
 //! not yet on disk waits for it). With one caller at a time this is a plain synchronous commit;
 //! with a hundred, one fsync serves them all.
@@ -74,6 +75,8 @@ struct Batch {
     links: HashMap<TunnelId, Arc<Link>>,
     audits: Vec<((u64, u64), Vec<u8>)>,
     durable: bool,
+    /// Someone waits for this batch's commit (a durable write, `persist`, an audit query).
+    waited: bool,
     done: watch::Sender<Outcome>,
 }
 
@@ -84,6 +87,7 @@ impl Batch {
             links: HashMap::new(),
             audits: Vec::new(),
             durable: false,
+            waited: false,
             done: watch::channel(None).0,
         }
     }
@@ -154,20 +158,24 @@ impl Embedded {
         self.state.lock().expect("store mutex")
     }
 
-    /// Commits everything queued, unless another caller is already doing it (it will take ours
-    /// too: it loops until the queue is empty, and gives up the role only while holding the
-    /// state lock, so a write queued before a failed `try_lock` is always picked up).
+    /// Commits everything queued, unless another caller is already doing it. That caller takes
+    /// ours too when anyone waits for it: it loops while someone waits for the queued batch, and
+    /// gives up the role only while holding the state lock, so a waited batch queued before a
+    /// failed `try_lock` is always picked up. Soft writes alone do not keep it looping (under
+    /// load they never stop coming); they wait for the next commit.
     fn commit_queued(&self) {
         let Ok(role) = self.committer.try_lock() else {
             return;
         };
+        let mut first = true;
         loop {
             let mut batch = {
                 let mut st = self.state();
-                if st.queue.is_empty() {
+                if st.queue.is_empty() || !(first || st.queue.waited) {
                     drop(role);
                     return;
                 }
+                first = false;
                 let next = Batch::new(st.queue.seq + 1);
                 let batch = std::mem::replace(&mut st.queue, next);
                 st.unsynced |= !batch.durable;
@@ -199,6 +207,7 @@ impl Embedded {
                     batch.audits.append(&mut next.audits);
                     next.audits = std::mem::take(&mut batch.audits);
                     next.durable |= batch.durable;
+                    next.waited |= batch.waited;
                     // Whoever depends on the failed writes now waits for their second chance.
                     let retry = (next.seq, next.done.subscribe());
                     for e in st.live.values_mut() {
@@ -287,6 +296,7 @@ impl Embedded {
     fn queue(st: &mut State, link: Arc<Link>, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
         st.queue.links.insert(link.id.clone(), link.clone());
         st.queue.durable |= durable;
+        st.queue.waited |= durable;
         let seq = st.queue.seq;
         let rx = st.queue.done.subscribe();
         let wait = durable.then_some((seq, rx));
@@ -310,9 +320,12 @@ impl Embedded {
         wait
     }
 
-    pub async fn insert(&self, link: &Link) -> Result<(), StoreError> {
+    /// Writes a new link durably, with its audit record in the same commit.
+    pub async fn insert(&self, link: &Link, audit: Option<&AuditRecord>) -> Result<(), StoreError> {
+        let audit = audit.map(|a| self.audit_entry(a)).transpose()?;
         let wait = {
             let mut st = self.state();
+            st.queue.audits.extend(audit);
             Self::queue(&mut st, Arc::new(link.clone()), true)
         };
         match wait {
@@ -360,12 +373,17 @@ impl Embedded {
             };
             break (result, link, wait);
         };
-        match wait {
-            Some((_, rx)) => self.settled(rx).await?,
-            // Soft writes ride with the next commit; start one if nobody is committing.
-            None => self.commit_queued(),
+        // Soft writes ride with the next commit, or `flush`'s.
+        if let Some((_, rx)) = wait {
+            self.settled(rx).await?;
         }
         Ok(Some((result.into_inner(), link)))
+    }
+
+    /// Commits the writes queued so far, without waiting for the disk: soft writes wait for
+    /// this (or any other commit) instead of taking a commit each.
+    pub fn flush(&self) {
+        self.commit_queued();
     }
 
     /// Makes every write so far survive a crash: commits with an fsync when a commit without
@@ -378,6 +396,21 @@ impl Embedded {
                 return Ok(());
             }
             st.queue.durable = true;
+            st.queue.waited = true;
+            st.queue.done.subscribe()
+        };
+        self.settled(rx).await
+    }
+
+    /// Commits what is queued (without fsync, unless a durable write is among it) and waits
+    /// for it: before reading the disk for what may still be queued.
+    async fn written(&self) -> Result<(), StoreError> {
+        let rx = {
+            let mut st = self.state();
+            if st.queue.is_empty() {
+                return Ok(());
+            }
+            st.queue.waited = true;
             st.queue.done.subscribe()
         };
         self.settled(rx).await
@@ -401,18 +434,23 @@ impl Embedded {
             .collect())
     }
 
-    /// Appends an audit record. Not fsynced on its own: it reaches the disk with the next
-    /// commit (a refusal flood must not turn into an fsync flood).
-    pub fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+    fn audit_entry(&self, rec: &AuditRecord) -> Result<((u64, u64), Vec<u8>), StoreError> {
         let bytes = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let seq = self.audit_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.state().queue.audits.push(((rec.time_ms, seq), bytes));
-        self.commit_queued();
+        Ok(((rec.time_ms, seq), bytes))
+    }
+
+    /// Appends an audit record. It goes out with the next commit, as a soft write does: a
+    /// refusal flood must turn neither into an fsync flood nor into a commit per refusal.
+    pub fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        let entry = self.audit_entry(rec)?;
+        self.state().queue.audits.push(entry);
         Ok(())
     }
 
     /// Newest first, optionally only one kind of event.
-    pub fn audit_query(&self, event: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    pub async fn audit_query(&self, event: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.written().await?;
         blocking(|| {
             let txn = self.db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(AUDIT).map_err(unavailable)?;
@@ -432,8 +470,10 @@ impl Embedded {
         })
     }
 
-    /// Deletes closed links that closed before `before_ms`; returns how many.
-    pub fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
+    /// Deletes closed links that closed before `before_ms`, and audit records as old (those
+    /// still queued too); returns how many links.
+    pub async fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.written().await?;
         blocking(|| {
             let txn = self.db.begin_write().map_err(unavailable)?;
             let mut n = 0;
@@ -496,5 +536,79 @@ impl Embedded {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::store::Write;
+
+    fn soft(store: &Embedded, id: &TunnelId, n: u64) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(store.update(id, &mut |l| {
+            l.bytes_served = n;
+            Write::Soft(())
+        }))
+        .unwrap()
+        .unwrap();
+    }
+
+    /// Under load soft writes never stop coming: a commit takes what was queued and returns,
+    /// instead of chasing the queue for as long as the load lasts.
+    #[test]
+    fn a_flush_returns_while_soft_writes_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
+        let link = crate::links::test_link(10, 1);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(store.insert(&link, None)).unwrap();
+        let (writer_done, stop) = (AtomicBool::new(false), AtomicBool::new(false));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let until = Instant::now() + Duration::from_secs(5);
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async {
+                    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                        let mut soft = |l: &mut Link| {
+                            l.bytes_served += 1;
+                            Write::Soft(())
+                        };
+                        store.update(&link.id, &mut soft).await.unwrap().unwrap();
+                    }
+                });
+                writer_done.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            for _ in 0..20 {
+                store.flush();
+            }
+            let chased = writer_done.load(Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
+            assert!(!chased, "flush returned only once the writes stopped");
+        });
+    }
+
+    /// Soft writes wait in memory for a commit; `flush` and `persist` write them out.
+    #[test]
+    fn soft_writes_reach_the_disk_with_flush_or_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let link = crate::links::test_link(10, 1);
+        let store = Embedded::open(&path).unwrap();
+        rt.block_on(store.insert(&link, None)).unwrap();
+        soft(&store, &link.id, 7);
+        assert!(!store.state().queue.is_empty(), "a soft write took a commit of its own");
+        store.flush();
+        assert!(store.state().queue.is_empty());
+        soft(&store, &link.id, 8);
+        rt.block_on(store.persist()).unwrap();
+        drop(store);
+        let store = Embedded::open(&path).unwrap();
+        assert_eq!(store.get(&link.id).unwrap().unwrap().bytes_served, 8);
     }
 }

@@ -32,7 +32,8 @@ pub enum StoreError {
 pub enum Write<R> {
     /// Nothing changed.
     No(R),
-    /// Changed, but losing it in a crash is harmless (e.g. a request in flight).
+    /// Changed, but losing it in a crash is harmless (e.g. a request in flight). The embedded
+    /// store keeps it in memory until the next commit or `flush`, within a second.
     Soft(R),
     /// Changed and must survive a crash (claims, completions, closes).
     Durable(R),
@@ -80,9 +81,14 @@ impl Store {
     }
 
     pub async fn insert(&self, link: &Link) -> Result<(), StoreError> {
+        self.insert_audited(link, None).await
+    }
+
+    /// Writes a new link together with its audit record: one durable write, not two.
+    pub async fn insert_audited(&self, link: &Link, audit: Option<&audit::AuditRecord>) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(s) => s.insert(link).await,
-            Store::Redis(s) => s.insert(link).await,
+            Store::Embedded(s) => s.insert(link, audit).await,
+            Store::Redis(s) => s.insert(link, audit).await,
         }
     }
 
@@ -108,6 +114,13 @@ impl Store {
         match self {
             Store::Embedded(s) => s.persist().await,
             Store::Redis(_) => Ok(()),
+        }
+    }
+
+    /// Writes out soft writes still held in memory (Redis: each write already went out).
+    pub fn flush(&self) {
+        if let Store::Embedded(s) = self {
+            s.flush();
         }
     }
 
@@ -138,7 +151,7 @@ impl Store {
     /// Forgets closed links that closed before `before_ms`, and audit records as old (retention).
     pub async fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
         match self {
-            Store::Embedded(s) => s.purge_history(before_ms),
+            Store::Embedded(s) => s.purge_history(before_ms).await,
             Store::Redis(s) => s.purge_history(before_ms).await,
         }
     }
@@ -152,7 +165,7 @@ impl Store {
 
     pub async fn audit_query(&self, event: Option<&str>, limit: usize) -> Result<Vec<audit::AuditRecord>, StoreError> {
         match self {
-            Store::Embedded(s) => s.audit_query(event, limit),
+            Store::Embedded(s) => s.audit_query(event, limit).await,
             Store::Redis(s) => s.audit_query(event, limit).await,
         }
     }

@@ -75,8 +75,9 @@ end
 return 1
 ";
 
-/// A new link: record, open index and owner together. KEYS: link, open, owners.
-/// ARGV: json, id, created_at, closed (0|1), ttl_ms, instance.
+/// A new link: record, open index, owner and audit record together. KEYS: link, open, owners,
+/// audit. ARGV: json, id, created_at, closed (0|1), ttl_ms, instance, audit time, audit member
+/// ('' for none).
 const INSERT: &str = r"
 if ARGV[4] == '1' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[5])
@@ -85,6 +86,7 @@ else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[6])
 end
+if ARGV[8] ~= '' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8]) end
 return 1
 ";
 
@@ -327,8 +329,14 @@ impl Redis {
             .max(1)
     }
 
-    pub async fn insert(&self, link: &Link) -> Result<(), StoreError> {
+    /// Writes a new link, and its audit record in the same script (one write for Redis to make
+    /// durable, not two).
+    pub async fn insert(&self, link: &Link, audit: Option<&AuditRecord>) -> Result<(), StoreError> {
         let json = encode(link)?;
+        let (audit_time, audit_member) = match audit {
+            Some(rec) => (rec.time_ms, self.audit_member(rec)?),
+            None => (0, String::new()),
+        };
         let closed = link.state == LinkState::Closed;
         let now = crate::links::now_ms();
         let _: i64 = self
@@ -336,12 +344,15 @@ impl Redis {
             .key(link_key(link.id.as_str()))
             .key(OPEN)
             .key(OWNERS)
+            .key(AUDIT)
             .arg(json)
             .arg(link.id.as_str())
             .arg(link.created_at_ms)
             .arg(if closed { "1" } else { "0" })
             .arg(self.ttl_after_close(link, now))
             .arg(&self.instance)
+            .arg(audit_time)
+            .arg(audit_member)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -547,12 +558,16 @@ impl Redis {
         Ok(old.len())
     }
 
-    pub async fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+    /// An audit record as a member of the audit zset. The prefix keeps two identical records in
+    /// one millisecond apart (a zset holds each member once).
+    fn audit_member(&self, rec: &AuditRecord) -> Result<String, StoreError> {
         let json = serde_json::to_string(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let seq = self.audit_seq.fetch_add(1, Ordering::Relaxed);
-        // The prefix keeps two identical records in one millisecond apart (a zset holds each
-        // member once).
-        let member = format!("{}-{seq}:{json}", self.instance);
+        Ok(format!("{}-{seq}:{json}", self.instance))
+    }
+
+    pub async fn audit(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        let member = self.audit_member(rec)?;
         redis::cmd("ZADD")
             .arg(AUDIT)
             .arg(rec.time_ms)

@@ -266,6 +266,21 @@ async fn audit_is_newest_first_filtered_and_limited(s: Subject) {
     assert!(store.audit_query(Some("nothing"), 10).await.unwrap().is_empty());
 }
 
+async fn a_new_link_and_its_audit_record_are_written_together(s: Subject) {
+    let store = &s.store;
+    let l = link(5_000);
+    let rec = AuditRecord {
+        time_ms: 5_000,
+        event: "link.created".into(),
+        client: Some("10.0.0.9".into()),
+        tunnel_id: Some(l.id.to_string()),
+        detail: Some("f.bin".into()),
+    };
+    store.insert_audited(&l, Some(&rec)).await.unwrap();
+    assert_eq!(store.get(&l.id).await.unwrap().as_deref(), Some(&l));
+    assert_eq!(store.audit_query(None, 10).await.unwrap(), vec![rec]);
+}
+
 /// `n` concurrent updates of link `id`, spread over `stores`, each adding a byte and the first
 /// also taking the claim. Returns how many took it and how long it all took.
 pub async fn race_updates(stores: &[Arc<Store>], id: &TunnelId, n: u32) -> (u32, std::time::Duration) {
@@ -342,5 +357,6 @@ contract!(
     every_open_link_is_listed_once,
     retention_forgets_only_old_history,
     audit_is_newest_first_filtered_and_limited,
+    a_new_link_and_its_audit_record_are_written_together,
     concurrent_updates_are_atomic,
 );
