@@ -11,10 +11,12 @@
 //! A soft write (a request in flight, a socket sample) stops there: it goes out with the next
 //! commit, or with `flush` within a second. For a durable write, whoever finds no commit under
 //! way becomes the committer and writes everything queued in one transaction (one fsync),
-//! looping until the queue is empty. A durable write returns only once its transaction is on disk, and so does any result
-//! that depends on a durable write still in flight (a second request riding on a claim that is
-//! not yet on disk waits for it). With one caller at a time this is a plain synchronous commit;
-//! with a hundred, one fsync serves them all.
+//! looping while someone waits for what was queued meanwhile. A durable write returns only once
+//! its transaction is on disk, and so does any result that depends on a durable write still in
+//! flight (a second request riding on a claim that is not yet on disk waits for it). With one
+//! caller at a time this is a plain synchronous commit; with a hundred, one fsync serves them
+//! all. An audit query, a purge and `persist` wait for the queue and for the batch being
+//! committed, so they see every write made before them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,6 +54,8 @@ struct State {
     live: HashMap<TunnelId, Entry>,
     /// The writes waiting for the next commit.
     queue: Batch,
+    /// The outcome of the batch being committed now: taken from the queue, not yet on disk.
+    writing: Option<watch::Receiver<Outcome>>,
     /// How many commits have dropped closed links from `live`: a record read from disk is only
     /// current if no commit dropped a newer one in the meantime.
     evictions: u64,
@@ -146,6 +150,7 @@ impl Embedded {
             state: Mutex::new(State {
                 live,
                 queue: Batch::new(1),
+                writing: None,
                 evictions: 0,
                 unsynced: false,
             }),
@@ -179,10 +184,12 @@ impl Embedded {
                 let next = Batch::new(st.queue.seq + 1);
                 let batch = std::mem::replace(&mut st.queue, next);
                 st.unsynced |= !batch.durable;
+                st.writing = Some(batch.done.subscribe());
                 batch
             };
             let result = blocking(|| self.write_batch(&batch));
             let mut st = self.state();
+            st.writing = None;
             match &result {
                 Ok(()) => {
                     if batch.durable {
@@ -392,12 +399,18 @@ impl Embedded {
     pub async fn persist(&self) -> Result<(), StoreError> {
         let rx = {
             let mut st = self.state();
-            if !st.unsynced && st.queue.is_empty() {
-                return Ok(());
+            if st.unsynced || !st.queue.is_empty() {
+                // The queue commits after any batch under way, and its fsync covers that too.
+                st.queue.durable = true;
+                st.queue.waited = true;
+                st.queue.done.subscribe()
+            } else {
+                // Only a durable batch can be under way here (a soft one sets `unsynced`).
+                match &st.writing {
+                    Some(rx) => rx.clone(),
+                    None => return Ok(()),
+                }
             }
-            st.queue.durable = true;
-            st.queue.waited = true;
-            st.queue.done.subscribe()
         };
         self.settled(rx).await
     }
@@ -407,11 +420,16 @@ impl Embedded {
     async fn written(&self) -> Result<(), StoreError> {
         let rx = {
             let mut st = self.state();
-            if st.queue.is_empty() {
-                return Ok(());
+            if !st.queue.is_empty() {
+                // The queue commits after any batch under way.
+                st.queue.waited = true;
+                st.queue.done.subscribe()
+            } else {
+                match &st.writing {
+                    Some(rx) => rx.clone(),
+                    None => return Ok(()),
+                }
             }
-            st.queue.waited = true;
-            st.queue.done.subscribe()
         };
         self.settled(rx).await
     }
@@ -589,6 +607,50 @@ mod tests {
             let chased = writer_done.load(Ordering::SeqCst);
             stop.store(true, Ordering::SeqCst);
             assert!(!chased, "flush returned only once the writes stopped");
+        });
+    }
+
+    /// A query reads the disk only once everything written before it is there, including a
+    /// batch another caller took from the queue and is committing right now.
+    #[test]
+    fn a_query_sees_records_a_commit_under_way_is_still_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
+        let link = crate::links::test_link(10, 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(store.insert(&link, None)).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let until = Instant::now() + Duration::from_secs(20);
+                let mut n = 0;
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    soft(&store, &link.id, n);
+                    store.flush();
+                }
+            });
+            for i in 0..1000 {
+                let rec = AuditRecord {
+                    time_ms: 1_000_000 + i,
+                    event: format!("e{i}"),
+                    client: None,
+                    tunnel_id: None,
+                    detail: None,
+                };
+                store.audit(&rec).unwrap();
+                // Gives the other thread's commit time to take the record from the queue.
+                std::thread::sleep(Duration::from_micros(i % 200));
+                let newest = rt.block_on(store.audit_query(None, 1)).unwrap();
+                if newest.first() != Some(&rec) {
+                    stop.store(true, Ordering::SeqCst);
+                    panic!("record {i} written, then not found: {newest:?}");
+                }
+            }
+            stop.store(true, Ordering::SeqCst);
         });
     }
 
