@@ -183,10 +183,10 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
 /// The embedded store in the state dir, or Redis when `REDIS_URL` is set.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     match &config.redis_url {
-        None => Ok(Store::Embedded(
+        None => Ok(Store::Embedded(Box::new(
             store::embedded::Embedded::open(&config.state_dir.join("ferry.redb"))
                 .context("FERRY_STATE_DIR: cannot open the store")?,
-        )),
+        ))),
         Some(url) => {
             let instance = store::redis::instance_id(&config.state_dir).context("FERRY_STATE_DIR: instance id")?;
             let redis = store::redis::Redis::connect(

@@ -34,7 +34,7 @@ fn fixture(extra: &[(&str, &str)]) -> Fixture {
     pairs.extend_from_slice(extra);
     let mut config = Config::load(&Source::from_pairs(pairs)).unwrap();
     config.prepare_dirs().unwrap();
-    let store = Store::Embedded(Embedded::open(&config.state_dir.join("ferry.redb")).unwrap());
+    let store = Store::Embedded(Box::new(Embedded::open(&config.state_dir.join("ferry.redb")).unwrap()));
     let links = Links::with_clock(
         &config,
         store,

@@ -59,7 +59,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 pub enum Store {
-    Embedded(embedded::Embedded),
+    Embedded(Box<embedded::Embedded>),
     Redis(Box<redis::Redis>),
 }
 

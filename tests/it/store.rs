@@ -22,7 +22,7 @@ pub fn embedded() -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let store = ferry::store::embedded::Embedded::open(&dir.path().join("ferry.redb")).unwrap();
     Subject {
-        store: Arc::new(Store::Embedded(store)),
+        store: Arc::new(Store::Embedded(Box::new(store))),
         _dir: Some(dir),
         redis: None,
     }
