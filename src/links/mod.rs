@@ -13,7 +13,7 @@ pub mod token;
 #[cfg(test)]
 mod rules_props;
 #[cfg(test)]
-mod timed_tests;
+pub(crate) mod timed_tests;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -830,21 +830,24 @@ impl Links {
         if admission.method != Method::Head && self.log_writes.failing() {
             return Err(Refusal::LogUnwritable);
         }
-        let link = self
-            .store
-            .get(&id)
-            .await
-            .map_err(|_| Refusal::Unavailable)?
-            .ok_or(Refusal::Unknown)?;
-        if link.state == LinkState::Closed {
-            return Err(Refusal::Closed);
-        }
-        // The file must still be the one that was shared. What nginx is about to open is the
-        // link's symlink: one stat answers; without the symlink (not made yet, or made on
-        // another instance) the data dir does.
-        let same = match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
-            Some(served) => served == link.identity,
-            None => self.data.identity(&link.file_path).ok() == Some(link.identity),
+        // The record is let go before the update, which then need not copy it.
+        let same = {
+            let link = self
+                .store
+                .get(&id)
+                .await
+                .map_err(|_| Refusal::Unavailable)?
+                .ok_or(Refusal::Unknown)?;
+            if link.state == LinkState::Closed {
+                return Err(Refusal::Closed);
+            }
+            // The file must still be the one that was shared. What nginx is about to open is
+            // the link's symlink: one stat answers; without the symlink (not made yet, or made
+            // on another instance) the data dir does.
+            match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
+                Some(served) => served == link.identity,
+                None => self.data.identity(&link.file_path).ok() == Some(link.identity),
+            }
         };
         if !same {
             tracing::warn!(tunnel_id = %id, "shared file changed or was replaced; closing the link");
@@ -983,9 +986,10 @@ impl Links {
                 let before = link.bytes_served;
                 let mut all = rules::Settled::default();
                 let mut downloads = 0u32;
+                let mut sampled = false;
                 for ((rec, client), acked) in recs.iter().zip(&acked) {
                     if acked.is_some() {
-                        rules::sample(link, &rec.request_id, *acked, now);
+                        sampled |= rules::sample(link, &rec.request_id, *acked, now);
                     }
                     let s = rules::settle(link, rec, client.clone(), now, &policy);
                     all.changed |= s.changed;
@@ -995,7 +999,7 @@ impl Links {
                 let v = (all, downloads, link.bytes_served - before);
                 if downloads > 0 {
                     Write::Durable(v)
-                } else if all.changed {
+                } else if all.changed || sampled {
                     Write::Soft(v)
                 } else {
                     Write::No(v)

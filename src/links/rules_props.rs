@@ -141,8 +141,8 @@ impl Run {
         let got = admit(&mut self.link, &a, self.now, &P);
         match got {
             Err(refusal) => {
-                // A refusal may have let lapsed claims go, and nothing else; the store then
-                // keeps the link as it was (`Write::No`).
+                // A refusal may have let lapsed claims go, and nothing else (`Write::No`: a
+                // tidied record, nothing to write).
                 let mut pruned = before.clone();
                 pruned.claims.retain(|c| self.link.claims.contains(c));
                 prop_assert_eq!(&self.link, &pruned, "a refusal ({}) changed the link", refusal);

@@ -13,12 +13,12 @@ use crate::config::{Config, Source};
 use crate::monitor::record::{AccessRecord, Completion};
 use crate::store::embedded::Embedded;
 
-struct Fixture {
-    links: Arc<Links>,
+pub(crate) struct Fixture {
+    pub(crate) links: Arc<Links>,
     _dir: tempfile::TempDir,
 }
 
-fn fixture(extra: &[(&str, &str)]) -> Fixture {
+pub(crate) fn fixture(extra: &[(&str, &str)]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let p = |s: &str| dir.path().join(s).display().to_string();
     std::fs::create_dir(dir.path().join("data")).unwrap();
@@ -45,7 +45,7 @@ fn fixture(extra: &[(&str, &str)]) -> Fixture {
     Fixture { links, _dir: dir }
 }
 
-fn new_link(expires_in: u64) -> NewLink {
+pub(crate) fn new_link(expires_in: u64) -> NewLink {
     NewLink {
         file_path: RelPath::parse("f.bin").unwrap(),
         expires_in: Some(expires_in),
@@ -66,7 +66,7 @@ async fn state_of(links: &Links, id: &TunnelId) -> Arc<Link> {
     links.store().get(id).await.unwrap().unwrap()
 }
 
-fn record(request_id: &str, status: u16, body: u64, content_range: &str) -> AccessRecord {
+pub(crate) fn record(request_id: &str, status: u16, body: u64, content_range: &str) -> AccessRecord {
     AccessRecord {
         msec: 0.0,
         request_id: request_id.into(),

@@ -18,7 +18,7 @@
 //! all. An audit query, a purge and `persist` wait for the queue and for the batch being
 //! committed, so they see every write made before them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -62,10 +62,13 @@ struct State {
     /// A commit without fsync was made (or is being made) since the last one with: redb keeps
     /// such commits only once a durable one follows.
     unsynced: bool,
+    /// The batch of the latest commit with fsync: it and every batch before it are on disk.
+    synced: u64,
 }
 
 struct Entry {
-    /// Shared with the queue and with readers: an update copies it once, and a read not at all.
+    /// The record. An update changes it in place, and copies it only while somebody else holds
+    /// it (a reader, a commit under way); a read does not copy it.
     link: Arc<Link>,
     /// The batch of this link's latest durable write, until it is committed.
     durable: Option<(u64, watch::Receiver<Outcome>)>,
@@ -75,8 +78,9 @@ struct Entry {
 
 struct Batch {
     seq: u64,
-    /// The latest record of each link written since the last commit.
-    links: HashMap<TunnelId, Arc<Link>>,
+    /// The links written since the last commit: their records in `live` as the commit takes
+    /// the batch are what it writes.
+    dirty: HashSet<TunnelId>,
     audits: Vec<((u64, u64), Vec<u8>)>,
     durable: bool,
     /// Someone waits for this batch's commit (a durable write, `persist`, an audit query).
@@ -88,7 +92,7 @@ impl Batch {
     fn new(seq: u64) -> Batch {
         Batch {
             seq,
-            links: HashMap::new(),
+            dirty: HashSet::new(),
             audits: Vec::new(),
             durable: false,
             waited: false,
@@ -98,7 +102,7 @@ impl Batch {
 
     /// Nothing to write (a batch marked durable with nothing in it still commits: `persist`).
     fn is_empty(&self) -> bool {
-        self.links.is_empty() && self.audits.is_empty() && !self.durable
+        self.dirty.is_empty() && self.audits.is_empty() && !self.durable
     }
 }
 
@@ -153,6 +157,7 @@ impl Embedded {
                 writing: None,
                 evictions: 0,
                 unsynced: false,
+                synced: 0,
             }),
             committer: Mutex::new(()),
             audit_seq: seq.into(),
@@ -174,7 +179,7 @@ impl Embedded {
         };
         let mut first = true;
         loop {
-            let mut batch = {
+            let batch = {
                 let mut st = self.state();
                 if st.queue.is_empty() || !(first || st.queue.waited) {
                     drop(role);
@@ -185,15 +190,25 @@ impl Embedded {
                 let batch = std::mem::replace(&mut st.queue, next);
                 st.unsynced |= !batch.durable;
                 st.writing = Some(batch.done.subscribe());
-                batch
+                // Every queued link is in memory until a commit of it evicts it.
+                let records: Vec<Arc<Link>> = batch
+                    .dirty
+                    .iter()
+                    .filter_map(|id| st.live.get(id).map(|e| e.link.clone()))
+                    .collect();
+                debug_assert_eq!(records.len(), batch.dirty.len());
+                (batch, records)
             };
-            let result = blocking(|| self.write_batch(&batch));
+            let (mut batch, records) = batch;
+            let result = blocking(|| self.write_batch(&batch, &records));
+            drop(records);
             let mut st = self.state();
             st.writing = None;
             match &result {
                 Ok(()) => {
                     if batch.durable {
                         st.unsynced = false;
+                        st.synced = batch.seq;
                     }
                     // Closed links are on disk now: the disk answers for them from here on.
                     let before = st.live.len();
@@ -207,10 +222,8 @@ impl Embedded {
                     tracing::error!(error = %e, "the store could not commit; will retry with the next write");
                     // Memory still holds the truth: the records go out again with the next batch.
                     let mut next = std::mem::replace(&mut st.queue, Batch::new(0));
-                    for (id, link) in batch.links.drain() {
-                        // A record queued since is newer.
-                        next.links.entry(id).or_insert(link);
-                    }
+                    // Memory has each link's latest record: the next commit writes it.
+                    next.dirty.extend(batch.dirty.drain());
                     batch.audits.append(&mut next.audits);
                     next.audits = std::mem::take(&mut batch.audits);
                     next.durable |= batch.durable;
@@ -234,7 +247,7 @@ impl Embedded {
         }
     }
 
-    fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+    fn write_batch(&self, batch: &Batch, records: &[Arc<Link>]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(unavailable)?;
         txn.set_durability(if batch.durable {
             Durability::Immediate
@@ -246,7 +259,7 @@ impl Embedded {
             let mut links = txn.open_table(LINKS).map_err(unavailable)?;
             let mut open = txn.open_table(OPEN).map_err(unavailable)?;
             let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
-            for link in batch.links.values() {
+            for link in records {
                 links
                     .insert(link.id.as_str(), encode(link)?.as_slice())
                     .map_err(unavailable)?;
@@ -299,29 +312,34 @@ impl Embedded {
         })
     }
 
-    /// Queues a write of `link`; returns the batch's receiver when it must be durable.
+    /// Makes `link` the record in memory and queues a write of it; returns the batch's receiver
+    /// when it must be durable.
     fn queue(st: &mut State, link: Arc<Link>, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
-        st.queue.links.insert(link.id.clone(), link.clone());
-        st.queue.durable |= durable;
-        st.queue.waited |= durable;
-        let seq = st.queue.seq;
-        let rx = st.queue.done.subscribe();
-        let wait = durable.then_some((seq, rx));
-        match st.live.entry(link.id.clone()) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                let e = e.get_mut();
-                e.link = link;
-                e.last_batch = seq;
-                if wait.is_some() {
-                    e.durable.clone_from(&wait);
-                }
-            }
+        let id = link.id.clone();
+        match st.live.entry(id.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().link = link,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(Entry {
                     link,
-                    durable: wait.clone(),
-                    last_batch: seq,
+                    durable: None,
+                    last_batch: 0,
                 });
+            }
+        }
+        Self::queue_live(st, &id, durable)
+    }
+
+    /// Queues a write of the record in memory of `id`.
+    fn queue_live(st: &mut State, id: &TunnelId, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
+        st.queue.dirty.insert(id.clone());
+        st.queue.durable |= durable;
+        st.queue.waited |= durable;
+        let seq = st.queue.seq;
+        let wait = durable.then(|| (seq, st.queue.done.subscribe()));
+        if let Some(e) = st.live.get_mut(id) {
+            e.last_batch = seq;
+            if wait.is_some() {
+                e.durable.clone_from(&wait);
             }
         }
         wait
@@ -360,21 +378,33 @@ impl Embedded {
             };
             let from_disk = if cached { None } else { self.read(id)? };
             let mut st = self.state();
-            let (mut link, pending) = match st.live.get(id) {
-                Some(e) => (Link::clone(&e.link), e.durable.clone()),
-                None if st.evictions != evictions => continue,
-                None => match from_disk {
-                    Some(l) => (Arc::unwrap_or_clone(l), None),
-                    None => return Ok(None),
-                },
+            if let Some(e) = st.live.get_mut(id) {
+                let result = f(Arc::make_mut(&mut e.link));
+                let (link, pending) = (e.link.clone(), e.durable.clone());
+                let wait = match &result {
+                    Write::No(_) => pending,
+                    Write::Soft(_) => {
+                        Self::queue_live(&mut st, id, false);
+                        pending
+                    }
+                    Write::Durable(_) => Self::queue_live(&mut st, id, true),
+                };
+                break (result, link, wait);
+            }
+            if st.evictions != evictions {
+                continue;
+            }
+            let Some(link) = from_disk else {
+                return Ok(None);
             };
+            let mut link = Arc::unwrap_or_clone(link);
             let result = f(&mut link);
             let link = Arc::new(link);
             let wait = match &result {
-                Write::No(_) => pending,
+                Write::No(_) => None,
                 Write::Soft(_) => {
                     Self::queue(&mut st, link.clone(), false);
-                    pending
+                    None
                 }
                 Write::Durable(_) => Self::queue(&mut st, link.clone(), true),
             };
@@ -393,9 +423,27 @@ impl Embedded {
         self.commit_queued();
     }
 
+    /// Where the writes made so far stand: they are all on disk once `is_durable` says so of
+    /// the mark (the batch they are queued in, or were committed with).
+    pub fn mark(&self) -> u64 {
+        let st = self.state();
+        if st.queue.is_empty() {
+            // In the last batch taken off the queue, being written or written.
+            st.queue.seq - 1
+        } else {
+            st.queue.seq
+        }
+    }
+
+    /// Whether every write made before `mark` was taken has been committed with fsync (by
+    /// whoever committed it).
+    pub fn is_durable(&self, mark: u64) -> bool {
+        self.state().synced >= mark
+    }
+
     /// Makes every write so far survive a crash: commits with an fsync when a commit without
-    /// one was made since the last, or writes are queued. The follower calls it before it records
-    /// that it applied lines whose writes were soft.
+    /// one was made since the last, or writes are queued. The follower calls it when lines it
+    /// applied have waited too long for somebody else's durable commit.
     pub async fn persist(&self) -> Result<(), StoreError> {
         let rx = {
             let mut st = self.state();
@@ -672,5 +720,67 @@ mod tests {
         drop(store);
         let store = Embedded::open(&path).unwrap();
         assert_eq!(store.get(&link.id).unwrap().unwrap().bytes_served, 8);
+    }
+
+    /// A write's mark is durable once a commit with fsync covers it, whoever makes that commit.
+    #[test]
+    fn a_mark_is_durable_once_a_commit_with_fsync_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
+        assert!(store.is_durable(store.mark()), "nothing written is durable");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (a, b) = (crate::links::test_link(10, 1), crate::links::test_link(10, 1));
+        rt.block_on(store.insert(&a, None)).unwrap();
+        assert!(store.is_durable(store.mark()), "an insert returns once it is on disk");
+        soft(&store, &a.id, 1);
+        let m = store.mark();
+        assert!(!store.is_durable(m), "a soft write is durable before any commit");
+        store.flush();
+        assert!(!store.is_durable(m), "a commit without fsync made a soft write durable");
+        soft(&store, &a.id, 2);
+        let later = store.mark();
+        // Another link's durable write carries the soft ones before it.
+        rt.block_on(store.insert(&b, None)).unwrap();
+        assert!(store.is_durable(m) && store.is_durable(later));
+    }
+
+    /// An update changes the record in place: nobody else holds it, so nothing is copied.
+    #[test]
+    fn an_update_copies_the_record_only_while_someone_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let link = crate::links::test_link(10, 1);
+        rt.block_on(store.insert(&link, None)).unwrap();
+        let update = |n: u64| {
+            let (_, l) = rt
+                .block_on(store.update(&link.id, &mut |l| {
+                    l.bytes_served = n;
+                    Write::Soft(())
+                }))
+                .unwrap()
+                .unwrap();
+            l
+        };
+        let first = Arc::as_ptr(&update(1));
+        assert_eq!(Arc::as_ptr(&update(2)), first, "a record nobody held was copied");
+        let held = store.get(&link.id).unwrap().unwrap();
+        let copy = update(3);
+        assert_ne!(Arc::as_ptr(&copy), first, "a record held by a reader changed under it");
+        assert_eq!((held.bytes_served, copy.bytes_served), (2, 3));
+        // The commit writes the latest record, and the queued ones are not copies of their own.
+        store.flush();
+        drop((held, copy));
+        assert_eq!(store.get(&link.id).unwrap().unwrap().bytes_served, 3);
+        assert_eq!(store.read(&link.id).unwrap().unwrap().bytes_served, 3);
+        // What a closure answering `Write::No` tidied stays in memory, and is not written.
+        rt.block_on(store.update(&link.id, &mut |l| {
+            l.bytes_served = 4;
+            Write::No(())
+        }))
+        .unwrap();
+        store.flush();
+        assert_eq!(store.get(&link.id).unwrap().unwrap().bytes_served, 4);
+        assert_eq!(store.read(&link.id).unwrap().unwrap().bytes_served, 3);
     }
 }

@@ -30,7 +30,8 @@ pub enum StoreError {
 
 /// How an `update` closure wants its change kept.
 pub enum Write<R> {
-    /// Nothing changed.
+    /// Nothing changed that must be written. The closure may still have tidied the record (a
+    /// refusal lets lapsed claims go): the embedded store keeps that in memory, Redis drops it.
     No(R),
     /// Changed, but losing it in a crash is harmless (e.g. a request in flight). The embedded
     /// store keeps it in memory until the next commit or `flush`, within a second.
@@ -114,6 +115,23 @@ impl Store {
         match self {
             Store::Embedded(s) => s.persist().await,
             Store::Redis(_) => Ok(()),
+        }
+    }
+
+    /// Where the writes acknowledged so far stand, for `is_durable`.
+    pub fn mark(&self) -> u64 {
+        match self {
+            Store::Embedded(s) => s.mark(),
+            Store::Redis(_) => 0,
+        }
+    }
+
+    /// Whether every write acknowledged before `mark` was taken survives a crash now, without
+    /// waiting for anything (Redis: always, as `persist`).
+    pub fn is_durable(&self, mark: u64) -> bool {
+        match self {
+            Store::Embedded(s) => s.is_durable(mark),
+            Store::Redis(_) => true,
         }
     }
 
