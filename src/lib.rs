@@ -135,16 +135,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     let _ = std::fs::remove_file(&sock);
     let check = UnixListener::bind(&sock).with_context(|| format!("cannot bind {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
-    let check_app = http::check::router(state.clone());
-    let c = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(check, check_app)
-            .with_graceful_shutdown(c.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "check server failed");
-        }
-    });
+    tasks.spawn(http::check::serve(check, links.clone(), shutdown.clone()));
     if let Some(managed) = managed {
         tasks.spawn(managed.supervise(shutdown.clone()));
     }

@@ -1,5 +1,6 @@
 //! The check's reading of nginx's request headers (`x-ferry-*`): request id, client address and
-//! User-Agent, method, `Range`, and the connection's two ends. Input: header lines `name: value`.
+//! User-Agent, method, `Range`, and the connection's two ends. Input: a raw request head, and the
+//! same bytes as header lines `name: value`.
 //! Whatever nginx passes, the check either refuses it as malformed or builds a request whose parts
 //! are in their normal form: a 32-character id, a client that is one IPv4 address or one IPv6 /64,
 //! a bounded User-Agent, a non-empty range, and a connection that prints back to itself.
@@ -7,8 +8,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use ferry::http::check::admission;
+use ferry::http::check::{CheckRequest, admission, parse};
 use ferry::links::ClientKey;
 use ferry::links::rules::{self, Method, Refusal};
 use ferry::monitor::sockdiag::Conn;
@@ -16,19 +16,27 @@ use ferry_fuzz::POLICY;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut h = HeaderMap::new();
+    // The raw head as the socket reads it: parsed or refused, never a panic.
+    let mut raw = [httparse::EMPTY_HEADER; 64];
+    if let Ok(Some((req, used))) = parse(data, &mut raw) {
+        assert!(used <= data.len());
+        let _ = admission(&req);
+    }
+    // And the headers as lines, so that every value reaches the check.
+    let mut headers = Vec::new();
     for line in data.split(|b| *b == b'\n') {
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&line[..colon]),
-            HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()),
-        ) else {
+        let Ok(name) = std::str::from_utf8(&line[..colon]) else {
             continue;
         };
-        h.append(name, value);
+        headers.push(httparse::Header {
+            name,
+            value: line[colon + 1..].trim_ascii_start(),
+        });
     }
+    let h = CheckRequest::from_headers(&headers);
     let a = match admission(&h) {
         Ok(a) => a,
         Err(r) => {
@@ -56,9 +64,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("a client address reads again");
     assert_eq!(again, a.client);
     assert!(a.client.user_agent.chars().count() <= 512);
-    let method = h.get("x-ferry-method").map(|v| v.as_bytes());
-    assert_eq!(a.method == Method::Get, method == Some(b"GET"));
-    assert_eq!(a.method == Method::Head, method == Some(b"HEAD"));
+    let method = h.header("x-ferry-method");
+    assert_eq!(a.method == Method::Get, method == "GET");
+    assert_eq!(a.method == Method::Head, method == "HEAD");
     assert!(a.range.as_deref() != Some(""));
     if let Some((c, baseline)) = a.conn {
         assert_eq!(baseline, 0);

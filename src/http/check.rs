@@ -1,49 +1,233 @@
 //! The check nginx makes before serving any public request (`auth_request` over the Unix socket
-//! in the state dir). 204 allows, with the file's `Content-Disposition`; anything else makes nginx
-//! answer 444. Only nginx can reach this router: it is never bound to TCP.
+//! in the state dir), and the previews it hands over. 204 allows, with the file's
+//! `Content-Disposition`; anything else makes nginx answer 444. Only nginx can reach this socket:
+//! it is never bound to TCP, and it never serves a file's bytes.
+//!
+//! Every public request pays for this round trip, so the socket speaks just the HTTP/1.1 nginx
+//! uses upstream instead of going through hyper and axum: the request head is read in place
+//! (httparse), the `x-ferry-*` headers are looked up without being copied, and the answer is one
+//! write on a connection nginx keeps alive. With twelve headers a check, hyper's header map and
+//! axum's handler futures cost more CPU than the decision itself (`perf` under 4 KiB range load).
+//! nginx sends no body (`proxy_pass_request_body off`); a request with one is refused and its
+//! connection closed, as is anything that does not parse.
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::AppState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::links::rules::{Admission, Method, Refusal};
-use crate::links::{ClientKey, content_disposition};
+use crate::links::{ClientKey, Links, content_disposition};
 use crate::monitor::sockdiag::Conn;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/check", get(check))
-        .route("/s/{*rest}", get(preview))
-        .with_state(state)
+/// nginx's own limit for a request head is 8 KiB a line; the check's head repeats the client's
+/// User-Agent and token, so twice that and some.
+const MAX_HEAD: usize = 32 * 1024;
+/// nginx sends a dozen headers; room for the client's own, should a config pass them.
+const MAX_HEADERS: usize = 48;
+
+/// Serves the check socket until `shutdown`; a connection finishes the request it is answering.
+pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, links.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, most likely: wait instead of spinning.
+                    tracing::warn!(error = %e, "check socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    connections.close();
+    connections.wait().await;
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
-    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: CancellationToken) {
+    let mut input = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(512);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (used, keep_alive) = match parse(&input, &mut headers) {
+            Ok(Some((req, used))) => {
+                out.clear();
+                let keep_alive = req.keep_alive && !req.has_body;
+                if req.has_body {
+                    respond(&mut out, 400, &[], "");
+                } else {
+                    answer(&links, &req, &mut out).await;
+                }
+                (used, keep_alive)
+            }
+            Ok(None) if input.len() < MAX_HEAD => {
+                if input.len() == input.capacity() {
+                    input.reserve(4096);
+                }
+                let read = tokio::select! {
+                    // Between requests only: one being answered is finished first.
+                    _ = shutdown.cancelled() => return,
+                    read = stream.read_buf(&mut input) => read,
+                };
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+            Ok(None) => {
+                out.clear();
+                respond(&mut out, 431, &[], "");
+                (input.len(), false)
+            }
+            Err(BadHead) => {
+                out.clear();
+                respond(&mut out, 400, &[], "");
+                (input.len(), false)
+            }
+        };
+        if stream.write_all(&out).await.is_err() || !keep_alive {
+            return;
+        }
+        input.drain(..used);
+    }
+}
+
+/// One request head as nginx sent it, borrowed from the connection's buffer.
+pub struct CheckRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    headers: &'a [httparse::Header<'a>],
+    keep_alive: bool,
+    has_body: bool,
+}
+
+/// What the socket refuses to read: not an HTTP/1.x request head, or too many headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an HTTP/1.x request head nginx would send")]
+pub struct BadHead;
+
+/// Reads one request head from the start of `buf`, and how many bytes it took: `Ok(None)` while
+/// it is incomplete.
+pub fn parse<'a>(
+    buf: &'a [u8],
+    headers: &'a mut [httparse::Header<'a>],
+) -> Result<Option<(CheckRequest<'a>, usize)>, BadHead> {
+    let mut req = httparse::Request::new(headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(BadHead),
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(BadHead);
+    };
+    let mut r = CheckRequest {
+        method,
+        path,
+        headers: req.headers,
+        keep_alive: version == 1,
+        has_body: false,
+    };
+    let connection = r.header("connection");
+    if connection.eq_ignore_ascii_case("close") {
+        r.keep_alive = false;
+    } else if connection.eq_ignore_ascii_case("keep-alive") {
+        r.keep_alive = true;
+    }
+    r.has_body = r.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            || h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0"
+    });
+    Ok(Some((r, used)))
+}
+
+impl<'a> CheckRequest<'a> {
+    /// Builds a request from header lines alone (the fuzz target's way in).
+    pub fn from_headers(headers: &'a [httparse::Header<'a>]) -> Self {
+        CheckRequest {
+            method: "GET",
+            path: "/check",
+            headers,
+            keep_alive: true,
+            has_body: false,
+        }
+    }
+
+    /// The first value of a header, or "" when it is missing or not visible ASCII.
+    pub fn header(&self, name: &str) -> &'a str {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .filter(|h| h.value.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t'))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .unwrap_or("")
+    }
+}
+
+async fn answer(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
+    match (req.method, req.path) {
+        ("GET", "/check") => check(links, req, out).await,
+        ("GET" | "HEAD", path) if path.starts_with("/s/") => preview(links, req, req.method == "HEAD", out).await,
+        _ => respond(out, 404, &[], ""),
+    }
+}
+
+async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
+    match guarded(links, req, decide(links, req)).await {
+        Ok((disposition, rate)) => {
+            // A header value is visible ASCII; `content_disposition` percent-encodes the rest.
+            let disposition = Some(disposition.as_str()).filter(|d| d.bytes().all(|b| (0x20..0x7f).contains(&b)));
+            let mut rate_text = String::with_capacity(20);
+            // nginx's limit_rate: 0 is no cap.
+            let _ = write!(rate_text, "{rate}");
+            let mut headers = Vec::with_capacity(2);
+            if let Some(d) = disposition {
+                headers.push(("x-ferry-disposition", d));
+            }
+            headers.push(("x-ferry-rate", rate_text.as_str()));
+            respond(out, 204, &headers, "");
+        }
+        Err(refusal) => {
+            metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
+            tracing::debug!(%refusal, tunnel = req.header("x-ferry-tunnel"), client = req.header("x-ferry-client"), "refused");
+            respond(out, 403, &[], "");
+        }
+    }
 }
 
 /// Refuses banned clients up front, and counts refusals that look like guessing.
-async fn guarded<T>(s: &AppState, h: &HeaderMap, f: impl Future<Output = Result<T, Refusal>>) -> Result<T, Refusal> {
-    let address = ClientKey::new(header(h, "x-ferry-client"), "")
+async fn guarded<T>(
+    links: &Links,
+    req: &CheckRequest<'_>,
+    f: impl Future<Output = Result<T, Refusal>>,
+) -> Result<T, Refusal> {
+    let address = ClientKey::new(req.header("x-ferry-client"), "")
         .map(|c| c.address)
         .unwrap_or_default();
-    let now = s.links.now_ms();
-    if s.links.bans.is_banned(&address, now) {
-        s.links
-            .audit_refusal(&address, header(h, "x-ferry-tunnel"), Refusal::Banned)
+    let now = links.now_ms();
+    if links.bans.is_banned(&address, now) {
+        links
+            .audit_refusal(&address, req.header("x-ferry-tunnel"), Refusal::Banned)
             .await;
         return Err(Refusal::Banned);
     }
     let out = f.await;
     if let Err(r) = &out {
-        let tunnel = header(h, "x-ferry-tunnel");
-        s.links.audit_refusal(&address, tunnel, *r).await;
-        if r.counts_against_client() && s.links.bans.fail(&address, now) {
+        let tunnel = req.header("x-ferry-tunnel");
+        links.audit_refusal(&address, tunnel, *r).await;
+        if r.counts_against_client() && links.bans.fail(&address, now) {
             tracing::warn!(client = %address, "banned after repeated bad tokens");
             metrics::counter!("ferry_bans_total").increment(1);
-            s.links
+            links
                 .audit("banned", Some(&address), Some(tunnel), Some(r.code().to_string()))
                 .await;
         }
@@ -51,79 +235,156 @@ async fn guarded<T>(s: &AppState, h: &HeaderMap, f: impl Future<Output = Result<
     out
 }
 
-async fn check(State(s): State<AppState>, h: HeaderMap) -> Response {
-    match guarded(&s, &h, decide(&s, &h)).await {
-        Ok((disposition, rate)) => {
-            let mut r = StatusCode::NO_CONTENT.into_response();
-            if let Ok(v) = HeaderValue::from_str(&disposition) {
-                r.headers_mut().insert("x-ferry-disposition", v);
-            }
-            // nginx's limit_rate: 0 is no cap.
-            r.headers_mut().insert("x-ferry-rate", HeaderValue::from(rate));
-            r
-        }
-        Err(refusal) => {
-            metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
-            tracing::debug!(%refusal, tunnel = header(&h, "x-ferry-tunnel"), client = header(&h, "x-ferry-client"), "refused");
-            StatusCode::FORBIDDEN.into_response()
-        }
-    }
-}
-
-/// A previewer's request, proxied as is by nginx: an HTML preview, or 403 (444 at nginx).
-async fn preview(State(s): State<AppState>, h: HeaderMap) -> Response {
-    match s
-        .links
-        .preview(header(&h, "x-ferry-tunnel"), header(&h, "x-ferry-token"))
+/// A previewer's request, handed over as is by nginx: an HTML preview, or 403 (444 at nginx).
+async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Vec<u8>) {
+    match links
+        .preview(req.header("x-ferry-tunnel"), req.header("x-ferry-token"))
         .await
     {
-        Ok(link) => (
-            [
+        Ok(link) => {
+            let html = crate::links::preview_html(&link);
+            let headers = [
                 ("content-type", "text/html; charset=utf-8"),
                 ("referrer-policy", "no-referrer"),
                 ("cache-control", "private, no-store"),
                 ("content-security-policy", "default-src 'none'"),
-            ],
-            crate::links::preview_html(&link),
-        )
-            .into_response(),
+            ];
+            respond(out, 200, &headers, &html);
+            if head {
+                out.truncate(out.len() - html.len());
+            }
+        }
         Err(refusal) => {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
-            tracing::debug!(%refusal, client = header(&h, "x-ferry-client"), "preview refused");
-            StatusCode::FORBIDDEN.into_response()
+            tracing::debug!(%refusal, client = req.header("x-ferry-client"), "preview refused");
+            respond(out, 403, &[], "");
         }
     }
 }
 
+/// Writes a whole response: status line, headers, `content-length` (except for 204), body.
+fn respond(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &str) {
+    let reason = match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        _ => "Request Header Fields Too Large",
+    };
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if status != 204 {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
 /// The request as nginx describes it in the check's headers. A missing or unreadable request id
 /// or client address is `Malformed`; the rest is optional.
-pub fn admission(h: &HeaderMap) -> Result<Admission, Refusal> {
-    let request_id = header(h, "x-ferry-request-id");
+pub fn admission(req: &CheckRequest<'_>) -> Result<Admission, Refusal> {
+    let request_id = req.header("x-ferry-request-id");
     let client =
-        ClientKey::new(header(h, "x-ferry-client"), header(h, "x-ferry-user-agent")).ok_or(Refusal::Malformed)?;
+        ClientKey::new(req.header("x-ferry-client"), req.header("x-ferry-user-agent")).ok_or(Refusal::Malformed)?;
     if request_id.len() != 32 {
         return Err(Refusal::Malformed);
     }
     Ok(Admission {
         request_id: request_id.into(),
-        method: Method::parse(header(h, "x-ferry-method")),
-        range: Some(header(h, "x-ferry-range"))
+        method: Method::parse(req.header("x-ferry-method")),
+        range: Some(req.header("x-ferry-range"))
             .filter(|r| !r.is_empty())
             .map(String::from),
         client,
         // The baseline is filled in by the check itself.
-        conn: Conn::parse(header(h, "x-ferry-local"), header(h, "x-ferry-peer")).map(|c| (c, 0)),
+        conn: Conn::parse(req.header("x-ferry-local"), req.header("x-ferry-peer")).map(|c| (c, 0)),
     })
 }
 
-async fn decide(s: &AppState, h: &HeaderMap) -> Result<(String, u64), Refusal> {
-    let admission = admission(h)?;
-    let link = s
-        .links
-        .check(header(h, "x-ferry-tunnel"), header(h, "x-ferry-token"), admission)
+async fn decide(links: &Links, req: &CheckRequest<'_>) -> Result<(String, u64), Refusal> {
+    let admission = admission(req)?;
+    let link = links
+        .check(req.header("x-ferry-tunnel"), req.header("x-ferry-token"), admission)
         .await?;
     Ok((
         content_disposition(link.file_path.file_name()),
         link.rate_limit_bytes_per_second.unwrap_or(0),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the socket reads of a head: (method, tunnel header, keep-alive, has a body, length).
+    #[derive(Debug, PartialEq)]
+    struct Head(String, String, bool, bool, usize);
+
+    fn head(raw: &str) -> Result<Option<Head>, BadHead> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        Ok(parse(raw.as_bytes(), &mut headers)?.map(|(req, used)| {
+            Head(
+                req.method.into(),
+                req.header("x-ferry-tunnel").into(),
+                req.keep_alive,
+                req.has_body,
+                used,
+            )
+        }))
+    }
+
+    fn complete(raw: &str) -> Head {
+        head(raw).unwrap().unwrap()
+    }
+
+    #[test]
+    fn request_heads_are_read_in_place() {
+        let one = "GET /check HTTP/1.1\r\nHost: ferry_check\r\nX-Ferry-Tunnel: abc\r\nx-ferry-tunnel: b\r\n\r\n";
+        // Names are case-insensitive; the first of two values counts, as in nginx.
+        assert_eq!(complete(one), Head("GET".into(), "abc".into(), true, false, one.len()));
+        // A pipelined second request stays in the buffer.
+        assert_eq!(complete(&format!("{one}GET /check HTTP/1.1\r\n")).4, one.len());
+        assert_eq!(head("GET /check HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+        assert!(!complete("GET /check HTTP/1.0\r\n\r\n").2);
+        assert!(complete("GET /check HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").2);
+        assert!(!complete("GET /check HTTP/1.1\r\nConnection: close\r\n\r\n").2);
+        assert!(complete("GET /check HTTP/1.1\r\nContent-Length: 5\r\n\r\n").3);
+        assert!(!complete("GET /check HTTP/1.1\r\nContent-Length: 0\r\n\r\n").3);
+        assert!(complete("GET /check HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").3);
+        assert_eq!(head("\x16\x03\x01 not http\r\n\r\n"), Err(BadHead));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        assert_eq!(head(&format!("GET /check HTTP/1.1\r\n{many}\r\n")), Err(BadHead));
+    }
+
+    #[test]
+    fn header_values_must_be_visible_ascii() {
+        let raw = "GET /check HTTP/1.1\r\nX-Ferry-User-Agent: caf\u{e9}\r\nX-Ferry-Range: bytes=0-1\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (req, _) = parse(raw.as_bytes(), &mut headers).unwrap().unwrap();
+        assert_eq!(req.header("x-ferry-user-agent"), "");
+        assert_eq!(req.header("x-ferry-range"), "bytes=0-1");
+        assert_eq!(req.header("x-ferry-missing"), "");
+    }
+
+    #[test]
+    fn responses_are_whole() {
+        let mut out = Vec::new();
+        respond(&mut out, 204, &[("x-ferry-rate", "0")], "");
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nx-ferry-rate: 0\r\n\r\n");
+        out.clear();
+        respond(&mut out, 403, &[], "");
+        assert_eq!(out, b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n");
+        out.clear();
+        respond(&mut out, 200, &[("content-type", "text/html")], "<p>");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 3\r\n\r\n<p>"
+        );
+    }
 }

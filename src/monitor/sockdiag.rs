@@ -10,6 +10,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, netlink, recv, send, socket};
@@ -22,9 +23,21 @@ const IPPROTO_TCP: u8 = 6;
 /// `tcpi_bytes_acked` in `struct tcp_info` (after the u8 block, 24 u32 and two u64 fields).
 const BYTES_ACKED_OFFSET: usize = 120;
 
+/// A few netlink sockets, each with its reply buffer: every check asks once, and checks run on
+/// several threads at once (one socket behind one lock made them wait for each other).
 pub struct SockDiag {
-    fd: Mutex<OwnedFd>,
+    sockets: Vec<Mutex<Socket>>,
+    next: AtomicUsize,
 }
+
+struct Socket {
+    fd: OwnedFd,
+    /// One reply: a message header, `inet_diag_msg` and a few attributes (`tcp_info` is the
+    /// largest, about 250 bytes).
+    reply: Box<[u8; 2048]>,
+}
+
+const SOCKETS: usize = 4;
 
 /// One TCP connection, seen from nginx's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -51,23 +64,45 @@ impl Conn {
 
 impl SockDiag {
     pub fn open() -> io::Result<Self> {
-        let fd = socket(AddressFamily::NETLINK, SocketType::DGRAM, Some(netlink::SOCK_DIAG))?;
-        rustix::net::sockopt::set_socket_timeout(
-            &fd,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_secs(1)),
-        )?;
-        Ok(SockDiag { fd: Mutex::new(fd) })
+        let sockets = (0..SOCKETS)
+            .map(|_| {
+                let fd = socket(AddressFamily::NETLINK, SocketType::DGRAM, Some(netlink::SOCK_DIAG))?;
+                rustix::net::sockopt::set_socket_timeout(
+                    &fd,
+                    rustix::net::sockopt::Timeout::Recv,
+                    Some(Duration::from_secs(1)),
+                )?;
+                Ok(Mutex::new(Socket {
+                    fd,
+                    reply: Box::new([0; 2048]),
+                }))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(SockDiag {
+            sockets,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// The bytes the peer has acknowledged on this connection, or `None` if it no longer exists.
     pub fn bytes_acked(&self, conn: Conn) -> io::Result<Option<u64>> {
-        let req = request(conn);
-        let fd = self.fd.lock().expect("sockdiag mutex");
-        send(&*fd, &req, SendFlags::empty())?;
-        let mut buf = [0u8; 8192];
-        let n = recv(&*fd, &mut buf, RecvFlags::empty())?.0;
-        parse_reply(&buf[..n.min(buf.len())], conn.peer.port())
+        // A free socket if there is one; else wait for one, taking them in turn.
+        let mut socket = match self.sockets.iter().find_map(|s| s.try_lock().ok()) {
+            Some(s) => s,
+            None => self.sockets[self.next.fetch_add(1, Ordering::Relaxed) % SOCKETS]
+                .lock()
+                .expect("sockdiag mutex"),
+        };
+        let Socket { fd, reply } = &mut *socket;
+        let seq = self.next.fetch_add(1, Ordering::Relaxed) as u32;
+        send(&*fd, &request(conn, seq), SendFlags::empty())?;
+        // A reply that came after its asker gave up (the 1 s timeout) is not this one's.
+        loop {
+            let n = recv(&*fd, &mut reply[..], RecvFlags::empty())?.0.min(reply.len());
+            if u32_at(&reply[..n], 8) == Some(seq) {
+                return parse_reply(&reply[..n], conn.peer.port());
+            }
+        }
     }
 }
 
@@ -80,13 +115,13 @@ fn octets(ip: IpAddr) -> [u8; 16] {
     out
 }
 
-fn request(conn: Conn) -> Vec<u8> {
+fn request(conn: Conn, seq: u32) -> Vec<u8> {
     let family: u8 = if conn.local.is_ipv4() { 2 } else { 10 };
     let mut m = Vec::with_capacity(72);
     m.extend_from_slice(&72u32.to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
     m.extend_from_slice(&[family, IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 0]);
     m.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state

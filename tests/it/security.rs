@@ -239,3 +239,123 @@ async fn connections_per_client_are_limited() {
         c.wait().await.unwrap();
     }
 }
+
+/// A connection to the check socket, reading answers as nginx does: one after another from
+/// one buffer (two answers may come in one read).
+struct CheckConn {
+    s: tokio::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl CheckConn {
+    async fn open(sock: &std::path::Path) -> CheckConn {
+        let s = tokio::net::UnixStream::connect(sock).await.unwrap();
+        CheckConn { s, buf: Vec::new() }
+    }
+
+    async fn send(&mut self, raw: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(raw).await.unwrap();
+    }
+
+    /// The next answer's head, and its body unless it answers a HEAD.
+    async fn answer(&mut self, head_only: bool) -> (String, String) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+                let len = match head_only {
+                    true => 0,
+                    false => head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.parse::<usize>().unwrap()),
+                };
+                while self.buf.len() < end + 4 + len {
+                    assert_ne!(self.s.read_buf(&mut self.buf).await.unwrap(), 0, "closed inside a body");
+                }
+                let body = String::from_utf8(self.buf[end + 4..end + 4 + len].to_vec()).unwrap();
+                self.buf.drain(..end + 4 + len);
+                return (head, body);
+            }
+            let n = self.s.read_buf(&mut self.buf).await.unwrap();
+            assert_ne!(
+                n,
+                0,
+                "closed before an answer: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    async fn closed(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        self.buf.is_empty() && self.s.read(&mut [0u8; 16]).await.unwrap() == 0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_check_socket_answers_nginx_on_one_connection_and_closes_on_anything_else() {
+    let app = TestApp::spawn().await;
+    app.data_file("q3 report.pdf", 1000);
+    let link = app.link("q3 report.pdf").await;
+    let (id, token) = (link["tunnel_id"].as_str().unwrap(), link["token"].as_str().unwrap());
+    let sock = app.path("state/check.sock");
+    let ask = |method: &str, path: &str, token: &str, rid: char| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: ferry_check\r\nX-Ferry-Tunnel: {id}\r\nX-Ferry-Token: {token}\r\n\
+             X-Ferry-Method: HEAD\r\nX-Ferry-Request-Id: {}\r\nX-Ferry-Client: 127.0.0.1\r\n\
+             X-Ferry-User-Agent: curl/8\r\n\r\n",
+            rid.to_string().repeat(32)
+        )
+    };
+    let mut s = CheckConn::open(&sock).await;
+    // A HEAD is allowed (and claims nothing), with the file's name for nginx to send.
+    s.send(ask("GET", "/check", token, 'a').as_bytes()).await;
+    let (head, body) = s.answer(false).await;
+    assert!(head.starts_with("HTTP/1.1 204 No Content\r\n"), "{head}");
+    assert!(
+        head.contains(
+            "\r\nx-ferry-disposition: attachment; filename=\"q3 report.pdf\"; filename*=UTF-8''q3%20report.pdf"
+        ),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-ferry-rate: 0"), "{head}");
+    assert_eq!(body, "");
+    // The same connection: a tampered token is refused, and the connection stays.
+    s.send(ask("GET", "/check", &format!("{token}x"), 'b').as_bytes()).await;
+    assert!(s.answer(false).await.0.starts_with("HTTP/1.1 403 Forbidden\r\n"));
+    // Two requests in one write are answered in order.
+    let two = ask("GET", "/check", token, 'c') + &ask("GET", "/check", "", 'd');
+    s.send(two.as_bytes()).await;
+    assert!(s.answer(false).await.0.starts_with("HTTP/1.1 204 "));
+    assert!(s.answer(false).await.0.starts_with("HTTP/1.1 403 "));
+    // A previewer's request gets the preview page (HEAD: its headers alone).
+    s.send(ask("GET", &format!("/s/{id}/q3%20report.pdf"), token, 'e').as_bytes())
+        .await;
+    let (head, body) = s.answer(false).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n") && head.contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(body.contains("q3 report.pdf"), "{body}");
+    s.send(ask("HEAD", &format!("/s/{id}/q3%20report.pdf"), token, 'f').as_bytes())
+        .await;
+    let (head, body) = s.answer(true).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && body.is_empty(), "{head}");
+    // nginx sends no body: a request with one is refused and its connection closed.
+    s.send(b"GET /check HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").await;
+    assert!(s.answer(false).await.0.starts_with("HTTP/1.1 400 "));
+    assert!(s.closed().await, "the connection is closed");
+    // So is one that does not speak HTTP, and an unknown path is not found.
+    let mut s = CheckConn::open(&sock).await;
+    s.send(b"\x16\x03\x01 hello\r\n\r\n").await;
+    assert!(s.answer(false).await.0.starts_with("HTTP/1.1 400 "));
+    assert!(s.closed().await);
+    let mut s = CheckConn::open(&sock).await;
+    s.send(b"GET /admin/tunnels HTTP/1.1\r\n\r\n").await;
+    assert!(s.answer(false).await.0.starts_with("HTTP/1.1 404 "));
+    // Nothing of this claimed the link.
+    let (_, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
+    assert_eq!(stats["tunnel"]["state"], "open", "{stats}");
+}
