@@ -229,6 +229,9 @@ http {{
     }}
 }}
 """
+        self._run(conf)
+
+    def _run(self, conf):
         path = os.path.join(self.prefix, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
@@ -395,12 +398,7 @@ class FerryNginx(Nginx):
         for needle in (f"listen 127.0.0.1:{self.port}", f"unix:{auth_socket}", self.logs):
             if needle not in conf:
                 raise SystemExit(f"bench: ferry's nginx config changed shape ({needle} not placed)")
-        path = os.path.join(self.prefix, "nginx.conf")
-        with open(path, "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen([NGINX, "-p", self.prefix, "-c", path],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
+        self._run(conf)
 
     def url(self, link_url):
         return re.sub(r"^http://[^/]+", f"http://127.0.0.1:{self.port}", link_url)
