@@ -36,6 +36,7 @@ pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: Cancella
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -49,6 +50,8 @@ pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: Cancella
             },
         }
     }
+    // Refused from now on, rather than left waiting for the drain.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }
@@ -75,6 +78,7 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                 }
                 let read = tokio::select! {
                     // Between requests only: one being answered is finished first.
+                    biased;
                     _ = shutdown.cancelled() => return,
                     read = stream.read_buf(&mut input) => read,
                 };
@@ -94,6 +98,10 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                 (input.len(), false)
             }
         };
+        if !keep_alive {
+            // Said, so that nginx does not put back for reuse a connection about to close.
+            close_after_status(&mut out);
+        }
         if stream.write_all(&out).await.is_err() || !keep_alive {
             return;
         }
@@ -175,7 +183,8 @@ impl<'a> CheckRequest<'a> {
 
 async fn answer(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
     match (req.method, req.path) {
-        ("GET", "/check") => check(links, req, out).await,
+        // nginx's auth subrequest is a GET; a HEAD is answered alike (a 204 has no body).
+        ("GET" | "HEAD", "/check") => check(links, req, out).await,
         ("GET" | "HEAD", path) if path.starts_with("/s/") => preview(links, req, req.method == "HEAD", out).await,
         _ => respond(out, 404, &[], ""),
     }
@@ -260,6 +269,12 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
             respond(out, 403, &[], "");
         }
     }
+}
+
+/// Adds `connection: close` to the response in `out`, after its status line.
+fn close_after_status(out: &mut Vec<u8>) {
+    let at = out.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
+    out.splice(at..at, *b"connection: close\r\n");
 }
 
 /// Writes a whole response: status line, headers, `content-length` (except for 204), body.

@@ -345,7 +345,11 @@ async fn the_check_socket_answers_nginx_on_one_connection_and_closes_on_anything
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && body.is_empty(), "{head}");
     // nginx sends no body: a request with one is refused and its connection closed.
     s.send(b"GET /check HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").await;
-    assert!(s.answer(false).await.0.starts_with("HTTP/1.1 400 "));
+    let (head, _) = s.answer(false).await;
+    assert!(
+        head.starts_with("HTTP/1.1 400 ") && head.contains("\r\nconnection: close\r\n"),
+        "{head}"
+    );
     assert!(s.closed().await, "the connection is closed");
     // So is one that does not speak HTTP, and an unknown path is not found.
     let mut s = CheckConn::open(&sock).await;
