@@ -6,7 +6,7 @@
 //! Every public request pays for this round trip, so the socket speaks just the HTTP/1.1 nginx
 //! uses upstream instead of going through hyper and axum: the request head is read in place
 //! (httparse), the `x-ferry-*` headers are looked up without being copied, and the answer is one
-//! write on a connection nginx keeps alive. With twelve headers a check, hyper's header map and
+//! write on a connection nginx keeps alive. With ten headers a check, hyper's header map and
 //! axum's handler futures cost more CPU than the decision itself (`perf` under 4 KiB range load).
 //! nginx sends no body (`proxy_pass_request_body off`); a request with one is refused and its
 //! connection closed, as is anything that does not parse.
@@ -28,7 +28,7 @@ use crate::monitor::sockdiag::Conn;
 /// nginx's own limit for a request head is 8 KiB a line; the check's head repeats the client's
 /// User-Agent and token, so twice that and some.
 const MAX_HEAD: usize = 32 * 1024;
-/// nginx sends a dozen headers; room for the client's own, should a config pass them.
+/// nginx sends ten headers; room for the client's own, should an older config pass them.
 const MAX_HEADERS: usize = 48;
 
 /// Serves the check socket until `shutdown`; a connection finishes the request it is answering.
@@ -88,11 +88,17 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                 }
             }
             Ok(None) => {
+                tracing::debug!(
+                    bytes = input.len(),
+                    "check socket: request head too large; answered 431"
+                );
                 out.clear();
                 respond(&mut out, 431, &[], "");
                 (input.len(), false)
             }
             Err(BadHead) => {
+                // Control bytes in a client's header, passed on raw by nginx, end up here too.
+                tracing::debug!("check socket: {BadHead}; answered 400");
                 out.clear();
                 respond(&mut out, 400, &[], "");
                 (input.len(), false)
