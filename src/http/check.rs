@@ -11,7 +11,6 @@
 //! nginx sends no body (`proxy_pass_request_body off`); a request with one is refused and its
 //! connection closed, as is anything that does not parse.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,10 +59,10 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
     let mut input = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(512);
     loop {
+        out.clear();
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (used, keep_alive) = match parse(&input, &mut headers) {
             Ok(Some((req, used))) => {
-                out.clear();
                 let keep_alive = req.keep_alive && !req.has_body;
                 if req.has_body {
                     respond(&mut out, 400, &[], "");
@@ -92,14 +91,12 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                     bytes = input.len(),
                     "check socket: request head too large; answered 431"
                 );
-                out.clear();
                 respond(&mut out, 431, &[], "");
                 (input.len(), false)
             }
             Err(BadHead) => {
                 // Control bytes in a client's header, passed on raw by nginx, end up here too.
                 tracing::debug!("check socket: {BadHead}; answered 400");
-                out.clear();
                 respond(&mut out, 400, &[], "");
                 (input.len(), false)
             }
@@ -181,7 +178,7 @@ impl<'a> CheckRequest<'a> {
         self.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .filter(|h| h.value.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t'))
+            .filter(|h| visible(h.value))
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .unwrap_or("")
     }
@@ -199,17 +196,12 @@ async fn answer(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
 async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
     match guarded(links, req, decide(links, req)).await {
         Ok((disposition, rate)) => {
-            // A header value is visible ASCII; `content_disposition` percent-encodes the rest.
-            let disposition = Some(disposition.as_str()).filter(|d| d.bytes().all(|b| (0x20..0x7f).contains(&b)));
-            let mut rate_text = String::with_capacity(20);
             // nginx's limit_rate: 0 is no cap.
-            let _ = write!(rate_text, "{rate}");
-            let mut headers = Vec::with_capacity(2);
-            if let Some(d) = disposition {
-                headers.push(("x-ferry-disposition", d));
-            }
-            headers.push(("x-ferry-rate", rate_text.as_str()));
-            respond(out, 204, &headers, "");
+            let rate = rate.to_string();
+            let headers = [("x-ferry-rate", rate.as_str()), ("x-ferry-disposition", &disposition)];
+            // `content_disposition` percent-encodes the name; what is not a header value is left out.
+            let sent = if visible(disposition.as_bytes()) { 2 } else { 1 };
+            respond(out, 204, &headers[..sent], "");
         }
         Err(refusal) => {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
@@ -277,6 +269,11 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
     }
 }
 
+/// A header value as HeaderValue::to_str takes it: visible ASCII and tabs.
+fn visible(value: &[u8]) -> bool {
+    value.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
+}
+
 /// Adds `connection: close` to the response in `out`, after its status line.
 fn close_after_status(out: &mut Vec<u8>) {
     let at = out.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
@@ -291,7 +288,8 @@ fn respond(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &str)
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
-        _ => "Request Header Fields Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "",
     };
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
     for (name, value) in headers {

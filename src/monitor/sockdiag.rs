@@ -27,7 +27,8 @@ const BYTES_ACKED_OFFSET: usize = 120;
 /// several threads at once (one socket behind one lock made them wait for each other).
 pub struct SockDiag {
     sockets: Vec<Mutex<Socket>>,
-    next: AtomicUsize,
+    /// Each query's sequence number; also which busy socket to wait for, in turn.
+    seq: AtomicUsize,
 }
 
 struct Socket {
@@ -80,21 +81,20 @@ impl SockDiag {
             .collect::<io::Result<_>>()?;
         Ok(SockDiag {
             sockets,
-            next: AtomicUsize::new(0),
+            seq: AtomicUsize::new(0),
         })
     }
 
     /// The bytes the peer has acknowledged on this connection, or `None` if it no longer exists.
     pub fn bytes_acked(&self, conn: Conn) -> io::Result<Option<u64>> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         // A free socket if there is one; else wait for one, taking them in turn.
         let mut socket = match self.sockets.iter().find_map(|s| s.try_lock().ok()) {
             Some(s) => s,
-            None => self.sockets[self.next.fetch_add(1, Ordering::Relaxed) % SOCKETS]
-                .lock()
-                .expect("sockdiag mutex"),
+            None => self.sockets[seq % SOCKETS].lock().expect("sockdiag mutex"),
         };
         let Socket { fd, reply } = &mut *socket;
-        let seq = self.next.fetch_add(1, Ordering::Relaxed) as u32;
+        let seq = seq as u32;
         send(&*fd, &request(conn, seq), SendFlags::empty())?;
         // A reply that came after its asker gave up (the 1 s timeout) is not this one's.
         loop {
