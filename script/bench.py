@@ -358,12 +358,13 @@ def bench_ranges(work, data):
     url = ferry.create(ferry.conn(), "ranges.bin", max_downloads=1)["download_url"]
     same = FerryNginx(work, ferry, sock)
     rng = ["Range: bytes=0-4095"]
-    rates = {"bare nginx": [], "auth_request → 204": [], "ferry's nginx config, check → 204": [], "ferry link": []}
+    own = "ferry's nginx config, check → 204"
+    rates = {"bare nginx": [], "auth_request → 204": [], own: [], "ferry link": []}
     try:
         for _ in range(RUNS):
             rates["bare nginx"].append(wrk(f"http://127.0.0.1:{bare.port}/ranges.bin", 64, rng))
             rates["auth_request → 204"].append(wrk(f"http://127.0.0.1:{floor.port}/ranges.bin", 64, rng))
-            rates["ferry's nginx config, check → 204"].append(wrk(same.url(url), 64, rng))
+            rates[own].append(wrk(same.url(url), 64, rng))
             same.clear_logs()
             rates["ferry link"].append(wrk(url, 64, rng))
     finally:
@@ -374,7 +375,7 @@ def bench_ranges(work, data):
         floor_srv.wait(10)
     m, runs = runs_table("path", "req/s", rates, lambda x: f"{x:,.0f}")
     r = m["ferry link"] / m["auth_request → 204"]
-    same_r = m["ferry's nginx config, check → 204"]
+    same_r = m[own]
     results.append(("2. 4 KiB range requests, 64 connections, one client", runs
         + f"\n\nferry / auth_request floor = **{r:.3f}** (target ≥ 0.8: {verdict(r >= 0.8)}); "
           f"ferry / bare nginx = {m['ferry link'] / m['bare nginx']:.3f}.\n\n"
