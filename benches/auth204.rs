@@ -1,9 +1,13 @@
 //! The floor any checked request pays: an axum handler on a Unix socket that allows everything
-//! with 204, for nginx's `auth_request` in `script/bench`. Usage: `auth204 <socket path>`.
-//! Without a path (as `cargo test --all-targets` runs it) it answers one request to itself.
+//! with 204, for nginx's `auth_request` in `script/bench`. Usage: `auth204 <socket path> [--ferry]`.
+//! With `--ferry` the 204 carries the two headers ferry's nginx config reads from ferry's check (a
+//! rate of 0 and a disposition), so that config can run against a trivial check without logging an
+//! error per request about an empty `limit_rate`. Without a path (as `cargo test --all-targets`
+//! runs it) it answers one request to itself.
 
 use axum::Router;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::any;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,7 +24,17 @@ async fn main() {
     };
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path).expect("bind the socket");
-    let app = Router::new().fallback(any(|| async { StatusCode::NO_CONTENT }));
+    let app = if std::env::args().any(|a| a == "--ferry") {
+        Router::new().fallback(any(|| async {
+            let headers = [
+                ("x-ferry-rate", "0"),
+                ("x-ferry-disposition", "attachment; filename*=UTF-8''ranges.bin"),
+            ];
+            (StatusCode::NO_CONTENT, headers).into_response()
+        }))
+    } else {
+        Router::new().fallback(any(|| async { StatusCode::NO_CONTENT }))
+    };
     let server = tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
     if !self_check {
         server.await.expect("server task");

@@ -196,7 +196,7 @@ class Nginx:
             tpl = open(os.path.join(ROOT, "nginx", "nginx.conf")).read()
             fmt = re.search(r"log_format ferry .*?;\n", tpl, re.S).group(0)
             log = (fmt + '\n    map $msec $ferry_log_slot { "~^(?<s>\\d+)\\d\\d\\." $s; default "0"; }\n'
-                   '    map $uri $ferry_tunnel { default ""; }\n'
+                   '    map $uri $ferry_link { default ""; }\n'
                    '    map $http_user_agent $ferry_previewer { default 0; }\n'
                    '    open_log_file_cache max=8 inactive=10s valid=1s min_uses=1;\n'
                    f'    access_log {log_dir}/access-$ferry_log_slot.log ferry;')
@@ -238,9 +238,18 @@ http {{
         path = os.path.join(self.prefix, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
-        self.proc = subprocess.Popen([NGINX, "-p", self.prefix, "-c", path],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.stderr = os.path.join(self.prefix, "stderr.log")
+        with open(self.stderr, "ab") as err:
+            self.proc = subprocess.Popen([NGINX, "-p", self.prefix, "-c", path],
+                                         stdout=subprocess.DEVNULL, stderr=err)
         wait_port(self.port)
+
+    def check_quiet(self):
+        """A baseline that logs an error per request measures its error log: stop the run."""
+        with open(self.stderr, errors="replace") as f:
+            said = [line for line in f if re.search(r"\[(warn|error|crit|alert|emerg)\]", line)]
+        if said:
+            raise SystemExit(f"bench: nginx on port {self.port} logged {len(said)} problems, the first: {said[0]}")
 
     def stop(self):
         self.proc.send_signal(signal.SIGQUIT)
@@ -340,23 +349,31 @@ def bench_download(work, data):
           f"ferry / FastAPI FileResponse = **{r_api:.2f}×**."))
 
 
+def auth204(sock, *flags):
+    """The trivial 204 check server (benches/auth204.rs), once it listens on `sock`."""
+    # Its own process group: `cargo bench` runs the server as a child, which must go with it.
+    srv = subprocess.Popen(["cargo", "bench", "-q", "--bench", "auth204", "--", sock, *flags], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not os.path.exists(sock):
+        if time.time() > deadline or srv.poll() is not None:
+            raise SystemExit("the auth204 baseline did not start")
+        time.sleep(0.1)
+    return srv
+
+
 def bench_ranges(work, data):
     """2. 4 KiB ranges through one link, 64 connections, one client; the auth_request floor."""
     make_file(os.path.join(data, "ranges.bin"), 64 << 20)
     sock = os.path.join(work, "auth204.sock")
-    # Its own process group: `cargo bench` runs the server as a child, which must go with it.
-    floor_srv = subprocess.Popen(["cargo", "bench", "-q", "--bench", "auth204", "--", sock], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not os.path.exists(sock):
-        if time.time() > deadline or floor_srv.poll() is not None:
-            raise SystemExit("the auth204 baseline did not start")
-        time.sleep(0.1)
+    # The same trivial 204 with the two headers ferry's nginx config reads from ferry's check.
+    sock_ferry = os.path.join(work, "auth204-ferry.sock")
+    floor_srvs = [auth204(sock), auth204(sock_ferry, "--ferry")]
     bare = Nginx(work, data)
     floor = Nginx(work, data, auth_socket=sock)
     ferry = Ferry(os.path.join(work, "ranges"), data)
     url = ferry.create(ferry.conn(), "ranges.bin", max_downloads=1)["download_url"]
-    same = FerryNginx(work, ferry, sock)
+    same = FerryNginx(work, ferry, sock_ferry)
     rng = ["Range: bytes=0-4095"]
     own = "ferry's nginx config, check → 204"
     rates = {"bare nginx": [], "auth_request → 204": [], own: [], "ferry link": []}
@@ -367,12 +384,15 @@ def bench_ranges(work, data):
             rates[own].append(wrk(same.url(url), 64, rng))
             same.clear_logs()
             rates["ferry link"].append(wrk(url, 64, rng))
+        for s in (bare, floor, same):
+            s.check_quiet()
     finally:
         for s in (bare, floor, same):
             s.stop()
         ferry.stop()
-        os.killpg(floor_srv.pid, signal.SIGTERM)
-        floor_srv.wait(10)
+        for srv in floor_srvs:
+            os.killpg(srv.pid, signal.SIGTERM)
+            srv.wait(10)
     m, runs = runs_table("path", "req/s", rates, lambda x: f"{x:,.0f}")
     r = m["ferry link"] / m["auth_request → 204"]
     same_r = m[own]
@@ -381,13 +401,14 @@ def bench_ranges(work, data):
           f"ferry / bare nginx = {m['ferry link'] / m['bare nginx']:.3f}.\n\n"
           "The third row splits the gap: ferry's own nginx config (its JSON access log, `$request_id`, "
           "the per-client and per-link limits, the previewer maps, the check's headers) with the check "
-          f"answered by the same trivial 204 runs at {same_r / m['auth_request → 204']:.3f} × the floor, "
+          "answered by the same trivial 204 (carrying the rate and disposition headers ferry's check sends) "
+          f"runs at {same_r / m['auth_request → 204']:.3f} × the floor, "
           f"and ferry's real check at {m['ferry link'] / same_r:.3f} × that."))
 
 
 class FerryNginx(Nginx):
-    """ferry's own rendered nginx config, with the check answered by the trivial 204 server: what
-    ferry's nginx costs without ferry's check. Its access log goes elsewhere (ferry does not read it)."""
+    """ferry's own rendered nginx config, with the check answered by the trivial 204 server (with
+    ferry's two answer headers, `auth204 --ferry`): what ferry's nginx costs without ferry's check. Its access log goes elsewhere (ferry does not read it)."""
 
     def __init__(self, work, ferry, auth_socket):
         self.port = free_port()
@@ -408,8 +429,10 @@ class FerryNginx(Nginx):
         return re.sub(r"^http://[^/]+", f"http://127.0.0.1:{self.port}", link_url)
 
     def clear_logs(self):
+        # Emptied, not removed: nginx keeps the current slot's file open (O_APPEND) and logs a
+        # failed stat() for a removed one.
         for name in os.listdir(self.logs):
-            os.remove(os.path.join(self.logs, name))
+            os.truncate(os.path.join(self.logs, name), 0)
 
 
 def lag_histogram(ferry):

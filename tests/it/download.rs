@@ -184,3 +184,55 @@ async fn a_graceful_stop_takes_nginx_with_it() {
             .contains(") Z ");
     assert!(gone, "nginx outlived a graceful stop");
 }
+
+/// A recipient who hangs up while ferry is still deciding gets a line in the ledger all the same.
+/// nginx tests the root of a location before writing to a log path with a variable in it (ferry's
+/// time slots); a location that served its file through an alias pointing at the file itself
+/// failed that test ("Not a directory") for every request that ended before the file was opened,
+/// and nginx then dropped the line without a word in the access log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_abandoned_during_the_check_is_still_logged() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn().await;
+    app.data_file("f.bin", 10_000);
+    let link = app.link("f.bin").await;
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    let u = reqwest::Url::parse(&url(&link)).unwrap();
+    let target = format!("{}?{}", u.path(), u.query().unwrap());
+
+    // ferry stopped: the check waits, and the recipient gives up first.
+    let pid = app.pid().to_string();
+    let signal = async |sig: &str| {
+        let s = tokio::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(s.success(), "kill {sig}");
+    };
+    signal("-STOP").await;
+    let mut c = tokio::net::TcpStream::connect(app.public.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    c.write_all(format!("GET {target} HTTP/1.1\r\nHost: ferry\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal("-CONT").await;
+
+    let access = || -> String {
+        std::fs::read_dir(app.path("logs"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .collect()
+    };
+    crate::helpers::eventually(Duration::from_secs(5), "the abandoned request's line", async || {
+        access()
+            .lines()
+            .any(|l| l.contains(&format!(r#""tunnel_id":"{id}""#)) && l.contains(r#""status":499"#))
+    })
+    .await;
+    assert!(!app.log().contains("existence failed"), "{}", app.log());
+}
