@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
                 range: Some("bytes=0-".into()),
                 client: client.clone(),
                 conn: None,
+                first_on_connection: false,
             };
             let _ = rules::admit(&mut link, &a, now, &POLICY);
             rules::sample(&mut link, &rec.request_id, Some(rec.bytes_sent), now + 1);

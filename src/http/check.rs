@@ -6,7 +6,7 @@
 //! Every public request pays for this round trip, so the socket speaks just the HTTP/1.1 nginx
 //! uses upstream instead of going through hyper and axum: the request head is read in place
 //! (httparse), the `x-ferry-*` headers are looked up without being copied, and the answer is one
-//! write on a connection nginx keeps alive. With ten headers a check, hyper's header map and
+//! write on a connection nginx keeps alive. With eleven headers a check, hyper's header map and
 //! axum's handler futures cost more CPU than the decision itself (`perf` under 4 KiB range load).
 //! nginx sends no body (`proxy_pass_request_body off`); a request with one is refused and its
 //! connection closed, as is anything that does not parse.
@@ -27,7 +27,7 @@ use crate::monitor::sockdiag::Conn;
 /// nginx's own limit for a request head is 8 KiB a line; the check's head repeats the client's
 /// User-Agent and token, so twice that and some.
 const MAX_HEAD: usize = 32 * 1024;
-/// nginx sends ten headers; room for the client's own, should an older config pass them.
+/// nginx sends eleven headers; room for the client's own, should an older config pass them.
 const MAX_HEADERS: usize = 48;
 
 /// Serves the check socket until `shutdown`; a connection finishes the request it is answering.
@@ -323,6 +323,7 @@ pub fn admission(req: &CheckRequest<'_>) -> Result<Admission, Refusal> {
         client,
         // The baseline is filled in by the check itself.
         conn: Conn::parse(req.header("x-ferry-local"), req.header("x-ferry-peer")).map(|c| (c, 0)),
+        first_on_connection: req.header("x-ferry-connection-requests") == "1",
     })
 }
 
@@ -389,6 +390,27 @@ mod tests {
         assert_eq!(req.header("x-ferry-user-agent"), "");
         assert_eq!(req.header("x-ferry-range"), "bytes=0-1");
         assert_eq!(req.header("x-ferry-missing"), "");
+    }
+
+    #[test]
+    fn only_a_connections_first_request_skips_the_socket_baseline() {
+        let first = |value: &str| {
+            let raw = format!(
+                "GET /check HTTP/1.1\r\nX-Ferry-Request-Id: {}\r\nX-Ferry-Client: 127.0.0.1\r\n\
+                 X-Ferry-Local: 127.0.0.1:8080\r\nX-Ferry-Peer: 127.0.0.1:40000\r\n\
+                 X-Ferry-Connection-Requests: {value}\r\n\r\n",
+                "a".repeat(32)
+            );
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let (req, _) = parse(raw.as_bytes(), &mut headers).unwrap().unwrap();
+            let a = admission(&req).unwrap();
+            assert!(a.conn.is_some(), "the connection is known");
+            a.first_on_connection
+        };
+        assert!(first("1"));
+        for later in ["2", "10", "", "01", "one"] {
+            assert!(!first(later), "{later:?}");
+        }
     }
 
     #[test]

@@ -72,6 +72,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a connection had acknowledged before the request being checked: nothing on its first
+/// request (most downloads come on a new connection), else what the kernel says now (`ask`; 0 if
+/// it cannot tell).
+fn baseline(first_on_connection: bool, ask: impl FnOnce() -> Option<u64>) -> u64 {
+    if first_on_connection { 0 } else { ask().unwrap_or(0) }
+}
+
 pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
@@ -856,7 +863,7 @@ impl Links {
         }
         // The baseline: what this (possibly reused) connection had already acknowledged.
         if let (Some((conn, base)), Some(diag)) = (admission.conn.as_mut(), &self.diag) {
-            *base = diag.bytes_acked(*conn).ok().flatten().unwrap_or(0);
+            *base = baseline(admission.first_on_connection, || diag.bytes_acked(*conn).ok().flatten());
         } else {
             admission.conn = None;
         }
@@ -1487,6 +1494,13 @@ pub fn content_disposition(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_first_request_has_a_baseline_of_0_without_asking_the_kernel() {
+        assert_eq!(baseline(true, || panic!("the kernel was asked")), 0);
+        assert_eq!(baseline(false, || Some(4_321)), 4_321);
+        assert_eq!(baseline(false, || None), 0, "a socket the kernel cannot find");
+    }
 
     #[test]
     fn ids_have_enough_entropy_and_parse() {

@@ -53,6 +53,9 @@ pub struct Admission {
     pub client: ClientKey,
     /// The connection and what its peer had acknowledged before this request.
     pub conn: Option<(Conn, u64)>,
+    /// The connection's first request (nginx's `$connection_requests` is 1): nothing was sent
+    /// on it before, so what it had acknowledged is 0 without asking the kernel.
+    pub first_on_connection: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -565,6 +568,7 @@ mod tests {
             range: range.map(String::from),
             client: client(c),
             conn: None,
+            first_on_connection: false,
         }
     }
 

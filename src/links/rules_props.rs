@@ -136,6 +136,7 @@ impl Run {
             range: range_start.map(|s| format!("bytes={s}-")),
             client: client(c),
             conn: None,
+            first_on_connection: false,
         };
         let before = self.link.clone();
         let got = admit(&mut self.link, &a, self.now, &P);
@@ -395,6 +396,7 @@ proptest! {
                     range: Some("bytes=0-".into()),
                     client: run.link.completer.clone().unwrap_or_else(|| client(0)),
                     conn: None,
+                    first_on_connection: false,
                 };
                 prop_assert!(admit(&mut probe, &a, run.now, &P).is_err());
                 prop_assert_eq!(&probe, &run.link);

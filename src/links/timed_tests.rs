@@ -90,6 +90,7 @@ async fn download_range(f: &Fixture, created: &Created, rid: &str, range: &str, 
         range: Some(range.into()),
         client: ClientKey::new("127.0.0.5", "curl").unwrap(),
         conn: None,
+        first_on_connection: false,
     };
     f.links
         .check(created.tunnel_id.as_str(), &created.token, admission)
