@@ -225,8 +225,9 @@ struct RawPeer {
     dns_name: String,
     #[serde(rename = "Capabilities", default)]
     capabilities: Option<Vec<String>>,
+    /// Only the names count; the values are skipped unread, whatever JSON they hold.
     #[serde(rename = "CapMap", default)]
-    cap_map: Option<BTreeMap<String, serde_json::Value>>,
+    cap_map: Option<BTreeMap<String, serde::de::IgnoredAny>>,
 }
 
 pub fn parse_status(out: &str) -> Result<NodeStatus, ParseError> {
@@ -361,6 +362,15 @@ mod tests {
         );
         assert_eq!(serve_status_argv().join(" "), "funnel status --json");
         assert_eq!(status_argv().join(" "), "status --json");
+    }
+
+    #[test]
+    fn status_reads_past_a_number_beyond_f64_in_what_it_skips() {
+        // Found by the `tailscale_status` fuzz target (corpus/crash-number-beyond-f64): JSON
+        // allows 9e440; a CapMap value is never read, so it cannot make ferry refuse the node.
+        let out = std::fs::read_to_string("fuzz/corpus/tailscale_status/crash-number-beyond-f64").unwrap();
+        let st = parse_status(&out).unwrap();
+        assert_eq!((st.dns_name.as_str(), st.can_funnel), (HOST, true));
     }
 
     #[test]
