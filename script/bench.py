@@ -469,6 +469,7 @@ def bench_monitor(work, data):
     web = Nginx(work, data, log_dir=logs)
     rates = {"nobody follows": [], "ferry follows": []}
     lag = None
+    crossed = 0  # runs during which the 100 s log slot changed
     try:
         for i in range(RUNS):
             for f in os.listdir(logs):
@@ -479,7 +480,9 @@ def bench_monitor(work, data):
             ferry = Ferry(os.path.join(work, f"monitor-{i}"), data, FERRY_NGINX="external", FERRY_LOGS_DIR=logs,
                           FERRY_LOG_SLOT="100s")
             before = lag_histogram(ferry)
+            started = time.time()
             rates["ferry follows"].append(wrk(f"http://127.0.0.1:{web.port}/small.bin", 64))
+            crossed += int(started // 100) != int(time.time() // 100)
             time.sleep(1)
             after = lag_histogram(ferry)
             ferry.stop()
@@ -499,7 +502,13 @@ def bench_monitor(work, data):
           + ", ".join(f"≤ {float(k) * 1000:g} ms: {within[k] * 100:.1f}%" for k in sorted(
               (k for k in within if k != "+Inf"), key=float))
           + f". p99 ≤ {float(p99) * 1000 if p99 != '> 5' else p99:g} ms "
-            f"(target ≤ 50 ms: {verdict(p99 != '> 5' and float(p99) <= 0.05)})."))
+            f"(target ≤ 50 ms: {verdict(p99 != '> 5' and float(p99) <= 0.05)}); the slot changed during "
+            f"{crossed} of the {RUNS} runs.\n\n"
+            "Across slot changes the target is missed: the follower leaves a slot's file only 1.5 s after "
+            "the slot ends (a worker whose clock was read just before the change may still write to it), and "
+            "the next file's lines wait until then. In a steady load that is 1.5% of the lines of every "
+            "100 s slot, delayed by up to 1.5 s, so a long run's p99 is about 0.5 s. A run that crosses a "
+            "slot change shows it above."))
 
 
 def bench_close(work, data):
@@ -596,13 +605,19 @@ def bench_create(work, data, label, **env):
 
 def redis_floor(port):
     """What one durable write costs Redis itself on this disk, right after ferry's run on the same
-    server: `SET` from one connection, each answered after its fsync (`appendfsync always`)."""
-    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-c", "1", "-n", "3000", "--csv"],
-                         capture_output=True, text=True, timeout=120).stdout.splitlines()
+    server and for about as long: `SET` from one connection, each answered after its fsync
+    (`appendfsync always`). wrk corrects its percentiles for coordinated omission (one stall of
+    100 ms among 5,000 requests of 1 ms adds a hundred late samples), redis-benchmark does not,
+    so the stall shows here as the maximum."""
+    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-c", "1", "-n", "20000", "--csv"],
+                         capture_output=True, text=True, timeout=300).stdout.splitlines()
     row = dict(zip(json.loads("[" + out[0] + "]"), json.loads("[" + out[-1] + "]")))
-    return (f"Redis alone on the same AOF, one `SET` at a time (redis-benchmark, 3,000 requests): "
-            f"p50 {float(row['p50_latency_ms']):.2f} ms, p99 {float(row['p99_latency_ms']):.2f} ms. "
-            "Every creation on Redis waits for one such fsync, so ferry's p99 follows the disk's.")
+    ms = lambda k: float(row[k])
+    return (f"Redis alone on the same AOF, one `SET` at a time (redis-benchmark, 20,000 requests): "
+            f"p50 {ms('p50_latency_ms'):.2f} ms, p99 {ms('p99_latency_ms'):.2f} ms, max {ms('max_latency_ms'):.2f} ms. "
+            "Every creation on Redis waits for one such fsync, so ferry's p99 follows the disk's; wrk's "
+            "percentiles are corrected for coordinated omission, so one stall of the disk weighs on them "
+            "far more than on redis-benchmark's.")
 
 
 def bench_creation(work, data):
