@@ -5,8 +5,9 @@
 //! rename and no reopen signal (it works when nginx runs in another container). The follower reads
 //! the files in slot order, each to its end; it leaves a file only once a later one exists and the
 //! file's slot ended long enough ago that no worker can still be writing to it, and then deletes it.
-//! Its position (file name, offset) is kept in the state dir, so a restart neither loses nor
-//! repeats a line. It never decides anything about a link: the lines go to
+//! While a file settles so, the file after it is read too, so its lines wait for nothing. The
+//! position (file name, offset, and the same for the file read ahead) is kept in the state dir, so
+//! a restart neither loses nor repeats a line. It never decides anything about a link: the lines go to
 //! [`crate::links::Links::apply_logs`].
 
 use std::collections::VecDeque;
@@ -39,13 +40,59 @@ const BATCH_PAUSE: Duration = Duration::from_millis(2);
 /// per read, a few hundred a second under load, was a tenth of ferry's CPU.
 const SAVE_WITHIN: Duration = Duration::from_secs(1);
 
-/// The file being read, where, and what is left of its last line.
+/// The file being read (the current one, or the one after it, read ahead), what is left of its
+/// last line, and the position it moves.
 struct Reading<'a> {
-    name: &'a str,
     file: &'a File,
-    offset: &'a mut u64,
     partial: &'a mut Vec<u8>,
+    spot: &'a mut Spot,
+    ahead: bool,
     saved: &'a mut Position,
+}
+
+/// Where the follower is: the lines of `name` before `offset` are applied and, while that file
+/// settles, those of the file after it before its own offset (`ahead`).
+#[derive(Debug, Clone, PartialEq)]
+struct Spot {
+    name: String,
+    offset: u64,
+    ahead: Option<(String, u64)>,
+}
+
+impl Spot {
+    fn start(name: &str) -> Spot {
+        Spot {
+            name: name.to_string(),
+            offset: 0,
+            ahead: None,
+        }
+    }
+
+    /// "<name> <offset>", then "<name> <offset>" of the file read ahead, if any.
+    fn parse(text: &str) -> Option<Spot> {
+        let mut words = text.split_ascii_whitespace();
+        let (name, offset) = (words.next()?, words.next()?.parse().ok()?);
+        let ahead = match (words.next(), words.next()) {
+            (None, _) => None,
+            (Some(n), Some(o)) => Some((n.to_string(), o.parse().ok()?)),
+            (Some(_), None) => return None,
+        };
+        words.next().is_none().then(|| Spot {
+            name: name.to_string(),
+            offset,
+            ahead,
+        })
+    }
+}
+
+impl std::fmt::Display for Spot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.name, self.offset)?;
+        match &self.ahead {
+            Some((name, offset)) => write!(f, " {name} {offset}"),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -94,13 +141,11 @@ fn replaced(path: &Path, open: &File) -> bool {
     }
 }
 
-async fn load_position(path: &Path) -> Option<(String, u64)> {
-    let text = tokio::fs::read_to_string(path).await.ok()?;
-    let (name, off) = text.trim().rsplit_once(' ')?;
-    Some((name.to_string(), off.parse().ok()?))
+async fn load_position(path: &Path) -> Option<Spot> {
+    Spot::parse(&tokio::fs::read_to_string(path).await.ok()?)
 }
 
-/// The saved position: "<file name> <offset>", rewritten in place at a fixed width (trailing
+/// The saved position: a [`Spot`] as text, rewritten in place at a fixed width (trailing
 /// spaces) with a `pwrite`. It is saved only once the store has made the writes of the lines
 /// before it durable, so after a crash a line is either applied or read again; a line read again
 /// is recognised by its request id. It is saved as soon as it is durable, so what a crash reads
@@ -120,12 +165,12 @@ struct Position {
 struct Pending {
     /// The store's mark once they were applied: durable from when the store says so.
     mark: u64,
-    name: String,
-    offset: u64,
+    spot: Spot,
     at: Instant,
 }
 
 impl Position {
+    /// Room for two names and offsets, so that the record keeps one length.
     const WIDTH: usize = 96;
 
     fn new(path: &Path) -> Position {
@@ -138,27 +183,26 @@ impl Position {
         }
     }
 
-    /// Moves the saved position to `offset` in `name` now, making the writes of the lines before
-    /// it durable first; false, with nothing saved, while the store cannot.
-    async fn advance_now(&mut self, links: &Links, name: &str, offset: u64) -> bool {
+    /// Moves the saved position to `spot` now, making the writes of the lines before it durable
+    /// first; false, with nothing saved, while the store cannot.
+    async fn advance_now(&mut self, links: &Links, spot: &Spot) -> bool {
         if links.store().persist().await.is_err() {
             return false;
         }
         self.pending.clear();
-        self.save(name, offset);
+        self.save(spot);
         true
     }
 
-    /// Records that the lines before `offset` in `name` are applied: the saved position moves
-    /// there once their writes are durable.
-    async fn advance(&mut self, links: &Links, name: &str, offset: u64) {
+    /// Records that the lines before `spot` are applied: the saved position moves there once
+    /// their writes are durable.
+    async fn advance(&mut self, links: &Links, spot: &Spot) {
         let mark = links.store().mark();
         match self.pending.back_mut() {
-            Some(last) if last.mark == mark && last.name == name => last.offset = offset,
+            Some(last) if last.mark == mark && last.spot.name == spot.name => last.spot.clone_from(spot),
             _ => self.pending.push_back(Pending {
                 mark,
-                name: name.to_string(),
-                offset,
+                spot: spot.clone(),
                 at: Instant::now(),
             }),
         }
@@ -178,7 +222,7 @@ impl Position {
             latest = self.pending.pop_front();
         }
         if let Some(p) = latest {
-            self.save(&p.name, p.offset);
+            self.save(&p.spot);
         }
     }
 
@@ -186,13 +230,13 @@ impl Position {
     /// is away: kept for later, and read again after a restart).
     async fn flush(&mut self, links: &Links) {
         if let Some(p) = self.pending.pop_back()
-            && !self.advance_now(links, &p.name, p.offset).await
+            && !self.advance_now(links, &p.spot).await
         {
             self.pending.push_back(p);
         }
     }
 
-    fn save(&mut self, name: &str, offset: u64) {
+    fn save(&mut self, spot: &Spot) {
         if self.file.is_none() {
             let opened = std::fs::OpenOptions::new()
                 .create(true)
@@ -210,7 +254,7 @@ impl Position {
             }
         }
         let Some(file) = &self.file else { return };
-        let text = format!("{name} {offset}");
+        let text = spot.to_string();
         let record = format!("{text:<width$}\n", width = Self::WIDTH.max(text.len()));
         let mut done = file.write_all_at(record.as_bytes(), 0);
         if done.is_ok() && record.len() != self.len {
@@ -286,6 +330,9 @@ impl Follower {
         let mut position = load_position(&self.position_file).await;
         let mut open: Option<(String, File)> = None;
         let mut partial = Vec::new();
+        // The file after the current one while the current one settles: open, with the rest of
+        // its last line (its name and offset are in the position).
+        let mut ahead: Option<(File, Vec<u8>)> = None;
         let mut chunk = vec![0u8; 256 * 1024];
         loop {
             if cancel.is_cancelled() {
@@ -294,7 +341,7 @@ impl Follower {
             saved.catch_up(links).await;
             let files = slot_files(&self.dir, self.slot);
             let Some(current) = (match &position {
-                Some((name, _)) => files.iter().find(|f| &f.name == name).or(files.first()),
+                Some(p) => files.iter().find(|f| f.name == p.name).or(files.first()),
                 None => files.first(),
             }) else {
                 tokio::select! { _ = cancel.cancelled() => return, _ = wake.wait() => {} }
@@ -305,14 +352,38 @@ impl Follower {
             for f in files.iter().take_while(|f| f.start_ms < current.start_ms) {
                 let _ = std::fs::remove_file(self.dir.join(&f.name));
             }
-            let mut offset = match &position {
-                Some((name, off)) if *name == current.name => *off,
+            let mut here = match position.take() {
+                Some(p) if p.name == current.name => p,
+                // A position whose file is gone, saved while the file after it was read ahead.
+                Some(Spot {
+                    ahead: Some((name, offset)),
+                    ..
+                }) if name == current.name => {
+                    partial.clear();
+                    ahead = None;
+                    Spot {
+                        name,
+                        offset,
+                        ahead: None,
+                    }
+                }
                 _ => {
                     partial.clear();
-                    0
+                    ahead = None;
+                    Spot::start(&current.name)
                 }
             };
             let next = files.iter().find(|f| f.start_ms > current.start_ms).cloned();
+            // What was read ahead stays read while its file is there (a file of an older slot can
+            // still appear before it: a worker whose clock was read before the slot changed).
+            if here
+                .ahead
+                .as_ref()
+                .is_some_and(|(name, _)| !files.iter().any(|f| f.name == *name && f.start_ms > current.start_ms))
+            {
+                here.ahead = None;
+                ahead = None;
+            }
             let finished = next.is_some() && now_ms() >= current.start_ms + self.slot.millis() + SETTLE_MS;
             if open.as_ref().is_none_or(|(name, _)| *name != current.name) {
                 open = match File::open(self.dir.join(&current.name)) {
@@ -325,19 +396,45 @@ impl Follower {
                 };
             }
             let (read, lines) = match &open {
-                Some((name, file)) => {
+                Some((_, file)) => {
                     let mut reading = Reading {
-                        name,
                         file,
-                        offset: &mut offset,
                         partial: &mut partial,
+                        spot: &mut here,
+                        ahead: false,
                         saved: &mut *saved,
                     };
                     self.read_from(links, &mut reading, &mut chunk, cancel).await
                 }
                 None => (0, 0),
             };
-            position = Some((current.name.clone(), offset));
+            // While this file settles, the next one is read too: its lines wait for nothing.
+            let (mut read_ahead, mut lines_ahead) = (0, 0);
+            let reads_ahead = !finished && open.is_some() && !cancel.is_cancelled();
+            if let Some(n) = next
+                .as_ref()
+                .filter(|n| reads_ahead && here.ahead.as_ref().is_none_or(|(name, _)| *name == n.name))
+            {
+                if ahead.is_none() {
+                    match File::open(self.dir.join(&n.name)) {
+                        Ok(f) => {
+                            ahead = Some((f, Vec::new()));
+                            here.ahead.get_or_insert_with(|| (n.name.clone(), 0));
+                        }
+                        Err(e) => tracing::warn!(file = %n.name, error = %e, "cannot open the access log file"),
+                    }
+                }
+                if let Some((file, part)) = &mut ahead {
+                    let mut reading = Reading {
+                        file,
+                        partial: part,
+                        spot: &mut here,
+                        ahead: true,
+                        saved: &mut *saved,
+                    };
+                    (read_ahead, lines_ahead) = self.read_from(links, &mut reading, &mut chunk, cancel).await;
+                }
+            }
             if cancel.is_cancelled() {
                 // Lines left unapplied stay after the saved position, for the next run.
                 return;
@@ -346,18 +443,41 @@ impl Follower {
             if finished
                 && open.is_some()
                 && let Some(next) = next
-                && saved.advance_now(links, &next.name, 0).await
             {
-                if !partial.is_empty() {
-                    tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
-                    self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
-                    partial.clear();
+                // Where the file after this one was read to, if it is the one read ahead; else the
+                // file read ahead stays ahead.
+                let to = match here.ahead.clone() {
+                    Some((name, offset)) if name == next.name => Spot {
+                        name,
+                        offset,
+                        ahead: None,
+                    },
+                    other => Spot {
+                        ahead: other,
+                        ..Spot::start(&next.name)
+                    },
+                };
+                // Its descriptor too, when it is that file.
+                let carried = match &here.ahead {
+                    Some((name, _)) if *name == next.name => ahead.take(),
+                    _ => None,
+                };
+                if saved.advance_now(links, &to).await {
+                    if !partial.is_empty() {
+                        tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
+                        self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = std::fs::remove_file(self.dir.join(&current.name));
+                    self.counters.files_done.fetch_add(1, Ordering::Relaxed);
+                    // The file read ahead goes on from where it is, on the same descriptor.
+                    (open, partial) = match carried {
+                        Some((file, part)) => (Some((next.name.clone(), file)), part),
+                        None => (None, Vec::new()),
+                    };
+                    position = Some(to);
+                    continue;
                 }
-                open = None;
-                let _ = std::fs::remove_file(self.dir.join(&current.name));
-                self.counters.files_done.fetch_add(1, Ordering::Relaxed);
-                position = Some((next.name, 0));
-                continue;
+                ahead = carried;
             }
             // Deleted under nginx, which made it again by its name: the old file is read to its
             // end, the new one is read from its start.
@@ -365,17 +485,23 @@ impl Follower {
                 && open
                     .as_ref()
                     .is_some_and(|(name, file)| replaced(&self.dir.join(name), file))
-                && saved.advance_now(links, &current.name, 0).await
             {
-                tracing::warn!(file = %current.name, "access log file was replaced; reading the new one");
-                open = None;
-                partial.clear();
-                position = Some((current.name.clone(), 0));
-                continue;
+                let from_start = Spot {
+                    offset: 0,
+                    ..here.clone()
+                };
+                if saved.advance_now(links, &from_start).await {
+                    tracing::warn!(file = %current.name, "access log file was replaced; reading the new one");
+                    open = None;
+                    partial.clear();
+                    position = Some(from_start);
+                    continue;
+                }
             }
-            if read == 0 {
+            position = Some(here);
+            if read + read_ahead == 0 {
                 tokio::select! { _ = cancel.cancelled() => return, _ = wake.wait() => {} }
-            } else if lines >= BUSY_LINES {
+            } else if lines + lines_ahead >= BUSY_LINES {
                 tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(BATCH_PAUSE) => {} }
             }
         }
@@ -393,7 +519,12 @@ impl Follower {
     ) -> (usize, usize) {
         let (mut bytes, mut count) = (0, 0);
         loop {
-            let n = match r.file.read_at(chunk, *r.offset + r.partial.len() as u64) {
+            let offset = match (&r.spot.ahead, r.ahead) {
+                (Some((_, offset)), true) => *offset,
+                (None, true) => return (bytes, count),
+                (_, false) => r.spot.offset,
+            };
+            let n = match r.file.read_at(chunk, offset + r.partial.len() as u64) {
                 Ok(0) | Err(_) => return (bytes, count),
                 Ok(n) => n,
             };
@@ -412,9 +543,12 @@ impl Follower {
                 return (bytes, count);
             }
             r.partial.drain(..start);
-            *r.offset += start as u64;
+            match (&mut r.spot.ahead, r.ahead) {
+                (Some((_, offset)), true) => *offset += start as u64,
+                _ => r.spot.offset += start as u64,
+            }
             // Saved once the chunk's writes are durable, so a crash loses no line.
-            r.saved.advance(links, r.name, *r.offset).await;
+            r.saved.advance(links, r.spot).await;
         }
     }
 
@@ -494,12 +628,136 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::links::timed_tests::{fixture, new_link, record};
 
     fn saved(path: &Path) -> Option<String> {
         let text = std::fs::read_to_string(path).ok()?;
         Some(text.trim_end().to_string())
+    }
+
+    fn at(name: &str, offset: u64) -> Spot {
+        Spot {
+            offset,
+            ..Spot::start(name)
+        }
+    }
+
+    #[test]
+    fn a_position_reads_back_as_written_with_or_without_a_file_read_ahead() {
+        let ahead = Spot {
+            ahead: Some(("access-17964749.log".into(), 81_920)),
+            ..at("access-17964748.log", 4_096)
+        };
+        for spot in [at("access-17964748.log", 0), ahead] {
+            let text = spot.to_string();
+            assert!(text.len() <= Position::WIDTH, "{text}");
+            assert_eq!(Spot::parse(&format!("{text:<96}\n")), Some(spot));
+        }
+        for bad in ["", "access-1.log", "access-1.log x", "a 1 b", "a 1 b x", "a 1 b 2 c"] {
+            assert_eq!(Spot::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    /// One access-log line of `link` for the 100 bytes at `start`, as nginx writes it.
+    fn line(link: &str, n: usize, start: u64) -> String {
+        format!(
+            r#"{{"msec":"{}","request_id":"{n:0>32}","tunnel_id":"{link}","method":"GET","status":206,"bytes_sent":400,"body_bytes_sent":100,"range":"","content_range":"bytes {start}-{}/4000000","completion":"OK","client":"127.0.0.5","user_agent":"curl","request_time":0.001,"preview":"0"}}"#,
+            now_ms() as f64 / 1000.0,
+            start + 99
+        ) + "\n"
+    }
+
+    /// While a slot's file settles, the next one's lines are applied at once; a restart in
+    /// between reads none of them twice, and the settled file is left for the next one with
+    /// its place kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_slots_lines_wait_for_no_settling_and_a_restart_applies_none_twice() {
+        let f = fixture(&[]);
+        let links = f.links.clone();
+        let (created, _) = links.create(new_link(3600), None).await.unwrap();
+        let id = created.tunnel_id.as_str().to_string();
+        let served = async || {
+            links
+                .store()
+                .get(&created.tunnel_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bytes_served
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        // Early in a second: the last second's file settles for at least one more second.
+        while now_ms() % 1000 > 300 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let slot = now_ms() / 1000;
+        let (before, after) = (format!("access-{}.log", slot - 1), format!("access-{slot}.log"));
+        let first = line(&id, 1, 0);
+        std::fs::write(logs.join(&before), &first).unwrap();
+        // More lines than a link remembers request ids of: a second reading would count again.
+        let later: String = (0..30).map(|i| line(&id, 100 + i, 1000 + 100 * i as u64)).collect();
+        std::fs::write(logs.join(&after), &later).unwrap();
+        let follower = || Follower {
+            dir: logs.clone(),
+            slot: LogSlot::Second,
+            position_file: dir.path().join("access.position"),
+            counters: Arc::new(Counters::default()),
+        };
+
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(follower().run(links.clone(), cancel.clone()));
+        let started = Instant::now();
+        while served().await < 3_100 {
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "the next slot's lines waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(logs.join(&before).exists(), "the settling file was left early");
+        cancel.cancel();
+        run.await.unwrap();
+        assert_eq!(
+            saved(&dir.path().join("access.position")).as_deref(),
+            Some(format!("{before} {} {after} {}", first.len(), later.len()).as_str())
+        );
+
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(follower().run(links.clone(), cancel.clone()));
+        while logs.join(&before).exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the settled file was never left"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let last = line(&id, 200, 9000);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(logs.join(&after))
+            .unwrap()
+            .write_all(last.as_bytes())
+            .unwrap();
+        let waited = Instant::now();
+        while served().await < 3_200 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(2),
+                "a line after the switch was missed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cancel.cancel();
+        run.await.unwrap();
+        assert_eq!(served().await, 3_200, "a line was applied twice");
+        assert_eq!(
+            saved(&dir.path().join("access.position")).as_deref(),
+            Some(format!("{after} {}", later.len() + last.len()).as_str())
+        );
     }
 
     /// The position passes lines only once their writes are durable: at once when a commit
@@ -517,7 +775,7 @@ mod tests {
         links.apply_logs(std::slice::from_ref(&rec)).await.unwrap();
 
         let mut position = Position::new(&path);
-        position.advance(links, "access-1.log", 400).await;
+        position.advance(links, &at("access-1.log", 400)).await;
         assert_eq!(saved(&path), None, "saved past a soft write nobody made durable");
         // Another link's creation is a commit with fsync: it carries the line's write.
         links.create(new_link(3600), None).await.unwrap();
@@ -527,7 +785,7 @@ mod tests {
         rec.request_id = format!("{:0>32}", 2);
         rec.content_range = Some("bytes 100-199/4000000".into());
         links.apply_logs(std::slice::from_ref(&rec)).await.unwrap();
-        position.advance(links, "access-1.log", 800).await;
+        position.advance(links, &at("access-1.log", 800)).await;
         assert_eq!(saved(&path).as_deref(), Some("access-1.log 400"));
         tokio::time::sleep(SAVE_WITHIN).await;
         position.catch_up(links).await;
@@ -537,7 +795,7 @@ mod tests {
         rec.request_id = format!("{:0>32}", 3);
         rec.content_range = Some("bytes 200-299/4000000".into());
         links.apply_logs(std::slice::from_ref(&rec)).await.unwrap();
-        position.advance(links, "access-1.log", 1200).await;
+        position.advance(links, &at("access-1.log", 1200)).await;
         position.flush(links).await;
         assert_eq!(
             saved(&path).as_deref(),
