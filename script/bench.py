@@ -505,9 +505,9 @@ def bench_monitor(work, data):
           + f". p99 ≤ {float(p99) * 1000 if p99 != '> 5' else p99:g} ms "
             f"(target ≤ 50 ms: {verdict(p99 != '> 5' and float(p99) <= 0.05)}).\n\n"
             f"The log slot is 10 s here (100 s by default), so that runs cross slot changes: {crossed} of the "
-            f"{RUNS} did. A slot's file is left 1.5 s after the slot ends (a worker that read the clock just "
-            "before the change may still write to it); meanwhile the next file is read too, so a slot change "
-            "delays no line."))
+            f"{RUNS} did. A slot's file is left 1.5 s after the next slot begins (a worker that read the clock "
+            "just before the change may still write to it); meanwhile the next file is read too, so that its "
+            "lines do not wait for the settling."))
 
 
 def bench_close(work, data):

@@ -5,9 +5,9 @@
 //! rename and no reopen signal (it works when nginx runs in another container). The follower reads
 //! the files in slot order, each to its end; it leaves a file only once a later one exists and the
 //! file's slot ended long enough ago that no worker can still be writing to it, and then deletes it.
-//! While a file settles so, the file after it is read too, so its lines wait for nothing. The
-//! position (file name, offset, and the same for the file read ahead) is kept in the state dir, so
-//! a restart neither loses nor repeats a line. It never decides anything about a link: the lines go to
+//! While a file settles so, the next file is read too, so that its lines do not wait for the
+//! settling. The position (file name and offset, and the same for the file read ahead) is kept in
+//! the state dir, so a restart neither loses nor repeats a line. It never decides anything about a link: the lines go to
 //! [`crate::links::Links::apply_logs`].
 
 use std::collections::VecDeque;
@@ -28,7 +28,8 @@ use crate::links::{Links, now_ms};
 const IDLE: Duration = Duration::from_millis(10);
 /// With inotify, the longest wait before looking anyway (a missed event costs no more).
 const IDLE_WATCHED: Duration = Duration::from_millis(200);
-/// How long after a slot ends before its file is considered finished.
+/// How long after a slot ends before no worker writes to its file any more (a worker reads the
+/// clock once per turn of its event loop, and a write can be slow).
 const SETTLE_MS: u64 = 1500;
 /// After a read that found this many lines or more, the next read waits `BATCH_PAUSE`: under load
 /// lines are read in batches (a few hundred a read) instead of one wake-up each, which is what
@@ -51,7 +52,7 @@ struct Reading<'a> {
 }
 
 /// Where the follower is: the lines of `name` before `offset` are applied and, while that file
-/// settles, those of the file after it before its own offset (`ahead`).
+/// settles, those of a later file (the next one, read ahead) before its own offset.
 #[derive(Debug, Clone, PartialEq)]
 struct Spot {
     name: String,
@@ -367,10 +368,14 @@ impl Follower {
                         ahead: None,
                     }
                 }
-                _ => {
+                // Its file gone: what was read ahead stays read (checked below).
+                other => {
                     partial.clear();
                     ahead = None;
-                    Spot::start(&current.name)
+                    Spot {
+                        ahead: other.and_then(|p| p.ahead),
+                        ..Spot::start(&current.name)
+                    }
                 }
             };
             let next = files.iter().find(|f| f.start_ms > current.start_ms).cloned();
@@ -384,7 +389,10 @@ impl Follower {
                 here.ahead = None;
                 ahead = None;
             }
-            let finished = next.is_some() && now_ms() >= current.start_ms + self.slot.millis() + SETTLE_MS;
+            // Finished once no worker can still write to it, nor start the file of a slot between it
+            // and the next one (a slot nobody logged in yet): the next one's slot began `SETTLE_MS`
+            // ago. The next one is read meanwhile, so this costs no lag.
+            let finished = next.as_ref().is_some_and(|n| now_ms() >= n.start_ms + SETTLE_MS);
             if open.as_ref().is_none_or(|(name, _)| *name != current.name) {
                 open = match File::open(self.dir.join(&current.name)) {
                     Ok(f) => Some((current.name.clone(), f)),
@@ -408,7 +416,7 @@ impl Follower {
                 }
                 None => (0, 0),
             };
-            // While this file settles, the next one is read too: its lines wait for nothing.
+            // While this file settles, the next one is read too, so its lines do not wait for that.
             let (mut read_ahead, mut lines_ahead) = (0, 0);
             let reads_ahead = !finished && open.is_some() && !cancel.is_cancelled();
             if let Some(n) = next
@@ -477,7 +485,9 @@ impl Follower {
                     position = Some(to);
                     continue;
                 }
-                ahead = carried;
+                if carried.is_some() {
+                    ahead = carried;
+                }
             }
             // Deleted under nginx, which made it again by its name: the old file is read to its
             // end, the new one is read from its start.
@@ -668,6 +678,60 @@ mod tests {
             now_ms() as f64 / 1000.0,
             start + 99
         ) + "\n"
+    }
+
+    /// A worker that read the clock before a slot began can still start that slot's file after
+    /// the next slot's file exists, when nobody logged in the slot before: the file before it is
+    /// kept until that can no longer happen, and the late file is read, not deleted unread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_of_an_older_slot_that_appears_late_is_read() {
+        let f = fixture(&[]);
+        let links = f.links.clone();
+        let (created, _) = links.create(new_link(3600), None).await.unwrap();
+        let id = created.tunnel_id.as_str().to_string();
+        let served = async || {
+            links
+                .store()
+                .get(&created.tunnel_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .bytes_served
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        while now_ms() % 1000 > 300 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let slot = now_ms() / 1000;
+        let name = |s: u64| format!("access-{s}.log");
+        std::fs::write(logs.join(name(slot - 2)), line(&id, 1, 0)).unwrap();
+        std::fs::write(logs.join(name(slot)), line(&id, 2, 100)).unwrap();
+        let cancel = CancellationToken::new();
+        let follower = Follower {
+            dir: logs.clone(),
+            slot: LogSlot::Second,
+            position_file: dir.path().join("access.position"),
+            counters: Arc::new(Counters::default()),
+        };
+        let run = tokio::spawn(follower.run(links.clone(), cancel.clone()));
+        // Past where the file of slot - 2 used to be left (1.5 s after its slot ended).
+        while now_ms() < slot * 1000 + 700 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(served().await, 200);
+        std::fs::write(logs.join(name(slot - 1)), line(&id, 3, 200)).unwrap();
+        let waited = Instant::now();
+        while served().await < 300 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(3),
+                "the late file's line was lost"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        run.await.unwrap();
     }
 
     /// While a slot's file settles, the next one's lines are applied at once; a restart in
