@@ -576,7 +576,7 @@ def wrk_latency(out):
     return {int(p): float(v) * unit[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
 
 
-def bench_create(work, data, label, **env):
+def bench_create(work, data, label, after_latency=lambda: None, **env):
     """5. Link creation through the API with wrk (a C client, so the client's own cost stays out
     of the figures): latency with one connection, then throughput with CLIENTS (BENCH_CLIENTS)."""
     make_file(os.path.join(data, "create.bin"), 1024)
@@ -596,10 +596,23 @@ def bench_create(work, data, label, **env):
             total = int(re.search(r"(\d+) requests in", out).group(1))
             return total, float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), wrk_latency(out)
         n, _, lat = run(1)
+        after_latency()
         _, rate, _ = run(CLIENTS)
     finally:
         ferry.stop()
     return n, lat, rate
+
+
+def redis_stalls(port):
+    """What Redis's latency monitor saw since it was last reset (and resets it): its slowest AOF
+    fsync and other events, or that none went over the threshold."""
+    cli = lambda *a: subprocess.run(["redis-cli", "-p", str(port), *a], capture_output=True, text=True,
+                                    timeout=30).stdout.split()
+    words = cli("latency", "latest")
+    cli("latency", "reset")
+    # Four words an event: name, when, latest ms, max ms.
+    events = [f"{words[i]} max {words[i + 3]} ms" for i in range(0, len(words) - 3, 4)]
+    return ", ".join(events) or "none"
 
 
 def redis_floor(port):
@@ -613,7 +626,8 @@ def redis_floor(port):
     row = dict(zip(json.loads("[" + out[0] + "]"), json.loads("[" + out[-1] + "]")))
     ms = lambda k: float(row[k])
     return (f"Redis alone on the same AOF, one `SET` at a time (redis-benchmark, 20,000 requests): "
-            f"p50 {ms('p50_latency_ms'):.2f} ms, p99 {ms('p99_latency_ms'):.2f} ms, max {ms('max_latency_ms'):.2f} ms. "
+            f"p50 {ms('p50_latency_ms'):.2f} ms, p99 {ms('p99_latency_ms'):.2f} ms, max {ms('max_latency_ms'):.2f} ms "
+            f"(its latency monitor: {redis_stalls(port)}). "
             "Every creation on Redis waits for one such fsync, so ferry's p99 follows the disk's; wrk's "
             "percentiles are corrected for coordinated omission, so one stall of the disk weighs on them "
             "far more than on redis-benchmark's.")
@@ -633,13 +647,18 @@ def bench_creation(work, data):
             rdir = os.path.join(work, "redis")
             os.makedirs(rdir, exist_ok=True)
             srv = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--dir", rdir,
-                                    "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                                    "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                                    "--latency-monitor-threshold", "5"],
                                    stdout=subprocess.DEVNULL)
             wait_port(port)
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/"
         try:
-            n, lat, rate = bench_create(work, data, label, **env)
+            stalls = []
+            n, lat, rate = bench_create(work, data, label, (lambda: stalls.append(redis_stalls(port))) if srv else
+                                        (lambda: None), **env)
             if srv:
+                notes.append("Redis's own latency monitor (events over 5 ms) during ferry's latency run: "
+                             f"{stalls[0]}; during its throughput run: {redis_stalls(port)}.")
                 notes.append(redis_floor(port))
         except SystemExit as e:
             notes.append(f"{label}: not measured ({e})")
