@@ -72,6 +72,14 @@ def make_file(path, size):
             pass
 
 
+def check_quiet(path, problem, who):
+    """Stops the run if a line of the log at `path` matches `problem`."""
+    with open(path, errors="replace") as f:
+        said = [line for line in f if re.search(problem, line)]
+    if said:
+        raise SystemExit(f"bench: {who} logged {len(said)} problems, the first: {said[0]}")
+
+
 def median(xs):
     return statistics.median(xs)
 
@@ -159,10 +167,8 @@ class Ferry:
 
     def check_quiet(self):
         """ferry records its nginx's error log as its own warnings: a problem there stops the run."""
-        with open(os.path.join(self.work, "ferry.log"), errors="replace") as f:
-            said = [line for line in f if "ferry::nginx" in line and re.search(r"\[(error|crit|alert|emerg)\]", line)]
-        if said:
-            raise SystemExit(f"bench: ferry's nginx logged {len(said)} problems, the first: {said[0]}")
+        check_quiet(os.path.join(self.work, "ferry.log"), r"ferry::nginx.*\[(error|crit|alert|emerg)\]",
+                    "ferry's nginx")
 
     def rss_kb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -257,10 +263,7 @@ http {{
 
     def check_quiet(self):
         """A baseline that logs an error per request measures its error log: stop the run."""
-        with open(self.stderr, errors="replace") as f:
-            said = [line for line in f if re.search(r"\[(warn|error|crit|alert|emerg)\]", line)]
-        if said:
-            raise SystemExit(f"bench: nginx on port {self.port} logged {len(said)} problems, the first: {said[0]}")
+        check_quiet(self.stderr, r"\[(warn|error|crit|alert|emerg)\]", f"nginx on port {self.port}")
 
     def stop(self):
         self.proc.send_signal(signal.SIGQUIT)
@@ -414,8 +417,8 @@ def bench_ranges(work, data):
     results.append(("2. 4 KiB range requests, 64 connections, one client", runs
         + f"\n\nferry / auth_request floor = **{r:.3f}** (target ≥ 0.8: {verdict(r >= 0.8)}); "
           f"ferry / bare nginx = {m['ferry link'] / m['bare nginx']:.3f}.\n\n"
-          "The row \"ferry's nginx config, check → 204\" splits the gap: ferry's own nginx config (its JSON access log, `$request_id`, "
-          "the per-client and per-link limits, the previewer maps, the check's headers) with the check "
+          f"The row \"{own}\" splits the gap: ferry's own nginx config (its JSON access log, "
+          "`$request_id`, the per-client and per-link limits, the previewer maps, the check's headers) with the check "
           "answered by the same trivial 204 (carrying the rate and disposition headers ferry's check sends) "
           f"runs at {same_r / m['auth_request → 204']:.3f} × the floor, "
           f"and ferry's real check at {m['ferry link'] / same_r:.3f} × that. For scale: the floor with "
@@ -425,7 +428,8 @@ def bench_ranges(work, data):
 
 class FerryNginx(Nginx):
     """ferry's own rendered nginx config, with the check answered by the trivial 204 server (with
-    ferry's two answer headers, `auth204 --ferry`): what ferry's nginx costs without ferry's check. Its access log goes elsewhere (ferry does not read it)."""
+    ferry's two answer headers, `auth204 --ferry`): what ferry's nginx costs without ferry's check.
+    Its access log goes elsewhere (ferry does not read it)."""
 
     def __init__(self, work, ferry, auth_socket):
         self.port = free_port()
@@ -654,8 +658,7 @@ def bench_creation(work, data):
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/"
         try:
             stalls = []
-            n, lat, rate = bench_create(work, data, label, (lambda: stalls.append(redis_stalls(port))) if srv else
-                                        (lambda: None), **env)
+            n, lat, rate = bench_create(work, data, label, lambda: srv and stalls.append(redis_stalls(port)), **env)
             if srv:
                 notes.append("Redis's own latency monitor (events over 5 ms) during ferry's latency run: "
                              f"{stalls[0]}; during its throughput run: {redis_stalls(port)}.")

@@ -7,8 +7,8 @@
 //! file's slot ended long enough ago that no worker can still be writing to it, and then deletes it.
 //! While a file settles so, the next file is read too, so that its lines do not wait for the
 //! settling. The position (file name and offset, and the same for the file read ahead) is kept in
-//! the state dir, so a restart neither loses nor repeats a line. It never decides anything about a link: the lines go to
-//! [`crate::links::Links::apply_logs`].
+//! the state dir, so a restart neither loses nor repeats a line. It never decides anything about
+//! a link: the lines go to [`crate::links::Links::apply_logs`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -66,6 +66,14 @@ impl Spot {
             name: name.to_string(),
             offset: 0,
             ahead: None,
+        }
+    }
+
+    /// The offset of the current file, or of the one read ahead (none before it is opened).
+    fn offset_mut(&mut self, ahead: bool) -> Option<&mut u64> {
+        match ahead {
+            false => Some(&mut self.offset),
+            true => self.ahead.as_mut().map(|(_, offset)| offset),
         }
     }
 
@@ -355,26 +363,20 @@ impl Follower {
             }
             let mut here = match position.take() {
                 Some(p) if p.name == current.name => p,
-                // A position whose file is gone, saved while the file after it was read ahead.
-                Some(Spot {
-                    ahead: Some((name, offset)),
-                    ..
-                }) if name == current.name => {
-                    partial.clear();
-                    ahead = None;
-                    Spot {
-                        name,
-                        offset,
-                        ahead: None,
-                    }
-                }
-                // Its file gone: what was read ahead stays read (checked below).
+                // Its file gone (or none): what was read ahead stays read, and may be this file.
                 other => {
                     partial.clear();
                     ahead = None;
-                    Spot {
-                        ahead: other.and_then(|p| p.ahead),
-                        ..Spot::start(&current.name)
+                    match other.and_then(|p| p.ahead) {
+                        Some((name, offset)) if name == current.name => Spot {
+                            name,
+                            offset,
+                            ahead: None,
+                        },
+                        read => Spot {
+                            ahead: read,
+                            ..Spot::start(&current.name)
+                        },
                     }
                 }
             };
@@ -452,23 +454,24 @@ impl Follower {
                 && open.is_some()
                 && let Some(next) = next
             {
-                // Where the file after this one was read to, if it is the one read ahead; else the
-                // file read ahead stays ahead.
-                let to = match here.ahead.clone() {
-                    Some((name, offset)) if name == next.name => Spot {
-                        name,
-                        offset,
-                        ahead: None,
-                    },
-                    other => Spot {
-                        ahead: other,
-                        ..Spot::start(&next.name)
-                    },
-                };
-                // Its descriptor too, when it is that file.
-                let carried = match &here.ahead {
-                    Some((name, _)) if *name == next.name => ahead.take(),
-                    _ => None,
+                // The next file goes on from where it was read ahead, on the same descriptor; a
+                // file read ahead that is not the next one (a late file came between) stays ahead.
+                let (to, carried) = match here.ahead.clone() {
+                    Some((name, offset)) if name == next.name => (
+                        Spot {
+                            name,
+                            offset,
+                            ahead: None,
+                        },
+                        ahead.take(),
+                    ),
+                    other => (
+                        Spot {
+                            ahead: other,
+                            ..Spot::start(&next.name)
+                        },
+                        None,
+                    ),
                 };
                 if saved.advance_now(links, &to).await {
                     if !partial.is_empty() {
@@ -477,7 +480,6 @@ impl Follower {
                     }
                     let _ = std::fs::remove_file(self.dir.join(&current.name));
                     self.counters.files_done.fetch_add(1, Ordering::Relaxed);
-                    // The file read ahead goes on from where it is, on the same descriptor.
                     (open, partial) = match carried {
                         Some((file, part)) => (Some((next.name.clone(), file)), part),
                         None => (None, Vec::new()),
@@ -529,10 +531,8 @@ impl Follower {
     ) -> (usize, usize) {
         let (mut bytes, mut count) = (0, 0);
         loop {
-            let offset = match (&r.spot.ahead, r.ahead) {
-                (Some((_, offset)), true) => *offset,
-                (None, true) => return (bytes, count),
-                (_, false) => r.spot.offset,
+            let Some(offset) = r.spot.offset_mut(r.ahead).copied() else {
+                return (bytes, count);
             };
             let n = match r.file.read_at(chunk, offset + r.partial.len() as u64) {
                 Ok(0) | Err(_) => return (bytes, count),
@@ -553,9 +553,8 @@ impl Follower {
                 return (bytes, count);
             }
             r.partial.drain(..start);
-            match (&mut r.spot.ahead, r.ahead) {
-                (Some((_, offset)), true) => *offset += start as u64,
-                _ => r.spot.offset += start as u64,
+            if let Some(offset) = r.spot.offset_mut(r.ahead) {
+                *offset += start as u64;
             }
             // Saved once the chunk's writes are durable, so a crash loses no line.
             r.saved.advance(links, r.spot).await;
@@ -671,13 +670,93 @@ mod tests {
         }
     }
 
-    /// One access-log line of `link` for the 100 bytes at `start`, as nginx writes it.
-    fn line(link: &str, n: usize, start: u64) -> String {
-        format!(
-            r#"{{"msec":"{}","request_id":"{n:0>32}","tunnel_id":"{link}","method":"GET","status":206,"bytes_sent":400,"body_bytes_sent":100,"range":"","content_range":"bytes {start}-{}/4000000","completion":"OK","client":"127.0.0.5","user_agent":"curl","request_time":0.001,"preview":"0"}}"#,
-            now_ms() as f64 / 1000.0,
-            start + 99
-        ) + "\n"
+    /// A link, a logs dir with one-second slots, and followers over it.
+    struct Slots {
+        f: crate::links::timed_tests::Fixture,
+        link: crate::links::TunnelId,
+        dir: tempfile::TempDir,
+    }
+
+    impl Slots {
+        async fn new() -> Slots {
+            let f = fixture(&[]);
+            let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("logs")).unwrap();
+            Slots {
+                f,
+                link: created.tunnel_id,
+                dir,
+            }
+        }
+
+        /// One line of the link for the 100 bytes at `start`, as nginx writes it.
+        fn line(&self, n: usize, start: u64) -> String {
+            format!(
+                r#"{{"msec":"{}","request_id":"{n:0>32}","tunnel_id":"{}","method":"GET","status":206,"bytes_sent":400,"body_bytes_sent":100,"range":"","content_range":"bytes {start}-{}/4000000","completion":"OK","client":"127.0.0.5","user_agent":"curl","request_time":0.001,"preview":"0"}}"#,
+                now_ms() as f64 / 1000.0,
+                self.link.as_str(),
+                start + 99
+            ) + "\n"
+        }
+
+        fn file(&self, slot: u64) -> PathBuf {
+            self.dir.path().join("logs").join(format!("access-{slot}.log"))
+        }
+
+        fn append(&self, slot: u64, text: &str) {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.file(slot))
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+
+        fn saved(&self) -> Option<String> {
+            saved(&self.dir.path().join("access.position"))
+        }
+
+        async fn served(&self) -> u64 {
+            self.f
+                .links
+                .store()
+                .get(&self.link)
+                .await
+                .unwrap()
+                .unwrap()
+                .bytes_served
+        }
+
+        /// Waits until the link has `bytes` served, for at most `within`.
+        async fn until_served(&self, bytes: u64, within: Duration, what: &str) {
+            let started = Instant::now();
+            while self.served().await < bytes {
+                assert!(started.elapsed() < within, "{what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        /// A follower running until the token is cancelled.
+        fn follow(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+            let follower = Follower {
+                dir: self.dir.path().join("logs"),
+                slot: LogSlot::Second,
+                position_file: self.dir.path().join("access.position"),
+                counters: Arc::new(Counters::default()),
+            };
+            let cancel = CancellationToken::new();
+            (cancel.clone(), tokio::spawn(follower.run(self.f.links.clone(), cancel)))
+        }
+    }
+
+    /// The current second, once it is early in it: the last second's file settles a while yet.
+    async fn early_in_a_second() -> u64 {
+        while now_ms() % 1000 > 300 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        now_ms() / 1000
     }
 
     /// A worker that read the clock before a slot began can still start that slot's file after
@@ -685,51 +764,19 @@ mod tests {
     /// kept until that can no longer happen, and the late file is read, not deleted unread.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_of_an_older_slot_that_appears_late_is_read() {
-        let f = fixture(&[]);
-        let links = f.links.clone();
-        let (created, _) = links.create(new_link(3600), None).await.unwrap();
-        let id = created.tunnel_id.as_str().to_string();
-        let served = async || {
-            links
-                .store()
-                .get(&created.tunnel_id)
-                .await
-                .unwrap()
-                .unwrap()
-                .bytes_served
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().join("logs");
-        std::fs::create_dir(&logs).unwrap();
-        while now_ms() % 1000 > 300 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let slot = now_ms() / 1000;
-        let name = |s: u64| format!("access-{s}.log");
-        std::fs::write(logs.join(name(slot - 2)), line(&id, 1, 0)).unwrap();
-        std::fs::write(logs.join(name(slot)), line(&id, 2, 100)).unwrap();
-        let cancel = CancellationToken::new();
-        let follower = Follower {
-            dir: logs.clone(),
-            slot: LogSlot::Second,
-            position_file: dir.path().join("access.position"),
-            counters: Arc::new(Counters::default()),
-        };
-        let run = tokio::spawn(follower.run(links.clone(), cancel.clone()));
+        let t = Slots::new().await;
+        let slot = early_in_a_second().await;
+        t.append(slot - 2, &t.line(1, 0));
+        t.append(slot, &t.line(2, 100));
+        let (cancel, run) = t.follow();
         // Past where the file of slot - 2 used to be left (1.5 s after its slot ended).
         while now_ms() < slot * 1000 + 700 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(served().await, 200);
-        std::fs::write(logs.join(name(slot - 1)), line(&id, 3, 200)).unwrap();
-        let waited = Instant::now();
-        while served().await < 300 {
-            assert!(
-                waited.elapsed() < Duration::from_secs(3),
-                "the late file's line was lost"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert_eq!(t.served().await, 200);
+        t.append(slot - 1, &t.line(3, 200));
+        t.until_served(300, Duration::from_secs(3), "the late file's line was lost")
+            .await;
         cancel.cancel();
         run.await.unwrap();
     }
@@ -739,89 +786,50 @@ mod tests {
     /// its place kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_next_slots_lines_wait_for_no_settling_and_a_restart_applies_none_twice() {
-        let f = fixture(&[]);
-        let links = f.links.clone();
-        let (created, _) = links.create(new_link(3600), None).await.unwrap();
-        let id = created.tunnel_id.as_str().to_string();
-        let served = async || {
-            links
-                .store()
-                .get(&created.tunnel_id)
-                .await
-                .unwrap()
-                .unwrap()
-                .bytes_served
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().join("logs");
-        std::fs::create_dir(&logs).unwrap();
-        // Early in a second: the last second's file settles for at least one more second.
-        while now_ms() % 1000 > 300 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let slot = now_ms() / 1000;
-        let (before, after) = (format!("access-{}.log", slot - 1), format!("access-{slot}.log"));
-        let first = line(&id, 1, 0);
-        std::fs::write(logs.join(&before), &first).unwrap();
+        let t = Slots::new().await;
+        let slot = early_in_a_second().await;
+        let (before, after) = (slot - 1, slot);
+        let first = t.line(1, 0);
+        t.append(before, &first);
         // More lines than a link remembers request ids of: a second reading would count again.
-        let later: String = (0..30).map(|i| line(&id, 100 + i, 1000 + 100 * i as u64)).collect();
-        std::fs::write(logs.join(&after), &later).unwrap();
-        let follower = || Follower {
-            dir: logs.clone(),
-            slot: LogSlot::Second,
-            position_file: dir.path().join("access.position"),
-            counters: Arc::new(Counters::default()),
-        };
+        let later: String = (0..30).map(|i| t.line(100 + i, 1000 + 100 * i as u64)).collect();
+        t.append(after, &later);
+        let name = |slot: u64| format!("access-{slot}.log");
 
-        let cancel = CancellationToken::new();
-        let run = tokio::spawn(follower().run(links.clone(), cancel.clone()));
-        let started = Instant::now();
-        while served().await < 3_100 {
-            assert!(
-                started.elapsed() < Duration::from_millis(500),
-                "the next slot's lines waited"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(logs.join(&before).exists(), "the settling file was left early");
+        let (cancel, run) = t.follow();
+        t.until_served(3_100, Duration::from_millis(500), "the next slot's lines waited")
+            .await;
+        assert!(t.file(before).exists(), "the settling file was left early");
         cancel.cancel();
         run.await.unwrap();
         assert_eq!(
-            saved(&dir.path().join("access.position")).as_deref(),
-            Some(format!("{before} {} {after} {}", first.len(), later.len()).as_str())
+            t.saved(),
+            Some(format!(
+                "{} {} {} {}",
+                name(before),
+                first.len(),
+                name(after),
+                later.len()
+            ))
         );
 
-        let cancel = CancellationToken::new();
-        let run = tokio::spawn(follower().run(links.clone(), cancel.clone()));
-        while logs.join(&before).exists() {
+        let (cancel, run) = t.follow();
+        let started = Instant::now();
+        while t.file(before).exists() {
             assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "the settled file was never left"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let last = line(&id, 200, 9000);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(logs.join(&after))
-            .unwrap()
-            .write_all(last.as_bytes())
-            .unwrap();
-        let waited = Instant::now();
-        while served().await < 3_200 {
-            assert!(
-                waited.elapsed() < Duration::from_secs(2),
-                "a line after the switch was missed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let last = t.line(200, 9000);
+        t.append(after, &last);
+        t.until_served(3_200, Duration::from_secs(2), "a line after the switch was missed")
+            .await;
         cancel.cancel();
         run.await.unwrap();
-        assert_eq!(served().await, 3_200, "a line was applied twice");
-        assert_eq!(
-            saved(&dir.path().join("access.position")).as_deref(),
-            Some(format!("{after} {}", later.len() + last.len()).as_str())
-        );
+        assert_eq!(t.served().await, 3_200, "a line was applied twice");
+        assert_eq!(t.saved(), Some(format!("{} {}", name(after), later.len() + last.len())));
     }
 
     /// The position passes lines only once their writes are durable: at once when a commit
