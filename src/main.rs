@@ -14,7 +14,7 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
-    limit_malloc_arenas();
+    heap::limit_arenas();
     let config = Source::from_process().and_then(|s| Config::load(&s));
     let mut config = match config {
         Ok(c) => c,
@@ -52,6 +52,7 @@ fn serve() -> ExitCode {
             tracing::info!("shutting down");
             s.cancel();
         });
+        tokio::spawn(return_freed_memory(shutdown.clone()));
         ferry::run(config, admin, shutdown).await
     });
     match result {
@@ -63,22 +64,91 @@ fn serve() -> ExitCode {
     }
 }
 
-/// glibc gives each thread that allocates its own heap arena (up to 8 per core) and keeps freed
-/// memory in them: after each burst of a thousand downloads ferry held on to 13 to 20 MB more,
-/// spread over arenas (measured in tests/it/reliability.rs). One arena is plenty for a server
-/// whose work is short bookkeeping (nginx moves the bytes), and keeps its memory near its use.
+/// glibc's allocator, which ferry tunes: one arena, and freed memory handed back after a burst.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    const M_ARENA_MAX: i32 = -8;
+mod heap {
+    /// glibc's `struct mallinfo2` (glibc 2.33 and later).
+    #[repr(C)]
+    struct MallInfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+
     unsafe extern "C" {
         fn mallopt(param: i32, value: i32) -> i32;
+        fn mallinfo2() -> MallInfo2;
+        fn malloc_trim(pad: usize) -> i32;
     }
-    // SAFETY: `mallopt` only sets an allocator parameter; it is called once, before any other
-    // thread exists, with a parameter glibc documents.
-    unsafe {
-        mallopt(M_ARENA_MAX, 1);
+
+    /// glibc gives each thread that allocates its own heap arena (up to 8 per core) and keeps
+    /// freed memory in them: after each burst of a thousand downloads ferry held on to 13 to 20 MB
+    /// more, spread over arenas (measured in tests/it/reliability.rs). One arena is plenty for a
+    /// server whose work is short bookkeeping (nginx moves the bytes).
+    pub fn limit_arenas() {
+        const M_ARENA_MAX: i32 = -8;
+        // SAFETY: `mallopt` only sets an allocator parameter; it is called once, before any other
+        // thread exists, with a parameter glibc documents.
+        unsafe {
+            mallopt(M_ARENA_MAX, 1);
+        }
+    }
+
+    /// Bytes the allocator holds free, and bytes in use.
+    pub fn held() -> (usize, usize) {
+        // SAFETY: `mallinfo2` only reads the allocator's statistics and returns them by value.
+        let info = unsafe { mallinfo2() };
+        (info.fordblks, info.uordblks)
+    }
+
+    /// Hands the free pages the allocator holds back to the system.
+    pub fn trim() {
+        // SAFETY: `malloc_trim` is safe to call at any time from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+mod heap {
+    pub fn limit_arenas() {}
+    pub fn held() -> (usize, usize) {
+        (0, 0)
+    }
+    pub fn trim() {}
+}
+
+/// Even with one arena, glibc keeps most of what a burst freed: it returns only a free top of the
+/// heap, and only above a threshold that large frees raise. So every few seconds, if the heap has
+/// changed since the last look and holds a megabyte or more free, its free pages go back to the
+/// system (one walk of the heap's free lists; nothing while idle).
+async fn return_freed_memory(shutdown: CancellationToken) {
+    const AT_LEAST: usize = 1 << 20;
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (0, 0);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let held = heap::held();
+        if held != last && held.0 >= AT_LEAST {
+            heap::trim();
+            tracing::debug!(
+                free = held.0,
+                used = held.1,
+                "returned the heap's free pages to the system"
+            );
+        }
+        last = held;
+    }
+}
