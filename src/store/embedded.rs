@@ -210,10 +210,20 @@ impl Embedded {
                         st.unsynced = false;
                         st.synced = batch.seq;
                     }
-                    // Closed links are on disk now: the disk answers for them from here on.
+                    // Closed links are on disk now: the disk answers for them from here on. A
+                    // link closes by a write, so each one is among the links this batch wrote
+                    // (or a failed one before it, whose links this batch took over): looking
+                    // there, not through every open link, keeps a commit's cost to its own size.
                     let before = st.live.len();
-                    st.live
-                        .retain(|_, e| e.link.state != LinkState::Closed || e.last_batch > batch.seq);
+                    for id in &batch.dirty {
+                        if st
+                            .live
+                            .get(id)
+                            .is_some_and(|e| e.link.state == LinkState::Closed && e.last_batch <= batch.seq)
+                        {
+                            st.live.remove(id);
+                        }
+                    }
                     if st.live.len() < before {
                         st.evictions += 1;
                     }
@@ -656,6 +666,40 @@ mod tests {
             stop.store(true, Ordering::SeqCst);
             assert!(!chased, "flush returned only once the writes stopped");
         });
+    }
+
+    /// A closed link leaves memory with the commit that writes it (the disk answers for it
+    /// from then on), whether its close was durable or soft; open links stay.
+    #[test]
+    fn a_closed_link_leaves_memory_with_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let links: Vec<Link> = (0..3).map(|_| crate::links::test_link(10, 1)).collect();
+        for link in &links {
+            rt.block_on(store.insert(link, None)).unwrap();
+        }
+        let close = |id: &TunnelId, durable: bool| {
+            rt.block_on(store.update(id, &mut |l| {
+                l.state = LinkState::Closed;
+                if durable { Write::Durable(()) } else { Write::Soft(()) }
+            }))
+            .unwrap()
+            .unwrap();
+        };
+        close(&links[0].id, true);
+        close(&links[1].id, false);
+        store.flush();
+        let live = |id: &TunnelId| store.state().live.contains_key(id);
+        assert!(
+            !live(&links[0].id) && !live(&links[1].id),
+            "closed links are still in memory"
+        );
+        assert!(live(&links[2].id), "an open link left memory");
+        for link in &links[..2] {
+            let on_disk = store.get(&link.id).unwrap().unwrap();
+            assert_eq!(on_disk.state, LinkState::Closed);
+        }
     }
 
     /// A query reads the disk only once everything written before it is there, including a
