@@ -230,20 +230,20 @@ async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle, s
 
 /// A period for background work: the first tick at once, a late one not made up, none after
 /// the token is cancelled.
-pub(crate) struct Every {
+pub struct Every {
     tick: tokio::time::Interval,
     cancel: CancellationToken,
 }
 
 impl Every {
-    pub(crate) fn new(period: std::time::Duration, cancel: CancellationToken) -> Every {
+    pub fn new(period: std::time::Duration, cancel: CancellationToken) -> Every {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Every { tick, cancel }
     }
 
     /// Waits for the next tick: `false` once cancelled.
-    pub(crate) async fn tick(&mut self) -> bool {
+    pub async fn tick(&mut self) -> bool {
         tokio::select! {
             _ = self.cancel.cancelled() => false,
             _ = self.tick.tick() => true,

@@ -132,14 +132,9 @@ mod heap {
 /// system (one walk of the heap's free lists; nothing while idle).
 async fn return_freed_memory(shutdown: CancellationToken) {
     const AT_LEAST: usize = 1 << 20;
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = ferry::Every::new(std::time::Duration::from_secs(5), shutdown);
     let mut last = (0, 0);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
+    while every.tick().await {
         let held = heap::held();
         if held != last && held.0 >= AT_LEAST {
             heap::trim();
