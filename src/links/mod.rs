@@ -858,7 +858,9 @@ impl Links {
         };
         if !same {
             tracing::warn!(tunnel_id = %id, "shared file changed or was replaced; closing the link");
-            let _ = self.close(&id, CloseReason::Error).await;
+            // Boxed: closing (the tunnel's teardown) is rare here, and its state is most of a
+            // check's; every check would otherwise carry room for it.
+            let _ = Box::pin(self.close(&id, CloseReason::Error)).await;
             return Err(Refusal::FileChanged);
         }
         // The baseline: what this (possibly reused) connection had already acknowledged.
