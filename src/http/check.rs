@@ -369,8 +369,9 @@ mod tests {
     }
 
     /// Every check allocates its state and moves it in: what is large and rare (closing a link
-    /// whose file changed) is boxed where it happens, so that a check does not carry room for it
-    /// (16 KB then, allocated and copied for each request nginx checks).
+    /// whose file changed) is boxed where it happens, so that a check does not carry room for it.
+    /// 1.2 KB in release and 1.8 KB in a test build; 8 KB with closing inline, and 16.6 KB when
+    /// the ban check wrapped the decision's future too, allocated and copied for each request.
     #[tokio::test]
     async fn a_check_carries_little() {
         let f = crate::links::timed_tests::fixture(&[]);
@@ -379,7 +380,7 @@ mod tests {
         let (req, _) = parse(raw.as_bytes(), &mut headers).unwrap().unwrap();
         let mut out = Vec::new();
         let size = std::mem::size_of_val(&answer(&f.links, &req, &mut out));
-        assert!(size <= 2048, "a check's state takes {size} bytes");
+        assert!(size <= 4096, "a check's state takes {size} bytes");
     }
 
     #[test]
