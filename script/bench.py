@@ -625,13 +625,17 @@ def bench_create(work, data, label, after_latency=lambda: None, **env):
     return n + more, lat, rate
 
 
+def redis_cli(port, *args):
+    """What redis-cli prints for one command to the bench's Redis."""
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
 def redis_stalls(port):
     """What Redis's latency monitor saw since it was last reset (and resets it): its slowest AOF
     fsync and other events, or that none went over the threshold."""
-    cli = lambda *a: subprocess.run(["redis-cli", "-p", str(port), *a], capture_output=True, text=True,
-                                    timeout=30).stdout.split()
-    words = cli("latency", "latest")
-    cli("latency", "reset")
+    words = redis_cli(port, "latency", "latest").split()
+    redis_cli(port, "latency", "reset")
     # Four words an event: name, when, latest ms, max ms.
     events = [f"{words[i]} max {words[i + 3]} ms" for i in range(0, len(words) - 3, 4)]
     return ", ".join(events) or "none"
@@ -640,13 +644,13 @@ def redis_stalls(port):
 def redis_empty(port):
     """Empties Redis and rewrites its AOF, so that a run neither starts on the last one's links nor
     meets a rewrite Redis starts by itself as the file grows."""
-    cli = lambda *a: subprocess.run(["redis-cli", "-p", str(port), *a], capture_output=True, text=True,
-                                    timeout=30).stdout.strip()
-    if cli("flushall") != "OK" or "rewriting" not in cli("bgrewriteaof"):
+    if redis_cli(port, "flushall") != "OK" or "rewriting" not in redis_cli(port, "bgrewriteaof"):
         raise SystemExit("could not empty Redis between runs")
     deadline = time.time() + 60
-    while "aof_rewrite_in_progress:0" not in cli("info", "persistence") or \
-            "aof_rewrite_scheduled:0" not in cli("info", "persistence"):
+    while True:
+        info = redis_cli(port, "info", "persistence")
+        if "aof_rewrite_in_progress:0" in info and "aof_rewrite_scheduled:0" in info:
+            return
         if time.time() > deadline:
             raise SystemExit("Redis did not finish rewriting its AOF")
         time.sleep(0.05)
