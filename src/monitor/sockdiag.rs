@@ -164,25 +164,31 @@ fn parse_reply(b: &[u8], peer_port: u16) -> io::Result<Option<u64>> {
             if dport != peer_port {
                 return Ok(None);
             }
-            // nlmsghdr (16) + inet_diag_msg (72), then attributes.
-            let mut at = 16 + 72;
-            while at + 4 <= msg.len() {
-                let alen = u16_at(msg, at).ok_or_else(bad)? as usize;
-                let atype = u16_at(msg, at + 2).ok_or_else(bad)?;
-                if alen < 4 {
-                    return Err(bad());
-                }
-                if atype == INET_DIAG_INFO {
-                    let info = msg.get(at + 4..at + alen).ok_or_else(bad)?;
-                    let acked = info.get(BYTES_ACKED_OFFSET..BYTES_ACKED_OFFSET + 8).ok_or_else(bad)?;
-                    return Ok(Some(u64::from_ne_bytes(acked.try_into().map_err(|_| bad())?)));
-                }
-                at += (alen + 3) & !3;
-            }
-            Err(bad())
+            tcp_info_bytes_acked(msg).map(Some).ok_or_else(bad)
         }
         _ => Err(bad()),
     }
+}
+
+/// The attribute of a SOCK_DIAG_BY_FAMILY message (`nlmsghdr`, `inet_diag_msg`, then attributes)
+/// that carries `struct tcp_info`, and its `tcpi_bytes_acked`; `None` if it is missing or cut short.
+fn tcp_info_bytes_acked(msg: &[u8]) -> Option<u64> {
+    // nlmsghdr (16) + inet_diag_msg (72), then attributes.
+    let mut at = 16 + 72;
+    while at + 4 <= msg.len() {
+        let alen = u16_at(msg, at)? as usize;
+        let atype = u16_at(msg, at + 2)?;
+        if alen < 4 {
+            return None;
+        }
+        if atype == INET_DIAG_INFO {
+            let info = msg.get(at + 4..at + alen)?;
+            let acked = info.get(BYTES_ACKED_OFFSET..BYTES_ACKED_OFFSET + 8)?;
+            return Some(u64::from_ne_bytes(acked.try_into().ok()?));
+        }
+        at += (alen + 3) & !3;
+    }
+    None
 }
 
 #[cfg(test)]
