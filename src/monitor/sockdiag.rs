@@ -131,7 +131,8 @@ impl SockDiag {
 /// kernel sends it when it frees the socket, which is after nginx closed it and the last data and
 /// FIN were acknowledged or given up on, so the count is final (the FIN itself counts as one
 /// byte). One exception: a socket closed with `SO_LINGER` 0 (nginx's `reset_timedout_connection`)
-/// is disconnected first, and the kernel zeroes its counters before it is freed.
+/// is disconnected first, which forgets its peer and zeroes its counters before it is freed, so
+/// no notification names that connection and a caller's wait runs out.
 ///
 /// What it needs, from `net/core/sock_diag.c`:
 /// - No privilege. The NETLINK_SOCK_DIAG family is created with `NL_CFG_F_NONROOT_RECV`, so any
