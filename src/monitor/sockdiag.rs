@@ -338,7 +338,9 @@ impl ClosedSockets {
     ///
     /// A (local, peer) pair can be used again by a later socket, so `since` should be a moment
     /// the caller knows the socket it means was open (the check of a request that came on it):
-    /// an earlier socket of the same pair was destroyed before this one was opened.
+    /// an earlier socket of the same pair was destroyed before this one was opened, and its
+    /// notification, which the kernel sends within microseconds, normally came before the new
+    /// connection's first request was even read.
     pub async fn final_acked(&self, conn: Conn, since: Instant, wait: Duration) -> Option<u64> {
         let conn = conn.canonical();
         let deadline = tokio::time::Instant::now() + wait;
@@ -377,7 +379,7 @@ impl ClosedSockets {
     }
 
     /// Times the receive buffer overflowed and the kernel dropped notifications (each time, at
-    /// least one). A request whose notification was lost is settled as if none had come.
+    /// least one). A caller waiting for a notification that was lost waits out its time.
     pub fn lost(&self) -> u64 {
         self.shared.lost.load(Ordering::Relaxed)
     }
