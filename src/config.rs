@@ -131,6 +131,10 @@ pub struct Config {
     pub grace_period: Duration,
     pub resume_window: Duration,
     pub preview_bytes: u64,
+    /// What the completing client may fetch again in the grace period, in all.
+    pub grace_bytes: u64,
+    /// The re-send budget per download.
+    pub refetch_bytes: u64,
     pub redis_url: Option<Secret>,
     pub base_url: String,
     pub admin_addr: SocketAddr,
@@ -289,6 +293,8 @@ impl Config {
         let grace_period = seconds(src, "GRACE_PERIOD_SECONDS", 60, 0)?;
         let resume_window = seconds(src, "RESUME_WINDOW_SECONDS", 30, 0)?;
         let preview_bytes = number(src, "FERRY_PREVIEW_BYTES", 1 << 20)?;
+        let grace_bytes = number(src, "FERRY_GRACE_BYTES", 16 << 20)?;
+        let refetch_bytes = number(src, "FERRY_REFETCH_BYTES", 16 << 20)?;
 
         let admin_addr = addr(src, "FERRY_ADMIN_ADDR", "127.0.0.1:8000")?;
         let public_addr = addr(src, "FERRY_PUBLIC_ADDR", "127.0.0.1:8080")?;
@@ -427,6 +433,8 @@ impl Config {
             grace_period,
             resume_window,
             preview_bytes,
+            grace_bytes,
+            refetch_bytes,
             redis_url,
             base_url,
             admin_addr,
@@ -516,6 +524,8 @@ impl Config {
             "GRACE_PERIOD_SECONDS": self.grace_period.as_secs(),
             "RESUME_WINDOW_SECONDS": self.resume_window.as_secs(),
             "FERRY_PREVIEW_BYTES": self.preview_bytes,
+            "FERRY_GRACE_BYTES": self.grace_bytes,
+            "FERRY_REFETCH_BYTES": self.refetch_bytes,
             "REDIS_URL": set(&self.redis_url),
             "BASE_URL": self.base_url,
             "FERRY_ADMIN_ADDR": self.admin_addr.to_string(),

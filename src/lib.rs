@@ -48,6 +48,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     let provider = Provider::from_config(&config)?;
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
+    links.listen_for_closes().await;
 
     if let Some(url) = &config.webhook_url {
         let url = url.expose().to_string();

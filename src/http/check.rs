@@ -20,7 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::links::rules::{Admission, Method, Refusal};
+use crate::links::rules::{Admission, Method, Refusal, Use};
 use crate::links::{ClientKey, Links, content_disposition};
 use crate::monitor::sockdiag::Conn;
 
@@ -97,7 +97,12 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                 (input.len(), false)
             }
             Err(BadHead) => {
-                // Control bytes in a client's header, passed on raw by nginx, end up here too.
+                // Control bytes in a client's header, passed on raw by nginx: the same head
+                // with them written out parses, and the client is served like any other.
+                if let Some(escaped) = escape_controls(&input) {
+                    input = escaped;
+                    continue;
+                }
                 tracing::debug!("check socket: {BadHead}; answered 400");
                 respond(&mut out, 400, &[], "");
                 (input.len(), false)
@@ -184,6 +189,36 @@ impl<'a> CheckRequest<'a> {
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .unwrap_or("")
     }
+
+    /// The first value of a header as the client sent it, whatever its bytes (a User-Agent may
+    /// be Latin-1, binary or empty, and is still one client), decoded lossily.
+    pub fn header_text(&self, name: &str) -> std::borrow::Cow<'a, str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map_or("".into(), |h| String::from_utf8_lossy(h.value))
+    }
+}
+
+/// Writes control bytes in the header values of a request head as `\xNN`, so the head parses:
+/// nginx passes a client's header bytes on as they came, and httparse refuses control bytes that
+/// nginx accepts. Returns `None` when the head has none (or no end yet).
+fn escape_controls(head: &[u8]) -> Option<Vec<u8>> {
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let bad = |b: u8| (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') || b == 0x7f;
+    if !head[..end].iter().any(|&b| bad(b)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(head.len() + 16);
+    for &b in &head[..end] {
+        if bad(b) {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out.extend_from_slice(&head[end..]);
+    Some(out)
 }
 
 async fn answer(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
@@ -206,12 +241,17 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
         false => decide(links, req).await,
     };
     match decided {
-        Ok((disposition, rate)) => {
+        Ok((disposition, rate, what)) => {
             // nginx's limit_rate: 0 is no cap.
             let rate = rate.to_string();
-            let headers = [("x-ferry-rate", rate.as_str()), ("x-ferry-disposition", &disposition)];
+            let claim = what.header();
+            let headers = [
+                ("x-ferry-rate", rate.as_str()),
+                ("x-ferry-claim", claim.as_str()),
+                ("x-ferry-disposition", &disposition),
+            ];
             // `content_disposition` percent-encodes the name; what is not a header value is left out.
-            let sent = if visible(disposition.as_bytes()) { 2 } else { 1 };
+            let sent = if visible(disposition.as_bytes()) { 3 } else { 2 };
             respond(out, 204, &headers[..sent], "");
         }
         Err(refusal) => {
@@ -238,6 +278,12 @@ async fn refused(links: &Links, req: &CheckRequest<'_>, address: &str, refusal: 
 
 /// A previewer's request, handed over as is by nginx: an HTML preview, or 403 (444 at nginx).
 async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Vec<u8>) {
+    let address = ClientKey::new(req.header("x-ferry-client"), "")
+        .map(|c| c.address)
+        .unwrap_or_default();
+    if links.bans.is_banned(&address, links.now_ms()) {
+        return respond(out, 403, &[], "");
+    }
     match links
         .preview(req.header("x-ferry-tunnel"), req.header("x-ferry-token"))
         .await
@@ -258,6 +304,12 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
         Err(refusal) => {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             tracing::debug!(%refusal, client = req.header("x-ferry-client"), "preview refused");
+            // A previewer's User-Agent is the client's to choose: its refusals are audited and
+            // count toward a ban like any other.
+            let address = ClientKey::new(req.header("x-ferry-client"), "")
+                .map(|c| c.address)
+                .unwrap_or_default();
+            refused(links, req, &address, refusal, links.now_ms()).await;
             respond(out, 403, &[], "");
         }
     }
@@ -303,15 +355,18 @@ fn respond(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &str)
 /// or client address is `Malformed`; the rest is optional.
 pub fn admission(req: &CheckRequest<'_>) -> Result<Admission, Refusal> {
     let request_id = req.header("x-ferry-request-id");
-    let client =
-        ClientKey::new(req.header("x-ferry-client"), req.header("x-ferry-user-agent")).ok_or(Refusal::Malformed)?;
+    let client = ClientKey::new(req.header("x-ferry-client"), &req.header_text("x-ferry-user-agent"))
+        .ok_or(Refusal::Malformed)?;
     if request_id.len() != 32 {
         return Err(Refusal::Malformed);
     }
     Ok(Admission {
         request_id: request_id.into(),
         method: Method::parse(req.header("x-ferry-method")),
-        range: Some(req.header("x-ferry-range"))
+        range: Some(req.header_text("x-ferry-range"))
+            .filter(|r| !r.is_empty())
+            .map(String::from),
+        if_range: Some(req.header_text("x-ferry-if-range"))
             .filter(|r| !r.is_empty())
             .map(String::from),
         client,
@@ -321,14 +376,15 @@ pub fn admission(req: &CheckRequest<'_>) -> Result<Admission, Refusal> {
     })
 }
 
-async fn decide(links: &Links, req: &CheckRequest<'_>) -> Result<(String, u64), Refusal> {
+async fn decide(links: &Links, req: &CheckRequest<'_>) -> Result<(String, u64, Use), Refusal> {
     let admission = admission(req)?;
-    let link = links
+    let (link, what) = links
         .check(req.header("x-ferry-tunnel"), req.header("x-ferry-token"), admission)
         .await?;
     Ok((
         content_disposition(link.file_path.file_name()),
         link.rate_limit_bytes_per_second.unwrap_or(0),
+        what,
     ))
 }
 

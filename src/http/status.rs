@@ -85,6 +85,7 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
             "bad_lines": m.bad_lines.load(Ordering::Relaxed),
             "files_done": m.files_done.load(Ordering::Relaxed),
             "progress": if s.links.socket_progress() { "socket" } else { "log" },
+            "close_notices": s.links.close_notices(),
         },
         "nginx": {"running": s.nginx_running.load(Ordering::SeqCst)},
         "provider": {"kind": s.provider, "status": provider.status, "detail": provider.detail},

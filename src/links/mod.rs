@@ -32,7 +32,7 @@ use crate::monitor::record::{AccessRecord, Completion};
 use crate::store::{Owner, Store, StoreError, Write};
 use crate::tunnel::Provider;
 use path::{DataDir, FileIdentity, PathError, RelPath};
-use rules::{Admission, Admitted, Method, Policy, Refusal};
+use rules::{Admission, Method, Policy, Refusal};
 
 /// Random, URL-safe text of `bytes` random bytes.
 pub fn random_token(bytes: usize) -> String {
@@ -199,24 +199,51 @@ impl CloseReason {
     }
 }
 
+/// One download's place: the bytes its claims have received so far (a union of ranges: a
+/// resumed or segmented download counts once), and whether that is the whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Slot {
+    pub coverage: Coverage,
+    pub complete: bool,
+}
+
+/// A client's right to receive body bytes into one slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claim {
+    /// Handed to nginx with each request admitted under the claim, and read back from its log line.
+    pub id: Arc<str>,
+    pub slot: u32,
     pub client: ClientKey,
     pub last_end_ms: u64,
-    pub coverage: Coverage,
-    /// Body bytes proven delivered to this claim.
+    /// Body bytes charged under this claim.
     pub bytes: u64,
+}
+
+/// What one address has read of a link without a claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Read {
+    pub address: Arc<str>,
+    pub bytes: u64,
+    /// What those reads proved delivered: given to the slot this address claims next, so a
+    /// client that began with small reads still completes when it holds every byte.
+    #[serde(default)]
+    pub coverage: Coverage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InFlight {
     pub request_id: Arc<str>,
     pub client: ClientKey,
-    /// A GET that holds (or used) a claim; HEAD does not.
+    /// A GET that holds a claim; HEAD, reads and grace fetches do not.
     pub claims: bool,
+    /// What the check admitted it as.
+    pub what: rules::Use,
+    /// Re-sent bytes this request may send, held from the link's re-send budget until it settles.
+    pub reserved: u64,
     pub since_ms: u64,
-    /// Where the response body starts in the file.
+    /// The bytes of the file it may be sent: `[range_start, range_end)`.
     pub range_start: u64,
+    pub range_end: u64,
     /// The connection, when ferry can see its socket.
     pub conn: Option<crate::monitor::sockdiag::Conn>,
     /// What the peer had acknowledged on this connection before this request.
@@ -269,9 +296,16 @@ pub struct Link {
     pub max_downloads: u32,
     pub downloads_completed: u32,
     pub bytes_served: u64,
-    /// Union of ranges served over successive claims (used with `max_downloads = 1`).
-    pub coverage: Coverage,
+    /// One per download allowed.
+    pub slots: Vec<Slot>,
     pub claims: Vec<Claim>,
+    /// Reads by address (at most `rules::MAX_READERS_KEPT`), and their sum.
+    pub reads: Vec<Read>,
+    pub reads_total: u64,
+    /// Bytes handed out that added nothing to a slot: drawn from the re-send budget.
+    pub resent: u64,
+    /// Bytes admitted in the grace period.
+    pub grace_sent: u64,
     pub inflight: Vec<InFlight>,
     pub clients: Vec<ClientSeen>,
     /// The last requests settled from the log, oldest first. Shared between copies of the
@@ -311,8 +345,12 @@ impl Link {
             max_downloads,
             downloads_completed: 0,
             bytes_served: 0,
-            coverage: Coverage::default(),
+            slots: vec![Slot::default(); max_downloads as usize],
             claims: vec![],
+            reads: vec![],
+            reads_total: 0,
+            resent: 0,
+            grace_sent: 0,
             inflight: vec![],
             clients: vec![],
             requests: Default::default(),
@@ -455,6 +493,10 @@ pub struct Links {
     keys: token::Keys,
     policy: Policy,
     diag: Option<crate::monitor::sockdiag::SockDiag>,
+    /// The kernel's close notifications: what an aborted request's socket had delivered when it
+    /// closed. Set once at startup (`listen_for_closes`); unset, aborted requests are credited
+    /// from their last sample and charged what nginx sent.
+    closures: std::sync::OnceLock<crate::monitor::sockdiag::ClosedSockets>,
     pub bans: bans::Bans,
     /// When each client's last refusal was audited (one record a second at most).
     refusals_audited: std::sync::Mutex<std::collections::HashMap<String, u64>>,
@@ -516,6 +558,8 @@ impl Links {
                 resume_ms: config.resume_window.as_millis() as u64,
                 stall_ms: config.stall_timeout.as_millis() as u64,
                 preview_bytes: config.preview_bytes,
+                grace_bytes: config.grace_bytes,
+                refetch_bytes: config.refetch_bytes,
             },
             refusals_audited: Default::default(),
             bans: bans::Bans::new(config.ban_after_fails, config.ban.as_millis() as u64),
@@ -526,6 +570,7 @@ impl Links {
                     None
                 }
             },
+            closures: Default::default(),
             tunnels_dir: config.tunnels_dir.clone(),
             history_ms: u64::from(config.history_days) * 86_400_000,
             base_url: config.base_url.clone(),
@@ -827,12 +872,10 @@ impl Links {
     }
 
     /// nginx's question for every public request: may this request be served?
-    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<Arc<Link>, Refusal> {
+    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<(Arc<Link>, rules::Use), Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
-        self.keys
-            .verify(token, &id, now / 1000)
-            .map_err(|_| Refusal::BadToken)?;
+        self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
         // A request whose log line cannot be written would deliver bytes nobody counts.
         if admission.method != Method::Head && self.log_writes.failing() {
             return Err(Refusal::LogUnwritable);
@@ -890,8 +933,9 @@ impl Links {
                     if let Some(rid) = ended_here {
                         rules::end_on_reuse(link, rid);
                     }
-                    // A new claim must survive a crash; a request riding on one need not.
-                    if a == Admitted::NewClaim {
+                    // A new claim, and what a read or a grace fetch is charged, must survive a
+                    // crash; a request riding on a claim need not.
+                    if a.new_claim || matches!(a.what, rules::Use::Read | rules::Use::Grace) {
                         Write::Durable(Ok(a))
                     } else {
                         Write::Soft(Ok(a))
@@ -903,7 +947,7 @@ impl Links {
             .map_err(|_| Refusal::Unavailable)?
             .ok_or(Refusal::Unknown)?;
         let (admitted, link) = (outcome.0?, outcome.1);
-        if admitted == Admitted::NewClaim {
+        if admitted.new_claim {
             self.emit("started", &link);
         }
         if let Some((conn, _)) = admission.conn {
@@ -921,16 +965,14 @@ impl Links {
                 })
                 .await;
         }
-        Ok(link)
+        Ok((link, admitted.what))
     }
 
     /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
     pub async fn preview(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
-        self.keys
-            .verify(token, &id, now / 1000)
-            .map_err(|_| Refusal::BadToken)?;
+        self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
         let link = self
             .store
             .get(&id)
@@ -944,6 +986,17 @@ impl Links {
             return Err(Refusal::Expired);
         }
         Ok(link)
+    }
+
+    /// What the peer of `conn` had acknowledged when its socket closed, from the kernel's close
+    /// notification for a socket closed after `since_ms` (waiting a moment for it to arrive);
+    /// `None` when ferry cannot know.
+    async fn final_acked(&self, conn: crate::monitor::sockdiag::Conn, since_ms: u64) -> Option<u64> {
+        let closures = self.closures.get()?;
+        // The request's check: its socket was open then, so a close heard since is its own.
+        let age = Duration::from_millis(self.clock.now_ms().saturating_sub(since_ms));
+        let since = std::time::Instant::now().checked_sub(age)?;
+        closures.final_acked(conn, since, CLOSE_NOTICE_WAIT).await
     }
 
     /// Applies one access-log line.
@@ -969,23 +1022,23 @@ impl Links {
             })
             .collect();
         let now = self.clock.now_ms();
-        // One last look at the socket, so an aborted request is credited up to the end (a
-        // completed one is credited what nginx sent).
+        // An aborted request is credited with what its peer had acknowledged when the socket
+        // closed: the kernel says so in its close notification, which may come a moment after
+        // nginx wrote the line.
         let mut acked: Vec<Option<u64>> = vec![None; recs.len()];
-        if let Some(diag) = &self.diag
-            && recs.iter().any(|(r, _)| r.completion == Completion::Aborted)
+        if recs.iter().any(|(r, _)| r.completion == Completion::Aborted)
             && let Some(link) = self.store.get(id).await?
         {
             for ((rec, _), acked) in recs.iter().zip(&mut acked) {
                 if rec.completion != Completion::Aborted {
                     continue;
                 }
-                let conn = link
-                    .inflight
-                    .iter()
-                    .find(|f| *f.request_id == *rec.request_id)
-                    .and_then(|f| f.conn);
-                *acked = conn.and_then(|c| diag.bytes_acked(c).ok().flatten());
+                let flight = link.inflight.iter().find(|f| *f.request_id == *rec.request_id);
+                if let Some(f) = flight
+                    && let Some(conn) = f.conn
+                {
+                    *acked = self.final_acked(conn, f.since_ms).await;
+                }
             }
         }
         let policy = self.policy;
@@ -995,12 +1048,8 @@ impl Links {
                 let before = link.bytes_served;
                 let mut all = rules::Settled::default();
                 let mut downloads = 0u32;
-                let mut sampled = false;
                 for ((rec, client), acked) in recs.iter().zip(&acked) {
-                    if acked.is_some() {
-                        sampled |= rules::sample(link, &rec.request_id, *acked, now);
-                    }
-                    let s = rules::settle(link, rec, client.clone(), now, &policy);
+                    let s = rules::settle(link, rec, client.clone(), *acked, now, &policy);
                     all.changed |= s.changed;
                     all.link_completed |= s.link_completed;
                     downloads += u32::from(s.download_completed);
@@ -1008,7 +1057,7 @@ impl Links {
                 let v = (all, downloads, link.bytes_served - before);
                 if downloads > 0 {
                     Write::Durable(v)
-                } else if all.changed || sampled {
+                } else if all.changed {
                     Write::Soft(v)
                 } else {
                     Write::No(v)
@@ -1325,6 +1374,24 @@ impl Links {
         self.diag.is_some()
     }
 
+    /// Starts hearing the kernel's close notifications (needs sock_diag, as socket progress does).
+    pub async fn listen_for_closes(&self) {
+        if self.diag.is_none() {
+            return;
+        }
+        match crate::monitor::sockdiag::ClosedSockets::start().await {
+            Ok(c) => {
+                let _ = self.closures.set(c);
+            }
+            Err(e) => tracing::warn!(error = %e, "socket close notifications unavailable: aborted requests are charged what nginx sent"),
+        }
+    }
+
+    /// Whether aborted requests are credited from the kernel's close notifications.
+    pub fn close_notices(&self) -> bool {
+        self.closures.get().is_some_and(|c| c.is_running())
+    }
+
     /// Every second: sample the sockets of requests in flight, report progress, close stalled
     /// links, and settle requests whose connection vanished without a log line.
     pub async fn run_sampler(self: Arc<Self>, cancel: CancellationToken) {
@@ -1381,7 +1448,7 @@ impl Links {
                         moved |= rules::sample(l, rid, *acked, now);
                     }
                     let before = l.bytes_served;
-                    let settled = rules::settle_unlogged(l, now, UNLOGGED_AFTER_MS);
+                    let settled = rules::settle_unlogged(l, now, UNLOGGED_AFTER_MS, &policy);
                     // Counted once the write is kept (a shared store may run this closure again).
                     let credited = l.bytes_served - before;
                     let dropped = rules::drop_stalled_claims(l, now, &policy);
@@ -1453,6 +1520,19 @@ fn html_escape(s: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+/// How long settling an aborted request waits for its socket's close notification.
+const CLOSE_NOTICE_WAIT: Duration = Duration::from_millis(250);
+
+/// A token's refusal. A token that was well signed for this link and has only expired is bad
+/// luck (a recipient retrying an old link, perhaps one of many behind one NAT), not forgery: it is
+/// refused as expired, which does not count toward a ban.
+fn token_refusal(e: token::TokenError) -> Refusal {
+    match e {
+        token::TokenError::Expired => Refusal::Expired,
+        _ => Refusal::BadToken,
+    }
 }
 
 pub fn human_size(n: u64) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{Admission, Method};
+use super::rules::{Admission, Method, Refusal, Use};
 use super::*;
 use crate::config::{Config, Source};
 use crate::monitor::record::{AccessRecord, Completion};
@@ -80,25 +80,52 @@ pub(crate) fn record(request_id: &str, status: u16, body: u64, content_range: &s
         client: "127.0.0.5".into(),
         user_agent: "curl".into(),
         preview: false,
+        claim: None,
     }
 }
 
-async fn download_range(f: &Fixture, created: &Created, rid: &str, range: &str, body: u64, cr: &str) {
-    let admission = Admission {
+fn admission(rid: &str, client: &str, range: Option<&str>) -> Admission {
+    Admission {
         request_id: rid.into(),
         method: Method::Get,
-        range: Some(range.into()),
-        client: ClientKey::new("127.0.0.5", "curl").unwrap(),
+        range: range.map(str::to_string),
+        if_range: None,
+        client: ClientKey::new(client, "curl").unwrap(),
         conn: None,
         first_on_connection: false,
-    };
+    }
+}
+
+/// A request id whose first 12 digits (a claim's id) differ from every other's.
+fn rid(n: u32) -> String {
+    format!("{n:04}{:0>28}", "")
+}
+
+/// The check of a request from `client`, as nginx asks it.
+async fn check(f: &Fixture, created: &Created, rid: &str, client: &str, range: Option<&str>) -> Result<Use, Refusal> {
     f.links
-        .check(created.tunnel_id.as_str(), &created.token, admission)
+        .check(created.tunnel_id.as_str(), &created.token, admission(rid, client, range))
+        .await
+        .map(|(_, what)| what)
+}
+
+/// The log line nginx writes for a request the check answered with `what`.
+fn line(created: &Created, rid: &str, client: &str, what: &Use, body: u64, cr: &str) -> AccessRecord {
+    let mut rec = record(rid, if cr.is_empty() { 200 } else { 206 }, body, cr);
+    rec.tunnel_id = Some(created.tunnel_id.clone());
+    rec.client = client.into();
+    rec.claim = Some(what.header());
+    rec
+}
+
+/// A request from 127.0.0.5, checked, served and logged.
+async fn download_range(f: &Fixture, created: &Created, rid: &str, range: &str, body: u64, cr: &str) -> Use {
+    let what = check(f, created, rid, "127.0.0.5", Some(range)).await.unwrap();
+    f.links
+        .apply_log(&line(created, rid, "127.0.0.5", &what, body, cr))
         .await
         .unwrap();
-    let mut rec = record(rid, 206, body, cr);
-    rec.tunnel_id = Some(created.tunnel_id.clone());
-    f.links.apply_log(&rec).await.unwrap();
+    what
 }
 
 #[tokio::test(start_paused = true)]
@@ -165,7 +192,7 @@ async fn links_created_while_the_scheduler_sleeps_close_at_their_own_deadlines()
 
 #[tokio::test(start_paused = true)]
 async fn a_completed_link_closes_when_its_grace_period_ends() {
-    let f = fixture(&[("GRACE_PERIOD_SECONDS", "60")]);
+    let f = fixture(&[("GRACE_PERIOD_SECONDS", "60"), ("FERRY_GRACE_BYTES", "1000")]);
     let cancel = CancellationToken::new();
     tokio::spawn(f.links.clone().run_scheduler(cancel.clone()));
     let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
@@ -183,13 +210,29 @@ async fn a_completed_link_closes_when_its_grace_period_ends() {
     tokio::time::advance(Duration::from_millis(59_999)).await;
     run_pending().await;
     assert_eq!(state_of(&f.links, &created.tunnel_id).await.state, LinkState::Completed);
+    // To the last millisecond of the grace period the completer may fetch a tail again, within
+    // the grace bytes; nobody else may, and nothing that would make another copy.
+    let tail = check(&f, &created, &rid(2), "127.0.0.5", Some("bytes=3999500-")).await;
+    assert_eq!(tail, Ok(Use::Grace));
+    let other = check(&f, &created, &rid(3), "127.0.0.6", Some("bytes=3999500-")).await;
+    assert_eq!(other, Err(Refusal::Grace));
+    let whole = check(&f, &created, &rid(4), "127.0.0.5", None).await;
+    assert_eq!(whole, Err(Refusal::Grace));
+    let past_cap = check(&f, &created, &rid(5), "127.0.0.5", Some("bytes=3999000-")).await;
+    assert_eq!(past_cap, Err(Refusal::Grace), "past the grace bytes");
+    f.links
+        .apply_log(&line(&created, &rid(2), "127.0.0.5", &Use::Grace, 500, "bytes 3999500-3999999/4000000"))
+        .await
+        .unwrap();
     tokio::time::advance(Duration::from_millis(1)).await;
     run_pending().await;
     let l = state_of(&f.links, &created.tunnel_id).await;
     assert_eq!(
-        (l.state, l.close_reason, l.bytes_served),
-        (LinkState::Closed, Some(CloseReason::Completed), 4_000_000)
+        (l.state, l.close_reason, l.bytes_served, l.grace_sent),
+        (LinkState::Closed, Some(CloseReason::Completed), 4_000_500, 500)
     );
+    let late = check(&f, &created, &rid(6), "127.0.0.5", Some("bytes=3999900-")).await;
+    assert_eq!(late, Err(Refusal::Closed));
     cancel.cancel();
 }
 
@@ -240,25 +283,32 @@ async fn lines_applied_together_leave_the_link_as_lines_applied_one_by_one() {
     let f = fixture(&[]);
     let (one_by_one, _) = f.links.create(new_link(3600), None).await.unwrap();
     let (together, _) = f.links.create(new_link(3600), None).await.unwrap();
-    // Half the file, the other half (completing it), that line again (a replay), and a range
-    // read again by the completer in the grace period.
-    let lines = |id: &TunnelId| {
-        [
-            ("1", "bytes 0-1999999/4000000", 2_000_000),
-            ("2", "bytes 2000000-3999999/4000000", 2_000_000),
-            ("2", "bytes 2000000-3999999/4000000", 2_000_000),
-            ("3", "bytes 0-99/4000000", 100),
-        ]
-        .map(|(n, cr, body)| {
-            let mut rec = record(&format!("{n:0>32}"), 206, body, cr);
-            rec.tunnel_id = Some(id.clone());
-            rec
-        })
-    };
-    for rec in lines(&one_by_one.tunnel_id) {
-        f.links.apply_log(&rec).await.unwrap();
+    // A download manager's two halves under one claim and a scanner's read, checked alike on
+    // both links; then their lines: half the file, the other half (completing it), that line
+    // again (a replay), and the read.
+    let requests = [
+        ("1", "127.0.0.5", "bytes=0-1999999", "bytes 0-1999999/4000000", 2_000_000),
+        ("2", "127.0.0.5", "bytes=2000000-", "bytes 2000000-3999999/4000000", 2_000_000),
+        ("3", "127.0.0.7", "bytes=0-99", "bytes 0-99/4000000", 100),
+    ];
+    let mut lines: Vec<Vec<AccessRecord>> = vec![];
+    for created in [&one_by_one, &together] {
+        let mut recs = vec![];
+        for (n, client, range, cr, body) in requests {
+            let rid = format!("{n:0>32}");
+            let what = check(&f, created, &rid, client, Some(range)).await.unwrap();
+            recs.push(line(created, &rid, client, &what, body, cr));
+        }
+        assert!(matches!(recs[0].claim.as_deref(), Some(c) if c.starts_with("c0.")));
+        assert_eq!(recs[1].claim, recs[0].claim, "the client's claim is reused");
+        assert_eq!(recs[2].claim.as_deref(), Some("read"));
+        recs.insert(2, recs[1].clone());
+        lines.push(recs);
     }
-    f.links.apply_logs(&lines(&together.tunnel_id)).await.unwrap();
+    for rec in &lines[0] {
+        f.links.apply_log(rec).await.unwrap();
+    }
+    f.links.apply_logs(&lines[1]).await.unwrap();
     let (a, b) = (
         state_of(&f.links, &one_by_one.tunnel_id).await,
         state_of(&f.links, &together.tunnel_id).await,
@@ -267,11 +317,15 @@ async fn lines_applied_together_leave_the_link_as_lines_applied_one_by_one() {
         (a.state, a.downloads_completed, a.bytes_served, a.requests.len()),
         (LinkState::Completed, 1, 4_000_100, 3)
     );
+    assert_eq!((a.resent, a.reads_total), (0, 100));
     let summary = |l: &Link| {
         (
             l.state,
             l.downloads_completed,
             l.bytes_served,
+            l.slots.clone(),
+            l.resent,
+            l.reads_total,
             l.completer.clone(),
             l.grace_until_ms,
             l.requests
@@ -281,4 +335,109 @@ async fn lines_applied_together_leave_the_link_as_lines_applied_one_by_one() {
         )
     };
     assert_eq!(summary(&a), summary(&b));
+}
+
+/// A claim lasts while its client has a request in flight, plus the resume window after its last
+/// request ended: to the millisecond on the paused clock. Another client can then continue the
+/// slot (a recipient whose address changed resumes with `curl -C -`).
+#[tokio::test(start_paused = true)]
+async fn a_claim_lasts_its_resume_window_after_its_last_request_and_then_the_slot_resumes() {
+    let f = fixture(&[("RESUME_WINDOW_SECONDS", "30")]);
+    let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
+    // A million bytes is past the preview size: no read, a claim.
+    let first = check(&f, &created, &rid(1), "127.0.0.5", Some("bytes=0-999999")).await.unwrap();
+    assert!(matches!(first, Use::Claim { slot: 0, .. }));
+    // In flight for ten minutes: the claim holds however long the request takes.
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let other = check(&f, &created, &rid(2), "127.0.0.6", None).await;
+    assert_eq!(other, Err(Refusal::UsedUp));
+    f.links
+        .apply_log(&line(&created, &rid(1), "127.0.0.5", &first, 1_000_000, "bytes 0-999999/4000000"))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_millis(29_999)).await;
+    let other = check(&f, &created, &rid(3), "127.0.0.6", Some("bytes=1000000-")).await;
+    assert_eq!(other, Err(Refusal::UsedUp), "the claim ended before its resume window");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let resumed = check(&f, &created, &rid(4), "127.0.0.6", Some("bytes=1000000-")).await.unwrap();
+    assert!(matches!(&resumed, Use::Claim { slot: 0, .. }) && resumed != first, "{resumed:?}");
+    f.links
+        .apply_log(&line(&created, &rid(4), "127.0.0.6", &resumed, 3_000_000, "bytes 1000000-3999999/4000000"))
+        .await
+        .unwrap();
+    let l = state_of(&f.links, &created.tunnel_id).await;
+    assert_eq!(
+        (l.state, l.downloads_completed, l.bytes_served, l.resent),
+        (LinkState::Completed, 1, 4_000_000, 0)
+    );
+}
+
+/// A scanner's small range is a read: it takes no slot and never stalls a link, however long
+/// the link then sits; the recipient still gets the download, and its stall is its own.
+#[tokio::test(start_paused = true)]
+async fn a_scanners_read_takes_no_slot_and_never_stalls_the_link() {
+    let f = fixture(&[("STALL_TIMEOUT_SECONDS", "300"), ("FERRY_PREVIEW_BYTES", "65536")]);
+    let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
+    let rid = |n: u32| format!("{n:0>32}");
+    // Two scanners read more than a preview's worth between them, each less on its own.
+    for (n, client) in [(1, "127.0.0.7"), (2, "127.0.0.8")] {
+        let what = check(&f, &created, &rid(n), client, Some("bytes=0-39999")).await.unwrap();
+        assert_eq!(what, Use::Read);
+        f.links
+            .apply_log(&line(&created, &rid(n), client, &what, 40_000, "bytes 0-39999/4000000"))
+            .await
+            .unwrap();
+    }
+    let l = state_of(&f.links, &created.tunnel_id).await;
+    assert_eq!(
+        (l.state, l.claims.len(), l.reads_total, l.bytes_served),
+        (LinkState::Open, 0, 80_000, 80_000)
+    );
+    // More from the same address is no read: it would take the one slot.
+    let more = f
+        .links
+        .check(created.tunnel_id.as_str(), &created.token, admission(&rid(9), "127.0.0.7", Some("bytes=40000-69999")))
+        .await
+        .map(|(l, what)| (what, l.claims.len()));
+    assert!(matches!(more, Ok((Use::Claim { slot: 0, .. }, 1))), "{more:?}");
+    // It sends nothing, and gives up a minute later; its claim lapses 30 s after that.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let mut rec = line(&created, &rid(9), "127.0.0.7", &more.unwrap().0, 0, "bytes 40000-69999/4000000");
+    rec.completion = Completion::Aborted;
+    f.links.apply_log(&rec).await.unwrap();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    tokio::time::advance(Duration::from_secs(3_000)).await;
+    f.links.sample_once().await.unwrap();
+    assert_eq!(state_of(&f.links, &created.tunnel_id).await.state, LinkState::Open);
+
+    // The scanner's claim lapses; the recipient's download continues the slot and stalls only
+    // on what it received itself, not on what the readers took.
+    let what = check(&f, &created, &rid(3), "127.0.0.5", None).await.unwrap();
+    assert!(matches!(what, Use::Claim { slot: 0, .. }));
+    let mut rec = line(&created, &rid(3), "127.0.0.5", &what, 1_000, "");
+    rec.completion = Completion::Aborted;
+    f.links.apply_log(&rec).await.unwrap();
+    tokio::time::advance(Duration::from_secs(600)).await;
+    f.links.sample_once().await.unwrap();
+    let l = state_of(&f.links, &created.tunnel_id).await;
+    assert_eq!(
+        (l.state, l.bytes_served),
+        (LinkState::Downloading, 81_000),
+        "stalled on bytes the readers took"
+    );
+    // Once the claim itself has a preview's worth, silence stalls it at the timeout.
+    let what = check(&f, &created, &rid(4), "127.0.0.5", Some("bytes=1000-")).await.unwrap();
+    assert!(matches!(what, Use::Claim { slot: 0, .. }));
+    let mut rec = line(&created, &rid(4), "127.0.0.5", &what, 99_000, "bytes 1000-3999999/4000000");
+    rec.completion = Completion::Aborted;
+    f.links.apply_log(&rec).await.unwrap();
+    tokio::time::advance(Duration::from_millis(299_999)).await;
+    f.links.sample_once().await.unwrap();
+    assert_eq!(state_of(&f.links, &created.tunnel_id).await.state, LinkState::Downloading);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    f.links.sample_once().await.unwrap();
+    assert_eq!(
+        state_of(&f.links, &created.tunnel_id).await.close_reason,
+        Some(CloseReason::Stalled)
+    );
 }

@@ -22,6 +22,8 @@ struct Claims {
 pub enum TokenError {
     #[error("token is malformed, forged or expired")]
     Invalid,
+    #[error("token has expired")]
+    Expired,
     #[error("token belongs to another link")]
     OtherLink,
     #[error("token was issued in the future")]
@@ -91,11 +93,11 @@ impl Claims {
     /// The claims against the link and the time, on every use of a token.
     fn check(&self, id: &TunnelId, now: u64) -> Result<(), TokenError> {
         // jsonwebtoken accepts `exp == now`; the link is refused from `expires_at` on.
-        if self.exp <= now {
-            return Err(TokenError::Invalid);
-        }
         if self.tid != id.as_str() {
             return Err(TokenError::OtherLink);
+        }
+        if self.exp <= now {
+            return Err(TokenError::Expired);
         }
         if self.iat > now {
             return Err(TokenError::FromTheFuture);
@@ -176,7 +178,7 @@ mod tests {
         let token = k.issue(&id, now, now + 100);
         assert_eq!(k.verify(&token, &id, now), Ok(()));
         assert_eq!(k.verify(&token, &id, now + 99), Ok(()));
-        assert_eq!(k.verify(&token, &id, now + 100), Err(TokenError::Invalid));
+        assert_eq!(k.verify(&token, &id, now + 100), Err(TokenError::Expired));
         assert_eq!(k.verify(&token, &TunnelId::random(), now), Err(TokenError::OtherLink));
         assert_eq!(k.verify(&token, &id, now - 1), Err(TokenError::FromTheFuture));
         // Another key's view of the same string: nothing is shared between keys.

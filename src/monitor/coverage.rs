@@ -92,6 +92,19 @@ impl Coverage {
     pub fn ranges(&self) -> &[ByteRange] {
         &self.0
     }
+
+    /// How many bytes of `r` are already covered.
+    pub fn overlap(&self, r: ByteRange) -> u64 {
+        self.0
+            .iter()
+            .map(|x| x.end.min(r.end).saturating_sub(x.start.max(r.start)))
+            .sum()
+    }
+
+    /// Whether inserting `r` would add a range of its own instead of growing or joining one.
+    pub fn would_fragment(&self, r: ByteRange) -> bool {
+        !self.0.iter().any(|x| x.start <= r.end && r.start <= x.end)
+    }
 }
 
 #[cfg(test)]

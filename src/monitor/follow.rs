@@ -583,9 +583,8 @@ impl Follower {
 
     fn parse(&self, line: &[u8]) -> Option<AccessRecord> {
         self.counters.lines.fetch_add(1, Ordering::Relaxed);
-        let parsed = std::str::from_utf8(line)
-            .map_err(|e| e.to_string())
-            .and_then(|l| AccessRecord::parse(l).map_err(|e| e.to_string()));
+        // Never skipped for its bytes: a User-Agent that is not UTF-8 is logged raw by nginx.
+        let parsed = AccessRecord::parse(&String::from_utf8_lossy(line)).map_err(|e| e.to_string());
         match parsed {
             Ok(rec) => Some(rec),
             Err(e) => {

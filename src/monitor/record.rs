@@ -1,5 +1,7 @@
 //! One access-log line, parsed into a typed record. nginx writes it with `escape=json` from the
 //! `log_format` in `nginx/nginx.conf`; a line that does not parse is reported, never guessed at.
+//! nginx writes a header's bytes ≥ 0x80 raw, so the follower hands over a line decoded lossily:
+//! a User-Agent that is not UTF-8 changes how it is shown, never whether the line counts.
 
 use serde::Deserialize;
 
@@ -28,6 +30,8 @@ pub struct AccessRecord {
     pub user_agent: String,
     /// A previewer or prefetch got the HTML preview, not the file.
     pub preview: bool,
+    /// What the check admitted the request as (`rules::Use::header`); `None` when it did not.
+    pub claim: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,8 @@ struct Raw<'a> {
     #[serde(rename = "request_time")]
     _request_time: f64,
     preview: &'a str,
+    #[serde(borrow)]
+    claim: std::borrow::Cow<'a, str>,
 }
 
 impl AccessRecord {
@@ -87,6 +93,7 @@ impl AccessRecord {
             p => return Err(bad("preview", p)),
         };
         let content_range = Some(raw.content_range.into_owned()).filter(|s| !s.is_empty());
+        let claim = Some(raw.claim.into_owned()).filter(|s| !s.is_empty());
         Ok(AccessRecord {
             msec,
             request_id: raw.request_id.to_string(),
@@ -100,6 +107,7 @@ impl AccessRecord {
             client: raw.client.to_string(),
             user_agent: raw.user_agent.into_owned(),
             preview,
+            claim,
         })
     }
 }
@@ -108,7 +116,7 @@ impl AccessRecord {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"{"msec":"1700000000.123","request_id":"0123456789abcdef0123456789abcdef","tunnel_id":"AAAAAAAAAAAAAAAAAAAAAAAA","method":"GET","status":206,"bytes_sent":900,"body_bytes_sent":500,"range":"bytes=0-499","content_range":"bytes 0-499/1000","completion":"OK","client":"127.0.0.2","user_agent":"curl/8 \"q\"","request_time":0.001,"preview":"0"}"#;
+    const GOOD: &str = r#"{"msec":"1700000000.123","request_id":"0123456789abcdef0123456789abcdef","tunnel_id":"AAAAAAAAAAAAAAAAAAAAAAAA","method":"GET","status":206,"bytes_sent":900,"body_bytes_sent":500,"range":"bytes=0-499","content_range":"bytes 0-499/1000","completion":"OK","client":"127.0.0.2","user_agent":"curl/8 \"q\"","request_time":0.001,"preview":"0","claim":"c0.0123456789ab"}"#;
 
     #[test]
     fn parses_a_line() {
@@ -119,6 +127,7 @@ mod tests {
         assert_eq!(r.content_range.as_deref(), Some("bytes 0-499/1000"));
         assert_eq!(r.user_agent, "curl/8 \"q\"");
         assert!(r.tunnel_id.is_some());
+        assert_eq!(r.claim.as_deref(), Some("c0.0123456789ab"));
     }
 
     #[test]

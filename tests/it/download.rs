@@ -99,7 +99,15 @@ async fn head_and_a_small_range_do_not_complete_but_a_resumed_download_does_once
     let t = app.closed(id, Duration::from_secs(5)).await;
     assert_eq!(t["close_reason"], "completed");
     assert_eq!(t["downloads_completed"], 1, "completes exactly once");
-    assert_eq!(t["bytes_served"], 1024 + size as u64);
+    // The interrupted request is credited what the client's kernel acknowledged when its socket
+    // closed (more than the 100 KB it read: socket buffers), and the resume sent those bytes
+    // again: counted twice, within the re-send budget.
+    let served = t["bytes_served"].as_u64().unwrap();
+    let exact = 1024 + size as u64;
+    assert!(
+        (exact + 100_000..=exact + (16 << 20)).contains(&served),
+        "bytes_served {served}, file and read {exact}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
