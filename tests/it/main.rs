@@ -6,6 +6,7 @@ mod admin;
 mod api;
 mod auth;
 mod cli;
+mod clients;
 mod compose;
 mod download;
 mod funnel;

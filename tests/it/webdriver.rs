@@ -211,6 +211,16 @@ impl Browser {
         .await
     }
 
+    /// Runs a Chrome DevTools Protocol command through chromedriver (`goog/cdp/execute`).
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await
+    }
+
     pub async fn text_of_body(&self) -> String {
         self.try_cmd(
             reqwest::Method::POST,
