@@ -3,6 +3,7 @@
 mod helpers;
 
 mod admin;
+mod adversary;
 mod api;
 mod auth;
 mod cli;
@@ -18,3 +19,4 @@ mod security;
 mod store;
 mod ui;
 mod webdriver;
+mod wire;
