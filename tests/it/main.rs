@@ -13,6 +13,7 @@ mod download;
 mod funnel;
 mod lifecycle;
 mod openapi;
+mod raw;
 mod redis;
 mod reliability;
 mod security;

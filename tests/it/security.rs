@@ -363,3 +363,82 @@ async fn the_check_socket_answers_nginx_on_one_connection_and_closes_on_anything
     let (_, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
     assert_eq!(stats["tunnel"]["state"], "open", "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_nginx_rejects_itself_are_closed_without_a_response() {
+    let app = TestApp::spawn().await;
+    app.data_file("a.bin", 1000);
+    let link = app.link("a.bin").await;
+    let url = link["download_url"].as_str().unwrap();
+    let path = url.strip_prefix(&app.public).unwrap();
+    let addr = app.public.strip_prefix("http://").unwrap().to_string();
+    let head = |method: &str, target: &str, extra: &str| {
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n").into_bytes()
+    };
+    let with_body = |method: &str| {
+        let mut r = head(method, path, "Content-Length: 5000\r\n");
+        r.extend(std::iter::repeat_n(b'a', 5000));
+        r
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("TRACE", head("TRACE", path, "")),
+        ("garbage request line", b"\x16\x03\x01\x00\xa5garbage\r\n\r\n".to_vec()),
+        ("request line without a target", b"GET\r\n\r\n".to_vec()),
+        ("`..` above the root", head("GET", "/s/../../etc/passwd", "")),
+        ("OPTIONS *", head("OPTIONS", "*", "")),
+        ("POST with a 5,000-byte body", with_body("POST")),
+        ("POST elsewhere", {
+            let mut r = head("POST", "/", "Content-Length: 5000\r\n");
+            r.extend(std::iter::repeat_n(b'a', 5000));
+            r
+        }),
+        ("GET with a body", with_body("GET")),
+        ("PUT", with_body("PUT")),
+        ("DELETE", head("DELETE", path, "")),
+        ("OPTIONS", head("OPTIONS", path, "")),
+        ("PATCH", head("PATCH", path, "Content-Length: 3\r\n")),
+        ("chunked body", head("POST", path, "Transfer-Encoding: chunked\r\n")),
+        (
+            "unknown transfer coding",
+            head("GET", path, "Transfer-Encoding: gzip\r\n"),
+        ),
+        ("bad Content-Length", head("GET", path, "Content-Length: abc\r\n")),
+        (
+            "oversized header",
+            head("GET", path, &format!("X-Big: {}\r\n", "a".repeat(20_000))),
+        ),
+        (
+            "oversized request line",
+            head("GET", &format!("/s/{}", "a".repeat(20_000)), ""),
+        ),
+        ("malformed header", head("GET", path, "Bad Header\r\n")),
+        (
+            "bad Host",
+            format!("GET {path} HTTP/1.1\r\nHost: ../evil\r\n\r\n").into_bytes(),
+        ),
+        ("two Hosts", head("GET", path, "Host: other\r\n")),
+        ("no Host", format!("GET {path} HTTP/1.1\r\n\r\n").into_bytes()),
+        (
+            "HTTP/2.0 request line",
+            format!("GET {path} HTTP/2.0\r\n\r\n").into_bytes(),
+        ),
+        ("the close location itself", head("GET", "/.ferry/close", "")),
+    ];
+    for (what, request) in &cases {
+        let e = crate::raw::exchange(&addr, request);
+        assert!(
+            e.closed && e.got.is_empty(),
+            "{what}: answered {:?} (closed: {})",
+            e.text(),
+            e.closed
+        );
+    }
+    // curl's own way of sending a raw `..` path and TRACE.
+    let r = curl(&format!("{}/s/../../etc/passwd", app.public), &["--path-as-is"]).await;
+    assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0));
+    let r = curl(url, &["-X", "TRACE"]).await;
+    assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0));
+    // None of that used the link up, and a plain GET is still served.
+    let r = curl(url, &[]).await;
+    assert_eq!((r.exit, r.status, r.body.len()), (0, 200, 1000));
+}
