@@ -442,3 +442,47 @@ async fn requests_nginx_rejects_itself_are_closed_without_a_response() {
     let r = curl(url, &[]).await;
     assert_eq!((r.exit, r.status, r.body.len()), (0, 200, 1000));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn previewers_are_held_to_the_same_request_limits() {
+    // 1 request a second per client (2 per link), bursts of 4.
+    let app = TestApp::spawn_with(&[("FERRY_REQ_PER_CLIENT", "1")]).await;
+    app.data_file("a.bin", 1000);
+    let slack = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";
+    let count = |results: &[crate::helpers::CurlResult]| {
+        let served = results.iter().filter(|r| r.status == 200).count();
+        let refused = results
+            .iter()
+            .filter(|r| (r.exit, r.body.len()) == (EMPTY_REPLY, 0))
+            .count();
+        (served, refused)
+    };
+    // One client floods one link's preview.
+    let first = app.link("a.bin").await;
+    let url = first["download_url"].as_str().unwrap();
+    let mut results = Vec::new();
+    for _ in 0..20 {
+        results.push(curl(url, &["-A", slack, "--interface", "127.0.0.90"]).await);
+    }
+    let (served, refused) = count(&results);
+    assert!((1..=7).contains(&served), "{served} previews served to one client");
+    assert_eq!(served + refused, 20, "every other preview is refused with 444");
+    // Many clients, one request each, flood another link's preview: the link's own limit.
+    let link = app.link("a.bin").await;
+    let url = link["download_url"].as_str().unwrap();
+    let mut results = Vec::new();
+    for n in 100..120 {
+        let ip = format!("127.0.0.{n}");
+        results.push(curl(url, &["-A", slack, "--interface", &ip]).await);
+    }
+    let (served, refused) = count(&results);
+    assert!((1..=8).contains(&served), "{served} previews of one link served");
+    assert_eq!(served + refused, 20);
+    // Neither flood claimed anything.
+    for link in [&first, &link] {
+        let (_, stats) = app
+            .get(&format!("/admin/tunnels/{}/stats", link["tunnel_id"].as_str().unwrap()))
+            .await;
+        assert_eq!(stats["tunnel"]["state"], "open", "{stats}");
+    }
+}
