@@ -1,7 +1,8 @@
 //! nginx, ferry's data plane: the config rendered from the template in `nginx/`, and (in managed
 //! mode) the nginx child process, supervised and stopped with ferry. nginx's error log comes to
-//! ferry on stderr and is redacted before it is recorded. Creating or closing a link never touches
-//! nginx.
+//! ferry on stderr, is read as bytes (nginx writes request lines raw, so a line need not be UTF-8),
+//! told to the access-log write watch, and redacted before it is recorded. Creating or closing a
+//! link never touches nginx.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -147,6 +148,47 @@ pub fn redact(line: &str) -> String {
     out
 }
 
+/// The longest error-log line ferry reads in one piece; nginx's own are under 4 KB, and a longer
+/// one is read in pieces rather than held whole.
+const MAX_ERROR_LINE: u64 = 16 << 10;
+
+/// Where failed access-log writes are reported: the watch, and the logs dir it concerns.
+pub type WriteWatch = (Arc<LogWrites>, PathBuf);
+
+/// One line of nginx's error log, as nginx wrote it: converted lossily (request lines carry raw
+/// bytes), told to the access-log write watch, and recorded with its tokens redacted. Returns
+/// what was recorded.
+pub fn error_line(raw: &[u8], writes: Option<&WriteWatch>) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let line = text.trim_end_matches(['\r', '\n']);
+    if let Some((writes, dir)) = writes {
+        writes.error_line(line, dir, crate::links::now_ms());
+    }
+    let redacted = redact(line);
+    tracing::warn!(target: "ferry::nginx", "{redacted}");
+    redacted
+}
+
+/// Reads nginx's stderr line by line until it closes; a line that is not UTF-8 is read like any
+/// other.
+async fn read_stderr(stderr: impl tokio::io::AsyncRead + Unpin, writes: Option<WriteWatch>) {
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_ERROR_LINE).read_until(b'\n', &mut line).await {
+            Ok(0) => return,
+            Ok(_) => {
+                error_line(&line, writes.as_ref());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read nginx's error log");
+                return;
+            }
+        }
+    }
+}
+
 /// External mode (compose): nginx runs in its own container and reads the config ferry renders
 /// into the shared state dir (`<state>/nginx/nginx.conf`); the paths in it are the same in both.
 pub async fn write_external(config: &Config) -> anyhow::Result<PathBuf> {
@@ -172,7 +214,7 @@ pub struct Managed {
     conf: PathBuf,
     pub running: Arc<AtomicBool>,
     /// Told when nginx reports that a write to the access log in this dir failed.
-    log_writes: Option<(Arc<LogWrites>, PathBuf)>,
+    log_writes: Option<WriteWatch>,
 }
 
 impl Managed {
@@ -258,16 +300,7 @@ impl Managed {
             .kill_on_drop(true)
             .spawn()?;
         if let Some(stderr) = child.stderr.take() {
-            let log_writes = self.log_writes.clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some((writes, dir)) = &log_writes {
-                        writes.error_line(&line, dir, crate::links::now_ms());
-                    }
-                    tracing::warn!(target: "ferry::nginx", "{}", redact(&line));
-                }
-            });
+            tokio::spawn(read_stderr(stderr, self.log_writes.clone()));
         }
         Ok(child)
     }
@@ -355,6 +388,33 @@ mod tests {
         );
         assert!(tcp.contains("listen 127.0.0.1:8080 proxy_protocol;"), "{tcp}");
         assert!(tcp.contains("real_ip_header proxy_protocol;"));
+    }
+
+    #[test]
+    fn lines_that_are_not_utf8_are_recorded_redacted_and_watched() {
+        let writes: WriteWatch = (Arc::new(LogWrites::default()), PathBuf::from("/srv/ferry/logs"));
+        let got = error_line(
+            b"[error] 1#1: *2 limiting requests, request: \"GET /s/abc/f?t=eyJh.eyJ0.sig&x=\xff\xfe HTTP/1.1\"\n",
+            Some(&writes),
+        );
+        assert!(got.contains("t=[redacted]&x=\u{FFFD}\u{FFFD} HTTP/1.1"), "{got}");
+        assert!(!got.contains("eyJ") && !got.ends_with('\n'), "{got}");
+        assert!(!writes.0.failing());
+        error_line(
+            b"[alert] 1#1: *3 write() to \"/srv/ferry/logs/access-1.log\" failed (28: No space left on device) \
+              while logging request, request: \"GET /s/\xc3\x28 HTTP/1.1\"",
+            Some(&writes),
+        );
+        assert!(writes.0.failing(), "a failed write is seen in a line that is not UTF-8");
+    }
+
+    #[tokio::test]
+    async fn stderr_is_read_past_lines_that_are_not_utf8() {
+        let writes: WriteWatch = (Arc::new(LogWrites::default()), PathBuf::from("/srv/ferry/logs"));
+        let stderr: &[u8] = b"[error] request: \"GET /\xff\xfe HTTP/1.1\"\n\
+            [alert] write() to \"/srv/ferry/logs/access-1.log\" failed (28)\n";
+        read_stderr(stderr, Some(writes.clone())).await;
+        assert!(writes.0.failing(), "the line after the one that is not UTF-8 was read");
     }
 
     #[test]

@@ -42,3 +42,9 @@ pub fn exchange(addr: &str, request: &[u8]) -> Exchange {
     }
     Exchange { got, closed: false }
 }
+
+/// Sends `request` `times` times, one connection each, and returns how many were answered with
+/// anything at all.
+pub fn flood(addr: &str, request: &[u8], times: usize) -> usize {
+    (0..times).filter(|_| !exchange(addr, request).got.is_empty()).count()
+}

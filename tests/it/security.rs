@@ -486,3 +486,48 @@ async fn previewers_are_held_to_the_same_request_limits() {
         assert_eq!(stats["tunnel"]["state"], "open", "{stats}");
     }
 }
+
+/// A link whose token the tests below send in requests nginx refuses for their rate, so that
+/// nginx's error log quotes them.
+async fn limited_link(app: &TestApp) -> (String, String, String) {
+    app.data_file("a.bin", 1000);
+    let link = app.link("a.bin").await;
+    let url = link["download_url"].as_str().unwrap();
+    let path = url.strip_prefix(&app.public).unwrap().to_string();
+    (
+        path,
+        link["token"].as_str().unwrap().to_string(),
+        app.public.strip_prefix("http://").unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_error_log_is_read_past_lines_that_are_not_utf8() {
+    // One request a second per client, bursts of 4: a flood gets `limiting requests` lines.
+    let app = TestApp::spawn_with(&[("FERRY_REQ_PER_CLIENT", "1")]).await;
+    let (path, token, addr) = limited_link(&app).await;
+    // The request line, raw bytes and all, is quoted in nginx's error log.
+    let raw = [
+        format!("GET {path}&x=").as_bytes(),
+        b"\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    .concat();
+    crate::raw::flood(&addr, &raw, 8);
+    let high = format!("{path}&x=\u{FFFD}\u{FFFD}");
+    let after = format!("GET {path}&marker=after-high-bytes HTTP/1.1\r\nHost: x\r\n\r\n");
+    crate::raw::flood(&addr, after.as_bytes(), 8);
+    crate::helpers::eventually(
+        Duration::from_secs(5),
+        "later error-log lines are recorded",
+        async || app.log().contains("marker=after-high-bytes"),
+    )
+    .await;
+    let log = app.log();
+    let redacted = path.replace(&token, "[redacted]");
+    assert!(
+        log.contains(&high.replace(&token, "[redacted]")),
+        "the line that is not UTF-8 is recorded"
+    );
+    assert!(log.contains(&format!("{redacted}&marker=after-high-bytes")));
+    assert!(!log.contains(&token), "a token reached the log");
+}
