@@ -105,6 +105,9 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
                 .watch_log_writes(links.log_writes.clone(), config.logs_dir.clone()),
         ),
         NginxMode::External => {
+            let errors = nginx::ErrorLogSocket::bind(&config)?;
+            let writes = (links.log_writes.clone(), config.logs_dir.clone());
+            tasks.spawn(errors.serve(Some(writes), shutdown.clone()));
             let conf = nginx::write_external(&config).await?;
             tracing::info!(config = %conf.display(), "nginx runs elsewhere (FERRY_NGINX=external) from this config");
             None

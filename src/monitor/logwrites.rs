@@ -3,8 +3,9 @@
 //! writes fail (a full disk, most often), ferry takes no new claims and `/health` degrades.
 //!
 //! Two witnesses, because neither sees everything: nginx's error log, which names each failed
-//! write (managed mode only: in external mode ferry does not read it), and the free space of the
-//! logs dir, probed every second (catches a disk about to fill, and works in both modes).
+//! write (on nginx's stderr in managed mode, on the error-log socket in external mode; a
+//! datagram the socket's queue had no room for is lost), and the free space of the logs dir,
+//! probed every second (catches a disk about to fill).
 //! Writes count as working again once a line newer than the last failure arrives, or once the
 //! disk has room and nginx has not complained for a while.
 

@@ -1,6 +1,7 @@
 //! nginx, ferry's data plane: the config rendered from the template in `nginx/`, and (in managed
 //! mode) the nginx child process, supervised and stopped with ferry. nginx's error log comes to
-//! ferry on stderr, is read as bytes (nginx writes request lines raw, so a line need not be UTF-8),
+//! ferry (managed: on nginx's stderr; external: as syslog datagrams on a Unix socket in the
+//! state dir), is read as bytes (nginx writes request lines raw, so a line need not be UTF-8),
 //! told to the access-log write watch, and redacted before it is recorded. Creating or closing a
 //! link never touches nginx.
 
@@ -63,6 +64,25 @@ pub fn prefix(config: &Config) -> PathBuf {
     config.state_dir.join("nginx")
 }
 
+/// Where nginx in another container sends its error log (external mode).
+pub fn error_log_socket(config: &Config) -> PathBuf {
+    config.state_dir.join("nginx-log.sock")
+}
+
+/// The `error_log` directives for this mode.
+fn error_log(config: &Config) -> String {
+    match config.nginx_mode {
+        crate::config::NginxMode::Managed => "error_log stderr warn;".to_string(),
+        // A config whose only error log is syslog gets nginx's default error log as well (its
+        // container's stderr, at level error, with the tokens in clear); a file log on stderr
+        // that takes only emergencies (startup failures, never a request) stands in for it.
+        crate::config::NginxMode::External => format!(
+            "error_log syslog:server=unix:{},nohostname,tag=nginx warn;\nerror_log stderr emerg;",
+            error_log_socket(config).display()
+        ),
+    }
+}
+
 /// Renders the template for this configuration.
 pub fn render(template: &str, config: &Config) -> String {
     let user = if rustix::process::geteuid().is_root() {
@@ -95,6 +115,7 @@ pub fn render(template: &str, config: &Config) -> String {
     let listen_options = if tcp_funnel(config) { " proxy_protocol" } else { "" };
     template
         .replace("{{user}}", &user)
+        .replace("{{error_log}}", &error_log(config))
         .replace("{{prefix}}", &prefix(config).display().to_string())
         .replace("{{check_socket}}", &check_socket(config).display().to_string())
         .replace("{{public_addr}}", &config.public_addr.to_string())
@@ -186,6 +207,70 @@ async fn read_stderr(stderr: impl tokio::io::AsyncRead + Unpin, writes: Option<W
                 return;
             }
         }
+    }
+}
+
+/// The message of one syslog datagram from nginx (`<PRI>Mmm dd hh:mm:ss nginx: message`): the
+/// text after the tag. A datagram without that header is taken whole.
+fn syslog_message(datagram: &[u8]) -> &[u8] {
+    let header_ends = datagram
+        .strip_prefix(b"<")
+        .and_then(|rest| rest.iter().position(|&b| b == b'>'))
+        .filter(|&i| i <= 3);
+    let Some(pri_end) = header_ends else {
+        return datagram;
+    };
+    let after = &datagram[pri_end + 2..];
+    // The timestamp's colons are followed by digits; the first ": " ends the tag.
+    match after.windows(2).position(|w| w == b": ") {
+        Some(i) => &after[i + 2..],
+        None => after,
+    }
+}
+
+/// External mode: nginx runs in another container, and its error log comes as syslog datagrams
+/// on a Unix socket in the state dir (mounted at the same path in both containers). Bound before
+/// the config that names it is written, so nginx finds it from its first line.
+pub struct ErrorLogSocket {
+    socket: tokio::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl ErrorLogSocket {
+    pub fn bind(config: &Config) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use std::os::unix::fs::PermissionsExt;
+        let path = error_log_socket(config);
+        let _ = std::fs::remove_file(&path);
+        let socket =
+            tokio::net::UnixDatagram::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
+        // Like the check socket: nginx's user, no one else.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(ErrorLogSocket { socket, path })
+    }
+
+    /// Records every datagram (see [`error_line`]) until `cancel`, then removes the socket.
+    pub async fn serve(self, writes: Option<WriteWatch>, cancel: CancellationToken) {
+        // nginx's syslog messages are at most about 2 KB; a longer datagram is cut, not lost.
+        let mut buf = vec![0u8; 8 << 10];
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.socket.recv(&mut buf) => match r {
+                    Ok(n) => {
+                        error_line(syslog_message(&buf[..n]), writes.as_ref());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read nginx's error log socket");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                },
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -390,6 +475,45 @@ mod tests {
         assert!(tcp.contains("real_ip_header proxy_protocol;"));
     }
 
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        let dir = std::env::temp_dir();
+        let mut all = vec![("NAS_MOUNT_PATH", dir.to_str().unwrap())];
+        all.extend_from_slice(pairs);
+        Config::load(&crate::config::Source::from_pairs(all)).unwrap()
+    }
+
+    #[test]
+    fn the_error_log_goes_to_stderr_managed_and_to_the_socket_external() {
+        let managed = render(TEMPLATE, &config(&[("FERRY_STATE_DIR", "/srv/ferry/state")]));
+        assert!(managed.contains("\nerror_log stderr warn;\n"), "{managed}");
+        assert!(!managed.contains("syslog"));
+        let external = render(
+            TEMPLATE,
+            &config(&[("FERRY_STATE_DIR", "/srv/ferry/state"), ("FERRY_NGINX", "external")]),
+        );
+        assert!(
+            external.contains(
+                "\nerror_log syslog:server=unix:/srv/ferry/state/nginx-log.sock,nohostname,tag=nginx warn;\n"
+            ),
+            "{external}"
+        );
+        // Nothing but emergencies stays on the other container's stderr.
+        assert!(external.contains("\nerror_log stderr emerg;\n"));
+        assert!(!external.contains("error_log stderr warn"));
+    }
+
+    #[test]
+    fn syslog_datagrams_lose_their_header_only() {
+        let d = b"<187>Dec  5 22:04:56 nginx: 2026/12/05 22:04:56 [error] 1#1: *2 limiting requests";
+        assert_eq!(
+            syslog_message(d),
+            b"2026/12/05 22:04:56 [error] 1#1: *2 limiting requests"
+        );
+        assert_eq!(syslog_message(b"no header: here"), b"no header: here");
+        assert_eq!(syslog_message(b"<1>"), b"");
+        assert_eq!(syslog_message(b"<12345>x: y"), b"<12345>x: y");
+    }
+
     #[test]
     fn lines_that_are_not_utf8_are_recorded_redacted_and_watched() {
         let writes: WriteWatch = (Arc::new(LogWrites::default()), PathBuf::from("/srv/ferry/logs"));
@@ -415,6 +539,41 @@ mod tests {
             [alert] write() to \"/srv/ferry/logs/access-1.log\" failed (28)\n";
         read_stderr(stderr, Some(writes.clone())).await;
         assert!(writes.0.failing(), "the line after the one that is not UTF-8 was read");
+    }
+
+    #[tokio::test]
+    async fn the_error_log_socket_records_what_nginx_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().display().to_string();
+        let config = config(&[("FERRY_STATE_DIR", &state), ("FERRY_NGINX", "external")]);
+        let sock = ErrorLogSocket::bind(&config).unwrap();
+        let writes: WriteWatch = (Arc::new(LogWrites::default()), PathBuf::from("/srv/ferry/logs"));
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(sock.serve(Some(writes.clone()), cancel.clone()));
+        let nginx = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let path = error_log_socket(&config);
+        nginx
+            .send_to(
+                b"<187>Dec  5 22:04:56 nginx: [error] request: \"GET /?t=x\xff HTTP/1.1\"",
+                &path,
+            )
+            .unwrap();
+        nginx
+            .send_to(
+                b"<185>Dec  5 22:04:57 nginx: [alert] write() to \"/srv/ferry/logs/access-9.log\" failed (28)",
+                &path,
+            )
+            .unwrap();
+        for _ in 0..200 {
+            if writes.0.failing() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(writes.0.failing(), "the failed write that came on the socket was seen");
+        cancel.cancel();
+        served.await.unwrap();
+        assert!(!path.exists(), "the socket is removed when ferry stops");
     }
 
     #[test]

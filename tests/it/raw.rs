@@ -48,3 +48,54 @@ pub fn exchange(addr: &str, request: &[u8]) -> Exchange {
 pub fn flood(addr: &str, request: &[u8], times: usize) -> usize {
     (0..times).filter(|_| !exchange(addr, request).got.is_empty()).count()
 }
+
+/// nginx started by a test from a config ferry rendered (external mode, as compose runs it),
+/// its stderr kept in a file; stopped when dropped.
+pub struct ExternalNginx {
+    child: std::process::Child,
+    pub stderr: std::path::PathBuf,
+}
+
+impl ExternalNginx {
+    /// Starts `nginx -c <conf>` and waits until `public` (host:port) accepts connections.
+    pub fn start(conf: &std::path::Path, public: &str) -> ExternalNginx {
+        let stderr = conf.with_file_name("nginx-stderr.txt");
+        let child = std::process::Command::new("nginx")
+            .arg("-c")
+            .arg(conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("nginx is installed");
+        let n = ExternalNginx { child, stderr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(public).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen: {}", n.stderr_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Drop for ExternalNginx {
+    fn drop(&mut self) {
+        // Fast shutdown of this nginx's master; its workers follow.
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -531,3 +531,30 @@ async fn the_error_log_is_read_past_lines_that_are_not_utf8() {
     assert!(log.contains(&format!("{redacted}&marker=after-high-bytes")));
     assert!(!log.contains(&token), "a token reached the log");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_external_mode_the_error_log_comes_to_ferry_redacted() {
+    let app = TestApp::spawn_with(&[("FERRY_NGINX", "external"), ("FERRY_REQ_PER_CLIENT", "1")]).await;
+    let (path, token, addr) = limited_link(&app).await;
+    // nginx in "another container": the config ferry rendered, run as compose runs it.
+    let nginx = crate::raw::ExternalNginx::start(&app.path("state/nginx/nginx.conf"), &addr);
+    let served = curl(&format!("{}{path}", app.public), &["-r", "0-9"]).await;
+    assert_eq!(served.status, 206, "external nginx serves through ferry's check");
+    let raw = [format!("GET {path}&x=").as_bytes(), b"\xff HTTP/1.1\r\nHost: x\r\n\r\n"].concat();
+    crate::raw::flood(&addr, &raw, 8);
+    let after = format!("GET {path}&marker=external HTTP/1.1\r\nHost: x\r\n\r\n");
+    crate::raw::flood(&addr, after.as_bytes(), 8);
+    crate::helpers::eventually(Duration::from_secs(5), "nginx's error lines reach ferry", async || {
+        app.log().contains("marker=external")
+    })
+    .await;
+    let log = app.log();
+    assert!(log.contains("limiting requests"), "{log}");
+    assert!(log.contains(&format!("{}&marker=external", path.replace(&token, "[redacted]"))));
+    assert!(!log.contains(&token), "a token reached ferry's log");
+    let stderr = nginx.stderr_text();
+    assert!(
+        !stderr.contains(&token) && !stderr.contains("limiting"),
+        "nginx's own stderr: {stderr}"
+    );
+}
