@@ -872,7 +872,12 @@ impl Links {
     }
 
     /// nginx's question for every public request: may this request be served?
-    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<(Arc<Link>, rules::Use), Refusal> {
+    pub async fn check(
+        &self,
+        id: &str,
+        token: &str,
+        mut admission: Admission,
+    ) -> Result<(Arc<Link>, rules::Use), Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
         self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
@@ -1383,7 +1388,9 @@ impl Links {
             Ok(c) => {
                 let _ = self.closures.set(c);
             }
-            Err(e) => tracing::warn!(error = %e, "socket close notifications unavailable: aborted requests are charged what nginx sent"),
+            Err(e) => {
+                tracing::warn!(error = %e, "socket close notifications unavailable: aborted requests are charged what nginx sent")
+            }
         }
     }
 

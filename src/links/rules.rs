@@ -217,7 +217,9 @@ pub fn asked(range: Option<&str>, if_range: Option<&str>, etag: &str, size: u64)
     if spec.contains(',') {
         return whole;
     }
-    let Some((a, b)) = spec.split_once('-') else { return whole };
+    let Some((a, b)) = spec.split_once('-') else {
+        return whole;
+    };
     let (a, b) = (a.trim(), b.trim());
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
     let parsed = if a.is_empty() {
@@ -320,6 +322,8 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
     let mut new_claim = false;
     let what = match a.method {
         Method::Other => return Err(Refusal::Method),
+        // The grace period serves the completer's ranges and nothing else.
+        Method::Head if link.state == LinkState::Completed => return Err(Refusal::Grace),
         Method::Head => Use::Head,
         Method::Get if link.state == LinkState::Completed => {
             // Grace repairs a tail: the completing client's ranges, never another copy.
@@ -416,7 +420,8 @@ fn reserve(link: &Link, slot: u32, want: ByteRange, p: &Policy) -> Result<u64, R
         return Err(Refusal::Refetch);
     }
     let again = s.coverage.overlap(want);
-    if again > refetch_left(link, p) {
+    // Once what ferry could not prove delivered has used the budget up, nothing more is sent.
+    if again > refetch_left(link, p) || link.resent >= refetch_budget(link, p) {
         return Err(Refusal::Refetch);
     }
     Ok(again)
@@ -445,7 +450,15 @@ pub struct Delivery {
 /// Counts body bytes handed to `client`: the link's and the client's totals, and under a claim,
 /// its slot's coverage and the re-send budget. The counts come from log lines and saturate: no
 /// line, however odd, can wrap them around or panic the follower.
-fn credit(link: &mut Link, client: &ClientKey, what: Option<&Use>, d: Delivery, now: u64, p: &Policy, out: &mut Settled) {
+fn credit(
+    link: &mut Link,
+    client: &ClientKey,
+    what: Option<&Use>,
+    d: Delivery,
+    now: u64,
+    p: &Policy,
+    out: &mut Settled,
+) {
     if d.charged > 0 {
         link.bytes_served = link.bytes_served.saturating_add(d.charged);
         link.last_progress_ms = Some(now);
@@ -593,7 +606,14 @@ pub fn delivery(link: &Link, rec: &AccessRecord, flight: Option<&InFlight>, fina
 
 /// Applies one access-log line (the final ledger of one request) to its link. `client` is the
 /// line's own client, used only when the link has no record of the request.
-pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, final_acked: Option<u64>, now: u64, p: &Policy) -> Settled {
+pub fn settle(
+    link: &mut Link,
+    rec: &AccessRecord,
+    client: ClientKey,
+    final_acked: Option<u64>,
+    now: u64,
+    p: &Policy,
+) -> Settled {
     if rec.preview || link.requests.iter().any(|r| *r.request_id == *rec.request_id) {
         return Settled::default();
     }
@@ -603,7 +623,10 @@ pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, final_acke
         .position(|r| *r.request_id == *rec.request_id)
         .map(|i| link.inflight.swap_remove(i));
     // The check's answer, as nginx logged it, says what the request was admitted as.
-    let what = flight.as_ref().map(|f| f.what.clone()).or_else(|| rec.claim.as_deref().and_then(Use::parse));
+    let what = flight
+        .as_ref()
+        .map(|f| f.what.clone())
+        .or_else(|| rec.claim.as_deref().and_then(Use::parse));
     // A refused request (444) or one that was never ours sends nothing worth settling.
     if what.is_none() && !matches!(rec.status, 200 | 206) {
         return Settled::default();
@@ -633,8 +656,16 @@ pub fn settle(link: &mut Link, rec: &AccessRecord, client: ClientKey, final_acke
             link.bytes_served = link.bytes_served.saturating_add(d.charged);
         }
         Some(u) => {
-            let empty_ok = link.file_size == 0 && rec.method == "GET" && rec.status == 200 && rec.completion == Completion::Ok;
-            let d = if empty_ok { Delivery { charged: 0, proven: None } } else { d };
+            let empty_ok =
+                link.file_size == 0 && rec.method == "GET" && rec.status == 200 && rec.completion == Completion::Ok;
+            let d = if empty_ok {
+                Delivery {
+                    charged: 0,
+                    proven: None,
+                }
+            } else {
+                d
+            };
             credit(link, &client, Some(u), d, now, p, &mut out);
         }
     }
@@ -724,7 +755,10 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64, p: &Policy) -> 
     for f in &lost {
         let proven = f.delivered.saturating_sub(HEADER_ALLOWANCE);
         let d = match f.what {
-            Use::Head => Delivery { charged: 0, proven: None },
+            Use::Head => Delivery {
+                charged: 0,
+                proven: None,
+            },
             _ => Delivery {
                 charged: f.range_end.saturating_sub(f.range_start),
                 proven: ByteRange::new(f.range_start, (f.range_start + proven).min(f.range_end)),
@@ -766,13 +800,22 @@ pub fn delivered(link: &Link) -> u64 {
         .fold(link.bytes_served, |sum, f| sum.saturating_add(f.delivered))
 }
 
+/// Body bytes received under claims (what readers took is not a download's).
+fn claimed(link: &Link) -> u64 {
+    let claims = link.claims.iter().fold(0u64, |s, c| s.saturating_add(c.bytes));
+    link.inflight
+        .iter()
+        .filter(|f| f.claims)
+        .fold(claims, |sum, f| sum.saturating_add(f.delivered))
+}
+
 /// Whether a single-download link has stalled: it received at least a preview's worth, is not
 /// complete, and nothing moved for the stall timeout.
 pub fn stalled(link: &Link, now: u64, p: &Policy) -> bool {
     link.max_downloads == 1
         && link.state == LinkState::Downloading
         && link.downloads_completed == 0
-        && delivered(link) >= p.preview_bytes
+        && claimed(link) >= p.preview_bytes
         && link.last_progress_ms.is_some_and(|t| now >= t + p.stall_ms)
 }
 
@@ -926,14 +969,21 @@ mod tests {
     }
 
     fn new_claim(r: Result<Admitted, Refusal>) -> bool {
-        matches!(r, Ok(Admitted { new_claim: true, what: Use::Claim { .. } }))
+        matches!(
+            r,
+            Ok(Admitted {
+                new_claim: true,
+                what: Use::Claim { .. }
+            })
+        )
     }
 
     #[test]
     fn what_a_request_asks_for() {
         let tag = etag(5_000_000_000, 1000);
         assert_eq!(tag, "\"5-3e8\"");
-        let table: &[(Option<&str>, Option<&str>, (u64, u64))] = &[
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, (u64, u64));
+        let table: &[Case] = &[
             (None, None, (0, 1000)),
             (Some("bytes=0-99"), None, (0, 100)),
             (Some("BYTES=10-"), None, (10, 1000)),
@@ -987,8 +1037,14 @@ mod tests {
         let c = admit(&mut l, &ranged("c", "bytes=500-", 1), 12, &P).unwrap();
         assert!(!c.new_claim && c.what == l.inflight[0].what);
         // HEAD never claims, from anyone.
-        assert_eq!(admit(&mut l, &req("d", Method::Head, None, 3), 13, &P).unwrap().what, Use::Head);
-        assert_eq!(admit(&mut l, &req("e", Method::Other, None, 1), 13, &P), Err(Refusal::Method));
+        assert_eq!(
+            admit(&mut l, &req("d", Method::Head, None, 3), 13, &P).unwrap().what,
+            Use::Head
+        );
+        assert_eq!(
+            admit(&mut l, &req("e", Method::Other, None, 1), 13, &P),
+            Err(Refusal::Method)
+        );
         assert_eq!(l.claims.len(), 1);
         assert_eq!(l.inflight[1].range_start, 500);
     }
@@ -1001,9 +1057,17 @@ mod tests {
         // The socket's close notification: 300 of header and 400 of body acknowledged.
         settle(&mut l, &rec, client(1), Some(HEADER + 400), 100, &P);
         assert_eq!((l.bytes_served, l.slots[0].coverage.covered()), (400, 400));
-        assert_eq!(admit(&mut l, &get("b", 2), 100 + P.resume_ms - 1, &P), Err(Refusal::UsedUp));
+        assert_eq!(
+            admit(&mut l, &get("b", 2), 100 + P.resume_ms - 1, &P),
+            Err(Refusal::UsedUp)
+        );
         // Another address resumes the slot (wget -c from a changed address).
-        assert!(new_claim(admit(&mut l, &ranged("b", "bytes=400-", 2), 100 + P.resume_ms, &P)));
+        assert!(new_claim(admit(
+            &mut l,
+            &ranged("b", "bytes=400-", 2),
+            100 + P.resume_ms,
+            &P
+        )));
         let s = done(&mut l, "b", 206, 600, Some("bytes 400-999/1000"), 200 + P.resume_ms);
         assert!(s.download_completed && s.link_completed);
         assert_eq!(l.completer, Some(client(2)));
@@ -1054,7 +1118,10 @@ mod tests {
         assert_eq!(admit(&mut l, &get("b", 1), 2, &P), Err(Refusal::Refetch));
         // A range that re-sends 300 fits, and holds 300 while in flight.
         admit(&mut l, &ranged("c", "bytes=600-", 1), 3, &P).unwrap();
-        assert_eq!(admit(&mut l, &ranged("d", "bytes=700-", 1), 3, &P), Err(Refusal::Refetch));
+        assert_eq!(
+            admit(&mut l, &ranged("d", "bytes=700-", 1), 3, &P),
+            Err(Refusal::Refetch)
+        );
         let s = done(&mut l, "c", 206, 400, Some("bytes 600-999/1000"), 4);
         assert!(s.link_completed);
         assert_eq!((l.bytes_served, l.resent), (1300, 300));
@@ -1068,7 +1135,10 @@ mod tests {
         let rec = line(&l, "a", 200, 900, None, false);
         settle(&mut l, &rec, client(1), None, 2, &P);
         // The last sample is proven; nginx's count is charged, the rest from the budget.
-        assert_eq!((l.bytes_served, l.slots[0].coverage.covered(), l.resent), (900, 100, 800));
+        assert_eq!(
+            (l.bytes_served, l.slots[0].coverage.covered(), l.resent),
+            (900, 100, 800)
+        );
     }
 
     #[test]
@@ -1116,10 +1186,16 @@ mod tests {
         let mut stale = ranged("e", "bytes=800-", 1);
         stale.if_range = Some("\"other\"".into());
         assert_eq!(admit(&mut l, &stale, 2, &P), Err(Refusal::Grace));
-        assert_eq!(admit(&mut l, &ranged("f", "bytes=800-", 1), 2, &P).unwrap().what, Use::Grace);
-        assert_eq!(admit(&mut l, &ranged("g", "bytes=850-", 1), 2, &P).unwrap().what, Use::Grace);
-        // 200 + 150 would pass the 300 in all.
-        assert_eq!(admit(&mut l, &ranged("h", "bytes=850-", 1), 2, &P), Err(Refusal::Grace));
+        assert_eq!(
+            admit(&mut l, &ranged("f", "bytes=800-", 1), 2, &P).unwrap().what,
+            Use::Grace
+        );
+        assert_eq!(
+            admit(&mut l, &ranged("g", "bytes=900-", 1), 2, &P).unwrap().what,
+            Use::Grace
+        );
+        // One byte more would pass the 300 in all.
+        assert_eq!(admit(&mut l, &ranged("h", "bytes=999-", 1), 2, &P), Err(Refusal::Grace));
         assert_eq!(l.grace_sent, 300);
         assert_eq!(due(&l), Some((1 + P.grace_ms, CloseReason::Completed)));
     }
@@ -1127,13 +1203,17 @@ mod tests {
     #[test]
     fn expiry_refuses_at_the_deadline_and_late_completion_is_recorded() {
         let mut l = test_link(100, 1);
+        let deadline = l.expires_at_ms;
         admit(&mut l, &get("a", 1), 0, &P).unwrap();
-        assert_eq!(admit(&mut l, &get("b", 1), l.expires_at_ms, &P), Err(Refusal::Expired));
-        assert!(close(&mut l, CloseReason::Expired, l.expires_at_ms));
-        let s = done(&mut l, "a", 200, 100, None, l.expires_at_ms + 5);
+        assert_eq!(admit(&mut l, &get("b", 1), deadline, &P), Err(Refusal::Expired));
+        assert!(close(&mut l, CloseReason::Expired, deadline));
+        let s = done(&mut l, "a", 200, 100, None, deadline + 5);
         assert!(s.link_completed);
         assert_eq!(l.close_reason, Some(CloseReason::Completed));
-        assert!(!close(&mut l, CloseReason::Terminated, 0), "closing twice changes nothing");
+        assert!(
+            !close(&mut l, CloseReason::Terminated, 0),
+            "closing twice changes nothing"
+        );
     }
 
     #[test]
@@ -1178,7 +1258,10 @@ mod tests {
         let rid = format!("{:0>32}", "a");
         assert!(sample(&mut l, &rid, Some(400), 1));
         assert!(end_on_reuse(&mut l, &rid));
-        assert!(!sample(&mut l, &rid, Some(900), 2), "bytes of the next request are not its own");
+        assert!(
+            !sample(&mut l, &rid, Some(900), 2),
+            "bytes of the next request are not its own"
+        );
         assert!(!end_on_reuse(&mut l, &rid));
     }
 
@@ -1202,7 +1285,10 @@ mod tests {
         sample(&mut l, &rid, None, 2);
         assert!(!settle_unlogged(&mut l, 2 + 4_999, 5_000, &P));
         assert!(settle_unlogged(&mut l, 2 + 5_000, 5_000, &P));
-        assert_eq!((l.bytes_served, l.slots[0].coverage.covered(), l.resent), (600, 200, 400));
+        assert_eq!(
+            (l.bytes_served, l.slots[0].coverage.covered(), l.resent),
+            (600, 200, 400)
+        );
         assert_eq!(settle(&mut l, &rec, client(1), None, 6000, &P), Settled::default());
     }
 

@@ -63,7 +63,8 @@ struct Raw<'a> {
     #[serde(rename = "request_time")]
     _request_time: f64,
     preview: &'a str,
-    #[serde(borrow)]
+    /// Lines written before nginx's config had it (an upgrade) have none.
+    #[serde(borrow, default)]
     claim: std::borrow::Cow<'a, str>,
 }
 
