@@ -2,7 +2,10 @@
 //!
 //! Every request: its `Host` must name this listener (`localhost`, `127.0.0.1`, `[::1]`, the
 //! listener's own address, or a name in `FERRY_ADMIN_HOSTS`), else 421, which defeats DNS
-//! rebinding; a state-changing request whose `Origin` is another site gets 403. With
+//! rebinding; a state-changing request whose `Origin` is not this listener gets 403: scheme
+//! `http`, one of those names, and the listener's own port (a page on another port of the same
+//! host is another site), or an origin `FERRY_ADMIN_HOSTS` lists whole (`https://nas.example`,
+//! for a proxy in front of the listener). With
 //! `FERRY_ADMIN_TOKEN` set, every route but `/health`, the login and the UI's static files needs
 //! `Authorization: Bearer <token>` (compared in constant time) or the session cookie the login
 //! sets (HttpOnly, SameSite=Strict, signed with a key derived from the token). Tokens are never
@@ -30,6 +33,10 @@ const SESSION_SECONDS: u64 = 12 * 3600;
 pub struct AdminAuth {
     token: Option<Secret>,
     hosts: Vec<String>,
+    /// The listener's port: an `Origin` naming one of `hosts` must name this port too.
+    port: u16,
+    /// Origins `FERRY_ADMIN_HOSTS` lists whole (a proxy in front of the listener).
+    origins: Vec<Origin>,
     session_enc: Option<EncodingKey>,
     session_dec: Option<DecodingKey>,
 }
@@ -61,6 +68,41 @@ fn host_name(authority: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
+/// An origin (`scheme://host[:port]`), its host lower-cased and its port explicit.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    fn parse(text: &str) -> Option<Origin> {
+        let (scheme, authority) = text.trim().split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        if authority.contains(['/', '?', '#', '@']) {
+            return None;
+        }
+        let host = host_name(authority)?;
+        let after_host = if authority.starts_with('[') {
+            authority.split_once(']')?.1
+        } else {
+            authority.rsplit_once(':').map_or("", |(_, p)| p)
+        };
+        let port = match after_host.strip_prefix(':').unwrap_or(after_host) {
+            "" => default,
+            p => p.parse().ok()?,
+        };
+        Some(Origin { scheme, host, port })
+    }
+}
+
 impl AdminAuth {
     pub fn new(token: Option<Secret>, admin_addr: SocketAddr, extra_hosts: &[String]) -> Self {
         let own = match admin_addr.ip() {
@@ -68,13 +110,25 @@ impl AdminAuth {
             ip => ip.to_string(),
         };
         let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "[::1]".into(), own];
-        hosts.extend(extra_hosts.iter().map(|h| h.to_ascii_lowercase()));
+        let mut origins = Vec::new();
+        for h in extra_hosts {
+            match Origin::parse(h) {
+                // A whole origin: its host is a name of this listener too (the proxy passes it).
+                Some(o) => {
+                    hosts.push(o.host.clone());
+                    origins.push(o);
+                }
+                None => hosts.push(h.to_ascii_lowercase()),
+            }
+        }
         let key = token.as_ref().map(|t| format!("ferry-session:{}", t.expose()));
         AdminAuth {
             session_enc: key.as_ref().map(|k| EncodingKey::from_secret(k.as_bytes())),
             session_dec: key.as_ref().map(|k| DecodingKey::from_secret(k.as_bytes())),
             token,
             hosts,
+            port: admin_addr.port(),
+            origins,
         }
     }
 
@@ -86,14 +140,14 @@ impl AdminAuth {
         host_name(authority).is_some_and(|h| self.hosts.contains(&h))
     }
 
+    /// Whether `origin` is this listener: plain HTTP to one of its names on its own port, or an
+    /// origin listed whole. The host alone is not enough: any page served from another port of
+    /// `localhost` would pass.
     fn origin_allowed(&self, origin: &str) -> bool {
-        let Some(rest) = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-        else {
+        let Some(o) = Origin::parse(origin) else {
             return false;
         };
-        self.host_allowed(rest.trim_end_matches('/'))
+        (o.scheme == "http" && o.port == self.port && self.hosts.contains(&o.host)) || self.origins.contains(&o)
     }
 
     fn bearer_ok(&self, headers: &HeaderMap) -> bool {
@@ -280,9 +334,50 @@ mod tests {
         ] {
             assert!(!a.host_allowed(bad), "{bad}");
         }
-        assert!(a.origin_allowed("http://localhost:8000"));
-        assert!(a.origin_allowed("https://nas.lan"));
-        for bad in ["null", "http://evil.example", "file://", "localhost:8000"] {
+        for ok in [
+            "http://localhost:8000",
+            "http://127.0.0.1:8000/",
+            "http://[::1]:8000",
+            "http://192.168.1.5:8000",
+            "http://NAS.lan:8000",
+        ] {
+            assert!(a.origin_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "null",
+            "http://evil.example",
+            "http://evil.example:8000",
+            "file://",
+            "localhost:8000",
+            // The right host on another port, or another scheme, is another site.
+            "http://localhost:1234",
+            "http://localhost",
+            "http://127.0.0.1:80",
+            "https://localhost:8000",
+            "https://nas.lan",
+            "http://nas.lan:8000@evil.example",
+            "http://localhost:8000/path",
+            "http://localhost:8000x",
+            "http://[::1]",
+        ] {
+            assert!(!a.origin_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_origin_listed_whole_is_a_proxy_in_front() {
+        let a = AdminAuth::new(
+            None,
+            "127.0.0.1:8000".parse().unwrap(),
+            &["https://NAS.example".into(), "http://box.lan:8080".into()],
+        );
+        assert!(a.host_allowed("nas.example") && a.host_allowed("box.lan:8080"));
+        for ok in ["https://nas.example", "https://nas.example:443", "http://box.lan:8080"] {
+            assert!(a.origin_allowed(ok), "{ok}");
+        }
+        // Its name on the listener's own port is the listener, as for any other name.
+        assert!(a.origin_allowed("http://box.lan:8000"));
+        for bad in ["http://nas.example", "https://nas.example:8443", "http://box.lan"] {
             assert!(!a.origin_allowed(bad), "{bad}");
         }
     }

@@ -157,3 +157,28 @@ async fn stats_show_the_requests_and_monitor_status_the_parts() {
     assert!(s["host"]["memory_total_bytes"].as_u64().unwrap() > 0, "{s}");
     assert!(s["host"]["data_dir_free_bytes"].as_u64().unwrap() > 0, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_on_another_port_of_the_same_host_cannot_drive_the_api() {
+    let app = TestApp::spawn().await;
+    let port = app.admin.rsplit(':').next().unwrap();
+    let cleanup = |origin: String| {
+        let req = app
+            .http
+            .post(format!("{}/admin/cleanup", app.admin))
+            .header("origin", origin);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for other in [
+        "http://localhost:1234".to_string(),
+        "http://127.0.0.1".to_string(),
+        format!("https://localhost:{port}"),
+        format!("http://evil.example:{port}"),
+    ] {
+        assert_eq!(cleanup(other.clone()).await, 403, "{other}");
+    }
+    // The listener's own origin, under any of its names.
+    for own in [format!("http://127.0.0.1:{port}"), format!("http://localhost:{port}")] {
+        assert_eq!(cleanup(own.clone()).await, 200, "{own}");
+    }
+}
