@@ -498,8 +498,9 @@ pub struct Links {
     /// from their last sample and charged what nginx sent.
     closures: std::sync::OnceLock<crate::monitor::sockdiag::ClosedSockets>,
     pub bans: bans::Bans,
-    /// When each client's last refusal was audited (one record a second at most).
-    refusals_audited: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// What refusals may write to the audit: one record a second per client, a few a second in
+    /// all.
+    refusals_audited: std::sync::Mutex<crate::store::audit::RefusalLimit>,
     tunnels_dir: PathBuf,
     base_url: String,
     history_ms: u64,
@@ -600,19 +601,25 @@ impl Links {
         }
     }
 
-    /// Audits a public refusal, at most once a second per client.
+    /// Audits a public refusal, at most once a second per client and
+    /// `REFUSALS_PER_SECOND` times a second in all: a flood from many addresses writes a bounded
+    /// number of records, and what the cap left out is counted (metric) and summed up in one
+    /// `refused.unrecorded` record, written with the first refusal of a later second.
     pub async fn audit_refusal(&self, address: &str, tunnel_id: &str, refusal: Refusal) {
         let now = self.clock.now_ms();
-        {
-            let mut seen = self.refusals_audited.lock().expect("audit mutex");
-            if seen.len() > 10_000 {
-                seen.retain(|_, t| now < *t + 1000);
-            }
-            let last = seen.entry(address.to_string()).or_insert(0);
-            if now < *last + 1000 {
-                return;
-            }
-            *last = now;
+        let admit = self.refusals_audited.lock().expect("audit mutex").admit(address, now);
+        if admit.over_cap {
+            metrics::counter!("ferry_audit_refusals_unrecorded_total").increment(1);
+        }
+        if let Some(n) = admit.unrecorded {
+            let detail = format!(
+                "{n} refusals not recorded (over {} a second)",
+                crate::store::audit::REFUSALS_PER_SECOND
+            );
+            self.audit("refused.unrecorded", None, None, Some(detail)).await;
+        }
+        if !admit.record {
+            return;
         }
         self.audit(
             "refused",

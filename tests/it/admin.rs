@@ -182,3 +182,67 @@ async fn a_page_on_another_port_of_the_same_host_cannot_drive_the_api() {
         assert_eq!(cleanup(own.clone()).await, 200, "{own}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_flood_from_many_addresses_writes_a_bounded_audit() {
+    // Behind a trusted proxy (loopback), each request names its own client.
+    let app = TestApp::spawn_with(&[
+        ("FERRY_TRUSTED_PROXIES", "127.0.0.1"),
+        ("FERRY_REQ_PER_CLIENT", "100000"),
+    ])
+    .await;
+    app.data_file("a.bin", 100);
+    let link = app.link("a.bin").await;
+    let url = link["download_url"].as_str().unwrap();
+    let path = format!("{}x", url.strip_prefix(&app.public).unwrap());
+    let addr = app.public.strip_prefix("http://").unwrap().to_string();
+    const FLOOD: usize = 400;
+    let started = std::time::Instant::now();
+    let sent = tokio::task::spawn_blocking({
+        let (addr, path) = (addr.clone(), path.clone());
+        move || {
+            (0..FLOOD)
+                .filter(|i| {
+                    let r = format!(
+                        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.{}.{}\r\n\r\n",
+                        i / 250,
+                        i % 250
+                    );
+                    let e = crate::raw::exchange(&addr, r.as_bytes());
+                    e.closed && e.got.is_empty()
+                })
+                .count()
+        }
+    })
+    .await
+    .unwrap();
+    let seconds = started.elapsed().as_secs() + 1;
+    assert_eq!(sent, FLOOD, "every forged request got 444");
+    let refused = |v: &serde_json::Value| v["events"].as_array().unwrap().clone();
+    let (_, v) = app.get("/admin/audit?event=refused&limit=10000").await;
+    let recorded = refused(&v).len();
+    // At most 20 a second (the whole flood would have been 400 records).
+    assert!(
+        recorded as u64 <= 20 * (seconds + 1) && recorded > 0,
+        "{recorded} records in {seconds} s"
+    );
+    // The next refusal in a later second writes the summary of what was left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let last = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.2.0.1\r\n\r\n");
+    assert!(crate::raw::exchange(&addr, last.as_bytes()).got.is_empty());
+    let (_, v) = app.get("/admin/audit?event=refused.unrecorded&limit=10000").await;
+    let left_out: u64 = refused(&v)
+        .iter()
+        .map(|e| {
+            let d = e["detail"].as_str().unwrap();
+            d.split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(recorded as u64 + left_out, FLOOD as u64, "{v}");
+    let m = metrics(&app).await;
+    assert_eq!(
+        sample(&m, "ferry_audit_refusals_unrecorded_total"),
+        left_out as f64,
+        "{m}"
+    );
+}
