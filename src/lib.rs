@@ -127,6 +127,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         metrics,
         config: Arc::new(config.clone()),
         host: http::status::Host::new(),
+        sse: http::events::subscribers(),
         auth: Arc::new(http::auth::AdminAuth::new(
             config.admin_token.clone(),
             admin.local_addr()?,

@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub config: Arc<crate::config::Config>,
     pub host: Arc<status::Host>,
+    /// Permits for `/admin/events` streams (a bounded number open at once).
+    pub sse: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn admin_router(state: AppState) -> Router {

@@ -246,3 +246,38 @@ async fn a_refusal_flood_from_many_addresses_writes_a_bounded_audit() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_streams_are_bounded_and_freed_when_a_client_leaves() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/admin/events", app.admin);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut open = Vec::new();
+    for i in 0..64 {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "stream {i}");
+        open.push(r);
+    }
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("too many event streams"),
+        "{body}"
+    );
+    // Other admin routes still answer.
+    assert_eq!(app.get("/admin/tunnels").await.0, 200);
+    // A client that leaves gives its place back.
+    drop(open.pop());
+    let mut again = None;
+    crate::helpers::eventually(Duration::from_secs(5), "a freed place is taken", async || {
+        let r = client.get(&url).send().await.unwrap();
+        let ok = r.status() == 200;
+        if ok {
+            again = Some(r);
+        }
+        ok
+    })
+    .await;
+    drop(open);
+}
