@@ -419,7 +419,17 @@ fn reserve(link: &Link, slot: u32, want: ByteRange, p: &Policy) -> Result<u64, R
     if s.coverage.ranges().len() >= MAX_FRAGMENTS && s.coverage.would_fragment(want) {
         return Err(Refusal::Refetch);
     }
-    let again = s.coverage.overlap(want);
+    // What the slot covers, and what its requests in flight may still cover: two requests for
+    // the same bytes at once send them twice, so the second reserves them as re-sent.
+    let mut taken = s.coverage.clone();
+    for f in &link.inflight {
+        if matches!(f.what, Use::Claim { slot: s, .. } if s == slot)
+            && let Some(r) = ByteRange::new(f.range_start, f.range_end)
+        {
+            taken.insert(r);
+        }
+    }
+    let again = taken.overlap(want);
     // Once what ferry could not prove delivered has used the budget up, nothing more is sent.
     if again > refetch_left(link, p) || link.resent >= refetch_budget(link, p) {
         return Err(Refusal::Refetch);
@@ -443,7 +453,8 @@ pub struct Delivery {
     /// Body bytes charged against the link: what was delivered, or when that cannot be known,
     /// what nginx handed to the socket.
     pub charged: u64,
-    /// The range proven delivered (a completed request, or what the socket acknowledged).
+    /// The range counted as the recipient's: what a completed request sent, what an aborted
+    /// one's socket acknowledged, or (when that is unknown) what nginx handed to the socket.
     pub proven: Option<ByteRange>,
 }
 
@@ -590,15 +601,15 @@ pub fn delivery(link: &Link, rec: &AccessRecord, flight: Option<&InFlight>, fina
         (Completion::Aborted, Some(r)) => {
             let header = rec.bytes_sent.saturating_sub(rec.body_bytes_sent);
             let baseline = flight.map_or(0, |f| f.baseline);
-            let exact = final_acked.map(|a| a.saturating_sub(baseline).saturating_sub(header).min(body_sent));
-            // Without the close notification the last sample is a floor of what was delivered:
-            // it proves that much, and nginx's count is charged, so uncertainty costs the
-            // recipient and never the owner.
-            let sampled = flight.map_or(0, |f| f.delivered.saturating_sub(header).min(body_sent));
-            let proven = exact.unwrap_or(sampled);
+            // Without the close notification ferry cannot know what arrived: what nginx handed
+            // to the socket is charged and counted as the recipient's, so uncertainty costs the
+            // recipient (who may have to fetch those bytes again) and never the owner.
+            let delivered = final_acked
+                .map(|a| a.saturating_sub(baseline).saturating_sub(header).min(body_sent))
+                .unwrap_or(body_sent);
             Delivery {
-                charged: exact.unwrap_or(body_sent),
-                proven: ByteRange::new(r.start, r.start + proven),
+                charged: delivered,
+                proven: ByteRange::new(r.start, r.start + delivered),
             }
         }
     }
@@ -1034,7 +1045,7 @@ mod tests {
         assert!(new_claim(admit(&mut l, &get("a", 1), 10, &P)));
         assert_eq!(admit(&mut l, &get("b", 2), 11, &P), Err(Refusal::UsedUp));
         // The claiming client may open parallel requests, on the same claim.
-        let c = admit(&mut l, &ranged("c", "bytes=500-", 1), 12, &P).unwrap();
+        let c = admit(&mut l, &ranged("c", "bytes=500-799", 1), 12, &P).unwrap();
         assert!(!c.new_claim && c.what == l.inflight[0].what);
         // HEAD never claims, from anyone.
         assert_eq!(
@@ -1134,11 +1145,8 @@ mod tests {
         assert!(sample(&mut l, &format!("{:0>32}", "a"), Some(HEADER + 100), 1));
         let rec = line(&l, "a", 200, 900, None, false);
         settle(&mut l, &rec, client(1), None, 2, &P);
-        // The last sample is proven; nginx's count is charged, the rest from the budget.
-        assert_eq!(
-            (l.bytes_served, l.slots[0].coverage.covered(), l.resent),
-            (900, 100, 800)
-        );
+        // Without the socket's last word, what nginx sent is charged and counted as delivered.
+        assert_eq!((l.bytes_served, l.slots[0].coverage.covered(), l.resent), (900, 900, 0));
     }
 
     #[test]

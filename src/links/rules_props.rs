@@ -333,7 +333,6 @@ fn request_id(n: u64) -> String {
     format!("{:016x}{:016x}", x.wrapping_mul(0xBF58_476D_1CE4_E5B9), n)
 }
 
-#[allow(dead_code)]
 fn bound(l: &Link) -> u64 {
     u64::from(l.max_downloads) * l.file_size + refetch_budget(l, &P) + reads_cap(l, &P) + grace_cap(l, &P)
 }
@@ -398,7 +397,7 @@ impl Run {
                 let left = refetch_budget(l, &P).saturating_sub(l.resent).saturating_sub(reserved);
                 // Once what ferry could not prove delivered has used the budget up, nothing more.
                 let spent = l.resent >= refetch_budget(l, &P);
-                let fits = |slot: u32| l.slots[slot as usize].coverage.overlap(asked) <= left && !spent;
+                let fits = |slot: u32| self.taken(l, slot).overlap(asked) <= left && !spent;
                 if let Some(mine) = active.iter().find(|x| x.client == client) {
                     return if fits(mine.slot) {
                         Ok(Expect::Claim(mine.slot))
@@ -431,6 +430,18 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// A slot's coverage with what its requests in flight may still send: what a new request
+    /// asking for any of it would get a second time.
+    fn taken(&self, l: &Link, slot: u32) -> Coverage {
+        let mut taken = l.slots[slot as usize].coverage.clone();
+        for x in self.sent.values() {
+            if matches!(x.what, Use::Claim { slot: s, .. } if s == slot) {
+                taken.insert(x.asked);
+            }
+        }
+        taken
     }
 
     fn request(
@@ -511,7 +522,7 @@ impl Run {
                     (Expect::Claim(s), Use::Claim { slot, id }) if s == slot => {
                         let mine = before.claims.iter().find(|c| c.client == a.client);
                         prop_assert_eq!(mine.map(|c| &c.id), Some(id), "the client's claim was not reused");
-                        before.slots[*slot as usize].coverage.overlap(asked)
+                        self.taken(&before, *slot).overlap(asked)
                     }
                     (Expect::NewClaim(s), Use::Claim { slot, id }) if s == slot => {
                         prop_assert!(admitted.new_claim);
@@ -523,7 +534,7 @@ impl Run {
                                 *b |= std::mem::take(r);
                             }
                         }
-                        before.slots[*slot as usize].coverage.overlap(asked)
+                        self.taken(&before, *slot).overlap(asked)
                     }
                     (w, u) => return Err(TestCaseError::fail(format!("§2 says {w:?}, the check answered {u:?}"))),
                 };
@@ -762,18 +773,16 @@ impl Run {
         prop_assert!(s.changed, "a log line of a served request changed nothing");
 
         // The model: a completed line proves and charges what it sent; an aborted one what the
-        // close notification says the peer acknowledged beyond the header, or without it, proves
-        // what the samples saw and charges what nginx handed to the socket.
+        // close notification says the peer acknowledged beyond the header, or without it, what
+        // nginx handed to the socket, charged and counted as the recipient's.
         let (charged, proven) = match (ok, range) {
             (true, r) => (body, r),
             (false, None) => (body, None),
             (false, Some(r)) => {
-                let exact = fin.map(|a| a.saturating_sub(baseline).saturating_sub(HEADER).min(body));
-                let sampled = delivered.saturating_sub(HEADER).min(body);
-                (
-                    exact.unwrap_or(body),
-                    ByteRange::new(r.start, r.start + exact.unwrap_or(sampled)),
-                )
+                let got = fin
+                    .map(|a| a.saturating_sub(baseline).saturating_sub(HEADER).min(body))
+                    .unwrap_or(body);
+                (got, ByteRange::new(r.start, r.start + got))
             }
         };
         // Credited to the client the check admitted; a line the link does not know, to the
@@ -1113,6 +1122,18 @@ impl Run {
             prop_assert!(*n < P.preview_bytes && 2 * n < l.file_size, "{} read {}", address, n);
         }
         prop_assert!(m.admitted_grace <= l.grace_sent && l.grace_sent <= grace_cap(l, &P));
+        // The bound, for what the checks admitted.
+        prop_assert!(
+            l.bytes_served - m.stray <= bound(l),
+            "handed out {} bytes, bound {} (size {}, {} downloads; resent {}, reads {}, grace {})",
+            l.bytes_served - m.stray,
+            bound(l),
+            l.file_size,
+            l.max_downloads,
+            l.resent,
+            m.reads,
+            m.grace
+        );
         let p = progress(l);
         prop_assert!((0.0..=1.0).contains(&p), "progress {}", p);
         Ok(())
@@ -1193,26 +1214,6 @@ fn get(client: (u8, u8)) -> Event {
     }
 }
 
-/// HEAD is no part of the grace period: only the completer's ranges are served in it.
-#[test]
-fn the_grace_period_refuses_a_head() {
-    let log = Event::Log {
-        nth: first(),
-        ok: true,
-        cut: 0,
-        fin: None,
-        claim: LineClaim::Answered,
-    };
-    let head = Event::Request {
-        client: (1, 0),
-        method: Method::Head,
-        range: RangeKind::None,
-        if_range: IfRange::None,
-        baseline: 0,
-    };
-    run((3_000, 1, 100_000, vec![get((0, 0)), log, head])).unwrap();
-}
-
 /// A download manager's parallel requests under one claim, for the same bytes: the second copy
 /// must be drawn from the re-send budget (or refused), not handed out for free.
 #[test]
@@ -1244,4 +1245,24 @@ fn requests_lost_again_and_again_keep_the_bound() {
         ]);
     }
     run((3_000, 1, 1_000_000, events)).unwrap();
+}
+
+/// HEAD is no part of the grace period: only the completer's ranges are served in it.
+#[test]
+fn the_grace_period_refuses_a_head() {
+    let log = Event::Log {
+        nth: first(),
+        ok: true,
+        cut: 0,
+        fin: None,
+        claim: LineClaim::Answered,
+    };
+    let head = Event::Request {
+        client: (1, 0),
+        method: Method::Head,
+        range: RangeKind::None,
+        if_range: IfRange::None,
+        baseline: 0,
+    };
+    run((3_000, 1, 100_000, vec![get((0, 0)), log, head])).unwrap();
 }
