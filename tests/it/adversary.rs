@@ -794,7 +794,9 @@ async fn pieces_just_below_the_preview_size_assemble_no_more_than_the_allowance(
 }
 
 /// aria2c's way: a whole-file GET that is hung up once the other connections' ranges have the
-/// rest. The client holds every byte, so the link completes, once.
+/// rest. While the whole GET may still send a range, asking for it again would send it twice:
+/// past the re-send budget that request is refused, and (as aria2c does) asked again once the
+/// whole GET has hung up. The client holds every byte, so the link completes, once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_whole_get_hung_up_while_ranges_fetch_the_rest_completes_once() {
     let app = TestApp::spawn_with(&[("GRACE_PERIOD_SECONDS", "1")]).await;
@@ -828,6 +830,7 @@ async fn a_whole_get_hung_up_while_ranges_fetch_the_rest_completes_once() {
             })
         })
         .collect();
+    let mut refused = vec![];
     for r in ranges {
         let (ask, got) = r.await.unwrap();
         trace.push(format!("{} -> {}", ask.describe(), got.describe()));
@@ -835,10 +838,30 @@ async fn a_whole_get_hung_up_while_ranges_fetch_the_rest_completes_once() {
         if n > 0 {
             assert!(got.body[..] == file[got.start as usize..(got.start + n) as usize]);
         }
+        if got.status == 0 {
+            refused.push(ask);
+        }
         cover.add(got.start, n);
     }
     drop(held);
     trace.push("the whole GET hangs up".into());
+    for ask in refused {
+        // The hung-up GET's log line settles it first: what it delivered is then known.
+        let mut got = Got::default();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            got = fetch(public, Ipv4Addr::LOCALHOST, &target, Some(ua), &ask).await;
+            trace.push(format!("{} again -> {}", ask.describe(), got.describe()));
+            if got.status != 0 {
+                break;
+            }
+        }
+        let n = got.file_bytes(false);
+        if n > 0 {
+            assert!(got.body[..] == file[got.start as usize..(got.start + n) as usize]);
+        }
+        cover.add(got.start, n);
+    }
     assert!(
         cover.whole(size),
         "the client does not hold every byte:\n{}",
@@ -914,4 +937,55 @@ async fn grace_refetches_of_the_whole_range_never_hand_out_another_copy() {
          and never a copy:\n{}",
         trace.join("\n")
     );
+}
+
+/// Any bytes a client sends as its User-Agent make one client, served like any other: control
+/// bytes (which the check's parser refuses as they come) and bytes that are not UTF-8 get the
+/// file's headers for a HEAD and the whole file once, and the link completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_agents_of_any_bytes_are_served_and_complete_the_link() {
+    let app = TestApp::spawn_with(&[("GRACE_PERIOD_SECONDS", "1")]).await;
+    for (n, ua) in [&b"\x01\x02\x1b[31m\x7f"[..], b"\xff\xfe\x80", b"", b"\ttab"]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("agent{n}.bin");
+        let file = app.data_file(&name, 200_000);
+        let link = app.link(&name).await;
+        let id = link["tunnel_id"].as_str().unwrap();
+        let (public, target) = split_url(link["download_url"].as_str().unwrap());
+        let from = Ipv4Addr::new(127, 0, 0, 1);
+        let head = fetch(
+            public,
+            from,
+            &target,
+            Some(ua),
+            &Ask {
+                head: true,
+                ..Ask::get()
+            },
+        )
+        .await;
+        assert_eq!(
+            (head.status, head.content_length),
+            (200, Some(200_000)),
+            "HEAD with User-Agent {}: {}",
+            show(Some(ua)),
+            head.describe()
+        );
+        let got = fetch(public, from, &target, Some(ua), &Ask::get()).await;
+        assert!(
+            got.status == 200 && got.body == file,
+            "GET with User-Agent {}: {}",
+            show(Some(ua)),
+            got.describe()
+        );
+        let t = app.closed(id, Duration::from_secs(10)).await;
+        assert_eq!(
+            (&t["close_reason"], &t["bytes_served"]),
+            (&"completed".into(), &200_000.into()),
+            "User-Agent {}",
+            show(Some(ua))
+        );
+    }
 }
