@@ -16,7 +16,15 @@ struct Entry {
 pub struct Bans {
     after: u32,
     for_ms: u64,
-    clients: Mutex<HashMap<String, Entry>>,
+    clients: Mutex<Clients>,
+}
+
+#[derive(Default)]
+struct Clients {
+    by_address: HashMap<String, Entry>,
+    /// When the map was last swept of forgotten clients: at most once a second, so a flood of
+    /// addresses does not make every failure walk the whole map.
+    swept_ms: u64,
 }
 
 impl Bans {
@@ -24,14 +32,20 @@ impl Bans {
         Bans {
             after,
             for_ms,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients::default()),
         }
+    }
+
+    /// How many addresses are tracked at most.
+    pub fn tracked(&self) -> usize {
+        self.clients.lock().expect("bans mutex").by_address.len()
     }
 
     pub fn is_banned(&self, address: &str, now: u64) -> bool {
         self.clients
             .lock()
             .expect("bans mutex")
+            .by_address
             .get(address)
             .is_some_and(|e| now < e.banned_until_ms)
     }
@@ -41,11 +55,27 @@ impl Bans {
         if self.after == 0 {
             return false;
         }
-        let mut clients = self.clients.lock().expect("bans mutex");
+        let mut guard = self.clients.lock().expect("bans mutex");
+        let Clients {
+            by_address: clients,
+            swept_ms,
+        } = &mut *guard;
         // Forget clients whose last failure is long past, so the map stays small.
-        if clients.len() > 10_000 {
+        if clients.len() > 10_000 && now >= *swept_ms + 1000 {
+            *swept_ms = now;
             let horizon = self.for_ms;
             clients.retain(|_, e| now < e.banned_until_ms || now < e.last_fail_ms + horizon);
+        }
+        // Addresses are many (an IPv6 /64 each): past the cap, those not banned are forgotten
+        // first, and a new address is not tracked at all while banned ones fill it.
+        if clients.len() >= MAX_TRACKED && !clients.contains_key(address) {
+            if now >= *swept_ms + 1000 {
+                *swept_ms = now;
+                clients.retain(|_, e| now < e.banned_until_ms);
+            }
+            if clients.len() >= MAX_TRACKED {
+                return false;
+            }
         }
         let e = clients.entry(address.to_string()).or_default();
         if e.fails > 0 && now < e.last_fail_ms + 1000 {
@@ -65,9 +95,26 @@ impl Bans {
     }
 }
 
+/// Addresses whose failures are counted at most: what anyone can make ferry keep is bounded.
+pub const MAX_TRACKED: usize = 65_536;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_addresses_is_bounded() {
+        let b = Bans::new(2, 900_000);
+        for i in 0..(MAX_TRACKED as u64 * 3) {
+            // Each address fails twice, a second apart: banned.
+            let a = format!("2001:db8:{:x}:{:x}::/64", i >> 16, i & 0xffff);
+            b.fail(&a, i);
+            b.fail(&a, i + 1000);
+        }
+        assert!(b.tracked() <= MAX_TRACKED, "{} addresses tracked", b.tracked());
+        // The first ones are still banned: a flood does not lift bans.
+        assert!(b.is_banned("2001:db8:0:0::/64", 2000));
+    }
 
     #[test]
     fn bans_after_spaced_failures_for_a_while() {
