@@ -1,7 +1,7 @@
 //! The floor any checked request pays: an axum handler on a Unix socket that allows everything
 //! with 204, for nginx's `auth_request` in `script/bench`. Usage: `auth204 <socket path> [--ferry]`.
-//! With `--ferry` the 204 carries the two headers ferry's nginx config reads from ferry's check (a
-//! rate of 0 and a disposition), so that config can run against a trivial check without logging an
+//! With `--ferry` the 204 carries the three headers ferry's nginx config reads from ferry's check (a
+//! rate of 0, a claim and a disposition), so that config can run against a trivial check without logging an
 //! error per request about an empty `limit_rate`. Without a path (as `cargo test --all-targets`
 //! runs it) it answers one request to itself.
 
@@ -28,6 +28,7 @@ async fn main() {
         Router::new().fallback(any(|| async {
             let headers = [
                 ("x-ferry-rate", "0"),
+                ("x-ferry-claim", "c0.000000000000"),
                 ("x-ferry-disposition", "attachment; filename*=UTF-8''ranges.bin"),
             ];
             (StatusCode::NO_CONTENT, headers).into_response()
