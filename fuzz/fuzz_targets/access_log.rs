@@ -11,8 +11,9 @@ use ferry_fuzz::POLICY;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(line) = std::str::from_utf8(data) else { return };
-    let rec = match AccessRecord::parse(line) {
+    // As the follower reads a line: bytes that are not UTF-8 (a raw User-Agent) decoded lossily.
+    let line = String::from_utf8_lossy(data);
+    let rec = match AccessRecord::parse(&line) {
         Ok(rec) => rec,
         Err(e) => {
             let msg = e.to_string();
@@ -35,15 +36,17 @@ fuzz_target!(|data: &[u8]| {
                 request_id: rec.request_id.as_str().into(),
                 method: Method::parse(&rec.method),
                 range: Some("bytes=0-".into()),
+                if_range: None,
                 client: client.clone(),
                 conn: None,
                 first_on_connection: false,
             };
             let _ = rules::admit(&mut link, &a, now, &POLICY);
             rules::sample(&mut link, &rec.request_id, Some(rec.bytes_sent), now + 1);
-            for t in [now + 2, now + 3] {
+            // Settled with the socket's last word, then replayed without it.
+            for (t, acked) in [(now + 2, Some(rec.bytes_sent)), (now + 3, None)] {
                 let before = link.clone();
-                rules::settle(&mut link, &rec, client.clone(), t, &POLICY);
+                rules::settle(&mut link, &rec, client.clone(), acked, t, &POLICY);
                 ferry_fuzz::check_books(&before, &link);
             }
         }

@@ -2,7 +2,7 @@
 //! whatever is applied to it.
 
 use ferry::links::path::{FileIdentity, RelPath};
-use ferry::links::rules::{self, MAX_REQUESTS_KEPT, Policy};
+use ferry::links::rules::{self, MAX_CLIENTS_KEPT, MAX_FRAGMENTS, MAX_READERS_KEPT, MAX_REQUESTS_KEPT, Policy};
 use ferry::links::{Link, TunnelId};
 use ferry::monitor::coverage::Coverage;
 
@@ -13,6 +13,8 @@ pub const POLICY: Policy = Policy {
     resume_ms: 30_000,
     stall_ms: 300_000,
     preview_bytes: 1 << 20,
+    grace_bytes: 16 << 20,
+    refetch_bytes: 16 << 20,
 };
 
 /// A fresh open link to a file of `size` bytes, expiring an hour after t = 0.
@@ -57,10 +59,18 @@ pub fn check_books(before: &Link, after: &Link) {
     assert!(after.downloads_completed >= before.downloads_completed);
     assert!(after.bytes_served >= before.bytes_served);
     assert!(after.requests.len() <= MAX_REQUESTS_KEPT);
-    sane(&after.coverage, after.file_size);
-    for c in &after.claims {
-        sane(&c.coverage, after.file_size);
+    assert_eq!(after.slots.len(), after.max_downloads as usize);
+    for s in &after.slots {
+        sane(&s.coverage, after.file_size);
+        assert!(s.coverage.ranges().len() <= MAX_FRAGMENTS);
     }
+    let complete = after.slots.iter().filter(|s| s.complete).count() as u32;
+    assert_eq!(after.downloads_completed, complete);
+    assert!(after.claims.len() <= after.max_downloads as usize);
+    assert!(after.claims.iter().all(|c| (c.slot as usize) < after.slots.len()));
+    assert!(after.clients.len() <= MAX_CLIENTS_KEPT);
+    assert!(after.reads.len() <= MAX_READERS_KEPT);
+    assert!(after.grace_sent <= rules::grace_cap(after, &POLICY));
     let p = rules::progress(after);
     assert!((0.0..=1.0).contains(&p), "progress {p}");
 }
