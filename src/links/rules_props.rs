@@ -1196,6 +1196,17 @@ proptest! {
 }
 
 /// The first request in flight, as an `Index` picks it.
+/// The first request in flight, logged as completed with what its check answered.
+fn logged_whole() -> Event {
+    Event::Log {
+        nth: first(),
+        ok: true,
+        cut: 0,
+        fin: None,
+        claim: LineClaim::Answered,
+    }
+}
+
 fn first() -> Index {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
@@ -1218,13 +1229,7 @@ fn get(client: (u8, u8)) -> Event {
 /// must be drawn from the re-send budget (or refused), not handed out for free.
 #[test]
 fn parallel_requests_of_one_claim_keep_the_bound() {
-    let log = Event::Log {
-        nth: first(),
-        ok: true,
-        cut: 0,
-        fin: None,
-        claim: LineClaim::Answered,
-    };
+    let log = logged_whole();
     run((3_000, 1, 100_000, vec![get((0, 0)), get((0, 0)), log.clone(), log])).unwrap();
 }
 
@@ -1250,13 +1255,7 @@ fn requests_lost_again_and_again_keep_the_bound() {
 /// HEAD is no part of the grace period: only the completer's ranges are served in it.
 #[test]
 fn the_grace_period_refuses_a_head() {
-    let log = Event::Log {
-        nth: first(),
-        ok: true,
-        cut: 0,
-        fin: None,
-        claim: LineClaim::Answered,
-    };
+    let log = logged_whole();
     let head = Event::Request {
         client: (1, 0),
         method: Method::Head,

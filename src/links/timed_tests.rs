@@ -260,14 +260,7 @@ async fn silence_after_a_partial_download_stalls_after_the_timeout_and_not_befor
         "bytes 0-1999999/4000000",
     )
     .await;
-    tokio::time::advance(Duration::from_millis(299_999)).await;
-    f.links.sample_once().await.unwrap();
-    assert_eq!(
-        state_of(&f.links, &created.tunnel_id).await.state,
-        LinkState::Downloading
-    );
-    tokio::time::advance(Duration::from_millis(1)).await;
-    f.links.sample_once().await.unwrap();
+    stalls_at_the_timeout(&f, &created.tunnel_id).await;
     let l = state_of(&f.links, &created.tunnel_id).await;
     assert_eq!(
         (l.close_reason, l.bytes_served),
@@ -473,16 +466,20 @@ async fn a_scanners_read_takes_no_slot_and_never_stalls_the_link() {
     );
     rec.completion = Completion::Aborted;
     f.links.apply_log(&rec).await.unwrap();
-    tokio::time::advance(Duration::from_millis(299_999)).await;
-    f.links.sample_once().await.unwrap();
-    assert_eq!(
-        state_of(&f.links, &created.tunnel_id).await.state,
-        LinkState::Downloading
-    );
-    tokio::time::advance(Duration::from_millis(1)).await;
-    f.links.sample_once().await.unwrap();
+    stalls_at_the_timeout(&f, &created.tunnel_id).await;
     assert_eq!(
         state_of(&f.links, &created.tunnel_id).await.close_reason,
         Some(CloseReason::Stalled)
     );
+}
+
+/// The sampler finds no stall 1 ms before the stall timeout (300 s) has passed since the last
+/// progress, and closes the link at it.
+async fn stalls_at_the_timeout(f: &Fixture, id: &TunnelId) {
+    tokio::time::advance(Duration::from_millis(299_999)).await;
+    f.links.sample_once().await.unwrap();
+    assert_eq!(state_of(&f.links, id).await.state, LinkState::Downloading);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    f.links.sample_once().await.unwrap();
+    assert_eq!(state_of(&f.links, id).await.state, LinkState::Closed);
 }
