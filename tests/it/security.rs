@@ -184,6 +184,29 @@ async fn bad_token_bursts_ban_one_address_while_another_is_served() {
     assert!(r.exit == 0 && r.body == bytes, "another client is still served");
 }
 
+/// Retrying a link that expired is bad luck, not forgery: recipients behind one NAT retrying an
+/// old link must not get their address banned from a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn retrying_an_expired_link_bans_nobody() {
+    let app = TestApp::spawn_with(&[("FERRY_BAN_AFTER_FAILS", "3"), ("FERRY_BAN_SECONDS", "600")]).await;
+    let bytes = app.data_file("a.bin", 1000);
+    let (status, old) = app.create(json!({"file_path": "a.bin", "expires_in_seconds": 1})).await;
+    assert_eq!(status, 201, "{old}");
+    app.closed(old["tunnel_id"].as_str().unwrap(), Duration::from_secs(5))
+        .await;
+    for _ in 0..4 {
+        let r = curl(old["download_url"].as_str().unwrap(), &["--interface", "127.0.0.60"]).await;
+        assert_eq!(r.exit, EMPTY_REPLY, "an expired link was served");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let new = app.link("a.bin").await;
+    let r = curl(new["download_url"].as_str().unwrap(), &["--interface", "127.0.0.60"]).await;
+    assert!(
+        r.exit == 0 && r.body == bytes,
+        "the address was banned for retrying an expired link"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bandwidth_cap_slows_the_download_to_its_rate() {
     let app = TestApp::spawn().await;
