@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Claim, ClientKey, CloseReason, InFlight, Link, LinkState};
-use crate::monitor::coverage::ByteRange;
+use crate::monitor::coverage::{ByteRange, Coverage};
 use crate::monitor::record::{AccessRecord, Completion};
 use crate::monitor::sockdiag::Conn;
 
@@ -316,7 +316,11 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
     if now >= link.expires_at_ms {
         return Err(Refusal::Expired);
     }
-    let tag = etag(link.identity.mtime_ns, link.file_size);
+    // Only a request with `If-Range` needs the ETag it is compared with.
+    let tag = match a.if_range {
+        Some(_) => etag(link.identity.mtime_ns, link.file_size),
+        None => String::new(),
+    };
     let want = asked(a.range.as_deref(), a.if_range.as_deref(), &tag, link.file_size);
     let mut reserved = 0;
     let mut new_claim = false;
@@ -368,7 +372,6 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
                 });
                 new_claim = true;
                 link.state = LinkState::Downloading;
-                link.last_progress_ms = Some(now);
                 Use::Claim { slot, id }
             }
         }
@@ -383,7 +386,6 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
     link.inflight.push(InFlight {
         request_id: a.request_id.clone(),
         client: a.client.clone(),
-        claims: matches!(what, Use::Claim { .. }),
         what: what.clone(),
         reserved,
         since_ms: now,
@@ -420,16 +422,23 @@ fn reserve(link: &Link, slot: u32, want: ByteRange, p: &Policy) -> Result<u64, R
         return Err(Refusal::Refetch);
     }
     // What the slot covers, and what its requests in flight may still cover: two requests for
-    // the same bytes at once send them twice, so the second reserves them as re-sent.
-    let mut taken = s.coverage.clone();
-    for f in &link.inflight {
-        if matches!(f.what, Use::Claim { slot: s, .. } if s == slot)
-            && let Some(r) = ByteRange::new(f.range_start, f.range_end)
-        {
-            taken.insert(r);
+    // the same bytes at once send them twice, so the second reserves them as re-sent. Only the
+    // parts inside `want` are gathered: usually none, and then nothing is allocated.
+    let in_flight = link
+        .inflight
+        .iter()
+        .filter(|f| matches!(f.what, Use::Claim { slot: s, .. } if s == slot))
+        .map(|f| ByteRange {
+            start: f.range_start,
+            end: f.range_end,
+        });
+    let mut taken = Coverage::default();
+    for r in s.coverage.ranges().iter().copied().chain(in_flight) {
+        if let Some(x) = ByteRange::new(r.start.max(want.start), r.end.min(want.end)) {
+            taken.insert(x);
         }
     }
-    let again = taken.overlap(want);
+    let again = taken.covered();
     // Once what ferry could not prove delivered has used the budget up, nothing more is sent.
     if again > refetch_left(link, p) || link.resent >= refetch_budget(link, p) {
         return Err(Refusal::Refetch);
@@ -710,7 +719,7 @@ pub fn sample(link: &mut Link, request_id: &str, acked: Option<u64>, now: u64) -
             if d > f.delivered {
                 f.delivered = d;
                 f.progress_ms = now;
-                if f.claims {
+                if f.claims() {
                     link.last_progress_ms = Some(now);
                 }
                 return true;
@@ -807,7 +816,7 @@ fn remember(link: &mut Link, r: super::RequestSeen) {
 pub fn delivered(link: &Link) -> u64 {
     link.inflight
         .iter()
-        .filter(|f| f.claims)
+        .filter(|f| f.claims())
         .fold(link.bytes_served, |sum, f| sum.saturating_add(f.delivered))
 }
 
@@ -816,7 +825,7 @@ fn claimed(link: &Link) -> u64 {
     let claims = link.claims.iter().fold(0u64, |s, c| s.saturating_add(c.bytes));
     link.inflight
         .iter()
-        .filter(|f| f.claims)
+        .filter(|f| f.claims())
         .fold(claims, |sum, f| sum.saturating_add(f.delivered))
 }
 
