@@ -144,7 +144,7 @@ pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> R
             "time": crate::links::rfc3339(r.since_ms),
             "client": r.client.address,
             "user_agent": r.client.user_agent,
-            "method": if r.claims { "GET" } else { "HEAD" },
+            "method": if r.what == crate::links::rules::Use::Head { "HEAD" } else { "GET" },
             "status": null,
             "bytes": r.delivered,
             "range": null,

@@ -234,8 +234,6 @@ pub struct Read {
 pub struct InFlight {
     pub request_id: Arc<str>,
     pub client: ClientKey,
-    /// A GET that holds a claim; HEAD, reads and grace fetches do not.
-    pub claims: bool,
     /// What the check admitted it as.
     pub what: rules::Use,
     /// Re-sent bytes this request may send, held from the link's re-send budget until it settles.
@@ -258,6 +256,13 @@ pub struct InFlight {
     /// on its way), and what the connection carries from now on is not this request's.
     #[serde(default)]
     pub ended: bool,
+}
+
+impl InFlight {
+    /// A GET under a claim; HEAD, reads and grace fetches hold none.
+    pub fn claims(&self) -> bool {
+        matches!(self.what, rules::Use::Claim { .. })
+    }
 }
 
 /// One finished request, as the owner sees it in a link's stats (the last few are kept).
@@ -494,8 +499,8 @@ pub struct Links {
     policy: Policy,
     diag: Option<crate::monitor::sockdiag::SockDiag>,
     /// The kernel's close notifications: what an aborted request's socket had delivered when it
-    /// closed. Set once at startup (`listen_for_closes`); unset, aborted requests are credited
-    /// from their last sample and charged what nginx sent.
+    /// closed. Set once at startup (`listen_for_closes`); unset, an aborted request is charged
+    /// what nginx sent, and those bytes count as the recipient's.
     closures: std::sync::OnceLock<crate::monitor::sockdiag::ClosedSockets>,
     pub bans: bans::Bans,
     /// What refusals may write to the audit: one record a second per client, a few a second in
@@ -1037,21 +1042,23 @@ impl Links {
         // An aborted request is credited with what its peer had acknowledged when the socket
         // closed: the kernel says so in its close notification, which may come a moment after
         // nginx wrote the line.
+        // The notices of several aborted requests are awaited together, not one after another.
         let mut acked: Vec<Option<u64>> = vec![None; recs.len()];
         if recs.iter().any(|(r, _)| r.completion == Completion::Aborted)
             && let Some(link) = self.store.get(id).await?
         {
-            for ((rec, _), acked) in recs.iter().zip(&mut acked) {
-                if rec.completion != Completion::Aborted {
-                    continue;
+            acked = futures_util::future::join_all(recs.iter().map(|(rec, _)| {
+                let flight = link
+                    .inflight
+                    .iter()
+                    .find(|f| *f.request_id == *rec.request_id)
+                    .filter(|_| rec.completion == Completion::Aborted);
+                async move {
+                    let f = flight?;
+                    self.final_acked(f.conn?, f.since_ms).await
                 }
-                let flight = link.inflight.iter().find(|f| *f.request_id == *rec.request_id);
-                if let Some(f) = flight
-                    && let Some(conn) = f.conn
-                {
-                    *acked = self.final_acked(conn, f.since_ms).await;
-                }
-            }
+            }))
+            .await;
         }
         let policy = self.policy;
         let settled = self
