@@ -231,9 +231,7 @@ async fn answer(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
 }
 
 async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
-    let address = ClientKey::new(req.header("x-ferry-client"), "")
-        .map(|c| c.address)
-        .unwrap_or_default();
+    let address = client_address(req);
     let now = links.now_ms();
     // Banned clients are refused up front.
     let decided = match links.bans.is_banned(&address, now) {
@@ -278,9 +276,7 @@ async fn refused(links: &Links, req: &CheckRequest<'_>, address: &str, refusal: 
 
 /// A previewer's request, handed over as is by nginx: an HTML preview, or 403 (444 at nginx).
 async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Vec<u8>) {
-    let address = ClientKey::new(req.header("x-ferry-client"), "")
-        .map(|c| c.address)
-        .unwrap_or_default();
+    let address = client_address(req);
     if links.bans.is_banned(&address, links.now_ms()) {
         return respond(out, 403, &[], "");
     }
@@ -306,13 +302,18 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
             tracing::debug!(%refusal, client = req.header("x-ferry-client"), "preview refused");
             // A previewer's User-Agent is the client's to choose: its refusals are audited and
             // count toward a ban like any other.
-            let address = ClientKey::new(req.header("x-ferry-client"), "")
-                .map(|c| c.address)
-                .unwrap_or_default();
             refused(links, req, &address, refusal, links.now_ms()).await;
             respond(out, 403, &[], "");
         }
     }
+}
+
+/// The client's address as bans and the audit count it (an IPv4 address or an IPv6 /64); empty
+/// when nginx sent none that parses.
+fn client_address(req: &CheckRequest<'_>) -> std::sync::Arc<str> {
+    ClientKey::new(req.header("x-ferry-client"), "")
+        .map(|c| c.address)
+        .unwrap_or_default()
 }
 
 /// A header value as HeaderValue::to_str takes it: visible ASCII and tabs.
