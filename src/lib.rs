@@ -46,6 +46,7 @@ use tunnel::Provider;
 pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     let provider = Provider::from_config(&config)?;
+    provider.preflight().await.map_err(anyhow::Error::msg)?;
     let provider_name = provider.name();
     let links = Links::new(&config, store, provider)?;
     links.listen_for_closes().await;

@@ -98,9 +98,13 @@ fn serve_config(out: &str) {
 
 fn failure(out: &str) {
     let (stdout, stderr) = out.split_once('\0').unwrap_or((out, ""));
-    match classify(stdout, stderr) {
+    match classify(stdout, stderr, 443) {
         Failure::NoFunnel { enable_url, message } => {
             assert!(enable_url.is_none_or(|u| u.starts_with("https://")));
+            assert!(message.chars().count() <= 400);
+        }
+        Failure::Refused { remedy, message } => {
+            assert!(!remedy.is_empty());
             assert!(message.chars().count() <= 400);
         }
         Failure::NoDaemon(m) | Failure::Other(m) => assert!(m.chars().count() <= 400),

@@ -106,7 +106,7 @@ impl Funnel {
             if out.code == 0 {
                 return Ok(out);
             }
-            match ts::classify(&out.stdout, &out.stderr) {
+            match ts::classify(&out.stdout, &out.stderr, self.port) {
                 Failure::Race if attempt < RACE_ATTEMPTS => {
                     tracing::debug!(attempt, "serve config changed under us; retrying");
                     // Jitter, so two writers that collided do not collide again in step.
@@ -127,11 +127,44 @@ impl Funnel {
         ts::parse_serve_config(&out.stdout).map_err(|e| self.fail(Failed::Parse(e.to_string())))
     }
 
-    async fn node(&self) -> Result<String, TunnelError> {
+    async fn node(&self) -> Result<ts::NodeStatus, TunnelError> {
         let out = self.cmd(&ts::status_argv()).await.map_err(|f| self.fail(f))?;
         let st = ts::parse_status(&out.stdout).map_err(|e| self.fail(Failed::Parse(e.to_string())))?;
         *self.dns_name.lock().expect("dns mutex") = Some(st.dns_name.clone());
-        Ok(st.dns_name)
+        Ok(st)
+    }
+
+    /// What of ferry's settings this node cannot serve: its tailscale too old for the mode or
+    /// the upstream, or its funnel-ports attribute without the port.
+    fn unfit(&self, st: &ts::NodeStatus) -> Option<String> {
+        if let Some(m) = self.too_old(st) {
+            return Some(m);
+        }
+        let ports = st.funnel_ports.as_deref()?;
+        if !ts::funnel_port_allowed(ports, self.port) {
+            return Some(format!(
+                "FERRY_FUNNEL_PORT: the tailnet's funnel-ports node attribute allows {ports}, not {}",
+                self.port
+            ));
+        }
+        None
+    }
+
+    fn too_old(&self, st: &ts::NodeStatus) -> Option<String> {
+        st.version.and_then(|v| ts::unsupported(v, self.mode, &self.upstream))
+    }
+
+    /// Before serving: the settings this node's tailscale can never serve (too old for the mode
+    /// or the upstream) are refused (`Err` names the setting). A node that cannot be reached is
+    /// no reason to stop: the reconciliation keeps trying, and checks again.
+    pub async fn preflight(&self) -> Result<(), String> {
+        match self.node().await {
+            Ok(st) => self.too_old(&st).map_or(Ok(()), Err),
+            Err(e) => {
+                tracing::warn!(error = %e, "tailscale is not reachable yet");
+                Ok(())
+            }
+        }
     }
 
     /// Records what a failure says about the provider's health, and turns it into an error.
@@ -140,7 +173,10 @@ impl Funnel {
             Failed::Cli(Failure::NoFunnel { enable_url, message }) => {
                 let m = match enable_url {
                     Some(u) => format!("Funnel is not available on this node; enable it at {u} ({message})"),
-                    None => format!("Funnel is not available on this node: {message}"),
+                    None => format!(
+                        "Funnel is not available on this node: {message} (a tailnet admin enables it: \
+                         https://tailscale.com/kb/1223/funnel)"
+                    ),
                 };
                 (Health::degraded(&m), TunnelError::NoFunnel(m))
             }
@@ -164,6 +200,10 @@ impl Funnel {
                 let m = "handler does not exist".to_string();
                 (Health::degraded(&m), TunnelError::Failed(m))
             }
+            Failed::Cli(Failure::Refused { remedy, message }) => {
+                let m = format!("{remedy} (tailscale said: {message})");
+                (Health::degraded(&m), TunnelError::Refused(m))
+            }
             Failed::Cli(Failure::Other(m)) => {
                 let m = format!("tailscale failed: {m}");
                 (Health::degraded(&m), TunnelError::Failed(m))
@@ -180,14 +220,31 @@ impl Funnel {
         let known = self.dns_name.lock().expect("dns mutex").clone();
         let host = match known {
             Some(h) if st.ready => h,
-            _ => self.node().await?,
+            _ => {
+                let node = self.node().await?;
+                if let Some(m) = self.unfit(&node) {
+                    st.ready = false;
+                    self.set_health(Health::degraded(&m));
+                    return Err(TunnelError::Refused(m));
+                }
+                node.dns_name
+            }
         };
         let mut sc = self.serve_config().await?;
-        if st.ready && self.placeholder_ok(&host, &sc) {
+        if st.ready && self.placeholder_ok(&host, &sc) && !sc.foreground_holds(self.port) {
             return Ok((host, sc));
         }
         // Something changed (first call, or the sidecar lost its config): check everything again.
         st.ready = false;
+        if sc.foreground_holds(self.port) {
+            let m = format!(
+                "FERRY_FUNNEL_PORT: a foreground tailscale serve or funnel session holds port {}: end it, or \
+                 choose another port",
+                self.port
+            );
+            self.set_health(Health::degraded(&m));
+            return Err(TunnelError::Refused(m));
+        }
         match self.mode {
             FunnelMode::Path => {
                 let foreign = sc.foreign_mounts(&host, self.port);
@@ -210,12 +267,15 @@ impl Funnel {
                     return Err(TunnelError::Refused(m));
                 }
                 if !self.placeholder_ok(&host, &sc) {
-                    self.cmd(&ts::open_path_argv(self.port, ts::PLACEHOLDER, ts::PLACEHOLDER_TARGET))
+                    let out = self
+                        .cmd(&ts::open_path_argv(self.port, ts::PLACEHOLDER, ts::PLACEHOLDER_TARGET))
                         .await
                         .map_err(|f| self.fail(f))?;
                     sc = self.serve_config().await?;
                     if !self.placeholder_ok(&host, &sc) {
-                        return Err(self.unverified("the placeholder handler /s/.ferry is not in the serve config"));
+                        return Err(
+                            self.not_applied(&out, "the placeholder handler /s/.ferry is not in the serve config")
+                        );
                     }
                 }
             }
@@ -253,6 +313,15 @@ impl Funnel {
         TunnelError::Failed(m)
     }
 
+    /// A command exited 0 and the serve config shows it did nothing: what it printed says why
+    /// when it can.
+    fn not_applied(&self, out: &Output, what: &str) -> TunnelError {
+        match ts::unapplied(&out.stdout) {
+            Some(f) => self.fail(Failed::Cli(f)),
+            None => self.unverified(what),
+        }
+    }
+
     /// Makes one link public and checks it is.
     pub async fn open(&self, id: &TunnelId) -> Result<(), TunnelError> {
         let mut st = self.state.lock().await;
@@ -277,25 +346,29 @@ impl Funnel {
                 if sc.serves(host, self.port, &mount, &target) {
                     return Ok(());
                 }
-                self.cmd(&ts::open_path_argv(self.port, &mount, &target))
+                let out = self
+                    .cmd(&ts::open_path_argv(self.port, &mount, &target))
                     .await
                     .map_err(|f| self.fail(f))?;
                 let sc = self.serve_config().await?;
                 if !sc.serves(host, self.port, &mount, &target) {
-                    return Err(self.unverified(&format!("{mount} is not served publicly")));
+                    return Err(self.not_applied(&out, &format!("{mount} is not served publicly")));
                 }
             }
             FunnelMode::Tcp => {
                 let up = self.tcp_upstream()?;
-                if sc.tcp_forward(self.port) == Some((up.as_str(), 2)) && sc.funnel_on(host, self.port) {
+                if sc.forwards(self.port, &up) && sc.funnel_on(host, self.port) {
                     return Ok(());
                 }
-                self.cmd(&ts::open_tcp_argv(self.port, &up))
+                let out = self
+                    .cmd(&ts::open_tcp_argv(self.port, &up))
                     .await
                     .map_err(|f| self.fail(f))?;
                 let sc = self.serve_config().await?;
-                if sc.tcp_forward(self.port) != Some((up.as_str(), 2)) || !sc.funnel_on(host, self.port) {
-                    return Err(self.unverified(&format!("port {} does not forward to {up} publicly", self.port)));
+                if !sc.forwards(self.port, &up) || !sc.funnel_on(host, self.port) {
+                    return Err(
+                        self.not_applied(&out, &format!("port {} does not forward to {up} publicly", self.port))
+                    );
                 }
             }
         }
@@ -332,31 +405,29 @@ impl Funnel {
         }
     }
 
+    /// `tailscale funnel ... off` removes the handler; but `funnel` first checks that the node may
+    /// use Funnel, and may fail there, or stop there with success having changed nothing. Then
+    /// `tailscale serve ... off`, which makes no such check, removes the same handler.
     async fn close_mount(&self, mount: &str) -> Result<(), TunnelError> {
-        match self.cmd(&ts::close_path_argv(self.port, mount)).await {
-            Ok(_) | Err(Failed::Cli(Failure::NoHandler)) => {}
-            // `funnel` checks the node may use Funnel even to switch a path off; `serve` does not,
-            // and removes the same handler.
-            Err(Failed::Cli(Failure::NoFunnel { .. })) => {
-                let mut argv = ts::close_path_argv(self.port, mount);
-                argv[0] = "serve".into();
-                match self.cmd(&argv).await {
-                    Ok(_) | Err(Failed::Cli(Failure::NoHandler)) => {}
-                    Err(f) => return Err(self.fail(f)),
-                }
-            }
-            Err(f) => return Err(self.fail(f)),
-        }
         let known = self.dns_name.lock().expect("dns mutex").clone();
         let host = match known {
             Some(h) => h,
-            None => self.node().await?,
+            None => self.node().await?.dns_name,
         };
-        let sc = self.serve_config().await?;
-        if sc.handler(&host, self.port, mount).is_some() {
-            return Err(self.unverified(&format!("{mount} is still in the serve config")));
+        for sub in ["funnel", "serve"] {
+            let mut argv = ts::close_path_argv(self.port, mount);
+            argv[0] = sub.into();
+            match self.cmd(&argv).await {
+                Ok(_) | Err(Failed::Cli(Failure::NoHandler)) => {}
+                Err(Failed::Cli(f)) if sub == "funnel" && f.is_funnel_check() => continue,
+                Err(f) => return Err(self.fail(f)),
+            }
+            let sc = self.serve_config().await?;
+            if sc.handler(&host, self.port, mount).is_none() {
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(self.unverified(&format!("{mount} is still in the serve config")))
     }
 
     async fn close_tcp(&self) -> Result<(), TunnelError> {
@@ -406,7 +477,7 @@ impl Funnel {
             FunnelMode::Tcp => {
                 if let Some(first) = now_open.first() {
                     let up = self.tcp_upstream()?;
-                    if sc.tcp_forward(self.port) != Some((up.as_str(), 2)) || !sc.funnel_on(&host, self.port) {
+                    if !sc.forwards(self.port, &up) || !sc.funnel_on(&host, self.port) {
                         self.open_one(&host, &sc, first).await?;
                         done.reasserted.push(first.clone());
                     }
@@ -427,10 +498,8 @@ impl Funnel {
             return;
         }
         let _st = self.state.lock().await;
-        if let Err(e) = self.cmd(&ts::close_path_argv(self.port, ts::PLACEHOLDER)).await
-            && !matches!(e, Failed::Cli(Failure::NoHandler))
-        {
-            tracing::warn!(error = ?e, "could not remove the placeholder handler");
+        if let Err(e) = self.close_mount(ts::PLACEHOLDER).await {
+            tracing::warn!(error = %e, "could not remove the placeholder handler");
         }
     }
 }

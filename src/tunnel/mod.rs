@@ -144,6 +144,15 @@ impl Provider {
         self.funnel().and_then(funnel::Funnel::public_base)
     }
 
+    /// Checks the settings against the node before ferry serves: `Err` names the setting that
+    /// cannot work with it (a tailscale too old for `FERRY_UPSTREAM_URL`, say).
+    pub async fn preflight(&self) -> Result<(), String> {
+        match self.funnel() {
+            None => Ok(()),
+            Some(f) => f.preflight().await,
+        }
+    }
+
     pub fn health(&self) -> Health {
         self.funnel().map_or_else(Health::ok, funnel::Funnel::health)
     }

@@ -94,6 +94,9 @@ pub struct ServeConfig {
     pub web: BTreeMap<String, WebServerConfig>,
     #[serde(rename = "AllowFunnel", default)]
     pub allow_funnel: BTreeMap<String, bool>,
+    /// The configs of foreground `tailscale serve`/`funnel` sessions, by session.
+    #[serde(rename = "Foreground", default)]
+    pub foreground: BTreeMap<String, ServeConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -162,9 +165,19 @@ impl ServeConfig {
         self.allow_funnel.get(&Self::host_port(host, port)) == Some(&true)
     }
 
-    /// Whether `mount` proxies to `target` publicly.
+    /// Whether `mount` proxies to `target` publicly (the target as tailscaled stores it: see
+    /// [`same_target`]).
     pub fn serves(&self, host: &str, port: u16, mount: &str, target: &str) -> bool {
-        self.funnel_on(host, port) && self.handler(host, port, mount).is_some_and(|h| h.proxy == target)
+        self.funnel_on(host, port)
+            && self
+                .handler(host, port, mount)
+                .is_some_and(|h| same_target(&h.proxy, target))
+    }
+
+    /// Whether a foreground session holds `port` (its config comes first on the port, and the
+    /// CLI refuses background changes to it).
+    pub fn foreground_holds(&self, port: u16) -> bool {
+        self.foreground.values().any(|c| c.tcp.contains_key(&port.to_string()))
     }
 
     /// ferry's handlers on the port (mounts under `/s/`, the placeholder excluded).
@@ -192,6 +205,12 @@ impl ServeConfig {
         (!h.tcp_forward.is_empty()).then_some((h.tcp_forward.as_str(), h.proxy_protocol))
     }
 
+    /// Whether `port` forwards to `upstream` (`host:port`) with PROXY protocol v2.
+    pub fn forwards(&self, port: u16, upstream: &str) -> bool {
+        self.tcp_forward(port)
+            .is_some_and(|(to, pp)| pp == 2 && same_target(&format!("tcp://{to}"), &format!("tcp://{upstream}")))
+    }
+
     pub fn serves_web(&self, port: u16) -> bool {
         self.tcp.get(&port.to_string()).is_some_and(|h| h.https || h.http)
     }
@@ -209,10 +228,40 @@ pub struct NodeStatus {
     pub backend_state: String,
     /// Whether the node has the `https` and `funnel` capabilities.
     pub can_funnel: bool,
+    /// The node's tailscale version, when `Version` reads as one.
+    pub version: Option<Version>,
+    /// The ports of the node's funnel-ports attribute (`443,8443,10000`), if it has one.
+    pub funnel_ports: Option<String>,
+}
+
+/// A tailscale version's major and minor number (`1.92.3-t…` is 1.92).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32);
+
+impl Version {
+    /// The oldest CLI with the commands ferry runs (`--bg`, `--set-path`).
+    pub const MINIMUM: Version = Version(1, 52);
+    /// The first CLI that proxies to hosts other than localhost and has `--proxy-protocol`.
+    pub const ANY_UPSTREAM: Version = Version(1, 92);
+
+    pub fn parse(s: &str) -> Option<Version> {
+        let mut parts = s.split(['.', '-']);
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(Version(major, minor))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
 }
 
 #[derive(Deserialize)]
 struct RawStatus {
+    #[serde(rename = "Version", default)]
+    version: String,
     #[serde(rename = "BackendState", default)]
     backend_state: String,
     #[serde(rename = "Self")]
@@ -251,11 +300,106 @@ pub fn parse_status(out: &str) -> Result<NodeStatus, ParseError> {
         .chain(node.cap_map.unwrap_or_default().into_keys())
         .collect();
     let has = |c: &str| caps.iter().any(|x| x == c);
+    let funnel_ports = caps
+        .iter()
+        .find_map(|c| c.strip_prefix(FUNNEL_PORTS_CAP)?.strip_prefix("?ports="))
+        .map(str::to_string);
     Ok(NodeStatus {
         dns_name,
         backend_state: raw.backend_state,
         can_funnel: has("https") && has("funnel"),
+        version: Version::parse(&raw.version),
+        funnel_ports,
     })
+}
+
+/// The node attribute that lists the ports Funnel may use.
+const FUNNEL_PORTS_CAP: &str = "https://tailscale.com/cap/funnel-ports";
+
+/// Whether a funnel-ports attribute (`443,8443,10000`, ranges as `8000-8100`) allows `port`.
+pub fn funnel_port_allowed(ports: &str, port: u16) -> bool {
+    ports.split(',').any(|p| match p.split_once('-') {
+        None => p.parse() == Ok(port),
+        Some((a, b)) => match (a.parse::<u16>(), b.parse::<u16>()) {
+            (Ok(a), Ok(b)) => (a..=b).contains(&port),
+            _ => false,
+        },
+    })
+}
+
+/// What in ferry's settings this node's tailscale cannot do, said with the setting's name.
+pub fn unsupported(version: Version, mode: FunnelMode, upstream: &str) -> Option<String> {
+    if version < Version::MINIMUM {
+        return Some(format!(
+            "the tailscale CLI is {version}; ferry needs Tailscale {} or later",
+            Version::MINIMUM
+        ));
+    }
+    if mode == FunnelMode::Tcp && version < Version::ANY_UPSTREAM {
+        return Some(format!(
+            "FERRY_FUNNEL_MODE=tcp needs Tailscale {} or later (--proxy-protocol); the tailscale CLI is {version}",
+            Version::ANY_UPSTREAM
+        ));
+    }
+    let host = canonical_target(upstream).map(|t| t.host);
+    if version < Version::ANY_UPSTREAM && host.as_deref() != Some("127.0.0.1") {
+        return Some(format!(
+            "FERRY_UPSTREAM_URL={upstream}: Tailscale {version} proxies only to localhost or 127.0.0.1; \
+             another upstream needs Tailscale {} or later (upgrade the sidecar, or use a loopback upstream)",
+            Version::ANY_UPSTREAM
+        ));
+    }
+    None
+}
+
+/// A proxy target the way tailscaled tells targets apart: the host without brackets (1.92 and
+/// later store `[::1]:8080` as `::1:8080`) and `localhost` as 127.0.0.1 (earlier versions
+/// store it so).
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+fn canonical_target(url: &str) -> Option<Target> {
+    let (scheme, rest) = url.split_once("://")?;
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    let (host, port) = if let Some(b) = authority.strip_prefix('[') {
+        let (h, after) = b.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => Some(p.parse().ok()?),
+    };
+    let host = host.to_ascii_lowercase();
+    let host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
+    (!host.is_empty()).then(|| Target {
+        scheme: scheme.to_ascii_lowercase(),
+        host,
+        port,
+        path: if path.is_empty() { "/".into() } else { path.to_string() },
+    })
+}
+
+/// Whether a handler's stored proxy target is the target ferry asked for.
+pub fn same_target(stored: &str, wanted: &str) -> bool {
+    match (canonical_target(stored), canonical_target(wanted)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// The public base of download URLs: `https://<DNSName><:port unless 443>`.
@@ -279,14 +423,33 @@ pub enum Failure {
         enable_url: Option<String>,
         message: String,
     },
-    /// tailscaled is not reachable (not running, wrong socket).
+    /// tailscaled is not reachable (stopped, or another socket).
     NoDaemon(String),
+    /// tailscaled or the CLI refused for a reason only the owner can change; `remedy` says
+    /// what to change, `message` is what tailscale said.
+    Refused {
+        remedy: String,
+        message: String,
+    },
     Other(String),
 }
 
-/// Classifies a failed command from its stdout and stderr.
-pub fn classify(stdout: &str, stderr: &str) -> Failure {
+impl Failure {
+    /// Whether the failure came from `tailscale funnel`'s check that the node may use Funnel,
+    /// which `tailscale serve` does not make.
+    pub fn is_funnel_check(&self) -> bool {
+        match self {
+            Failure::NoFunnel { .. } => true,
+            Failure::Refused { message, .. } => message.contains("is not allowed for funnel"),
+            _ => false,
+        }
+    }
+}
+
+/// Classifies a failed command from its stdout and stderr. `port` is `FERRY_FUNNEL_PORT`.
+pub fn classify(stdout: &str, stderr: &str, port: u16) -> Failure {
     let all = format!("{stdout}\n{stderr}");
+    let message = summary(&all);
     if all.contains("Another client is changing the serve config") {
         return Failure::Race;
     }
@@ -294,19 +457,79 @@ pub fn classify(stdout: &str, stderr: &str) -> Failure {
         return Failure::NoHandler;
     }
     if all.contains("Funnel not available") || all.contains("Funnel is not enabled") {
-        let enable_url = all
-            .split_whitespace()
-            .find(|w| w.starts_with("https://login.tailscale.com/") || w.starts_with("https://tailscale.com/s/"))
-            .map(|w| w.trim_end_matches(['.', ',']).to_string());
         return Failure::NoFunnel {
-            enable_url,
-            message: summary(&all),
+            enable_url: enable_url(&all),
+            message,
         };
     }
-    if all.contains("failed to connect to local tailscaled") || all.contains("doesn't appear to be running") {
-        return Failure::NoDaemon(summary(&all));
+    // `status` and `funnel` say "failed to connect to local tailscaled"; a LocalAPI call
+    // (`funnel status`, `serve`) says "Failed to connect to local Tailscale daemon".
+    let lower = all.to_ascii_lowercase();
+    if lower.contains("failed to connect to local tailscale") {
+        return Failure::NoDaemon(message);
     }
-    Failure::Other(summary(&all))
+    let refused = |remedy: String| Failure::Refused {
+        remedy,
+        message: message.clone(),
+    };
+    if all.contains("serve config denied") || all.contains("Access denied") {
+        return refused(
+            "the user ferry runs the tailscale CLI as may not change the serve config: make it tailscaled's \
+             operator (sudo tailscale set --operator=<user>) or run the CLI as root"
+                .into(),
+        );
+    }
+    if all.contains("must be root, or be an operator") {
+        return refused(
+            "the node's serve config holds a file-path handler, so tailscaled lets only root change it: \
+             remove that handler, or run the tailscale CLI as root"
+                .into(),
+        );
+    }
+    if all.contains("shields-up") {
+        return refused("shields-up is on and Funnel cannot work with it: run tailscale set --shields-up=false".into());
+    }
+    if all.contains("foreground already exists") {
+        return refused(format!(
+            "a foreground tailscale serve or funnel session holds port {port}: end it, or set FERRY_FUNNEL_PORT \
+             to another port"
+        ));
+    }
+    if all.contains("is not allowed for funnel") {
+        return refused(
+            "the tailnet's funnel-ports node attribute leaves out a port the tailscale CLI needs (it checks 443 \
+             for every Funnel command, whatever FERRY_FUNNEL_PORT is): allow it in the tailnet policy file"
+                .into(),
+        );
+    }
+    if all.contains("only localhost or 127.0.0.1 proxies") {
+        return refused(format!(
+            "FERRY_UPSTREAM_URL must be a localhost or 127.0.0.1 address with this tailscale (another upstream needs \
+             Tailscale {} or later)",
+            Version::ANY_UPSTREAM
+        ));
+    }
+    Failure::Other(message)
+}
+
+/// A command that exited 0 without doing what was asked: `tailscale funnel` stops early, with
+/// success, when the control server says Funnel cannot be enabled here ("You don't have
+/// permission to enable this feature."). `None` when its output is the usual one.
+pub fn unapplied(stdout: &str) -> Option<Failure> {
+    let said = summary(stdout);
+    if said.is_empty() || stdout.contains("Available on the internet") || stdout.contains("Available within") {
+        return None;
+    }
+    Some(Failure::NoFunnel {
+        enable_url: enable_url(stdout),
+        message: said,
+    })
+}
+
+fn enable_url(all: &str) -> Option<String> {
+    all.split_whitespace()
+        .find(|w| w.starts_with("https://login.tailscale.com/") || w.starts_with("https://tailscale.com/s/"))
+        .map(|w| w.trim_end_matches(['.', ',']).to_string())
 }
 
 /// The output's meaningful lines, joined, bounded.
@@ -432,12 +655,14 @@ mod tests {
         assert_eq!(public_base(HOST, 8443), "https://nas.tail1234.ts.net:8443");
     }
 
+    /// Each text is what the real CLI prints (the emulator under tests/emulator cites where each
+    /// comes from).
     #[test]
     fn failures_are_recognised() {
         let cases: &[(&str, &str, Failure)] = &[
             (
                 "",
-                "Another client is changing the serve config; please try again.\netag mismatch",
+                "Another client is changing the serve config; please try again.\nsending serve config: Preconditions failed: etag mismatch",
                 Failure::Race,
             ),
             (
@@ -455,11 +680,21 @@ mod tests {
             ),
         ];
         for (out, err, want) in cases {
-            assert_eq!(&classify(out, err), want, "{err}");
+            assert_eq!(&classify(out, err, 443), want, "{err}");
+        }
+        // A stopped tailscaled, in the words of each command ferry runs.
+        for err in [
+            "getting client status: failed to connect to local tailscaled; it doesn't appear to be running",
+            "getting serve config: Failed to connect to local Tailscale daemon for /localapi/v0/serve-config; not running? Error: dial unix /var/run/tailscale/tailscaled.sock: connect: no such file or directory",
+            "error getting serve config: getting serve config: Failed to connect to local Tailscale daemon for /localapi/v0/serve-config; not running? Error: dial unix /tmp/ts.sock: connect: connection refused",
+            "failed to connect to local tailscaled (which appears to be running as tailscaled, pid 94512). Got error: Failed to connect to local Tailscale daemon for /localapi/v0/status; not running?",
+        ] {
+            assert!(matches!(classify("", err, 443), Failure::NoDaemon(_)), "{err}");
         }
         let f = classify(
             "Funnel is not enabled on your tailnet.\nTo enable, visit:\n\n         https://login.tailscale.com/f/funnel?node=nABC\n",
             "Funnel not available; \"funnel\" node attribute not set. See https://tailscale.com/s/no-funnel.",
+            443,
         );
         match f {
             Failure::NoFunnel { enable_url, message } => {
@@ -471,7 +706,115 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(classify("", "boom"), Failure::Other(m) if m == "boom"));
+        assert!(matches!(classify("", "boom", 443), Failure::Other(m) if m == "boom"));
+    }
+
+    #[test]
+    fn refusals_say_what_to_change() {
+        let cases = [
+            ("sending serve config: Access denied: serve config denied", "--operator"),
+            (
+                "sending serve config: 401 Unauthorized: must be root, or be an operator and able to run 'sudo tailscale' to serve a path",
+                "file-path handler",
+            ),
+            (
+                "sending serve config: updating config: Unable to turn on Funnel while shields-up is enabled",
+                "--shields-up=false",
+            ),
+            ("foreground already exists under this port", "FERRY_FUNNEL_PORT"),
+            (
+                "port 443 is not allowed for funnel; allowed ports are: 8443",
+                "funnel-ports",
+            ),
+            (
+                "error: failed apply web serve: only localhost or 127.0.0.1 proxies are currently supported\n\ntry `tailscale funnel --help` for usage info",
+                "FERRY_UPSTREAM_URL",
+            ),
+        ];
+        for (err, hint) in cases {
+            match classify("", err, 8443) {
+                Failure::Refused { remedy, message } => {
+                    assert!(remedy.contains(hint), "{err}: {remedy}");
+                    assert!(err.contains(message.split(' ').next().unwrap()), "{message}");
+                }
+                other => panic!("{err}: {other:?}"),
+            }
+        }
+        let port = classify("", "port 443 is not allowed for funnel", 443);
+        assert!(port.is_funnel_check(), "{port:?}");
+        assert!(!classify("", "serve config denied", 443).is_funnel_check());
+    }
+
+    #[test]
+    fn an_early_successful_exit_is_read_for_its_reason() {
+        let f = unapplied("\nYou don't have permission to enable this feature.\n").unwrap();
+        assert_eq!(
+            f,
+            Failure::NoFunnel {
+                enable_url: None,
+                message: "You don't have permission to enable this feature.".into()
+            }
+        );
+        let usual = "Available on the internet:\n\nhttps://x.ts.net/s/a\n|-- proxy http://127.0.0.1:8080/s/a\n";
+        assert_eq!(unapplied(usual), None);
+        assert_eq!(unapplied(""), None);
+    }
+
+    #[test]
+    fn targets_compare_as_tailscaled_stores_them() {
+        // 1.92 and later drop the brackets of an IPv6 host; earlier ones store localhost as
+        // 127.0.0.1.
+        assert!(same_target("http://::1:8080/s/A", "http://[::1]:8080/s/A"));
+        assert!(same_target("http://127.0.0.1:8080/s/A", "http://localhost:8080/s/A"));
+        assert!(same_target("http://nginx:8080/s/A", "http://nginx:8080/s/A"));
+        assert!(same_target("http://fd00::5:80/s/A", "http://[fd00::5]:80/s/A"));
+        assert!(!same_target("http://::1:8080/s/A", "http://[::1]:8081/s/A"));
+        assert!(!same_target("http://127.0.0.1:8080/s/A", "http://127.0.0.1:8080/s/B"));
+        assert!(!same_target("https://127.0.0.1:8080/s/A", "http://127.0.0.1:8080/s/A"));
+        assert!(!same_target("", "http://127.0.0.1:8080/s/A"));
+    }
+
+    #[test]
+    fn versions_decide_what_the_upstream_may_be() {
+        assert_eq!(Version::parse("1.90.9-t1234abcd-g5678"), Some(Version(1, 90)));
+        assert_eq!(Version::parse("1.92.3"), Some(Version(1, 92)));
+        assert_eq!(Version::parse("unknown"), None);
+        let old = Version(1, 90);
+        assert_eq!(unsupported(old, FunnelMode::Path, "http://127.0.0.1:8080"), None);
+        assert_eq!(unsupported(old, FunnelMode::Path, "http://localhost:8080"), None);
+        for upstream in ["http://nginx:8080", "http://[::1]:8080", "http://192.168.1.5:8080"] {
+            let m = unsupported(old, FunnelMode::Path, upstream).unwrap();
+            assert!(m.contains("FERRY_UPSTREAM_URL") && m.contains("1.92"), "{m}");
+        }
+        let m = unsupported(old, FunnelMode::Tcp, "http://127.0.0.1:8080").unwrap();
+        assert!(m.contains("FERRY_FUNNEL_MODE=tcp") && m.contains("1.92"), "{m}");
+        let m = unsupported(Version(1, 50), FunnelMode::Path, "http://127.0.0.1:8080").unwrap();
+        assert!(m.contains("1.52"), "{m}");
+        let new = Version(1, 92);
+        assert_eq!(unsupported(new, FunnelMode::Tcp, "http://nginx:8080"), None);
+        assert_eq!(unsupported(new, FunnelMode::Path, "http://[::1]:8080"), None);
+    }
+
+    #[test]
+    fn funnel_ports_read_lists_and_ranges() {
+        assert!(funnel_port_allowed("443,8443,10000", 8443));
+        assert!(!funnel_port_allowed("443,8443,10000", 8080));
+        assert!(funnel_port_allowed("80,443,8080-8090", 8085));
+        assert!(!funnel_port_allowed("8080-x,", 8080));
+        let json = r#"{"Version":"1.94.1-tabc","BackendState":"Running","Self":{"DNSName":"nas.tail1234.ts.net.",
+          "CapMap":{"https":null,"funnel":null,"https://tailscale.com/cap/funnel-ports?ports=8443,10000":null}}}"#;
+        let st = parse_status(json).unwrap();
+        assert_eq!(st.funnel_ports.as_deref(), Some("8443,10000"));
+        assert_eq!(st.version, Some(Version(1, 94)));
+    }
+
+    #[test]
+    fn a_foreground_session_is_seen_on_its_port() {
+        let json = r#"{"TCP":{"443":{"HTTPS":true}},"Foreground":{"s1":{"TCP":{"8443":{"HTTPS":true}},
+          "Web":{"nas.tail1234.ts.net:8443":{"Handlers":{"/":{"Proxy":"http://127.0.0.1:3000"}}}}}}}"#;
+        let sc = parse_serve_config(json).unwrap();
+        assert!(sc.foreground_holds(8443));
+        assert!(!sc.foreground_holds(443));
     }
 
     #[test]
