@@ -1,6 +1,9 @@
 //! An emulator of the `tailscale` CLI and of Funnel's public front, for ferry's tests (which
 //! cannot reach Tailscale). It keeps the argv grammar, the error texts and the JSON shapes of
-//! Tailscale's own CLI (`cmd/tailscale/cli/serve_v2.go`, `ipn/serve.go`) for what ferry uses:
+//! Tailscale's own CLI for what ferry uses, and is as strict as the real CLI where ferry could go
+//! wrong. The texts come from tailscale/tailscale (1.90 to 1.103): `cmd/tailscale/cli/serve_v2.go`,
+//! `serve_legacy.go` and `ts.go`, `ipn/serve.go`, `ipn/ipnlocal/serve.go`, `ipn/localapi/serve.go`
+//! and `client/local/local.go`; each place below names its source.
 //!
 //! ```text
 //! tailscale-emulator [--socket=PATH] status --json
@@ -16,11 +19,24 @@
 //! - `daemon --listen=ADDR --dns-name=NAME [--funnel-port=443] [--no-funnel] [--persist]` stands
 //!   for tailscaled and Funnel's ingress: it keeps the node's state in the file at the socket path
 //!   (a fresh, empty serve config unless `--persist`, as after a sidecar restart) and answers on
-//!   ADDR as Funnel answers on `NAME:PORT`, in plain HTTP/TCP (no TLS).
-//! - `emulator-set KEY=VALUE...` changes a knob in the state: `etag_failures` (the next N writes
-//!   lose the ETag race, as if another client changed the config), `funnel` (`true`/`false`: the
-//!   node's Funnel capability), `enable_wait_ms` (how long the interactive enablement waits),
-//!   `hang_next` (the next N commands hang for a minute, as a wedged tailscaled makes them).
+//!   ADDR as Funnel answers on `NAME:PORT`, in plain HTTP/TCP (no TLS). While the daemon process is
+//!   not running, every command fails as the CLI fails when tailscaled is stopped.
+//! - `emulator-set KEY=VALUE...` turns the switches the tests set:
+//!   - `version`: the tailscale version (`1.92.3` unless set); before 1.92 a proxy target must be
+//!     localhost or 127.0.0.1 and `--proxy-protocol` does not exist.
+//!   - `funnel`, `https` (`true`/`false`): the node's Funnel and HTTPS capabilities.
+//!   - `funnel_enable`: what the CLI does when the node lacks them: `wait` (prints the enablement
+//!     link and blocks until Funnel is enabled, at most `enable_wait_ms`), `text` (prints the
+//!     control server's text and exits 0 having changed nothing), or `error` (the control query
+//!     fails: "Funnel not available", no link).
+//!   - `funnel_ports`: the node's funnel-ports attribute (`443,8443,10000` unless set; empty: none).
+//!   - `denied`: serve-config writes are refused (neither root nor the operator).
+//!   - `operator_admin` (`true` unless set): `false` is an operator that cannot `sudo`, whose writes
+//!     are refused while the config holds a file-path handler.
+//!   - `shields_up`: shields-up is on (Funnel cannot be switched on, nothing answers outside).
+//!   - `foreground`: a port held by a foreground `tailscale funnel` session (`0`: none).
+//!   - `etag_failures` (the next N writes lose the ETag race), `write_delay_ms`, and `hang_next`
+//!     (the next N commands hang for a minute, as a wedged tailscaled makes them).
 //!
 //! Writes are guarded as tailscaled guards them: the CLI reads the config with its ETag, changes
 //! it, and the write fails when the ETag moved in between ("Another client is changing the serve
@@ -35,8 +51,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 const DEFAULT_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
-const NOT_RUNNING: &str =
-    "failed to connect to local tailscaled; it doesn't appear to be running (sudo systemctl start tailscaled ?)";
+const DEFAULT_VERSION: &str = "1.92.3";
+const DEFAULT_FUNNEL_PORTS: &str = "443,8443,10000";
+const FUNNEL_PORTS_CAP: &str = "https://tailscale.com/cap/funnel-ports";
+const SERVE_CONFIG_API: &str = "/localapi/v0/serve-config";
+const FOREGROUND_SESSION: &str = "fg-emulator-session";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,7 +102,9 @@ fn main() -> ExitCode {
             if !f.stdout.is_empty() {
                 print!("{}", f.stdout);
             }
-            eprintln!("{}", f.stderr);
+            if !f.stderr.is_empty() {
+                eprintln!("{}", f.stderr);
+            }
             ExitCode::from(f.code)
         }
     }
@@ -104,6 +125,7 @@ fn hang_if_asked(socket: &Path) {
     }
 }
 
+/// How a command ends when it does not succeed: its exit status and what it printed.
 struct Fail {
     code: u8,
     stdout: String,
@@ -128,6 +150,58 @@ impl Fail {
     /// An error printed before `try ... --help`, as serve_v2.go does.
     fn help(sub: &str, msg: impl std::fmt::Display) -> Self {
         Fail::new(format!("error: {msg}\n\ntry `tailscale {sub} --help` for usage info"))
+    }
+    /// The CLI stops early, successfully, having printed `stdout` (serve_legacy.go
+    /// enableFeatureInteractive calls `os.Exit(0)` when it should not wait).
+    fn exit_ok(stdout: impl Into<String>) -> Self {
+        Fail {
+            code: 0,
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tailscaled unreachable: each call that fails first says so in its own words.
+
+/// tailscaled is not running; `reason` is what connecting to its socket said.
+struct Down {
+    socket: PathBuf,
+    reason: &'static str,
+}
+
+impl Down {
+    /// `fixTailscaledConnectError` (cmd/tailscale/cli/ts.go), when no tailscaled process is found:
+    /// what `status` prints, and what `funnel` prints after "getting client status: ".
+    fn not_running() -> String {
+        let systemd =
+            std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("systemctl").exists()));
+        let hint = if systemd {
+            " (sudo systemctl start tailscaled ?)"
+        } else {
+            ""
+        };
+        format!("failed to connect to local tailscaled; it doesn't appear to be running{hint}")
+    }
+
+    /// `doLocalRequestNiceError` (client/local/local.go), for a LocalAPI call.
+    fn localapi(&self, path: &str) -> String {
+        format!(
+            "Failed to connect to local Tailscale daemon for {path}; not running? Error: dial unix {}: connect: {}",
+            self.socket.display(),
+            self.reason
+        )
+    }
+
+    /// `GetServeConfig` failed (client/local/local.go wraps it as "getting serve config").
+    fn getting_serve_config(&self) -> String {
+        format!("getting serve config: {}", self.localapi(SERVE_CONFIG_API))
+    }
+
+    /// `SetServeConfig` failed.
+    fn sending_serve_config(&self) -> String {
+        format!("sending serve config: {}", self.localapi(SERVE_CONFIG_API))
     }
 }
 
@@ -177,12 +251,17 @@ fn pid_alive(pid: u64) -> bool {
 }
 
 impl Node {
-    /// "Connects" to tailscaled: its state file must exist and its process be alive.
-    fn connect(path: &Path) -> Result<Node, Fail> {
-        let text = std::fs::read_to_string(path).map_err(|_| Fail::new(NOT_RUNNING))?;
-        let state: Value = serde_json::from_str(&text).map_err(|_| Fail::new(NOT_RUNNING))?;
+    /// "Connects" to tailscaled: its state file must exist and its process be alive. A state
+    /// file left by a daemon that died is a socket nobody listens on.
+    fn connect(path: &Path) -> Result<Node, Down> {
+        let down = |reason| Down {
+            socket: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|_| down("no such file or directory"))?;
+        let state: Value = serde_json::from_str(&text).map_err(|_| down("connection refused"))?;
         if !state["pid"].as_u64().is_some_and(pid_alive) {
-            return Err(Fail::new(NOT_RUNNING));
+            return Err(down("connection refused"));
         }
         Ok(Node {
             path: path.to_path_buf(),
@@ -198,6 +277,22 @@ impl Node {
         self.state["dns_name"].as_str().unwrap_or_default().to_string()
     }
 
+    /// A switch of the node's, `default` when the tests never set it.
+    fn flag(&self, key: &str, default: bool) -> bool {
+        self.state[key].as_bool().unwrap_or(default)
+    }
+
+    fn knob<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
+        self.state[key].as_str().unwrap_or(default)
+    }
+
+    /// The version as `(major, minor)`.
+    fn version(&self) -> (u32, u32) {
+        let v = self.knob("version", DEFAULT_VERSION);
+        let mut parts = v.split(['.', '-']).map(|p| p.parse().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+
     fn serve_config(&self) -> Value {
         match &self.state["serve"] {
             Value::Object(m) => Value::Object(m.clone()),
@@ -205,36 +300,67 @@ impl Node {
         }
     }
 
+    fn has_cap(&self, cap: &str) -> bool {
+        self.caps().iter().any(|c| c == cap)
+    }
+
     fn caps(&self) -> Vec<String> {
-        let mut caps = vec!["https".to_string()];
-        if self.state["funnel"].as_bool().unwrap_or(true) {
+        let mut caps = vec![];
+        if self.flag("https", true) {
+            caps.push("https".to_string());
+        }
+        if self.flag("funnel", true) {
             caps.push("funnel".into());
-            caps.push("https://tailscale.com/cap/funnel-ports?ports=443,8443,10000".into());
+        }
+        let ports = self.knob("funnel_ports", DEFAULT_FUNNEL_PORTS);
+        if !ports.is_empty() {
+            caps.push(format!("{FUNNEL_PORTS_CAP}?ports={ports}"));
         }
         caps
     }
 
-    /// SetServeConfig with If-Match: fails when the config changed since `etag` was read.
-    fn set_serve_config(&self, etag: u64, sc: Value) -> Result<(), Fail> {
+    /// The LocalAPI's serve-config POST (ipn/localapi/serve.go, then ipn/ipnlocal/serve.go
+    /// setServeConfigLocked), as the CLI reports its failures (client/local/local.go). With
+    /// `etag`, the write fails when the config changed since it was read (If-Match).
+    fn set_serve_config(&self, etag: Option<u64>, sc: Value) -> Result<(), Fail> {
         let delay = self.state["write_delay_ms"].as_u64().unwrap_or(0);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
         let _guard = lock(&self.path)?;
-        let mut now = Node::connect(&self.path)?;
-        let injected = now.state["etag_failures"].as_u64().unwrap_or(0);
-        if injected > 0 {
-            now.state["etag_failures"] = json!(injected - 1);
-            now.state["etag"] = json!(now.etag() + 1);
-            now.save()?;
+        let mut now = Node::connect(&self.path).map_err(|d| Fail::new(d.sending_serve_config()))?;
+        // Neither root nor the operator: 403, which the client reports as "Access denied".
+        if now.flag("denied", false) {
+            return Err(Fail::new("sending serve config: Access denied: serve config denied"));
         }
-        if injected > 0 || now.etag() != etag {
+        // authorizeServeConfigForGOOSAndUserContext: a config holding a file-path handler needs
+        // a local admin; 401 with a plain-text body.
+        if !now.flag("operator_admin", true) && has_path_handler(&sc) {
             return Err(Fail::new(
-                "Another client is changing the serve config; please try again.\n412 Precondition Failed: etag mismatch",
+                "sending serve config: 401 Unauthorized: must be root, or be an operator and able to run 'sudo tailscale' to serve a path",
             ));
         }
+        if now.flag("shields_up", false) && funnel_on(&sc) {
+            return Err(Fail::new(
+                "sending serve config: updating config: Unable to turn on Funnel while shields-up is enabled",
+            ));
+        }
+        if let Some(etag) = etag {
+            let injected = now.state["etag_failures"].as_u64().unwrap_or(0);
+            if injected > 0 {
+                now.state["etag_failures"] = json!(injected - 1);
+                now.state["etag"] = json!(now.etag() + 1);
+                now.save()?;
+            }
+            if injected > 0 || now.etag() != etag {
+                // 412, reported as "Preconditions failed"; serve_v2.go prints its own line first.
+                return Err(Fail::new(
+                    "Another client is changing the serve config; please try again.\nsending serve config: Preconditions failed: etag mismatch",
+                ));
+            }
+        }
         now.state["serve"] = sc;
-        now.state["etag"] = json!(etag + 1);
+        now.state["etag"] = json!(now.etag() + 1);
         now.save()
     }
 
@@ -246,32 +372,112 @@ impl Node {
     }
 }
 
+/// The config and its foreground sessions' configs (`ipn.ServeConfig.Foreground`).
+fn with_foreground(sc: &Value) -> Vec<&Value> {
+    let mut all = vec![sc];
+    if let Some(fg) = sc["Foreground"].as_object() {
+        all.extend(fg.values());
+    }
+    all
+}
+
+/// `ServeConfig.HasPathHandler`.
+fn has_path_handler(sc: &Value) -> bool {
+    with_foreground(sc).into_iter().any(|c| {
+        c["Web"].as_object().is_some_and(|web| {
+            web.values().any(|w| {
+                w["Handlers"]
+                    .as_object()
+                    .is_some_and(|h| h.values().any(|h| h["Path"].as_str().is_some_and(|p| !p.is_empty())))
+            })
+        })
+    })
+}
+
+/// `ServeConfig.IsFunnelOn`.
+fn funnel_on(sc: &Value) -> bool {
+    with_foreground(sc).into_iter().any(|c| {
+        c["AllowFunnel"]
+            .as_object()
+            .is_some_and(|m| m.values().any(|v| v.as_bool() == Some(true)))
+    })
+}
+
+/// The foreground session's config serving `port`, if one does (`ServeConfig.FindConfig`).
+fn foreground_for(sc: &Value, port: u16) -> Option<&Value> {
+    sc["Foreground"]
+        .as_object()?
+        .values()
+        .find(|c| !c["TCP"][port.to_string()].is_null())
+}
+
 fn emulator_set(socket: &Path, args: &[String]) -> Result<String, Fail> {
     let _guard = lock(socket)?;
-    let mut node = Node::connect(socket)?;
+    let mut node = Node::connect(socket).map_err(|_| Fail::new("emulator-set: the daemon is not running"))?;
     for a in args {
         let (k, v) = a
             .split_once('=')
             .ok_or_else(|| Fail::usage(format!("emulator-set: expected KEY=VALUE, got {a:?}")))?;
-        let v: Value = match k {
-            "etag_failures" | "enable_wait_ms" | "write_delay_ms" | "hang_next" => json!(
-                v.parse::<u64>()
-                    .map_err(|_| Fail::usage(format!("emulator-set: {k} wants a number, got {v:?}")))?
-            ),
-            "funnel" => json!(v == "true"),
+        let number = || {
+            v.parse::<u64>()
+                .map_err(|_| Fail::usage(format!("emulator-set: {k} wants a number, got {v:?}")))
+        };
+        let boolean = || match v {
+            "true" => Ok(json!(true)),
+            "false" => Ok(json!(false)),
+            _ => Err(Fail::usage(format!("emulator-set: {k} wants true or false, got {v:?}"))),
+        };
+        let value = match k {
+            "etag_failures" | "enable_wait_ms" | "write_delay_ms" | "hang_next" => json!(number()?),
+            "funnel" | "https" | "denied" | "operator_admin" | "shields_up" => boolean()?,
+            "funnel_enable" if matches!(v, "wait" | "text" | "error") => json!(v),
+            "funnel_enable" => {
+                return Err(Fail::usage(format!(
+                    "emulator-set: funnel_enable is wait, text or error, got {v:?}"
+                )));
+            }
+            "version" if v.split('.').take(2).all(|p| p.parse::<u32>().is_ok()) => json!(v),
+            "version" => return Err(Fail::usage(format!("emulator-set: version wants 1.NN.N, got {v:?}"))),
+            "funnel_ports" => json!(v),
+            "foreground" => {
+                let port = number()?;
+                set_foreground(&mut node, port);
+                continue;
+            }
             _ => return Err(Fail::usage(format!("emulator-set: unknown knob {k:?}"))),
         };
-        node.state[k] = v;
+        node.state[k] = value;
     }
     node.save()?;
     Ok(String::new())
+}
+
+/// A foreground `tailscale funnel --https=PORT 3000` session holds `port` (0: the session ends).
+fn set_foreground(node: &mut Node, port: u64) {
+    let mut sc = node.serve_config();
+    let map = sc.as_object_mut().unwrap();
+    if port == 0 {
+        map.remove("Foreground");
+    } else {
+        let hp = format!("{}:{port}", node.dns_name());
+        map.insert(
+            "Foreground".into(),
+            json!({ FOREGROUND_SESSION: {
+                "TCP": { port.to_string(): {"HTTPS": true} },
+                "Web": { hp.clone(): {"Handlers": {"/": {"Proxy": "http://127.0.0.1:3000"}}} },
+                "AllowFunnel": { hp: true },
+            }}),
+        );
+    }
+    node.state["serve"] = sc;
+    node.state["etag"] = json!(node.etag() + 1);
 }
 
 // ---------------------------------------------------------------------------------------------
 // `tailscale status --json`
 
 fn status(socket: &Path, args: &[String]) -> Result<String, Fail> {
-    let node = Node::connect(socket)?;
+    let node = Node::connect(socket).map_err(|_| Fail::new(Down::not_running()))?;
     if !args.iter().any(|a| a == "--json" || a == "-json" || a == "--json=true") {
         return Ok(format!("100.64.0.1  {}  emulator  linux  -", node.dns_name()));
     }
@@ -280,7 +486,7 @@ fn status(socket: &Path, args: &[String]) -> Result<String, Fail> {
     let suffix = dns.split_once('.').map(|(_, s)| s.to_string()).unwrap_or_default();
     let cap_map: Map<String, Value> = node.caps().into_iter().map(|c| (c, Value::Null)).collect();
     let st = json!({
-        "Version": "1.92.3-emulator",
+        "Version": format!("{}-t0e0m0u0l-g0a0t0o0r", node.knob("version", DEFAULT_VERSION)),
         "TUN": false,
         "BackendState": "Running",
         "HaveNodeKey": true,
@@ -325,7 +531,13 @@ struct Flags {
 }
 
 /// Go's `flag` package: `-f`, `--f`, `--f=v`, `--f v`; parsing stops at the first non-flag.
-fn parse_flags(sub: &str, args: &[String], allowed: &[&str]) -> Result<(Flags, Vec<String>), Fail> {
+/// `version` decides which flags exist: `--proxy-protocol` came with 1.92.
+fn parse_flags(
+    sub: &str,
+    args: &[String],
+    allowed: &[&str],
+    version: (u32, u32),
+) -> Result<(Flags, Vec<String>), Fail> {
     let mut f = Flags::default();
     let mut i = 0;
     while i < args.len() {
@@ -344,7 +556,7 @@ fn parse_flags(sub: &str, args: &[String], allowed: &[&str]) -> Result<(Flags, V
             Some((n, v)) => (n, Some(v.to_string())),
             None => (name, None),
         };
-        if !allowed.contains(&name) {
+        if !allowed.contains(&name) || (name == "proxy-protocol" && version < (1, 92)) {
             return Err(Fail::usage(format!("flag provided but not defined: -{name}")));
         }
         let is_bool = matches!(name, "bg" | "yes" | "json");
@@ -435,49 +647,92 @@ fn clean_url_path(p: &str) -> Result<String, String> {
     }
 }
 
-/// ExpandProxyTargetValue: a port, `host:port`, or a URL with one of the schemes.
-fn expand_target(target: &str, schemes: &[&str], default: &str) -> Result<String, String> {
-    if target.is_empty() {
+/// `ipn.ExpandProxyTargetValue` as the node's version has it: a port, `host:port`, or a URL with
+/// one of the schemes. Since 1.92 any host may be proxied to (a non-localhost one needs a scheme),
+/// and the port is joined on without brackets, so `[::1]:8080` is stored as `::1:8080`; before,
+/// only localhost and 127.0.0.1 were allowed, stored as 127.0.0.1 (ipn/serve.go).
+fn expand_target(target: &str, schemes: &[&str], default: &str, version: (u32, u32)) -> Result<String, String> {
+    let legacy = version < (1, 92);
+    if target.is_empty() && !legacy {
         return Err("empty target".into());
     }
     if let Ok(port) = target.parse::<u16>() {
         return Ok(format!("{default}://127.0.0.1:{port}"));
     }
-    let full = if target.contains("://") {
+    let has_scheme = target.contains("://");
+    let full = if has_scheme {
         target.to_string()
     } else {
         format!("{default}://{target}")
     };
     let (scheme, rest) = full.split_once("://").unwrap();
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("invalid URL parse {full:?}: invalid host"));
+    }
     if !schemes.contains(&scheme) {
         return Err(format!(
             "must be a URL starting with one of the supported schemes: [{}]",
             schemes.join(" ")
         ));
     }
-    let hostport = rest.split(['/', '?']).next().unwrap_or_default();
-    if hostport.is_empty() {
-        return Err(format!("invalid URL parse {full:?}: missing host"));
-    }
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (h, Some(p)),
-        _ => (hostport, None),
+    // url.URL's Hostname and Port.
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (h, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("invalid URL parse {full:?}: missing ']' in host"))?;
+        (h, after.strip_prefix(':').unwrap_or(""))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (authority, ""),
+        }
     };
-    if matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
-        match port.map(str::parse::<u16>) {
-            Some(Ok(p)) if p > 0 => {}
-            _ => return Err("invalid port".into()),
+    if legacy {
+        if !matches!(host, "localhost" | "127.0.0.1") {
+            return Err("only localhost or 127.0.0.1 proxies are currently supported".into());
+        }
+        return match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(format!("{scheme}://127.0.0.1:{p}{path}")),
+            _ => Err(format!("invalid port {port:?}")),
+        };
+    }
+    if matches!(host, "localhost" | "127.0.0.1" | "::1") {
+        if port.is_empty() {
+            return Err(format!("port required for localhost target {full:?}"));
+        }
+    } else {
+        let valid_ip = host.parse::<IpAddr>().is_ok();
+        let valid_name = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_ip && !valid_name {
+            return Err(format!("invalid hostname or IP address {host:?}"));
+        }
+        if !has_scheme {
+            return Err(format!("non-localhost target {full:?} must include a scheme"));
         }
     }
-    Ok(full)
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(format!("{scheme}://{host}:{p}{path}")),
+        _ if port.is_empty() => Ok(full.clone()),
+        _ => Err(format!("invalid port {port:?}")),
+    }
 }
 
 fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> {
-    // Subcommands first.
+    // Subcommands first (serve_legacy.go runServeStatus, runServeReset).
     match args.first().map(String::as_str) {
         Some("status") => {
-            let (f, _) = parse_flags(sub, &args[1..], &["json"])?;
-            let node = Node::connect(socket)?;
+            let (f, _) = parse_flags(sub, &args[1..], &["json"], (1, 92))?;
+            let node = Node::connect(socket).map_err(|d| Fail::new(d.getting_serve_config()))?;
             let sc = node.serve_config();
             return Ok(if f.json {
                 serde_json::to_string_pretty(&sc).unwrap()
@@ -488,12 +743,14 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
             });
         }
         Some("reset") => {
-            let node = Node::connect(socket)?;
-            node.set_serve_config(node.etag(), json!({}))?;
+            let node = Node::connect(socket).map_err(|d| Fail::new(d.sending_serve_config()))?;
+            node.set_serve_config(None, json!({}))?;
             return Ok(String::new());
         }
         _ => {}
     }
+    // Flags as the installed version defines them (--proxy-protocol is 1.92's).
+    let version = Node::connect(socket).map_or((1, 92), |n| n.version());
     let mut allowed = vec![
         "bg",
         "set-path",
@@ -506,7 +763,7 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
     if sub == "serve" {
         allowed.push("http");
     }
-    let (f, args) = parse_flags(sub, args, &allowed)?;
+    let (f, args) = parse_flags(sub, args, &allowed, version)?;
     // validateArgs
     if args.is_empty() {
         return Err(Fail::usage(format!(
@@ -525,10 +782,10 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
             "Error: invalid argument format\ntry `tailscale {sub} --help` for usage info"
         )));
     }
-    let node = Node::connect(socket)?;
+    // runServeCombined: Funnel's check comes first, for `off` too, and always for port 443.
     let funnel = sub == "funnel";
     if funnel {
-        verify_funnel_enabled(&node)?;
+        verify_funnel_enabled(socket, 443)?;
     }
     let mount = clean_url_path(&f.set_path).map_err(|e| Fail::new(format!("failed to clean the mount point: {e}")))?;
     let mut types = vec![];
@@ -547,21 +804,18 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
         [one] => *one,
         _ => return Err(Fail::help(sub, "cannot serve multiple types for a single mount point")),
     };
-    if funnel && !turn_off && ![443, 8443, 10000].contains(&port) {
-        return Err(Fail::new(format!(
-            "port {port} is not allowed for funnel; allowed ports are: 443,8443,10000"
-        )));
-    }
     if f.proxy_protocol != 0 && !matches!(srv, SrvType::Tcp | SrvType::TlsTerminatedTcp) {
         return Err(Fail::help(sub, "PROXY protocol is only supported for TCP forwarders"));
     }
+    let node = Node::connect(socket)
+        .map_err(|d| Fail::new(format!("error getting serve config: {}", d.getting_serve_config())))?;
     let etag = node.etag();
     let mut sc = node.serve_config();
     let dns = node.dns_name();
     let hp = format!("{dns}:{port}");
     if turn_off {
         unset_serve(&mut sc, &f, srv, port, &hp, &mount).map_err(|e| Fail::help(sub, e))?;
-        node.set_serve_config(etag, sc)?;
+        node.set_serve_config(Some(etag), sc)?;
         return Ok(String::new());
     }
     if !f.bg {
@@ -584,7 +838,7 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
             } else if target.starts_with('/') {
                 json!({"Path": target})
             } else {
-                let t = expand_target(target, &["http", "https", "https+insecure"], "http")
+                let t = expand_target(target, &["http", "https", "https+insecure"], "http", version)
                     .map_err(|e| Fail::help(sub, format!("failed apply web serve: {e}")))?;
                 json!({"Proxy": t})
             };
@@ -605,7 +859,7 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
             if !f.set_path.is_empty() {
                 return Err(Fail::help(sub, "cannot mount a path for TCP serve"));
             }
-            let t = expand_target(target, &["tcp"], "tcp")
+            let t = expand_target(target, &["tcp"], "tcp", version)
                 .map_err(|e| Fail::help(sub, format!("failed to apply TCP serve: unable to expand target: {e}")))?;
             if serving_web(&sc, port) {
                 return Err(Fail::help(
@@ -637,7 +891,7 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
     } else {
         sc["AllowFunnel"] = Value::Object(allow);
     }
-    node.set_serve_config(etag, sc.clone())?;
+    node.set_serve_config(Some(etag), sc.clone())?;
     Ok(message_for_port(&sc, &dns, sub, srv, port, funnel))
 }
 
@@ -658,23 +912,91 @@ fn serving_web(sc: &Value, port: u16) -> bool {
     h["HTTPS"].as_bool() == Some(true) || h["HTTP"].as_bool() == Some(true)
 }
 
-fn verify_funnel_enabled(node: &Node) -> Result<(), Fail> {
-    if node.caps().iter().any(|c| c == "funnel") {
-        return Ok(());
+/// serve_v2.go verifyFunnelEnabled with serve_legacy.go enableFeatureInteractive: a node without
+/// the `https` and `funnel` capabilities sends the owner through the control server's enablement
+/// flow, whose answer decides (`funnel_enable`); then the port must be one the funnel-ports
+/// attribute allows.
+fn verify_funnel_enabled(socket: &Path, port: u16) -> Result<(), Fail> {
+    let client_status =
+        || Node::connect(socket).map_err(|_| Fail::new(format!("getting client status: {}", Down::not_running())));
+    let node = client_status()?;
+    let has_caps = |n: &Node| n.has_cap("https") && n.has_cap("funnel");
+    let mut query_failed = false;
+    if !has_caps(&node) {
+        match node.knob("funnel_enable", "wait") {
+            // QueryFeature answered ShouldWait=false: its text is printed and the CLI exits 0.
+            "text" => return Err(Fail::exit_ok("\nYou don't have permission to enable this feature.\n")),
+            // QueryFeature itself failed: the old capability check decides.
+            "error" => query_failed = true,
+            _ => {
+                print!(
+                    "\nFunnel is not enabled on your tailnet.\nTo enable, visit:\n\n         https://login.tailscale.com/f/funnel?node=nEMULATOR1\n\n"
+                );
+                let _ = std::io::stdout().flush();
+                // The real CLI watches the IPN bus for ever; here the wait is bounded.
+                let deadline =
+                    Instant::now() + Duration::from_millis(node.state["enable_wait_ms"].as_u64().unwrap_or(60_000));
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    match Node::connect(socket) {
+                        Ok(n) if has_caps(&n) => {
+                            println!("Success.");
+                            break;
+                        }
+                        Ok(_) if Instant::now() < deadline => {}
+                        _ => return Err(Fail::new("lost connection to tailscaled: EOF")),
+                    }
+                }
+            }
+        }
     }
-    // enableFeatureInteractive: prints the link, waits for the owner, then falls back to
-    // CheckFunnelAccess's error.
-    let stdout = "Funnel is not enabled on your tailnet.\nTo enable, visit:\n\n         https://login.tailscale.com/f/funnel?node=nEMULATOR1\n\n".to_string();
-    print!("{stdout}");
-    let _ = std::io::stdout().flush();
-    let wait = node.state["enable_wait_ms"].as_u64().unwrap_or(30_000);
-    std::thread::sleep(Duration::from_millis(wait));
-    Err(Fail::new(
-        "Funnel not available; \"funnel\" node attribute not set. See https://tailscale.com/s/no-funnel.",
-    ))
+    let node = client_status()?;
+    if query_failed {
+        if !node.has_cap("https") {
+            return Err(Fail::new(
+                "Funnel not available; HTTPS must be enabled. See https://tailscale.com/s/https.",
+            ));
+        }
+        if !node.has_cap("funnel") {
+            return Err(Fail::new(
+                "Funnel not available; \"funnel\" node attribute not set. See https://tailscale.com/s/no-funnel.",
+            ));
+        }
+    }
+    check_funnel_port(&node, port).map_err(Fail::new)
 }
 
+/// `ipn.CheckFunnelPort`: the funnel-ports attribute lists ports and ranges (`443,8000-8100`).
+fn check_funnel_port(node: &Node, port: u16) -> Result<(), String> {
+    let ports = node.knob("funnel_ports", DEFAULT_FUNNEL_PORTS);
+    if ports.is_empty() {
+        return Err(format!("port {port} is not allowed for funnel"));
+    }
+    let allowed = ports
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .any(|p| match p.split_once('-') {
+            None => p == port.to_string(),
+            Some((a, b)) => match (a.parse::<u16>(), b.parse::<u16>()) {
+                (Ok(a), Ok(b)) => (a..=b).contains(&port),
+                _ => false,
+            },
+        });
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "port {port} is not allowed for funnel; allowed ports are: {ports}"
+        ))
+    }
+}
+
+/// serve_v2.go validateConfig: a foreground session holding the port wins, and a port serves one
+/// kind of thing.
 fn validate_config(sc: &Value, port: u16, want: SrvType) -> Result<(), Fail> {
+    if foreground_for(sc, port).is_some() {
+        return Err(Fail::new("foreground already exists under this port"));
+    }
     let h = &sc["TCP"][port.to_string()];
     if h.is_null() {
         return Ok(());
@@ -843,15 +1165,19 @@ fn daemon(socket: &Path, args: &[String]) -> ExitCode {
         (Some(p), true) => p["serve"].clone(),
         _ => json!({}),
     };
-    let state = json!({
-        "pid": std::process::id(),
-        "etag": previous.as_ref().and_then(|p| p["etag"].as_u64()).unwrap_or(0) + 1,
-        "dns_name": dns,
-        "funnel": funnel,
-        "enable_wait_ms": 30_000,
-        "etag_failures": 0,
-        "serve": serve,
-    });
+    // The switches the tests set outlive a restart, as a node's version, prefs and capabilities
+    // do; what a restart resets is set here.
+    let mut state = match previous.clone() {
+        Some(Value::Object(m)) => Value::Object(m),
+        _ => json!({}),
+    };
+    state["pid"] = json!(std::process::id());
+    state["etag"] = json!(previous.as_ref().and_then(|p| p["etag"].as_u64()).unwrap_or(0) + 1);
+    state["dns_name"] = json!(dns);
+    state["funnel"] = json!(funnel);
+    state["etag_failures"] = json!(0);
+    state["hang_next"] = json!(0);
+    state["serve"] = serve;
     let node = Node {
         path: socket.to_path_buf(),
         state,
@@ -888,13 +1214,24 @@ impl Front {
         let Ok(node) = Node::connect(&self.socket) else {
             return client.shutdown(Shutdown::Both);
         };
+        // Shields-up refuses incoming connections; Funnel only takes the ports the node's
+        // funnel-ports attribute lists.
+        if node.flag("shields_up", false) || check_funnel_port(&node, self.port).is_err() {
+            return client.shutdown(Shutdown::Both);
+        }
         let sc = node.serve_config();
         let hp = format!("{}:{}", node.dns_name(), self.port);
-        if sc["AllowFunnel"][&hp].as_bool() != Some(true) {
+        // A foreground session's config for the port comes before the background one
+        // (ipn/serve.go FindTCP, FindWeb, HasFunnelForTarget).
+        let conf = foreground_for(&sc, self.port).unwrap_or(&sc);
+        let funnel = with_foreground(&sc)
+            .iter()
+            .any(|c| c["AllowFunnel"][&hp].as_bool() == Some(true));
+        if !funnel {
             // Funnel is off for this host:port: nothing answers from the Internet.
             return client.shutdown(Shutdown::Both);
         }
-        let tcp = &sc["TCP"][self.port.to_string()];
+        let tcp = &conf["TCP"][self.port.to_string()];
         if let Some(fwd) = tcp["TCPForward"].as_str().filter(|s| !s.is_empty()) {
             return self.forward(client, peer, fwd, tcp["ProxyProtocol"].as_u64().unwrap_or(0));
         }
@@ -906,36 +1243,62 @@ impl Front {
         let Some(req) = read_head(&mut reader)? else {
             return Ok(());
         };
-        let handlers = sc["Web"][&hp]["Handlers"].as_object().cloned().unwrap_or_default();
-        let (path, query) = match req.target.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (req.target.clone(), None),
-        };
-        let Some((mount, handler)) = find_handler(&handlers, &path) else {
-            return respond(
-                &mut client,
+        let not_found = |client: &mut TcpStream| {
+            respond(
+                client,
                 "404 Not Found",
                 "text/plain; charset=utf-8",
                 b"404 page not found\n",
+            )
+        };
+        let handlers = conf["Web"][&hp]["Handlers"].as_object().cloned().unwrap_or_default();
+        let (raw_path, query) = match req.target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (req.target.clone(), None),
+        };
+        // Go's server decodes the path (and answers 400 to a bad escape); handlers are looked up
+        // on the decoded path, then on its cleaned form and its parents.
+        let Some(path) = percent_decode(&raw_path).filter(|p| p.starts_with('/')) else {
+            return respond(
+                &mut client,
+                "400 Bad Request",
+                "text/plain; charset=utf-8",
+                b"400 Bad Request",
             );
+        };
+        let Some((mount, handler)) = serve_handler(&handlers, &path) else {
+            return not_found(&mut client);
         };
         if let Some(text) = handler["Text"].as_str() {
             return respond(&mut client, "200 OK", "text/plain; charset=utf-8", text.as_bytes());
         }
         let Some(proxy) = handler["Proxy"].as_str() else {
-            return respond(
-                &mut client,
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                b"404 page not found\n",
-            );
+            return not_found(&mut client);
+        };
+        // http.StripPrefix takes the mount off the path as sent, decoded and raw; a path that
+        // reached the mount only once cleaned (`/s/a/../b`) does not start with it: 404.
+        let rest = if path == "/" {
+            Some(raw_path.clone())
+        } else {
+            let prefix = mount.trim_end_matches('/');
+            match (path.strip_prefix(prefix), raw_path.strip_prefix(prefix)) {
+                (Some(_), Some(raw_rest)) => Some(raw_rest.to_string()),
+                _ => None,
+            }
+        };
+        let Some(rest) = rest else {
+            return not_found(&mut client);
         };
         let mut body = vec![0u8; req.content_length.min(1 << 20)];
         reader.read_exact(&mut body)?;
-        // Funnel strips the mount point and joins the rest onto the target's path.
-        let rest = path.strip_prefix(mount.trim_end_matches('/')).unwrap_or(&path);
+        // httputil.ReverseProxy joins the rest onto the target's path; an exact match of the
+        // mount goes to the target's path itself.
         let (upstream, base) = split_url(proxy);
-        let mut out_path = join_slash(&base, rest);
+        let mut out_path = if rest.is_empty() && base != "/" {
+            base.clone()
+        } else {
+            join_slash(&base, &rest)
+        };
         if let Some(q) = query {
             out_path = format!("{out_path}?{q}");
         }
@@ -951,15 +1314,30 @@ impl Front {
                     | "trailer"
                     | "transfer-encoding"
                     | "upgrade"
+                    | "proxy-authenticate"
+                    | "proxy-authorization"
+                    | "forwarded"
                     | "x-forwarded-for"
+                    | "x-forwarded-host"
+                    | "x-forwarded-proto"
+                    | "tailscale-user-login"
+                    | "tailscale-user-name"
+                    | "tailscale-user-profile-pic"
                     | "tailscale-funnel-request"
+                    | "tailscale-headers-info"
             ) {
                 continue;
             }
             head.push_str(&format!("{k}: {v}\r\n"));
         }
+        // ipnlocal addProxyForwardedHeaders and addTailscaleIdentityHeaders.
+        let host = req
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+            .map_or("", |(_, v)| v.as_str());
         head.push_str(&format!(
-            "X-Forwarded-For: {}\r\nX-Forwarded-Proto: https\r\nTailscale-Funnel-Request: ?1\r\nConnection: close\r\n\r\n",
+            "X-Forwarded-Host: {host}\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: {}\r\nTailscale-Funnel-Request: ?1\r\nConnection: close\r\n\r\n",
             peer.ip()
         ));
         let idempotent = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
@@ -1052,28 +1430,75 @@ fn proxy_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     v
 }
 
-/// The handler for a path: the longest mount that is the path itself or one of its parents
-/// (a mount ending in `/` covers everything below it).
-fn find_handler<'a>(handlers: &'a Map<String, Value>, path: &str) -> Option<(&'a str, &'a Value)> {
-    handlers
-        .iter()
-        .filter(|(m, _)| {
-            let m = m.as_str();
-            path == m
-                || (m.ends_with('/') && path.starts_with(m))
-                || (path.starts_with(m) && path.as_bytes().get(m.len()) == Some(&b'/'))
-        })
-        .max_by_key(|(m, _)| m.len())
-        .map(|(m, v)| (m.as_str(), v))
+/// `getServeHandler` (ipn/ipnlocal/serve.go): the handler at the path itself; else, from the
+/// cleaned path upwards, the first directory mount (`/p/`) or mount (`/p`) that exists.
+fn serve_handler<'a>(handlers: &'a Map<String, Value>, path: &str) -> Option<(&'a str, &'a Value)> {
+    if let Some((m, h)) = handlers.get_key_value(path) {
+        return Some((m.as_str(), h));
+    }
+    let mut p = clean_path(path);
+    loop {
+        for candidate in [format!("{p}/"), p.clone()] {
+            if let Some((m, h)) = handlers.get_key_value(candidate.as_str()) {
+                return Some((m.as_str(), h));
+            }
+        }
+        if p == "/" {
+            return None;
+        }
+        p = match p.rfind('/') {
+            Some(0) | None => "/".to_string(),
+            Some(i) => p[..i].to_string(),
+        };
+    }
 }
 
-/// `http://host:port/path` → (`host:port`, `/path`).
+/// Go's `path.Clean` for an absolute path: no empty, `.` or `..` segments.
+fn clean_path(p: &str) -> String {
+    let mut out: Vec<&str> = vec![];
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Percent-decoding of a request path as Go's `url.PathUnescape`; `None` for a bad escape.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `http://host:port/path` → (`host:port` to dial, `/path`). Since 1.92 an IPv6 target is stored
+/// without brackets (`http://::1:8080`); Go's transport dials it all the same.
 fn split_url(url: &str) -> (String, String) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    match rest.find('/') {
-        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-        None => (rest.to_string(), "/".to_string()),
-    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let dial = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.starts_with('[') && h.contains(':') => format!("[{h}]:{p}"),
+        _ => authority.to_string(),
+    };
+    (dial, path)
 }
 
 /// httputil's singleJoiningSlash.

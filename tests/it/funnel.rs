@@ -16,6 +16,9 @@ use crate::helpers::{TestApp, curl, eventually, free_port};
 const EMULATOR: &str = env!("CARGO_BIN_EXE_tailscale-emulator");
 const DNS: &str = "ferry-nas.tail0000.ts.net";
 const IMAGE_REPO: &str = "ferry-test-tailscale";
+/// The sidecar container's command: tailscaled, again whenever it exits, unless it was stopped.
+const DAEMON_LOOP: &str =
+    "while :; do [ -e /var/run/tailscale/stopped ] || /usr/local/bin/tailscale daemon \"$@\"; busybox sleep 0.1; done";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
@@ -61,8 +64,12 @@ impl Sidecar {
                     "--tmpfs",
                     "/var/run/tailscale",
                     image,
-                    "/usr/local/bin/tailscale",
-                    "daemon",
+                    // tailscaled runs under a shell, as in the real image, so that it can stop
+                    // while the container runs on (`stop_daemon`).
+                    "/bin/sh",
+                    "-c",
+                    DAEMON_LOOP,
+                    "sh",
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -183,6 +190,47 @@ impl Sidecar {
             }
             Kind::Docker => docker(&["stop", "-t", "0", self.container.as_ref().unwrap()]),
         }
+    }
+
+    /// tailscaled stops; the sidecar (its container) stays up.
+    pub async fn stop_daemon(&mut self) {
+        match self.kind {
+            Kind::Process => self.stop().await,
+            Kind::Docker => docker(&[
+                "exec",
+                self.container.as_ref().unwrap(),
+                "sh",
+                "-c",
+                "busybox touch /var/run/tailscale/stopped; busybox killall tailscale",
+            ]),
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["status", "--json"]).0 == 0 {
+            assert!(Instant::now() < deadline, "tailscaled did not stop");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn start_daemon(&mut self) {
+        match self.kind {
+            Kind::Process => self.spawn_daemon(),
+            Kind::Docker => docker(&[
+                "exec",
+                self.container.as_ref().unwrap(),
+                "busybox",
+                "rm",
+                "/var/run/tailscale/stopped",
+            ]),
+        }
+        self.wait_ready().await;
+    }
+
+    /// Turns the emulator's switches (`emulator-set`).
+    pub fn set(&self, knobs: &[&str]) {
+        let mut args = vec!["emulator-set"];
+        args.extend_from_slice(knobs);
+        let (code, _, err) = self.cli(&args);
+        assert_eq!(code, 0, "emulator-set {knobs:?}: {err}");
     }
 
     pub async fn start_again(&mut self) {
@@ -773,6 +821,43 @@ async fn tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open(kind: Kind) 
     assert_eq!(curl(&format!("{front}/s/{id}/a.bin"), &[]).await.status, 0);
 }
 
+/// The emulator fails as the CLI does when tailscaled is stopped: each command in its own words
+/// (`status` and `funnel` through the CLI's process check, LocalAPI calls through the client's).
+#[tokio::test]
+async fn the_emulator_speaks_for_a_stopped_tailscaled_as_the_cli_does() {
+    let mut ts = Sidecar::start(Kind::Process, &[]).await;
+    ts.stop_daemon().await;
+    let socket = ts.socket().display().to_string();
+    let localapi = format!(
+        "Failed to connect to local Tailscale daemon for /localapi/v0/serve-config; not running? Error: dial unix {socket}: connect: connection refused"
+    );
+    let not_running = "failed to connect to local tailscaled; it doesn't appear to be running";
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["status", "--json"], not_running.into()),
+        (
+            vec!["funnel", "status", "--json"],
+            format!("getting serve config: {localapi}"),
+        ),
+        (
+            vec!["funnel", "--bg", "--yes", "--https=443", "--set-path=/s/x", "8080"],
+            format!("getting client status: {not_running}"),
+        ),
+        (
+            vec!["funnel", "--yes", "--https=443", "--set-path=/s/x", "off"],
+            format!("getting client status: {not_running}"),
+        ),
+        (
+            vec!["serve", "--yes", "--https=443", "--set-path=/s/x", "off"],
+            format!("error getting serve config: getting serve config: {localapi}"),
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, out, err) = ts.cli(&args);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}");
+        assert!(err.starts_with(&want), "{args:?}: {err}");
+    }
+}
+
 /// The emulator is honest about concurrent writers: two CLIs that read the same config and write
 /// it back collide on the ETag, and the loser gets tailscaled's error text (ferry serializes its
 /// own calls for this reason).
@@ -896,7 +981,14 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
     });
     let r = curl(
         &format!("{}/s/probe/dir/file.bin?t=abc", ts.front),
-        &["--interface", "127.0.0.6", "-H", "X-Forwarded-For: 6.6.6.6"],
+        &[
+            "--interface",
+            "127.0.0.6",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Forwarded-Host: evil.example",
+        ],
     )
     .await;
     assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
@@ -906,8 +998,22 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
         head.contains("X-Forwarded-For: 127.0.0.6\r\n"),
         "a forged XFF must not pass: {head}"
     );
-    assert!(!head.contains("6.6.6.6"), "{head}");
+    assert!(!head.contains("6.6.6.6") && !head.contains("evil.example"), "{head}");
+    let host = ts.front.trim_start_matches("http://");
+    assert!(head.contains(&format!("X-Forwarded-Host: {host}\r\n")), "{head}");
     assert!(head.contains("Tailscale-Funnel-Request: ?1\r\n"), "{head}");
+    // Handlers are found on the decoded, cleaned path, but the mount is taken off the path as
+    // sent: a path that reaches a mount only once cleaned, or only once decoded, is a 404.
+    for path in ["/s/probe/../silent/x", "/s/pr%6Fbe/dir", "/s/other/../probe/x"] {
+        let r = curl(&format!("{}{path}", ts.front), &["--path-as-is"]).await;
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (404, b"404 page not found\n".as_slice()),
+            "{path}"
+        );
+    }
+    let r = curl(&format!("{}/s/probe/%zz", ts.front), &["--path-as-is"]).await;
+    assert_eq!(r.status, 400);
     // An upstream that closes without answering (nginx's 444): one retry on a fresh
     // connection, as Go's transport does for a GET, then 502.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -956,4 +1062,292 @@ async fn a_hung_cli_costs_one_link_its_timeout_and_no_more(kind: Kind) {
     let id = second.1["tunnel_id"].as_str().unwrap();
     assert!(ts.mounts().contains(&format!("/s/{id}")));
     eprintln!("{kind:?}: both answers within {elapsed:?} of a hung command");
+}
+
+for_both_providers!(
+    a_stopped_tailscaled_takes_health_down_and_back,
+    funnel_not_enabled_fails_creation_clearly_in_each_of_its_ways,
+    a_link_closes_while_funnel_cannot_be_enabled,
+    permission_refusals_are_reported_as_such,
+    the_funnel_ports_attribute_is_read,
+    an_ipv6_upstream_verifies,
+    an_old_tailscale_takes_a_localhost_upstream_and_refuses_another,
+);
+
+/// Fails one link creation with the provider's refusal: 502, the link recorded closed as
+/// `error`, no handler of it left, and `/health` degraded with the same reason.
+async fn refused_creation(ts: &Sidecar, app: &TestApp, wants: &[&str]) -> String {
+    let before = app.history().await.len();
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 502, "{v}");
+    let msg = v["error"].as_str().unwrap().to_string();
+    for w in wants {
+        assert!(msg.contains(w), "{w:?} not in {msg}");
+    }
+    let history = app.history().await;
+    assert_eq!(history.len(), before + 1);
+    let id = history[0]["tunnel_id"].as_str().unwrap();
+    assert_eq!(history[0]["close_reason"], "error");
+    assert!(!ts.mounts().contains(&format!("/s/{id}")), "{:?}", ts.mounts());
+    let (code, health) = app.get("/health").await;
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["components"]["provider"]["status"], "degraded", "{health}");
+    let detail = health["components"]["provider"]["detail"].as_str().unwrap();
+    assert!(detail.contains(wants[0]), "{detail}");
+    msg
+}
+
+async fn a_stopped_tailscaled_takes_health_down_and_back(kind: Kind) {
+    // tailscaled stops while its container (or this machine) runs on: the CLI answers, with a
+    // different text for each command ferry runs.
+    let mut ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    let open = app.link("a.bin").await;
+    ts.stop_daemon().await;
+    eventually(
+        Duration::from_secs(15),
+        "/health says the provider is down",
+        async || {
+            let (code, h) = app.get("/health").await;
+            code == 503 && h["components"]["provider"]["status"] == "down"
+        },
+    )
+    .await;
+    let (_, health) = app.get("/health").await;
+    assert!(
+        health["components"]["provider"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("tailscaled is not reachable"),
+        "{health}"
+    );
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("tailscaled is not reachable"),
+        "{v}"
+    );
+
+    ts.start_daemon().await;
+    eventually(Duration::from_secs(15), "/health recovers by itself", async || {
+        let (code, h) = app.get("/health").await;
+        code == 200 && h["components"]["provider"]["status"] == "ok"
+    })
+    .await;
+    // The restarted tailscaled lost its config; the open link's handler is back.
+    let mount = format!("/s/{}", open["tunnel_id"].as_str().unwrap());
+    eventually(Duration::from_secs(15), "the handler is re-asserted", async || {
+        ts.mounts().contains(&mount)
+    })
+    .await;
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 201, "{v}");
+}
+
+async fn funnel_not_enabled_fails_creation_clearly_in_each_of_its_ways(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    ts.set(&["funnel=false"]);
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+
+    // The control server says it cannot be enabled here: the CLI prints that and exits 0,
+    // having changed nothing.
+    ts.set(&["funnel_enable=text"]);
+    refused_creation(
+        &ts,
+        &app,
+        &[
+            "Funnel is not available",
+            "You don't have permission to enable this feature.",
+            "https://tailscale.com/kb/1223/funnel",
+        ],
+    )
+    .await;
+    // The control server cannot be asked: the old capability check's words, no link.
+    ts.set(&["funnel_enable=error"]);
+    refused_creation(
+        &ts,
+        &app,
+        &[
+            "Funnel is not available",
+            "node attribute not set",
+            "https://tailscale.com/s/no-funnel",
+        ],
+    )
+    .await;
+    // The CLI prints the enablement link and waits for the owner: ferry takes the link and
+    // stops waiting (the docker provider cannot end an exec; it goes on waiting in the sidecar).
+    ts.set(&["funnel_enable=wait", "enable_wait_ms=20000"]);
+    let started = Instant::now();
+    refused_creation(
+        &ts,
+        &app,
+        &["Funnel is not available", "https://login.tailscale.com/f/funnel"],
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // The owner enables Funnel. A CLI still waiting now finishes its change; the handler it
+    // adds is for a link that failed, and the reconciliation removes it: nothing stays public.
+    ts.set(&["funnel=true"]);
+    let v = app.link("a.bin").await;
+    let mount = format!("/s/{}", v["tunnel_id"].as_str().unwrap());
+    eventually(Duration::from_secs(20), "only the open link is served", async || {
+        let mounts = ts.mounts();
+        mounts.iter().filter(|m| m.as_str() != "/s/.ferry").collect::<Vec<_>>() == vec![&mount]
+    })
+    .await;
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["components"]["provider"]["status"], "ok", "{health}");
+}
+
+async fn a_link_closes_while_funnel_cannot_be_enabled(kind: Kind) {
+    // Funnel goes away under an open link (the admin revoked it). `tailscale funnel ... off`
+    // then exits 0 without removing anything; `serve ... off` removes the handler.
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    let v = app.link("a.bin").await;
+    let id = v["tunnel_id"].as_str().unwrap();
+    ts.set(&["funnel=false", "funnel_enable=text"]);
+    assert_eq!(app.terminate(id).await, 204);
+    assert!(!ts.mounts().contains(&format!("/s/{id}")), "{:?}", ts.mounts());
+    // And while the control server cannot be asked at all.
+    ts.set(&["funnel=true"]);
+    let v = app.link("a.bin").await;
+    let id = v["tunnel_id"].as_str().unwrap();
+    ts.set(&["funnel=false", "funnel_enable=error"]);
+    assert_eq!(app.terminate(id).await, 204);
+    assert!(!ts.mounts().contains(&format!("/s/{id}")), "{:?}", ts.mounts());
+}
+
+async fn permission_refusals_are_reported_as_such(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    app.data_file("a.bin", 1000);
+    // Not the operator: tailscaled refuses every write.
+    ts.set(&["denied=true"]);
+    let msg = refused_creation(&ts, &app, &["may not change the serve config", "--operator"]).await;
+    assert!(msg.contains("Access denied: serve config denied"), "{msg}");
+    ts.set(&["denied=false"]);
+    app.link("a.bin").await;
+
+    // The owner serves a directory on another port; an operator who cannot sudo may then
+    // change nothing.
+    let (code, _, err) = ts.cli(&["serve", "--bg", "--https=8443", "--set-path=/files", "/tmp"]);
+    assert_eq!(code, 0, "{err}");
+    ts.set(&["operator_admin=false"]);
+    let msg = refused_creation(&ts, &app, &["file-path handler", "as root"]).await;
+    assert!(msg.contains("must be root, or be an operator"), "{msg}");
+    ts.set(&["operator_admin=true"]);
+    app.link("a.bin").await;
+
+    ts.set(&["shields_up=true"]);
+    refused_creation(&ts, &app, &["shields-up", "--shields-up=false"]).await;
+    ts.set(&["shields_up=false"]);
+    app.link("a.bin").await;
+
+    // A foreground `tailscale funnel` session holds the port.
+    ts.set(&["foreground=443"]);
+    refused_creation(&ts, &app, &["foreground", "FERRY_FUNNEL_PORT"]).await;
+    ts.set(&["foreground=0"]);
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 201, "{v}");
+    eventually(Duration::from_secs(15), "/health is ok again", async || {
+        app.get("/health").await.1["components"]["provider"]["status"] == "ok"
+    })
+    .await;
+}
+
+async fn the_funnel_ports_attribute_is_read(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    // Funnel may use 443 only: ferry will not open links on 8443 where nobody would reach them.
+    ts.set(&["funnel_ports=443"]);
+    let app = app_with(&ts, &[("FERRY_FUNNEL_PORT", "8443")]).await;
+    app.data_file("a.bin", 1000);
+    refused_creation(&ts, &app, &["FERRY_FUNNEL_PORT", "allows 443, not 8443"]).await;
+    // 8443 allowed but 443 not: the CLI refuses every Funnel command (it checks 443).
+    ts.set(&["funnel_ports=8443,10000"]);
+    let msg = refused_creation(&ts, &app, &["funnel-ports"]).await;
+    assert!(msg.contains("port 443 is not allowed for funnel"), "{msg}");
+    ts.set(&["funnel_ports=443,8443"]);
+    let v = app.link("a.bin").await;
+    let mount = format!("/s/{}", v["tunnel_id"].as_str().unwrap());
+    let sc = ts.serve_config();
+    assert!(!sc["Web"][format!("{DNS}:8443")]["Handlers"][&mount].is_null(), "{sc}");
+}
+
+async fn an_ipv6_upstream_verifies(kind: Kind) {
+    // Since 1.92 tailscale stores `http://[::1]:P/...` as `http://::1:P/...`; ferry must read it
+    // as the target it asked for (nothing listens on ::1 here: only the config is checked).
+    let ts = Sidecar::start(kind, &[]).await;
+    let port = free_port();
+    let upstream = format!("http://[::1]:{port}");
+    let app = app_with(&ts, &[("FERRY_UPSTREAM_URL", upstream.as_str())]).await;
+    app.data_file("a.bin", 1000);
+    let v = app.link("a.bin").await;
+    let id = v["tunnel_id"].as_str().unwrap();
+    let h = handler(&ts.serve_config(), &format!("/s/{id}"));
+    assert_eq!(h["Proxy"], format!("http://::1:{port}/s/{id}"), "{h}");
+    // The reconciliation reads it as ferry's too: nothing re-asserted, nothing removed.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!app.log().contains("tunnel provider reconciled"), "{}", app.log());
+    assert_eq!(app.terminate(id).await, 204);
+    assert!(!ts.mounts().contains(&format!("/s/{id}")));
+}
+
+async fn an_old_tailscale_takes_a_localhost_upstream_and_refuses_another(kind: Kind) {
+    let ts = Sidecar::start(kind, &[]).await;
+    ts.set(&["version=1.90.9"]);
+    // Before 1.92 `localhost` is stored as 127.0.0.1, and the link works.
+    let public_port = free_port();
+    let upstream = format!("http://localhost:{public_port}");
+    let public_addr = format!("127.0.0.1:{public_port}");
+    let app = app_with(
+        &ts,
+        &[
+            ("FERRY_UPSTREAM_URL", upstream.as_str()),
+            ("FERRY_PUBLIC_ADDR", public_addr.as_str()),
+        ],
+    )
+    .await;
+    let bytes = app.data_file("a.bin", 5000);
+    let v = app.link("a.bin").await;
+    let id = v["tunnel_id"].as_str().unwrap();
+    assert_eq!(
+        handler(&ts.serve_config(), &format!("/s/{id}"))["Proxy"],
+        format!("http://127.0.0.1:{public_port}/s/{id}")
+    );
+    let r = curl(&ts.via_front(v["download_url"].as_str().unwrap()), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == bytes);
+    drop(app);
+
+    // Another upstream, or tcp mode: ferry does not start, and says what to change.
+    for (k, v, wants) in [
+        (
+            "FERRY_UPSTREAM_URL",
+            "http://nginx.internal:8080",
+            "FERRY_UPSTREAM_URL=http://nginx.internal:8080",
+        ),
+        ("FERRY_FUNNEL_MODE", "tcp", "FERRY_FUNNEL_MODE=tcp"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("NAS_MOUNT_PATH", dir.path())
+            .env("FERRY_STATE_DIR", dir.path().join("state"))
+            .env("FERRY_ADMIN_ADDR", "127.0.0.1:0")
+            .env("FERRY_PUBLIC_ADDR", format!("127.0.0.1:{}", free_port()))
+            .envs(ts.env())
+            .env(k, v)
+            .output()
+            .await
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        let line = err.lines().find(|l| l.starts_with("ferry:")).unwrap_or_default();
+        assert!(line.contains(wants) && line.contains("1.92"), "{err}");
+    }
 }
