@@ -17,10 +17,10 @@
 //!
 //! Two commands are the emulator's own:
 //! - `daemon --listen=ADDR --dns-name=NAME [--funnel-port=443] [--no-funnel] [--persist]` stands
-//!   for tailscaled and Funnel's ingress: it keeps the node's state in the file at the socket path
-//!   (a fresh, empty serve config unless `--persist`, as after a sidecar restart) and answers on
-//!   ADDR as Funnel answers on `NAME:PORT`, in plain HTTP/TCP (no TLS). While the daemon process is
-//!   not running, every command fails as the CLI fails when tailscaled is stopped.
+//!   for tailscaled and Funnel's ingress: it listens on the socket path, keeps the node's state in
+//!   a file beside it (a fresh, empty serve config unless `--persist`, as after a sidecar restart),
+//!   and answers on ADDR as Funnel answers on `NAME:PORT`, in plain HTTP/TCP (no TLS). While the
+//!   daemon is not running, every command fails as the CLI fails when tailscaled is stopped.
 //! - `emulator-set KEY=VALUE...` turns the switches the tests set:
 //!   - `version`: the tailscale version (`1.92.3` unless set); before 1.92 a proxy target must be
 //!     localhost or 127.0.0.1 and `--proxy-protocol` does not exist.
@@ -206,11 +206,16 @@ impl Down {
 }
 
 // ---------------------------------------------------------------------------------------------
-// State: the file at the socket path, written under a lock, guarded by an ETag.
+// State: tailscaled listens on its Unix socket and keeps the node's state in a file beside it
+// (`tailscaled.state`), written under a lock and guarded by an ETag.
 
 struct Node {
-    path: PathBuf,
+    socket: PathBuf,
     state: Value,
+}
+
+fn state_path(socket: &Path) -> PathBuf {
+    socket.with_extension("state")
 }
 
 fn lock(path: &Path) -> Result<LockGuard, Fail> {
@@ -245,26 +250,25 @@ impl Drop for LockGuard {
     }
 }
 
-fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-}
-
 impl Node {
-    /// "Connects" to tailscaled: its state file must exist and its process be alive. A state
-    /// file left by a daemon that died is a socket nobody listens on.
-    fn connect(path: &Path) -> Result<Node, Down> {
+    /// Connects to tailscaled's socket, as the CLI does, and reads the node's state. A socket
+    /// left by a daemon that died refuses the connection.
+    fn connect(socket: &Path) -> Result<Node, Down> {
         let down = |reason| Down {
-            socket: path.to_path_buf(),
+            socket: socket.to_path_buf(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|_| down("no such file or directory"))?;
-        let state: Value = serde_json::from_str(&text).map_err(|_| down("connection refused"))?;
-        if !state["pid"].as_u64().is_some_and(pid_alive) {
-            return Err(down("connection refused"));
+        if let Err(e) = std::os::unix::net::UnixStream::connect(socket) {
+            return Err(down(match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file or directory",
+                std::io::ErrorKind::PermissionDenied => "permission denied",
+                _ => "connection refused",
+            }));
         }
+        let text = std::fs::read_to_string(state_path(socket)).map_err(|_| down("connection refused"))?;
+        let state: Value = serde_json::from_str(&text).map_err(|_| down("connection refused"))?;
         Ok(Node {
-            path: path.to_path_buf(),
+            socket: socket.to_path_buf(),
             state,
         })
     }
@@ -327,8 +331,8 @@ impl Node {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        let _guard = lock(&self.path)?;
-        let mut now = Node::connect(&self.path).map_err(|d| Fail::new(d.sending_serve_config()))?;
+        let _guard = lock(&self.socket)?;
+        let mut now = Node::connect(&self.socket).map_err(|d| Fail::new(d.sending_serve_config()))?;
         // Neither root nor the operator: 403, which the client reports as "Access denied".
         if now.flag("denied", false) {
             return Err(Fail::new("sending serve config: Access denied: serve config denied"));
@@ -365,10 +369,11 @@ impl Node {
     }
 
     fn save(&self) -> Result<(), Fail> {
-        let tmp = self.path.with_extension("tmp");
+        let path = state_path(&self.socket);
+        let tmp = self.socket.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state).unwrap())
-            .and_then(|_| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| Fail::new(format!("write {}: {e}", self.path.display())))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| Fail::new(format!("write {}: {e}", path.display())))
     }
 }
 
@@ -1157,7 +1162,7 @@ fn daemon(socket: &Path, args: &[String]) -> ExitCode {
     if let Some(d) = socket.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    let previous: Option<Value> = std::fs::read_to_string(socket)
+    let previous: Option<Value> = std::fs::read_to_string(state_path(socket))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     // A restarted tailscaled without persisted state starts with an empty serve config.
@@ -1171,7 +1176,6 @@ fn daemon(socket: &Path, args: &[String]) -> ExitCode {
         Some(Value::Object(m)) => Value::Object(m),
         _ => json!({}),
     };
-    state["pid"] = json!(std::process::id());
     state["etag"] = json!(previous.as_ref().and_then(|p| p["etag"].as_u64()).unwrap_or(0) + 1);
     state["dns_name"] = json!(dns);
     state["funnel"] = json!(funnel);
@@ -1179,13 +1183,27 @@ fn daemon(socket: &Path, args: &[String]) -> ExitCode {
     state["hang_next"] = json!(0);
     state["serve"] = serve;
     let node = Node {
-        path: socket.to_path_buf(),
+        socket: socket.to_path_buf(),
         state,
     };
     if let Err(f) = node.save() {
         eprintln!("{}", f.stderr);
         return ExitCode::from(1);
     }
+    // The socket the CLI connects to; a previous daemon's is stale.
+    let _ = std::fs::remove_file(socket);
+    let api = match std::os::unix::net::UnixListener::bind(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("daemon: cannot listen on {}: {e}", socket.display());
+            return ExitCode::from(1);
+        }
+    };
+    std::thread::spawn(move || {
+        for conn in api.incoming() {
+            drop(conn);
+        }
+    });
     eprintln!("emulated tailscaled: {dns}:{funnel_port} answers on {listen}");
     let front = std::sync::Arc::new(Front {
         socket: socket.to_path_buf(),
