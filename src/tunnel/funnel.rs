@@ -28,6 +28,9 @@ pub struct Funnel {
     /// Serializes every call; holds what ferry knows of the node.
     state: tokio::sync::Mutex<State>,
     health: std::sync::Mutex<Health>,
+    /// Why the last change was refused (Funnel not enabled, a permission, a setting), until a
+    /// change succeeds: a reconciliation that only reads must not call the provider healthy.
+    refusal: std::sync::Mutex<Option<String>>,
     dns_name: std::sync::Mutex<Option<String>>,
 }
 
@@ -59,6 +62,7 @@ impl Funnel {
             timeout,
             state: tokio::sync::Mutex::new(State::default()),
             health: std::sync::Mutex::new(Health::unknown()),
+            refusal: std::sync::Mutex::new(None),
             dns_name: std::sync::Mutex::new(None),
         }
     }
@@ -69,6 +73,26 @@ impl Funnel {
 
     fn set_health(&self, h: Health) {
         *self.health.lock().expect("health mutex") = h;
+    }
+
+    fn refusal(&self) -> Option<String> {
+        self.refusal.lock().expect("refusal mutex").clone()
+    }
+
+    /// A change went through (and was seen in the serve config): no refusal stands.
+    fn accepted(&self) {
+        *self.refusal.lock().expect("refusal mutex") = None;
+    }
+
+    /// Records a refusal only the owner can lift, and turns it into an error.
+    fn refuse(&self, m: String, no_funnel: bool) -> TunnelError {
+        self.set_health(Health::degraded(&m));
+        *self.refusal.lock().expect("refusal mutex") = Some(m.clone());
+        if no_funnel {
+            TunnelError::NoFunnel(m)
+        } else {
+            TunnelError::Refused(m)
+        }
     }
 
     /// `https://<node>[:port]`, once the node's name is known.
@@ -178,7 +202,7 @@ impl Funnel {
                          https://tailscale.com/kb/1223/funnel)"
                     ),
                 };
-                (Health::degraded(&m), TunnelError::NoFunnel(m))
+                return self.refuse(m, true);
             }
             Failed::Cli(Failure::NoDaemon(m)) => {
                 let m = format!("tailscaled is not reachable: {m}");
@@ -201,8 +225,7 @@ impl Funnel {
                 (Health::degraded(&m), TunnelError::Failed(m))
             }
             Failed::Cli(Failure::Refused { remedy, message }) => {
-                let m = format!("{remedy} (tailscale said: {message})");
-                (Health::degraded(&m), TunnelError::Refused(m))
+                return self.refuse(format!("{remedy} (tailscale said: {message})"), false);
             }
             Failed::Cli(Failure::Other(m)) => {
                 let m = format!("tailscale failed: {m}");
@@ -214,18 +237,28 @@ impl Funnel {
         err
     }
 
-    /// Before the first link: learn the node's name, check the port is fit for ferry, put the
-    /// placeholder in place (path mode). Done again after the sidecar lost its config.
-    async fn ensure_ready(&self, st: &mut State) -> Result<(String, ServeConfig), TunnelError> {
+    /// Before the first link: learn the node's name, check the node and the port are fit for
+    /// ferry, put the placeholder in place (path mode). Done again after the sidecar lost its
+    /// config, or a change was refused. `asked` is a link being opened: only then does a node
+    /// without Funnel get a `tailscale funnel` command, whose output says how to enable it (the
+    /// CLI then waits for the owner, and an exec in the sidecar cannot be stopped).
+    async fn ensure_ready(&self, st: &mut State, asked: bool) -> Result<(String, ServeConfig), TunnelError> {
         let known = self.dns_name.lock().expect("dns mutex").clone();
         let host = match known {
             Some(h) if st.ready => h,
             _ => {
+                st.ready = false;
                 let node = self.node().await?;
                 if let Some(m) = self.unfit(&node) {
-                    st.ready = false;
-                    self.set_health(Health::degraded(&m));
-                    return Err(TunnelError::Refused(m));
+                    return Err(self.refuse(m, false));
+                }
+                if !node.can_funnel && !asked {
+                    let m = self.refusal().unwrap_or_else(|| {
+                        "Funnel is not enabled for this node (it lacks the funnel node attribute or HTTPS \
+                         certificates; a tailnet admin enables them: https://tailscale.com/kb/1223/funnel)"
+                            .into()
+                    });
+                    return Err(self.refuse(m, true));
                 }
                 node.dns_name
             }
@@ -237,13 +270,10 @@ impl Funnel {
         // Something changed (first call, or the sidecar lost its config): check everything again.
         st.ready = false;
         if sc.foreground_holds(self.port) {
-            let m = format!(
-                "FERRY_FUNNEL_PORT: a foreground tailscale serve or funnel session holds port {}: end it, or \
-                 choose another port",
-                self.port
-            );
-            self.set_health(Health::degraded(&m));
-            return Err(TunnelError::Refused(m));
+            return Err(self.refuse(
+                format!("FERRY_FUNNEL_PORT: {}", ts::foreground_remedy(self.port)),
+                false,
+            ));
         }
         match self.mode {
             FunnelMode::Path => {
@@ -255,16 +285,14 @@ impl Funnel {
                         self.port,
                         foreign.join(", ")
                     );
-                    self.set_health(Health::degraded(&m));
-                    return Err(TunnelError::Refused(m));
+                    return Err(self.refuse(m, false));
                 }
                 if sc.tcp_forward(self.port).is_some() {
                     let m = format!(
                         "FERRY_FUNNEL_PORT: port {} is a TCP forward; path mode needs a web port",
                         self.port
                     );
-                    self.set_health(Health::degraded(&m));
-                    return Err(TunnelError::Refused(m));
+                    return Err(self.refuse(m, false));
                 }
                 if !self.placeholder_ok(&host, &sc) {
                     let out = self
@@ -277,6 +305,7 @@ impl Funnel {
                             self.not_applied(&out, "the placeholder handler /s/.ferry is not in the serve config")
                         );
                     }
+                    self.accepted();
                 }
             }
             FunnelMode::Tcp => {
@@ -285,13 +314,14 @@ impl Funnel {
                         "FERRY_FUNNEL_PORT: port {} has web handlers; FERRY_FUNNEL_MODE=tcp needs a port without any",
                         self.port
                     );
-                    self.set_health(Health::degraded(&m));
-                    return Err(TunnelError::Refused(m));
+                    return Err(self.refuse(m, false));
                 }
             }
         }
         st.ready = true;
-        self.set_health(Health::ok());
+        if self.refusal().is_none() {
+            self.set_health(Health::ok());
+        }
         Ok((host, sc))
     }
 
@@ -330,7 +360,7 @@ impl Funnel {
             // The usual case: one command and one check. The placeholder is the
             // reconciliation's to keep.
             Some(host) if st.ready => (host, ServeConfig::default()),
-            _ => self.ensure_ready(&mut st).await?,
+            _ => self.ensure_ready(&mut st, true).await?,
         };
         st.touched.insert(id.clone());
         self.open_one(&host, &sc, id).await?;
@@ -354,6 +384,7 @@ impl Funnel {
                 if !sc.serves(host, self.port, &mount, &target) {
                     return Err(self.not_applied(&out, &format!("{mount} is not served publicly")));
                 }
+                self.accepted();
             }
             FunnelMode::Tcp => {
                 let up = self.tcp_upstream()?;
@@ -370,6 +401,7 @@ impl Funnel {
                         self.not_applied(&out, &format!("port {} does not forward to {up} publicly", self.port))
                     );
                 }
+                self.accepted();
             }
         }
         Ok(())
@@ -452,42 +484,76 @@ impl Funnel {
     /// for links that are not open are removed, and the placeholder is kept.
     pub async fn reconcile(&self, open: &[TunnelId]) -> Result<Reconciled, TunnelError> {
         let mut st = self.state.lock().await;
-        let (host, sc) = self.ensure_ready(&mut st).await?;
+        let refused = self.refusal().is_some();
+        if refused {
+            // Check the node and the port again from the start: the owner may have fixed them.
+            st.ready = false;
+        }
+        let (host, sc) = self.ensure_ready(&mut st, false).await?;
         let mut done = Reconciled::default();
         let touched = std::mem::take(&mut st.touched);
         let mut now_open: BTreeSet<TunnelId> = open.iter().filter(|id| !touched.contains(*id)).cloned().collect();
         now_open.extend(st.open.iter().filter(|id| touched.contains(*id)).cloned());
         st.open = now_open.clone();
+        // Removals come first, and one failure does not stop the rest: a handler of a link that
+        // is not open must go even when putting another back fails.
+        let mut failed = None;
         match self.mode {
             FunnelMode::Path => {
-                for id in now_open.iter().filter(|id| !touched.contains(*id)) {
-                    if !sc.serves(&host, self.port, &ts::mount(id), &self.target(id)) {
-                        self.open_one(&host, &sc, id).await?;
-                        done.reasserted.push(id.clone());
-                    }
+                if refused && self.refusal().is_some() {
+                    // Only a change shows whether changes are allowed again; this one changes
+                    // nothing that is there. (The node can use Funnel: `ensure_ready` saw to
+                    // that, so the command does not stop early with success.)
+                    self.cmd(&ts::open_path_argv(self.port, ts::PLACEHOLDER, ts::PLACEHOLDER_TARGET))
+                        .await
+                        .map_err(|f| self.fail(f))?;
+                    self.accepted();
                 }
                 let wanted: BTreeSet<String> = now_open.iter().chain(&touched).map(ts::mount).collect();
                 for m in sc.link_mounts(&host, self.port) {
                     if !wanted.contains(&m) {
-                        self.close_mount(&m).await?;
-                        done.removed.push(m);
+                        match self.close_mount(&m).await {
+                            Ok(()) => done.removed.push(m),
+                            Err(e) => failed = failed.or(Some(e)),
+                        }
+                    }
+                }
+                for id in now_open.iter().filter(|id| !touched.contains(*id)) {
+                    if !sc.serves(&host, self.port, &ts::mount(id), &self.target(id)) {
+                        match self.open_one(&host, &sc, id).await {
+                            Ok(()) => done.reasserted.push(id.clone()),
+                            Err(e) => failed = failed.or(Some(e)),
+                        }
                     }
                 }
             }
             FunnelMode::Tcp => {
                 if let Some(first) = now_open.first() {
                     let up = self.tcp_upstream()?;
-                    if !sc.forwards(self.port, &up) || !sc.funnel_on(&host, self.port) {
-                        self.open_one(&host, &sc, first).await?;
+                    // After a refusal the forward is written again even when it is there (see
+                    // above).
+                    let nothing = ServeConfig::default();
+                    let seen = if refused { &nothing } else { &sc };
+                    if !seen.forwards(self.port, &up) || !seen.funnel_on(&host, self.port) {
+                        self.open_one(&host, seen, first).await?;
                         done.reasserted.push(first.clone());
                     }
-                } else if sc.tcp_forward(self.port).is_some() {
-                    self.close_tcp().await?;
-                    done.removed.push(format!("tcp:{}", self.port));
+                } else {
+                    if sc.tcp_forward(self.port).is_some() {
+                        self.close_tcp().await?;
+                        done.removed.push(format!("tcp:{}", self.port));
+                    }
+                    // Nothing is public and nothing needs changing: no refusal stands.
+                    self.accepted();
                 }
             }
         }
-        self.set_health(Health::ok());
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if self.refusal().is_none() {
+            self.set_health(Health::ok());
+        }
         Ok(done)
     }
 

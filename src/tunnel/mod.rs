@@ -19,7 +19,8 @@ pub enum TunnelError {
     /// The node cannot use Funnel (capability missing); the message says how to enable it.
     #[error("{0}")]
     NoFunnel(String),
-    /// ferry will not use the port as it is (it would publish the owner's own handlers).
+    /// The node refuses, or ferry will not use it as it is, for a reason only the owner can
+    /// change (a permission, a setting, the port); the message says what to change.
     #[error("{0}")]
     Refused(String),
 }

@@ -342,6 +342,13 @@ pub fn unsupported(version: Version, mode: FunnelMode, upstream: &str) -> Option
         ));
     }
     let host = canonical_target(upstream).map(|t| t.host);
+    if mode == FunnelMode::Tcp && host.as_deref().is_some_and(|h| h.contains(':')) {
+        // tailscale stores an IPv6 forward without brackets, and tailscaled cannot dial that.
+        return Some(format!(
+            "FERRY_UPSTREAM_URL={upstream}: FERRY_FUNNEL_MODE=tcp cannot forward to an IPv6 address; use an \
+             IPv4 address or a name"
+        ));
+    }
     if version < Version::ANY_UPSTREAM && host.as_deref() != Some("127.0.0.1") {
         return Some(format!(
             "FERRY_UPSTREAM_URL={upstream}: Tailscale {version} proxies only to localhost or 127.0.0.1; \
@@ -462,16 +469,24 @@ pub fn classify(stdout: &str, stderr: &str, port: u16) -> Failure {
             message,
         };
     }
-    // `status` and `funnel` say "failed to connect to local tailscaled"; a LocalAPI call
-    // (`funnel status`, `serve`) says "Failed to connect to local Tailscale daemon".
-    let lower = all.to_ascii_lowercase();
-    if lower.contains("failed to connect to local tailscale") {
-        return Failure::NoDaemon(message);
-    }
     let refused = |remedy: String| Failure::Refused {
         remedy,
         message: message.clone(),
     };
+    // `status` and `funnel` say "failed to connect to local tailscaled"; a LocalAPI call
+    // (`funnel status`, `serve`) says "Failed to connect to local Tailscale daemon". A socket
+    // that is there but may not be opened is a permission, not a stopped daemon.
+    let lower = all.to_ascii_lowercase();
+    if lower.contains("failed to connect to local tailscale") {
+        if lower.contains("permission denied") {
+            return refused(
+                "the user ferry runs the tailscale CLI as may not open tailscaled's socket (FERRY_TAILSCALE_SOCKET): \
+                 give it access, or run the CLI as root"
+                    .into(),
+            );
+        }
+        return Failure::NoDaemon(message);
+    }
     if all.contains("serve config denied") || all.contains("Access denied") {
         return refused(
             "the user ferry runs the tailscale CLI as may not change the serve config: make it tailscaled's \
@@ -481,19 +496,17 @@ pub fn classify(stdout: &str, stderr: &str, port: u16) -> Failure {
     }
     if all.contains("must be root, or be an operator") {
         return refused(
-            "the node's serve config holds a file-path handler, so tailscaled lets only root change it: \
-             remove that handler, or run the tailscale CLI as root"
+            "the node's serve config holds a file-path handler, so tailscaled lets only root, or an operator \
+             allowed to run `sudo tailscale`, change it: remove that handler, or run the tailscale CLI as root"
                 .into(),
         );
     }
     if all.contains("shields-up") {
         return refused("shields-up is on and Funnel cannot work with it: run tailscale set --shields-up=false".into());
     }
-    if all.contains("foreground already exists") {
-        return refused(format!(
-            "a foreground tailscale serve or funnel session holds port {port}: end it, or set FERRY_FUNNEL_PORT \
-             to another port"
-        ));
+    // The CLI's own check (before 1.92), then tailscaled's.
+    if all.contains("foreground already exists") || all.contains("foreground listener already exists") {
+        return refused(foreground_remedy(port));
     }
     if all.contains("is not allowed for funnel") {
         return refused(
@@ -510,6 +523,13 @@ pub fn classify(stdout: &str, stderr: &str, port: u16) -> Failure {
         ));
     }
     Failure::Other(message)
+}
+
+/// What to do when a foreground `tailscale serve` or `funnel` session holds the port.
+pub fn foreground_remedy(port: u16) -> String {
+    format!(
+        "a foreground tailscale serve or funnel session holds port {port}: end it, or set FERRY_FUNNEL_PORT to another port"
+    )
 }
 
 /// A command that exited 0 without doing what was asked: `tailscale funnel` stops early, with
@@ -723,6 +743,14 @@ mod tests {
             ),
             ("foreground already exists under this port", "FERRY_FUNNEL_PORT"),
             (
+                "sending serve config: updating config: foreground listener already exists for port 443",
+                "FERRY_FUNNEL_PORT",
+            ),
+            (
+                "getting serve config: Failed to connect to local Tailscale daemon for /localapi/v0/serve-config; not running? Error: dial unix /var/run/tailscale/tailscaled.sock: connect: permission denied",
+                "FERRY_TAILSCALE_SOCKET",
+            ),
+            (
                 "port 443 is not allowed for funnel; allowed ports are: 8443",
                 "funnel-ports",
             ),
@@ -793,6 +821,8 @@ mod tests {
         let new = Version(1, 92);
         assert_eq!(unsupported(new, FunnelMode::Tcp, "http://nginx:8080"), None);
         assert_eq!(unsupported(new, FunnelMode::Path, "http://[::1]:8080"), None);
+        let m = unsupported(new, FunnelMode::Tcp, "http://[::1]:8080").unwrap();
+        assert!(m.contains("IPv6"), "{m}");
     }
 
     #[test]

@@ -349,6 +349,18 @@ impl Node {
                 "sending serve config: updating config: Unable to turn on Funnel while shields-up is enabled",
             ));
         }
+        // Since 1.92 tailscaled, not the CLI, refuses a background port a foreground session holds.
+        if now.version() >= (1, 92) {
+            let current = now.serve_config();
+            let ports = sc["TCP"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>());
+            for port in ports.unwrap_or_default() {
+                if port.parse().is_ok_and(|p| foreground_for(&current, p).is_some()) {
+                    return Err(Fail::new(format!(
+                        "sending serve config: updating config: foreground listener already exists for port {port}"
+                    )));
+                }
+            }
+        }
         if let Some(etag) = etag {
             let injected = now.state["etag_failures"].as_u64().unwrap_or(0);
             if injected > 0 {
@@ -828,7 +840,7 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
             "the emulator only keeps background configurations; pass --bg (ferry always does)",
         ));
     }
-    validate_config(&sc, port, srv)?;
+    validate_config(&sc, port, srv, version)?;
     let target = &args[0];
     match srv {
         SrvType::Https | SrvType::Http => {
@@ -996,10 +1008,10 @@ fn check_funnel_port(node: &Node, port: u16) -> Result<(), String> {
     }
 }
 
-/// serve_v2.go validateConfig: a foreground session holding the port wins, and a port serves one
-/// kind of thing.
-fn validate_config(sc: &Value, port: u16, want: SrvType) -> Result<(), Fail> {
-    if foreground_for(sc, port).is_some() {
+/// serve_v2.go validateConfig: a port serves one kind of thing, and (before 1.92, when the CLI
+/// made the check) a foreground session holding the port wins.
+fn validate_config(sc: &Value, port: u16, want: SrvType, version: (u32, u32)) -> Result<(), Fail> {
+    if version < (1, 92) && foreground_for(sc, port).is_some() {
         return Err(Fail::new("foreground already exists under this port"));
     }
     let h = &sc["TCP"][port.to_string()];

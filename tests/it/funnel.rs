@@ -386,7 +386,7 @@ pub async fn app_with(sidecar: &Sidecar, env: &[(&str, &str)]) -> TestApp {
     TestApp::spawn_with(&pairs).await
 }
 
-/// Polls `what` until it holds, for at most `within`.
+/// The handler at `mount` on port 443.
 fn handler(sc: &Value, mount: &str) -> Value {
     sc["Web"][format!("{DNS}:443")]["Handlers"][mount].clone()
 }
@@ -1004,7 +1004,7 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
     assert!(head.contains("Tailscale-Funnel-Request: ?1\r\n"), "{head}");
     // Handlers are found on the decoded, cleaned path, but the mount is taken off the path as
     // sent: a path that reaches a mount only once cleaned, or only once decoded, is a 404.
-    for path in ["/s/probe/../silent/x", "/s/pr%6Fbe/dir", "/s/other/../probe/x"] {
+    for path in ["/s/other/../probe/x", "/s/pr%6Fbe/dir"] {
         let r = curl(&format!("{}{path}", ts.front), &["--path-as-is"]).await;
         assert_eq!(
             (r.status, r.body.as_slice()),
@@ -1074,6 +1074,32 @@ for_both_providers!(
     an_old_tailscale_takes_a_localhost_upstream_and_refuses_another,
 );
 
+/// How many `status` commands ferry has run (each reconciliation runs at least one).
+async fn status_calls(app: &TestApp) -> u64 {
+    let m = app
+        .http
+        .get(format!("{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("ferry_tailscale_command_seconds_count{command=\"status\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until ferry has reconciled with the provider twice more (the watch runs every 5 s).
+async fn two_reconciliations(app: &TestApp) {
+    let before = status_calls(app).await;
+    eventually(Duration::from_secs(15), "two more reconciliations", async || {
+        status_calls(app).await >= before + 2
+    })
+    .await;
+}
+
 /// Fails one link creation with the provider's refusal: 502, the link recorded closed as
 /// `error`, no handler of it left, and `/health` degraded with the same reason.
 async fn refused_creation(ts: &Sidecar, app: &TestApp, wants: &[&str]) -> String {
@@ -1089,6 +1115,9 @@ async fn refused_creation(ts: &Sidecar, app: &TestApp, wants: &[&str]) -> String
     let id = history[0]["tunnel_id"].as_str().unwrap();
     assert_eq!(history[0]["close_reason"], "error");
     assert!(!ts.mounts().contains(&format!("/s/{id}")), "{:?}", ts.mounts());
+    // The reason stands until it is fixed: the reconciliations that follow, which only read
+    // when all is in place, do not call the provider healthy.
+    two_reconciliations(app).await;
     let (code, health) = app.get("/health").await;
     assert_eq!(code, 200, "{health}");
     assert_eq!(health["components"]["provider"]["status"], "degraded", "{health}");
@@ -1097,10 +1126,19 @@ async fn refused_creation(ts: &Sidecar, app: &TestApp, wants: &[&str]) -> String
     msg
 }
 
+/// Once the owner fixed what was refused, `/health` says so by itself.
+async fn provider_ok_again(app: &TestApp) {
+    eventually(Duration::from_secs(15), "the provider is ok again", async || {
+        app.get("/health").await.1["components"]["provider"]["status"] == "ok"
+    })
+    .await;
+}
+
 async fn a_stopped_tailscaled_takes_health_down_and_back(kind: Kind) {
     // tailscaled stops while its container (or this machine) runs on: the CLI answers, with a
-    // different text for each command ferry runs.
-    let mut ts = Sidecar::start(kind, &[]).await;
+    // different text for each command ferry runs. It keeps its serve config, as a sidecar with
+    // its state on a volume does (`a_sidecar_restart_gets_the_handlers_back` loses it).
+    let mut ts = Sidecar::start(kind, &["--persist"]).await;
     let app = app_with(&ts, &[]).await;
     app.data_file("a.bin", 1000);
     let open = app.link("a.bin").await;
@@ -1135,21 +1173,20 @@ async fn a_stopped_tailscaled_takes_health_down_and_back(kind: Kind) {
         code == 200 && h["components"]["provider"]["status"] == "ok"
     })
     .await;
-    // The restarted tailscaled lost its config; the open link's handler is back.
     let mount = format!("/s/{}", open["tunnel_id"].as_str().unwrap());
-    eventually(Duration::from_secs(15), "the handler is re-asserted", async || {
-        ts.mounts().contains(&mount)
-    })
-    .await;
+    assert!(ts.mounts().contains(&mount), "{:?}", ts.mounts());
     let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
     assert_eq!(status, 201, "{v}");
 }
 
 async fn funnel_not_enabled_fails_creation_clearly_in_each_of_its_ways(kind: Kind) {
+    // Funnel is taken away after ferry set the node up (a node that never had it is
+    // `missing_funnel_capability_fails_creation_clearly`).
     let ts = Sidecar::start(kind, &[]).await;
-    ts.set(&["funnel=false"]);
     let app = app_with(&ts, &[]).await;
     app.data_file("a.bin", 1000);
+    let kept = app.link("a.bin").await;
+    ts.set(&["funnel=false"]);
 
     // The control server says it cannot be enabled here: the CLI prints that and exits 0,
     // having changed nothing.
@@ -1177,8 +1214,8 @@ async fn funnel_not_enabled_fails_creation_clearly_in_each_of_its_ways(kind: Kin
     )
     .await;
     // The CLI prints the enablement link and waits for the owner: ferry takes the link and
-    // stops waiting (the docker provider cannot end an exec; it goes on waiting in the sidecar).
-    ts.set(&["funnel_enable=wait", "enable_wait_ms=20000"]);
+    // stops waiting (the docker provider cannot end an exec: it goes on waiting in the sidecar).
+    ts.set(&["funnel_enable=wait", "enable_wait_ms=30000"]);
     let started = Instant::now();
     refused_creation(
         &ts,
@@ -1186,19 +1223,33 @@ async fn funnel_not_enabled_fails_creation_clearly_in_each_of_its_ways(kind: Kin
         &["Funnel is not available", "https://login.tailscale.com/f/funnel"],
     )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    // The owner enables Funnel. A CLI still waiting now finishes its change; the handler it
-    // adds is for a link that failed, and the reconciliation removes it: nothing stays public.
+    assert!(started.elapsed() < Duration::from_secs(25), "{:?}", started.elapsed());
+    let failed = format!("/s/{}", app.history().await[0]["tunnel_id"].as_str().unwrap());
+
+    // The owner enables Funnel. A CLI still waiting in the sidecar now makes its change, for a
+    // link that failed; the reconciliation removes that handler: nothing closed stays public.
     ts.set(&["funnel=true"]);
-    let v = app.link("a.bin").await;
-    let mount = format!("/s/{}", v["tunnel_id"].as_str().unwrap());
-    eventually(Duration::from_secs(20), "only the open link is served", async || {
-        let mounts = ts.mounts();
-        mounts.iter().filter(|m| m.as_str() != "/s/.ferry").collect::<Vec<_>>() == vec![&mount]
+    if kind == Kind::Docker {
+        eventually(Duration::from_secs(10), "the waiting CLI finishes", async || {
+            ts.mounts().contains(&failed)
+        })
+        .await;
+    }
+    eventually(Duration::from_secs(20), "only open links are served", async || {
+        !ts.mounts().contains(&failed)
     })
     .await;
-    let (_, health) = app.get("/health").await;
-    assert_eq!(health["components"]["provider"]["status"], "ok", "{health}");
+    provider_ok_again(&app).await;
+    let v = app.link("a.bin").await;
+    let mut want = vec![
+        "/s/.ferry".to_string(),
+        format!("/s/{}", kept["tunnel_id"].as_str().unwrap()),
+        format!("/s/{}", v["tunnel_id"].as_str().unwrap()),
+    ];
+    want.sort();
+    let mut mounts = ts.mounts();
+    mounts.sort();
+    assert_eq!(mounts, want);
 }
 
 async fn a_link_closes_while_funnel_cannot_be_enabled(kind: Kind) {
@@ -1223,13 +1274,21 @@ async fn a_link_closes_while_funnel_cannot_be_enabled(kind: Kind) {
 
 async fn permission_refusals_are_reported_as_such(kind: Kind) {
     let ts = Sidecar::start(kind, &[]).await;
+    // A foreground `tailscale funnel` session held the port before ferry came.
+    ts.set(&["foreground=443"]);
     let app = app_with(&ts, &[]).await;
     app.data_file("a.bin", 1000);
+    refused_creation(&ts, &app, &["foreground", "FERRY_FUNNEL_PORT"]).await;
+    ts.set(&["foreground=0"]);
+    provider_ok_again(&app).await;
+    app.link("a.bin").await;
+
     // Not the operator: tailscaled refuses every write.
     ts.set(&["denied=true"]);
     let msg = refused_creation(&ts, &app, &["may not change the serve config", "--operator"]).await;
     assert!(msg.contains("Access denied: serve config denied"), "{msg}");
     ts.set(&["denied=false"]);
+    provider_ok_again(&app).await;
     app.link("a.bin").await;
 
     // The owner serves a directory on another port; an operator who cannot sudo may then
@@ -1240,23 +1299,15 @@ async fn permission_refusals_are_reported_as_such(kind: Kind) {
     let msg = refused_creation(&ts, &app, &["file-path handler", "as root"]).await;
     assert!(msg.contains("must be root, or be an operator"), "{msg}");
     ts.set(&["operator_admin=true"]);
+    provider_ok_again(&app).await;
     app.link("a.bin").await;
 
     ts.set(&["shields_up=true"]);
     refused_creation(&ts, &app, &["shields-up", "--shields-up=false"]).await;
     ts.set(&["shields_up=false"]);
-    app.link("a.bin").await;
-
-    // A foreground `tailscale funnel` session holds the port.
-    ts.set(&["foreground=443"]);
-    refused_creation(&ts, &app, &["foreground", "FERRY_FUNNEL_PORT"]).await;
-    ts.set(&["foreground=0"]);
+    provider_ok_again(&app).await;
     let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
     assert_eq!(status, 201, "{v}");
-    eventually(Duration::from_secs(15), "/health is ok again", async || {
-        app.get("/health").await.1["components"]["provider"]["status"] == "ok"
-    })
-    .await;
 }
 
 async fn the_funnel_ports_attribute_is_read(kind: Kind) {
@@ -1290,7 +1341,7 @@ async fn an_ipv6_upstream_verifies(kind: Kind) {
     let h = handler(&ts.serve_config(), &format!("/s/{id}"));
     assert_eq!(h["Proxy"], format!("http://::1:{port}/s/{id}"), "{h}");
     // The reconciliation reads it as ferry's too: nothing re-asserted, nothing removed.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    two_reconciliations(&app).await;
     assert!(!app.log().contains("tunnel provider reconciled"), "{}", app.log());
     assert_eq!(app.terminate(id).await, 204);
     assert!(!ts.mounts().contains(&format!("/s/{id}")));
