@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl};
+use crate::helpers::{EMPTY_REPLY, RedisServer, SmallDisk, TestApp, curl};
 
 /// Enough headroom that one address (every client here is 127.0.0.1) is never rate-limited.
 const UNLIMITED: [(&str, &str); 3] = [
@@ -425,44 +425,6 @@ async fn the_store_stopped_during_load_with_the_log_rotating_loses_nothing() {
     );
     assert!(app.open().await.is_empty());
     assert_eq!(tunnels_left(&app), 0);
-}
-
-/// A small filesystem for the logs, unmounted however the test ends.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: std::path::PathBuf, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(&at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "this test mounts a small tmpfs for the logs: run it as root (CI does)"
-        );
-        SmallDisk(at)
-    }
-
-    /// Fills the disk to the last byte.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
-        let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.write_all(&[0]);
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.0.join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 async fn log_writes(app: &TestApp) -> (String, String) {
