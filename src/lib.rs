@@ -98,6 +98,9 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     }
     // Deadlines are enforced from the first moment, before nginx is (re)started.
     tasks.spawn(links.clone().run_scheduler(shutdown.clone()));
+    // A shared file that changes, or a data dir that goes away, closes its links within seconds
+    // even when nobody asks for them.
+    tasks.spawn(links.clone().run_file_watch(links::FILE_WATCH, shutdown.clone()));
     tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
     let managed = match config.nginx_mode {
         NginxMode::Managed => Some(

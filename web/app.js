@@ -216,7 +216,7 @@ async function loadHistory() {
   for (const t of data.tunnels) {
     rows.append(el("tr", { "data-id": t.tunnel_id },
       el("td", { text: t.file_path }),
-      el("td", { class: t.close_reason === "completed" ? "ok" : "", text: t.close_reason || "" }),
+      el("td", { class: t.close_reason === "completed" ? "ok" : "", text: t.close_detail ? `${t.close_reason}: ${t.close_detail}` : t.close_reason || "" }),
       el("td", { class: "num", text: size(t.bytes_served) }),
       el("td", { class: "hide-narrow", text: when(t.closed_at) })));
   }

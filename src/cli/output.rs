@@ -97,8 +97,9 @@ pub fn health(h: &Value) -> String {
     let mut out = format!("ferry: {}\n", s(&h["status"]));
     if let Some(c) = h["components"].as_object() {
         for (name, v) in c {
-            // Why a store is not ok (e.g. a Redis that may lose a redemption in a crash).
-            let why = match (v["status"].as_str(), v["durability"].as_str()) {
+            // Why a part is not ok (a Redis that may lose a redemption in a crash, a data dir
+            // whose disk is gone).
+            let why = match (v["status"].as_str(), v["durability"].as_str().or(v["detail"].as_str())) {
                 (Some(st), Some(d)) if st != "ok" => format!(" ({d})"),
                 _ => String::new(),
             };

@@ -18,6 +18,8 @@ pub enum ApiError {
     PayloadTooLarge,
     BadGateway(String),
     Unavailable(String),
+    /// The data dir is not there (unmounted, or its server gone): the message says why.
+    DataDirUnavailable(String),
     Internal(String),
 }
 
@@ -45,6 +47,10 @@ impl IntoResponse for ApiError {
                     json!({"component": "store"}),
                 )
             }
+            ApiError::DataDirUnavailable(m) => {
+                tracing::warn!(error = %m, "data dir unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, m, json!({"component": "data_dir"}))
+            }
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into(), Value::Null)
@@ -69,6 +75,7 @@ impl From<LinkError> for ApiError {
             LinkError::Invalid { .. } => ApiError::BadRequest(e.to_string()),
             LinkError::Path(PathError::NotFound) => ApiError::NotFound(e.to_string()),
             LinkError::Path(PathError::Io(m)) => ApiError::Internal(m),
+            LinkError::Path(e @ PathError::Unavailable(_)) => ApiError::DataDirUnavailable(e.to_string()),
             LinkError::Path(_) => ApiError::BadRequest(e.to_string()),
             LinkError::NotFound => ApiError::NotFound(e.to_string()),
             LinkError::Tunnel(_) => ApiError::BadGateway(e.to_string()),

@@ -27,7 +27,7 @@ pub struct FilesQuery {
            ("q" = Option<String>, Query, description = "Case-insensitive part of a name, searched below `path`")),
     responses((status = 200, description = "Entries", body = crate::http::openapi::FileList),
               (status = 400, description = "Bad path", body = crate::http::openapi::ErrorBody),
-              (status = 404, description = "No such folder", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 404, description = "No such folder", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "Data dir or state store unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>) -> Result<Json<Value>, ApiError> {
     let dir = match q.path.as_deref() {
         None | Some("") | Some("/") => RelPath::root(),
@@ -40,6 +40,7 @@ pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>)
     }
     .map_err(|e| match e {
         PathError::NotFound => ApiError::NotFound(format!("path: {e}")),
+        PathError::Unavailable(_) => ApiError::DataDirUnavailable(e.to_string()),
         PathError::Io(m) => ApiError::Internal(m),
         e => ApiError::BadRequest(format!("path: {e}")),
     })?;

@@ -23,13 +23,23 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let nginx = s.nginx_running.load(Ordering::SeqCst);
     let provider = s.links.provider().health();
     let ok = store && nginx && provider.status != "down";
+    // The data dir is looked at off the async workers, and not for long: a network mount whose
+    // server is gone can hold a lookup for minutes.
+    let links = s.links.clone();
+    let look = tokio::task::spawn_blocking(move || links.data().available());
+    let data_dir = match tokio::time::timeout(std::time::Duration::from_secs(2), look).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(e.to_string()),
+        Ok(Err(e)) => Some(format!("data dir unavailable: {e}")),
+        Err(_) => Some("data dir unavailable: it did not answer within 2 s".to_string()),
+    };
     // Without socket progress ferry still works, from the log alone: degraded, not down.
     let sockets = s.links.socket_progress();
     // While nginx cannot write its access log, no new download starts.
     let log_writes = !s.links.log_writes.failing();
     // A store that may lose a redemption in a crash still works: degraded, not down (SPEC §5).
     let (durable, durability) = s.links.store().durability();
-    let status = if ok && sockets && log_writes && durable && provider.status == "ok" {
+    let status = if ok && sockets && log_writes && durable && provider.status == "ok" && data_dir.is_none() {
         "ok"
     } else {
         "degraded"
@@ -46,6 +56,11 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
                 "instance": s.links.store().instance(),
             },
             "nginx": {"status": up(nginx)},
+            "data_dir": {
+                "status": if data_dir.is_none() { "ok" } else { "degraded" },
+                "path": s.config.data_dir,
+                "detail": data_dir,
+            },
             "provider": {"status": provider.status, "kind": s.provider, "detail": provider.detail},
             "monitor": {
                 "status": if sockets && log_writes { "ok" } else { "degraded" },

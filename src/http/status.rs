@@ -73,10 +73,14 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
     let (durable, durability) = s.links.store().durability();
     let m = &s.monitor;
     let host = s.host.clone();
-    let data_dir = s.config.data_dir.clone();
-    let host = tokio::task::spawn_blocking(move || host.sample(&data_dir))
-        .await
-        .unwrap_or(Value::Null);
+    let (links, configured) = (s.links.clone(), s.config.data_dir.clone());
+    let host = tokio::task::spawn_blocking(move || {
+        // The disk is where the data dir really is (a symlinked data dir points at another mount).
+        let data_dir = links.data().real_path().unwrap_or(configured);
+        host.sample(&data_dir)
+    })
+    .await
+    .unwrap_or(Value::Null);
     let provider = s.links.provider().health();
     Json(json!({
         "monitor": {

@@ -326,6 +326,9 @@ pub struct Link {
     pub closed_at_ms: Option<u64>,
     pub note: Option<String>,
     pub rate_limit_bytes_per_second: Option<u64>,
+    /// Why the link closed as `error`, in words for the owner.
+    #[serde(default)]
+    pub close_detail: Option<String>,
 }
 
 impl Link {
@@ -367,6 +370,7 @@ impl Link {
             closed_at_ms: None,
             note: None,
             rate_limit_bytes_per_second: None,
+            close_detail: None,
         }
     }
 }
@@ -407,6 +411,9 @@ pub struct TunnelView {
     pub last_activity: Option<String>,
     pub clients: Vec<ClientView>,
     pub close_reason: Option<CloseReason>,
+    /// Why the link closed as `error` (the tunnel could not be opened, the data dir went away,
+    /// the file changed).
+    pub close_detail: Option<String>,
     pub closed_at: Option<String>,
     pub note: Option<String>,
     pub rate_limit_bytes_per_second: Option<u64>,
@@ -430,6 +437,7 @@ impl TunnelView {
             last_activity: None,
             clients: vec![],
             close_reason: link.close_reason,
+            close_detail: link.close_detail.clone(),
             closed_at: None,
             note: None,
             rate_limit_bytes_per_second: None,
@@ -550,8 +558,7 @@ impl Links {
             }
             false => (None, None),
         };
-        let data = DataDir::open(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: cannot open {}: {e}", config.data_dir.display()))?;
+        let data = DataDir::open(&config.data_dir).map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: {e}"))?;
         Ok(Arc::new(Links {
             clock,
             store,
@@ -686,6 +693,7 @@ impl Links {
                 })
                 .collect(),
             close_reason: link.close_reason,
+            close_detail: link.close_detail.clone(),
             closed_at: link.closed_at_ms.map(rfc3339),
             note: link.note.clone(),
             rate_limit_bytes_per_second: link.rate_limit_bytes_per_second,
@@ -857,10 +865,7 @@ impl Links {
         .await;
         if let Err(e) = exposed {
             tracing::error!(tunnel_id = %id, error = %e, "could not expose link");
-            self.close(&id, CloseReason::Error).await?;
-            // Why the link closed as `error` stays with it in the audit record.
-            self.audit("link.error", None, Some(id.as_str()), Some(e.to_string()))
-                .await;
+            self.close_error(&id, e.to_string()).await?;
             return Err(e);
         }
         self.remind(link.expires_at_ms);
@@ -917,10 +922,11 @@ impl Links {
             }
         };
         if !same {
-            tracing::warn!(tunnel_id = %id, "shared file changed or was replaced; closing the link");
+            let why = self.why_file_differs();
+            tracing::warn!(tunnel_id = %id, reason = %why, "the shared file is not the one shared; closing the link");
             // Boxed: closing (the tunnel's teardown) is rare here, and its state is most of a
             // check's; every check would otherwise carry room for it.
-            let _ = Box::pin(self.close(&id, CloseReason::Error)).await;
+            let _ = Box::pin(self.close_error(&id, why)).await;
             return Err(Refusal::FileChanged);
         }
         // The baseline: what this (possibly reused) connection had already acknowledged.
@@ -1105,11 +1111,39 @@ impl Links {
     /// step can be repeated after a crash. Order: gate (the record says closed, so every check
     /// refuses), provider, symlink directory, event.
     pub async fn close(&self, id: &TunnelId, reason: CloseReason) -> Result<bool, StoreError> {
+        self.close_because(id, reason, None).await
+    }
+
+    /// Closes a link as `error`, saying why in the record and in the audit.
+    pub async fn close_error(&self, id: &TunnelId, why: String) -> Result<bool, StoreError> {
+        let closed = self.close_because(id, CloseReason::Error, Some(why.clone())).await?;
+        if closed {
+            self.audit("link.error", None, Some(id.as_str()), Some(why)).await;
+        }
+        Ok(closed)
+    }
+
+    /// Why a link's file is not the one it shared: its data dir is gone, or the file changed.
+    fn why_file_differs(&self) -> String {
+        match self.data.available() {
+            Err(e) => e.to_string(),
+            Ok(()) => "the shared file changed or was replaced".into(),
+        }
+    }
+
+    /// The teardown, with the words that say why (see [`Self::close`]).
+    async fn close_because(
+        &self,
+        id: &TunnelId,
+        reason: CloseReason,
+        detail: Option<String>,
+    ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let closed = self
             .store
             .update(id, &mut |link| {
                 if rules::close(link, reason, now) {
+                    link.close_detail.clone_from(&detail);
                     Write::Durable(true)
                 } else {
                     Write::No(false)
@@ -1388,6 +1422,48 @@ impl Links {
         }
     }
 
+    /// Every few seconds, [`Self::watch_files_once`].
+    pub async fn run_file_watch(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut every = crate::Every::new(every, cancel);
+        while every.tick().await {
+            if let Err(e) = self.watch_files_once().await {
+                tracing::warn!(error = %e, "could not look at the shared files");
+            }
+        }
+    }
+
+    /// Closes as `error` every open link whose file is no longer the one it shared (it grew, was
+    /// replaced, or its data dir went away), without waiting for a request to find out. Only the
+    /// links whose symlink is on this node are looked at. Returns the ids it closed.
+    pub async fn watch_files_once(&self) -> Result<Vec<TunnelId>, StoreError> {
+        let open = self.store.list_open().await?;
+        let dir = self.tunnels_dir.clone();
+        let differ = tokio::task::spawn_blocking(move || {
+            open.iter()
+                .filter(|l| {
+                    let file = dir.join(l.id.as_str()).join("file");
+                    // No symlink: not made yet, or on another instance's node.
+                    std::fs::symlink_metadata(&file).is_ok() && DataDir::identity_at(&file) != Some(l.identity)
+                })
+                .map(|l| l.id.clone())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut closed = Vec::new();
+        if differ.is_empty() {
+            return Ok(closed);
+        }
+        let why = self.why_file_differs();
+        for id in differ {
+            tracing::warn!(tunnel_id = %id, reason = %why, "the shared file is not the one shared; closing the link");
+            if self.close_error(&id, why.clone()).await? {
+                closed.push(id);
+            }
+        }
+        Ok(closed)
+    }
+
     /// Whether live progress comes from the sockets (else only from the access log).
     pub fn socket_progress(&self) -> bool {
         self.diag.is_some()
@@ -1542,6 +1618,9 @@ fn html_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// How often every open link's file is compared with the one it shared.
+pub const FILE_WATCH: Duration = Duration::from_secs(5);
 
 /// How long settling an aborted request waits for its socket's close notification.
 const CLOSE_NOTICE_WAIT: Duration = Duration::from_millis(250);

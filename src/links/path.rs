@@ -1,13 +1,19 @@
 //! Paths inside the data dir. A [`RelPath`] can only be built from a string that names a path
-//! beneath the data dir in plain form; [`DataDir::open`] then resolves it with `openat2`
+//! beneath the data dir in plain form; [`DataDir`] then resolves it with `openat2`
 //! (`RESOLVE_BENEATH`), so no symlink, `..` or magic link can lead out of the data dir. Nothing
 //! here creates or changes a file in the data dir.
+//!
+//! The data dir is opened again for every operation, never held: a disk mounted there after
+//! ferry started, or mounted again after it went away, is what the next operation sees, and ferry
+//! never keeps a mount busy. A data dir that was a mount point and no longer is, or that cannot be
+//! opened, is unavailable ([`PathError::Unavailable`]).
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags};
 use serde::{Deserialize, Serialize};
 
 const MAX_PATH: usize = 4096;
@@ -37,6 +43,8 @@ pub enum PathError {
     Escapes,
     #[error("not a folder")]
     NotFolder,
+    #[error("data dir unavailable: {0}")]
+    Unavailable(String),
     #[error("cannot read it: {0}")]
     Io(String),
 }
@@ -148,10 +156,19 @@ pub struct Entry {
     pub modified_ns: i128,
 }
 
-/// The data dir, held open so that every lookup is relative to the same directory.
+/// The data dir, found afresh for each operation (see the module's documentation).
 pub struct DataDir {
-    root: OwnedFd,
+    /// As configured (`NAS_MOUNT_PATH`); it may be a symlink.
     path: PathBuf,
+    /// The data dir has been the root of a mount: when it no longer is, its disk went away.
+    was_mount: AtomicBool,
+}
+
+/// The data dir as one operation finds it: every lookup of that operation is relative to it.
+struct Root {
+    fd: OwnedFd,
+    /// Its real absolute path (a symlinked data dir resolved).
+    real: PathBuf,
 }
 
 fn identity(st: &rfs::Stat) -> FileIdentity {
@@ -164,33 +181,89 @@ fn identity(st: &rfs::Stat) -> FileIdentity {
 }
 
 fn io(e: rustix::io::Errno) -> PathError {
+    use rustix::io::Errno;
     match e {
-        rustix::io::Errno::NOENT | rustix::io::Errno::LOOP => PathError::NotFound,
-        rustix::io::Errno::XDEV => PathError::Escapes,
-        rustix::io::Errno::NOTDIR => PathError::NotFound,
-        rustix::io::Errno::NAMETOOLONG => PathError::TooLong,
+        Errno::NOENT | Errno::LOOP => PathError::NotFound,
+        Errno::XDEV => PathError::Escapes,
+        Errno::NOTDIR => PathError::NotFound,
+        Errno::NAMETOOLONG => PathError::TooLong,
+        // What a network or FUSE mount answers once its server is gone.
+        Errno::STALE | Errno::NOTCONN | Errno::HOSTDOWN | Errno::HOSTUNREACH | Errno::NODEV | Errno::TIMEDOUT => {
+            PathError::Unavailable(e.to_string())
+        }
         e => PathError::Io(e.to_string()),
     }
 }
 
+fn real_path(fd: &OwnedFd) -> Result<PathBuf, PathError> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| PathError::Io(e.to_string()))
+}
+
+/// Whether the folder behind `fd` is the root of a mount.
+fn is_mount_root(fd: &OwnedFd) -> Option<bool> {
+    let stx = rfs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS).ok()?;
+    if stx.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+        return Some(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
+    }
+    // Kernels before 5.8: a mount's root is on another device than its parent.
+    let parent = rfs::statat(fd, "..", AtFlags::empty()).ok()?;
+    let me = rfs::fstat(fd).ok()?;
+    Some(me.st_dev != parent.st_dev || me.st_ino == parent.st_ino)
+}
+
 impl DataDir {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let root = rfs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(DataDir {
-            root,
+    /// The data dir at `path`; it must be there now.
+    pub fn open(path: &Path) -> Result<Self, PathError> {
+        let data = DataDir {
             path: path.to_path_buf(),
-        })
+            was_mount: AtomicBool::new(false),
+        };
+        data.root()?;
+        Ok(data)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn open_beneath(&self, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
+    /// Whether the data dir is there: `Err(Unavailable)` says why not.
+    pub fn available(&self) -> Result<(), PathError> {
+        self.root().map(drop)
+    }
+
+    /// The data dir's real path now (a symlinked data dir resolved).
+    pub fn real_path(&self) -> Result<PathBuf, PathError> {
+        self.root().map(|r| r.real)
+    }
+
+    fn root(&self) -> Result<Root, PathError> {
+        let unavailable =
+            |e: rustix::io::Errno| PathError::Unavailable(format!("cannot open {}: {e}", self.path.display()));
+        let fd = rfs::open(
+            &self.path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(unavailable)?;
+        match is_mount_root(&fd) {
+            Some(true) => self.was_mount.store(true, Ordering::Relaxed),
+            Some(false) if self.was_mount.load(Ordering::Relaxed) => {
+                return Err(PathError::Unavailable(format!(
+                    "{} was a mount point and nothing is mounted there now",
+                    self.path.display()
+                )));
+            }
+            _ => {}
+        }
+        let real = real_path(&fd)?;
+        Ok(Root { fd, real })
+    }
+
+    fn open_beneath(&self, root: &Root, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
         let name = if rel.is_root() { "." } else { rel.as_str() };
         // O_PATH: never blocks on a FIFO or device, and reads nothing.
         let fd = rfs::openat2(
-            self.root.as_fd(),
+            root.fd.as_fd(),
             name,
             OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
@@ -202,11 +275,11 @@ impl DataDir {
     }
 
     /// Opens a regular file beneath the data dir (O_PATH).
-    fn open_file(&self, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
+    fn open_file(&self, root: &Root, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
         if rel.is_root() {
             return Err(PathError::Folder);
         }
-        let (fd, st) = self.open_beneath(rel)?;
+        let (fd, st) = self.open_beneath(root, rel)?;
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => Ok((fd, st)),
             FileType::Directory => Err(PathError::Folder),
@@ -216,10 +289,10 @@ impl DataDir {
 
     /// Resolves a path to a regular file beneath the data dir.
     pub fn resolve_file(&self, rel: &RelPath) -> Result<Resolved, PathError> {
-        let (fd, st) = self.open_file(rel)?;
-        let real_path = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
-            .map_err(|e| PathError::Io(e.to_string()))?;
-        if !real_path.starts_with(&self.path) {
+        let root = self.root()?;
+        let (fd, st) = self.open_file(&root, rel)?;
+        let real_path = real_path(&fd)?;
+        if !real_path.starts_with(&root.real) {
             return Err(PathError::Escapes);
         }
         Ok(Resolved {
@@ -231,7 +304,8 @@ impl DataDir {
     /// The file's identity now, for comparison with the one recorded at creation (which
     /// `resolve_file` checked for escapes: the same identity is the same file).
     pub fn identity(&self, rel: &RelPath) -> Result<FileIdentity, PathError> {
-        self.open_file(rel).map(|(_, st)| identity(&st))
+        let root = self.root()?;
+        self.open_file(&root, rel).map(|(_, st)| identity(&st))
     }
 
     /// The identity of the regular file `path` leads to (symlinks followed), if there is one.
@@ -242,12 +316,12 @@ impl DataDir {
 
     /// Lists a folder beneath the data dir (hidden entries and non-regular files left out).
     pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, PathError> {
-        let (fd, st) = self.open_beneath(rel)?;
+        let root = self.root()?;
+        let (fd, st) = self.open_beneath(&root, rel)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
             return Err(PathError::NotFolder);
         }
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
-            .map_err(|e| PathError::Io(e.to_string()))?;
+        let real = real_path(&fd)?;
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&real).map_err(|e| PathError::Io(e.to_string()))? {
             let Ok(entry) = entry else { continue };
@@ -258,7 +332,7 @@ impl DataDir {
                 continue;
             }
             let Ok(path) = rel.join(&name) else { continue };
-            let Ok((_, st)) = self.open_beneath(&path) else {
+            let Ok((_, st)) = self.open_beneath(&root, &path) else {
                 continue;
             };
             let is_dir = match FileType::from_raw_mode(st.st_mode) {
@@ -352,6 +426,62 @@ mod tests {
                 assert_eq!(serde_json::from_str::<RelPath>(&json).unwrap(), p, "{s:?}");
             }
         }
+    }
+
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        (dir, data)
+    }
+
+    /// The usual NAS layout: the configured data dir is a symlink to the pool's folder.
+    #[test]
+    fn a_symlinked_data_dir_resolves_its_files() {
+        let (dir, data) = tree();
+        std::fs::write(data.join("sub/a.txt"), "a").unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink("../../secret", data.join("sub/out")).unwrap();
+        let link = dir.path().join("share");
+        std::os::unix::fs::symlink(&data, &link).unwrap();
+        let d = DataDir::open(&link).unwrap();
+        let found = d.resolve_file(&RelPath::parse("sub/a.txt").unwrap()).unwrap();
+        assert_eq!(found.real_path, data.canonicalize().unwrap().join("sub/a.txt"));
+        assert_eq!(found.identity.size, 1);
+        assert_eq!(d.real_path().unwrap(), data.canonicalize().unwrap());
+        assert!(d.resolve_file(&RelPath::parse("sub/out").unwrap()).is_err());
+    }
+
+    /// A data dir that was a mount point and is not one any more is unavailable, and a disk
+    /// mounted there again is seen without reopening anything.
+    #[test]
+    fn an_unmounted_data_dir_is_unavailable_until_it_is_mounted_again() {
+        let (_dir, data) = tree();
+        let mount = |on: bool| {
+            let mut c = std::process::Command::new(if on { "mount" } else { "umount" });
+            if on {
+                c.args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
+            }
+            let ok = c.arg(&data).status().is_ok_and(|s| s.success());
+            assert!(ok, "this test mounts a tmpfs: run it as root (CI does)");
+        };
+        mount(true);
+        std::fs::write(data.join("a.txt"), "a").unwrap();
+        let d = DataDir::open(&data).unwrap();
+        let a = RelPath::parse("a.txt").unwrap();
+        assert!(d.resolve_file(&a).is_ok());
+        mount(false);
+        assert!(
+            matches!(d.available(), Err(PathError::Unavailable(_))),
+            "{:?}",
+            d.available()
+        );
+        assert!(matches!(d.resolve_file(&a), Err(PathError::Unavailable(_))));
+        mount(true);
+        std::fs::write(data.join("a.txt"), "again").unwrap();
+        assert_eq!(d.available(), Ok(()));
+        assert_eq!(d.resolve_file(&a).unwrap().identity.size, 5);
+        mount(false);
     }
 
     #[test]

@@ -459,19 +459,37 @@ impl Drop for RedisServer {
     }
 }
 
-/// A small tmpfs mounted for one test (a disk to fill), unmounted however the test ends.
+/// A small tmpfs mounted for one test (a disk to fill, or a NAS mount to take away), unmounted
+/// however the test ends.
 pub struct SmallDisk(pub PathBuf);
 
 impl SmallDisk {
     pub fn mount(at: PathBuf, size: &str) -> SmallDisk {
         std::fs::create_dir_all(&at).unwrap();
+        let disk = SmallDisk(at);
+        disk.mount_again(size);
+        disk
+    }
+
+    /// Mounts a fresh tmpfs at the same place (after `unmount`).
+    pub fn mount_again(&self, size: &str) {
         let ok = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
+            .arg(&self.0)
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "this test mounts a small tmpfs: run it as root (CI does)");
-        SmallDisk(at)
+    }
+
+    /// A plain `umount`: it fails while anyone (ferry, nginx) keeps a file or folder open on it.
+    pub fn unmount(&self) {
+        let out = std::process::Command::new("umount").arg(&self.0).output().unwrap();
+        assert!(
+            out.status.success(),
+            "umount {}: {}",
+            self.0.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Fills the disk to the last byte.
@@ -490,6 +508,16 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        // Lazily, and as often as it was mounted over itself.
+        for _ in 0..4 {
+            let unmounted = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+            if !unmounted.is_ok_and(|s| s.success()) {
+                break;
+            }
+        }
     }
 }

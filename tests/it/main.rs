@@ -12,6 +12,7 @@ mod compose;
 mod download;
 mod funnel;
 mod lifecycle;
+mod nas;
 mod openapi;
 mod raw;
 mod redis;

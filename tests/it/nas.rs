@@ -1,0 +1,149 @@
+//! A NAS as it really is: a data dir that is a symlink, and a mount that goes away and comes
+//! back. The mounts are real tmpfs mounts (the tests run as root, as CI does).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{EMPTY_REPLY, SmallDisk, TestApp, curl};
+
+fn url(v: &Value) -> String {
+    v["download_url"].as_str().unwrap().to_string()
+}
+
+fn id(v: &Value) -> String {
+    v["tunnel_id"].as_str().unwrap().to_string()
+}
+
+/// Pseudo-random bytes that differ with `seed`.
+fn bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15 ^ seed;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn health(app: &TestApp) -> (u16, Value) {
+    app.get("/health").await
+}
+
+/// The usual NAS layout: `NAS_MOUNT_PATH` is a symlink to the pool's folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlinked_data_dir_lists_and_shares() {
+    let pool = tempfile::tempdir().unwrap();
+    let share = pool.path().join("pool/share");
+    std::fs::create_dir_all(share.join("films")).unwrap();
+    let body = bytes(300_000, 1);
+    std::fs::write(share.join("films/holiday.mkv"), &body).unwrap();
+    let srv = pool.path().join("srv-share");
+    std::os::unix::fs::symlink(&share, &srv).unwrap();
+    let app = TestApp::spawn_with(&[("NAS_MOUNT_PATH", srv.to_str().unwrap()), ("GRACE_PERIOD_SECONDS", "0")]).await;
+
+    let (status, list) = app.get("/api/files?path=films").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["entries"][0]["path"], "films/holiday.mkv", "{list}");
+    let link = app.link("films/holiday.mkv").await;
+    let r = curl(&url(&link), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "the download differs from the file");
+    let t = app.closed(&id(&link), Duration::from_secs(10)).await;
+    assert_eq!(t["close_reason"], "completed", "{t}");
+    // Still nothing outside the data dir, through the symlink or not.
+    std::fs::write(pool.path().join("secret"), "no").unwrap();
+    std::os::unix::fs::symlink("../../secret", share.join("out")).unwrap();
+    let (status, v) = app.create(json!({"file_path": "out"})).await;
+    assert_eq!(status, 400, "{v}");
+}
+
+/// The data dir's disk goes away under open links: each closes as `error` saying why (at its
+/// next request, or within the file watch's interval without one), `/health` says so, and the
+/// disk mounted again is used without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmounted_data_dir_closes_its_links_and_its_return_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("nas"), "8m");
+    let body = bytes(200_000, 2);
+    std::fs::write(disk.0.join("a.bin"), &body).unwrap();
+    std::fs::write(disk.0.join("b.bin"), &body).unwrap();
+    let app = TestApp::spawn_with(&[("NAS_MOUNT_PATH", disk.0.to_str().unwrap())]).await;
+    assert_eq!(health(&app).await.1["components"]["data_dir"]["status"], "ok");
+    let asked = app.link("a.bin").await;
+    let quiet = app.link("b.bin").await;
+
+    // A plain umount: ferry (and its nginx) keep nothing open on the data dir.
+    disk.unmount();
+    let r = curl(&url(&asked), &[]).await;
+    assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0), "444 once the disk is gone");
+    let t = app.closed(&id(&asked), Duration::from_secs(5)).await;
+    assert_eq!(t["close_reason"], "error", "{t}");
+    let why = t["close_detail"].as_str().unwrap_or_default();
+    assert!(why.starts_with("data dir unavailable"), "{t}");
+    // Nobody asks for the other link: the file watch closes it.
+    let t = app.closed(&id(&quiet), Duration::from_secs(15)).await;
+    assert_eq!(t["close_reason"], "error", "{t}");
+    assert!(
+        t["close_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("data dir unavailable"),
+        "{t}"
+    );
+    assert!(app.tunnel_dir_gone(&id(&quiet)).await);
+
+    let (status, h) = health(&app).await;
+    assert_eq!((status, h["status"].as_str()), (200, Some("degraded")), "{h}");
+    assert_eq!(h["components"]["data_dir"]["status"], "degraded", "{h}");
+    assert!(
+        h["components"]["data_dir"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing is mounted"),
+        "{h}"
+    );
+    let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
+    assert_eq!(status, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().starts_with("data dir unavailable"), "{v}");
+    assert_eq!(v["details"]["component"], "data_dir", "{v}");
+    let (status, v) = app.get("/api/files").await;
+    assert_eq!(status, 503, "{v}");
+
+    // Back again, with the same file on it: listed, shared and served without a restart.
+    disk.mount_again("8m");
+    std::fs::write(disk.0.join("a.bin"), &body).unwrap();
+    let (status, h) = health(&app).await;
+    assert_eq!((status, h["status"].as_str()), (200, Some("ok")), "{h}");
+    let (_, list) = app.get("/api/files").await;
+    assert_eq!(list["entries"][0]["name"], "a.bin", "{list}");
+    let again = app.link("a.bin").await;
+    let r = curl(&url(&again), &[]).await;
+    assert!(r.status == 200 && r.body == body, "the remounted file was not served");
+}
+
+/// ferry started before the disk was mounted (a boot order systemd makes easy to get wrong):
+/// it serves the empty mount point, and then the disk, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_mounted_after_ferry_started_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("nas");
+    std::fs::create_dir_all(&mount_point).unwrap();
+    let app = TestApp::spawn_with(&[("NAS_MOUNT_PATH", mount_point.to_str().unwrap())]).await;
+    let (_, list) = app.get("/api/files").await;
+    assert_eq!(list["entries"], json!([]), "{list}");
+
+    let disk = SmallDisk::mount(mount_point, "8m");
+    let body = bytes(100_000, 3);
+    std::fs::write(disk.0.join("late.bin"), &body).unwrap();
+    let (_, list) = app.get("/api/files").await;
+    assert_eq!(list["entries"][0]["path"], "late.bin", "{list}");
+    let link = app.link("late.bin").await;
+    let r = curl(&url(&link), &[]).await;
+    assert!(
+        r.status == 200 && r.body == body,
+        "the file on the disk mounted late was not served"
+    );
+}
