@@ -851,7 +851,19 @@ impl Links {
             tunnel_id: Some(id.to_string()),
             detail: Some(link.file_path.to_string()),
         };
-        self.store.insert_audited(&link, Some(&audit)).await?;
+        if let Err(e) = self.store.insert_audited(&link, Some(&audit)).await {
+            // The embedded store keeps the record in memory and writes it once it can: it must
+            // then say that this link never got a URL, not stay open until it expires. (Redis
+            // stores a link whole or not at all.)
+            if !self.store.shared()
+                && let Err(e) = self
+                    .close_error(&id, format!("the link could not be stored: {e}"))
+                    .await
+            {
+                tracing::debug!(tunnel_id = %id, error = %e, "the unstored link's close waits for the store");
+            }
+            return Err(e.into());
+        }
 
         let exposed = async {
             self.link_dir(&id, &resolved.real_path)

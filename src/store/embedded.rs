@@ -17,10 +17,18 @@
 //! caller at a time this is a plain synchronous commit; with a hundred, one fsync serves them
 //! all. An audit query, a purge and `persist` wait for the queue and for the batch being
 //! committed, so they see every write made before them.
+//!
+//! A commit that fails (a full disk) leaves redb refusing every later write until the file is
+//! opened again. So the next commit first reopens the file, and then writes every record held in
+//! memory, with an fsync: what commits without one had written since the last fsync is lost with
+//! the old handle (as in a crash), and memory still holds every open link's latest record. Until
+//! a commit succeeds again, [`Embedded::ping`] says the store is down; the sampler's `flush`
+//! retries every second, so the store recovers by itself.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
@@ -42,7 +50,11 @@ const CACHE_BYTES: usize = 2 << 20;
 type Outcome = Option<Result<(), String>>;
 
 pub struct Embedded {
-    db: Database,
+    /// The open file; `None` only while a reopen failed.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    /// The last commit failed: the next one reopens the file first.
+    broken: AtomicBool,
     state: Mutex<State>,
     /// Held by the one caller committing; never awaited, only tried.
     committer: Mutex<()>,
@@ -110,16 +122,21 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Opens (or creates) the file, repairing it if a commit was cut short.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    // redb caches up to 1 GiB of pages by default, kept for the life of the process; open
+    // links live in memory anyway, history reads are rare, and the kernel caches the file.
+    // A bigger cache only grew ferry's memory with its history (8 MB: 3 MB more after each
+    // thousand links until it was full).
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(unavailable)
+}
+
 impl Embedded {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        // redb caches up to 1 GiB of pages by default, kept for the life of the process; open
-        // links live in memory anyway, history reads are rare, and the kernel caches the file.
-        // A bigger cache only grew ferry's memory with its history (8 MB: 3 MB more after each
-        // thousand links until it was full).
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(unavailable)?;
+        let db = open_db(path)?;
         let txn = db.begin_write().map_err(unavailable)?;
         let mut live = HashMap::new();
         {
@@ -150,7 +167,9 @@ impl Embedded {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         Ok(Embedded {
-            db,
+            db: RwLock::new(Some(db)),
+            path: path.to_path_buf(),
+            broken: AtomicBool::new(false),
             state: Mutex::new(State {
                 live,
                 queue: Batch::new(1),
@@ -166,6 +185,36 @@ impl Embedded {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("store mutex")
+    }
+
+    /// Runs `f` with the open file.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.db.read().expect("store file lock");
+        match db.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Unavailable(
+                "the store's file could not be opened again".into(),
+            )),
+        }
+    }
+
+    /// Closes the file and opens it again: after a failed commit redb refuses every write until
+    /// then ("Previous I/O error occurred").
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().expect("store file lock");
+        // One handle per file: the old one goes first.
+        *db = None;
+        *db = Some(open_db(&self.path)?);
+        tracing::info!(path = %self.path.display(), "the store opened its file again after a failed write");
+        Ok(())
+    }
+
+    /// Whether the store can write: not while its last commit failed.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the store's last write failed".into()));
+        }
+        Ok(())
     }
 
     /// Commits everything queued, unless another caller is already doing it. That caller takes
@@ -186,6 +235,14 @@ impl Embedded {
                     return;
                 }
                 first = false;
+                if self.broken.load(Ordering::SeqCst) {
+                    // The file is reopened before this batch: what commits without an fsync had
+                    // written since the last one with is lost with the old handle. Memory holds
+                    // every open link's latest record, so each goes out again, with an fsync.
+                    let all: Vec<TunnelId> = st.live.keys().cloned().collect();
+                    st.queue.dirty.extend(all);
+                    st.queue.durable = true;
+                }
                 let next = Batch::new(st.queue.seq + 1);
                 let batch = std::mem::replace(&mut st.queue, next);
                 st.unsynced |= !batch.durable;
@@ -200,7 +257,13 @@ impl Embedded {
                 (batch, records)
             };
             let (mut batch, records) = batch;
-            let result = blocking(|| self.write_batch(&batch, &records));
+            let result = blocking(|| {
+                if self.broken.load(Ordering::SeqCst) {
+                    self.reopen()?;
+                }
+                self.write_batch(&batch, &records)
+            });
+            self.broken.store(result.is_err(), Ordering::SeqCst);
             drop(records);
             let mut st = self.state();
             st.writing = None;
@@ -258,7 +321,11 @@ impl Embedded {
     }
 
     fn write_batch(&self, batch: &Batch, records: &[Arc<Link>]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(unavailable)?;
+        self.with_db(|db| self.write_batch_to(db, batch, records))
+    }
+
+    fn write_batch_to(&self, db: &Database, batch: &Batch, records: &[Arc<Link>]) -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(unavailable)?;
         txn.set_durability(if batch.durable {
             Durability::Immediate
         } else {
@@ -312,7 +379,7 @@ impl Embedded {
 
     fn read(&self, id: &TunnelId) -> Result<Option<Arc<Link>>, StoreError> {
         blocking(|| {
-            let txn = self.db.begin_read().map_err(unavailable)?;
+            let txn = self.with_db(|db| db.begin_read().map_err(unavailable))?;
             let links = txn.open_table(LINKS).map_err(unavailable)?;
             links
                 .get(id.as_str())
@@ -528,7 +595,7 @@ impl Embedded {
     pub async fn audit_query(&self, event: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         self.written().await?;
         blocking(|| {
-            let txn = self.db.begin_read().map_err(unavailable)?;
+            let txn = self.with_db(|db| db.begin_read().map_err(unavailable))?;
             let table = txn.open_table(AUDIT).map_err(unavailable)?;
             let mut out = Vec::new();
             for row in table.iter().map_err(unavailable)?.rev() {
@@ -551,7 +618,7 @@ impl Embedded {
     pub async fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.written().await?;
         blocking(|| {
-            let txn = self.db.begin_write().map_err(unavailable)?;
+            let txn = self.with_db(|db| db.begin_write().map_err(unavailable))?;
             let mut n = 0;
             {
                 let mut history = txn.open_table(HISTORY).map_err(unavailable)?;
@@ -594,7 +661,7 @@ impl Embedded {
         out.truncate(limit);
         let recent: std::collections::HashSet<TunnelId> = out.iter().map(|l| l.id.clone()).collect();
         blocking(|| {
-            let txn = self.db.begin_read().map_err(unavailable)?;
+            let txn = self.with_db(|db| db.begin_read().map_err(unavailable))?;
             let history = txn.open_table(HISTORY).map_err(unavailable)?;
             let links = txn.open_table(LINKS).map_err(unavailable)?;
             for row in history.iter().map_err(unavailable)?.rev() {

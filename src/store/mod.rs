@@ -190,7 +190,7 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(_) => Ok(()),
+            Store::Embedded(s) => s.ping(),
             Store::Redis(s) => s.ping().await,
         }
     }

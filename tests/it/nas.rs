@@ -1,11 +1,12 @@
-//! A NAS as it really is: a data dir that is a symlink, and a mount that goes away and comes
-//! back. The mounts are real tmpfs mounts (the tests run as root, as CI does).
+//! A NAS as it really is: a data dir that is a symlink, a mount that goes away and comes back,
+//! and a state disk that fills up. The mounts are real tmpfs mounts (the tests run as root, as CI
+//! does).
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{EMPTY_REPLY, SmallDisk, TestApp, curl};
+use crate::helpers::{EMPTY_REPLY, SmallDisk, TestApp, curl, eventually};
 
 fn url(v: &Value) -> String {
     v["download_url"].as_str().unwrap().to_string()
@@ -146,4 +147,76 @@ async fn a_disk_mounted_after_ferry_started_is_picked_up() {
         r.status == 200 && r.body == body,
         "the file on the disk mounted late was not served"
     );
+}
+
+/// The state dir's disk fills up: the store is down (503, `/health` down) while it cannot write,
+/// comes back by itself once there is room, and nothing it had committed is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_state_disk_takes_the_store_down_until_there_is_room_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("statedisk"), "8m");
+    let state = disk.0.join("state");
+    let mut app = TestApp::spawn_with(&[("FERRY_STATE_DIR", state.to_str().unwrap())]).await;
+    app.data_file("doc.bin", 1_000);
+    let mut kept = vec![];
+    for _ in 0..3 {
+        kept.push(id(&app.link("doc.bin").await));
+    }
+
+    disk.fill();
+    // Each creation writes more of the store; one finds the disk full.
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, v) = app.create(json!({"file_path": "doc.bin"})).await;
+        match status {
+            201 => kept.push(id(&v)),
+            _ => {
+                refused = Some((status, v));
+                break;
+            }
+        }
+    }
+    let (status, v) = refused.expect("no creation failed on a full disk");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"], "state store unavailable", "{v}");
+    let (status, h) = health(&app).await;
+    assert_eq!(
+        (status, &h["components"]["store"]["status"]),
+        (503, &json!("down")),
+        "{h}"
+    );
+
+    disk.free();
+    eventually(Duration::from_secs(10), "the store is back", async || {
+        health(&app).await.0 == 200
+    })
+    .await;
+    assert_eq!(health(&app).await.1["components"]["store"]["status"], "ok");
+    kept.push(id(&app.link("doc.bin").await));
+    // The link whose creation failed never got a URL, and its record says so.
+    let unstored: Vec<Value> = app
+        .history()
+        .await
+        .into_iter()
+        .filter(|t| {
+            t["close_detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("the link could not be stored"))
+        })
+        .collect();
+    assert_eq!(unstored.len(), 1, "{unstored:?}");
+    assert_eq!(unstored[0]["close_reason"], "error");
+
+    // Everything it said was made is there, in memory and on disk.
+    let open: Vec<String> = app.open().await.iter().map(id).collect();
+    for k in &kept {
+        assert!(open.contains(k), "link {k} is gone");
+    }
+    app.stop().await;
+    app.start().await;
+    let open: Vec<String> = app.open().await.iter().map(id).collect();
+    for k in &kept {
+        assert!(open.contains(k), "link {k} did not survive a restart");
+    }
+    assert!(!app.log().contains("Previous I/O error"), "{}", app.log());
 }
