@@ -1,6 +1,6 @@
 //! A NAS as it really is: a data dir that is a symlink, a mount that goes away and comes back,
-//! and a state disk that fills up. The mounts are real tmpfs mounts (the tests run as root, as CI
-//! does).
+//! a state disk that fills up, and files that grow while shared. The mounts are real tmpfs mounts
+//! (the tests run as root, as CI does).
 
 use std::time::Duration;
 
@@ -219,4 +219,82 @@ async fn a_full_state_disk_takes_the_store_down_until_there_is_room_again() {
         assert!(open.contains(k), "link {k} did not survive a restart");
     }
     assert!(!app.log().contains("Previous I/O error"), "{}", app.log());
+}
+
+/// A file written while its link is open (a recording, a copy still under way): the recipient
+/// gets the bytes of the file as it was shared or nothing, never a mix, and the link closes as
+/// `error` at its next request or, with nobody asking, within the file watch's interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_grows_closes_its_link_and_never_mixes_versions() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let original = app.data_file("rec.ts", 16_000_000);
+    let link = app
+        .create(json!({"file_path": "rec.ts", "rate_limit_bytes_per_second": 4_000_000}))
+        .await
+        .1;
+    let u = url(&link);
+    let rest = u.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry-test\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    // A first megabyte, then the file grows by bytes of another version.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < 1_000_000 {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let newer = bytes(4_000_000, 5);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(app.path("data/rec.ts"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &newer).unwrap();
+    drop(f);
+    let started = std::time::Instant::now();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        assert!(started.elapsed() < Duration::from_secs(30), "the response never ended");
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    let received = &got[head_end..];
+    assert!(head.contains("content-length: 16000000"), "{head}");
+    assert!(
+        received.len() <= original.len() && received == &original[..received.len()],
+        "the recipient got bytes that are not the shared file's"
+    );
+    // Resuming where it stopped would mix versions: refused.
+    let r = curl(&u, &["-r", "1000000-"]).await;
+    assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0));
+    let t = app.closed(&id(&link), Duration::from_secs(10)).await;
+    assert_eq!(t["close_reason"], "error", "{t}");
+    assert_eq!(t["close_detail"], "the shared file changed or was replaced", "{t}");
+
+    // Another link, and nobody asks for it: the file watch closes it all the same.
+    app.data_file("log.txt", 10_000);
+    let quiet = app.link("log.txt").await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(app.path("data/log.txt"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"one more line\n").unwrap();
+    let t = app.closed(&id(&quiet), Duration::from_secs(15)).await;
+    assert_eq!(
+        (&t["close_reason"], &t["close_detail"]),
+        (&json!("error"), &json!("the shared file changed or was replaced")),
+        "{t}"
+    );
+    let r = curl(&url(&quiet), &[]).await;
+    assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0));
 }
