@@ -59,8 +59,12 @@ fuzz_target!(|s: &str| {
         p.split('/').all(|n| !n.is_empty() && n != "." && n != "..") || rel.is_root(),
         "{s:?} -> {p:?}"
     );
+    assert!(!p.chars().any(char::is_control), "{s:?} -> {p:?}");
+    // A backslash only begins `\xHH`, a byte of a name that is not UTF-8 text.
     assert!(
-        !p.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\'),
+        p.split('\\')
+            .skip(1)
+            .all(|rest| matches!(rest.as_bytes(), [b'x', h, l, ..] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit())),
         "{s:?} -> {p:?}"
     );
     assert!(p.len() <= s.len());

@@ -383,7 +383,7 @@ async fn decide(links: &Links, req: &CheckRequest<'_>) -> Result<(String, u64, U
         .check(req.header("x-ferry-tunnel"), req.header("x-ferry-token"), admission)
         .await?;
     Ok((
-        content_disposition(link.file_path.file_name()),
+        content_disposition(&link.file_path.display_name()),
         link.rate_limit_bytes_per_second.unwrap_or(0),
         what,
     ))

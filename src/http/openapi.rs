@@ -73,7 +73,10 @@ pub struct Stats {
 
 #[derive(Serialize, ToSchema)]
 pub struct FileEntry {
+    /// The name for people: a byte that is not UTF-8 text is shown as `%XX`.
     pub name: String,
+    /// The exact path, as `path` and `file_path` take it: a byte that is not UTF-8 text (or a
+    /// control byte, or a backslash) is written `\xHH`.
     pub path: String,
     pub size: u64,
     pub is_dir: bool,

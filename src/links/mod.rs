@@ -659,7 +659,9 @@ impl Links {
     }
 
     fn public_url(&self, link: &Link) -> String {
-        let name = percent_encoding::utf8_percent_encode(link.file_path.file_name(), URL_SEGMENT);
+        // The name's bytes as they are: a URL is bytes, and `wget` saves what the path says.
+        let bytes = link.file_path.file_name_bytes();
+        let name = percent_encoding::percent_encode(&bytes, URL_SEGMENT);
         let base = self.provider.public_base();
         format!("{}/s/{}/{}", base.as_deref().unwrap_or(&self.base_url), link.id, name)
     }
@@ -1608,7 +1610,7 @@ impl Links {
 
 /// The HTML a link previewer gets: the file's name and size, nothing external, no referrer.
 pub fn preview_html(link: &Link) -> String {
-    let name = html_escape(link.file_path.file_name());
+    let name = html_escape(&link.file_path.display_name());
     let size = human_size(link.file_size);
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\

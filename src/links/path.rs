@@ -3,21 +3,31 @@
 //! (`RESOLVE_BENEATH`), so no symlink, `..` or magic link can lead out of the data dir. Nothing
 //! here creates or changes a file in the data dir.
 //!
+//! Linux names are bytes, and a NAS holds names that are not UTF-8 (old Samba shares, cameras,
+//! archives made elsewhere). A [`RelPath`]'s text is exact: UTF-8 text as it is, and each byte
+//! that is not part of UTF-8 text, a control byte or a backslash written `\xHH` (a backslash
+//! appears in a path only so). For people, [`RelPath::display_name`] writes such bytes as `%XX`
+//! instead, as ZIP member names do (SPEC §11).
+//!
 //! The data dir is opened again for every operation, never held: a disk mounted there after
 //! ferry started, or mounted again after it went away, is what the next operation sees, and ferry
 //! never keeps a mount busy. A data dir that was a mount point and no longer is, or that cannot be
 //! opened, is unavailable ([`PathError::Unavailable`]).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags};
 use serde::{Deserialize, Serialize};
 
+/// Longest path, and longest name, in bytes (Linux's `PATH_MAX` and `NAME_MAX`).
 const MAX_PATH: usize = 4096;
 const MAX_NAME: usize = 255;
+/// A byte written `\xHH` takes four characters of a path's text.
+const MAX_TEXT: usize = MAX_PATH * 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -27,10 +37,12 @@ pub enum PathError {
     Absolute,
     #[error("path may not contain `..`")]
     Parent,
-    #[error("path may not contain NUL, backslashes or control characters")]
+    #[error("path may not contain NUL or control characters, nor a backslash except in `\\xHH`")]
     BadChar,
     #[error("path may not contain percent-encoded separators or dots")]
     Encoded,
+    #[error("`\\xHH` stands only for a byte that is not UTF-8 text, a control byte or a backslash")]
+    BadEscape,
     #[error("path or one of its names is too long")]
     TooLong,
     #[error("no such file in the data dir")]
@@ -49,10 +61,76 @@ pub enum PathError {
     Io(String),
 }
 
-/// A normalised path relative to the data dir: no leading `/`, no `.`/`..`, no empty names.
+/// A normalised path relative to the data dir: no leading `/`, no `.`/`..`, no empty names, in
+/// its exact text (see the module's documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RelPath(String);
+
+/// Whether `b` is written `\xHH` in a path's text when it is not part of UTF-8 text.
+fn escapable(b: u8) -> bool {
+    b >= 0x80 || (b != 0 && b < 0x20) || b == 0x7f || b == b'\\'
+}
+
+/// The bytes a path's text stands for.
+fn unescape(s: &str) -> Result<Vec<u8>, PathError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let byte = match b.get(i + 1..i + 4) {
+            Some([b'x', h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                hex(*h) << 4 | hex(*l)
+            }
+            _ => return Err(PathError::BadChar),
+        };
+        if !escapable(byte) {
+            return Err(PathError::BadEscape);
+        }
+        out.push(byte);
+        i += 4;
+    }
+    Ok(out)
+}
+
+/// Appends a name's exact text: UTF-8 as it is, other bytes, control characters and backslashes
+/// as `\xHH`.
+fn escape_into(name: &[u8], out: &mut String) {
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                // C1 controls (U+0080 to U+009F) take two bytes.
+                let mut buf = [0; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\x{b:02X}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+}
+
+/// A name for people: UTF-8 as it is, each byte that is not UTF-8 text as `%XX`.
+pub fn display_bytes(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
 
 impl RelPath {
     /// The root of the data dir itself (for listing).
@@ -61,10 +139,10 @@ impl RelPath {
     }
 
     pub fn parse(s: &str) -> Result<Self, PathError> {
-        if s.len() > MAX_PATH {
+        if s.len() > MAX_TEXT {
             return Err(PathError::TooLong);
         }
-        if s.bytes().any(|b| b == 0 || b == b'\\' || b < 0x20 || b == 0x7f) {
+        if s.bytes().any(|b| b == 0 || b < 0x20 || b == 0x7f) {
             return Err(PathError::BadChar);
         }
         if s.starts_with('/') || s.starts_with('~') {
@@ -74,41 +152,75 @@ impl RelPath {
         if ["%2e", "%2f", "%5c", "%00", "%25"].iter().any(|e| lower.contains(e)) {
             return Err(PathError::Encoded);
         }
+        let raw = unescape(s)?;
+        if raw.len() > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
         let mut names = Vec::new();
-        for name in s.split('/') {
+        for name in raw.split(|&b| b == b'/') {
             match name {
-                "" | "." => continue,
-                ".." => return Err(PathError::Parent),
+                b"" | b"." => continue,
+                b".." => return Err(PathError::Parent),
                 n if n.len() > MAX_NAME => return Err(PathError::TooLong),
                 n => names.push(n),
             }
         }
         // Checked on the normal form too: `./~` must not become `~`, which would not parse again
         // (and a stored link must always read back).
-        if names.first().is_some_and(|n| n.starts_with('~')) {
+        if names.first().is_some_and(|n| n.starts_with(b"~")) {
             return Err(PathError::Absolute);
         }
-        Ok(RelPath(names.join("/")))
+        let mut text = String::with_capacity(s.len());
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                text.push('/');
+            }
+            escape_into(name, &mut text);
+        }
+        Ok(RelPath(text))
     }
 
+    /// The exact text: what the API takes and returns.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The bytes of the path, as the file system knows it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        unescape(&self.0).expect("a parsed path's text is valid")
     }
 
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The last name's exact text.
     pub fn file_name(&self) -> &str {
         self.0.rsplit('/').next().unwrap_or("")
     }
 
-    pub fn join(&self, name: &str) -> Result<RelPath, PathError> {
-        if self.is_root() {
-            RelPath::parse(name)
-        } else {
-            RelPath::parse(&format!("{}/{name}", self.0))
+    /// The last name's bytes.
+    pub fn file_name_bytes(&self) -> Vec<u8> {
+        unescape(self.file_name()).expect("a parsed path's text is valid")
+    }
+
+    /// The last name for people (and for a recipient's saved file): bytes that are not UTF-8
+    /// text as `%XX`.
+    pub fn display_name(&self) -> String {
+        display_bytes(&self.file_name_bytes())
+    }
+
+    /// The path of the entry `name` (raw bytes, as a folder lists it) in this folder.
+    pub fn child(&self, name: &[u8]) -> Result<RelPath, PathError> {
+        if name.contains(&b'/') {
+            return Err(PathError::BadChar);
         }
+        let mut text = self.0.clone();
+        if !self.is_root() {
+            text.push('/');
+        }
+        escape_into(name, &mut text);
+        RelPath::parse(&text)
     }
 }
 
@@ -149,6 +261,7 @@ pub struct Resolved {
 
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The name for people (`%XX` for bytes that are not UTF-8 text); `path` is exact.
     pub name: String,
     pub path: RelPath,
     pub size: u64,
@@ -260,7 +373,7 @@ impl DataDir {
     }
 
     fn open_beneath(&self, root: &Root, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
-        let name = if rel.is_root() { "." } else { rel.as_str() };
+        let name = if rel.is_root() { b".".to_vec() } else { rel.to_bytes() };
         // O_PATH: never blocks on a FIFO or device, and reads nothing.
         let fd = rfs::openat2(
             root.fd.as_fd(),
@@ -325,13 +438,12 @@ impl DataDir {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&real).map_err(|e| PathError::Io(e.to_string()))? {
             let Ok(entry) = entry else { continue };
-            let Some(name) = entry.file_name().to_str().map(String::from) else {
-                continue;
-            };
-            if name.starts_with('.') {
+            let name = entry.file_name();
+            let name = name.as_bytes();
+            if name.starts_with(b".") {
                 continue;
             }
-            let Ok(path) = rel.join(&name) else { continue };
+            let Ok(path) = rel.child(name) else { continue };
             let Ok((_, st)) = self.open_beneath(&root, &path) else {
                 continue;
             };
@@ -342,7 +454,7 @@ impl DataDir {
             };
             let id = identity(&st);
             out.push(Entry {
-                name,
+                name: display_bytes(name),
                 path,
                 size: if is_dir { 0 } else { id.size },
                 is_dir,
@@ -428,6 +540,58 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bytes_that_are_not_utf8_text_are_written_as_escapes() {
+        // (text given, exact text, bytes, name for people)
+        let table: &[(&str, &str, &[u8], &str)] = &[
+            ("caf\\xE9.txt", "caf\\xE9.txt", b"caf\xe9.txt", "caf%E9.txt"),
+            ("old/caf\\xe9.txt", "old/caf\\xE9.txt", b"old/caf\xe9.txt", "caf%E9.txt"),
+            // An escape of UTF-8 text is that text.
+            (
+                "\\xC3\\xA9t\\xC3\\xA9.txt",
+                "\u{e9}t\u{e9}.txt",
+                "\u{e9}t\u{e9}.txt".as_bytes(),
+                "\u{e9}t\u{e9}.txt",
+            ),
+            ("tab\\x09.txt", "tab\\x09.txt", b"tab\t.txt", "tab\t.txt"),
+            ("back\\x5Cslash", "back\\x5Cslash", b"back\\slash", "back\\slash"),
+            (
+                "\u{65e5}\\x82\\xA0.jpg",
+                "\u{65e5}\\x82\\xA0.jpg",
+                b"\xe6\x97\xa5\x82\xa0.jpg",
+                "\u{65e5}%82%A0.jpg",
+            ),
+        ];
+        for (given, exact, bytes, display) in table {
+            let p = RelPath::parse(given).unwrap_or_else(|e| panic!("{given:?}: {e}"));
+            assert_eq!(p.as_str(), *exact, "{given:?}");
+            assert_eq!(p.to_bytes(), *bytes, "{given:?}");
+            assert_eq!(p.display_name(), *display, "{given:?}");
+            assert_eq!(
+                RelPath::parse(p.as_str()),
+                Ok(p.clone()),
+                "{given:?} does not read back"
+            );
+        }
+        let refused: &[(&str, PathError)] = &[
+            ("a\\x2Fb", PathError::BadEscape),
+            ("a\\x2e\\x2e", PathError::BadEscape),
+            ("\\x41", PathError::BadEscape),
+            ("a\\x00b", PathError::BadEscape),
+            ("a\\x+fb", PathError::BadChar),
+            ("a\\xE", PathError::BadChar),
+            ("a\\", PathError::BadChar),
+            ("a\\u00e9", PathError::BadChar),
+        ];
+        for (given, want) in refused {
+            assert_eq!(RelPath::parse(given), Err(want.clone()), "{given:?}");
+        }
+        // A name of 255 bytes that are not UTF-8 is a name Linux allows: its text is longer.
+        let long = "\\xFF".repeat(255);
+        assert_eq!(RelPath::parse(&long).unwrap().to_bytes().len(), 255);
+        assert_eq!(RelPath::parse(&format!("{long}\\xFF")), Err(PathError::TooLong));
+    }
+
     fn tree() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -450,6 +614,35 @@ mod tests {
         assert_eq!(found.identity.size, 1);
         assert_eq!(d.real_path().unwrap(), data.canonicalize().unwrap());
         assert!(d.resolve_file(&RelPath::parse("sub/out").unwrap()).is_err());
+    }
+
+    /// Linux names are bytes: a name that is not UTF-8 is listed, searched and resolved by its
+    /// exact text.
+    #[test]
+    fn a_name_that_is_not_utf8_is_listed_searched_and_resolved() {
+        use std::os::unix::ffi::OsStrExt;
+        let (_dir, data) = tree();
+        let name = std::ffi::OsStr::from_bytes(b"Caf\xe9 menu.txt");
+        std::fs::write(data.join("sub").join(name), "latin-1").unwrap();
+        let d = DataDir::open(&data).unwrap();
+        let entries = d.list(&RelPath::parse("sub").unwrap()).unwrap();
+        assert_eq!(entries.len(), 1);
+        let e = &entries[0];
+        assert_eq!(
+            (e.name.as_str(), e.path.as_str()),
+            ("Caf%E9 menu.txt", "sub/Caf\\xE9 menu.txt")
+        );
+        let found = d.resolve_file(&RelPath::parse(e.path.as_str()).unwrap()).unwrap();
+        assert_eq!(found.identity.size, 7);
+        assert!(
+            found
+                .real_path
+                .as_os_str()
+                .as_bytes()
+                .ends_with(b"/sub/Caf\xe9 menu.txt")
+        );
+        let hits = d.search(&RelPath::root(), "caf%e9", 10).unwrap();
+        assert_eq!(hits.len(), 1);
     }
 
     /// A data dir that was a mount point and is not one any more is unavailable, and a disk
@@ -510,7 +703,7 @@ mod tests {
                     prop_oneof![
                         Just(String::new()), Just(".".to_string()), Just("..".to_string()),
                         Just("~".to_string()), Just("%2e".to_string()), Just("a\\b".to_string()),
-                        "[a-z~. %]{1,6}",
+                        "[a-z~. %]{1,6}", "(\\\\x[0-9a-fA-F]{2}|[a-z]){1,4}",
                     ],
                     0..6,
                 ),
@@ -524,6 +717,18 @@ mod tests {
                     prop_assert!(p.is_root() || n.split('/').all(|x| !x.is_empty() && x != "." && x != ".."));
                     prop_assert!(!lead);
                 }
+            }
+
+            /// Any name Linux allows reads back byte for byte from its exact text.
+            #[test]
+            fn any_name_reads_back_from_its_text(name in prop::collection::vec(1u8..=255, 1..=255)) {
+                prop_assume!(!name.contains(&b'/') && name != b"." && name != b".." && !name.starts_with(b"~"));
+                let text = String::from_utf8(name.clone()).ok();
+                prop_assume!(text.is_none_or(|t| !["%2e", "%2f", "%5c", "%00", "%25"].iter().any(|e| t.to_ascii_lowercase().contains(e))));
+                let p = RelPath::root().child(&name).unwrap();
+                prop_assert_eq!(p.to_bytes(), name.clone());
+                prop_assert_eq!(RelPath::parse(p.as_str()), Ok(p.clone()));
+                prop_assert!(!p.as_str().chars().any(|c| c.is_control()));
             }
         }
     }

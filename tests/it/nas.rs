@@ -1,7 +1,8 @@
 //! A NAS as it really is: a data dir that is a symlink, a mount that goes away and comes back,
-//! a state disk that fills up, and files that grow while shared. The mounts are real tmpfs mounts
-//! (the tests run as root, as CI does).
+//! a state disk that fills up, names that are not UTF-8, and files that grow while shared. The
+//! mounts are real tmpfs mounts (the tests run as root, as CI does).
 
+use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -219,6 +220,60 @@ async fn a_full_state_disk_takes_the_store_down_until_there_is_room_again() {
         assert!(open.contains(k), "link {k} did not survive a restart");
     }
     assert!(!app.log().contains("Previous I/O error"), "{}", app.log());
+}
+
+/// Linux names are bytes. A name that is not UTF-8 (Latin-1 here, as old Samba shares wrote
+/// them) is listed readably with an exact path, shared by that path, served under a readable
+/// name, and named so in the link's record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_that_is_not_utf8_is_listed_shared_and_served() {
+    let app = TestApp::spawn().await;
+    let body = bytes(50_000, 4);
+    let name = std::ffi::OsStr::from_bytes(b"Men\xfc caf\xe9.pdf");
+    std::fs::create_dir_all(app.path("data/old")).unwrap();
+    std::fs::write(app.path("data/old").join(name), &body).unwrap();
+
+    let (status, list) = app.get("/api/files?path=old").await;
+    assert_eq!(status, 200, "{list}");
+    let e = &list["entries"][0];
+    assert_eq!(e["name"], "Men%FC caf%E9.pdf", "{list}");
+    assert_eq!(e["path"], "old/Men\\xFC caf\\xE9.pdf", "{list}");
+    let (_, found) = app.get("/api/files?q=caf%25e9").await;
+    assert_eq!(found["entries"][0]["path"], e["path"], "{found}");
+
+    let link = app.link(e["path"].as_str().unwrap()).await;
+    assert_eq!(link["file_path"], "old/Men\\xFC caf\\xE9.pdf", "{link}");
+    assert!(url(&link).contains("/Men%FC%20caf%E9.pdf?t="), "{link}");
+    let (_, stats) = app.get(&format!("/admin/tunnels/{}/stats", id(&link))).await;
+    assert_eq!(stats["tunnel"]["file_path"], "old/Men\\xFC caf\\xE9.pdf", "{stats}");
+
+    let head = curl(&url(&link), &["-I"]).await;
+    assert_eq!(head.status, 200);
+    let out = tempfile::tempdir().unwrap();
+    let o = tokio::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", &url(&link)])
+        .output()
+        .await
+        .unwrap();
+    let headers = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    assert!(
+        headers.contains(
+            "content-disposition: attachment; filename=\"men%fc caf%e9.pdf\"; filename*=utf-8''men%25fc%20caf%25e9.pdf"
+        ),
+        "{headers}"
+    );
+    // That was the download; a second one under its name is refused, so check the bytes with a
+    // link of its own, saved where `curl -OJ` puts it.
+    let second = app.link(e["path"].as_str().unwrap()).await;
+    let o = tokio::process::Command::new("curl")
+        .args(["-sS", "-OJ", &url(&second)])
+        .current_dir(out.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let saved = std::fs::read(out.path().join("Men%FC caf%E9.pdf")).expect("saved under its readable name");
+    assert!(saved == body, "the download differs from the file");
 }
 
 /// A file written while its link is open (a recording, a copy still under way): the recipient
