@@ -52,14 +52,16 @@ function showLogin() {
 
 // ---- files ------------------------------------------------------------------
 
-async function loadFiles() {
+// A folder comes a page at a time: `offset` 0 starts the list again, a later one adds to it.
+async function loadFiles(offset = 0) {
   const q = $("search").value.trim();
   const params = new URLSearchParams({ path: state.dir });
   if (q) params.set("q", q);
+  else if (offset) params.set("offset", String(offset));
   const data = await api("GET", `/api/files?${params}`);
   renderCrumbs();
   const rows = $("file-rows");
-  rows.replaceChildren();
+  if (!offset) rows.replaceChildren();
   for (const e of data.entries) {
     const name = e.is_dir
       ? el("button", { type: "button", text: `${e.name}/`, onclick: () => { state.dir = e.path; $("search").value = ""; guarded(loadFiles); } })
@@ -71,7 +73,12 @@ async function loadFiles() {
       el("td", { class: "hide-narrow", text: when(e.modified) }),
       el("td", {}, share)));
   }
-  $("files-empty").hidden = data.entries.length > 0;
+  $("files-empty").hidden = rows.children.length > 0;
+  const more = $("files-more");
+  more.hidden = data.next_offset == null;
+  more.textContent = data.next_offset == null ? "" : `Show more (${data.next_offset} of ${data.total} shown)`;
+  more.onclick = () => guarded(() => loadFiles(data.next_offset));
+  $("files-truncated").hidden = !data.truncated;
 }
 
 function renderCrumbs() {

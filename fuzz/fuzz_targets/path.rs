@@ -85,8 +85,8 @@ fuzz_target!(|s: &str| {
         assert!(found.identity.ino != t.secret_ino, "{s:?} reached the secret");
         assert!(std::fs::metadata(&found.real_path).unwrap().is_file());
     }
-    if let Ok(entries) = t.data.list(&rel) {
-        for e in entries {
+    if let Ok(page) = t.data.list(&rel, 0, usize::MAX) {
+        for e in page.entries {
             assert!(!e.name.starts_with('.'));
             assert_eq!(RelPath::parse(e.path.as_str()).as_ref(), Ok(&e.path));
         }

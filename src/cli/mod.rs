@@ -60,6 +60,12 @@ pub enum Command {
         /// Find names containing this text.
         #[arg(long)]
         search: Option<String>,
+        /// Start the listing at this entry (a big folder comes a page at a time).
+        #[arg(long)]
+        offset: Option<u64>,
+        /// Entries in the page (1 to 10000; the server's default is 1000).
+        #[arg(long)]
+        limit: Option<u64>,
         #[command(flatten)]
         common: Common,
     },
@@ -155,13 +161,25 @@ async fn execute(client: &Client, command: Command) -> Result<ExitCode, Failure>
                 },
             )
         }
-        Command::Files { dir, search, common } => {
+        Command::Files {
+            dir,
+            search,
+            offset,
+            limit,
+            common,
+        } => {
             let mut q = format!("/api/files?path={}", client::query(dir.as_deref().unwrap_or("")));
             if let Some(s) = search {
                 q.push_str(&format!("&q={}", client::query(&s)));
             }
+            if let Some(n) = offset {
+                q.push_str(&format!("&offset={n}"));
+            }
+            if let Some(n) = limit {
+                q.push_str(&format!("&limit={n}"));
+            }
             let v = client.get(&q).await?;
-            output::print(common.json, &v, || output::files(&v["entries"]));
+            output::print(common.json, &v, || output::files(&v));
             Ok(ExitCode::SUCCESS)
         }
     }

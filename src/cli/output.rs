@@ -75,7 +75,9 @@ pub fn tunnels(list: &Value, closed: bool) -> String {
     table(&["ID", "FILE", status, "PROGRESS", "SERVED", when], rows)
 }
 
-pub fn files(entries: &Value) -> String {
+/// A page of a folder or a search's results, and what is left out of it.
+pub fn files(list: &Value) -> String {
+    let entries = &list["entries"];
     let rows = entries
         .as_array()
         .cloned()
@@ -90,7 +92,14 @@ pub fn files(entries: &Value) -> String {
             vec![s(&e["path"]), size, s(&e["modified"])]
         })
         .collect();
-    table(&["PATH", "SIZE", "MODIFIED"], rows)
+    let mut out = table(&["PATH", "SIZE", "MODIFIED"], rows);
+    if let (Some(next), Some(total)) = (list["next_offset"].as_u64(), list["total"].as_u64()) {
+        out.push_str(&format!("{} more of {total}: --offset {next}\n", total - next));
+    }
+    if list["truncated"] == true {
+        out.push_str("the search stopped before it had looked everywhere: narrow it, or search a folder\n");
+    }
+    out
 }
 
 pub fn health(h: &Value) -> String {

@@ -1,4 +1,7 @@
-//! `GET /api/files?path=<dir>&q=<search>`: browse and search the data dir.
+//! `GET /api/files?path=<dir>&q=<search>`: browse and search the data dir. A listing comes in
+//! pages (`offset`, `limit`); a search stops at its limits and says so (`truncated`).
+
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
@@ -9,7 +12,16 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::json::ApiQuery;
-use crate::links::path::{PathError, RelPath};
+use crate::links::path::{Entry, PathError, RelPath};
+
+/// Entries in a page when `limit` is not given, and the most one page may hold.
+const PAGE: usize = 1_000;
+const MAX_PAGE: usize = 10_000;
+/// Offsets are whole numbers a JSON client can write exactly (the document says `int64`).
+const MAX_OFFSET: usize = i64::MAX as usize;
+/// Search results at most, and how long one search may look.
+const SEARCH_RESULTS: usize = 500;
+const SEARCH_TIME: Duration = Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/files", get(files))
@@ -19,12 +31,43 @@ pub fn router() -> Router<AppState> {
 pub struct FilesQuery {
     path: Option<String>,
     q: Option<String>,
+    offset: Option<String>,
+    limit: Option<String>,
 }
 
-/// Browse (`path`) or search by name (`q`) the data dir.
+/// A whole number in `range`, or a 400 naming the field.
+fn number(
+    field: &str,
+    value: Option<&str>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ApiError> {
+    let Some(v) = value else { return Ok(default) };
+    match v.parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ if *range.end() == MAX_OFFSET => Err(ApiError::BadRequest(format!(
+            "{field}: must be a whole number, {} or more",
+            range.start()
+        ))),
+        _ => Err(ApiError::BadRequest(format!(
+            "{field}: must be a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
+fn entry_json(e: &Entry) -> Value {
+    let ms = u64::try_from(e.modified_ns / 1_000_000).unwrap_or(0);
+    json!({"name": e.name, "path": e.path.as_str(), "size": e.size, "is_dir": e.is_dir, "modified": crate::links::rfc3339(ms)})
+}
+
+/// Browse (`path`, a page at a time) or search by name (`q`) the data dir.
 #[utoipa::path(get, path = "/api/files", tag = "files",
-    params(("path" = Option<String>, Query, description = "Folder relative to the data dir"),
-           ("q" = Option<String>, Query, description = "Case-insensitive part of a name, searched below `path`")),
+    params(("path" = Option<String>, Query, description = "Folder relative to the data dir (exact text: a byte of a name that is not UTF-8 is `\\xHH`)"),
+           ("q" = Option<String>, Query, description = "Case-insensitive part of a name, searched below `path` (at most 500 results, 10,000 folders, 2 s)"),
+           ("offset" = Option<i64>, Query, minimum = 0, description = "First entry of the page (listing only), default 0"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Entries in the page (listing only), default 1000")),
     responses((status = 200, description = "Entries", body = crate::http::openapi::FileList),
               (status = 400, description = "Bad path", body = crate::http::openapi::ErrorBody),
               (status = 404, description = "No such folder", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "Data dir or state store unavailable", body = crate::http::openapi::ErrorBody)))]
@@ -33,23 +76,35 @@ pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>)
         None | Some("") | Some("/") => RelPath::root(),
         Some(p) => RelPath::parse(p).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?,
     };
+    let offset = number("offset", q.offset.as_deref(), 0, 0..=MAX_OFFSET)?;
+    let limit = number("limit", q.limit.as_deref(), PAGE, 1..=MAX_PAGE)?;
     let data = s.links.data();
-    let entries = match q.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        Some(needle) => tokio::task::block_in_place(|| data.search(&dir, needle, 500)),
-        None => tokio::task::block_in_place(|| data.list(&dir)),
-    }
-    .map_err(|e| match e {
+    let failed = |e: PathError| match e {
         PathError::NotFound => ApiError::NotFound(format!("path: {e}")),
         PathError::Unavailable(_) => ApiError::DataDirUnavailable(e.to_string()),
         PathError::Io(m) => ApiError::Internal(m),
         e => ApiError::BadRequest(format!("path: {e}")),
-    })?;
-    let entries: Vec<Value> = entries
-        .into_iter()
-        .map(|e| {
-            let ms = u64::try_from(e.modified_ns / 1_000_000).unwrap_or(0);
-            json!({"name": e.name, "path": e.path.as_str(), "size": e.size, "is_dir": e.is_dir, "modified": crate::links::rfc3339(ms)})
-        })
-        .collect();
-    Ok(Json(json!({"path": dir.as_str(), "entries": entries})))
+    };
+    match q.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        Some(needle) => {
+            let deadline = Instant::now() + SEARCH_TIME;
+            let found =
+                tokio::task::block_in_place(|| data.search(&dir, needle, SEARCH_RESULTS, deadline)).map_err(failed)?;
+            let entries: Vec<Value> = found.entries.iter().map(entry_json).collect();
+            Ok(Json(
+                json!({"path": dir.as_str(), "entries": entries, "truncated": found.truncated}),
+            ))
+        }
+        None => {
+            let page = tokio::task::block_in_place(|| data.list(&dir, offset, limit)).map_err(failed)?;
+            let entries: Vec<Value> = page.entries.iter().map(entry_json).collect();
+            let next = offset.saturating_add(limit);
+            Ok(Json(json!({
+                "path": dir.as_str(),
+                "entries": entries,
+                "total": page.total,
+                "next_offset": (next < page.total).then_some(next),
+            })))
+        }
+    }
 }

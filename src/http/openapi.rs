@@ -87,6 +87,12 @@ pub struct FileEntry {
 pub struct FileList {
     pub path: String,
     pub entries: Vec<FileEntry>,
+    /// Listing: how many entries the folder has.
+    pub total: Option<u64>,
+    /// Listing: the `offset` of the next page; null on the last one.
+    pub next_offset: Option<u64>,
+    /// Search: it stopped at a limit (results, folders or time) before looking everywhere.
+    pub truncated: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -16,9 +16,9 @@
 
 use std::fmt::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags};
 use serde::{Deserialize, Serialize};
@@ -269,6 +269,23 @@ pub struct Entry {
     pub modified_ns: i128,
 }
 
+/// One page of a folder, in order (folders first, then by name), and how many entries it has.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub total: usize,
+}
+
+/// What a search found, and whether it stopped before it had looked everywhere.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub entries: Vec<Entry>,
+    pub truncated: bool,
+}
+
+/// The most folders one search opens.
+const SEARCH_FOLDERS: usize = 10_000;
+
 /// The data dir, found afresh for each operation (see the module's documentation).
 pub struct DataDir {
     /// As configured (`NAS_MOUNT_PATH`); it may be a symlink.
@@ -282,6 +299,14 @@ struct Root {
     fd: OwnedFd,
     /// Its real absolute path (a symlinked data dir resolved).
     real: PathBuf,
+}
+
+/// An entry of a folder as read from the folder itself.
+struct Listed {
+    name: Vec<u8>,
+    is_dir: bool,
+    /// Already known when the entry is a symlink (its target's).
+    stat: Option<rfs::Stat>,
 }
 
 fn identity(st: &rfs::Stat) -> FileIdentity {
@@ -400,6 +425,22 @@ impl DataDir {
         }
     }
 
+    /// Opens a folder beneath the data dir for reading its entries.
+    fn open_folder(&self, root: &Root, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
+        let (fd, st) = self.open_beneath(root, rel)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(PathError::NotFolder);
+        }
+        let dir = rfs::openat(
+            &fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        Ok((dir, st))
+    }
+
     /// Resolves a path to a regular file beneath the data dir.
     pub fn resolve_file(&self, rel: &RelPath) -> Result<Resolved, PathError> {
         let root = self.root()?;
@@ -427,70 +468,156 @@ impl DataDir {
         (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then(|| identity(&st))
     }
 
-    /// Lists a folder beneath the data dir (hidden entries and non-regular files left out).
-    pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, PathError> {
-        let root = self.root()?;
-        let (fd, st) = self.open_beneath(&root, rel)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-            return Err(PathError::NotFolder);
-        }
-        let real = real_path(&fd)?;
+    /// The folder's entries that can be listed: regular files and folders (symlinks to them
+    /// beneath the data dir included), hidden ones left out. Only symlinks (and entries of file
+    /// systems that do not say what they are) cost a lookup; the others are known from the
+    /// folder itself. Stops early (`true`) once `deadline` has passed.
+    fn read_folder(
+        &self,
+        root: &Root,
+        rel: &RelPath,
+        dir: OwnedFd,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<Listed>, bool), PathError> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&real).map_err(|e| PathError::Io(e.to_string()))? {
+        let entries = rfs::Dir::new(dir).map_err(io)?;
+        for (n, entry) in entries.enumerate() {
+            if n % 1024 == 1023 && deadline.is_some_and(|d| Instant::now() > d) {
+                return Ok((out, true));
+            }
             let Ok(entry) = entry else { continue };
-            let name = entry.file_name();
-            let name = name.as_bytes();
+            let name = entry.file_name().to_bytes();
             if name.starts_with(b".") {
                 continue;
             }
-            let Ok(path) = rel.child(name) else { continue };
-            let Ok((_, st)) = self.open_beneath(&root, &path) else {
-                continue;
-            };
-            let is_dir = match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => true,
-                FileType::RegularFile => false,
+            let (is_dir, stat) = match entry.file_type() {
+                FileType::Directory => (true, None),
+                FileType::RegularFile => (false, None),
+                FileType::Symlink | FileType::Unknown => {
+                    let Ok(path) = rel.child(name) else { continue };
+                    let Ok((_, st)) = self.open_beneath(root, &path) else {
+                        continue;
+                    };
+                    match FileType::from_raw_mode(st.st_mode) {
+                        FileType::Directory => (true, Some(st)),
+                        FileType::RegularFile => (false, Some(st)),
+                        _ => continue,
+                    }
+                }
                 _ => continue,
             };
-            let id = identity(&st);
-            out.push(Entry {
-                name: display_bytes(name),
-                path,
-                size: if is_dir { 0 } else { id.size },
+            out.push(Listed {
+                name: name.to_vec(),
                 is_dir,
-                modified_ns: id.mtime_ns,
+                stat,
             });
         }
-        out.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
-        Ok(out)
+        Ok((out, false))
     }
 
-    /// Finds entries whose name contains `q` (case-insensitive) below `rel`, breadth first,
-    /// stopping at `limit` results.
-    pub fn search(&self, rel: &RelPath, q: &str, limit: usize) -> Result<Vec<Entry>, PathError> {
+    /// An entry with its size and time (`None` if it went away or changed kind meanwhile).
+    fn entry(&self, dir: &OwnedFd, rel: &RelPath, listed: Listed) -> Option<Entry> {
+        let path = rel.child(&listed.name).ok()?;
+        let st = match listed.stat {
+            Some(st) => st,
+            None => rfs::statat(dir, listed.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).ok()?,
+        };
+        let is_dir = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => true,
+            FileType::RegularFile => false,
+            _ => return None,
+        };
+        if is_dir != listed.is_dir {
+            return None;
+        }
+        let id = identity(&st);
+        Some(Entry {
+            name: display_bytes(&listed.name),
+            path,
+            size: if is_dir { 0 } else { id.size },
+            is_dir,
+            modified_ns: id.mtime_ns,
+        })
+    }
+
+    /// Lists `limit` entries of a folder beneath the data dir from `offset` on (folders first,
+    /// then by name). Only the entries of the page are looked up, so a page of a huge folder
+    /// costs one read of the folder's names.
+    pub fn list(&self, rel: &RelPath, offset: usize, limit: usize) -> Result<Page, PathError> {
+        let root = self.root()?;
+        let (dir, _) = self.open_folder(&root, rel)?;
+        let stat_dir = rfs::openat(&dir, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(io)?;
+        let (mut all, _) = self.read_folder(&root, rel, dir, None)?;
+        all.sort_unstable_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
+        let total = all.len();
+        let entries = all
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|l| self.entry(&stat_dir, rel, l))
+            .collect();
+        Ok(Page { entries, total })
+    }
+
+    /// Finds entries whose name contains `q` (case-insensitive) below `rel`, breadth first, each
+    /// folder once. It stops at `limit` results, after `SEARCH_FOLDERS` folders, or once
+    /// `deadline` has passed, and then says it was `truncated`.
+    pub fn search(&self, rel: &RelPath, q: &str, limit: usize, deadline: Instant) -> Result<Found, PathError> {
+        let root = self.root()?;
         let q = q.to_lowercase();
         let mut queue = std::collections::VecDeque::from([rel.clone()]);
+        let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let mut visited = 0;
-        while let Some(dir) = queue.pop_front() {
-            visited += 1;
-            if visited > 10_000 {
-                break;
+        let mut folders = 0;
+        while let Some(dir_rel) = queue.pop_front() {
+            if folders >= SEARCH_FOLDERS || Instant::now() > deadline {
+                return Ok(Found {
+                    entries: out,
+                    truncated: true,
+                });
             }
-            let Ok(entries) = self.list(&dir) else { continue };
-            for e in entries {
-                if e.is_dir {
-                    queue.push_back(e.path.clone());
+            let (dir, st) = match self.open_folder(&root, &dir_rel) {
+                Ok(d) => d,
+                Err(e) if dir_rel == *rel => return Err(e),
+                Err(_) => continue,
+            };
+            // A symlink back up the tree leads to a folder already searched.
+            if !seen.insert((st.st_dev, st.st_ino)) {
+                continue;
+            }
+            folders += 1;
+            let stat_dir = rfs::openat(&dir, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map_err(io)?;
+            let (mut found, stopped) = self.read_folder(&root, &dir_rel, dir, Some(deadline))?;
+            found.sort_unstable_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
+            for l in found {
+                if l.is_dir
+                    && let Ok(p) = dir_rel.child(&l.name)
+                {
+                    queue.push_back(p);
                 }
-                if e.name.to_lowercase().contains(&q) {
+                if display_bytes(&l.name).to_lowercase().contains(&q)
+                    && let Some(e) = self.entry(&stat_dir, &dir_rel, l)
+                {
                     out.push(e);
                     if out.len() >= limit {
-                        return Ok(out);
+                        return Ok(Found {
+                            entries: out,
+                            truncated: true,
+                        });
                     }
                 }
             }
+            if stopped {
+                return Ok(Found {
+                    entries: out,
+                    truncated: true,
+                });
+            }
         }
-        Ok(out)
+        Ok(Found {
+            entries: out,
+            truncated: false,
+        })
     }
 }
 
@@ -625,9 +752,9 @@ mod tests {
         let name = std::ffi::OsStr::from_bytes(b"Caf\xe9 menu.txt");
         std::fs::write(data.join("sub").join(name), "latin-1").unwrap();
         let d = DataDir::open(&data).unwrap();
-        let entries = d.list(&RelPath::parse("sub").unwrap()).unwrap();
-        assert_eq!(entries.len(), 1);
-        let e = &entries[0];
+        let page = d.list(&RelPath::parse("sub").unwrap(), 0, 10).unwrap();
+        assert_eq!(page.total, 1);
+        let e = &page.entries[0];
         assert_eq!(
             (e.name.as_str(), e.path.as_str()),
             ("Caf%E9 menu.txt", "sub/Caf\\xE9 menu.txt")
@@ -641,8 +768,62 @@ mod tests {
                 .as_bytes()
                 .ends_with(b"/sub/Caf\xe9 menu.txt")
         );
-        let hits = d.search(&RelPath::root(), "caf%e9", 10).unwrap();
-        assert_eq!(hits.len(), 1);
+        let hits = d
+            .search(
+                &RelPath::root(),
+                "caf%e9",
+                10,
+                Instant::now() + std::time::Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(hits.entries.len(), 1);
+        assert!(!hits.truncated);
+    }
+
+    #[test]
+    fn a_folder_is_listed_in_pages_folders_first() {
+        let (_dir, data) = tree();
+        for n in 0..25 {
+            std::fs::write(data.join(format!("f{n:02}")), "x").unwrap();
+        }
+        std::fs::write(data.join(".hidden"), "x").unwrap();
+        let d = DataDir::open(&data).unwrap();
+        let mut seen = Vec::new();
+        let mut offset = 0;
+        for _ in 0..10 {
+            let page = d.list(&RelPath::root(), offset, 10).unwrap();
+            assert_eq!(page.total, 26, "25 files and one folder; hidden ones left out");
+            seen.extend(page.entries.iter().map(|e| e.name.clone()));
+            offset += 10;
+            if offset >= page.total {
+                break;
+            }
+        }
+        let want: Vec<String> = std::iter::once("sub".to_string())
+            .chain((0..25).map(|n| format!("f{n:02}")))
+            .collect();
+        assert_eq!(seen, want);
+        assert!(d.list(&RelPath::root(), 26, 10).unwrap().entries.is_empty());
+    }
+
+    /// A symlink back up the tree is searched once, and a search stops at its limits and says so.
+    #[test]
+    fn a_search_enters_each_folder_once_and_says_when_it_stopped() {
+        let (_dir, data) = tree();
+        std::os::unix::fs::symlink("..", data.join("sub/up")).unwrap();
+        std::fs::write(data.join("sub/match-1"), "x").unwrap();
+        std::fs::write(data.join("match-2"), "x").unwrap();
+        let d = DataDir::open(&data).unwrap();
+        let later = Instant::now() + std::time::Duration::from_secs(5);
+        let all = d.search(&RelPath::root(), "MATCH", 10, later).unwrap();
+        let mut paths: Vec<&str> = all.entries.iter().map(|e| e.path.as_str()).collect();
+        paths.sort();
+        assert_eq!(paths, ["match-2", "sub/match-1"]);
+        assert!(!all.truncated);
+        let one = d.search(&RelPath::root(), "match", 1, later).unwrap();
+        assert_eq!((one.entries.len(), one.truncated), (1, true));
+        let late = d.search(&RelPath::root(), "match", 10, Instant::now()).unwrap();
+        assert!(late.truncated, "a search past its deadline did not say so");
     }
 
     /// A data dir that was a mount point and is not one any more is unavailable, and a disk

@@ -192,3 +192,27 @@ async fn read_url(child: &mut tokio::process::Child) -> String {
         .unwrap();
     line.trim().to_string()
 }
+
+/// `ferry files` shows a big folder a page at a time and says what is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_come_a_page_at_a_time() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    for n in 0..5 {
+        app.data_file(&format!("scans/page-{n}.pdf"), 10);
+    }
+    let o = run(&app, &["files", "scans", "--limit", "2"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("scans/page-0.pdf") && out.contains("scans/page-1.pdf"),
+        "{out}"
+    );
+    assert!(!out.contains("page-2"), "{out}");
+    assert!(out.contains("3 more of 5: --offset 2"), "{out}");
+    let o = run(&app, &["files", "scans", "--offset", "4", "--limit", "2"]).await;
+    let out = text(&o);
+    assert!(out.contains("scans/page-4.pdf") && !out.contains("more of"), "{out}");
+    let o = run(&app, &["files", "scans", "--limit", "0"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("limit:"), "{}", text(&o));
+}

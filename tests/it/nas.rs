@@ -1,6 +1,7 @@
 //! A NAS as it really is: a data dir that is a symlink, a mount that goes away and comes back,
-//! a state disk that fills up, names that are not UTF-8, and files that grow while shared. The
-//! mounts are real tmpfs mounts (the tests run as root, as CI does).
+//! a state disk that fills up, names that are not UTF-8, files that grow while shared, and
+//! folders of a hundred thousand entries. The mounts are real tmpfs mounts (the tests run as
+//! root, as CI does).
 
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
@@ -352,4 +353,72 @@ async fn a_file_that_grows_closes_its_link_and_never_mixes_versions() {
     );
     let r = curl(&url(&quiet), &[]).await;
     assert_eq!((r.exit, r.body.len()), (EMPTY_REPLY, 0));
+}
+
+/// A folder of 100,001 entries is listed a page at a time, every entry once and in order, and a
+/// search through it answers with what it found.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_of_a_hundred_thousand_entries_is_listed_in_pages() {
+    let app = TestApp::spawn().await;
+    let big = app.path("data/camera");
+    std::fs::create_dir_all(big.join("sub")).unwrap();
+    for n in 0..100_000 {
+        std::fs::File::create(big.join(format!("IMG_{n:06}.JPG"))).unwrap();
+    }
+    let (status, first) = app.get("/api/files?path=camera&limit=10000").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["total"], 100_001, "{}", first["total"]);
+    assert_eq!(first["entries"][0]["name"], "sub", "folders come first");
+    assert_eq!(first["entries"][1]["name"], "IMG_000000.JPG");
+    let mut offset = 0u64;
+    let mut seen = 0;
+    let mut last = String::new();
+    for _ in 0..20 {
+        let (_, page) = app
+            .get(&format!("/api/files?path=camera&limit=10000&offset={offset}"))
+            .await;
+        for e in page["entries"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap().to_string();
+            if name != "sub" {
+                assert!(name > last, "{name} came after {last}");
+                last = name;
+            }
+            seen += 1;
+        }
+        match page["next_offset"].as_u64() {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 100_001);
+    // Without a limit a page holds 1,000 entries.
+    let (_, page) = app.get("/api/files?path=camera").await;
+    assert_eq!(
+        (page["entries"].as_array().unwrap().len(), &page["next_offset"]),
+        (1000, &json!(1000))
+    );
+    let (status, v) = app.get("/api/files?path=camera&limit=0").await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().starts_with("limit:"), "{v}");
+    let (status, v) = app.get("/api/files?path=camera&offset=-1").await;
+    assert!(
+        status == 400 && v["error"].as_str().unwrap().starts_with("offset:"),
+        "{v}"
+    );
+
+    let (status, found) = app.get("/api/files?q=img_09999").await;
+    assert_eq!(status, 200, "{found}");
+    let names: Vec<&str> = found["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 10, "{names:?}");
+    assert_eq!(found["truncated"], false);
+    let (_, many) = app.get("/api/files?q=IMG").await;
+    assert_eq!(
+        (many["entries"].as_array().unwrap().len(), &many["truncated"]),
+        (500, &json!(true))
+    );
 }

@@ -205,3 +205,37 @@ fn millis(t: &serde_json::Value) -> u128 {
     let t = humantime::parse_rfc3339(t.as_str().unwrap()).unwrap();
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
 }
+
+/// A folder bigger than a page shows its first page and a button for the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_folder_shows_more_a_page_at_a_time() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    for n in 0..1_005 {
+        std::fs::write(app.path("data").join(format!("photo-{n:04}.jpg")), "x").unwrap();
+    }
+    let b = Browser::start().await;
+    b.goto(&app.admin).await;
+    b.type_into(&b.find("#token").await, TOKEN).await;
+    b.click_css("#login-form button[type=submit]").await;
+    b.wait_for(
+        "the first page",
+        "document.querySelectorAll('#file-rows tr').length === 1000",
+    )
+    .await;
+    let more = b.find("#files-more").await;
+    assert_eq!(b.text(&more).await, "Show more (1000 of 1005 shown)");
+    b.click(&more).await;
+    b.wait_for(
+        "the second page",
+        "document.querySelectorAll('#file-rows tr').length === 1005",
+    )
+    .await;
+    let last = b
+        .script("return document.querySelector('#file-rows tr:last-child').dataset.path")
+        .await;
+    assert_eq!(last, json!("photo-1004.jpg"));
+    assert_eq!(
+        b.script("return document.getElementById('files-more').hidden").await,
+        json!(true)
+    );
+}
