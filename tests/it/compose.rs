@@ -135,3 +135,47 @@ fn the_compose_tool_accepts_it_and_names_missing_secrets() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TAILSCALE_AUTH_KEY"), "{err}");
 }
+
+/// The bare-metal unit starts ferry only once the data dir's mount and the state dir are there
+/// (SPEC §8; README: "Start ferry after the mount"), and systemd reads the directive.
+#[test]
+fn the_systemd_unit_waits_for_the_mounts_it_needs() {
+    let unit = std::fs::read_to_string(compose_dir().join("ferry.service")).unwrap();
+    let value = |prefix: &str| {
+        unit.lines()
+            .find_map(|l| l.trim_start_matches("#").trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in the unit"))
+            .trim()
+            .to_string()
+    };
+    let data = value("NAS_MOUNT_PATH=");
+    let state = value("WorkingDirectory=");
+    let unit_section = unit.split("[Service]").next().unwrap();
+    let mounts: Vec<&str> = unit_section
+        .lines()
+        .find_map(|l| l.strip_prefix("RequiresMountsFor="))
+        .expect("RequiresMountsFor= in [Unit]")
+        .split_whitespace()
+        .collect();
+    assert!(mounts.contains(&data.as_str()), "{mounts:?} lacks the data dir {data}");
+    assert!(
+        mounts.contains(&state.as_str()),
+        "{mounts:?} lacks the state dir {state}"
+    );
+
+    // systemd's own reading of it, with ExecStart pointing at this build.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("ferry.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/ferry", env!("CARGO_BIN_EXE_ferry"))).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze is installed (apt-get install systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && !said.contains("RequiresMountsFor"), "{said}");
+}
