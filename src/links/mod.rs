@@ -1454,6 +1454,9 @@ impl Links {
         let dir = self.tunnels_dir.clone();
         let differ = tokio::task::spawn_blocking(move || {
             open.iter()
+                // A download that completed closes as completed at the end of its grace period,
+                // whatever the owner does with the file meanwhile.
+                .filter(|l| l.state != LinkState::Completed)
                 .filter(|l| {
                     let file = dir.join(l.id.as_str()).join("file");
                     // No symlink: not made yet, or on another instance's node.

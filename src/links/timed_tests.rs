@@ -483,3 +483,26 @@ async fn stalls_at_the_timeout(f: &Fixture, id: &TunnelId) {
     f.links.sample_once().await.unwrap();
     assert_eq!(state_of(&f.links, id).await.state, LinkState::Closed);
 }
+
+/// The file watch closes a link whose file went away, saying why, and lets a link in its grace
+/// period close as completed (an owner may delete a file once it was downloaded).
+#[tokio::test(start_paused = true)]
+async fn the_file_watch_closes_a_link_whose_file_changed_but_not_a_completed_one() {
+    let f = fixture(&[("GRACE_PERIOD_SECONDS", "60")]);
+    let (done, _) = f.links.create(new_link(3600), None).await.unwrap();
+    download_range(&f, &done, &rid(1), "bytes=0-", 4_000_000, "bytes 0-3999999/4000000").await;
+    let (open, _) = f.links.create(new_link(3600), None).await.unwrap();
+    assert_eq!(f.links.watch_files_once().await.unwrap(), vec![]);
+
+    std::fs::remove_file(f._dir.path().join("data/f.bin")).unwrap();
+    assert_eq!(f.links.watch_files_once().await.unwrap(), vec![open.tunnel_id.clone()]);
+    let l = state_of(&f.links, &open.tunnel_id).await;
+    assert_eq!(
+        (l.close_reason, l.close_detail.as_deref()),
+        (
+            Some(CloseReason::Error),
+            Some("the shared file changed or was replaced")
+        )
+    );
+    assert_eq!(state_of(&f.links, &done.tunnel_id).await.state, LinkState::Completed);
+}
