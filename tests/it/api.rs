@@ -145,7 +145,6 @@ async fn files_are_listed_and_searched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_config_stops_startup_with_a_line_naming_the_variable() {
-    let dir = tempfile::tempdir().unwrap();
     let table = [
         ("MAX_TUNNEL_SECONDS", "an hour"),
         ("JWT_SECRET", "too-short"),
@@ -154,20 +153,8 @@ async fn bad_config_stops_startup_with_a_line_naming_the_variable() {
         ("FERRY_NGINX_BIN", "/no/nginx"),
     ];
     for (var, value) in table {
-        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("NAS_MOUNT_PATH", dir.path())
-            .env("FERRY_STATE_DIR", dir.path().join("state"))
-            .env("FERRY_ADMIN_ADDR", "127.0.0.1:0")
-            .env(var, value)
-            .output()
-            .await
-            .unwrap();
-        assert!(!o.status.success(), "{var}={value} started");
-        let err = String::from_utf8_lossy(&o.stderr);
-        let line = err.lines().find(|l| l.starts_with("ferry:")).unwrap_or_default();
-        assert!(line.contains(var), "{var}={value}: {err}");
+        let line = crate::helpers::startup_error(&[(var, value)]).await;
+        assert!(line.contains(var), "{var}={value}: {line}");
     }
 }
 

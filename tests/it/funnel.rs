@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, curl, eventually, free_port};
+use crate::helpers::{TestApp, curl, eventually, free_port, startup_error};
 
 const EMULATOR: &str = env!("CARGO_BIN_EXE_tailscale-emulator");
 const DNS: &str = "ferry-nas.tail0000.ts.net";
@@ -747,15 +747,7 @@ async fn a_stopped_sidecar_takes_health_down_and_back(kind: Kind) {
     );
 
     ts.stop().await;
-    eventually(
-        Duration::from_secs(15),
-        "/health says the provider is down",
-        async || {
-            let (code, h) = app.get("/health").await;
-            code == 503 && h["components"]["provider"]["status"] == "down"
-        },
-    )
-    .await;
+    provider_down(&app).await;
     let started = Instant::now();
     let (status, v) = app.create(json!({"file_path": "a.bin"})).await;
     assert_eq!(status, 502, "{v}");
@@ -937,22 +929,12 @@ async fn after_kill_9_a_restart_leaves_exactly_the_open_links_public(kind: Kind)
 
 #[tokio::test]
 async fn a_missing_tailscale_cli_stops_startup_naming_the_variable() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("NAS_MOUNT_PATH", dir.path())
-        .env("FERRY_STATE_DIR", dir.path().join("state"))
-        .env("FERRY_ADMIN_ADDR", "127.0.0.1:0")
-        .env("FERRY_PROVIDER", "tailscale")
-        .env("FERRY_TAILSCALE_BIN", "/no/tailscale")
-        .output()
-        .await
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    let line = err.lines().find(|l| l.starts_with("ferry:")).unwrap_or_default();
-    assert!(line.contains("FERRY_TAILSCALE_BIN"), "{err}");
+    let line = startup_error(&[
+        ("FERRY_PROVIDER", "tailscale"),
+        ("FERRY_TAILSCALE_BIN", "/no/tailscale"),
+    ])
+    .await;
+    assert!(line.contains("FERRY_TAILSCALE_BIN"), "{line}");
 }
 
 /// The front proxies as Funnel does: the mount point is stripped and the rest joined onto the
@@ -1126,6 +1108,19 @@ async fn refused_creation(ts: &Sidecar, app: &TestApp, wants: &[&str]) -> String
     msg
 }
 
+/// Waits for `/health` to say (503) that the provider cannot be reached.
+async fn provider_down(app: &TestApp) {
+    eventually(
+        Duration::from_secs(15),
+        "/health says the provider is down",
+        async || {
+            let (code, h) = app.get("/health").await;
+            code == 503 && h["components"]["provider"]["status"] == "down"
+        },
+    )
+    .await;
+}
+
 /// Once the owner fixed what was refused, `/health` says so by itself.
 async fn provider_ok_again(app: &TestApp) {
     eventually(Duration::from_secs(15), "the provider is ok again", async || {
@@ -1143,15 +1138,7 @@ async fn a_stopped_tailscaled_takes_health_down_and_back(kind: Kind) {
     app.data_file("a.bin", 1000);
     let open = app.link("a.bin").await;
     ts.stop_daemon().await;
-    eventually(
-        Duration::from_secs(15),
-        "/health says the provider is down",
-        async || {
-            let (code, h) = app.get("/health").await;
-            code == 503 && h["components"]["provider"]["status"] == "down"
-        },
-    )
-    .await;
+    provider_down(&app).await;
     let (_, health) = app.get("/health").await;
     assert!(
         health["components"]["provider"]["detail"]
@@ -1383,22 +1370,11 @@ async fn an_old_tailscale_takes_a_localhost_upstream_and_refuses_another(kind: K
         ),
         ("FERRY_FUNNEL_MODE", "tcp", "FERRY_FUNNEL_MODE=tcp"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("NAS_MOUNT_PATH", dir.path())
-            .env("FERRY_STATE_DIR", dir.path().join("state"))
-            .env("FERRY_ADMIN_ADDR", "127.0.0.1:0")
-            .env("FERRY_PUBLIC_ADDR", format!("127.0.0.1:{}", free_port()))
-            .envs(ts.env())
-            .env(k, v)
-            .output()
-            .await
-            .unwrap();
-        assert!(!o.status.success());
-        let err = String::from_utf8_lossy(&o.stderr);
-        let line = err.lines().find(|l| l.starts_with("ferry:")).unwrap_or_default();
-        assert!(line.contains(wants) && line.contains("1.92"), "{err}");
+        let public = format!("127.0.0.1:{}", free_port());
+        let mut env: Vec<(&str, &str)> = vec![("FERRY_PUBLIC_ADDR", public.as_str()), (k, v)];
+        let sidecar = ts.env();
+        env.extend(sidecar.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let line = startup_error(&env).await;
+        assert!(line.contains(wants) && line.contains("1.92"), "{line}");
     }
 }

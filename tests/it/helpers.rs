@@ -270,6 +270,26 @@ impl Drop for TestApp {
     }
 }
 
+/// Runs `ferry serve` in a fresh directory (its own data dir, state dir and admin port) with
+/// `env` on top, expects it to stop during startup, and returns the `ferry:` line it printed.
+pub async fn startup_error(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("NAS_MOUNT_PATH", dir.path())
+        .env("FERRY_STATE_DIR", dir.path().join("state"))
+        .env("FERRY_ADMIN_ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "ferry started with {env:?}:\n{err}");
+    let line = err.lines().find(|l| l.starts_with("ferry:"));
+    line.unwrap_or_else(|| panic!("no `ferry:` line:\n{err}")).to_string()
+}
+
 /// What curl did: its exit code, the body it received, and the HTTP status (0 for none).
 pub struct CurlResult {
     pub exit: i32,
