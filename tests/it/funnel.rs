@@ -554,15 +554,7 @@ async fn twenty_links_at_once_leave_twenty_handlers_despite_etag_races(kind: Kin
     let log = app.log();
     assert!(log.contains("retrying"), "the races were not retried:\n{log}");
     // Each CLI call is timed apart from the provider's whole open.
-    let m = app
-        .http
-        .get(format!("{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics(&app).await;
     assert!(
         m.contains("ferry_tailscale_command_seconds_count{command=\"set\"}"),
         "{m}"
@@ -1056,17 +1048,15 @@ for_both_providers!(
     an_old_tailscale_takes_a_localhost_upstream_and_refuses_another,
 );
 
+/// ferry's Prometheus exposition.
+async fn metrics(app: &TestApp) -> String {
+    let r = app.http.get(format!("{}/metrics", app.admin)).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
 /// How many `status` commands ferry has run (each reconciliation runs at least one).
 async fn status_calls(app: &TestApp) -> u64 {
-    let m = app
-        .http
-        .get(format!("{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics(app).await;
     m.lines()
         .find_map(|l| l.strip_prefix("ferry_tailscale_command_seconds_count{command=\"status\"} "))
         .and_then(|n| n.trim().parse().ok())
