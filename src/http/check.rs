@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::links::rules::{Admission, Method, Refusal, Use};
-use crate::links::{ClientKey, Links, content_disposition};
+use crate::links::{ClientKey, Links, content_disposition_bytes};
 use crate::monitor::sockdiag::Conn;
 
 /// nginx's own limit for a request head is 8 KiB a line; the check's head repeats the client's
@@ -248,7 +248,7 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
                 ("x-ferry-claim", claim.as_str()),
                 ("x-ferry-disposition", &disposition),
             ];
-            // `content_disposition` percent-encodes the name; what is not a header value is left out.
+            // `content_disposition_bytes` percent-encodes the name; what is not a header value is left out.
             let sent = if visible(disposition.as_bytes()) { 3 } else { 2 };
             respond(out, 204, &headers[..sent], "");
         }
@@ -383,7 +383,7 @@ async fn decide(links: &Links, req: &CheckRequest<'_>) -> Result<(String, u64, U
         .check(req.header("x-ferry-tunnel"), req.header("x-ferry-token"), admission)
         .await?;
     Ok((
-        content_disposition(&link.file_path.display_name()),
+        content_disposition_bytes(&link.file_path.file_name_bytes()),
         link.rate_limit_bytes_per_second.unwrap_or(0),
         what,
     ))

@@ -1674,10 +1674,39 @@ pub const URL_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPH
     .remove(b'.')
     .remove(b'~');
 
+/// `Content-Disposition` for a file's name as its bytes are. A UTF-8 name goes out exactly as
+/// `filename*=UTF-8''...`. Other bytes cannot be UTF-8 there (RFC 8187; browsers then drop the
+/// parameter), so such a name's bytes go out percent-encoded as ISO-8859-1, the charset of most
+/// names old Samba shares wrote, which maps every byte to one character: a Latin-1 `caf\xE9`
+/// is saved as `café`. `filename` carries the readable form (`caf%E9`) for clients that read
+/// only it.
+pub fn content_disposition_bytes(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(text) => content_disposition(text),
+        Err(_) => {
+            let readable = path::display_bytes(name);
+            let exact = percent_encoding::percent_encode(name, URL_SEGMENT);
+            format!(
+                "attachment; filename=\"{}\"; filename*=ISO-8859-1''{exact}",
+                ascii_fallback(&readable)
+            )
+        }
+    }
+}
+
 /// `Content-Disposition` for the file's real name: an ASCII fallback and the exact UTF-8 name.
 pub fn content_disposition(name: &str) -> String {
-    let fallback: String = name
-        .chars()
+    let exact = percent_encoding::utf8_percent_encode(name, URL_SEGMENT);
+    format!(
+        "attachment; filename=\"{}\"; filename*=UTF-8''{exact}",
+        ascii_fallback(name)
+    )
+}
+
+/// A name in printable ASCII for `filename="..."`: anything else, and quotes and backslashes,
+/// as `_`.
+fn ascii_fallback(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
                 c
@@ -1685,9 +1714,7 @@ pub fn content_disposition(name: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    let exact = percent_encoding::utf8_percent_encode(name, URL_SEGMENT);
-    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
+        .collect()
 }
 
 #[cfg(test)]
@@ -1749,6 +1776,18 @@ mod tests {
         assert!(html.contains("content=\"&lt;b&gt;&quot;x&quot;&amp;.txt\""), "{html}");
         assert!(html.contains("1.5 MB"));
         assert!(!html.contains("<b>"));
+    }
+
+    #[test]
+    fn disposition_carries_a_name_that_is_not_utf8_as_its_bytes() {
+        assert_eq!(
+            content_disposition_bytes(b"men\xfc caf\xe9.pdf"),
+            "attachment; filename=\"men%FC caf%E9.pdf\"; filename*=ISO-8859-1''men%FC%20caf%E9.pdf"
+        );
+        assert_eq!(
+            content_disposition_bytes("café.pdf".as_bytes()),
+            content_disposition("café.pdf")
+        );
     }
 
     #[test]
