@@ -487,3 +487,116 @@ async fn the_stack_comes_up_shares_survives_restarts_and_goes_down_clean() {
     stack.compose(&["down", "-t", "20"]);
     assert_eq!(stack.served_mounts(), Vec::<String>::new());
 }
+
+/// The uid in `/proc/<pid>/status` (the real one).
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse::<u32>().ok()? == pid))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// The unit runs ferry as the unprivileged user `ferry`, with the system read only but for the
+/// state dir; ferry and the nginx it starts (workers too) then share and serve with no
+/// privilege at all. Shown here as `nobody`, on loopback.
+#[tokio::test]
+async fn ferry_and_its_nginx_serve_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let unit = std::fs::read_to_string(compose_dir().join("ferry.service")).unwrap();
+    for line in [
+        "User=ferry",
+        "Group=ferry",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=true",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "the unit lacks {line}");
+    }
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let bytes: Vec<u8> = (0..250_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(data.join("a.bin"), &bytes).unwrap();
+    for d in ["state", "tunnels", "logs"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+        std::os::unix::fs::chown(dir.path().join(d), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let (admin, public) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let log = std::fs::File::create(dir.path().join("ferry.log")).unwrap();
+    let mut ferry = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ferry"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NAS_MOUNT_PATH", &data)
+        .env("FERRY_STATE_DIR", dir.path().join("state"))
+        .env("FERRY_TUNNELS_DIR", dir.path().join("tunnels"))
+        .env("FERRY_LOGS_DIR", dir.path().join("logs"))
+        .env("FERRY_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("FERRY_PUBLIC_ADDR", format!("127.0.0.1:{public}"))
+        .env("BASE_URL", format!("http://127.0.0.1:{public}"))
+        .current_dir(dir.path())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("setpriv (util-linux) runs ferry as another user");
+    let http = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{admin}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(format!("{api}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        let log = std::fs::read_to_string(dir.path().join("ferry.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "ferry did not come up as nobody:\n{log}");
+        assert!(ferry.try_wait().unwrap().is_none(), "ferry exited as nobody:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http
+        .post(format!("{api}/api/links"))
+        .json(&json!({"file_path": "a.bin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let got = crate::helpers::curl(v["download_url"].as_str().unwrap(), &[]).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body == bytes, "the download differs from the file");
+
+    assert_eq!(uid_of(ferry.id().unwrap()), Some(NOBODY));
+    let master: u32 = std::fs::read_to_string(dir.path().join("state/nginx/nginx.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(uid_of(master), Some(NOBODY), "nginx's master");
+    let workers = children(master);
+    assert!(!workers.is_empty(), "nginx has no workers");
+    for w in workers {
+        assert_eq!(uid_of(w), Some(NOBODY), "nginx worker {w}");
+    }
+    // A graceful stop takes nginx with it.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &ferry.id().unwrap().to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(15), ferry.wait()).await;
+    assert!(uid_of(master).is_none(), "nginx outlived ferry");
+}
