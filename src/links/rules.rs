@@ -353,13 +353,20 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
                 let slot = free_slot(link).ok_or(Refusal::UsedUp)?;
                 reserved = reserve(link, slot, want, p)?;
                 // What this address already read is in the client's hands: it counts toward the
-                // slot, once.
+                // slot, once. Only a claim's own bytes complete a download, so reads that would
+                // make the slot whole (with what an abandoned claim left in it) stay charged as
+                // reads and are not folded in.
+                let size = link.file_size;
                 if let Some(r) = link.reads.iter_mut().find(|r| r.address == a.client.address) {
                     let s = &mut link.slots[slot as usize];
+                    let mut merged = s.coverage.clone();
                     for &x in std::mem::take(&mut r.coverage).ranges() {
-                        if s.coverage.ranges().len() < MAX_FRAGMENTS {
-                            s.coverage.insert(x);
+                        if merged.ranges().len() < MAX_FRAGMENTS {
+                            merged.insert(x);
                         }
+                    }
+                    if !merged.covers(size) {
+                        s.coverage = merged;
                     }
                 }
                 let id: Arc<str> = a.request_id.get(..12).unwrap_or(&a.request_id).into();

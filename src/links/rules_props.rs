@@ -528,10 +528,15 @@ impl Run {
                         prop_assert!(admitted.new_claim);
                         prop_assert!(!before.claims.iter().any(|c| c.id == *id));
                         self.m.last_end.insert(id.clone(), self.now);
-                        // What the address read is in the client's hands: it joins the slot.
+                        // What the address read is in the client's hands: it joins the slot,
+                        // unless that would make the slot whole (only a claim's bytes complete
+                        // a download; the reads stay charged as reads).
                         if let Some(read) = self.m.read_bits.get_mut(&a.client.address) {
-                            for (b, r) in self.m.bits[*slot as usize].iter_mut().zip(read.iter_mut()) {
-                                *b |= std::mem::take(r);
+                            let bits = &mut self.m.bits[*slot as usize];
+                            let merged: Vec<bool> = bits.iter().zip(read.iter()).map(|(b, r)| *b || *r).collect();
+                            read.fill(false);
+                            if !merged.iter().all(|b| *b) {
+                                *bits = merged;
                             }
                         }
                         self.taken(&before, *slot).overlap(asked)
