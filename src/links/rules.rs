@@ -500,17 +500,10 @@ fn credit(
                 add_to_slot(link, slot, r, &owner, now, p, out);
             }
             None => {
-                // Only a claim completes a download: reads never make an address's coverage
-                // whole (a range that would stays charged as read, and is not kept).
-                let size = link.file_size;
                 if let Some(read) = link.reads.iter_mut().find(|x| x.address == client.address)
                     && read.coverage.ranges().len() < MAX_FRAGMENTS
                 {
-                    let mut grown = read.coverage.clone();
-                    grown.insert(r);
-                    if !grown.covers(size) {
-                        read.coverage = grown;
-                    }
+                    read.coverage.insert(r);
                 }
             }
         }

@@ -661,14 +661,8 @@ impl Run {
                         Some((c.slot as usize, c.client.clone()))
                     }
                     (Some(r), None) => {
-                        // Reads never make their address's bytes the whole file (§2: only a
-                        // claim completes a download).
                         if let Some(bits) = m.read_bits.get_mut(&client.address) {
-                            let mut grown = bits.clone();
-                            grown[r.start as usize..r.end as usize].fill(true);
-                            if !grown.iter().all(|b| *b) {
-                                *bits = grown;
-                            }
+                            bits[r.start as usize..r.end as usize].fill(true);
                         }
                         None
                     }
