@@ -20,11 +20,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod http;
 pub mod links;
+pub mod model;
 pub mod monitor;
 pub mod nginx;
 pub mod notify;
+pub mod programs;
 pub mod store;
 pub mod tunnel;
 
@@ -203,16 +206,6 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     }
 }
 
-/// Finds a program: a path, or a name on `PATH` (nginx, the `tailscale` CLI).
-pub fn find_program(bin: &str) -> Option<std::path::PathBuf> {
-    if bin.contains('/') {
-        let p = std::path::PathBuf::from(bin);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file())
-}
-
 /// The process-wide metrics recorder (the `metrics` facade is global by design); a second
 /// `run` in one process reuses nothing and records into its own, unexported recorder.
 fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
@@ -231,31 +224,8 @@ fn install_metrics() -> metrics_exporter_prometheus::PrometheusHandle {
 /// every sample until the next scrape or upkeep, so without this a ferry nobody scrapes grows by a
 /// few samples a request.
 async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle, shutdown: CancellationToken) {
-    let mut every = Every::new(std::time::Duration::from_secs(5), shutdown);
+    let mut every = model::Every::new(std::time::Duration::from_secs(5), shutdown);
     while every.tick().await {
         handle.run_upkeep();
-    }
-}
-
-/// A period for background work: the first tick at once, a late one not made up, none after
-/// the token is cancelled.
-pub struct Every {
-    tick: tokio::time::Interval,
-    cancel: CancellationToken,
-}
-
-impl Every {
-    pub fn new(period: std::time::Duration, cancel: CancellationToken) -> Every {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Every { tick, cancel }
-    }
-
-    /// Waits for the next tick: `false` once cancelled.
-    pub async fn tick(&mut self) -> bool {
-        tokio::select! {
-            _ = self.cancel.cancelled() => false,
-            _ = self.tick.tick() => true,
-        }
     }
 }

@@ -132,7 +132,7 @@ mod heap {
 /// system (one walk of the heap's free lists; nothing while idle).
 async fn return_freed_memory(shutdown: CancellationToken) {
     const AT_LEAST: usize = 1 << 20;
-    let mut every = ferry::Every::new(std::time::Duration::from_secs(5), shutdown);
+    let mut every = ferry::model::Every::new(std::time::Duration::from_secs(5), shutdown);
     let mut last = (0, 0);
     while every.tick().await {
         let held = heap::held();

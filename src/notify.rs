@@ -127,7 +127,7 @@ mod tests {
         let mut link = crate::links::test_link(3_000_000, 1);
         link.bytes_served = 3_000_000;
         link.close_reason = Some(crate::links::CloseReason::Stalled);
-        let links_view = crate::links::TunnelView::for_test(&link);
+        let links_view = crate::links::TunnelView::of(&link, String::new());
         let e = Event {
             event: "closed",
             time: String::new(),

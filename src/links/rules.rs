@@ -14,12 +14,11 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-use super::{Claim, ClientKey, CloseReason, InFlight, Link, LinkState};
-use crate::monitor::coverage::{ByteRange, Coverage};
+use crate::model::Conn;
+pub use crate::model::Use;
+use crate::model::coverage::{ByteRange, Coverage};
+use crate::model::{Claim, ClientKey, CloseReason, InFlight, Link, LinkState};
 use crate::monitor::record::{AccessRecord, Completion};
-use crate::monitor::sockdiag::Conn;
 
 /// Timings and sizes the rules depend on (SPEC §2), from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,50 +136,6 @@ impl Refusal {
     /// that expired or closed is bad luck, not forgery.
     pub fn counts_against_client(&self) -> bool {
         matches!(self, Refusal::BadToken | Refusal::Unknown | Refusal::Malformed)
-    }
-}
-
-/// What an admitted request may do, as the check tells nginx and nginx writes into the
-/// request's log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Use {
-    /// No body (HEAD).
-    Head,
-    /// A read: charged to its address at the check, takes no slot.
-    Read,
-    /// Under the claim of this id, on this slot.
-    Claim { slot: u32, id: Arc<str> },
-    /// A range the completing client fetches again in the grace period.
-    Grace,
-}
-
-impl Use {
-    /// The value nginx logs for this request: `head`, `read`, `grace` or `c<slot>.<claim>`.
-    pub fn header(&self) -> String {
-        match self {
-            Use::Head => "head".into(),
-            Use::Read => "read".into(),
-            Use::Grace => "grace".into(),
-            Use::Claim { slot, id } => format!("c{slot}.{id}"),
-        }
-    }
-
-    /// Reads a logged value back; anything else (a refused request logs "") is `None`.
-    pub fn parse(v: &str) -> Option<Use> {
-        match v {
-            "head" => Some(Use::Head),
-            "read" => Some(Use::Read),
-            "grace" => Some(Use::Grace),
-            _ => {
-                let (slot, id) = v.strip_prefix('c')?.split_once('.')?;
-                let ok = !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric());
-                Some(Use::Claim {
-                    slot: slot.parse().ok().filter(|_| ok)?,
-                    id: id.into(),
-                })
-            }
-        }
     }
 }
 

@@ -10,8 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::rules::{Admission, Method, Refusal, Use};
 use super::*;
 use crate::config::{Config, Source};
+use crate::data_dir::RelPath;
 use crate::monitor::record::{AccessRecord, Completion};
+use crate::store::Store;
 use crate::store::embedded::Embedded;
+use crate::tunnel::Provider;
 
 pub(crate) struct Fixture {
     pub(crate) links: Arc<Links>,

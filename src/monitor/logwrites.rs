@@ -100,7 +100,7 @@ pub fn is_write_failure(line: &str, logs_dir: &Path) -> bool {
 
 /// Probes the free space of `dir` every second until `cancel`.
 pub async fn watch_space(writes: std::sync::Arc<LogWrites>, dir: PathBuf, cancel: CancellationToken) {
-    let mut every = crate::Every::new(Duration::from_secs(1), cancel);
+    let mut every = crate::model::Every::new(Duration::from_secs(1), cancel);
     while every.tick().await {
         match rustix::fs::statvfs(&dir) {
             Ok(s) => writes.space(s.f_bavail.saturating_mul(s.f_frsize), now_ms()),

@@ -5,7 +5,7 @@
 //! [`crate::links::Links::apply_log`]. It never decides anything itself; it never writes to the
 //! log.
 
-pub mod coverage;
+pub use crate::model::coverage;
 pub mod follow;
 pub mod logwrites;
 pub mod record;

@@ -47,7 +47,7 @@ pub fn find_bin(config: &Config) -> anyhow::Result<PathBuf> {
         anyhow::ensure!(bin.is_file(), "FERRY_NGINX_BIN: {} does not exist", bin.display());
         return Ok(bin.clone());
     }
-    crate::find_program("nginx")
+    crate::programs::find_program("nginx")
         .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
         .ok_or_else(|| {
             anyhow::anyhow!(

@@ -68,7 +68,8 @@ pub enum Provider {
 impl Provider {
     /// The provider `FERRY_PROVIDER` names; refuses a `tailscale` CLI that is not there.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        if config.provider == ProviderKind::Tailscale && crate::find_program(&config.tailscale_bin).is_none() {
+        if config.provider == ProviderKind::Tailscale && crate::programs::find_program(&config.tailscale_bin).is_none()
+        {
             anyhow::bail!(
                 "FERRY_TAILSCALE_BIN: {:?} was not found (install Tailscale, or set FERRY_TAILSCALE_BIN to the CLI)",
                 config.tailscale_bin

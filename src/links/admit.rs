@@ -1,0 +1,164 @@
+//! nginx's question for every public request: may it be served, and as what?
+
+use std::sync::Arc;
+
+use super::rules::{self, Admission, Method, Refusal};
+use super::service::Links;
+use super::token;
+use crate::data_dir::DataDir;
+use crate::model::{Link, LinkState, TunnelId};
+use crate::store::Write;
+
+impl Links {
+    /// nginx's question for every public request: may this request be served?
+    pub async fn check(
+        &self,
+        id: &str,
+        token: &str,
+        mut admission: Admission,
+    ) -> Result<(Arc<Link>, rules::Use), Refusal> {
+        let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
+        let now = self.clock.now_ms();
+        self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
+        // A request whose log line cannot be written would deliver bytes nobody counts.
+        if admission.method != Method::Head && self.log_writes.failing() {
+            return Err(Refusal::LogUnwritable);
+        }
+        // The record is let go before the update, which then need not copy it.
+        let same = {
+            let link = self
+                .store
+                .get(&id)
+                .await
+                .map_err(|_| Refusal::Unavailable)?
+                .ok_or(Refusal::Unknown)?;
+            if link.state == LinkState::Closed {
+                return Err(Refusal::Closed);
+            }
+            // The file must still be the one that was shared. What nginx is about to open is
+            // the link's symlink: one stat answers; without the symlink (not made yet, or made
+            // on another instance) the data dir does.
+            match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
+                Some(served) => served == link.identity,
+                None => self.data.identity(&link.file_path).ok() == Some(link.identity),
+            }
+        };
+        if !same {
+            let why = self.why_file_differs();
+            tracing::warn!(tunnel_id = %id, reason = %why, "the shared file is not the one shared; closing the link");
+            // Boxed: closing (the tunnel's teardown) is rare here, and its state is most of a
+            // check's; every check would otherwise carry room for it.
+            let _ = Box::pin(self.close_error(&id, why)).await;
+            return Err(Refusal::FileChanged);
+        }
+        // The baseline: what this (possibly reused) connection had already acknowledged.
+        if let (Some((conn, base)), Some(diag)) = (admission.conn.as_mut(), &self.diag) {
+            *base = baseline(admission.first_on_connection, || diag.bytes_acked(*conn).ok().flatten());
+        } else {
+            admission.conn = None;
+        }
+        // The request before this one on a reused connection has ended: usually on this same
+        // link, where this update marks it; on another link it takes an update of its own.
+        let previous = admission.conn.and_then(|(conn, _)| {
+            let conns = self.conns.lock().expect("conns mutex");
+            conns
+                .get(&conn)
+                .filter(|(_, rid)| *rid != admission.request_id)
+                .cloned()
+        });
+        let ended_here = previous
+            .as_ref()
+            .filter(|(prev_id, _)| *prev_id == id)
+            .map(|(_, rid)| rid);
+        let policy = self.policy;
+        let outcome = self
+            .store
+            .update(&id, &mut |link| match rules::admit(link, &admission, now, &policy) {
+                Ok(a) => {
+                    if let Some(rid) = ended_here {
+                        rules::end_on_reuse(link, rid);
+                    }
+                    // A new claim, and what a read or a grace fetch is charged, must survive a
+                    // crash; a request riding on a claim need not.
+                    if a.new_claim || matches!(a.what, rules::Use::Read | rules::Use::Grace) {
+                        Write::Durable(Ok(a))
+                    } else {
+                        Write::Soft(Ok(a))
+                    }
+                }
+                Err(r) => Write::No(Err(r)),
+            })
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .ok_or(Refusal::Unknown)?;
+        let (admitted, link) = (outcome.0?, outcome.1);
+        if admitted.new_claim {
+            self.emit("started", &link);
+        }
+        if let Some((conn, _)) = admission.conn {
+            self.conns
+                .lock()
+                .expect("conns mutex")
+                .insert(conn, (id.clone(), admission.request_id.clone()));
+        }
+        if let Some((prev_id, prev_rid)) = previous.filter(|(prev_id, _)| *prev_id != id) {
+            let _ = self
+                .store
+                .update(&prev_id, &mut |l| match rules::end_on_reuse(l, &prev_rid) {
+                    true => Write::Soft(()),
+                    false => Write::No(()),
+                })
+                .await;
+        }
+        Ok((link, admitted.what))
+    }
+
+    /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
+    pub async fn preview(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
+        let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
+        let now = self.clock.now_ms();
+        self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
+        let link = self
+            .store
+            .get(&id)
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .ok_or(Refusal::Unknown)?;
+        if link.state == LinkState::Closed {
+            return Err(Refusal::Closed);
+        }
+        if now >= link.expires_at_ms {
+            return Err(Refusal::Expired);
+        }
+        Ok(link)
+    }
+}
+
+/// What a connection had acknowledged before the request being checked: nothing on its first
+/// request (most downloads come on a new connection), else what the kernel says now (`ask`; 0 if
+/// it cannot tell).
+fn baseline(first_on_connection: bool, ask: impl FnOnce() -> Option<u64>) -> u64 {
+    if first_on_connection { 0 } else { ask().unwrap_or(0) }
+}
+
+/// A token's refusal. A token that was well signed for this link and has only expired is bad
+/// luck (a recipient retrying an old link, perhaps one of many behind one NAT), not forgery: it is
+/// refused as expired, which does not count toward a ban.
+fn token_refusal(e: token::TokenError) -> Refusal {
+    match e {
+        token::TokenError::Expired => Refusal::Expired,
+        _ => Refusal::BadToken,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn a_connections_first_request_has_a_baseline_of_0_without_asking_the_kernel() {
+        assert_eq!(baseline(true, || panic!("the kernel was asked")), 0);
+        assert_eq!(baseline(false, || Some(4_321)), 4_321);
+        assert_eq!(baseline(false, || None), 0, "a socket the kernel cannot find");
+    }
+}

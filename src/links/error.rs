@@ -1,0 +1,20 @@
+//! What can go wrong when the owner asks for something.
+
+use crate::data_dir::PathError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("file_path: {0}")]
+    Path(PathError),
+    #[error("unknown tunnel id")]
+    NotFound,
+    #[error("tunnel could not be opened: {0}")]
+    Tunnel(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}

@@ -1,0 +1,82 @@
+//! What the owner sees of a link: its JSON face, and the events the UI and webhooks hear.
+
+use serde::Serialize;
+
+use super::rules;
+use crate::model::{CloseReason, Link, LinkState, TunnelId, rfc3339};
+
+/// The JSON face of a link (SPEC §6 `Tunnel`): never the token, never the download URL.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TunnelView {
+    #[schema(value_type = String)]
+    pub tunnel_id: TunnelId,
+    pub file_path: String,
+    pub file_size: u64,
+    pub state: LinkState,
+    pub public_url: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub max_downloads: u32,
+    pub downloads_completed: u32,
+    pub bytes_served: u64,
+    pub progress: f64,
+    pub last_activity: Option<String>,
+    pub clients: Vec<ClientView>,
+    pub close_reason: Option<CloseReason>,
+    /// Why the link closed as `error` (the tunnel could not be opened, the data dir went away,
+    /// the file changed).
+    pub close_detail: Option<String>,
+    pub closed_at: Option<String>,
+    pub note: Option<String>,
+    pub rate_limit_bytes_per_second: Option<u64>,
+}
+
+impl TunnelView {
+    /// The face of `link`, reached at `public_url`.
+    pub fn of(link: &Link, public_url: String) -> TunnelView {
+        TunnelView {
+            tunnel_id: link.id.clone(),
+            file_path: link.file_path.to_string(),
+            file_size: link.file_size,
+            state: link.state,
+            public_url,
+            created_at: rfc3339(link.created_at_ms),
+            expires_at: rfc3339(link.expires_at_ms),
+            max_downloads: link.max_downloads,
+            downloads_completed: link.downloads_completed,
+            bytes_served: link.bytes_served,
+            progress: rules::progress(link),
+            last_activity: link.last_activity_ms.map(rfc3339),
+            clients: link
+                .clients
+                .iter()
+                .map(|c| ClientView {
+                    address: c.client.address.to_string(),
+                    user_agent: c.client.user_agent.to_string(),
+                    bytes: c.bytes,
+                })
+                .collect(),
+            close_reason: link.close_reason,
+            close_detail: link.close_detail.clone(),
+            closed_at: link.closed_at_ms.map(rfc3339),
+            note: link.note.clone(),
+            rate_limit_bytes_per_second: link.rate_limit_bytes_per_second,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClientView {
+    pub address: String,
+    pub user_agent: String,
+    pub bytes: u64,
+}
+
+/// Something the owner's UI and webhooks hear about: `created`, `started`, `progress`,
+/// `completed` (one download done) or `closed` (with its reason), with the link as it is then.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub event: &'static str,
+    pub time: String,
+    pub tunnel: TunnelView,
+}

@@ -1,0 +1,123 @@
+//! Several instances sharing one Redis: heartbeats, take-over and the event relay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::service::Links;
+use crate::model::{LinkState, TunnelId};
+use crate::store::StoreError;
+
+/// An event another instance emitted: its name and its JSON, as that instance sent it.
+#[derive(Debug, Clone)]
+pub struct PeerEvent {
+    pub event: String,
+    pub json: String,
+}
+
+impl Links {
+    /// With shared state: sends this instance's events to the others and hands theirs to this
+    /// instance's SSE clients (Redis pub/sub, reconnected after an outage). Returns at once with
+    /// the embedded store.
+    pub async fn run_relay(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut outbox) = self.outbox_rx.lock().expect("outbox mutex").take() else {
+            return;
+        };
+        let publish = async {
+            while let Some(payload) = tokio::select! {
+                p = outbox.recv() => p,
+                _ = cancel.cancelled() => None,
+            } {
+                if let Err(e) = self.store.publish_event(&payload).await {
+                    tracing::debug!(error = %e, "could not relay an event");
+                }
+            }
+        };
+        let subscribe = async {
+            use futures_util::StreamExt;
+            let me = self.store.instance().unwrap_or_default().to_string();
+            while !cancel.is_cancelled() {
+                match self.store.event_stream().await {
+                    Ok(mut stream) => loop {
+                        let msg = tokio::select! {
+                            m = stream.next() => m,
+                            _ = cancel.cancelled() => return,
+                        };
+                        let Some(payload) = msg else { break };
+                        if self.peer_events.receiver_count() == 0 {
+                            continue;
+                        }
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                            continue;
+                        };
+                        if v["from"].as_str() == Some(me.as_str()) {
+                            continue;
+                        }
+                        if let Some(event) = v["event"].as_str() {
+                            let _ = self.peer_events.send(PeerEvent {
+                                event: event.to_string(),
+                                json: v["data"].to_string(),
+                            });
+                        }
+                    },
+                    Err(e) => tracing::debug!(error = %e, "event subscription failed; retrying"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        };
+        tokio::join!(publish, subscribe);
+    }
+
+    /// With shared state (Redis): says this instance is alive, takes over the links of instances
+    /// that are gone (so their deadlines and teardowns still happen), and tears down on this node
+    /// the links other instances closed. Returns at once with the embedded store.
+    pub async fn run_peers(self: Arc<Self>, heartbeat: Duration, cancel: CancellationToken) {
+        if !self.store.shared() {
+            return;
+        }
+        let mut beat_at = tokio::time::Instant::now();
+        while !cancel.is_cancelled() {
+            if tokio::time::Instant::now() >= beat_at {
+                beat_at = tokio::time::Instant::now() + heartbeat;
+                if let Err(e) = self.peers_once().await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+            // Not raced against `cancel`: a pop interrupted by a drop would lose its id.
+            match self.store.next_teardown(Duration::from_secs(1)).await {
+                Ok(Some(id)) => {
+                    tracing::info!(tunnel_id = %id, "tearing down a link closed by another instance");
+                    self.teardown_here(&id).await;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One heartbeat: alive, durability re-checked, dead instances' links taken over.
+    pub async fn peers_once(&self) -> Result<Vec<TunnelId>, StoreError> {
+        self.store.heartbeat().await?;
+        let taken = self.store.take_over().await?;
+        if !taken.is_empty() {
+            tracing::warn!(count = taken.len(), ids = ?taken, "took over the links of an instance that is gone");
+            self.wake.notify_one();
+        }
+        // A link closed while its owner was gone still waits for its teardown: do it here.
+        for id in &taken {
+            if !matches!(self.store.get(id).await?, Some(l) if l.state != LinkState::Closed) {
+                self.teardown_here(id).await;
+            }
+        }
+        Ok(taken)
+    }
+}

@@ -1,0 +1,62 @@
+//! Showing a link: its URLs and JSON face, and announcing what happens to it.
+
+use super::event::{Event, TunnelView};
+use super::service::Links;
+use crate::model::format::URL_SEGMENT;
+use crate::model::{Link, rfc3339};
+
+impl Links {
+    pub(super) fn public_url(&self, link: &Link) -> String {
+        // The name's bytes as they are: a URL is bytes, and `wget` saves what the path says.
+        let bytes = link.file_path.file_name_bytes();
+        let name = percent_encoding::percent_encode(&bytes, URL_SEGMENT);
+        let base = self.provider.public_base();
+        format!("{}/s/{}/{}", base.as_deref().unwrap_or(&self.base_url), link.id, name)
+    }
+
+    pub fn download_url(&self, link: &Link) -> String {
+        let token = self.keys.issue(&link.id, link.issued_at_s, link.expires_at_ms / 1000);
+        format!("{}?t={}", self.public_url(link), token)
+    }
+
+    pub fn view(&self, link: &Link) -> TunnelView {
+        TunnelView::of(link, self.public_url(link))
+    }
+
+    pub(super) fn emit(&self, event: &'static str, link: &Link) {
+        tracing::info!(tunnel_id = %link.id, event, bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
+        if self.events.receiver_count() == 0 && self.outbox.is_none() {
+            return;
+        }
+        let e = Event {
+            event,
+            time: rfc3339(self.clock.now_ms()),
+            tunnel: self.view(link),
+        };
+        if let (Some(outbox), Some(instance)) = (&self.outbox, self.store.instance()) {
+            let payload = serde_json::json!({"from": instance, "event": event, "data": &e}).to_string();
+            // Other instances' live views may miss an event while Redis is away; nothing else does.
+            if outbox.try_send(payload).is_err() {
+                tracing::debug!(event, "event not relayed to other instances (outbox full)");
+            }
+        }
+        let _ = self.events.send(e);
+    }
+
+    /// Emits `progress` for a link at most every 250 ms.
+    pub(super) fn emit_progress(&self, link: &Link) {
+        let now = self.clock.now_ms();
+        let mut sent = self.progress_sent.lock().expect("progress mutex");
+        // A late line or sample can follow a link's close, which removed its entry: entries older
+        // than the interval change nothing, so dropping them keeps the map to the busy links.
+        if sent.len() > 1024 {
+            sent.retain(|_, t| now < *t + 250);
+        }
+        let last = sent.entry(link.id.clone()).or_insert(0);
+        if now >= *last + 250 {
+            *last = now;
+            drop(sent);
+            self.emit("progress", link);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! A link as the store keeps it, and the parts of its ledger.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::client::ClientKey;
+use super::conn::Conn;
+use super::coverage::Coverage;
+use super::id::TunnelId;
+use crate::data_dir::{FileIdentity, RelPath};
+
+/// Ordered as a link lives: it only ever moves to a greater state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Open,
+    Downloading,
+    Completed,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    Completed,
+    Stalled,
+    Expired,
+    Terminated,
+    Error,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Completed => "completed",
+            CloseReason::Stalled => "stalled",
+            CloseReason::Expired => "expired",
+            CloseReason::Terminated => "terminated",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// One download's place: the bytes its claims have received so far (a union of ranges: a
+/// resumed or segmented download counts once), and whether that is the whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Slot {
+    pub coverage: Coverage,
+    pub complete: bool,
+}
+
+/// A client's right to receive body bytes into one slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Handed to nginx with each request admitted under the claim, and read back from its log line.
+    pub id: Arc<str>,
+    pub slot: u32,
+    pub client: ClientKey,
+    pub last_end_ms: u64,
+    /// Body bytes charged under this claim.
+    pub bytes: u64,
+}
+
+/// What one address has read of a link without a claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Read {
+    pub address: Arc<str>,
+    pub bytes: u64,
+    /// What those reads proved delivered: given to the slot this address claims next, so a
+    /// client that began with small reads still completes when it holds every byte.
+    #[serde(default)]
+    pub coverage: Coverage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub request_id: Arc<str>,
+    pub client: ClientKey,
+    /// What the check admitted it as.
+    pub what: Use,
+    /// Re-sent bytes this request may send, held from the link's re-send budget until it settles.
+    pub reserved: u64,
+    pub since_ms: u64,
+    /// The bytes of the file it may be sent: `[range_start, range_end)`.
+    pub range_start: u64,
+    pub range_end: u64,
+    /// The connection, when ferry can see its socket.
+    pub conn: Option<Conn>,
+    /// What the peer had acknowledged on this connection before this request.
+    pub baseline: u64,
+    /// Acknowledged since the check (response header included).
+    pub delivered: u64,
+    /// When `delivered` last grew.
+    pub progress_ms: u64,
+    /// When the connection was first found gone.
+    pub gone_ms: Option<u64>,
+    /// A later request arrived on the same connection: this response is over (its log line is
+    /// on its way), and what the connection carries from now on is not this request's.
+    #[serde(default)]
+    pub ended: bool,
+}
+
+impl InFlight {
+    /// A GET under a claim; HEAD, reads and grace fetches hold none.
+    pub fn claims(&self) -> bool {
+        matches!(self.what, Use::Claim { .. })
+    }
+}
+
+/// One finished request, as the owner sees it in a link's stats (the last few are kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestSeen {
+    /// nginx's `$request_id`: a line read twice (a replay after a crash) is applied once.
+    #[serde(default)]
+    pub request_id: Arc<str>,
+    pub time_ms: u64,
+    pub client: ClientKey,
+    pub method: Arc<str>,
+    pub status: u16,
+    pub bytes: u64,
+    pub range: Option<Arc<str>>,
+    pub completed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientSeen {
+    pub client: ClientKey,
+    pub bytes: u64,
+}
+
+/// A link as the store keeps it. It holds no token: the token is re-derived from `id`,
+/// `issued_at_s` and the expiry when the owner asks for the URL again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub id: TunnelId,
+    pub file_path: RelPath,
+    pub file_size: u64,
+    pub identity: FileIdentity,
+    pub state: LinkState,
+    pub created_at_ms: u64,
+    pub issued_at_s: u64,
+    pub expires_at_ms: u64,
+    pub max_downloads: u32,
+    pub downloads_completed: u32,
+    pub bytes_served: u64,
+    /// One per download allowed.
+    pub slots: Vec<Slot>,
+    pub claims: Vec<Claim>,
+    /// Reads by address (at most `rules::MAX_READERS_KEPT`), and their sum.
+    pub reads: Vec<Read>,
+    pub reads_total: u64,
+    /// Bytes handed out that added nothing to a slot: drawn from the re-send budget.
+    pub resent: u64,
+    /// Bytes admitted in the grace period.
+    pub grace_sent: u64,
+    pub inflight: Vec<InFlight>,
+    pub clients: Vec<ClientSeen>,
+    /// The last requests settled from the log, oldest first. Shared between copies of the
+    /// record until a log line changes it (a check copies the record and never does).
+    #[serde(default)]
+    pub requests: Arc<Vec<RequestSeen>>,
+    pub last_activity_ms: Option<u64>,
+    /// When bytes last moved (or a claim was taken); stalls are measured from here.
+    pub last_progress_ms: Option<u64>,
+    pub completer: Option<ClientKey>,
+    pub grace_until_ms: Option<u64>,
+    pub close_reason: Option<CloseReason>,
+    pub closed_at_ms: Option<u64>,
+    pub note: Option<String>,
+    pub rate_limit_bytes_per_second: Option<u64>,
+    /// Why the link closed as `error`, in words for the owner.
+    #[serde(default)]
+    pub close_detail: Option<String>,
+}
+
+impl Link {
+    /// A new open link to a file of `identity.size` bytes: nothing served, nothing claimed.
+    pub fn new(
+        id: TunnelId,
+        file_path: RelPath,
+        identity: FileIdentity,
+        created_at_ms: u64,
+        expires_at_ms: u64,
+        max_downloads: u32,
+    ) -> Link {
+        Link {
+            id,
+            file_path,
+            file_size: identity.size,
+            identity,
+            state: LinkState::Open,
+            created_at_ms,
+            issued_at_s: created_at_ms / 1000,
+            expires_at_ms,
+            max_downloads,
+            downloads_completed: 0,
+            bytes_served: 0,
+            slots: vec![Slot::default(); max_downloads as usize],
+            claims: vec![],
+            reads: vec![],
+            reads_total: 0,
+            resent: 0,
+            grace_sent: 0,
+            inflight: vec![],
+            clients: vec![],
+            requests: Default::default(),
+            last_activity_ms: None,
+            last_progress_ms: None,
+            completer: None,
+            grace_until_ms: None,
+            close_reason: None,
+            closed_at_ms: None,
+            note: None,
+            rate_limit_bytes_per_second: None,
+            close_detail: None,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_link(size: u64, max_downloads: u32) -> Link {
+    let identity = FileIdentity {
+        dev: 1,
+        ino: 2,
+        size,
+        mtime_ns: 3,
+    };
+    Link::new(
+        TunnelId::random(),
+        RelPath::parse("f.bin").unwrap(),
+        identity,
+        0,
+        3_600_000,
+        max_downloads,
+    )
+}
+
+/// What an admitted request may do, as the check tells nginx and nginx writes into the
+/// request's log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Use {
+    /// No body (HEAD).
+    Head,
+    /// A read: charged to its address at the check, takes no slot.
+    Read,
+    /// Under the claim of this id, on this slot.
+    Claim { slot: u32, id: Arc<str> },
+    /// A range the completing client fetches again in the grace period.
+    Grace,
+}
+
+impl Use {
+    /// The value nginx logs for this request: `head`, `read`, `grace` or `c<slot>.<claim>`.
+    pub fn header(&self) -> String {
+        match self {
+            Use::Head => "head".into(),
+            Use::Read => "read".into(),
+            Use::Grace => "grace".into(),
+            Use::Claim { slot, id } => format!("c{slot}.{id}"),
+        }
+    }
+
+    /// Reads a logged value back; anything else (a refused request logs "") is `None`.
+    pub fn parse(v: &str) -> Option<Use> {
+        match v {
+            "head" => Some(Use::Head),
+            "read" => Some(Use::Read),
+            "grace" => Some(Use::Grace),
+            _ => {
+                let (slot, id) = v.strip_prefix('c')?.split_once('.')?;
+                let ok = !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+                Some(Use::Claim {
+                    slot: slot.parse().ok().filter(|_| ok)?,
+                    id: id.into(),
+                })
+            }
+        }
+    }
+}
