@@ -27,6 +27,7 @@ pub mod model;
 pub mod monitor;
 pub mod nginx;
 pub mod notify;
+pub mod peers;
 pub mod programs;
 pub mod store;
 pub mod tunnel;
@@ -65,7 +66,9 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
 
     // With shared state: alive before anything else, so that no other instance takes this
     // one's links over while it starts (and its reconciliation reclaims them).
-    if let Err(e) = links.store().heartbeat().await {
+    if let Some(peers) = links.peers()
+        && let Err(e) = peers.heartbeat().await
+    {
         tracing::warn!(error = %e, "first heartbeat failed");
     }
     match links.reconcile().await {
@@ -196,7 +199,6 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
                 url.expose(),
                 instance.clone(),
                 u64::from(config.history_days) * 86_400_000,
-                config.instance_timeout,
             )
             .await
             .context("REDIS_URL")?;

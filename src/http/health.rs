@@ -53,7 +53,7 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
                 "kind": s.links.store().kind(),
                 "durable": durable,
                 "durability": durability,
-                "instance": s.links.store().instance(),
+                "instance": s.links.peers().map(|p| p.instance()),
             },
             "nginx": {"status": up(nginx)},
             "data_dir": {

@@ -65,7 +65,7 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
     let store_ok = s.links.store().ping().await.is_ok();
     let open = s.links.store().count_open().await.ok();
     // With shared state: how many open links have their tunnel on this instance.
-    let owned = match s.links.store().owned_here().await {
+    let owned = match s.links.owned_here().await {
         Ok(Some(mine)) => Some(mine.len()),
         Ok(None) => open,
         Err(_) => None,
@@ -98,7 +98,7 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
             "status": if store_ok { "ok" } else { "down" },
             "open_links": open,
             "owned_links": owned,
-            "instance": s.links.store().instance(),
+            "instance": s.links.peers().map(|p| p.instance()),
             "durable": durable,
             "durability": durability,
         },

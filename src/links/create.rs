@@ -92,7 +92,7 @@ impl Links {
             // The embedded store keeps the record in memory and writes it once it can: it must
             // then say that this link never got a URL, not stay open until it expires. (Redis
             // stores a link whole or not at all.)
-            if !self.store.shared()
+            if self.peers.is_none()
                 && let Err(e) = self
                     .close_error(&id, format!("the link could not be stored: {e}"))
                     .await

@@ -1,5 +1,6 @@
 //! Several instances sharing one Redis: heartbeats, take-over and the event relay.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,24 +22,23 @@ impl Links {
     /// instance's SSE clients (Redis pub/sub, reconnected after an outage). Returns at once with
     /// the embedded store.
     pub async fn run_relay(self: Arc<Self>, cancel: CancellationToken) {
-        let Some(mut outbox) = self.outbox_rx.lock().expect("outbox mutex").take() else {
-            return;
-        };
+        let Some(peers) = &self.peers else { return };
+        let Some(mut outbox) = peers.take_outbox() else { return };
         let publish = async {
             while let Some(payload) = tokio::select! {
                 p = outbox.recv() => p,
                 _ = cancel.cancelled() => None,
             } {
-                if let Err(e) = self.store.publish_event(&payload).await {
+                if let Err(e) = peers.publish_event(&payload).await {
                     tracing::debug!(error = %e, "could not relay an event");
                 }
             }
         };
         let subscribe = async {
             use futures_util::StreamExt;
-            let me = self.store.instance().unwrap_or_default().to_string();
+            let me = peers.instance();
             while !cancel.is_cancelled() {
-                match self.store.event_stream().await {
+                match peers.event_stream().await {
                     Ok(mut stream) => loop {
                         let msg = tokio::select! {
                             m = stream.next() => m,
@@ -51,7 +51,7 @@ impl Links {
                         let Ok(v) = serde_json::from_str::<serde_json::Value>(&payload) else {
                             continue;
                         };
-                        if v["from"].as_str() == Some(me.as_str()) {
+                        if v["from"].as_str() == Some(me) {
                             continue;
                         }
                         if let Some(event) = v["event"].as_str() {
@@ -76,9 +76,7 @@ impl Links {
     /// that are gone (so their deadlines and teardowns still happen), and tears down on this node
     /// the links other instances closed. Returns at once with the embedded store.
     pub async fn run_peers(self: Arc<Self>, heartbeat: Duration, cancel: CancellationToken) {
-        if !self.store.shared() {
-            return;
-        }
+        let Some(peers) = &self.peers else { return };
         let mut beat_at = tokio::time::Instant::now();
         while !cancel.is_cancelled() {
             if tokio::time::Instant::now() >= beat_at {
@@ -88,7 +86,7 @@ impl Links {
                 }
             }
             // Not raced against `cancel`: a pop interrupted by a drop would lose its id.
-            match self.store.next_teardown(Duration::from_secs(1)).await {
+            match peers.next_teardown(Duration::from_secs(1)).await {
                 Ok(Some(id)) => {
                     tracing::info!(tunnel_id = %id, "tearing down a link closed by another instance");
                     self.teardown_here(&id).await;
@@ -104,10 +102,15 @@ impl Links {
         }
     }
 
-    /// One heartbeat: alive, durability re-checked, dead instances' links taken over.
+    /// One heartbeat: alive, durability re-checked, dead instances' links taken over. Does
+    /// nothing when this instance is alone.
     pub async fn peers_once(&self) -> Result<Vec<TunnelId>, StoreError> {
-        self.store.heartbeat().await?;
-        let taken = self.store.take_over().await?;
+        let Some(peers) = &self.peers else {
+            return Ok(vec![]);
+        };
+        peers.heartbeat().await?;
+        self.store.recheck_durability().await;
+        let taken = peers.take_over().await?;
         if !taken.is_empty() {
             tracing::warn!(count = taken.len(), ids = ?taken, "took over the links of an instance that is gone");
             self.wake.notify_one();
@@ -119,5 +122,20 @@ impl Links {
             }
         }
         Ok(taken)
+    }
+
+    /// The ids of open links whose tunnel is on this instance; `None` when it is alone and owns
+    /// them all.
+    pub async fn owned_here(&self) -> Result<Option<HashSet<TunnelId>>, StoreError> {
+        match &self.peers {
+            Some(peers) => peers.owned_here().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes this instance the owner of `id` again (its tunnel is here): `Some(true)` if it was
+    /// another's, `None` when this instance is alone.
+    pub(super) async fn reclaim(&self, id: &TunnelId) -> Option<Result<bool, StoreError>> {
+        Some(self.peers.as_ref()?.reclaim(id).await)
     }
 }

@@ -44,7 +44,7 @@ impl Links {
                     Some(Ok(id)) if open_ids.contains(&id) => {
                         // Its tunnel is on this node: if another instance took the link over
                         // while this one was away, this one owns it again.
-                        if let Ok(true) = self.store.reclaim(&id).await {
+                        if let Some(Ok(true)) = self.reclaim(&id).await {
                             tracing::info!(tunnel_id = %id, "reclaimed a link whose tunnel is on this instance");
                         }
                         false
@@ -105,7 +105,7 @@ impl Links {
                 }
             }
             let mut next = housekeeping_at;
-            if self.store.shared() {
+            if self.peers.is_some() {
                 // Other instances create links this loop was not woken for; their deadlines
                 // must hold even when the instance that made them is gone.
                 next = next.min(now + 1000);
@@ -151,7 +151,7 @@ impl Links {
             .into_iter()
             .map(|l| l.id.clone())
             .collect();
-        if let Some(mine) = self.store.owned_here().await? {
+        if let Some(mine) = self.owned_here().await? {
             // With shared state, this node's provider serves only the links whose tunnel is
             // here: another instance's link must never get a handler on this node (nor one of
             // a gone instance taken over here: its symlink is on the other node).

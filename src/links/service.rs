@@ -14,6 +14,7 @@ use super::token;
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::model::{Clock, Link, TunnelId};
+use crate::peers::Peers;
 use crate::store::{Store, StoreError};
 use crate::tunnel::Provider;
 
@@ -52,9 +53,8 @@ pub struct Links {
     /// Events other instances emitted (with shared state), for this instance's SSE clients.
     /// Webhooks never see them: each instance sends its own events' webhooks.
     pub peer_events: broadcast::Sender<PeerEvent>,
-    /// This instance's events on their way to the others, in order.
-    pub(super) outbox: Option<tokio::sync::mpsc::Sender<String>>,
-    pub(super) outbox_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    /// The other instances sharing the store; `None` when this one is alone.
+    pub(super) peers: Option<Peers>,
 }
 
 impl Links {
@@ -63,12 +63,9 @@ impl Links {
     }
 
     pub fn with_clock(config: &Config, store: Store, provider: Provider, clock: Clock) -> anyhow::Result<Arc<Self>> {
-        let outbox = match store.shared() {
-            true => {
-                let (tx, rx) = tokio::sync::mpsc::channel(4096);
-                (Some(tx), Some(rx))
-            }
-            false => (None, None),
+        let peers = match &store {
+            Store::Redis(redis) => Some(Peers::new(redis, config.instance_timeout)?),
+            Store::Embedded(_) => None,
         };
         let data = DataDir::open(&config.data_dir).map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: {e}"))?;
         Ok(Arc::new(Links {
@@ -106,8 +103,7 @@ impl Links {
             log_writes: Default::default(),
             conns: Default::default(),
             peer_events: broadcast::channel(1024).0,
-            outbox: outbox.0,
-            outbox_rx: std::sync::Mutex::new(outbox.1),
+            peers,
         }))
     }
 
@@ -164,6 +160,11 @@ impl Links {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The other instances sharing the store; `None` when this one is alone.
+    pub fn peers(&self) -> Option<&Peers> {
+        self.peers.as_ref()
     }
 
     pub fn provider(&self) -> &Provider {

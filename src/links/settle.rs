@@ -166,7 +166,7 @@ impl Links {
                 .retain(|_, (_, rid)| live.contains(&**rid));
         }
         // Only the owner sees a link's sockets (another node's connections look vanished).
-        let mine = self.store.owned_here().await?;
+        let mine = self.owned_here().await?;
         for link in open {
             if mine.as_ref().is_some_and(|m| !m.contains(&link.id)) {
                 continue;

@@ -6,7 +6,8 @@ use super::error::LinkError;
 use super::rules;
 use super::service::Links;
 use crate::model::{CloseReason, LinkState, TunnelId};
-use crate::store::{Owner, StoreError, Write};
+use crate::peers::Owner;
+use crate::store::{StoreError, Write};
 
 impl Links {
     /// The one teardown procedure. Idempotent: closing a closed link changes nothing, and every
@@ -69,8 +70,11 @@ impl Links {
     /// The exposure steps of the teardown, run where the link's tunnel lives: here, or on the
     /// instance that owns it (asked through the store; the gate is already closed for everyone).
     pub(super) async fn teardown(&self, id: &TunnelId) {
-        match self.store.owner(id).await {
-            Ok(Owner::Elsewhere(owner)) => match self.store.hand_over(&owner, id).await {
+        let Some(peers) = &self.peers else {
+            return self.teardown_here(id).await;
+        };
+        match peers.owner(id).await {
+            Ok(Owner::Elsewhere(owner)) => match peers.hand_over(&owner, id).await {
                 Ok(()) => tracing::debug!(tunnel_id = %id, %owner, "teardown handed to the owning instance"),
                 Err(e) => {
                     tracing::warn!(tunnel_id = %id, %owner, error = %e, "could not hand the teardown over; the owner's reconciliation will remove it")
@@ -82,7 +86,9 @@ impl Links {
 
     pub(super) async fn teardown_here(&self, id: &TunnelId) {
         self.expose_nothing(id).await;
-        if let Err(e) = self.store.release(id).await {
+        if let Some(peers) = &self.peers
+            && let Err(e) = peers.release(id).await
+        {
             tracing::warn!(tunnel_id = %id, error = %e, "could not release the link's ownership");
         }
     }

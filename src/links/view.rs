@@ -25,7 +25,7 @@ impl Links {
 
     pub(super) fn emit(&self, event: &'static str, link: &Link) {
         tracing::info!(tunnel_id = %link.id, event, bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
-        if self.events.receiver_count() == 0 && self.outbox.is_none() {
+        if self.events.receiver_count() == 0 && self.peers.is_none() {
             return;
         }
         let e = Event {
@@ -33,12 +33,8 @@ impl Links {
             time: rfc3339(self.clock.now_ms()),
             tunnel: self.view(link),
         };
-        if let (Some(outbox), Some(instance)) = (&self.outbox, self.store.instance()) {
-            let payload = serde_json::json!({"from": instance, "event": event, "data": &e}).to_string();
-            // Other instances' live views may miss an event while Redis is away; nothing else does.
-            if outbox.try_send(payload).is_err() {
-                tracing::debug!(event, "event not relayed to other instances (outbox full)");
-            }
+        if let Some(peers) = &self.peers {
+            peers.relay(event, &e);
         }
         let _ = self.events.send(e);
     }

@@ -6,9 +6,7 @@
 //! - A write marked [`Write::Durable`] survives `kill -9` once `update` returns.
 //! - Live links never expire by themselves; only the teardown procedure closes them.
 //!
-//! - Each link has an owner: the instance whose node holds its tunnel and symlink. With the
-//!   embedded store that is always this instance; with Redis, several instances share the state
-//!   and a link's teardown runs on its owner ([`Owner`]).
+//! With Redis several instances share the state; who owns which link is `peers.rs`'s business.
 //!
 //! The store never decides anything about a link; it only keeps it.
 
@@ -62,15 +60,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 pub enum Store {
     Embedded(Box<embedded::Embedded>),
     Redis(Box<redis::Redis>),
-}
-
-/// Where a link's tunnel lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
-    /// On this instance's node (or nobody's any more): tear it down here.
-    Here,
-    /// On another instance's node, which must be asked.
-    Elsewhere(String),
 }
 
 impl Store {
@@ -195,114 +184,11 @@ impl Store {
         }
     }
 
-    /// Whether other instances may share this state.
-    pub fn shared(&self) -> bool {
-        matches!(self, Store::Redis(_))
-    }
-
-    /// This instance's name in shared state.
-    pub fn instance(&self) -> Option<&str> {
-        match self {
-            Store::Embedded(_) => None,
-            Store::Redis(s) => Some(s.instance()),
-        }
-    }
-
-    pub async fn owner(&self, id: &TunnelId) -> Result<Owner, StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(Owner::Here),
-            Store::Redis(s) => Ok(match s.owner(id).await? {
-                Some(o) if o != s.instance() => Owner::Elsewhere(o),
-                _ => Owner::Here,
-            }),
-        }
-    }
-
-    /// The ids of open links whose tunnel is on this instance; `None`: all of them.
-    pub async fn owned_here(&self) -> Result<Option<std::collections::HashSet<TunnelId>>, StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(None),
-            Store::Redis(s) => Ok(Some(
-                s.owners()
-                    .await?
-                    .into_iter()
-                    .filter(|(_, o)| o == s.instance())
-                    .filter_map(|(id, _)| TunnelId::parse(&id).ok())
-                    .collect(),
-            )),
-        }
-    }
-
-    /// The link's teardown is done on this instance; it owns it no more.
-    pub async fn release(&self, id: &TunnelId) -> Result<(), StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(()),
-            Store::Redis(s) => s.release(id).await,
-        }
-    }
-
-    /// Makes this instance the owner of `id` (its tunnel is here); true if it was another's.
-    pub async fn reclaim(&self, id: &TunnelId) -> Result<bool, StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(false),
-            Store::Redis(s) => s.reclaim(id).await,
-        }
-    }
-
-    /// Asks instance `owner` to tear down `id` on its node.
-    pub async fn hand_over(&self, owner: &str, id: &TunnelId) -> Result<(), StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(()),
-            Store::Redis(s) => s.hand_over(owner, id).await,
-        }
-    }
-
-    /// The next link another instance asked this one to tear down, waiting up to `wait`.
-    pub async fn next_teardown(&self, wait: std::time::Duration) -> Result<Option<TunnelId>, StoreError> {
-        match self {
-            Store::Embedded(_) => {
-                tokio::time::sleep(wait).await;
-                Ok(None)
-            }
-            Store::Redis(s) => s.next_teardown(wait).await,
-        }
-    }
-
-    /// Says this instance is alive (and re-checks the store's durability).
-    pub async fn heartbeat(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(()),
-            Store::Redis(s) => {
-                s.heartbeat().await?;
-                s.probe_durability().await;
-                Ok(())
-            }
-        }
-    }
-
-    /// Takes over the links of instances that stopped beating; returns their ids.
-    pub async fn take_over(&self) -> Result<Vec<TunnelId>, StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(vec![]),
-            Store::Redis(s) => s.take_over().await,
-        }
-    }
-
-    /// Sends one event to every instance (with shared state; nothing otherwise).
-    pub async fn publish_event(&self, payload: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(()),
-            Store::Redis(s) => s.publish_event(payload).await,
-        }
-    }
-
-    /// The events every instance publishes, as they come.
-    pub async fn event_stream(
-        &self,
-    ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>, StoreError> {
-        match self {
-            Store::Embedded(_) => Ok(Box::pin(futures_util::stream::pending())),
-            Store::Redis(s) => s.event_stream().await,
+    /// Re-reads what the store promises about durability (a Redis server can be reconfigured
+    /// or replaced while ferry runs).
+    pub async fn recheck_durability(&self) {
+        if let Store::Redis(s) = self {
+            s.probe_durability().await;
         }
     }
 

@@ -23,7 +23,6 @@
 //!
 //! The backend never decides anything about a link; it only keeps it and says who owns it.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -38,20 +37,11 @@ use crate::links::{Link, LinkState, TunnelId};
 const OPEN: &str = "ferry:links:open";
 const HISTORY: &str = "ferry:links:history";
 const AUDIT: &str = "ferry:audit";
-const OWNERS: &str = "ferry:owners";
-/// Pub/sub channel: every instance's link events, for the others' live views.
-const EVENTS: &str = "ferry:events";
+/// Which instance owns each open link's tunnel (see `peers.rs`).
+pub(crate) const OWNERS: &str = "ferry:owners";
 
 fn link_key(id: &str) -> String {
     format!("ferry:link:{id}")
-}
-
-fn instance_key(iid: &str) -> String {
-    format!("ferry:instance:{iid}")
-}
-
-fn queue_key(iid: &str) -> String {
-    format!("ferry:teardown:{iid}")
 }
 
 /// How many times a compare-and-set is retried before the store is called unavailable. Within
@@ -87,14 +77,6 @@ else
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[6])
 end
 if ARGV[8] ~= '' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[8]) end
-return 1
-";
-
-/// Sets a hash field only if it still holds the expected value. KEYS: owners.
-/// ARGV: id, expected, new ('' deletes).
-const SWAP_OWNER: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1
 ";
 
@@ -172,25 +154,18 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 pub struct Redis {
     client: redis::Client,
     conn: ConnectionManager,
-    /// A second connection for the blocking pop of the teardown queue, so it never delays the
-    /// check's commands.
-    queue: ConnectionManager,
-    /// A third for reads of many records at once (every open link, history), so that their
+    /// A second for reads of many records at once (every open link, history), so that their
     /// large replies never hold up the checks and creations queued behind them.
     bulk: ConnectionManager,
     instance: String,
     history_ms: u64,
-    instance_ttl: Duration,
     durability: RwLock<Durability>,
     /// Updates of one link from this process queue here instead of colliding in Redis (the
     /// compare-and-set then only races other instances). Striped by id: no map to clean up.
     stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Since when this instance has seen each other instance's heartbeat missing.
-    missing_since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     audit_seq: AtomicU64,
     cas: redis::Script,
     insert: redis::Script,
-    swap_owner: redis::Script,
 }
 
 /// This instance's name in shared state, kept in the state dir so a restart keeps its links.
@@ -207,58 +182,69 @@ pub fn instance_id(state_dir: &std::path::Path) -> std::io::Result<String> {
     Ok(id)
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// A connection whose replies may take up to `response`. It fails fast while Redis is away: a
+/// check must answer (444) quickly rather than hang, and the manager reconnects on the next
+/// command.
+fn connection(client: &redis::Client, response: Duration) -> Result<ConnectionManager, StoreError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(response))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200));
+    ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)
 }
 
 impl Redis {
     /// Prepares the connections without waiting for Redis: ferry starts (and `/health` says the
     /// store is down) when Redis is not there yet, and connects when it comes.
-    pub async fn connect(
-        url: &str,
-        instance: String,
-        history_ms: u64,
-        instance_ttl: Duration,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, instance: String, history_ms: u64) -> Result<Self, StoreError> {
         // The parser's kind only: the URL may hold a password.
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("REDIS_URL is not a valid Redis URL ({:?})", e.kind())))?;
-        // Fail fast while Redis is away: a check must answer (444) quickly rather than hang, and
-        // the manager reconnects on the next command.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
-        let config = config.set_response_timeout(Some(Duration::from_secs(5)));
-        let queue = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
-        let bulk = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let conn = connection(&client, Duration::from_secs(2))?;
+        let bulk = connection(&client, Duration::from_secs(5))?;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let store = Redis {
             client,
             conn,
-            queue,
             bulk,
             instance,
             history_ms,
-            instance_ttl,
             durability: RwLock::new(Durability::unknown("not checked yet".into())),
-            missing_since: Default::default(),
             stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             audit_seq: seq.into(),
             cas: redis::Script::new(CAS),
             insert: redis::Script::new(INSERT),
-            swap_owner: redis::Script::new(SWAP_OWNER),
         };
         store.probe_durability().await;
         Ok(store)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    pub(crate) fn bulk(&self) -> ConnectionManager {
+        self.bulk.clone()
+    }
+
+    pub(crate) fn client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
+    /// A further connection to the same server, whose replies may take up to `response`.
+    pub(crate) fn connection(&self, response: Duration) -> Result<ConnectionManager, StoreError> {
+        connection(&self.client, response)
+    }
+
+    pub(crate) fn history_ms(&self) -> u64 {
+        self.history_ms
     }
 
     pub fn instance(&self) -> &str {
@@ -619,194 +605,6 @@ impl Redis {
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)
-    }
-
-    /// Which instance owns each open link's tunnel, read a few hundred at a time (HSCAN returns
-    /// every entry present for the whole scan; one added meanwhile may wait for the next).
-    pub async fn owners(&self) -> Result<HashMap<String, String>, StoreError> {
-        let mut out = HashMap::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(OWNERS)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(200)
-                .query_async(&mut self.bulk.clone())
-                .await
-                .map_err(unavailable)?;
-            out.extend(page);
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
-        }
-    }
-
-    pub async fn owner(&self, id: &TunnelId) -> Result<Option<String>, StoreError> {
-        redis::cmd("HGET")
-            .arg(OWNERS)
-            .arg(id.as_str())
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)
-    }
-
-    /// Forgets that this instance owns `id` (its teardown is done here).
-    pub async fn release(&self, id: &TunnelId) -> Result<(), StoreError> {
-        let _: i64 = self
-            .swap_owner
-            .key(OWNERS)
-            .arg(id.as_str())
-            .arg(&self.instance)
-            .arg("")
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    /// Takes `id` back from whichever instance holds it (this node has its tunnel).
-    pub async fn reclaim(&self, id: &TunnelId) -> Result<bool, StoreError> {
-        let Some(current) = self.owner(id).await? else {
-            return Ok(false);
-        };
-        if current == self.instance {
-            return Ok(false);
-        }
-        let swapped: i64 = self
-            .swap_owner
-            .key(OWNERS)
-            .arg(id.as_str())
-            .arg(&current)
-            .arg(&self.instance)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(swapped == 1)
-    }
-
-    /// Asks instance `owner` to tear `id` down on its node.
-    pub async fn hand_over(&self, owner: &str, id: &TunnelId) -> Result<(), StoreError> {
-        let key = queue_key(owner);
-        redis::pipe()
-            .cmd("RPUSH")
-            .arg(&key)
-            .arg(id.as_str())
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(self.history_ms.max(1))
-            .ignore()
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)
-    }
-
-    /// The next link this instance was asked to tear down, waiting up to `wait` (whole seconds).
-    pub async fn next_teardown(&self, wait: Duration) -> Result<Option<TunnelId>, StoreError> {
-        let popped: Option<(String, String)> = redis::cmd("BLPOP")
-            .arg(queue_key(&self.instance))
-            .arg(wait.as_secs().max(1))
-            .query_async(&mut self.queue.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(popped.and_then(|(_, id)| TunnelId::parse(&id).ok()))
-    }
-
-    pub async fn publish_event(&self, payload: &str) -> Result<(), StoreError> {
-        redis::cmd("PUBLISH")
-            .arg(EVENTS)
-            .arg(payload)
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)
-    }
-
-    /// A subscription to every instance's events; it ends when the connection does.
-    pub async fn event_stream(
-        &self,
-    ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>, StoreError> {
-        use futures_util::StreamExt;
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(EVENTS).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::time::timeout(Duration::from_secs(2), connect)
-            .await
-            .map_err(|_| StoreError::Unavailable("redis: subscribing timed out".into()))?
-            .map_err(unavailable)?;
-        Ok(Box::pin(
-            pubsub
-                .into_on_message()
-                .filter_map(|m| async move { m.get_payload::<String>().ok() }),
-        ))
-    }
-
-    /// Says this instance is alive for the next takeover timeout.
-    pub async fn heartbeat(&self) -> Result<(), StoreError> {
-        redis::cmd("SET")
-            .arg(instance_key(&self.instance))
-            .arg(crate::links::now_ms())
-            .arg("PX")
-            .arg(self.instance_ttl.as_millis() as u64)
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)
-    }
-
-    /// Takes over the links of instances whose heartbeat has lapsed; returns their ids.
-    ///
-    /// A lapsed heartbeat is not enough on its own: after an outage of Redis longer than the
-    /// timeout every heartbeat has lapsed, and the first instance back would take everything.
-    /// So this instance must also have seen the other's heartbeat missing for half the timeout
-    /// on its own clock, longer than the heartbeat interval (a third of it): a live instance
-    /// beats again within that.
-    pub async fn take_over(&self) -> Result<Vec<TunnelId>, StoreError> {
-        let owners = self.owners().await?;
-        let distinct: HashSet<&String> = owners.values().filter(|o| **o != self.instance).collect();
-        let mut missing = Vec::new();
-        for o in distinct {
-            let alive: bool = redis::cmd("EXISTS")
-                .arg(instance_key(o))
-                .query_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
-            if !alive {
-                missing.push(o.clone());
-            }
-        }
-        let dead: HashSet<String> = {
-            let mut since = self.missing_since.lock().expect("missing mutex");
-            since.retain(|o, _| missing.contains(o));
-            let now = std::time::Instant::now();
-            missing
-                .into_iter()
-                .filter(|o| now.duration_since(*since.entry(o.clone()).or_insert(now)) >= self.instance_ttl / 2)
-                .collect()
-        };
-        let mut taken = Vec::new();
-        for (id, owner) in &owners {
-            if !dead.contains(owner) {
-                continue;
-            }
-            let swapped: i64 = self
-                .swap_owner
-                .key(OWNERS)
-                .arg(id)
-                .arg(owner)
-                .arg(&self.instance)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
-            if swapped == 1
-                && let Ok(id) = TunnelId::parse(id)
-            {
-                taken.push(id);
-            }
-        }
-        Ok(taken)
     }
 }
 

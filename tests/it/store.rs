@@ -2,7 +2,6 @@
 //! temp dir) and against a real `redis-server` on a free loopback port.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry::links::path::{FileIdentity, RelPath};
 use ferry::links::{ClientKey, Link, LinkState, TunnelId};
@@ -29,7 +28,7 @@ pub fn embedded() -> Subject {
 }
 
 pub async fn redis_store(url: &str, instance: &str) -> Store {
-    let r = ferry::store::redis::Redis::connect(url, instance.into(), 86_400_000, Duration::from_secs(3))
+    let r = ferry::store::redis::Redis::connect(url, instance.into(), 86_400_000)
         .await
         .unwrap();
     Store::Redis(Box::new(r))
