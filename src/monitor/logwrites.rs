@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::links::now_ms;
+use crate::model::now_ms;
 
 /// Below this much free space, the next lines may not fit: stop before they fail.
 pub const LOW_SPACE: u64 = 256 << 10;

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::links::TunnelId;
+use crate::model::TunnelId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {

@@ -16,7 +16,7 @@ pub mod redis;
 
 use std::sync::Arc;
 
-use crate::links::{Link, TunnelId};
+use crate::model::{Link, TunnelId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

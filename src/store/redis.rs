@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use super::audit::AuditRecord;
 use super::{StoreError, Updater, Write, blocking, decode, encode};
-use crate::links::{Link, LinkState, TunnelId};
+use crate::model::{Link, LinkState, TunnelId};
 
 const OPEN: &str = "ferry:links:open";
 const HISTORY: &str = "ferry:links:history";
@@ -177,7 +177,7 @@ pub fn instance_id(state_dir: &std::path::Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let id = crate::links::random_token(9);
+    let id = crate::model::random_token(9);
     crate::config::write_durably(&path, id.as_bytes(), 0o644)?;
     Ok(id)
 }
@@ -324,7 +324,7 @@ impl Redis {
             None => (0, String::new()),
         };
         let closed = link.state == LinkState::Closed;
-        let now = crate::links::now_ms();
+        let now = crate::model::now_ms();
         let _: i64 = self
             .insert
             .key(link_key(link.id.as_str()))
@@ -378,7 +378,7 @@ impl Redis {
                 Write::Durable(_) => true,
             };
             let new = encode(&link)?;
-            let now = crate::links::now_ms();
+            let now = crate::model::now_ms();
             let closed = link.state == LinkState::Closed;
             let swapped: i64 = self
                 .cas
