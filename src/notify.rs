@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::links::{Event, human_size};
+use crate::links::{Event, EventKind, human_size};
 
 const ATTEMPTS: u32 = 5;
 
@@ -35,7 +35,7 @@ impl Format {
 }
 
 fn wanted(e: &Event) -> bool {
-    matches!(e.event, "created" | "completed" | "closed")
+    matches!(e.event, EventKind::Created | EventKind::Completed | EventKind::Closed)
 }
 
 /// The plain-text line an ntfy topic receives.
@@ -43,8 +43,8 @@ pub fn text(e: &Event) -> String {
     let t = &e.tunnel;
     let name = t.file_path.rsplit('/').next().unwrap_or(&t.file_path);
     match e.event {
-        "created" => format!("Shared {name} ({})", human_size(t.file_size)),
-        "completed" => format!(
+        EventKind::Created => format!("Shared {name} ({})", human_size(t.file_size)),
+        EventKind::Completed => format!(
             "{name} was downloaded ({} of {})",
             t.downloads_completed, t.max_downloads
         ),
@@ -93,11 +93,13 @@ pub fn spawn(url: String, format: Format, mut events: broadcast::Receiver<Event>
                 };
                 match req.send().await {
                     Ok(r) if r.status().is_success() => break,
-                    Ok(r) => tracing::warn!(status = %r.status(), attempt, event = e.event, "webhook refused"),
-                    Err(err) => tracing::warn!(error = %err.without_url(), attempt, event = e.event, "webhook failed"),
+                    Ok(r) => tracing::warn!(status = %r.status(), attempt, event = e.event.as_str(), "webhook refused"),
+                    Err(err) => {
+                        tracing::warn!(error = %err.without_url(), attempt, event = e.event.as_str(), "webhook failed")
+                    }
                 }
                 if attempt == ATTEMPTS {
-                    tracing::error!(event = e.event, tunnel_id = %e.tunnel.tunnel_id, "webhook gave up");
+                    tracing::error!(event = e.event.as_str(), tunnel_id = %e.tunnel.tunnel_id, "webhook gave up");
                     break;
                 }
                 tokio::select! {
@@ -129,7 +131,7 @@ mod tests {
         link.close_reason = Some(crate::links::CloseReason::Stalled);
         let links_view = crate::links::TunnelView::of(&link, String::new());
         let e = Event {
-            event: "closed",
+            event: EventKind::Closed,
             time: String::new(),
             tunnel: links_view,
         };

@@ -54,7 +54,7 @@ pub async fn events(State(s): State<AppState>) -> Response {
         let event = tokio::select! {
             e = rx.recv() => match e {
                 Ok(e) => SseEvent::default()
-                    .event(e.event)
+                    .event(e.event.as_str())
                     .data(serde_json::to_string(&e).unwrap_or_default()),
                 // A slow reader missed events: say so, and go on from the newest.
                 Err(RecvError::Lagged(n)) => lagged(n),

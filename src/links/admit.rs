@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::event::EventKind;
 use super::rules::{self, Admission, Method, Refusal};
 use super::service::Links;
 use super::token;
@@ -93,7 +94,7 @@ impl Links {
             .ok_or(Refusal::Unknown)?;
         let (admitted, link) = (outcome.0?, outcome.1);
         if admitted.new_claim {
-            self.emit("started", &link);
+            self.emit(EventKind::Started, &link);
         }
         if let Some((conn, _)) = admission.conn {
             self.conns

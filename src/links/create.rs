@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::error::LinkError;
+use super::event::EventKind;
 use super::service::Links;
 use crate::data_dir::RelPath;
 use crate::model::{Link, TunnelId, rfc3339};
@@ -119,7 +120,7 @@ impl Links {
         }
         self.remind(link.expires_at_ms);
         metrics::counter!("ferry_links_created_total").increment(1);
-        self.emit("created", &link);
+        self.emit(EventKind::Created, &link);
         let created = Created {
             download_url: self.download_url(&link),
             tunnel_id: id,

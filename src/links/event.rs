@@ -72,11 +72,39 @@ pub struct ClientView {
     pub bytes: u64,
 }
 
+/// What happened to a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Created,
+    /// A download began: a client took a claim.
+    Started,
+    /// Bytes moved (sent at most a few times a second per link).
+    Progress,
+    /// One download completed.
+    Completed,
+    /// The link closed, with its reason.
+    Closed,
+}
+
+impl EventKind {
+    /// The event's name, as SSE and webhooks carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Started => "started",
+            EventKind::Progress => "progress",
+            EventKind::Completed => "completed",
+            EventKind::Closed => "closed",
+        }
+    }
+}
+
 /// Something the owner's UI and webhooks hear about: `created`, `started`, `progress`,
 /// `completed` (one download done) or `closed` (with its reason), with the link as it is then.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    pub event: &'static str,
+    pub event: EventKind,
     pub time: String,
     pub tunnel: TunnelView,
 }

@@ -25,7 +25,7 @@ pub(crate) mod timed_tests;
 
 pub use create::{Created, NewLink};
 pub use error::LinkError;
-pub use event::{ClientView, Event, TunnelView};
+pub use event::{ClientView, Event, EventKind, TunnelView};
 pub use peers::PeerEvent;
 pub use preview::{content_disposition, content_disposition_bytes, preview_html};
 pub use schedule::FILE_WATCH;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::event::EventKind;
 use super::rules;
 use super::service::Links;
 use crate::model::{ClientKey, CloseReason, Conn, Every, LinkState};
@@ -100,7 +101,7 @@ impl Links {
         if downloads > 0 {
             metrics::counter!("ferry_downloads_completed_total").increment(u64::from(downloads));
             for _ in 0..downloads {
-                self.emit("completed", &link);
+                self.emit(EventKind::Completed, &link);
             }
         } else if s.changed {
             self.emit_progress(&link);

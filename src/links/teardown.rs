@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::error::LinkError;
+use super::event::EventKind;
 use super::rules;
 use super::service::Links;
 use crate::model::{CloseReason, LinkState, TunnelId};
@@ -60,7 +61,7 @@ impl Links {
             Some(link) => {
                 let reason = link.close_reason.map_or("unknown", CloseReason::as_str);
                 metrics::counter!("ferry_links_closed_total", "reason" => reason).increment(1);
-                self.emit("closed", &link);
+                self.emit(EventKind::Closed, &link);
                 Ok(true)
             }
             None => Ok(false),

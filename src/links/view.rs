@@ -1,6 +1,6 @@
 //! Showing a link: its URLs and JSON face, and announcing what happens to it.
 
-use super::event::{Event, TunnelView};
+use super::event::{Event, EventKind, TunnelView};
 use super::service::Links;
 use crate::model::format::URL_SEGMENT;
 use crate::model::{Link, rfc3339};
@@ -23,8 +23,8 @@ impl Links {
         TunnelView::of(link, self.public_url(link))
     }
 
-    pub(super) fn emit(&self, event: &'static str, link: &Link) {
-        tracing::info!(tunnel_id = %link.id, event, bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
+    pub(super) fn emit(&self, event: EventKind, link: &Link) {
+        tracing::info!(tunnel_id = %link.id, event = event.as_str(), bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
         if self.events.receiver_count() == 0 && self.peers.is_none() {
             return;
         }
@@ -34,7 +34,7 @@ impl Links {
             tunnel: self.view(link),
         };
         if let Some(peers) = &self.peers {
-            peers.relay(event, &e);
+            peers.relay(event.as_str(), &e);
         }
         let _ = self.events.send(e);
     }
@@ -52,7 +52,7 @@ impl Links {
         if now >= *last + 250 {
             *last = now;
             drop(sent);
-            self.emit("progress", link);
+            self.emit(EventKind::Progress, link);
         }
     }
 }
