@@ -30,50 +30,20 @@ pub struct Created {
 }
 
 impl Links {
-    /// Creates a link: resolve the file safely, record it durably, expose it (symlink, then
-    /// tunnel), and only then hand out the URL. If exposing fails, the link is closed as `error`
-    /// and nothing stays reachable.
-    /// Creates a link for `by` (the API client's address, for the audit record).
+    /// Creates a link for `by` (the API client's address, for the audit record): resolve the
+    /// file safely, record the link durably, expose it (symlink, then tunnel), and only then
+    /// hand out the URL. If exposing fails, the link is closed as `error` and nothing stays
+    /// reachable.
     pub async fn create(&self, req: NewLink, by: Option<&str>) -> Result<(Created, Link), LinkError> {
-        let expires_in = req.expires_in.unwrap_or(self.policy.max_tunnel_s);
-        if !(1..=self.policy.max_tunnel_s).contains(&expires_in) {
-            return Err(LinkError::Invalid {
-                field: "expires_in_seconds",
-                message: format!(
-                    "must be between 1 and {} (MAX_TUNNEL_SECONDS)",
-                    self.policy.max_tunnel_s
-                ),
-            });
-        }
-        let max_downloads = req.max_downloads.unwrap_or(1);
-        if max_downloads < 1 {
-            return Err(LinkError::Invalid {
-                field: "max_downloads",
-                message: "must be at least 1".into(),
-            });
-        }
-        if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
-            return Err(LinkError::Invalid {
-                field: "note",
-                message: "must be at most 500 characters".into(),
-            });
-        }
-        if req.rate_limit_bytes_per_second == Some(0) {
-            return Err(LinkError::Invalid {
-                field: "rate_limit_bytes_per_second",
-                message: "must be at least 1".into(),
-            });
-        }
+        let (expires_in, max_downloads) = self.validate(&req)?;
         let resolved = self.data.resolve_file(&req.file_path).map_err(LinkError::Path)?;
-
         let now = self.clock.now_ms();
         let exp_s = (now + expires_in * 1000).div_ceil(1000);
-        let id = TunnelId::random();
         let link = Link {
             note: req.note,
             rate_limit_bytes_per_second: req.rate_limit_bytes_per_second,
             ..Link::new(
-                id.clone(),
+                TunnelId::random(),
                 req.file_path.clone(),
                 resolved.identity,
                 now,
@@ -81,41 +51,10 @@ impl Links {
                 max_downloads,
             )
         };
-        // The audit record goes with the link's own durable write.
-        let audit = crate::store::audit::AuditRecord {
-            time_ms: now,
-            event: "link.created".into(),
-            client: by.map(String::from),
-            tunnel_id: Some(id.to_string()),
-            detail: Some(link.file_path.to_string()),
-        };
-        if let Err(e) = self.store.insert_audited(&link, Some(&audit)).await {
-            // The embedded store keeps the record in memory and writes it once it can: it must
-            // then say that this link never got a URL, not stay open until it expires. (Redis
-            // stores a link whole or not at all.)
-            if self.peers.is_none()
-                && let Err(e) = self
-                    .close_error(&id, format!("the link could not be stored: {e}"))
-                    .await
-            {
-                tracing::debug!(tunnel_id = %id, error = %e, "the unstored link's close waits for the store");
-            }
-            return Err(e.into());
-        }
-
-        let exposed = async {
-            self.link_dir(&id, &resolved.real_path)
-                .await
-                .map_err(|e| LinkError::Internal(format!("symlink: {e}")))?;
-            let started = std::time::Instant::now();
-            let opened = self.provider.open(&id).await;
-            metrics::histogram!("ferry_provider_call_seconds", "op" => "open").record(started.elapsed().as_secs_f64());
-            opened.map_err(|e| LinkError::Tunnel(e.to_string()))
-        }
-        .await;
-        if let Err(e) = exposed {
-            tracing::error!(tunnel_id = %id, error = %e, "could not expose link");
-            self.close_error(&id, e.to_string()).await?;
+        self.store_new(&link, by).await?;
+        if let Err(e) = self.expose(&link.id, &resolved.real_path).await {
+            tracing::error!(tunnel_id = %link.id, error = %e, "could not expose link");
+            self.close_error(&link.id, e.to_string()).await?;
             return Err(e);
         }
         self.remind(link.expires_at_ms);
@@ -123,13 +62,73 @@ impl Links {
         self.emit(EventKind::Created, &link);
         let created = Created {
             download_url: self.download_url(&link),
-            tunnel_id: id,
+            tunnel_id: link.id.clone(),
             token: self.keys.issue(&link.id, link.issued_at_s, exp_s),
             file_path: link.file_path.to_string(),
             expires_in_seconds: expires_in,
             expires_at: rfc3339(link.expires_at_ms),
         };
         Ok((created, link))
+    }
+
+    /// The request's expiry (seconds from now) and number of downloads, or what is wrong with it.
+    fn validate(&self, req: &NewLink) -> Result<(u64, u32), LinkError> {
+        let invalid = |field, message: String| Err(LinkError::Invalid { field, message });
+        let expires_in = req.expires_in.unwrap_or(self.policy.max_tunnel_s);
+        if !(1..=self.policy.max_tunnel_s).contains(&expires_in) {
+            let max = self.policy.max_tunnel_s;
+            return invalid(
+                "expires_in_seconds",
+                format!("must be between 1 and {max} (MAX_TUNNEL_SECONDS)"),
+            );
+        }
+        let max_downloads = req.max_downloads.unwrap_or(1);
+        if max_downloads < 1 {
+            return invalid("max_downloads", "must be at least 1".into());
+        }
+        if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
+            return invalid("note", "must be at most 500 characters".into());
+        }
+        if req.rate_limit_bytes_per_second == Some(0) {
+            return invalid("rate_limit_bytes_per_second", "must be at least 1".into());
+        }
+        Ok((expires_in, max_downloads))
+    }
+
+    /// Writes a new link with its audit record, in one durable write.
+    async fn store_new(&self, link: &Link, by: Option<&str>) -> Result<(), LinkError> {
+        let audit = crate::store::audit::AuditRecord {
+            time_ms: link.created_at_ms,
+            event: "link.created".into(),
+            client: by.map(String::from),
+            tunnel_id: Some(link.id.to_string()),
+            detail: Some(link.file_path.to_string()),
+        };
+        let Err(e) = self.store.insert_audited(link, Some(&audit)).await else {
+            return Ok(());
+        };
+        // The embedded store keeps the record in memory and writes it once it can: it must then
+        // say that this link never got a URL, not stay open until it expires. (Redis stores a
+        // link whole or not at all.)
+        if self.peers.is_none()
+            && let Err(e) = self
+                .close_error(&link.id, format!("the link could not be stored: {e}"))
+                .await
+        {
+            tracing::debug!(tunnel_id = %link.id, error = %e, "the unstored link's close waits for the store");
+        }
+        Err(e.into())
+    }
+
+    /// Makes a stored link reachable: its symlink directory, then its tunnel.
+    async fn expose(&self, id: &TunnelId, target: &std::path::Path) -> Result<(), LinkError> {
+        self.link_dir(id, target)
+            .await
+            .map_err(|e| LinkError::Internal(format!("symlink: {e}")))?;
+        let started = std::time::Instant::now();
+        let opened = self.provider.open(id).await;
+        metrics::histogram!("ferry_provider_call_seconds", "op" => "open").record(started.elapsed().as_secs_f64());
+        opened.map_err(|e| LinkError::Tunnel(e.to_string()))
     }
 
     pub(super) async fn link_dir(&self, id: &TunnelId, target: &std::path::Path) -> std::io::Result<()> {
