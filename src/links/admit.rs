@@ -7,17 +7,12 @@ use super::rules::{self, Admission, Method, Refusal};
 use super::service::Links;
 use super::token;
 use crate::data_dir::DataDir;
-use crate::model::{Link, LinkState, TunnelId};
+use crate::model::{Link, LinkState, TunnelId, Use};
 use crate::store::Write;
 
 impl Links {
     /// nginx's question for every public request: may this request be served?
-    pub async fn check(
-        &self,
-        id: &str,
-        token: &str,
-        mut admission: Admission,
-    ) -> Result<(Arc<Link>, rules::Use), Refusal> {
+    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<(Arc<Link>, Use), Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
         self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
@@ -25,74 +20,17 @@ impl Links {
         if admission.method != Method::Head && self.log_writes.failing() {
             return Err(Refusal::LogUnwritable);
         }
-        // The record is let go before the update, which then need not copy it.
-        let same = {
-            let link = self
-                .store
-                .get(&id)
-                .await
-                .map_err(|_| Refusal::Unavailable)?
-                .ok_or(Refusal::Unknown)?;
-            if link.state == LinkState::Closed {
-                return Err(Refusal::Closed);
-            }
-            // The file must still be the one that was shared. What nginx is about to open is
-            // the link's symlink: one stat answers; without the symlink (not made yet, or made
-            // on another instance) the data dir does.
-            match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
-                Some(served) => served == link.identity,
-                None => self.data.identity(&link.file_path).ok() == Some(link.identity),
-            }
-        };
-        if !same {
-            let why = self.why_file_differs();
-            tracing::warn!(tunnel_id = %id, reason = %why, "the shared file is not the one shared; closing the link");
-            // Boxed: closing (the tunnel's teardown) is rare here, and its state is most of a
-            // check's; every check would otherwise carry room for it.
-            let _ = Box::pin(self.close_error(&id, why)).await;
-            return Err(Refusal::FileChanged);
-        }
-        // The baseline: what this (possibly reused) connection had already acknowledged.
-        if let (Some((conn, base)), Some(diag)) = (admission.conn.as_mut(), &self.diag) {
-            *base = baseline(admission.first_on_connection, || diag.bytes_acked(*conn).ok().flatten());
-        } else {
-            admission.conn = None;
-        }
+        self.still_the_shared_file(&id).await?;
+        self.take_baseline(&mut admission);
         // The request before this one on a reused connection has ended: usually on this same
-        // link, where this update marks it; on another link it takes an update of its own.
-        let previous = admission.conn.and_then(|(conn, _)| {
-            let conns = self.conns.lock().expect("conns mutex");
-            conns
-                .get(&conn)
-                .filter(|(_, rid)| *rid != admission.request_id)
-                .cloned()
-        });
+        // link, where the admitting update marks it; on another link it takes an update of its
+        // own.
+        let previous = self.previous_on_connection(&admission);
         let ended_here = previous
             .as_ref()
             .filter(|(prev_id, _)| *prev_id == id)
             .map(|(_, rid)| rid);
-        let policy = self.policy;
-        let outcome = self
-            .store
-            .update(&id, &mut |link| match rules::admit(link, &admission, now, &policy) {
-                Ok(a) => {
-                    if let Some(rid) = ended_here {
-                        rules::end_on_reuse(link, rid);
-                    }
-                    // A new claim, and what a read or a grace fetch is charged, must survive a
-                    // crash; a request riding on a claim need not.
-                    if a.new_claim || matches!(a.what, rules::Use::Read | rules::Use::Grace) {
-                        Write::Durable(Ok(a))
-                    } else {
-                        Write::Soft(Ok(a))
-                    }
-                }
-                Err(r) => Write::No(Err(r)),
-            })
-            .await
-            .map_err(|_| Refusal::Unavailable)?
-            .ok_or(Refusal::Unknown)?;
-        let (admitted, link) = (outcome.0?, outcome.1);
+        let (admitted, link) = self.admit_in_store(&id, &admission, ended_here, now).await?;
         if admitted.new_claim {
             self.emit(EventKind::Started, &link);
         }
@@ -112,6 +50,91 @@ impl Links {
                 .await;
         }
         Ok((link, admitted.what))
+    }
+
+    /// Refuses a request for a link that is unknown or closed, and closes (as `error`) a link
+    /// whose file is no longer the one it shared.
+    async fn still_the_shared_file(&self, id: &TunnelId) -> Result<(), Refusal> {
+        // The record is let go before the admitting update, which then need not copy it.
+        let same = {
+            let link = self
+                .store
+                .get(id)
+                .await
+                .map_err(|_| Refusal::Unavailable)?
+                .ok_or(Refusal::Unknown)?;
+            if link.state == LinkState::Closed {
+                return Err(Refusal::Closed);
+            }
+            // What nginx is about to open is the link's symlink: one stat answers; without the
+            // symlink (not made yet, or made on another instance) the data dir does.
+            match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
+                Some(served) => served == link.identity,
+                None => self.data.identity(&link.file_path).ok() == Some(link.identity),
+            }
+        };
+        if same {
+            return Ok(());
+        }
+        let why = self.why_file_differs();
+        tracing::warn!(tunnel_id = %id, reason = %why, "the shared file is not the one shared; closing the link");
+        // Boxed: closing (the tunnel's teardown) is rare here, and its state is most of a
+        // check's; every check would otherwise carry room for it.
+        let _ = Box::pin(self.close_error(id, why)).await;
+        Err(Refusal::FileChanged)
+    }
+
+    /// Records what the request's (possibly reused) connection had already acknowledged, or
+    /// forgets the connection when ferry cannot see sockets.
+    fn take_baseline(&self, admission: &mut Admission) {
+        if let (Some((conn, base)), Some(diag)) = (admission.conn.as_mut(), &self.diag) {
+            *base = baseline(admission.first_on_connection, || diag.bytes_acked(*conn).ok().flatten());
+        } else {
+            admission.conn = None;
+        }
+    }
+
+    /// The link and request id of the request admitted before this one on its connection.
+    fn previous_on_connection(&self, admission: &Admission) -> Option<(TunnelId, Arc<str>)> {
+        let (conn, _) = admission.conn?;
+        let conns = self.conns.lock().expect("conns mutex");
+        conns
+            .get(&conn)
+            .filter(|(_, rid)| *rid != admission.request_id)
+            .cloned()
+    }
+
+    /// Decides the request in one atomic update of the link, ending `ended_here` (the request
+    /// before it on its connection) in the same write.
+    async fn admit_in_store(
+        &self,
+        id: &TunnelId,
+        admission: &Admission,
+        ended_here: Option<&Arc<str>>,
+        now: u64,
+    ) -> Result<(rules::Admitted, Arc<Link>), Refusal> {
+        let policy = self.policy;
+        let outcome = self
+            .store
+            .update(id, &mut |link| match rules::admit(link, admission, now, &policy) {
+                Ok(a) => {
+                    if let Some(rid) = ended_here {
+                        rules::end_on_reuse(link, rid);
+                    }
+                    // A new claim, and what a read or a grace fetch is charged, must survive a
+                    // crash; a request riding on a claim need not.
+                    if a.new_claim || matches!(a.what, Use::Read | Use::Grace) {
+                        Write::Durable(Ok(a))
+                    } else {
+                        Write::Soft(Ok(a))
+                    }
+                }
+                Err(r) => Write::No(Err(r)),
+            })
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .ok_or(Refusal::Unknown)?;
+        Ok((outcome.0?, outcome.1))
     }
 
     /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
