@@ -14,6 +14,7 @@ pub mod rules;
 mod schedule;
 mod service;
 mod settle;
+mod sink;
 mod teardown;
 pub mod token;
 mod view;

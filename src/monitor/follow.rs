@@ -8,7 +8,7 @@
 //! While a file settles so, the next file is read too, so that its lines do not wait for the
 //! settling. The position (file name and offset, and the same for the file read ahead) is kept in
 //! the state dir, so a restart neither loses nor repeats a line. It never decides anything about
-//! a link: the lines go to [`crate::links::Links::apply_logs`].
+//! a link: the lines go to a [`RecordSink`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::AccessRecord;
 use crate::config::LogSlot;
-use crate::links::{Links, now_ms};
+use crate::links::now_ms;
+use crate::store::StoreError;
 
 /// How long to wait for more log when nothing tells ferry it was written.
 const IDLE: Duration = Duration::from_millis(10);
@@ -39,7 +40,7 @@ const BATCH_PAUSE: Duration = Duration::from_millis(2);
 /// How long the position may wait for somebody else's commit with fsync to cover the lines
 /// before it (a claim, a completion, a close) before the follower makes one itself. Making one
 /// per read, a few hundred a second under load, was a tenth of ferry's CPU.
-const SAVE_WITHIN: Duration = Duration::from_secs(1);
+pub(crate) const SAVE_WITHIN: Duration = Duration::from_secs(1);
 
 /// The file being read (the current one, or the one after it, read ahead), what is left of its
 /// last line, and the position it moves.
@@ -54,14 +55,14 @@ struct Reading<'a> {
 /// Where the follower is: the lines of `name` before `offset` are applied and, while that file
 /// settles, those of a later file (the next one, read ahead) before its own offset.
 #[derive(Debug, Clone, PartialEq)]
-struct Spot {
-    name: String,
-    offset: u64,
-    ahead: Option<(String, u64)>,
+pub(crate) struct Spot {
+    pub(crate) name: String,
+    pub(crate) offset: u64,
+    pub(crate) ahead: Option<(String, u64)>,
 }
 
 impl Spot {
-    fn start(name: &str) -> Spot {
+    pub(crate) fn start(name: &str) -> Spot {
         Spot {
             name: name.to_string(),
             offset: 0,
@@ -102,6 +103,25 @@ impl std::fmt::Display for Spot {
             None => Ok(()),
         }
     }
+}
+
+/// What the follower hands its lines to, and asks whether what it handed is kept for good.
+pub trait RecordSink: Send + Sync {
+    /// Applies lines of one link, in their order, in one update.
+    fn apply(&self, recs: &[AccessRecord]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Tells that a line nginx wrote at `logged_ms` (milliseconds since the epoch) was read: the
+    /// log can be written again.
+    fn line_seen(&self, logged_ms: u64);
+
+    /// A mark of the writes made so far: they are durable once [`Self::is_durable`] says so.
+    fn mark(&self) -> u64;
+
+    /// Whether the writes before `mark` are durable.
+    fn is_durable(&self, mark: u64) -> bool;
+
+    /// Makes every write so far durable.
+    fn persist(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 #[derive(Default)]
@@ -160,7 +180,7 @@ async fn load_position(path: &Path) -> Option<Spot> {
 /// is recognised by its request id. It is saved as soon as it is durable, so what a crash reads
 /// again is what was applied since the last commit with fsync, and at most one read more. Not
 /// fsynced itself: a position lost with the machine only means more lines read again.
-struct Position {
+pub(crate) struct Position {
     path: PathBuf,
     file: Option<File>,
     /// The length of the last record written.
@@ -182,7 +202,7 @@ impl Position {
     /// Room for two names and offsets, so that the record keeps one length.
     const WIDTH: usize = 96;
 
-    fn new(path: &Path) -> Position {
+    pub(crate) fn new(path: &Path) -> Position {
         Position {
             path: path.to_path_buf(),
             file: None,
@@ -194,8 +214,8 @@ impl Position {
 
     /// Moves the saved position to `spot` now, making the writes of the lines before it durable
     /// first; false, with nothing saved, while the store cannot.
-    async fn advance_now(&mut self, links: &Links, spot: &Spot) -> bool {
-        if links.store().persist().await.is_err() {
+    async fn advance_now(&mut self, sink: &impl RecordSink, spot: &Spot) -> bool {
+        if sink.persist().await.is_err() {
             return false;
         }
         self.pending.clear();
@@ -205,8 +225,8 @@ impl Position {
 
     /// Records that the lines before `spot` are applied: the saved position moves there once
     /// their writes are durable.
-    async fn advance(&mut self, links: &Links, spot: &Spot) {
-        let mark = links.store().mark();
+    pub(crate) async fn advance(&mut self, sink: &impl RecordSink, spot: &Spot) {
+        let mark = sink.mark();
         match self.pending.back_mut() {
             Some(last) if last.mark == mark && last.spot.name == spot.name => last.spot.clone_from(spot),
             _ => self.pending.push_back(Pending {
@@ -215,19 +235,18 @@ impl Position {
                 at: Instant::now(),
             }),
         }
-        self.catch_up(links).await;
+        self.catch_up(sink).await;
     }
 
     /// Saves the latest position whose lines' writes are durable by now; one that has waited
     /// `SAVE_WITHIN` is made durable (with all after it).
-    async fn catch_up(&mut self, links: &Links) {
+    pub(crate) async fn catch_up(&mut self, sink: &impl RecordSink) {
         if self.pending.front().is_some_and(|p| p.at.elapsed() >= SAVE_WITHIN) {
-            self.flush(links).await;
+            self.flush(sink).await;
             return;
         }
-        let store = links.store();
         let mut latest = None;
-        while self.pending.front().is_some_and(|p| store.is_durable(p.mark)) {
+        while self.pending.front().is_some_and(|p| sink.is_durable(p.mark)) {
             latest = self.pending.pop_front();
         }
         if let Some(p) = latest {
@@ -237,9 +256,9 @@ impl Position {
 
     /// Saves the latest position reached, making its lines' writes durable first (a store that
     /// is away: kept for later, and read again after a restart).
-    async fn flush(&mut self, links: &Links) {
+    pub(crate) async fn flush(&mut self, sink: &impl RecordSink) {
         if let Some(p) = self.pending.pop_back()
-            && !self.advance_now(links, &p.spot).await
+            && !self.advance_now(sink, &p.spot).await
         {
             self.pending.push_back(p);
         }
@@ -327,14 +346,14 @@ impl Wake {
 }
 
 impl Follower {
-    pub async fn run(self, links: Arc<Links>, cancel: CancellationToken) {
+    pub async fn run<S: RecordSink>(self, sink: Arc<S>, cancel: CancellationToken) {
         let mut saved = Position::new(&self.position_file);
-        self.follow(&links, &cancel, &mut saved).await;
+        self.follow(&*sink, &cancel, &mut saved).await;
         // What was applied before the shutdown is not read again by the next run.
-        saved.flush(&links).await;
+        saved.flush(&*sink).await;
     }
 
-    async fn follow(&self, links: &Links, cancel: &CancellationToken, saved: &mut Position) {
+    async fn follow<S: RecordSink>(&self, sink: &S, cancel: &CancellationToken, saved: &mut Position) {
         let wake = Wake::new(&self.dir);
         let mut position = load_position(&self.position_file).await;
         let mut open: Option<(String, File)> = None;
@@ -347,7 +366,7 @@ impl Follower {
             if cancel.is_cancelled() {
                 return;
             }
-            saved.catch_up(links).await;
+            saved.catch_up(sink).await;
             let files = slot_files(&self.dir, self.slot);
             let Some(current) = (match &position {
                 Some(p) => files.iter().find(|f| f.name == p.name).or(files.first()),
@@ -414,7 +433,7 @@ impl Follower {
                         ahead: false,
                         saved: &mut *saved,
                     };
-                    self.read_from(links, &mut reading, &mut chunk, cancel).await
+                    self.read_from(sink, &mut reading, &mut chunk, cancel).await
                 }
                 None => (0, 0),
             };
@@ -442,7 +461,7 @@ impl Follower {
                         ahead: true,
                         saved: &mut *saved,
                     };
-                    (read_ahead, lines_ahead) = self.read_from(links, &mut reading, &mut chunk, cancel).await;
+                    (read_ahead, lines_ahead) = self.read_from(sink, &mut reading, &mut chunk, cancel).await;
                 }
             }
             if cancel.is_cancelled() {
@@ -473,7 +492,7 @@ impl Follower {
                         None,
                     ),
                 };
-                if saved.advance_now(links, &to).await {
+                if saved.advance_now(sink, &to).await {
                     if !partial.is_empty() {
                         tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
                         self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
@@ -502,7 +521,7 @@ impl Follower {
                     offset: 0,
                     ..here.clone()
                 };
-                if saved.advance_now(links, &from_start).await {
+                if saved.advance_now(sink, &from_start).await {
                     tracing::warn!(file = %current.name, "access log file was replaced; reading the new one");
                     open = None;
                     partial.clear();
@@ -522,9 +541,9 @@ impl Follower {
     /// Reads the file from the position to its current end, applying every complete line.
     /// Returns the number of bytes and of lines read. The reads are plain `pread`s of a local
     /// file the kernel has just written (page cache): cheaper inline than handed to a thread.
-    async fn read_from(
+    async fn read_from<S: RecordSink>(
         &self,
-        links: &Links,
+        sink: &S,
         r: &mut Reading<'_>,
         chunk: &mut [u8],
         cancel: &CancellationToken,
@@ -547,7 +566,7 @@ impl Follower {
                 start += nl + 1;
             }
             count += lines.len();
-            if !self.handle_all(links, &lines, cancel).await {
+            if !self.handle_all(sink, &lines, cancel).await {
                 // Shutting down while the store is away: these lines are read again next run
                 // (those already applied are recognised by their request id).
                 return (bytes, count);
@@ -557,7 +576,7 @@ impl Follower {
                 *offset += start as u64;
             }
             // Saved once the chunk's writes are durable, so a crash loses no line.
-            r.saved.advance(links, r.spot).await;
+            r.saved.advance(sink, r.spot).await;
         }
     }
 
@@ -565,19 +584,19 @@ impl Follower {
     /// links side by side, so that their store round trips (Redis) overlap instead of queueing
     /// one behind another.
     /// False only when cancelled before every line could be applied.
-    async fn handle_all(&self, links: &Links, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
+    async fn handle_all<S: RecordSink>(&self, sink: &S, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
         let mut groups: Vec<Vec<AccessRecord>> = Vec::new();
         let mut by_link: std::collections::HashMap<Option<crate::links::TunnelId>, usize> = Default::default();
         for line in lines {
             let Some(rec) = self.parse(line) else { continue };
-            links.log_writes.line_seen((rec.msec * 1000.0) as u64);
+            sink.line_seen((rec.msec * 1000.0) as u64);
             let i = *by_link.entry(rec.tunnel_id.clone()).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
             });
             groups[i].push(rec);
         }
-        let applied = futures_util::future::join_all(groups.iter().map(|recs| self.apply(links, recs, cancel))).await;
+        let applied = futures_util::future::join_all(groups.iter().map(|recs| self.apply(sink, recs, cancel))).await;
         applied.into_iter().all(|a| a)
     }
 
@@ -596,14 +615,14 @@ impl Follower {
     }
 
     /// Applies one link's lines, in one update; false only when cancelled before they could be.
-    async fn apply(&self, links: &Links, recs: &[AccessRecord], cancel: &CancellationToken) -> bool {
+    async fn apply<S: RecordSink>(&self, sink: &S, recs: &[AccessRecord], cancel: &CancellationToken) -> bool {
         // While the store is unavailable the lines wait (and the lines after them), however long
         // the outage: a completion must not be lost. A record the store cannot read is retried a
         // few times, then given up.
         let mut corrupt = 0u32;
         let mut delay = Duration::from_millis(100);
         loop {
-            match links.apply_logs(recs).await {
+            match sink.apply(recs).await {
                 Ok(()) => {
                     // Lag: from nginx writing each line to ferry having acted on it.
                     let now = now_ms();
@@ -614,7 +633,7 @@ impl Follower {
                     }
                     return true;
                 }
-                Err(e @ crate::store::StoreError::Corrupt(_)) => {
+                Err(e @ StoreError::Corrupt(_)) => {
                     corrupt += 1;
                     tracing::warn!(error = %e, attempt = corrupt, "could not apply an access log line");
                     if corrupt >= 6 {
@@ -636,15 +655,7 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
-    use crate::links::timed_tests::{fixture, new_link, record};
-
-    fn saved(path: &Path) -> Option<String> {
-        let text = std::fs::read_to_string(path).ok()?;
-        Some(text.trim_end().to_string())
-    }
 
     fn at(name: &str, offset: u64) -> Spot {
         Spot {
@@ -667,213 +678,5 @@ mod tests {
         for bad in ["", "access-1.log", "access-1.log x", "a 1 b", "a 1 b x", "a 1 b 2 c"] {
             assert_eq!(Spot::parse(bad), None, "{bad:?}");
         }
-    }
-
-    /// A link, a logs dir with one-second slots, and followers over it.
-    struct Slots {
-        f: crate::links::timed_tests::Fixture,
-        link: crate::links::TunnelId,
-        dir: tempfile::TempDir,
-    }
-
-    impl Slots {
-        async fn new() -> Slots {
-            let f = fixture(&[]);
-            let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("logs")).unwrap();
-            Slots {
-                f,
-                link: created.tunnel_id,
-                dir,
-            }
-        }
-
-        /// One line of the link for the 100 bytes at `start`, as nginx writes it.
-        fn line(&self, n: usize, start: u64) -> String {
-            format!(
-                r#"{{"msec":"{}","request_id":"{n:0>32}","tunnel_id":"{}","method":"GET","status":206,"bytes_sent":400,"body_bytes_sent":100,"range":"","content_range":"bytes {start}-{}/4000000","completion":"OK","client":"127.0.0.5","user_agent":"curl","request_time":0.001,"preview":"0"}}"#,
-                now_ms() as f64 / 1000.0,
-                self.link.as_str(),
-                start + 99
-            ) + "\n"
-        }
-
-        fn file(&self, slot: u64) -> PathBuf {
-            self.dir.path().join("logs").join(format!("access-{slot}.log"))
-        }
-
-        fn append(&self, slot: u64, text: &str) {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.file(slot))
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-
-        fn saved(&self) -> Option<String> {
-            saved(&self.dir.path().join("access.position"))
-        }
-
-        async fn served(&self) -> u64 {
-            self.f
-                .links
-                .store()
-                .get(&self.link)
-                .await
-                .unwrap()
-                .unwrap()
-                .bytes_served
-        }
-
-        /// Waits until the link has `bytes` served, for at most `within`.
-        async fn until_served(&self, bytes: u64, within: Duration, what: &str) {
-            let started = Instant::now();
-            while self.served().await < bytes {
-                assert!(started.elapsed() < within, "{what}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-
-        /// A follower running until the token is cancelled.
-        fn follow(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-            let follower = Follower {
-                dir: self.dir.path().join("logs"),
-                slot: LogSlot::Second,
-                position_file: self.dir.path().join("access.position"),
-                counters: Arc::new(Counters::default()),
-            };
-            let cancel = CancellationToken::new();
-            (cancel.clone(), tokio::spawn(follower.run(self.f.links.clone(), cancel)))
-        }
-    }
-
-    /// The current second, once it is early in it: the last second's file settles a while yet.
-    async fn early_in_a_second() -> u64 {
-        while now_ms() % 1000 > 300 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        now_ms() / 1000
-    }
-
-    /// A worker that read the clock before a slot began can still start that slot's file after
-    /// the next slot's file exists, when nobody logged in the slot before: the file before it is
-    /// kept until that can no longer happen, and the late file is read, not deleted unread.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_file_of_an_older_slot_that_appears_late_is_read() {
-        let t = Slots::new().await;
-        let slot = early_in_a_second().await;
-        t.append(slot - 2, &t.line(1, 0));
-        t.append(slot, &t.line(2, 100));
-        let (cancel, run) = t.follow();
-        // Past where the file of slot - 2 used to be left (1.5 s after its slot ended).
-        while now_ms() < slot * 1000 + 700 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(t.served().await, 200);
-        t.append(slot - 1, &t.line(3, 200));
-        t.until_served(300, Duration::from_secs(3), "the late file's line was lost")
-            .await;
-        cancel.cancel();
-        run.await.unwrap();
-    }
-
-    /// While a slot's file settles, the next one's lines are applied at once; a restart in
-    /// between reads none of them twice, and the settled file is left for the next one with
-    /// its place kept.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_next_slots_lines_wait_for_no_settling_and_a_restart_applies_none_twice() {
-        let t = Slots::new().await;
-        let slot = early_in_a_second().await;
-        let (before, after) = (slot - 1, slot);
-        let first = t.line(1, 0);
-        t.append(before, &first);
-        // More lines than a link remembers request ids of: a second reading would count again.
-        let later: String = (0..30).map(|i| t.line(100 + i, 1000 + 100 * i as u64)).collect();
-        t.append(after, &later);
-        let name = |slot: u64| format!("access-{slot}.log");
-
-        let (cancel, run) = t.follow();
-        t.until_served(3_100, Duration::from_millis(500), "the next slot's lines waited")
-            .await;
-        assert!(t.file(before).exists(), "the settling file was left early");
-        cancel.cancel();
-        run.await.unwrap();
-        assert_eq!(
-            t.saved(),
-            Some(format!(
-                "{} {} {} {}",
-                name(before),
-                first.len(),
-                name(after),
-                later.len()
-            ))
-        );
-
-        let (cancel, run) = t.follow();
-        let started = Instant::now();
-        while t.file(before).exists() {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "the settled file was never left"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let last = t.line(200, 9000);
-        t.append(after, &last);
-        t.until_served(3_200, Duration::from_secs(2), "a line after the switch was missed")
-            .await;
-        cancel.cancel();
-        run.await.unwrap();
-        assert_eq!(t.served().await, 3_200, "a line was applied twice");
-        assert_eq!(t.saved(), Some(format!("{} {}", name(after), later.len() + last.len())));
-    }
-
-    /// The position passes lines only once their writes are durable: at once when a commit
-    /// with fsync covers them (somebody else's), within `SAVE_WITHIN` when nobody makes one,
-    /// and at shutdown; a read of soft writes alone takes no commit of its own.
-    #[tokio::test]
-    async fn the_position_waits_for_a_durable_commit_and_takes_none_per_read() {
-        let f = fixture(&[]);
-        let links = &f.links;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.position");
-        let (created, _) = links.create(new_link(3600), None).await.unwrap();
-        let mut rec = record(&format!("{:0>32}", 1), 206, 100, "bytes 0-99/4000000");
-        rec.tunnel_id = Some(created.tunnel_id.clone());
-        links.apply_logs(std::slice::from_ref(&rec)).await.unwrap();
-
-        let mut position = Position::new(&path);
-        position.advance(links, &at("access-1.log", 400)).await;
-        assert_eq!(saved(&path), None, "saved past a soft write nobody made durable");
-        // Another link's creation is a commit with fsync: it carries the line's write.
-        links.create(new_link(3600), None).await.unwrap();
-        position.catch_up(links).await;
-        assert_eq!(saved(&path).as_deref(), Some("access-1.log 400"));
-
-        rec.request_id = format!("{:0>32}", 2);
-        rec.content_range = Some("bytes 100-199/4000000".into());
-        links.apply_logs(std::slice::from_ref(&rec)).await.unwrap();
-        position.advance(links, &at("access-1.log", 800)).await;
-        assert_eq!(saved(&path).as_deref(), Some("access-1.log 400"));
-        tokio::time::sleep(SAVE_WITHIN).await;
-        position.catch_up(links).await;
-        assert_eq!(saved(&path).as_deref(), Some("access-1.log 800"));
-        assert!(links.store().is_durable(links.store().mark()));
-
-        rec.request_id = format!("{:0>32}", 3);
-        rec.content_range = Some("bytes 200-299/4000000".into());
-        links.apply_logs(std::slice::from_ref(&rec)).await.unwrap();
-        position.advance(links, &at("access-1.log", 1200)).await;
-        position.flush(links).await;
-        assert_eq!(
-            saved(&path).as_deref(),
-            Some("access-1.log 1200"),
-            "a shutdown left the position behind"
-        );
-        let link = links.store().get(&created.tunnel_id).await.unwrap().unwrap();
-        assert_eq!(link.bytes_served, 300);
     }
 }
