@@ -43,7 +43,8 @@ mod tests {
     use crate::config::LogSlot;
     use crate::links::timed_tests::{Fixture, fixture, new_link, record};
     use crate::links::{Links, TunnelId, now_ms};
-    use crate::monitor::follow::{Counters, Follower, Position, SAVE_WITHIN, Spot};
+    use crate::monitor::follow::{Counters, Follower, Position, SAVE_WITHIN};
+    use crate::monitor::steps::Spot;
 
     fn saved(path: &Path) -> Option<String> {
         let text = std::fs::read_to_string(path).ok()?;

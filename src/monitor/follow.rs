@@ -9,6 +9,9 @@
 //! settling. The position (file name and offset, and the same for the file read ahead) is kept in
 //! the state dir, so a restart neither loses nor repeats a line. It never decides anything about
 //! a link: the lines go to a [`RecordSink`].
+//!
+//! Which file to read, from where, and what to do after a read is decided in [`super::steps`],
+//! without I/O; this module lists the files, reads them and does what it is told.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::record::AccessRecord;
+use super::steps::{FileId, Forget, Look, Read, SlotFile, Spot, Step, Turn};
 use crate::config::LogSlot;
 use crate::links::now_ms;
 use crate::store::StoreError;
@@ -29,80 +33,20 @@ use crate::store::StoreError;
 const IDLE: Duration = Duration::from_millis(10);
 /// With inotify, the longest wait before looking anyway (a missed event costs no more).
 const IDLE_WATCHED: Duration = Duration::from_millis(200);
-/// How long after a slot ends before no worker writes to its file any more (a worker reads the
-/// clock once per turn of its event loop, and a write can be slow).
-const SETTLE_MS: u64 = 1500;
-/// After a read that found this many lines or more, the next read waits `BATCH_PAUSE`: under load
-/// lines are read in batches (a few hundred a read) instead of one wake-up each, which is what
-/// following the log costs nginx; an idle log is still read the moment a line arrives.
-const BUSY_LINES: usize = 16;
+/// How long the follower pauses after a busy turn (see [`super::steps::BUSY_LINES`]).
 const BATCH_PAUSE: Duration = Duration::from_millis(2);
 /// How long the position may wait for somebody else's commit with fsync to cover the lines
 /// before it (a claim, a completion, a close) before the follower makes one itself. Making one
 /// per read, a few hundred a second under load, was a tenth of ferry's CPU.
 pub(crate) const SAVE_WITHIN: Duration = Duration::from_secs(1);
 
-/// The file being read (the current one, or the one after it, read ahead), what is left of its
-/// last line, and the position it moves.
+/// The file being read (the current one, or the one after it, read ahead), the position it
+/// moves, and where that position is saved.
 struct Reading<'a> {
-    file: &'a File,
-    partial: &'a mut Vec<u8>,
+    open: &'a mut Open,
     spot: &'a mut Spot,
     ahead: bool,
     saved: &'a mut Position,
-}
-
-/// Where the follower is: the lines of `name` before `offset` are applied and, while that file
-/// settles, those of a later file (the next one, read ahead) before its own offset.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Spot {
-    pub(crate) name: String,
-    pub(crate) offset: u64,
-    pub(crate) ahead: Option<(String, u64)>,
-}
-
-impl Spot {
-    pub(crate) fn start(name: &str) -> Spot {
-        Spot {
-            name: name.to_string(),
-            offset: 0,
-            ahead: None,
-        }
-    }
-
-    /// The offset of the current file, or of the one read ahead (none before it is opened).
-    fn offset_mut(&mut self, ahead: bool) -> Option<&mut u64> {
-        match ahead {
-            false => Some(&mut self.offset),
-            true => self.ahead.as_mut().map(|(_, offset)| offset),
-        }
-    }
-
-    /// "<name> <offset>", then "<name> <offset>" of the file read ahead, if any.
-    fn parse(text: &str) -> Option<Spot> {
-        let mut words = text.split_ascii_whitespace();
-        let (name, offset) = (words.next()?, words.next()?.parse().ok()?);
-        let ahead = match (words.next(), words.next()) {
-            (None, _) => None,
-            (Some(n), Some(o)) => Some((n.to_string(), o.parse().ok()?)),
-            (Some(_), None) => return None,
-        };
-        words.next().is_none().then(|| Spot {
-            name: name.to_string(),
-            offset,
-            ahead,
-        })
-    }
-}
-
-impl std::fmt::Display for Spot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.name, self.offset)?;
-        match &self.ahead {
-            Some((name, offset)) => write!(f, " {name} {offset}"),
-            None => Ok(()),
-        }
-    }
 }
 
 /// What the follower hands its lines to, and asks whether what it handed is kept for good.
@@ -140,13 +84,6 @@ pub struct Follower {
     pub counters: Arc<Counters>,
 }
 
-/// A slot file: its name and its slot's start, in milliseconds since the epoch.
-#[derive(Debug, Clone, PartialEq)]
-struct SlotFile {
-    name: String,
-    start_ms: u64,
-}
-
 fn slot_files(dir: &Path, slot: LogSlot) -> Vec<SlotFile> {
     let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
     let mut v: Vec<SlotFile> = rd
@@ -161,12 +98,16 @@ fn slot_files(dir: &Path, slot: LogSlot) -> Vec<SlotFile> {
     v
 }
 
-/// Whether `path` now names another file than the one open.
-fn replaced(path: &Path, open: &File) -> bool {
+/// Which file `path` leads to now, and which file `open` is.
+fn look(path: &Path, open: Option<&File>) -> Look {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(path), open.metadata()) {
-        (Ok(now), Ok(was)) => (now.dev(), now.ino()) != (was.dev(), was.ino()),
-        _ => false,
+    let id = |m: std::fs::Metadata| FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    };
+    Look {
+        named: std::fs::metadata(path).ok().map(id),
+        open: open.and_then(|f| f.metadata().ok()).map(id),
     }
 }
 
@@ -345,6 +286,26 @@ impl Wake {
     }
 }
 
+/// A log file the follower holds open, and what it read of the file's last line so far (the
+/// bytes after the last newline: they are applied once the line is complete).
+struct Open {
+    file: File,
+    partial: Vec<u8>,
+}
+
+/// What the follower carries from one turn to the next, besides the saved position.
+struct Held {
+    /// Where it is (none on a first run, until a file appears).
+    position: Option<Spot>,
+    /// The current file, by name.
+    current: Option<(String, Open)>,
+    /// The file after the current one while the current one settles (its name and offset are
+    /// in the position).
+    ahead: Option<Open>,
+    /// What each read reads into.
+    chunk: Vec<u8>,
+}
+
 impl Follower {
     pub async fn run<S: RecordSink>(self, sink: Arc<S>, cancel: CancellationToken) {
         let mut saved = Position::new(&self.position_file);
@@ -353,193 +314,170 @@ impl Follower {
         saved.flush(&*sink).await;
     }
 
+    /// Takes turns until cancelled. Each turn reads what nginx wrote since the last one, then
+    /// does what [`Turn::step`] says; the decisions are all in [`super::steps`].
     async fn follow<S: RecordSink>(&self, sink: &S, cancel: &CancellationToken, saved: &mut Position) {
         let wake = Wake::new(&self.dir);
-        let mut position = load_position(&self.position_file).await;
-        let mut open: Option<(String, File)> = None;
-        let mut partial = Vec::new();
-        // The file after the current one while the current one settles: open, with the rest of
-        // its last line (its name and offset are in the position).
-        let mut ahead: Option<(File, Vec<u8>)> = None;
-        let mut chunk = vec![0u8; 256 * 1024];
+        let mut held = Held {
+            position: load_position(&self.position_file).await,
+            current: None,
+            ahead: None,
+            chunk: vec![0u8; 256 * 1024],
+        };
         loop {
             if cancel.is_cancelled() {
                 return;
             }
             saved.catch_up(sink).await;
             let files = slot_files(&self.dir, self.slot);
-            let Some(current) = (match &position {
-                Some(p) => files.iter().find(|f| f.name == p.name).or(files.first()),
-                None => files.first(),
-            }) else {
-                tokio::select! { _ = cancel.cancelled() => return, _ = wake.wait() => {} }
-                continue;
+            let then = match Turn::begin(&files, held.position.as_ref(), now_ms()) {
+                Some(turn) => {
+                    let turn = self.read_turn(sink, cancel, saved, &mut held, turn).await;
+                    if cancel.is_cancelled() {
+                        // Lines left unapplied stay after the saved position, for the next run.
+                        return;
+                    }
+                    self.settle(sink, saved, &mut held, turn).await
+                }
+                None => Step::Wait,
             };
-            let current = current.clone();
-            // Files before the position were read to their end by an earlier run.
-            for f in files.iter().take_while(|f| f.start_ms < current.start_ms) {
-                let _ = std::fs::remove_file(self.dir.join(&f.name));
-            }
-            let mut here = match position.take() {
-                Some(p) if p.name == current.name => p,
-                // Its file gone (or none): what was read ahead stays read, and may be this file.
-                other => {
-                    partial.clear();
-                    ahead = None;
-                    match other.and_then(|p| p.ahead) {
-                        Some((name, offset)) if name == current.name => Spot {
-                            name,
-                            offset,
-                            ahead: None,
-                        },
-                        read => Spot {
-                            ahead: read,
-                            ..Spot::start(&current.name)
-                        },
-                    }
+            match then {
+                Step::Wait => tokio::select! { _ = cancel.cancelled() => return, _ = wake.wait() => {} },
+                Step::Pause => {
+                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(BATCH_PAUSE) => {} }
                 }
-            };
-            let next = files.iter().find(|f| f.start_ms > current.start_ms).cloned();
-            // What was read ahead stays read while its file is there (a file of an older slot can
-            // still appear before it: a worker whose clock was read before the slot changed).
-            if here
-                .ahead
-                .as_ref()
-                .is_some_and(|(name, _)| !files.iter().any(|f| f.name == *name && f.start_ms > current.start_ms))
-            {
-                here.ahead = None;
-                ahead = None;
-            }
-            // Finished once no worker can still write to it, nor start the file of a slot between it
-            // and the next one (a slot nobody logged in yet): the next one's slot began `SETTLE_MS`
-            // ago. The next one is read meanwhile, so this costs no lag.
-            let finished = next.as_ref().is_some_and(|n| now_ms() >= n.start_ms + SETTLE_MS);
-            if open.as_ref().is_none_or(|(name, _)| *name != current.name) {
-                open = match File::open(self.dir.join(&current.name)) {
-                    Ok(f) => Some((current.name.clone(), f)),
-                    Err(e) => {
-                        // Retried at each wake-up; the files after it wait (their lines too).
-                        tracing::warn!(file = %current.name, error = %e, "cannot open the access log file");
-                        None
-                    }
-                };
-            }
-            let (read, lines) = match &open {
-                Some((_, file)) => {
-                    let mut reading = Reading {
-                        file,
-                        partial: &mut partial,
-                        spot: &mut here,
-                        ahead: false,
-                        saved: &mut *saved,
-                    };
-                    self.read_from(sink, &mut reading, &mut chunk, cancel).await
-                }
-                None => (0, 0),
-            };
-            // While this file settles, the next one is read too, so its lines do not wait for that.
-            let (mut read_ahead, mut lines_ahead) = (0, 0);
-            let reads_ahead = !finished && open.is_some() && !cancel.is_cancelled();
-            if let Some(n) = next
-                .as_ref()
-                .filter(|n| reads_ahead && here.ahead.as_ref().is_none_or(|(name, _)| *name == n.name))
-            {
-                if ahead.is_none() {
-                    match File::open(self.dir.join(&n.name)) {
-                        Ok(f) => {
-                            ahead = Some((f, Vec::new()));
-                            here.ahead.get_or_insert_with(|| (n.name.clone(), 0));
-                        }
-                        Err(e) => tracing::warn!(file = %n.name, error = %e, "cannot open the access log file"),
-                    }
-                }
-                if let Some((file, part)) = &mut ahead {
-                    let mut reading = Reading {
-                        file,
-                        partial: part,
-                        spot: &mut here,
-                        ahead: true,
-                        saved: &mut *saved,
-                    };
-                    (read_ahead, lines_ahead) = self.read_from(sink, &mut reading, &mut chunk, cancel).await;
-                }
-            }
-            if cancel.is_cancelled() {
-                // Lines left unapplied stay after the saved position, for the next run.
-                return;
-            }
-            // A file is left only once it was read to its end, and what its lines wrote is durable.
-            if finished
-                && open.is_some()
-                && let Some(next) = next
-            {
-                // The next file goes on from where it was read ahead, on the same descriptor; a
-                // file read ahead that is not the next one (a late file came between) stays ahead.
-                let (to, carried) = match here.ahead.clone() {
-                    Some((name, offset)) if name == next.name => (
-                        Spot {
-                            name,
-                            offset,
-                            ahead: None,
-                        },
-                        ahead.take(),
-                    ),
-                    other => (
-                        Spot {
-                            ahead: other,
-                            ..Spot::start(&next.name)
-                        },
-                        None,
-                    ),
-                };
-                if saved.advance_now(sink, &to).await {
-                    if !partial.is_empty() {
-                        tracing::warn!(file = %current.name, "access log file ended with an incomplete line; skipping it");
-                        self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = std::fs::remove_file(self.dir.join(&current.name));
-                    self.counters.files_done.fetch_add(1, Ordering::Relaxed);
-                    (open, partial) = match carried {
-                        Some((file, part)) => (Some((next.name.clone(), file)), part),
-                        None => (None, Vec::new()),
-                    };
-                    position = Some(to);
-                    continue;
-                }
-                if carried.is_some() {
-                    ahead = carried;
-                }
-            }
-            // Deleted under nginx, which made it again by its name: the old file is read to its
-            // end, the new one is read from its start.
-            if read == 0
-                && open
-                    .as_ref()
-                    .is_some_and(|(name, file)| replaced(&self.dir.join(name), file))
-            {
-                let from_start = Spot {
-                    offset: 0,
-                    ..here.clone()
-                };
-                if saved.advance_now(sink, &from_start).await {
-                    tracing::warn!(file = %current.name, "access log file was replaced; reading the new one");
-                    open = None;
-                    partial.clear();
-                    position = Some(from_start);
-                    continue;
-                }
-            }
-            position = Some(here);
-            if read + read_ahead == 0 {
-                tokio::select! { _ = cancel.cancelled() => return, _ = wake.wait() => {} }
-            } else if lines + lines_ahead >= BUSY_LINES {
-                tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(BATCH_PAUSE) => {} }
+                // Read again at once.
+                _ => {}
             }
         }
     }
 
+    /// Reads what nginx wrote since the last turn, applying every complete line: the current
+    /// file to its end and, while it settles, the next one too.
+    async fn read_turn<S: RecordSink>(
+        &self,
+        sink: &S,
+        cancel: &CancellationToken,
+        saved: &mut Position,
+        held: &mut Held,
+        mut turn: Turn,
+    ) -> Turn {
+        // Files before the position were read to their end by an earlier run.
+        for name in &turn.stale {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+        match turn.forget {
+            Forget::Nothing => {}
+            Forget::Ahead => held.ahead = None,
+            Forget::Both => (held.current, held.ahead) = (None, None),
+        }
+        if held.current.as_ref().is_none_or(|(name, _)| *name != turn.current) {
+            // Tried again next turn if it fails; the files after it wait (their lines too).
+            held.current = self.open(&turn.current).map(|open| (turn.current.clone(), open));
+        }
+        turn.open = held.current.is_some();
+        let Held {
+            current, ahead, chunk, ..
+        } = held;
+        if let Some((_, open)) = current {
+            let mut reading = Reading {
+                open,
+                spot: &mut turn.here,
+                ahead: false,
+                saved: &mut *saved,
+            };
+            turn.read = self.read_from(sink, &mut reading, chunk, cancel).await;
+        }
+        let Some(next) = turn.ahead().map(str::to_string) else {
+            return turn;
+        };
+        if cancel.is_cancelled() {
+            return turn;
+        }
+        if ahead.is_none() {
+            *ahead = self.open(&next);
+            if ahead.is_some() {
+                turn.here.ahead.get_or_insert((next, 0));
+            }
+        }
+        if let Some(open) = ahead {
+            let mut reading = Reading {
+                open,
+                spot: &mut turn.here,
+                ahead: true,
+                saved,
+            };
+            turn.read_ahead = self.read_from(sink, &mut reading, chunk, cancel).await;
+        }
+        turn
+    }
+
+    fn open(&self, name: &str) -> Option<Open> {
+        match File::open(self.dir.join(name)) {
+            Ok(file) => Some(Open {
+                file,
+                partial: Vec::new(),
+            }),
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "cannot open the access log file");
+                None
+            }
+        }
+    }
+
+    /// Does what the turn's reading calls for: leaves a finished file, or follows a file made
+    /// anew under the current one's name. Returns what to do before the next turn: wait, pause,
+    /// or read again at once.
+    async fn settle<S: RecordSink>(&self, sink: &S, saved: &mut Position, held: &mut Held, mut turn: Turn) -> Step {
+        loop {
+            match turn.step() {
+                Step::Leave { to, carry } => {
+                    // What the file's lines wrote is made durable before the file goes.
+                    if saved.advance_now(sink, &to).await {
+                        self.leave(held, &turn.current, to, carry);
+                        return Step::ReadMore;
+                    }
+                    turn.leave_failed = true;
+                }
+                Step::Look => {
+                    let open = held.current.as_ref().map(|(_, open)| &open.file);
+                    turn.looked = Some(look(&self.dir.join(&turn.current), open));
+                }
+                Step::Reopen { from } => {
+                    if saved.advance_now(sink, &from).await {
+                        tracing::warn!(file = %turn.current, "access log file was replaced; reading the new one");
+                        held.current = None;
+                        held.position = Some(from);
+                        return Step::ReadMore;
+                    }
+                    turn.reopen_failed = true;
+                }
+                idle @ (Step::Wait | Step::Pause | Step::ReadMore) => {
+                    held.position = Some(turn.here);
+                    return idle;
+                }
+            }
+        }
+    }
+
+    /// Deletes the finished file `name` and goes on at `to`, in the file read ahead when
+    /// `carry`.
+    fn leave(&self, held: &mut Held, name: &str, to: Spot, carry: bool) {
+        if held.current.as_ref().is_some_and(|(_, open)| !open.partial.is_empty()) {
+            tracing::warn!(file = %name, "access log file ended with an incomplete line; skipping it");
+            self.counters.bad_lines.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = std::fs::remove_file(self.dir.join(name));
+        self.counters.files_done.fetch_add(1, Ordering::Relaxed);
+        held.current = match carry {
+            true => held.ahead.take().map(|open| (to.name.clone(), open)),
+            false => None,
+        };
+        held.position = Some(to);
+    }
+
     /// Reads the file from the position to its current end, applying every complete line.
-    /// Returns the number of bytes and of lines read. The reads are plain `pread`s of a local
+    /// Returns how many bytes and lines it read. The reads are plain `pread`s of a local
     /// file the kernel has just written (page cache): cheaper inline than handed to a thread.
     async fn read_from<S: RecordSink>(
         &self,
@@ -547,31 +485,32 @@ impl Follower {
         r: &mut Reading<'_>,
         chunk: &mut [u8],
         cancel: &CancellationToken,
-    ) -> (usize, usize) {
-        let (mut bytes, mut count) = (0, 0);
+    ) -> Read {
+        let mut read = Read::default();
         loop {
             let Some(offset) = r.spot.offset_mut(r.ahead).copied() else {
-                return (bytes, count);
+                return read;
             };
-            let n = match r.file.read_at(chunk, offset + r.partial.len() as u64) {
-                Ok(0) | Err(_) => return (bytes, count),
+            let partial = &mut r.open.partial;
+            let n = match r.open.file.read_at(chunk, offset + partial.len() as u64) {
+                Ok(0) | Err(_) => return read,
                 Ok(n) => n,
             };
-            bytes += n;
-            r.partial.extend_from_slice(&chunk[..n]);
+            read.bytes += n;
+            partial.extend_from_slice(&chunk[..n]);
             let mut start = 0;
             let mut lines = Vec::new();
-            while let Some(nl) = r.partial[start..].iter().position(|&b| b == b'\n') {
-                lines.push(&r.partial[start..start + nl]);
+            while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
+                lines.push(&partial[start..start + nl]);
                 start += nl + 1;
             }
-            count += lines.len();
+            read.lines += lines.len();
             if !self.handle_all(sink, &lines, cancel).await {
                 // Shutting down while the store is away: these lines are read again next run
                 // (those already applied are recognised by their request id).
-                return (bytes, count);
+                return read;
             }
-            r.partial.drain(..start);
+            partial.drain(..start);
             if let Some(offset) = r.spot.offset_mut(r.ahead) {
                 *offset += start as u64;
             }

@@ -10,3 +10,4 @@ pub mod follow;
 pub mod logwrites;
 pub mod record;
 pub mod sockdiag;
+pub mod steps;
