@@ -1,9 +1,14 @@
-//! Follows nginx's access log and turns each line into a fact about a link.
+//! What nginx did: its access log followed line by line, and how far a transfer got.
 //!
-//! The follower reads `logs/access.log` from where it left off (the offset is kept in the state
-//! dir, so a restart neither loses nor repeats lines) and hands each complete line to
-//! [`crate::links::Links::apply_log`]. It never decides anything itself; it never writes to the
-//! log.
+//! - [`follow`] reads nginx's log files (`logs/access-<slot>.log`, a new one each slot) from
+//!   where it left off, and hands each complete line, parsed, to a [`follow::RecordSink`] (the
+//!   links). Its position is kept in the state dir, so a restart neither loses nor repeats a line.
+//! - [`steps`] decides, without I/O, which file the follower reads and what it does after a read.
+//! - [`record`] parses one line; [`coverage`] counts the byte ranges served, each once.
+//! - [`logwrites`] tells whether nginx can write its log at all.
+//! - [`sockdiag`] asks the kernel how many bytes a client acknowledged while a transfer runs.
+//!
+//! Nothing here decides anything about a link, and nothing here writes to nginx's log.
 
 pub use crate::model::coverage;
 pub mod follow;
