@@ -41,7 +41,7 @@ impl Spot {
         }
     }
 
-    /// "<name> <offset>", then "<name> <offset>" of the file read ahead, if any.
+    /// `<name> <offset>`, then `<name> <offset>` of the file read ahead, if any.
     pub(crate) fn parse(text: &str) -> Option<Spot> {
         let mut words = text.split_ascii_whitespace();
         let (name, offset) = (words.next()?, words.next()?.parse().ok()?);
