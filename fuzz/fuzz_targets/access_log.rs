@@ -4,7 +4,7 @@
 //! panics and never breaks the link's books.
 #![no_main]
 
-use ferry::links::ClientKey;
+use ferry::model::ClientKey;
 use ferry::links::rules::{self, Admission, Method};
 use ferry::monitor::record::AccessRecord;
 use ferry_fuzz::POLICY;

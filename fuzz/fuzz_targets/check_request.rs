@@ -9,9 +9,9 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use ferry::http::check::{CheckRequest, admission, parse};
-use ferry::links::ClientKey;
+use ferry::model::ClientKey;
 use ferry::links::rules::{self, Method, Refusal};
-use ferry::monitor::sockdiag::Conn;
+use ferry::model::Conn;
 use ferry_fuzz::POLICY;
 use libfuzzer_sys::fuzz_target;
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ferry::links::path::{DataDir, RelPath};
+use ferry::data_dir::{DataDir, RelPath};
 use libfuzzer_sys::fuzz_target;
 
 struct Tree {

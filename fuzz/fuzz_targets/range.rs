@@ -5,7 +5,7 @@
 #![no_main]
 
 use ferry::links::rules::range_start;
-use ferry::monitor::coverage::{ByteRange, Coverage};
+use ferry::model::coverage::{ByteRange, Coverage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {

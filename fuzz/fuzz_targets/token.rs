@@ -6,7 +6,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ferry::config::Secret;
-use ferry::links::TunnelId;
+use ferry::model::TunnelId;
 use ferry::links::token::Keys;
 use libfuzzer_sys::fuzz_target;
 

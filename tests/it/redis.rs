@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{EMPTY_REPLY, RedisServer, TestApp, curl, eventually, race};
 use crate::store::{link, race_updates, redis, redis_store};
-use ferry::links::LinkState;
+use ferry::model::LinkState;
 use ferry::store::Write;
 
 const SECRET: &str = "a-shared-jwt-secret-of-at-least-32-bytes";
@@ -347,12 +347,12 @@ async fn the_key_layout_is_the_documented_one() {
     s.store
         .update(&closed.id, &mut |l| {
             l.state = LinkState::Closed;
-            l.closed_at_ms = Some(ferry::links::now_ms());
+            l.closed_at_ms = Some(ferry::model::now_ms());
             Write::Durable(())
         })
         .await
         .unwrap();
-    let key = |l: &ferry::links::Link| format!("ferry:link:{}", l.id);
+    let key = |l: &ferry::model::Link| format!("ferry:link:{}", l.id);
     // A live link never expires by itself; a closed one is kept for FERRY_HISTORY_DAYS (1 here).
     let ttl_open: i64 = raw(server, ::redis::cmd("PTTL").arg(key(&open))).await;
     let ttl_closed: i64 = raw(server, ::redis::cmd("PTTL").arg(key(&closed))).await;

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use ferry::links::path::{FileIdentity, RelPath};
-use ferry::links::{ClientKey, Link, LinkState, TunnelId};
+use ferry::data_dir::{FileIdentity, RelPath};
+use ferry::model::{ClientKey, Link, LinkState, TunnelId};
 use ferry::store::audit::AuditRecord;
 use ferry::store::{Store, Write};
 
@@ -70,7 +70,7 @@ pub fn link(created_at_ms: u64) -> Link {
 fn now() -> u64 {
     // One base for the whole test binary run, so offsets compare.
     static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *BASE.get_or_init(ferry::links::now_ms)
+    *BASE.get_or_init(ferry::model::now_ms)
 }
 
 async fn close(store: &Store, id: &TunnelId, at: u64) -> bool {
@@ -81,7 +81,7 @@ async fn close(store: &Store, id: &TunnelId, at: u64) -> bool {
                 return Write::No(false);
             }
             l.state = LinkState::Closed;
-            l.close_reason = Some(ferry::links::CloseReason::Terminated);
+            l.close_reason = Some(ferry::model::CloseReason::Terminated);
             l.closed_at_ms = Some(at);
             Write::Durable(true)
         })
