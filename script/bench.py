@@ -882,7 +882,14 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     if only:
         return
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    # The design notes are written by hand: a new run keeps them as they are.
+    notes = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        at = old.find(NOTES_HEADING)
+        notes = old[at:] if at >= 0 else ""
+    with open(path, "w") as f:
         f.write("# Benchmarks\n\n")
         f.write(f"Measured {started:%Y-%m-%d %H:%M} UTC by `script/bench{' --quick' if QUICK else ''}` on "
                 f"{machine()}.\n\n")
@@ -893,7 +900,11 @@ def main():
                 "with the servers.\n\n")
         for title, body in results:
             f.write(f"## {title}\n\n{body}\n\n")
+        f.write(notes)
     print("wrote BENCHMARKS.md")
+
+
+NOTES_HEADING = "## Design notes behind the figures"
 
 
 if __name__ == "__main__":
