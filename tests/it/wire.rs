@@ -125,6 +125,34 @@ pub async fn fetch_keep(
             return (None, got);
         }
     };
+    if let Err(e) = s.write_all(&request(public, target, ua, ask)).await {
+        got.note = format!("write: {e}");
+        return (None, got);
+    }
+    let (head, body_start) = match read_head(&mut s, deadline).await {
+        Ok(h) => h,
+        Err(note) => {
+            got.note = note;
+            return (None, got);
+        }
+    };
+    parse_head(&String::from_utf8_lossy(&head[..body_start]), &mut got);
+    if ask.head || matches!(got.status, 204 | 304) {
+        return (None, got);
+    }
+    let file = matches!(got.status, 200 | 206);
+    let limit = if file { ask.abort_after } else { None };
+    let body = read_body(&mut s, head[body_start..].to_vec(), limit, deadline, &mut got).await;
+    if file {
+        got.body = body;
+    } else {
+        got.other_bytes = body.len() as u64;
+    }
+    if got.aborted { (Some(s), got) } else { (None, got) }
+}
+
+/// The request's bytes: the request line, `Host`, the optional headers, `Connection: close`.
+fn request(public: SocketAddr, target: &str, ua: Option<&[u8]>, ask: &Ask) -> Vec<u8> {
     let mut req = Vec::new();
     req.extend_from_slice(
         format!(
@@ -145,37 +173,33 @@ pub async fn fetch_keep(
         req.extend_from_slice(format!("If-Range: {i}\r\n").as_bytes());
     }
     req.extend_from_slice(b"Connection: close\r\n\r\n");
-    if let Err(e) = s.write_all(&req).await {
-        got.note = format!("write: {e}");
-        return (None, got);
-    }
+    req
+}
 
-    // Headers, a few bytes at a time so that no more body than asked for is read with them.
+/// Reads up to the end of the headers, a few bytes at a time so that no more body than asked for
+/// is read with them: the bytes read, and where the body starts in them. `Err` holds the note
+/// for `Got` (empty when the connection closed before any byte came).
+async fn read_head(s: &mut TcpStream, deadline: Instant) -> Result<(Vec<u8>, usize), String> {
     let mut head = Vec::new();
     let mut small = [0u8; 512];
-    let body_start = loop {
-        match read(&mut s, &mut small, deadline).await {
-            Ok(0) => {
-                if !head.is_empty() {
-                    got.note = format!("closed within the headers after {} bytes", head.len());
-                }
-                return (None, got);
-            }
+    loop {
+        match read(s, &mut small, deadline).await {
+            Ok(0) if head.is_empty() => return Err(String::new()),
+            Ok(0) => return Err(format!("closed within the headers after {} bytes", head.len())),
             Ok(n) => head.extend_from_slice(&small[..n]),
-            Err(e) => {
-                got.note = e;
-                return (None, got);
-            }
+            Err(e) => return Err(e),
         }
         if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
+            return Ok((head, p + 4));
         }
         if head.len() > 64 * 1024 {
-            got.note = "headers over 64 KiB".into();
-            return (None, got);
+            return Err("headers over 64 KiB".into());
         }
-    };
-    let text = String::from_utf8_lossy(&head[..body_start]).into_owned();
+    }
+}
+
+/// Fills `got`'s status and the headers it keeps from the response's head.
+fn parse_head(text: &str, got: &mut Got) {
     let mut lines = text.split("\r\n");
     got.status = lines
         .next()
@@ -198,12 +222,18 @@ pub async fn fetch_keep(
             _ => {}
         }
     }
-    if ask.head || matches!(got.status, 204 | 304) {
-        return (None, got);
-    }
-    let file = matches!(got.status, 200 | 206);
-    let mut body = head[body_start..].to_vec();
-    let limit = if file { ask.abort_after } else { None };
+}
+
+/// Reads the body after the `body` bytes that came with the headers, up to `Content-Length`,
+/// or until the server closes; with a `limit`, hangs up once that many bytes are in
+/// (`got.aborted`). A read error ends it with a note in `got`.
+async fn read_body(
+    s: &mut TcpStream,
+    mut body: Vec<u8>,
+    limit: Option<u64>,
+    deadline: Instant,
+    got: &mut Got,
+) -> Vec<u8> {
     let want = got.content_length.unwrap_or(u64::MAX);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -220,7 +250,7 @@ pub async fn fetch_keep(
         let room = (buf.len() as u64)
             .min(want - have)
             .min(limit.map_or(u64::MAX, |l| l - have)) as usize;
-        match read(&mut s, &mut buf[..room], deadline).await {
+        match read(s, &mut buf[..room], deadline).await {
             Ok(0) => break,
             Ok(n) => body.extend_from_slice(&buf[..n]),
             Err(e) => {
@@ -229,12 +259,7 @@ pub async fn fetch_keep(
             }
         }
     }
-    if file {
-        got.body = body;
-    } else {
-        got.other_bytes = body.len() as u64;
-    }
-    if got.aborted { (Some(s), got) } else { (None, got) }
+    body
 }
 
 async fn connect(public: SocketAddr, from: Ipv4Addr) -> std::io::Result<TcpStream> {
