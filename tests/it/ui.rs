@@ -27,14 +27,32 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     app.data_file("notes.txt", 300);
     let b = Browser::start().await;
 
-    // Login first: the API refuses the page until it has a session.
+    log_in(&b, &app).await;
+    browse_and_search(&b).await;
+    let (id, url) = share_the_movie(&b, &app).await;
+    watch_the_download(&b, &id, &url, &movie).await;
+    let other_id = terminate_from_the_card(&b, &app).await;
+    history_shows_both(&b, &id, &other_id).await;
+    status_shows_every_part(&b).await;
+    an_api_error_is_shown(&b, &app).await;
+    a_phone_sized_screen_fits(&b, &app).await;
+
+    // Logging out ends the session: the API refuses the page again.
+    b.click_css("#logout").await;
+    b.find("#token").await;
+}
+
+/// Login first: the API refuses the page until it has a session.
+async fn log_in(b: &Browser, app: &TestApp) {
     b.goto(&app.admin).await;
     let token = b.find("#token").await;
     b.screenshot(&shot("login")).await;
     b.type_into(&token, TOKEN).await;
     b.click_css("#login-form button[type=submit]").await;
+}
 
-    // Files: the data dir's top level, folders first.
+/// The data dir's top level (folders first), a folder, then a search by name across the tree.
+async fn browse_and_search(b: &Browser) {
     b.wait_for(
         "the file list",
         "document.querySelector('#file-rows tr[data-path=\"notes.txt\"]')",
@@ -46,7 +64,6 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     assert_eq!(rows, json!(["docs", "movies", "notes.txt"]));
     b.screenshot(&shot("files")).await;
 
-    // Into a folder, then search by name across the tree.
     b.click_css("#file-rows tr[data-path=docs] button").await;
     b.wait_for(
         "docs/",
@@ -57,8 +74,10 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     b.type_into(&b.find("#search").await, "2025").await;
     b.wait_for("search results", "document.querySelectorAll('#file-rows tr').length === 1 && document.querySelector('#file-rows tr[data-path=\"docs/taxes/2025.pdf\"]')").await;
     b.screenshot(&shot("search")).await;
+}
 
-    // Share the movie from the dialog: a preset, two downloads, a note.
+/// Shares the movie from the dialog (a preset, one download, a note): its id and download URL.
+async fn share_the_movie(b: &Browser, app: &TestApp) -> (String, String) {
     b.click_css("#crumbs button").await;
     b.wait_for("top level", "document.querySelector('#file-rows tr[data-path=movies]')")
         .await;
@@ -93,14 +112,18 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
         (899_000..=901_000).contains(&expires),
         "the 15 min preset gave {expires} ms"
     );
+    (id, url)
+}
 
-    // The open list, live: the card appears, its bar moves while curl downloads (slowly, and a
-    // file larger than loopback's socket buffers, so progress is seen mid-way) and reaches 100%,
-    // then the link moves to history.
+/// The open list, live: the card appears, its bar moves while curl downloads (slowly, and a
+/// file larger than loopback's socket buffers, so progress is seen mid-way) and reaches 100%,
+/// then the link moves to history.
+async fn watch_the_download(b: &Browser, id: &str, url: &str, movie: &[u8]) {
     b.click_css("#share-done").await;
     let card = format!("#open-list li[data-id='{id}']");
     b.find(&card).await;
     b.screenshot(&shot("open")).await;
+    let url = url.to_string();
     let download = tokio::spawn(async move { curl(&url, &["--limit-rate", "10M"]).await });
     b.wait_for("progress under way", &format!("(() => {{ const p = document.querySelector(\"{card} progress\"); return p && p.value > 0 && p.value < 100; }})()")).await;
     b.screenshot(&shot("open-progress")).await;
@@ -114,8 +137,10 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     assert!(got.body == movie, "the download is the file");
     b.wait_for("the card to leave", &format!("!document.querySelector(\"{card}\")"))
         .await;
+}
 
-    // Terminate another link from its card, confirming the dialog.
+/// Terminates another link from its card, confirming the dialog: that link's id.
+async fn terminate_from_the_card(b: &Browser, app: &TestApp) -> String {
     app.data_file("other.bin", 10);
     let other = app.link("other.bin").await;
     let other_id = other["tunnel_id"].as_str().unwrap();
@@ -129,8 +154,11 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     .await;
     let closed = app.closed(other_id, Duration::from_secs(5)).await;
     assert_eq!(closed["close_reason"], "terminated");
+    other_id.to_string()
+}
 
-    // History: both, with reasons and bytes.
+/// History: both links, with reasons and bytes.
+async fn history_shows_both(b: &Browser, id: &str, other_id: &str) {
     b.click_css("header nav a[data-view=history]").await;
     b.wait_for(
         "history rows",
@@ -149,8 +177,10 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
         .await;
     assert!(row.contains("terminated"), "{row}");
     b.screenshot(&shot("history")).await;
+}
 
-    // Status: every component, as /health says.
+/// Status: every component, as /health says.
+async fn status_shows_every_part(b: &Browser) {
     b.click_css("header nav a[data-view=status]").await;
     b.wait_for(
         "status facts",
@@ -163,8 +193,10 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
         "{facts}"
     );
     b.screenshot(&shot("status")).await;
+}
 
-    // An API error is shown as the server said it: the file vanished before it was shared.
+/// An API error is shown as the server said it: the file vanished before it was shared.
+async fn an_api_error_is_shown(b: &Browser, app: &TestApp) {
     b.click_css("header nav a[data-view=files]").await;
     b.click_css("#crumbs button").await;
     b.wait_for(
@@ -182,8 +214,10 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
     let error = b.text(&b.find("#error").await).await;
     assert!(error.contains("file_path"), "the error names what was wrong: {error}");
     b.screenshot(&shot("error")).await;
+}
 
-    // A phone-sized screen: nothing wider than the viewport.
+/// A phone-sized screen: nothing wider than the viewport.
+async fn a_phone_sized_screen_fits(b: &Browser, app: &TestApp) {
     b.resize(390, 844).await;
     b.goto(&format!("{}/#open", app.admin)).await;
     b.find("#open-empty").await;
@@ -195,10 +229,6 @@ async fn owner_shares_watches_and_terminates_from_the_browser() {
         "the page scrolls sideways by {overflow} px"
     );
     b.screenshot(&shot("phone")).await;
-
-    // Logging out ends the session: the API refuses the page again.
-    b.click_css("#logout").await;
-    b.find("#token").await;
 }
 
 fn millis(t: &serde_json::Value) -> u128 {
