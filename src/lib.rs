@@ -21,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod health;
 pub mod http;
 pub mod links;
 pub mod model;

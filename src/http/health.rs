@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::health::Health;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health))
@@ -22,7 +23,7 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = s.links.store().ping().await.is_ok();
     let nginx = s.nginx_running.load(Ordering::SeqCst);
     let provider = s.links.provider().health();
-    let ok = store && nginx && provider.status != "down";
+    let ok = store && nginx && provider.status != Health::Down;
     // The data dir is looked at off the async workers, and not for long: a network mount whose
     // server is gone can hold a lookup for minutes.
     let links = s.links.clone();
@@ -39,31 +40,30 @@ pub async fn health(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let log_writes = !s.links.log_writes.failing();
     // A store that may lose a redemption in a crash still works: degraded, not down (SPEC §5).
     let (durable, durability) = s.links.store().durability();
-    let status = if ok && sockets && log_writes && durable && provider.status == "ok" && data_dir.is_none() {
-        "ok"
+    let status = if ok && sockets && log_writes && durable && provider.status == Health::Ok && data_dir.is_none() {
+        Health::Ok
     } else {
-        "degraded"
+        Health::Degraded
     };
-    let up = |b: bool| if b { "ok" } else { "down" };
     let body = json!({
         "status": status,
         "components": {
             "store": {
-                "status": if !store { "down" } else if durable { "ok" } else { "degraded" },
+                "status": if !store { Health::Down } else { Health::ok_or_degraded(durable) },
                 "kind": s.links.store().kind(),
                 "durable": durable,
                 "durability": durability,
                 "instance": s.links.peers().map(|p| p.instance()),
             },
-            "nginx": {"status": up(nginx)},
+            "nginx": {"status": Health::up_or_down(nginx)},
             "data_dir": {
-                "status": if data_dir.is_none() { "ok" } else { "degraded" },
+                "status": Health::ok_or_degraded(data_dir.is_none()),
                 "path": s.config.data_dir,
                 "detail": data_dir,
             },
             "provider": {"status": provider.status, "kind": s.provider, "detail": provider.detail},
             "monitor": {
-                "status": if sockets && log_writes { "ok" } else { "degraded" },
+                "status": Health::ok_or_degraded(sockets && log_writes),
                 "log_writes": if log_writes { "ok" } else { "failing" },
                 "lines": s.monitor.lines.load(Ordering::Relaxed),
                 "bad_lines": s.monitor.bad_lines.load(Ordering::Relaxed),

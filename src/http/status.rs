@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sysinfo::{Disks, System};
 
 use super::AppState;
+use crate::health::Health;
 
 /// The host sampler: CPU usage is a difference between two refreshes, so one `System` lives on.
 /// `None` where the platform gives no system information.
@@ -95,7 +96,7 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
         "provider": {"kind": s.provider, "status": provider.status, "detail": provider.detail},
         "store": {
             "kind": s.links.store().kind(),
-            "status": if store_ok { "ok" } else { "down" },
+            "status": Health::up_or_down(store_ok),
             "open_links": open,
             "owned_links": owned,
             "instance": s.links.peers().map(|p| p.instance()),

@@ -422,7 +422,7 @@ impl Funnel {
             // since startup) while the sidecar cannot be reached: nothing to wait for here. If a
             // handler of it exists, the reconciliation removes it once the sidecar answers (the
             // link is not open in the store), and nginx's gate refuses it meanwhile.
-            Err(e) if !was_open && self.health().status == "down" => {
+            Err(e) if !was_open && self.health().status == crate::health::Health::Down => {
                 tracing::debug!(tunnel_id = %id, error = %e, "sidecar unreachable; the reconciliation will remove any handler");
                 Ok(())
             }
