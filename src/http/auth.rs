@@ -21,9 +21,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::AppState;
+use super::error::ErrorBody;
 use super::json::JsonObject;
 use crate::config::Secret;
 
@@ -211,7 +211,7 @@ fn is_public(path: &str) -> bool {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": message, "details": null}))).into_response()
+    (status, Json(ErrorBody::new(message))).into_response()
 }
 
 pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -258,11 +258,11 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(post, path = "/login", tag = "auth", security(()),
     request_body(content = crate::http::openapi::LoginRequest, content_type = "application/json"),
     responses((status = 204, description = "Logged in"),
-              (status = 400, description = "Bad body", body = crate::http::openapi::ErrorBody),
-              (status = 401, description = "Wrong token", body = crate::http::openapi::ErrorBody),
-              (status = 404, description = "No token is configured", body = crate::http::openapi::ErrorBody),
-              (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
-              (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody)))]
+              (status = 400, description = "Bad body", body = ErrorBody),
+              (status = 401, description = "Wrong token", body = ErrorBody),
+              (status = 404, description = "No token is configured", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,

@@ -4,11 +4,31 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::links::LinkError;
 use crate::links::path::PathError;
 use crate::store::StoreError;
+
+/// Every error: a message that names what was wrong, and details where there are any.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+impl ErrorBody {
+    /// An error with no details (`"details": null`).
+    pub fn new(message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: message.into(),
+            details: None,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -26,37 +46,41 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message, details) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, Value::Null),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, Value::Null),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, None),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, None),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json".into(),
-                Value::Null,
+                None,
             ),
-            ApiError::PayloadTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body is too large".into(),
-                Value::Null,
-            ),
-            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m, Value::Null),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body is too large".into(), None),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m, None),
             ApiError::Unavailable(m) => {
                 tracing::error!(error = %m, "service unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "state store unavailable".into(),
-                    json!({"component": "store"}),
+                    Some(json!({"component": "store"})),
                 )
             }
             ApiError::DataDirUnavailable(m) => {
                 tracing::warn!(error = %m, "data dir unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, m, json!({"component": "data_dir"}))
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    m,
+                    Some(json!({"component": "data_dir"})),
+                )
             }
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into(), Value::Null)
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into(), None)
             }
         };
-        (status, Json(json!({"error": message, "details": details}))).into_response()
+        let body = ErrorBody {
+            error: message,
+            details,
+        };
+        (status, Json(body)).into_response()
     }
 }
 

@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
+use super::error::ErrorBody;
 
 /// Event streams open at once, at most.
 pub const MAX_SUBSCRIBERS: usize = 64;
@@ -31,14 +32,14 @@ pub fn router() -> Router<AppState> {
 
 /// The links' events as Server-Sent Events: created, started, progress, completed, closed.
 #[utoipa::path(get, path = "/admin/events", tag = "links",
-    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody),
-              (status = 503, description = "Too many event streams open", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String), (status = 401, description = "Authentication required", body = ErrorBody),
+              (status = 503, description = "Too many event streams open", body = ErrorBody)))]
 pub async fn events(State(s): State<AppState>) -> Response {
     let Ok(permit) = s.sse.clone().try_acquire_owned() else {
-        let body = json!({
-            "error": format!("too many event streams open (at most {MAX_SUBSCRIBERS}); close one and retry"),
-            "details": {"limit": MAX_SUBSCRIBERS},
-        });
+        let body = ErrorBody {
+            error: format!("too many event streams open (at most {MAX_SUBSCRIBERS}); close one and retry"),
+            details: Some(json!({"limit": MAX_SUBSCRIBERS})),
+        };
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "5")],

@@ -69,8 +69,8 @@ fn entry_json(e: &Entry) -> Value {
            ("offset" = Option<i64>, Query, minimum = 0, description = "First entry of the page (listing only), default 0"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Entries in the page (listing only), default 1000")),
     responses((status = 200, description = "Entries", body = crate::http::openapi::FileList),
-              (status = 400, description = "Bad path", body = crate::http::openapi::ErrorBody),
-              (status = 404, description = "No such folder", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "Data dir or state store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 400, description = "Bad path", body = crate::http::error::ErrorBody),
+              (status = 404, description = "No such folder", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "Data dir or state store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>) -> Result<Json<Value>, ApiError> {
     let dir = match q.path.as_deref() {
         None | Some("") | Some("/") => RelPath::root(),

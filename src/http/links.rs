@@ -62,11 +62,11 @@ fn new_link(body: &JsonObject) -> Result<NewLink, ApiError> {
 #[utoipa::path(post, path = "/generate-link", tag = "links",
     request_body(content = crate::http::openapi::CreateLinkRequest, content_type = "application/json"),
     responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
-              (status = 400, description = "Bad input; the message names the field", body = crate::http::openapi::ErrorBody),
-              (status = 404, description = "No such file", body = crate::http::openapi::ErrorBody),
-              (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
-              (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
-              (status = 502, description = "The tunnel could not be opened", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 400, description = "Bad input; the message names the field", body = crate::http::error::ErrorBody),
+              (status = 404, description = "No such file", body = crate::http::error::ErrorBody),
+              (status = 413, description = "Body too large", body = crate::http::error::ErrorBody),
+              (status = 415, description = "Not JSON", body = crate::http::error::ErrorBody),
+              (status = 502, description = "The tunnel could not be opened", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn generate_link(
     s: State<AppState>,
     peer: ConnectInfo<SocketAddr>,
@@ -79,11 +79,11 @@ pub async fn generate_link(
 #[utoipa::path(post, path = "/api/links", tag = "links",
     request_body(content = crate::http::openapi::CreateLinkRequest, content_type = "application/json"),
     responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
-              (status = 400, description = "Bad input; the message names the field", body = crate::http::openapi::ErrorBody),
-              (status = 404, description = "No such file", body = crate::http::openapi::ErrorBody),
-              (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody),
-              (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
-              (status = 502, description = "The tunnel could not be opened", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 400, description = "Bad input; the message names the field", body = crate::http::error::ErrorBody),
+              (status = 404, description = "No such file", body = crate::http::error::ErrorBody),
+              (status = 413, description = "Body too large", body = crate::http::error::ErrorBody),
+              (status = 415, description = "Not JSON", body = crate::http::error::ErrorBody),
+              (status = 502, description = "The tunnel could not be opened", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -99,7 +99,7 @@ pub async fn create(
 
 /// Open links.
 #[utoipa::path(get, path = "/admin/tunnels", tag = "links",
-    responses((status = 200, description = "Open links, newest first", body = crate::http::openapi::TunnelList), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "Open links, newest first", body = crate::http::openapi::TunnelList), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<Tunnels>, ApiError> {
     let links = s.links.open_links().await?;
     let tunnels = links.iter().map(|l| s.links.view(l)).collect();
@@ -117,7 +117,7 @@ pub struct Tunnels {
 #[utoipa::path(get, path = "/admin/tunnels/{id}/stats", tag = "links",
     params(("id" = String, Path, description = "tunnel_id")),
     responses((status = 200, description = "The link", body = crate::http::openapi::Stats),
-              (status = 404, description = "Unknown id", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 404, description = "Unknown id", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let id = TunnelId::parse(&id).map_err(|_| ApiError::NotFound("unknown tunnel id".into()))?;
     let link = s
@@ -164,9 +164,9 @@ pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> R
 #[utoipa::path(get, path = "/admin/tunnels/{id}/qr.svg", tag = "links",
     params(("id" = String, Path, description = "tunnel_id")),
     responses((status = 200, description = "SVG image", content_type = "image/svg+xml", body = String),
-              (status = 404, description = "Unknown id", body = crate::http::openapi::ErrorBody),
-              (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody),
-              (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 404, description = "Unknown id", body = crate::http::error::ErrorBody),
+              (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody),
+              (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn qr(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
     let id = TunnelId::parse(&id).map_err(|_| ApiError::NotFound("unknown tunnel id".into()))?;
     let link = s
@@ -195,7 +195,7 @@ pub async fn qr(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Resu
 #[utoipa::path(delete, path = "/admin/tunnels/{id}", tag = "links",
     params(("id" = String, Path, description = "tunnel_id")),
     responses((status = 204, description = "Closed as terminated"),
-              (status = 404, description = "No open link with this id", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 404, description = "No open link with this id", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn terminate(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -222,7 +222,7 @@ pub struct HistoryQuery {
 #[utoipa::path(get, path = "/admin/history", tag = "links",
     params(("limit" = Option<String>, Query, description = "1 to 10000 (default 100)")),
     responses((status = 200, description = "Closed links", body = crate::http::openapi::TunnelList),
-              (status = 400, description = "Bad limit", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 400, description = "Bad limit", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn history(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
@@ -242,7 +242,7 @@ pub async fn history(
 
 /// Close everything past its deadline and remove every orphan.
 #[utoipa::path(post, path = "/admin/cleanup", tag = "links",
-    responses((status = 200, description = "What was closed or removed", body = crate::http::openapi::Cleanup), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "What was closed or removed", body = crate::http::openapi::Cleanup), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn cleanup(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -266,7 +266,7 @@ pub struct AuditQuery {
     params(("event" = Option<String>, Query, description = "Only this event (e.g. refused, link.created)"),
            ("limit" = Option<String>, Query, description = "1 to 10000 (default 100)")),
     responses((status = 200, description = "Audit events", body = crate::http::openapi::AuditList),
-              (status = 400, description = "Bad limit", body = crate::http::openapi::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::openapi::ErrorBody)))]
+              (status = 400, description = "Bad limit", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
 pub async fn audit(State(s): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<Value>, ApiError> {
     let limit = match q.limit.as_deref() {
         None => 100,

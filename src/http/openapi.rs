@@ -11,14 +11,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::AppState;
-
-/// Every error: a message that names what was wrong, and details where there are any.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-    #[schema(value_type = Option<Object>)]
-    pub details: Option<Value>,
-}
+use super::error::ErrorBody;
 
 /// What `POST /api/links` accepts.
 #[derive(Deserialize, ToSchema)]

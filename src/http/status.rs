@@ -61,7 +61,7 @@ pub fn router() -> Router<AppState> {
 
 /// Monitor lag and counters, nginx, provider, store, host.
 #[utoipa::path(get, path = "/admin/monitor/status", tag = "admin",
-    responses((status = 200, description = "Status of the parts", body = Object), (status = 401, description = "Authentication required", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "Status of the parts", body = Object), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody)))]
 pub async fn status(State(s): State<AppState>) -> Json<Value> {
     let store_ok = s.links.store().ping().await.is_ok();
     let open = s.links.store().count_open().await.ok();
