@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::json::ApiQuery;
 use crate::links::path::{Entry, PathError, RelPath};
 
@@ -57,9 +57,74 @@ fn number(
     }
 }
 
-fn entry_json(e: &Entry) -> Value {
-    let ms = u64::try_from(e.modified_ns / 1_000_000).unwrap_or(0);
-    json!({"name": e.name, "path": e.path.as_str(), "size": e.size, "is_dir": e.is_dir, "modified": crate::links::rfc3339(ms)})
+#[derive(Serialize, ToSchema)]
+pub struct FileEntry {
+    /// The name for people: a byte that is not UTF-8 text is shown as `%XX`.
+    pub name: String,
+    /// The exact path, as `path` and `file_path` take it: a byte that is not UTF-8 text (or a
+    /// control byte, or a backslash) is written `\xHH`.
+    pub path: String,
+    pub size: u64,
+    pub is_dir: bool,
+    pub modified: String,
+}
+
+impl From<&Entry> for FileEntry {
+    fn from(e: &Entry) -> Self {
+        let ms = u64::try_from(e.modified_ns / 1_000_000).unwrap_or(0);
+        FileEntry {
+            name: e.name.clone(),
+            path: e.path.as_str().to_string(),
+            size: e.size,
+            is_dir: e.is_dir,
+            modified: crate::links::rfc3339(ms),
+        }
+    }
+}
+
+/// A page of a folder, or the results of a search. A field that belongs to the other kind of
+/// answer is left out of the JSON, not written as null.
+#[derive(Serialize, ToSchema)]
+pub struct FileList {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+    /// Listing: how many entries the folder has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Listing: the `offset` of the next page; null on the last one.
+    // The outer `Option` is whether the field is there at all (a search leaves it out); the
+    // inner one is the null of the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub next_offset: Option<Option<u64>>,
+    /// Search: it stopped at a limit (results, folders or time) before looking everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+}
+
+impl FileList {
+    /// One page of a listing that starts at entry `offset` and asked for `limit` entries.
+    fn page(dir: &RelPath, entries: &[Entry], total: usize, offset: usize, limit: usize) -> Self {
+        let next = offset.saturating_add(limit);
+        FileList {
+            path: dir.as_str().to_string(),
+            entries: entries.iter().map(FileEntry::from).collect(),
+            total: Some(total as u64),
+            next_offset: Some((next < total).then_some(next as u64)),
+            truncated: None,
+        }
+    }
+
+    /// The results of a search below `dir`.
+    fn search(dir: &RelPath, entries: &[Entry], truncated: bool) -> Self {
+        FileList {
+            path: dir.as_str().to_string(),
+            entries: entries.iter().map(FileEntry::from).collect(),
+            total: None,
+            next_offset: None,
+            truncated: Some(truncated),
+        }
+    }
 }
 
 /// Browse (`path`, a page at a time) or search by name (`q`) the data dir.
@@ -68,10 +133,10 @@ fn entry_json(e: &Entry) -> Value {
            ("q" = Option<String>, Query, description = "Case-insensitive part of a name, searched below `path` (at most 500 results, 10,000 folders, 2 s)"),
            ("offset" = Option<i64>, Query, minimum = 0, description = "First entry of the page (listing only), default 0"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "Entries in the page (listing only), default 1000")),
-    responses((status = 200, description = "Entries", body = crate::http::openapi::FileList),
-              (status = 400, description = "Bad path", body = crate::http::error::ErrorBody),
-              (status = 404, description = "No such folder", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "Data dir or state store unavailable", body = crate::http::error::ErrorBody)))]
-pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "Entries", body = FileList),
+              (status = 400, description = "Bad path", body = ErrorBody),
+              (status = 404, description = "No such folder", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "Data dir or state store unavailable", body = ErrorBody)))]
+pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>) -> Result<Json<FileList>, ApiError> {
     let dir = match q.path.as_deref() {
         None | Some("") | Some("/") => RelPath::root(),
         Some(p) => RelPath::parse(p).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?,
@@ -90,21 +155,11 @@ pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>)
             let deadline = Instant::now() + SEARCH_TIME;
             let found =
                 tokio::task::block_in_place(|| data.search(&dir, needle, SEARCH_RESULTS, deadline)).map_err(failed)?;
-            let entries: Vec<Value> = found.entries.iter().map(entry_json).collect();
-            Ok(Json(
-                json!({"path": dir.as_str(), "entries": entries, "truncated": found.truncated}),
-            ))
+            Ok(Json(FileList::search(&dir, &found.entries, found.truncated)))
         }
         None => {
             let page = tokio::task::block_in_place(|| data.list(&dir, offset, limit)).map_err(failed)?;
-            let entries: Vec<Value> = page.entries.iter().map(entry_json).collect();
-            let next = offset.saturating_add(limit);
-            Ok(Json(json!({
-                "path": dir.as_str(),
-                "entries": entries,
-                "total": page.total,
-                "next_offset": (next < page.total).then_some(next),
-            })))
+            Ok(Json(FileList::page(&dir, &page.entries, page.total, offset, limit)))
         }
     }
 }

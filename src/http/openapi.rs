@@ -65,30 +65,6 @@ pub struct Stats {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct FileEntry {
-    /// The name for people: a byte that is not UTF-8 text is shown as `%XX`.
-    pub name: String,
-    /// The exact path, as `path` and `file_path` take it: a byte that is not UTF-8 text (or a
-    /// control byte, or a backslash) is written `\xHH`.
-    pub path: String,
-    pub size: u64,
-    pub is_dir: bool,
-    pub modified: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct FileList {
-    pub path: String,
-    pub entries: Vec<FileEntry>,
-    /// Listing: how many entries the folder has.
-    pub total: Option<u64>,
-    /// Listing: the `offset` of the next page; null on the last one.
-    pub next_offset: Option<u64>,
-    /// Search: it stopped at a limit (results, folders or time) before looking everywhere.
-    pub truncated: Option<bool>,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct Cleanup {
     pub closed: Vec<String>,
 }
