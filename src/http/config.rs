@@ -1,22 +1,33 @@
 //! `GET /admin/config`: the effective configuration, secrets redacted, with warnings.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
+use super::error::ErrorBody;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/config", get(config))
 }
 
+/// The body of `GET /admin/config`.
+#[derive(Serialize, ToSchema)]
+pub struct ConfigView {
+    #[schema(value_type = Object)]
+    pub config: Value,
+    pub warnings: Vec<String>,
+}
+
 /// The effective configuration, secrets redacted, and warnings for risky values.
 #[utoipa::path(get, path = "/admin/config", tag = "admin",
-    responses((status = 200, description = "Configuration", body = crate::http::openapi::ConfigView), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody)))]
-pub async fn config(State(s): State<AppState>) -> Json<Value> {
-    let c: &Arc<crate::config::Config> = &s.config;
-    Json(json!({"config": c.redacted(), "warnings": c.warnings()}))
+    responses((status = 200, description = "Configuration", body = ConfigView), (status = 401, description = "Authentication required", body = ErrorBody)))]
+pub async fn config(State(s): State<AppState>) -> Json<ConfigView> {
+    Json(ConfigView {
+        config: s.config.redacted(),
+        warnings: s.config.warnings(),
+    })
 }

@@ -91,13 +91,6 @@ pub struct Health {
     pub components: Value,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct ConfigView {
-    #[schema(value_type = Object)]
-    pub config: Value,
-    pub warnings: Vec<String>,
-}
-
 struct BearerAuth;
 
 impl Modify for BearerAuth {
