@@ -10,6 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
@@ -31,36 +32,72 @@ pub fn router() -> Router<AppState> {
         .route("/admin/cleanup", post(cleanup))
 }
 
-const FIELDS: &[&str] = &[
-    "file_path",
-    "expires_in_seconds",
-    "max_downloads",
-    "note",
-    "rate_limit_bytes_per_second",
-];
+/// What `POST /api/links` accepts.
+// `deny_unknown_fields` tells the document that no other field is allowed; `read` refuses them.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLinkRequest {
+    /// Path of a regular file, relative to the data dir.
+    #[schema(value_type = String)]
+    pub file_path: RelPath,
+    /// 1 to `MAX_TUNNEL_SECONDS`; defaults to `MAX_TUNNEL_SECONDS`.
+    #[schema(minimum = 1)]
+    pub expires_in_seconds: Option<u64>,
+    /// Defaults to 1.
+    #[schema(minimum = 1)]
+    pub max_downloads: Option<u32>,
+    #[schema(max_length = 500)]
+    pub note: Option<String>,
+    #[schema(minimum = 1)]
+    pub rate_limit_bytes_per_second: Option<u64>,
+}
 
-fn new_link(body: &JsonObject) -> Result<NewLink, ApiError> {
-    body.only(FIELDS)?;
-    let file_path = body
-        .string("file_path")?
-        .ok_or_else(|| ApiError::BadRequest("file_path: required".into()))?;
-    let file_path = RelPath::parse(file_path).map_err(|e| ApiError::BadRequest(format!("file_path: {e}")))?;
-    let max_downloads = match body.uint("max_downloads")? {
-        None => None,
-        Some(n) => Some(u32::try_from(n).map_err(|_| ApiError::BadRequest("max_downloads: too large".into()))?),
-    };
-    Ok(NewLink {
-        file_path,
-        expires_in: body.uint("expires_in_seconds")?,
-        max_downloads,
-        note: body.string("note")?.map(String::from),
-        rate_limit_bytes_per_second: body.uint("rate_limit_bytes_per_second")?,
-    })
+impl CreateLinkRequest {
+    const FIELDS: &[&str] = &[
+        "file_path",
+        "expires_in_seconds",
+        "max_downloads",
+        "note",
+        "rate_limit_bytes_per_second",
+    ];
+
+    /// Reads the body field by field, so that an error names the field it is about. The ranges
+    /// (expiry, downloads, note length) are checked when the link is made.
+    fn read(body: &JsonObject) -> Result<Self, ApiError> {
+        body.only(Self::FIELDS)?;
+        let file_path = body
+            .string("file_path")?
+            .ok_or_else(|| ApiError::BadRequest("file_path: required".into()))?;
+        let file_path = RelPath::parse(file_path).map_err(|e| ApiError::BadRequest(format!("file_path: {e}")))?;
+        let max_downloads = match body.uint("max_downloads")? {
+            None => None,
+            Some(n) => Some(u32::try_from(n).map_err(|_| ApiError::BadRequest("max_downloads: too large".into()))?),
+        };
+        Ok(CreateLinkRequest {
+            file_path,
+            expires_in_seconds: body.uint("expires_in_seconds")?,
+            max_downloads,
+            note: body.string("note")?.map(String::from),
+            rate_limit_bytes_per_second: body.uint("rate_limit_bytes_per_second")?,
+        })
+    }
+}
+
+impl From<CreateLinkRequest> for NewLink {
+    fn from(r: CreateLinkRequest) -> Self {
+        NewLink {
+            file_path: r.file_path,
+            expires_in: r.expires_in_seconds,
+            max_downloads: r.max_downloads,
+            note: r.note,
+            rate_limit_bytes_per_second: r.rate_limit_bytes_per_second,
+        }
+    }
 }
 
 /// The same as `POST /api/links` (the route of the system ferry replaces).
 #[utoipa::path(post, path = "/generate-link", tag = "links",
-    request_body(content = crate::http::openapi::CreateLinkRequest, content_type = "application/json"),
+    request_body(content = CreateLinkRequest, content_type = "application/json"),
     responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
               (status = 400, description = "Bad input; the message names the field", body = crate::http::error::ErrorBody),
               (status = 404, description = "No such file", body = crate::http::error::ErrorBody),
@@ -77,7 +114,7 @@ pub async fn generate_link(
 
 /// Share a file: create a link.
 #[utoipa::path(post, path = "/api/links", tag = "links",
-    request_body(content = crate::http::openapi::CreateLinkRequest, content_type = "application/json"),
+    request_body(content = CreateLinkRequest, content_type = "application/json"),
     responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
               (status = 400, description = "Bad input; the message names the field", body = crate::http::error::ErrorBody),
               (status = 404, description = "No such file", body = crate::http::error::ErrorBody),
@@ -89,8 +126,8 @@ pub async fn create(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req = new_link(&body)?;
-    let (created, _) = s.links.create(req, Some(&peer.ip().to_string())).await?;
+    let req = CreateLinkRequest::read(&body)?;
+    let (created, _) = s.links.create(req.into(), Some(&peer.ip().to_string())).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::to_value(created).map_err(|e| ApiError::Internal(e.to_string()))?),

@@ -13,25 +13,6 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use super::AppState;
 use super::error::ErrorBody;
 
-/// What `POST /api/links` accepts.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // documents the body; the handler checks it field by field
-pub struct CreateLinkRequest {
-    /// Path of a regular file, relative to the data dir.
-    pub file_path: String,
-    /// 1 to `MAX_TUNNEL_SECONDS`; defaults to `MAX_TUNNEL_SECONDS`.
-    #[schema(minimum = 1)]
-    pub expires_in_seconds: Option<u64>,
-    /// Defaults to 1.
-    #[schema(minimum = 1)]
-    pub max_downloads: Option<u32>,
-    #[schema(max_length = 500)]
-    pub note: Option<String>,
-    #[schema(minimum = 1)]
-    pub rate_limit_bytes_per_second: Option<u64>,
-}
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
