@@ -8,16 +8,16 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use super::json::{ApiPath, ApiQuery};
 use crate::links::path::RelPath;
-use crate::links::{LinkError, NewLink, TunnelId};
+use crate::links::{Created, InFlight, LinkError, NewLink, RequestSeen, TunnelId, TunnelView};
+use crate::store::audit::AuditRecord;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -98,64 +98,127 @@ impl From<CreateLinkRequest> for NewLink {
 /// The same as `POST /api/links` (the route of the system ferry replaces).
 #[utoipa::path(post, path = "/generate-link", tag = "links",
     request_body(content = CreateLinkRequest, content_type = "application/json"),
-    responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
-              (status = 400, description = "Bad input; the message names the field", body = crate::http::error::ErrorBody),
-              (status = 404, description = "No such file", body = crate::http::error::ErrorBody),
-              (status = 413, description = "Body too large", body = crate::http::error::ErrorBody),
-              (status = 415, description = "Not JSON", body = crate::http::error::ErrorBody),
-              (status = 502, description = "The tunnel could not be opened", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
+    responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = Created),
+              (status = 400, description = "Bad input; the message names the field", body = ErrorBody),
+              (status = 404, description = "No such file", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 502, description = "The tunnel could not be opened", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn generate_link(
     s: State<AppState>,
     peer: ConnectInfo<SocketAddr>,
     body: JsonObject,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Created>), ApiError> {
     create(s, peer, body).await
 }
 
 /// Share a file: create a link.
 #[utoipa::path(post, path = "/api/links", tag = "links",
     request_body(content = CreateLinkRequest, content_type = "application/json"),
-    responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = crate::links::Created),
-              (status = 400, description = "Bad input; the message names the field", body = crate::http::error::ErrorBody),
-              (status = 404, description = "No such file", body = crate::http::error::ErrorBody),
-              (status = 413, description = "Body too large", body = crate::http::error::ErrorBody),
-              (status = 415, description = "Not JSON", body = crate::http::error::ErrorBody),
-              (status = 502, description = "The tunnel could not be opened", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
+    responses((status = 201, description = "The link; `download_url` is all a recipient needs", body = Created),
+              (status = 400, description = "Bad input; the message names the field", body = ErrorBody),
+              (status = 404, description = "No such file", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 502, description = "The tunnel could not be opened", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: JsonObject,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Created>), ApiError> {
     let req = CreateLinkRequest::read(&body)?;
     let (created, _) = s.links.create(req.into(), Some(&peer.ip().to_string())).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::to_value(created).map_err(|e| ApiError::Internal(e.to_string()))?),
-    ))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Open links.
 #[utoipa::path(get, path = "/admin/tunnels", tag = "links",
-    responses((status = 200, description = "Open links, newest first", body = crate::http::openapi::TunnelList), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
-pub async fn list(State(s): State<AppState>) -> Result<Json<Tunnels>, ApiError> {
+    responses((status = 200, description = "Open links, newest first", body = TunnelList), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
+pub async fn list(State(s): State<AppState>) -> Result<Json<TunnelList>, ApiError> {
     let links = s.links.open_links().await?;
     let tunnels = links.iter().map(|l| s.links.view(l)).collect();
-    Ok(Json(Tunnels { tunnels }))
+    Ok(Json(TunnelList { tunnels }))
 }
 
-/// A list of links, serialized straight from the views (through a `Value`, 10,000 links took
-/// twice as long).
-#[derive(serde::Serialize)]
-pub struct Tunnels {
-    tunnels: Vec<crate::links::TunnelView>,
+/// Links, newest first.
+// Serialized straight from the views: a `serde_json::Value` in between makes a long list twice
+// as slow.
+#[derive(Serialize, ToSchema)]
+pub struct TunnelList {
+    pub tunnels: Vec<TunnelView>,
+}
+
+/// The body of `GET /admin/tunnels/{id}/stats`: the link, its URL again, and its recent requests
+/// (those that ended, then those still running).
+#[derive(Serialize, ToSchema)]
+pub struct Stats {
+    pub tunnel: TunnelView,
+    pub download_url: String,
+    pub requests: Vec<RequestView>,
+}
+
+/// One request for a link's file.
+#[derive(Serialize, ToSchema)]
+pub struct RequestView {
+    pub time: String,
+    pub client: String,
+    pub user_agent: String,
+    pub method: String,
+    /// Null while the request is running.
+    pub status: Option<u16>,
+    /// Bytes sent so far.
+    pub bytes: u64,
+    /// The `Range` header; null without one, and while the request is running.
+    pub range: Option<String>,
+    pub completed: bool,
+    pub in_flight: bool,
+}
+
+impl From<&RequestSeen> for RequestView {
+    /// A request that ended, as the access log told it.
+    fn from(r: &RequestSeen) -> Self {
+        RequestView {
+            time: crate::links::rfc3339(r.time_ms),
+            client: r.client.address.to_string(),
+            user_agent: r.client.user_agent.to_string(),
+            method: r.method.to_string(),
+            status: Some(r.status),
+            bytes: r.bytes,
+            range: r.range.as_deref().map(String::from),
+            completed: r.completed,
+            in_flight: false,
+        }
+    }
+}
+
+impl From<&InFlight> for RequestView {
+    /// A request still running.
+    fn from(r: &InFlight) -> Self {
+        let method = if r.what == crate::links::rules::Use::Head {
+            "HEAD"
+        } else {
+            "GET"
+        };
+        RequestView {
+            time: crate::links::rfc3339(r.since_ms),
+            client: r.client.address.to_string(),
+            user_agent: r.client.user_agent.to_string(),
+            method: method.to_string(),
+            status: None,
+            bytes: r.delivered,
+            range: None,
+            completed: false,
+            in_flight: true,
+        }
+    }
 }
 
 /// One link (open or closed), its recent requests, and its URL again.
 #[utoipa::path(get, path = "/admin/tunnels/{id}/stats", tag = "links",
     params(("id" = String, Path, description = "tunnel_id")),
-    responses((status = 200, description = "The link", body = crate::http::openapi::Stats),
-              (status = 404, description = "Unknown id", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
-pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "The link", body = Stats),
+              (status = 404, description = "Unknown id", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
+pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Stats>, ApiError> {
     let id = TunnelId::parse(&id).map_err(|_| ApiError::NotFound("unknown tunnel id".into()))?;
     let link = s
         .links
@@ -163,47 +226,22 @@ pub async fn stats(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> R
         .get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound("unknown tunnel id".into()))?;
-    let done = link.requests.iter().map(|r| {
-        json!({
-            "time": crate::links::rfc3339(r.time_ms),
-            "client": r.client.address,
-            "user_agent": r.client.user_agent,
-            "method": r.method,
-            "status": r.status,
-            "bytes": r.bytes,
-            "range": r.range,
-            "completed": r.completed,
-            "in_flight": false,
-        })
-    });
-    let running = link.inflight.iter().map(|r| {
-        json!({
-            "time": crate::links::rfc3339(r.since_ms),
-            "client": r.client.address,
-            "user_agent": r.client.user_agent,
-            "method": if r.what == crate::links::rules::Use::Head { "HEAD" } else { "GET" },
-            "status": null,
-            "bytes": r.delivered,
-            "range": null,
-            "completed": false,
-            "in_flight": true,
-        })
-    });
-    let requests: Vec<Value> = done.chain(running).collect();
-    Ok(Json(json!({
-        "tunnel": s.links.view(&link),
-        "download_url": s.links.download_url(&link),
-        "requests": requests,
-    })))
+    let done = link.requests.iter().map(RequestView::from);
+    let running = link.inflight.iter().map(RequestView::from);
+    Ok(Json(Stats {
+        tunnel: s.links.view(&link),
+        download_url: s.links.download_url(&link),
+        requests: done.chain(running).collect(),
+    }))
 }
 
 /// The link's download URL as a QR code, for a phone to scan.
 #[utoipa::path(get, path = "/admin/tunnels/{id}/qr.svg", tag = "links",
     params(("id" = String, Path, description = "tunnel_id")),
     responses((status = 200, description = "SVG image", content_type = "image/svg+xml", body = String),
-              (status = 404, description = "Unknown id", body = crate::http::error::ErrorBody),
-              (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody),
-              (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
+              (status = 404, description = "Unknown id", body = ErrorBody),
+              (status = 401, description = "Authentication required", body = ErrorBody),
+              (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn qr(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
     let id = TunnelId::parse(&id).map_err(|_| ApiError::NotFound("unknown tunnel id".into()))?;
     let link = s
@@ -232,7 +270,7 @@ pub async fn qr(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Resu
 #[utoipa::path(delete, path = "/admin/tunnels/{id}", tag = "links",
     params(("id" = String, Path, description = "tunnel_id")),
     responses((status = 204, description = "Closed as terminated"),
-              (status = 404, description = "No open link with this id", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
+              (status = 404, description = "No open link with this id", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn terminate(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -258,12 +296,12 @@ pub struct HistoryQuery {
 /// Closed links, newest first.
 #[utoipa::path(get, path = "/admin/history", tag = "links",
     params(("limit" = Option<String>, Query, description = "1 to 10000 (default 100)")),
-    responses((status = 200, description = "Closed links", body = crate::http::openapi::TunnelList),
-              (status = 400, description = "Bad limit", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
+    responses((status = 200, description = "Closed links", body = TunnelList),
+              (status = 400, description = "Bad limit", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn history(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<Json<Tunnels>, ApiError> {
+) -> Result<Json<TunnelList>, ApiError> {
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(v) => v
@@ -274,22 +312,57 @@ pub async fn history(
     };
     let links = s.links.store().history(limit).await?;
     let tunnels = links.iter().map(|l| s.links.view(l)).collect();
-    Ok(Json(Tunnels { tunnels }))
+    Ok(Json(TunnelList { tunnels }))
+}
+
+/// The body of `POST /admin/cleanup`: the ids of the links it closed.
+#[derive(Serialize, ToSchema)]
+pub struct Cleanup {
+    #[schema(value_type = Vec<String>)]
+    pub closed: Vec<TunnelId>,
 }
 
 /// Close everything past its deadline and remove every orphan.
 #[utoipa::path(post, path = "/admin/cleanup", tag = "links",
-    responses((status = 200, description = "What was closed or removed", body = crate::http::openapi::Cleanup), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
+    responses((status = 200, description = "What was closed or removed", body = Cleanup), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn cleanup(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cleanup>, ApiError> {
     let closed = s.links.reconcile().await?;
     let detail = Some(format!("closed {}", closed.len()));
     s.links
         .audit("cleanup", Some(&peer.ip().to_string()), None, detail)
         .await;
-    Ok(Json(json!({ "closed": closed })))
+    Ok(Json(Cleanup { closed }))
+}
+
+/// The body of `GET /admin/audit`.
+#[derive(Serialize, ToSchema)]
+pub struct AuditList {
+    pub events: Vec<AuditEvent>,
+}
+
+/// An admin action or a public refusal.
+#[derive(Serialize, ToSchema)]
+pub struct AuditEvent {
+    pub time: String,
+    pub event: String,
+    pub client: Option<String>,
+    pub tunnel_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl From<AuditRecord> for AuditEvent {
+    fn from(r: AuditRecord) -> Self {
+        AuditEvent {
+            time: crate::links::rfc3339(r.time_ms),
+            event: r.event,
+            client: r.client,
+            tunnel_id: r.tunnel_id,
+            detail: r.detail,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -302,9 +375,9 @@ pub struct AuditQuery {
 #[utoipa::path(get, path = "/admin/audit", tag = "admin",
     params(("event" = Option<String>, Query, description = "Only this event (e.g. refused, link.created)"),
            ("limit" = Option<String>, Query, description = "1 to 10000 (default 100)")),
-    responses((status = 200, description = "Audit events", body = crate::http::openapi::AuditList),
-              (status = 400, description = "Bad limit", body = crate::http::error::ErrorBody), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody), (status = 503, description = "State store unavailable", body = crate::http::error::ErrorBody)))]
-pub async fn audit(State(s): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "Audit events", body = AuditList),
+              (status = 400, description = "Bad limit", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
+pub async fn audit(State(s): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditList>, ApiError> {
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(v) => v
@@ -315,17 +388,6 @@ pub async fn audit(State(s): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>)
     };
     let event = q.event.as_deref().filter(|e| !e.is_empty());
     let records = s.links.store().audit_query(event, limit).await?;
-    let events: Vec<Value> = records
-        .into_iter()
-        .map(|r| {
-            json!({
-                "time": crate::links::rfc3339(r.time_ms),
-                "event": r.event,
-                "client": r.client,
-                "tunnel_id": r.tunnel_id,
-                "detail": r.detail,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "events": events })))
+    let events = records.into_iter().map(AuditEvent::from).collect();
+    Ok(Json(AuditList { events }))
 }

@@ -21,50 +21,6 @@ pub struct LoginRequest {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct TunnelList {
-    pub tunnels: Vec<crate::links::TunnelView>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct RequestView {
-    pub time: String,
-    pub client: String,
-    pub user_agent: String,
-    pub method: String,
-    pub status: Option<u16>,
-    pub bytes: u64,
-    pub range: Option<String>,
-    pub completed: bool,
-    pub in_flight: bool,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Stats {
-    pub tunnel: crate::links::TunnelView,
-    pub download_url: String,
-    pub requests: Vec<RequestView>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Cleanup {
-    pub closed: Vec<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AuditEvent {
-    pub time: String,
-    pub event: String,
-    pub client: Option<String>,
-    pub tunnel_id: Option<String>,
-    pub detail: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AuditList {
-    pub events: Vec<AuditEvent>,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct Health {
     /// `ok` or `degraded`.
     pub status: String,
