@@ -21,9 +21,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use crate::config::Secret;
 
@@ -253,10 +254,30 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(logout))
 }
 
+/// What `POST /login` accepts.
+// `deny_unknown_fields` tells the document that no other field is allowed; `read` refuses them.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub token: String,
+}
+
+impl LoginRequest {
+    /// Reads the body. A token that is missing or not a string is a wrong token (401), not a bad
+    /// body, so that a guess learns nothing from the answer.
+    fn read(body: &JsonObject) -> Result<Self, ApiError> {
+        body.only(&["token"])?;
+        let token = body.string("token").ok().flatten().unwrap_or("");
+        Ok(LoginRequest {
+            token: token.to_string(),
+        })
+    }
+}
+
 /// `POST /login` with `{"token": "..."}`: sets the session cookie.
 /// Log in with the admin token: sets an HttpOnly, SameSite=Strict session cookie.
 #[utoipa::path(post, path = "/login", tag = "auth", security(()),
-    request_body(content = crate::http::openapi::LoginRequest, content_type = "application/json"),
+    request_body(content = LoginRequest, content_type = "application/json"),
     responses((status = 204, description = "Logged in"),
               (status = 400, description = "Bad body", body = ErrorBody),
               (status = 401, description = "Wrong token", body = ErrorBody),
@@ -269,10 +290,10 @@ pub async fn login(
     body: JsonObject,
 ) -> Response {
     let client = peer.ip().to_string();
-    if let Err(e) = body.only(&["token"]) {
-        return e.into_response();
-    }
-    let given = body.string("token").ok().flatten().unwrap_or("");
+    let given = match LoginRequest::read(&body) {
+        Ok(req) => req.token,
+        Err(e) => return e.into_response(),
+    };
     let ok = s
         .auth
         .token

@@ -5,20 +5,13 @@
 use axum::Json;
 use axum::Router;
 use axum::routing::get;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::AppState;
 use super::error::ErrorBody;
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct LoginRequest {
-    pub token: String,
-}
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
