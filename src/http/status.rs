@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 use sysinfo::{Disks, System};
+use utoipa::ToSchema;
 
 use super::AppState;
+use super::error::ErrorBody;
 use crate::health::Health;
+use crate::links::Links;
 
 /// The host sampler: CPU usage is a difference between two refreshes, so one `System` lives on.
 /// `None` where the platform gives no system information.
@@ -26,7 +29,7 @@ impl Host {
         Arc::new(Host(Mutex::new(sys)))
     }
 
-    fn sample(&self, data_dir: &std::path::Path) -> Value {
+    fn sample(&self, data_dir: &std::path::Path) -> HostSample {
         let (cpu, total, used) = match self.0.lock().expect("host mutex").as_mut() {
             Some(sys) => {
                 sys.refresh_cpu_usage();
@@ -45,14 +48,97 @@ impl Host {
             .flat_map(|d| d.iter())
             .filter(|d| data_dir.starts_with(d.mount_point()))
             .max_by_key(|d| d.mount_point().as_os_str().len());
-        json!({
-            "cpu_percent": cpu.map(|c| (f64::from(c) * 10.0).round() / 10.0),
-            "memory_total_bytes": total,
-            "memory_used_bytes": used,
-            "data_dir_free_bytes": disk.map(|d| d.available_space()),
-            "data_dir_total_bytes": disk.map(|d| d.total_space()),
-        })
+        HostSample {
+            cpu_percent: cpu.map(|c| (f64::from(c) * 10.0).round() / 10.0),
+            memory_total_bytes: total,
+            memory_used_bytes: used,
+            data_dir_free_bytes: disk.map(|d| d.available_space()),
+            data_dir_total_bytes: disk.map(|d| d.total_space()),
+        }
     }
+}
+
+/// Where ferry learns how far a download has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    /// From the download's socket, while the bytes flow.
+    Socket,
+    /// From nginx's access log alone, once a request has ended.
+    Log,
+}
+
+impl Progress {
+    pub fn of(links: &Links) -> Progress {
+        if links.socket_progress() {
+            Progress::Socket
+        } else {
+            Progress::Log
+        }
+    }
+}
+
+/// The body of `GET /admin/monitor/status`.
+#[derive(Serialize, ToSchema)]
+pub struct StatusReport {
+    pub monitor: MonitorStatus,
+    pub nginx: NginxStatus,
+    pub provider: ProviderStatus,
+    pub store: StoreStatus,
+    /// Null when the host could not be sampled.
+    pub host: Option<HostSample>,
+}
+
+/// The access-log monitor: how far behind nginx it is, and what it has read.
+#[derive(Serialize, ToSchema)]
+pub struct MonitorStatus {
+    pub lag_ms: u64,
+    pub lines: u64,
+    pub bad_lines: u64,
+    pub files_done: u64,
+    pub progress: Progress,
+    /// Whether the kernel tells ferry when a download's connection closes.
+    pub close_notices: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NginxStatus {
+    pub running: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProviderStatus {
+    /// `local`, `tailscale` or `docker`.
+    pub kind: &'static str,
+    pub status: Health,
+    pub detail: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// `embedded` or `redis`.
+    pub kind: &'static str,
+    /// `ok` or `down`.
+    pub status: Health,
+    /// Null when the store could not be asked.
+    pub open_links: Option<usize>,
+    /// With shared state: the open links whose tunnel is on this instance.
+    pub owned_links: Option<usize>,
+    /// With shared state: this instance's name.
+    pub instance: Option<String>,
+    pub durable: bool,
+    pub durability: String,
+}
+
+/// CPU, memory, and the space of the disk that holds the data dir; null where the platform
+/// does not say.
+#[derive(Serialize, ToSchema)]
+pub struct HostSample {
+    pub cpu_percent: Option<f64>,
+    pub memory_total_bytes: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+    pub data_dir_free_bytes: Option<u64>,
+    pub data_dir_total_bytes: Option<u64>,
 }
 
 pub fn router() -> Router<AppState> {
@@ -61,18 +147,9 @@ pub fn router() -> Router<AppState> {
 
 /// Monitor lag and counters, nginx, provider, store, host.
 #[utoipa::path(get, path = "/admin/monitor/status", tag = "admin",
-    responses((status = 200, description = "Status of the parts", body = Object), (status = 401, description = "Authentication required", body = crate::http::error::ErrorBody)))]
-pub async fn status(State(s): State<AppState>) -> Json<Value> {
-    let store_ok = s.links.store().ping().await.is_ok();
-    let open = s.links.store().count_open().await.ok();
-    // With shared state: how many open links have their tunnel on this instance.
-    let owned = match s.links.owned_here().await {
-        Ok(Some(mine)) => Some(mine.len()),
-        Ok(None) => open,
-        Err(_) => None,
-    };
-    let (durable, durability) = s.links.store().durability();
-    let m = &s.monitor;
+    responses((status = 200, description = "Status of the parts", body = StatusReport), (status = 401, description = "Authentication required", body = ErrorBody)))]
+pub async fn status(State(s): State<AppState>) -> Json<StatusReport> {
+    let store = store_status(&s.links).await;
     let host = s.host.clone();
     let (links, configured) = (s.links.clone(), s.config.data_dir.clone());
     let host = tokio::task::spawn_blocking(move || {
@@ -81,28 +158,49 @@ pub async fn status(State(s): State<AppState>) -> Json<Value> {
         host.sample(&data_dir)
     })
     .await
-    .unwrap_or(Value::Null);
+    .ok();
+    let m = &s.monitor;
     let provider = s.links.provider().health();
-    Json(json!({
-        "monitor": {
-            "lag_ms": m.last_lag_ms.load(Ordering::Relaxed),
-            "lines": m.lines.load(Ordering::Relaxed),
-            "bad_lines": m.bad_lines.load(Ordering::Relaxed),
-            "files_done": m.files_done.load(Ordering::Relaxed),
-            "progress": if s.links.socket_progress() { "socket" } else { "log" },
-            "close_notices": s.links.close_notices(),
+    Json(StatusReport {
+        monitor: MonitorStatus {
+            lag_ms: m.last_lag_ms.load(Ordering::Relaxed),
+            lines: m.lines.load(Ordering::Relaxed),
+            bad_lines: m.bad_lines.load(Ordering::Relaxed),
+            files_done: m.files_done.load(Ordering::Relaxed),
+            progress: Progress::of(&s.links),
+            close_notices: s.links.close_notices(),
         },
-        "nginx": {"running": s.nginx_running.load(Ordering::SeqCst)},
-        "provider": {"kind": s.provider, "status": provider.status, "detail": provider.detail},
-        "store": {
-            "kind": s.links.store().kind(),
-            "status": Health::up_or_down(store_ok),
-            "open_links": open,
-            "owned_links": owned,
-            "instance": s.links.peers().map(|p| p.instance()),
-            "durable": durable,
-            "durability": durability,
+        nginx: NginxStatus {
+            running: s.nginx_running.load(Ordering::SeqCst),
         },
-        "host": host,
-    }))
+        provider: ProviderStatus {
+            kind: s.provider,
+            status: provider.status,
+            detail: provider.detail,
+        },
+        store,
+        host,
+    })
+}
+
+async fn store_status(links: &Links) -> StoreStatus {
+    let store = links.store();
+    let up = store.ping().await.is_ok();
+    let open = store.count_open().await.ok();
+    // With shared state: how many open links have their tunnel on this instance.
+    let owned = match links.owned_here().await {
+        Ok(Some(mine)) => Some(mine.len()),
+        Ok(None) => open,
+        Err(_) => None,
+    };
+    let (durable, durability) = store.durability();
+    StoreStatus {
+        kind: store.kind(),
+        status: Health::up_or_down(up),
+        open_links: open,
+        owned_links: owned,
+        instance: links.peers().map(|p| p.instance().to_string()),
+        durable,
+        durability,
+    }
 }
