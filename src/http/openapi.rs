@@ -5,21 +5,11 @@
 use axum::Json;
 use axum::Router;
 use axum::routing::get;
-use serde::Serialize;
-use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::error::ErrorBody;
-
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    /// `ok` or `degraded`.
-    pub status: String,
-    #[schema(value_type = Object)]
-    pub components: Value,
-}
 
 struct BearerAuth;
 
