@@ -137,9 +137,9 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         provider: provider_name,
         metrics,
         config: Arc::new(config.clone()),
-        host: http::status::Host::new(),
+        host: http::host::Host::new(),
         sse: http::events::subscribers(),
-        auth: Arc::new(http::auth::AdminAuth::new(
+        auth: Arc::new(http::admin_auth::AdminAuth::new(
             config.admin_token.clone(),
             admin.local_addr()?,
             &config.admin_hosts,

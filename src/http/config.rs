@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::ErrorBody;
+use super::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/config", get(config))

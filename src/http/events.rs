@@ -15,8 +15,8 @@ use futures_util::stream;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::AppState;
 use super::error::ErrorBody;
+use super::state::AppState;
 
 /// Event streams open at once, at most.
 pub const MAX_SUBSCRIBERS: usize = 64;

@@ -9,9 +9,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::json::ApiQuery;
+use super::state::AppState;
 use crate::links::path::{Entry, PathError, RelPath};
 
 /// Entries in a page when `limit` is not given, and the most one page may hold.

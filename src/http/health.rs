@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::state::AppState;
 use super::status::Progress;
 use crate::health::Health;
 use crate::links::Links;

@@ -11,10 +11,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use super::json::{ApiPath, ApiQuery};
+use super::state::AppState;
 use crate::links::path::RelPath;
 use crate::links::{Created, InFlight, LinkError, NewLink, RequestSeen, TunnelId, TunnelView};
 use crate::store::audit::AuditRecord;

@@ -2,6 +2,7 @@
 //! endpoint nginx calls over the Unix socket. Handlers parse input into domain types and call
 //! [`crate::links::Links`]; they never touch files, nginx or the provider directly.
 
+pub mod admin_auth;
 pub mod auth;
 pub mod check;
 pub mod config;
@@ -9,34 +10,18 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod health;
+pub mod host;
 pub mod json;
 pub mod links;
 pub mod metrics;
 pub mod openapi;
+pub mod state;
 pub mod status;
 pub mod ui;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
 use axum::Router;
 
-use crate::links::Links;
-use crate::monitor::follow::Counters;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub links: Arc<Links>,
-    pub nginx_running: Arc<AtomicBool>,
-    pub monitor: Arc<Counters>,
-    pub provider: &'static str,
-    pub auth: Arc<auth::AdminAuth>,
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    pub config: Arc<crate::config::Config>,
-    pub host: Arc<status::Host>,
-    /// Permits for `/admin/events` streams (a bounded number open at once).
-    pub sse: Arc<tokio::sync::Semaphore>,
-}
+pub use state::AppState;
 
 pub fn admin_router(state: AppState) -> Router {
     Router::new()

@@ -8,8 +8,8 @@ use axum::routing::get;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::AppState;
 use super::error::ErrorBody;
+use super::state::AppState;
 
 struct BearerAuth;
 
