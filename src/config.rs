@@ -55,6 +55,43 @@ pub enum ProviderKind {
     Docker,
 }
 
+/// The ports Funnel accepts (`FERRY_FUNNEL_PORT`).
+pub const FUNNEL_PORTS: [u16; 3] = [443, 8443, 10000];
+
+/// How a Funnel provider publishes links (`FERRY_FUNNEL_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunnelMode {
+    /// One web handler `/s/<id>` per open link.
+    Path,
+    /// One TLS-terminated TCP forward with PROXY protocol v2 while any link is open.
+    Tcp,
+}
+
+/// What a webhook receiver takes (`FERRY_WEBHOOK_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// The event as JSON.
+    Json,
+    /// A plain-text sentence, as ntfy topics show it.
+    Ntfy,
+}
+
+impl WebhookFormat {
+    /// ntfy topics (`https://ntfy.sh/topic`, or a self-hosted `ntfy.` host) take plain text.
+    pub fn detect(url: &str) -> WebhookFormat {
+        let host = url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split(['/', ':']).next())
+            .unwrap_or("");
+        if host == "ntfy.sh" || host.starts_with("ntfy.") {
+            WebhookFormat::Ntfy
+        } else {
+            WebhookFormat::Json
+        }
+    }
+}
+
 /// How long one access-log file covers: nginx starts a new file when `$msec` enters a new slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogSlot {
@@ -147,7 +184,7 @@ pub struct Config {
     pub tailscale_socket: Option<PathBuf>,
     pub tailscale_container: String,
     pub funnel_port: u16,
-    pub funnel_mode: crate::tunnel::tailscale::FunnelMode,
+    pub funnel_mode: FunnelMode,
     /// How long one `tailscale` command may run (`FERRY_TAILSCALE_TIMEOUT_SECONDS`).
     pub tailscale_timeout: Duration,
     pub nginx_mode: NginxMode,
@@ -163,7 +200,7 @@ pub struct Config {
     pub conn_per_client: u32,
     pub req_per_client: u32,
     /// `None`: detected from the URL.
-    pub webhook_format: Option<crate::notify::Format>,
+    pub webhook_format: Option<WebhookFormat>,
     /// With Redis: how long an instance may stay silent before another takes over its links.
     pub instance_timeout: Duration,
 }
@@ -320,7 +357,7 @@ impl Config {
         }
         let tailscale_container = src.get("FERRY_TAILSCALE_CONTAINER").unwrap_or("tailscale").to_string();
         let funnel_port = src.get("FERRY_FUNNEL_PORT").unwrap_or("443");
-        let funnel_port = crate::tunnel::tailscale::FUNNEL_PORTS
+        let funnel_port = FUNNEL_PORTS
             .into_iter()
             .find(|p| p.to_string() == funnel_port)
             .ok_or_else(|| {
@@ -331,8 +368,8 @@ impl Config {
             })?;
         let tailscale_timeout = seconds(src, "FERRY_TAILSCALE_TIMEOUT_SECONDS", 15, 1)?;
         let funnel_mode = match src.get("FERRY_FUNNEL_MODE").unwrap_or("path") {
-            "path" => crate::tunnel::tailscale::FunnelMode::Path,
-            "tcp" => crate::tunnel::tailscale::FunnelMode::Tcp,
+            "path" => FunnelMode::Path,
+            "tcp" => FunnelMode::Tcp,
             other => return Err(err("FERRY_FUNNEL_MODE", format!("expected path or tcp, got {other:?}"))),
         };
         let nginx_mode = match src.get("FERRY_NGINX").unwrap_or("managed") {
@@ -410,8 +447,8 @@ impl Config {
             })?;
         let webhook_format = match src.get("FERRY_WEBHOOK_FORMAT") {
             None | Some("auto") => None,
-            Some("json") => Some(crate::notify::Format::Json),
-            Some("ntfy") => Some(crate::notify::Format::Ntfy),
+            Some("json") => Some(WebhookFormat::Json),
+            Some("ntfy") => Some(WebhookFormat::Ntfy),
             Some(v) => {
                 return Err(err(
                     "FERRY_WEBHOOK_FORMAT",
@@ -754,6 +791,20 @@ mod tests {
                 .len()
                 <= 1
         );
+    }
+
+    #[test]
+    fn ntfy_is_detected_by_host() {
+        assert_eq!(WebhookFormat::detect("https://ntfy.sh/my-topic"), WebhookFormat::Ntfy);
+        assert_eq!(
+            WebhookFormat::detect("http://ntfy.home.lan:8080/t"),
+            WebhookFormat::Ntfy
+        );
+        assert_eq!(
+            WebhookFormat::detect("https://hooks.example/ntfy.sh"),
+            WebhookFormat::Json
+        );
+        assert_eq!(WebhookFormat::detect("http://127.0.0.1:9/hook"), WebhookFormat::Json);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         let url = url.expose().to_string();
         let format = match config.webhook_format {
             Some(f) => f,
-            None => notify::Format::detect(&url),
+            None => config::WebhookFormat::detect(&url),
         };
         notify::spawn(url, format, links.events.subscribe(), shutdown.clone());
     }

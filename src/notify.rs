@@ -8,31 +8,10 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::WebhookFormat;
 use crate::links::{Event, EventKind, human_size};
 
 const ATTEMPTS: u32 = 5;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Ntfy,
-}
-
-impl Format {
-    /// ntfy topics (`https://ntfy.sh/topic`, or a self-hosted `ntfy.` host) take plain text.
-    pub fn detect(url: &str) -> Format {
-        let host = url
-            .split("://")
-            .nth(1)
-            .and_then(|r| r.split(['/', ':']).next())
-            .unwrap_or("");
-        if host == "ntfy.sh" || host.starts_with("ntfy.") {
-            Format::Ntfy
-        } else {
-            Format::Json
-        }
-    }
-}
 
 fn wanted(e: &Event) -> bool {
     matches!(e.event, EventKind::Created | EventKind::Completed | EventKind::Closed)
@@ -58,7 +37,7 @@ pub fn text(e: &Event) -> String {
     }
 }
 
-pub fn spawn(url: String, format: Format, mut events: broadcast::Receiver<Event>, cancel: CancellationToken) {
+pub fn spawn(url: String, format: WebhookFormat, mut events: broadcast::Receiver<Event>, cancel: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
     let c = cancel.clone();
     tokio::spawn(async move {
@@ -88,8 +67,8 @@ pub fn spawn(url: String, format: Format, mut events: broadcast::Receiver<Event>
             let mut delay = Duration::from_millis(500);
             for attempt in 1..=ATTEMPTS {
                 let req = match format {
-                    Format::Json => http.post(&url).json(&e),
-                    Format::Ntfy => http.post(&url).header("Title", "ferry").body(text(&e)),
+                    WebhookFormat::Json => http.post(&url).json(&e),
+                    WebhookFormat::Ntfy => http.post(&url).header("Title", "ferry").body(text(&e)),
                 };
                 match req.send().await {
                     Ok(r) if r.status().is_success() => break,
@@ -115,14 +94,6 @@ pub fn spawn(url: String, format: Format, mut events: broadcast::Receiver<Event>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ntfy_is_detected_by_host() {
-        assert_eq!(Format::detect("https://ntfy.sh/my-topic"), Format::Ntfy);
-        assert_eq!(Format::detect("http://ntfy.home.lan:8080/t"), Format::Ntfy);
-        assert_eq!(Format::detect("https://hooks.example/ntfy.sh"), Format::Json);
-        assert_eq!(Format::detect("http://127.0.0.1:9/hook"), Format::Json);
-    }
 
     #[test]
     fn ntfy_messages_are_plain_sentences() {

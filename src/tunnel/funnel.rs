@@ -11,8 +11,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::runner::{Output, RunError, Runner};
-use super::tailscale::{self as ts, Failure, FunnelMode, ServeConfig};
+use super::tailscale::{self as ts, Failure, ServeConfig};
 use super::{Health, TunnelError};
+use crate::config::FunnelMode;
 use crate::links::TunnelId;
 
 /// Attempts for one command when another writer keeps winning the ETag race.

@@ -8,23 +8,13 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::config::FunnelMode;
 use crate::links::TunnelId;
 
 /// The handler ferry keeps while it runs, so Funnel for the port is never switched off and on
 /// (a new Funnel host's DNS and certificate can take minutes).
 pub const PLACEHOLDER: &str = "/s/.ferry";
 pub const PLACEHOLDER_TARGET: &str = "text:ferry";
-
-/// Ports Funnel accepts.
-pub const FUNNEL_PORTS: [u16; 3] = [443, 8443, 10000];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FunnelMode {
-    /// One web handler `/s/<id>` per open link.
-    Path,
-    /// One TLS-terminated TCP forward with PROXY protocol v2 while any link is open.
-    Tcp,
-}
 
 /// The mount point of a link's handler.
 pub fn mount(id: &TunnelId) -> String {
