@@ -55,6 +55,31 @@ pub enum ProviderKind {
     Docker,
 }
 
+impl ProviderKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "local" => ProviderKind::Local,
+            "tailscale" => ProviderKind::Tailscale,
+            "docker" => ProviderKind::Docker,
+            _ => return None,
+        })
+    }
+
+    /// The value of `FERRY_PROVIDER` that picks this provider, as reports show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Tailscale => "tailscale",
+            ProviderKind::Docker => "docker",
+        }
+    }
+
+    /// Whether links go public through Tailscale Funnel, which ferry must keep in step with them.
+    pub fn uses_funnel(self) -> bool {
+        self != ProviderKind::Local
+    }
+}
+
 /// The ports Funnel accepts (`FERRY_FUNNEL_PORT`).
 pub const FUNNEL_PORTS: [u16; 3] = [443, 8443, 10000];
 
@@ -339,17 +364,13 @@ impl Config {
         let base_url = url(src, "BASE_URL", "http://localhost:8080")?;
         let upstream_url = url(src, "FERRY_UPSTREAM_URL", &format!("http://{public_addr}"))?;
 
-        let provider = match src.get("FERRY_PROVIDER").unwrap_or("local") {
-            "local" => ProviderKind::Local,
-            "tailscale" => ProviderKind::Tailscale,
-            "docker" => ProviderKind::Docker,
-            other => {
-                return Err(err(
-                    "FERRY_PROVIDER",
-                    format!("expected local, tailscale or docker, got {other:?}"),
-                ));
-            }
-        };
+        let provider = src.get("FERRY_PROVIDER").unwrap_or("local");
+        let provider = ProviderKind::parse(provider).ok_or_else(|| {
+            err(
+                "FERRY_PROVIDER",
+                format!("expected local, tailscale or docker, got {provider:?}"),
+            )
+        })?;
         let tailscale_bin = src.get("FERRY_TAILSCALE_BIN").unwrap_or("tailscale").to_string();
         let tailscale_socket = src.get("FERRY_TAILSCALE_SOCKET").map(PathBuf::from);
         if tailscale_socket.as_ref().is_some_and(|s| !s.is_absolute()) {
@@ -569,7 +590,7 @@ impl Config {
             "FERRY_ADMIN_HOSTS": self.admin_hosts,
             "FERRY_PUBLIC_ADDR": self.public_addr.to_string(),
             "FERRY_UPSTREAM_URL": self.upstream_url,
-            "FERRY_PROVIDER": format!("{:?}", self.provider).to_lowercase(),
+            "FERRY_PROVIDER": self.provider.name(),
             "FERRY_TAILSCALE_BIN": self.tailscale_bin,
             "FERRY_TAILSCALE_SOCKET": self.tailscale_socket,
             "FERRY_TAILSCALE_CONTAINER": self.tailscale_container,

@@ -52,7 +52,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     let store = open_store(&config).await?;
     let provider = Provider::from_config(&config)?;
     provider.preflight().await.map_err(anyhow::Error::msg)?;
-    let provider_name = provider.name();
+    let provider_kind = provider.kind();
     let links = Links::new(&config, store, provider)?;
     links.listen_for_closes().await;
 
@@ -88,7 +88,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         Err(e) => return Err(e.into()),
     }
 
-    if provider_name != "local" {
+    if provider_kind.uses_funnel() {
         // The sidecar may not be up yet; the watch below keeps trying.
         if let Err(e) = links.reconcile_tunnels().await {
             tracing::warn!(error = %e, "the tunnel provider is not ready");
@@ -96,7 +96,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     }
 
     let tasks = TaskTracker::new();
-    if provider_name != "local" {
+    if provider_kind.uses_funnel() {
         tasks.spawn(
             links
                 .clone()
@@ -134,7 +134,7 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         links: links.clone(),
         nginx_running,
         monitor: monitor.clone(),
-        provider: provider_name,
+        provider: provider_kind.name(),
         metrics,
         config: Arc::new(config.clone()),
         host: http::host::Host::new(),

@@ -140,7 +140,7 @@ pub fn render(template: &str, config: &Config) -> String {
 
 /// Whether the public listener sits behind a Funnel TCP forward that speaks PROXY protocol.
 fn tcp_funnel(config: &Config) -> bool {
-    config.provider != crate::config::ProviderKind::Local && config.funnel_mode == crate::config::FunnelMode::Tcp
+    config.provider.uses_funnel() && config.funnel_mode == crate::config::FunnelMode::Tcp
 }
 
 /// Hides link tokens in a line nginx wrote (its error log quotes whole request lines).

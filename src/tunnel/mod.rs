@@ -102,11 +102,11 @@ impl Provider {
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> ProviderKind {
         match self {
-            Provider::Local(_) => "local",
-            Provider::Tailscale(_) => "tailscale",
-            Provider::Docker(_) => "docker",
+            Provider::Local(_) => ProviderKind::Local,
+            Provider::Tailscale(_) => ProviderKind::Tailscale,
+            Provider::Docker(_) => ProviderKind::Docker,
         }
     }
 
