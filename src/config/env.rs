@@ -1,0 +1,341 @@
+//! Reading the configuration: where values come from (the process environment, then the optional
+//! `FERRY_CONFIG` file), how each kind of value is parsed, and [`Config::load`], which checks every
+//! variable and names the first bad one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{
+    Config, ConfigError, FUNNEL_PORTS, FunnelMode, LogSlot, NginxMode, ProviderKind, Secret, WebhookFormat, err,
+};
+
+/// Where configuration values come from: the process environment, then the optional file.
+pub struct Source {
+    env: HashMap<String, String>,
+    file: HashMap<String, String>,
+}
+
+impl Source {
+    pub fn from_process() -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let file = match env.get("FERRY_CONFIG") {
+            Some(path) => parse_file(Path::new(path))?,
+            None => HashMap::new(),
+        };
+        Ok(Source { env, file })
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let env = pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Source {
+            env,
+            file: HashMap::new(),
+        }
+    }
+
+    fn get(&self, var: &str) -> Option<&str> {
+        self.env
+            .get(var)
+            .or_else(|| self.file.get(var))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+fn parse_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err("FERRY_CONFIG", format!("cannot read {}: {e}", path.display())))?;
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(err("FERRY_CONFIG", format!("line {}: expected KEY = \"value\"", n + 1)));
+        };
+        let v = v.trim();
+        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn seconds(src: &Source, var: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
+    let n = number(src, var, default)?;
+    if n < min {
+        return Err(err(var, format!("must be at least {min} seconds, got {n}")));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+fn number(src: &Source, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match src.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| err(var, format!("expected a whole number, got {v:?}"))),
+    }
+}
+
+fn addr(src: &Source, var: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = src.get(var).unwrap_or(default);
+    v.parse()
+        .map_err(|_| err(var, format!("expected host:port with an IP address, got {v:?}")))
+}
+
+fn dir(src: &Source, var: &'static str, default: &str) -> Result<PathBuf, ConfigError> {
+    let p = PathBuf::from(src.get(var).unwrap_or(default));
+    std::path::absolute(&p).map_err(|e| err(var, format!("cannot resolve {}: {e}", p.display())))
+}
+
+impl Config {
+    /// Reads and validates everything, but writes nothing.
+    pub fn load(src: &Source) -> Result<Config, ConfigError> {
+        let data_dir = dir(src, "NAS_MOUNT_PATH", "./data")?;
+        if !data_dir.is_dir() {
+            return Err(err(
+                "NAS_MOUNT_PATH",
+                format!("{} is not a directory", data_dir.display()),
+            ));
+        }
+        let state_dir = dir(src, "FERRY_STATE_DIR", "./state")?;
+        let tunnels_dir = dir(src, "FERRY_TUNNELS_DIR", "./tunnels")?;
+        let logs_dir = dir(src, "FERRY_LOGS_DIR", "./logs")?;
+
+        let jwt_secret = match src.get("JWT_SECRET") {
+            Some(s) if s.len() < 32 => {
+                return Err(err("JWT_SECRET", format!("must be at least 32 bytes, got {}", s.len())));
+            }
+            Some(s) => Secret::new(s),
+            None => Secret::new(""), // filled in by `ensure_secret` once the state dir exists
+        };
+        let redis_url = src.get("REDIS_URL").map(Secret::new);
+        if let Some(u) = &redis_url {
+            let scheme = u.expose().split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("redis" | "redis+unix" | "unix")) {
+                return Err(err(
+                    "REDIS_URL",
+                    "expected redis://host:port/db or unix:///path/to/socket",
+                ));
+            }
+            if let Err(e) = redis::Client::open(u.expose()) {
+                // The parser's message never repeats the URL (which may hold a password).
+                return Err(err("REDIS_URL", format!("not a valid Redis URL ({:?})", e.kind())));
+            }
+        }
+        if redis_url.is_some() && jwt_secret.expose().is_empty() {
+            return Err(err("JWT_SECRET", "required with REDIS_URL (instances must share it)"));
+        }
+
+        let max_tunnel = seconds(src, "MAX_TUNNEL_SECONDS", 3600, 1)?;
+        let stall_timeout = seconds(src, "STALL_TIMEOUT_SECONDS", 300, 1)?;
+        let grace_period = seconds(src, "GRACE_PERIOD_SECONDS", 60, 0)?;
+        let resume_window = seconds(src, "RESUME_WINDOW_SECONDS", 30, 0)?;
+        let preview_bytes = number(src, "FERRY_PREVIEW_BYTES", 1 << 20)?;
+        let grace_bytes = number(src, "FERRY_GRACE_BYTES", 16 << 20)?;
+        let refetch_bytes = number(src, "FERRY_REFETCH_BYTES", 16 << 20)?;
+
+        let admin_addr = addr(src, "FERRY_ADMIN_ADDR", "127.0.0.1:8000")?;
+        let public_addr = addr(src, "FERRY_PUBLIC_ADDR", "127.0.0.1:8080")?;
+        let admin_hosts = list(src.get("FERRY_ADMIN_HOSTS"));
+        let base_url = url(src, "BASE_URL", "http://localhost:8080")?;
+        let upstream_url = url(src, "FERRY_UPSTREAM_URL", &format!("http://{public_addr}"))?;
+
+        let provider = src.get("FERRY_PROVIDER").unwrap_or("local");
+        let provider = ProviderKind::parse(provider).ok_or_else(|| {
+            err(
+                "FERRY_PROVIDER",
+                format!("expected local, tailscale or docker, got {provider:?}"),
+            )
+        })?;
+        let tailscale_bin = src.get("FERRY_TAILSCALE_BIN").unwrap_or("tailscale").to_string();
+        let tailscale_socket = src.get("FERRY_TAILSCALE_SOCKET").map(PathBuf::from);
+        if tailscale_socket.as_ref().is_some_and(|s| !s.is_absolute()) {
+            return Err(err("FERRY_TAILSCALE_SOCKET", "must be an absolute path"));
+        }
+        let tailscale_container = src.get("FERRY_TAILSCALE_CONTAINER").unwrap_or("tailscale").to_string();
+        let funnel_port = src.get("FERRY_FUNNEL_PORT").unwrap_or("443");
+        let funnel_port = FUNNEL_PORTS
+            .into_iter()
+            .find(|p| p.to_string() == funnel_port)
+            .ok_or_else(|| {
+                err(
+                    "FERRY_FUNNEL_PORT",
+                    format!("Funnel listens on 443, 8443 or 10000 only, got {funnel_port:?}"),
+                )
+            })?;
+        let tailscale_timeout = seconds(src, "FERRY_TAILSCALE_TIMEOUT_SECONDS", 15, 1)?;
+        let funnel_mode = match src.get("FERRY_FUNNEL_MODE").unwrap_or("path") {
+            "path" => FunnelMode::Path,
+            "tcp" => FunnelMode::Tcp,
+            other => return Err(err("FERRY_FUNNEL_MODE", format!("expected path or tcp, got {other:?}"))),
+        };
+        let nginx_mode = match src.get("FERRY_NGINX").unwrap_or("managed") {
+            "managed" => NginxMode::Managed,
+            "external" => NginxMode::External,
+            other => {
+                return Err(err(
+                    "FERRY_NGINX",
+                    format!("expected managed or external, got {other:?}"),
+                ));
+            }
+        };
+        let nginx_bin = src.get("FERRY_NGINX_BIN").map(PathBuf::from);
+        // Behind a tunnel, the tunnel's own address is believed by default (the sidecar on this
+        // host); with `local` nobody is.
+        let trusted_proxies = match src.get("FERRY_TRUSTED_PROXIES") {
+            Some(v) => list(Some(v)),
+            None if provider == ProviderKind::Local => vec![],
+            None => vec!["127.0.0.1".into(), "::1".into()],
+        };
+        for p in &trusted_proxies {
+            if !valid_cidr(p) {
+                return Err(err(
+                    "FERRY_TRUSTED_PROXIES",
+                    format!("{p:?} is not an IP address or CIDR"),
+                ));
+            }
+        }
+
+        let admin_token = src.get("FERRY_ADMIN_TOKEN").map(Secret::new);
+        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(err("FERRY_ADMIN_TOKEN", "must be at least 16 characters"));
+        }
+        if admin_token.is_none() && !admin_addr.ip().is_loopback() {
+            return Err(err(
+                "FERRY_ADMIN_TOKEN",
+                format!("required when FERRY_ADMIN_ADDR ({admin_addr}) is not a loopback address"),
+            ));
+        }
+        let history_days = number(src, "FERRY_HISTORY_DAYS", 90)?;
+        let history_days = u32::try_from(history_days).map_err(|_| err("FERRY_HISTORY_DAYS", "too large"))?;
+        let log_filter = src.get("FERRY_LOG").unwrap_or("info").to_string();
+        if log_filter.parse::<tracing_subscriber::filter::Targets>().is_err() {
+            return Err(err("FERRY_LOG", format!("not a valid filter: {log_filter:?}")));
+        }
+
+        let log_slot = match src.get("FERRY_LOG_SLOT") {
+            None => LogSlot::Hundred,
+            Some(v) => LogSlot::parse(v).ok_or_else(|| {
+                err(
+                    "FERRY_LOG_SLOT",
+                    format!("expected 0.1s, 1s, 10s, 100s or 1000s, got {v:?}"),
+                )
+            })?,
+        };
+        let webhook_url = match src.get("FERRY_WEBHOOK_URL") {
+            None => None,
+            Some(_) => Some(Secret::new(url(src, "FERRY_WEBHOOK_URL", "")?)),
+        };
+        let ban_after_fails = u32::try_from(number(src, "FERRY_BAN_AFTER_FAILS", 10)?)
+            .map_err(|_| err("FERRY_BAN_AFTER_FAILS", "too large"))?;
+        let ban = seconds(src, "FERRY_BAN_SECONDS", 900, 1)?;
+        let conn_per_client = u32::try_from(number(src, "FERRY_CONN_PER_CLIENT", 64)?)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| err("FERRY_CONN_PER_CLIENT", "must be between 1 and 4294967295"))?;
+        let req_per_client = u32::try_from(number(src, "FERRY_REQ_PER_CLIENT", 200)?)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                err(
+                    "FERRY_REQ_PER_CLIENT",
+                    "must be a whole number of requests per second, at least 1",
+                )
+            })?;
+        let webhook_format = match src.get("FERRY_WEBHOOK_FORMAT") {
+            None | Some("auto") => None,
+            Some("json") => Some(WebhookFormat::Json),
+            Some("ntfy") => Some(WebhookFormat::Ntfy),
+            Some(v) => {
+                return Err(err(
+                    "FERRY_WEBHOOK_FORMAT",
+                    format!("expected auto, json or ntfy, got {v:?}"),
+                ));
+            }
+        };
+
+        let instance_timeout = seconds(src, "FERRY_INSTANCE_TIMEOUT_SECONDS", 30, 2)?;
+
+        Ok(Config {
+            data_dir,
+            state_dir,
+            tunnels_dir,
+            logs_dir,
+            jwt_secret,
+            max_tunnel,
+            stall_timeout,
+            grace_period,
+            resume_window,
+            preview_bytes,
+            grace_bytes,
+            refetch_bytes,
+            redis_url,
+            base_url,
+            admin_addr,
+            admin_hosts,
+            public_addr,
+            upstream_url,
+            provider,
+            tailscale_bin,
+            tailscale_socket,
+            tailscale_container,
+            funnel_port,
+            funnel_mode,
+            tailscale_timeout,
+            nginx_mode,
+            nginx_bin,
+            trusted_proxies,
+            admin_token,
+            history_days,
+            log_filter,
+            log_slot,
+            webhook_url,
+            ban_after_fails,
+            ban,
+            conn_per_client,
+            req_per_client,
+            webhook_format,
+            instance_timeout,
+        })
+    }
+}
+
+fn list(v: Option<&str>) -> Vec<String> {
+    v.map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn url(src: &Source, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let v = src.get(var).unwrap_or(default).trim_end_matches('/');
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or_else(|| err(var, format!("expected an http:// or https:// URL, got {v:?}")))?;
+    if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(err(var, format!("expected a URL with a host and no query, got {v:?}")));
+    }
+    Ok(v.to_string())
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (s, None),
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.is_none_or(|b| b.parse::<u8>().is_ok_and(|b| b <= max))
+}
