@@ -93,8 +93,76 @@ fn dir(src: &Source, var: &'static str, default: &str) -> Result<PathBuf, Config
 }
 
 impl Config {
-    /// Reads and validates everything, but writes nothing.
+    /// Reads and validates everything, but writes nothing. The variables are read in a fixed
+    /// order, and the first bad one is the error.
     pub fn load(src: &Source) -> Result<Config, ConfigError> {
+        let dirs = Dirs::load(src)?;
+        let shared = SharedState::load(src)?;
+        let limits = Limits::load(src)?;
+        let listeners = Listeners::load(src)?;
+        let tunnel = Tunnel::load(src)?;
+        let nginx = Nginx::load(src, tunnel.provider)?;
+        let admin_token = admin_token(src, listeners.admin_addr)?;
+        let logging = Logging::load(src)?;
+        let webhook_url = webhook_url(src)?;
+        let abuse = Abuse::load(src)?;
+        let webhook_format = webhook_format(src)?;
+        let instance_timeout = seconds(src, "FERRY_INSTANCE_TIMEOUT_SECONDS", 30, 2)?;
+
+        Ok(Config {
+            data_dir: dirs.data_dir,
+            state_dir: dirs.state_dir,
+            tunnels_dir: dirs.tunnels_dir,
+            logs_dir: dirs.logs_dir,
+            jwt_secret: shared.jwt_secret,
+            max_tunnel: limits.max_tunnel,
+            stall_timeout: limits.stall_timeout,
+            grace_period: limits.grace_period,
+            resume_window: limits.resume_window,
+            preview_bytes: limits.preview_bytes,
+            grace_bytes: limits.grace_bytes,
+            refetch_bytes: limits.refetch_bytes,
+            redis_url: shared.redis_url,
+            base_url: listeners.base_url,
+            admin_addr: listeners.admin_addr,
+            admin_hosts: listeners.admin_hosts,
+            public_addr: listeners.public_addr,
+            upstream_url: listeners.upstream_url,
+            provider: tunnel.provider,
+            tailscale_bin: tunnel.tailscale_bin,
+            tailscale_socket: tunnel.tailscale_socket,
+            tailscale_container: tunnel.tailscale_container,
+            funnel_port: tunnel.funnel_port,
+            funnel_mode: tunnel.funnel_mode,
+            tailscale_timeout: tunnel.tailscale_timeout,
+            nginx_mode: nginx.nginx_mode,
+            nginx_bin: nginx.nginx_bin,
+            trusted_proxies: nginx.trusted_proxies,
+            admin_token,
+            history_days: logging.history_days,
+            log_filter: logging.log_filter,
+            log_slot: logging.log_slot,
+            webhook_url,
+            ban_after_fails: abuse.ban_after_fails,
+            ban: abuse.ban,
+            conn_per_client: abuse.conn_per_client,
+            req_per_client: abuse.req_per_client,
+            webhook_format,
+            instance_timeout,
+        })
+    }
+}
+
+/// The shared folder and the runtime folders.
+struct Dirs {
+    data_dir: PathBuf,
+    state_dir: PathBuf,
+    tunnels_dir: PathBuf,
+    logs_dir: PathBuf,
+}
+
+impl Dirs {
+    fn load(src: &Source) -> Result<Self, ConfigError> {
         let data_dir = dir(src, "NAS_MOUNT_PATH", "./data")?;
         if !data_dir.is_dir() {
             return Err(err(
@@ -102,16 +170,29 @@ impl Config {
                 format!("{} is not a directory", data_dir.display()),
             ));
         }
-        let state_dir = dir(src, "FERRY_STATE_DIR", "./state")?;
-        let tunnels_dir = dir(src, "FERRY_TUNNELS_DIR", "./tunnels")?;
-        let logs_dir = dir(src, "FERRY_LOGS_DIR", "./logs")?;
+        Ok(Dirs {
+            data_dir,
+            state_dir: dir(src, "FERRY_STATE_DIR", "./state")?,
+            tunnels_dir: dir(src, "FERRY_TUNNELS_DIR", "./tunnels")?,
+            logs_dir: dir(src, "FERRY_LOGS_DIR", "./logs")?,
+        })
+    }
+}
 
+/// The token secret and the Redis store, which instances that share links must agree on.
+struct SharedState {
+    jwt_secret: Secret,
+    redis_url: Option<Secret>,
+}
+
+impl SharedState {
+    fn load(src: &Source) -> Result<Self, ConfigError> {
         let jwt_secret = match src.get("JWT_SECRET") {
             Some(s) if s.len() < 32 => {
                 return Err(err("JWT_SECRET", format!("must be at least 32 bytes, got {}", s.len())));
             }
             Some(s) => Secret::new(s),
-            None => Secret::new(""), // filled in by `ensure_secret` once the state dir exists
+            None => Secret::new(""), // filled in by `prepare_dirs` once the state dir exists
         };
         let redis_url = src.get("REDIS_URL").map(Secret::new);
         if let Some(u) = &redis_url {
@@ -130,21 +211,71 @@ impl Config {
         if redis_url.is_some() && jwt_secret.expose().is_empty() {
             return Err(err("JWT_SECRET", "required with REDIS_URL (instances must share it)"));
         }
+        Ok(SharedState { jwt_secret, redis_url })
+    }
+}
 
-        let max_tunnel = seconds(src, "MAX_TUNNEL_SECONDS", 3600, 1)?;
-        let stall_timeout = seconds(src, "STALL_TIMEOUT_SECONDS", 300, 1)?;
-        let grace_period = seconds(src, "GRACE_PERIOD_SECONDS", 60, 0)?;
-        let resume_window = seconds(src, "RESUME_WINDOW_SECONDS", 30, 0)?;
-        let preview_bytes = number(src, "FERRY_PREVIEW_BYTES", 1 << 20)?;
-        let grace_bytes = number(src, "FERRY_GRACE_BYTES", 16 << 20)?;
-        let refetch_bytes = number(src, "FERRY_REFETCH_BYTES", 16 << 20)?;
+/// How long a link may live and wait, and how many bytes it may serve besides the file itself.
+struct Limits {
+    max_tunnel: Duration,
+    stall_timeout: Duration,
+    grace_period: Duration,
+    resume_window: Duration,
+    preview_bytes: u64,
+    grace_bytes: u64,
+    refetch_bytes: u64,
+}
 
+impl Limits {
+    fn load(src: &Source) -> Result<Self, ConfigError> {
+        Ok(Limits {
+            max_tunnel: seconds(src, "MAX_TUNNEL_SECONDS", 3600, 1)?,
+            stall_timeout: seconds(src, "STALL_TIMEOUT_SECONDS", 300, 1)?,
+            grace_period: seconds(src, "GRACE_PERIOD_SECONDS", 60, 0)?,
+            resume_window: seconds(src, "RESUME_WINDOW_SECONDS", 30, 0)?,
+            preview_bytes: number(src, "FERRY_PREVIEW_BYTES", 1 << 20)?,
+            grace_bytes: number(src, "FERRY_GRACE_BYTES", 16 << 20)?,
+            refetch_bytes: number(src, "FERRY_REFETCH_BYTES", 16 << 20)?,
+        })
+    }
+}
+
+/// Where ferry listens, and the URLs that lead to it.
+struct Listeners {
+    admin_addr: SocketAddr,
+    public_addr: SocketAddr,
+    admin_hosts: Vec<String>,
+    base_url: String,
+    upstream_url: String,
+}
+
+impl Listeners {
+    fn load(src: &Source) -> Result<Self, ConfigError> {
         let admin_addr = addr(src, "FERRY_ADMIN_ADDR", "127.0.0.1:8000")?;
         let public_addr = addr(src, "FERRY_PUBLIC_ADDR", "127.0.0.1:8080")?;
-        let admin_hosts = list(src.get("FERRY_ADMIN_HOSTS"));
-        let base_url = url(src, "BASE_URL", "http://localhost:8080")?;
-        let upstream_url = url(src, "FERRY_UPSTREAM_URL", &format!("http://{public_addr}"))?;
+        Ok(Listeners {
+            admin_addr,
+            public_addr,
+            admin_hosts: list(src.get("FERRY_ADMIN_HOSTS")),
+            base_url: url(src, "BASE_URL", "http://localhost:8080")?,
+            upstream_url: url(src, "FERRY_UPSTREAM_URL", &format!("http://{public_addr}"))?,
+        })
+    }
+}
 
+/// The tunnel provider and how to reach Tailscale.
+struct Tunnel {
+    provider: ProviderKind,
+    tailscale_bin: String,
+    tailscale_socket: Option<PathBuf>,
+    tailscale_container: String,
+    funnel_port: u16,
+    tailscale_timeout: Duration,
+    funnel_mode: FunnelMode,
+}
+
+impl Tunnel {
+    fn load(src: &Source) -> Result<Self, ConfigError> {
         let provider = src.get("FERRY_PROVIDER").unwrap_or("local");
         let provider = ProviderKind::parse(provider).ok_or_else(|| {
             err(
@@ -174,6 +305,27 @@ impl Config {
             "tcp" => FunnelMode::Tcp,
             other => return Err(err("FERRY_FUNNEL_MODE", format!("expected path or tcp, got {other:?}"))),
         };
+        Ok(Tunnel {
+            provider,
+            tailscale_bin,
+            tailscale_socket,
+            tailscale_container,
+            funnel_port,
+            tailscale_timeout,
+            funnel_mode,
+        })
+    }
+}
+
+/// Which nginx serves the bytes, and whose `X-Forwarded-For` it believes.
+struct Nginx {
+    nginx_mode: NginxMode,
+    nginx_bin: Option<PathBuf>,
+    trusted_proxies: Vec<String>,
+}
+
+impl Nginx {
+    fn load(src: &Source, provider: ProviderKind) -> Result<Self, ConfigError> {
         let nginx_mode = match src.get("FERRY_NGINX").unwrap_or("managed") {
             "managed" => NginxMode::Managed,
             "external" => NginxMode::External,
@@ -200,24 +352,45 @@ impl Config {
                 ));
             }
         }
+        Ok(Nginx {
+            nginx_mode,
+            nginx_bin,
+            trusted_proxies,
+        })
+    }
+}
 
-        let admin_token = src.get("FERRY_ADMIN_TOKEN").map(Secret::new);
-        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-            return Err(err("FERRY_ADMIN_TOKEN", "must be at least 16 characters"));
-        }
-        if admin_token.is_none() && !admin_addr.ip().is_loopback() {
-            return Err(err(
-                "FERRY_ADMIN_TOKEN",
-                format!("required when FERRY_ADMIN_ADDR ({admin_addr}) is not a loopback address"),
-            ));
-        }
+/// The admin API's token: required when the admin listener is reachable from the network.
+fn admin_token(src: &Source, admin_addr: SocketAddr) -> Result<Option<Secret>, ConfigError> {
+    let admin_token = src.get("FERRY_ADMIN_TOKEN").map(Secret::new);
+    if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        return Err(err("FERRY_ADMIN_TOKEN", "must be at least 16 characters"));
+    }
+    if admin_token.is_none() && !admin_addr.ip().is_loopback() {
+        return Err(err(
+            "FERRY_ADMIN_TOKEN",
+            format!("required when FERRY_ADMIN_ADDR ({admin_addr}) is not a loopback address"),
+        ));
+    }
+    Ok(admin_token)
+}
+
+/// What ferry records: how long link history is kept, its own log filter, and how long one
+/// access-log file covers.
+struct Logging {
+    history_days: u32,
+    log_filter: String,
+    log_slot: LogSlot,
+}
+
+impl Logging {
+    fn load(src: &Source) -> Result<Self, ConfigError> {
         let history_days = number(src, "FERRY_HISTORY_DAYS", 90)?;
         let history_days = u32::try_from(history_days).map_err(|_| err("FERRY_HISTORY_DAYS", "too large"))?;
         let log_filter = src.get("FERRY_LOG").unwrap_or("info").to_string();
         if log_filter.parse::<tracing_subscriber::filter::Targets>().is_err() {
             return Err(err("FERRY_LOG", format!("not a valid filter: {log_filter:?}")));
         }
-
         let log_slot = match src.get("FERRY_LOG_SLOT") {
             None => LogSlot::Hundred,
             Some(v) => LogSlot::parse(v).ok_or_else(|| {
@@ -227,10 +400,24 @@ impl Config {
                 )
             })?,
         };
-        let webhook_url = match src.get("FERRY_WEBHOOK_URL") {
-            None => None,
-            Some(_) => Some(Secret::new(url(src, "FERRY_WEBHOOK_URL", "")?)),
-        };
+        Ok(Logging {
+            history_days,
+            log_filter,
+            log_slot,
+        })
+    }
+}
+
+/// How hard ferry pushes back on one client: bans for bad tokens, connection and request limits.
+struct Abuse {
+    ban_after_fails: u32,
+    ban: Duration,
+    conn_per_client: u32,
+    req_per_client: u32,
+}
+
+impl Abuse {
+    fn load(src: &Source) -> Result<Self, ConfigError> {
         let ban_after_fails = u32::try_from(number(src, "FERRY_BAN_AFTER_FAILS", 10)?)
             .map_err(|_| err("FERRY_BAN_AFTER_FAILS", "too large"))?;
         let ban = seconds(src, "FERRY_BAN_SECONDS", 900, 1)?;
@@ -247,61 +434,32 @@ impl Config {
                     "must be a whole number of requests per second, at least 1",
                 )
             })?;
-        let webhook_format = match src.get("FERRY_WEBHOOK_FORMAT") {
-            None | Some("auto") => None,
-            Some("json") => Some(WebhookFormat::Json),
-            Some("ntfy") => Some(WebhookFormat::Ntfy),
-            Some(v) => {
-                return Err(err(
-                    "FERRY_WEBHOOK_FORMAT",
-                    format!("expected auto, json or ntfy, got {v:?}"),
-                ));
-            }
-        };
-
-        let instance_timeout = seconds(src, "FERRY_INSTANCE_TIMEOUT_SECONDS", 30, 2)?;
-
-        Ok(Config {
-            data_dir,
-            state_dir,
-            tunnels_dir,
-            logs_dir,
-            jwt_secret,
-            max_tunnel,
-            stall_timeout,
-            grace_period,
-            resume_window,
-            preview_bytes,
-            grace_bytes,
-            refetch_bytes,
-            redis_url,
-            base_url,
-            admin_addr,
-            admin_hosts,
-            public_addr,
-            upstream_url,
-            provider,
-            tailscale_bin,
-            tailscale_socket,
-            tailscale_container,
-            funnel_port,
-            funnel_mode,
-            tailscale_timeout,
-            nginx_mode,
-            nginx_bin,
-            trusted_proxies,
-            admin_token,
-            history_days,
-            log_filter,
-            log_slot,
-            webhook_url,
+        Ok(Abuse {
             ban_after_fails,
             ban,
             conn_per_client,
             req_per_client,
-            webhook_format,
-            instance_timeout,
         })
+    }
+}
+
+fn webhook_url(src: &Source) -> Result<Option<Secret>, ConfigError> {
+    match src.get("FERRY_WEBHOOK_URL") {
+        None => Ok(None),
+        Some(_) => Ok(Some(Secret::new(url(src, "FERRY_WEBHOOK_URL", "")?))),
+    }
+}
+
+/// `None` (unset or `auto`): the format is detected from the webhook's URL.
+fn webhook_format(src: &Source) -> Result<Option<WebhookFormat>, ConfigError> {
+    match src.get("FERRY_WEBHOOK_FORMAT") {
+        None | Some("auto") => Ok(None),
+        Some("json") => Ok(Some(WebhookFormat::Json)),
+        Some("ntfy") => Ok(Some(WebhookFormat::Ntfy)),
+        Some(v) => Err(err(
+            "FERRY_WEBHOOK_FORMAT",
+            format!("expected auto, json or ntfy, got {v:?}"),
+        )),
     }
 }
 
