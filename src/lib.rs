@@ -49,13 +49,75 @@ use tunnel::Provider;
 
 /// Runs ferry until `shutdown` is cancelled.
 pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
-    let provider = Provider::from_config(&config)?;
-    provider.preflight().await.map_err(anyhow::Error::msg)?;
-    let provider_kind = provider.kind();
-    let links = Links::new(&config, store, provider)?;
-    links.listen_for_closes().await;
+    let links = open_links(&config).await?;
+    start_webhook(&config, &links, &shutdown);
+    recover(&links).await?;
 
+    let tasks = TaskTracker::new();
+    spawn_link_upkeep(&tasks, &config, &links, &shutdown);
+    let managed = start_nginx(&tasks, &config, &links, &shutdown).await?;
+    let nginx_running = managed
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicBool::new(true)), |m| m.running.clone());
+    let monitor = Arc::new(monitor::follow::Counters::default());
+    let metrics = install_metrics();
+    tasks.spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
+    let state = http::AppState {
+        links: links.clone(),
+        nginx_running,
+        monitor: monitor.clone(),
+        provider: links.provider().kind().name(),
+        metrics,
+        config: Arc::new(config.clone()),
+        host: http::host::Host::new(),
+        sse: http::events::subscribers(),
+        auth: Arc::new(http::admin_auth::AdminAuth::new(
+            config.admin_token.clone(),
+            admin.local_addr()?,
+            &config.admin_hosts,
+        )),
+    };
+
+    let sock = serve_checks(&tasks, &config, &links, &shutdown)?;
+    if let Some(managed) = managed {
+        tasks.spawn(managed.supervise(shutdown.clone()));
+    }
+    spawn_monitor(&tasks, &config, &links, monitor, &shutdown);
+
+    tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
+    let app = http::admin_router(state);
+    axum::serve(admin, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+    stop(&shutdown, tasks, &links, &sock).await;
+    Ok(())
+}
+
+/// Once the admin API has stopped: ends every task, makes the store's last writes durable, and
+/// lets the provider and the check socket go.
+async fn stop(shutdown: &CancellationToken, tasks: TaskTracker, links: &Links, sock: &std::path::Path) {
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    if let Err(e) = links.store().persist().await {
+        tracing::warn!(error = %e, "the store could not make its last writes durable");
+    }
+    links.provider().stop().await;
+    let _ = std::fs::remove_file(sock);
+}
+
+/// The links with their store and tunnel provider, once the provider accepts the settings.
+async fn open_links(config: &Config) -> anyhow::Result<Arc<Links>> {
+    let store = open_store(config).await?;
+    let provider = Provider::from_config(config)?;
+    provider.preflight().await.map_err(anyhow::Error::msg)?;
+    let links = Links::new(config, store, provider)?;
+    links.listen_for_closes().await;
+    Ok(links)
+}
+
+/// Posts link events to `FERRY_WEBHOOK_URL`, when it is set.
+fn start_webhook(config: &Config, links: &Links, shutdown: &CancellationToken) {
     if let Some(url) = &config.webhook_url {
         let url = url.expose().to_string();
         let format = match config.webhook_format {
@@ -64,7 +126,11 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         };
         notify::spawn(url, format, links.events.subscribe(), shutdown.clone());
     }
+}
 
+/// Puts the state right after a stop or a crash: closes overdue links, removes orphans, and
+/// brings the tunnels in line with the open links.
+async fn recover(links: &Links) -> anyhow::Result<()> {
     // With shared state: alive before anything else, so that no other instance takes this
     // one's links over while it starts (and its reconciliation reclaims them).
     if let Some(peers) = links.peers()
@@ -88,15 +154,18 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         Err(e) => return Err(e.into()),
     }
 
-    if provider_kind.uses_funnel() {
-        // The sidecar may not be up yet; the watch below keeps trying.
+    if links.provider().kind().uses_funnel() {
+        // The sidecar may not be up yet; the tunnel watch keeps trying.
         if let Err(e) = links.reconcile_tunnels().await {
             tracing::warn!(error = %e, "the tunnel provider is not ready");
         }
     }
+    Ok(())
+}
 
-    let tasks = TaskTracker::new();
-    if provider_kind.uses_funnel() {
+/// The loops that keep links in step with time, tunnels, files and other instances.
+fn spawn_link_upkeep(tasks: &TaskTracker, config: &Config, links: &Arc<Links>, shutdown: &CancellationToken) {
+    if links.provider().kind().uses_funnel() {
         tasks.spawn(
             links
                 .clone()
@@ -109,58 +178,64 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
     // even when nobody asks for them.
     tasks.spawn(links.clone().run_file_watch(links::FILE_WATCH, shutdown.clone()));
     tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
-    let managed = match config.nginx_mode {
-        NginxMode::Managed => Some(
-            nginx::Managed::prepare(&config)
+}
+
+/// Prepares the nginx ferry manages, which the caller then supervises; or, with
+/// `FERRY_NGINX=external`, writes the config for the nginx that runs elsewhere and listens for its
+/// error log.
+async fn start_nginx(
+    tasks: &TaskTracker,
+    config: &Config,
+    links: &Links,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<nginx::Managed>> {
+    match config.nginx_mode {
+        NginxMode::Managed => Ok(Some(
+            nginx::Managed::prepare(config)
                 .await?
                 .watch_log_writes(links.log_writes.clone(), config.logs_dir.clone()),
-        ),
+        )),
         NginxMode::External => {
-            let errors = nginx::ErrorLogSocket::bind(&config)?;
+            let errors = nginx::ErrorLogSocket::bind(config)?;
             let writes = (links.log_writes.clone(), config.logs_dir.clone());
             tasks.spawn(errors.serve(Some(writes), shutdown.clone()));
-            let conf = nginx::write_external(&config).await?;
+            let conf = nginx::write_external(config).await?;
             tracing::info!(config = %conf.display(), "nginx runs elsewhere (FERRY_NGINX=external) from this config");
-            None
+            Ok(None)
         }
-    };
-    let nginx_running = managed
-        .as_ref()
-        .map_or_else(|| Arc::new(AtomicBool::new(true)), |m| m.running.clone());
-    let monitor = Arc::new(monitor::follow::Counters::default());
-    let metrics = install_metrics();
-    tasks.spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
-    let state = http::AppState {
-        links: links.clone(),
-        nginx_running,
-        monitor: monitor.clone(),
-        provider: provider_kind.name(),
-        metrics,
-        config: Arc::new(config.clone()),
-        host: http::host::Host::new(),
-        sse: http::events::subscribers(),
-        auth: Arc::new(http::admin_auth::AdminAuth::new(
-            config.admin_token.clone(),
-            admin.local_addr()?,
-            &config.admin_hosts,
-        )),
-    };
+    }
+}
 
+/// Binds the check socket and answers on it; returns its path, to remove at the end.
+fn serve_checks(
+    tasks: &TaskTracker,
+    config: &Config,
+    links: &Arc<Links>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<std::path::PathBuf> {
     // The check socket: nginx's only way to ask. Owner and group only.
-    let sock = nginx::check_socket(&config);
+    let sock = nginx::check_socket(config);
     let _ = std::fs::remove_file(&sock);
     let check = UnixListener::bind(&sock).with_context(|| format!("cannot bind {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
     tasks.spawn(http::check::serve(check, links.clone(), shutdown.clone()));
-    if let Some(managed) = managed {
-        tasks.spawn(managed.supervise(shutdown.clone()));
-    }
+    Ok(sock)
+}
 
+/// The loops that follow downloads and report on them: the access-log follower, the socket
+/// sampler, the watch on the logs' free space, and the relay that passes events between instances.
+fn spawn_monitor(
+    tasks: &TaskTracker,
+    config: &Config,
+    links: &Arc<Links>,
+    counters: Arc<monitor::follow::Counters>,
+    shutdown: &CancellationToken,
+) {
     let follower = monitor::follow::Follower {
         dir: config.logs_dir.clone(),
         slot: config.log_slot,
         position_file: config.state_dir.join("access.position"),
-        counters: monitor,
+        counters,
     };
     tasks.spawn(follower.run(links.clone(), shutdown.clone()));
     tasks.spawn(links.clone().run_sampler(shutdown.clone()));
@@ -170,21 +245,6 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: CancellationToken
         shutdown.clone(),
     ));
     tasks.spawn(links.clone().run_relay(shutdown.clone()));
-
-    tracing::info!(admin = %admin.local_addr()?, public = %config.public_addr, data = %config.data_dir.display(), "ferry is running");
-    let app = http::admin_router(state);
-    axum::serve(admin, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
-    shutdown.cancel();
-    tasks.close();
-    tasks.wait().await;
-    if let Err(e) = links.store().persist().await {
-        tracing::warn!(error = %e, "the store could not make its last writes durable");
-    }
-    links.provider().stop().await;
-    let _ = std::fs::remove_file(&sock);
-    Ok(())
 }
 
 /// The embedded store in the state dir, or Redis when `REDIS_URL` is set.
