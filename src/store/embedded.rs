@@ -118,6 +118,78 @@ impl Batch {
     }
 }
 
+impl State {
+    /// Takes the queued batch for a commit, with the records it writes, and queues an empty one.
+    /// `reopening`: the file is reopened before this batch, so every open link goes out again.
+    fn take_batch(&mut self, reopening: bool) -> (Batch, Vec<Arc<Link>>) {
+        if reopening {
+            // What commits without an fsync had written since the last one with is lost with the
+            // old handle. Memory holds every open link's latest record, so each goes out again,
+            // with an fsync.
+            let all: Vec<TunnelId> = self.live.keys().cloned().collect();
+            self.queue.dirty.extend(all);
+            self.queue.durable = true;
+        }
+        let next = Batch::new(self.queue.seq + 1);
+        let batch = std::mem::replace(&mut self.queue, next);
+        self.unsynced |= !batch.durable;
+        self.writing = Some(batch.done.subscribe());
+        // Every queued link is in memory until a commit of it evicts it.
+        let records: Vec<Arc<Link>> = batch
+            .dirty
+            .iter()
+            .filter_map(|id| self.live.get(id).map(|e| e.link.clone()))
+            .collect();
+        debug_assert_eq!(records.len(), batch.dirty.len());
+        (batch, records)
+    }
+
+    /// After `batch` is on disk: closed links are there now, and the disk answers for them from
+    /// here on.
+    fn committed(&mut self, batch: &Batch) {
+        if batch.durable {
+            self.unsynced = false;
+            self.synced = batch.seq;
+        }
+        // A link closes by a write, so each closed one is among the links this batch wrote (or a
+        // failed one before it, whose links this batch took over): looking there, not through
+        // every open link, keeps a commit's cost to its own size.
+        let before = self.live.len();
+        for id in &batch.dirty {
+            if self
+                .live
+                .get(id)
+                .is_some_and(|e| e.link.state == LinkState::Closed && e.last_batch <= batch.seq)
+            {
+                self.live.remove(id);
+            }
+        }
+        if self.live.len() < before {
+            self.evictions += 1;
+        }
+    }
+
+    /// After `batch` failed: memory still holds the truth, so its writes join the queued batch
+    /// and go out again with the next commit.
+    fn requeue(&mut self, batch: &mut Batch) {
+        let mut next = std::mem::replace(&mut self.queue, Batch::new(0));
+        // Memory has each link's latest record: the next commit writes it.
+        next.dirty.extend(batch.dirty.drain());
+        batch.audits.append(&mut next.audits);
+        next.audits = std::mem::take(&mut batch.audits);
+        next.durable |= batch.durable;
+        next.waited |= batch.waited;
+        // Whoever depends on the failed writes now waits for their second chance.
+        let retry = (next.seq, next.done.subscribe());
+        for e in self.live.values_mut() {
+            if e.durable.as_ref().is_some_and(|(seq, _)| *seq == batch.seq) {
+                e.durable = Some(retry.clone());
+            }
+        }
+        self.queue = next;
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -228,35 +300,15 @@ impl Embedded {
         };
         let mut first = true;
         loop {
-            let batch = {
+            let (mut batch, records) = {
                 let mut st = self.state();
                 if st.queue.is_empty() || !(first || st.queue.waited) {
                     drop(role);
                     return;
                 }
                 first = false;
-                if self.broken.load(Ordering::SeqCst) {
-                    // The file is reopened before this batch: what commits without an fsync had
-                    // written since the last one with is lost with the old handle. Memory holds
-                    // every open link's latest record, so each goes out again, with an fsync.
-                    let all: Vec<TunnelId> = st.live.keys().cloned().collect();
-                    st.queue.dirty.extend(all);
-                    st.queue.durable = true;
-                }
-                let next = Batch::new(st.queue.seq + 1);
-                let batch = std::mem::replace(&mut st.queue, next);
-                st.unsynced |= !batch.durable;
-                st.writing = Some(batch.done.subscribe());
-                // Every queued link is in memory until a commit of it evicts it.
-                let records: Vec<Arc<Link>> = batch
-                    .dirty
-                    .iter()
-                    .filter_map(|id| st.live.get(id).map(|e| e.link.clone()))
-                    .collect();
-                debug_assert_eq!(records.len(), batch.dirty.len());
-                (batch, records)
+                st.take_batch(self.broken.load(Ordering::SeqCst))
             };
-            let (mut batch, records) = batch;
             let result = blocking(|| {
                 if self.broken.load(Ordering::SeqCst) {
                     self.reopen()?;
@@ -268,47 +320,10 @@ impl Embedded {
             let mut st = self.state();
             st.writing = None;
             match &result {
-                Ok(()) => {
-                    if batch.durable {
-                        st.unsynced = false;
-                        st.synced = batch.seq;
-                    }
-                    // Closed links are on disk now: the disk answers for them from here on. A
-                    // link closes by a write, so each one is among the links this batch wrote
-                    // (or a failed one before it, whose links this batch took over): looking
-                    // there, not through every open link, keeps a commit's cost to its own size.
-                    let before = st.live.len();
-                    for id in &batch.dirty {
-                        if st
-                            .live
-                            .get(id)
-                            .is_some_and(|e| e.link.state == LinkState::Closed && e.last_batch <= batch.seq)
-                        {
-                            st.live.remove(id);
-                        }
-                    }
-                    if st.live.len() < before {
-                        st.evictions += 1;
-                    }
-                }
+                Ok(()) => st.committed(&batch),
                 Err(e) => {
                     tracing::error!(error = %e, "the store could not commit; will retry with the next write");
-                    // Memory still holds the truth: the records go out again with the next batch.
-                    let mut next = std::mem::replace(&mut st.queue, Batch::new(0));
-                    // Memory has each link's latest record: the next commit writes it.
-                    next.dirty.extend(batch.dirty.drain());
-                    batch.audits.append(&mut next.audits);
-                    next.audits = std::mem::take(&mut batch.audits);
-                    next.durable |= batch.durable;
-                    next.waited |= batch.waited;
-                    // Whoever depends on the failed writes now waits for their second chance.
-                    let retry = (next.seq, next.done.subscribe());
-                    for e in st.live.values_mut() {
-                        if e.durable.as_ref().is_some_and(|(seq, _)| *seq == batch.seq) {
-                            e.durable = Some(retry.clone());
-                        }
-                    }
-                    st.queue = next;
+                    st.requeue(&mut batch);
                 }
             }
             let failed = result.is_err();
