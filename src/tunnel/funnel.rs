@@ -244,26 +244,7 @@ impl Funnel {
     /// without Funnel get a `tailscale funnel` command, whose output says how to enable it (the
     /// CLI then waits for the owner, and an exec in the sidecar cannot be stopped).
     async fn ensure_ready(&self, st: &mut State, asked: bool) -> Result<(String, ServeConfig), TunnelError> {
-        let known = self.dns_name.lock().expect("dns mutex").clone();
-        let host = match known {
-            Some(h) if st.ready => h,
-            _ => {
-                st.ready = false;
-                let node = self.node().await?;
-                if let Some(m) = self.unfit(&node) {
-                    return Err(self.refuse(m, false));
-                }
-                if !node.can_funnel && !asked {
-                    let m = self.refusal().unwrap_or_else(|| {
-                        "Funnel is not enabled for this node (it lacks the funnel node attribute or HTTPS \
-                         certificates; a tailnet admin enables them: https://tailscale.com/kb/1223/funnel)"
-                            .into()
-                    });
-                    return Err(self.refuse(m, true));
-                }
-                node.dns_name
-            }
-        };
+        let host = self.fit_host(st, asked).await?;
         let mut sc = self.serve_config().await?;
         if st.ready && self.placeholder_ok(&host, &sc) && !sc.foreground_holds(self.port) {
             return Ok((host, sc));
@@ -324,6 +305,29 @@ impl Funnel {
             self.set_health(Health::ok());
         }
         Ok((host, sc))
+    }
+
+    /// The node's DNS name: the one learned before while `st.ready`, or else asked of the node,
+    /// which must then be fit for ferry (see [`Funnel::ensure_ready`] for `asked`).
+    async fn fit_host(&self, st: &mut State, asked: bool) -> Result<String, TunnelError> {
+        let known = self.dns_name.lock().expect("dns mutex").clone();
+        if let Some(h) = known.filter(|_| st.ready) {
+            return Ok(h);
+        }
+        st.ready = false;
+        let node = self.node().await?;
+        if let Some(m) = self.unfit(&node) {
+            return Err(self.refuse(m, false));
+        }
+        if !node.can_funnel && !asked {
+            let m = self.refusal().unwrap_or_else(|| {
+                "Funnel is not enabled for this node (it lacks the funnel node attribute or HTTPS \
+                 certificates; a tailnet admin enables them: https://tailscale.com/kb/1223/funnel)"
+                    .into()
+            });
+            return Err(self.refuse(m, true));
+        }
+        Ok(node.dns_name)
     }
 
     fn placeholder_ok(&self, host: &str, sc: &ServeConfig) -> bool {
