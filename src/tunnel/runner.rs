@@ -2,7 +2,7 @@
 //! Tailscale sidecar container through the Docker Engine API (`FERRY_PROVIDER=docker`). The two
 //! providers differ only here. Every run has a timeout; a local process is killed when it passes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -70,97 +70,118 @@ impl Runner {
     }
 
     pub async fn run(&self, args: &[String], timeout: Duration) -> Result<Output, RunError> {
-        let timed_out = || RunError::Timeout {
-            command: args.join(" "),
-            timeout,
-        };
         match self {
-            Runner::Process { bin, socket } => {
-                use tokio::io::AsyncReadExt;
-                let spawn_err = |e: std::io::Error| RunError::Spawn {
-                    bin: bin.display().to_string(),
-                    error: e.to_string(),
-                };
-                let mut child = tokio::process::Command::new(bin)
-                    .args(Self::argv(socket, args))
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(spawn_err)?;
-                let mut stdout_pipe = child.stdout.take().expect("piped");
-                let mut stderr_pipe = child.stderr.take().expect("piped");
-                let stderr_task = tokio::spawn(async move {
-                    let mut b = Vec::new();
-                    let _ = stderr_pipe.read_to_end(&mut b).await;
-                    b
-                });
-                let deadline = tokio::time::Instant::now() + timeout;
-                let mut stdout = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match tokio::time::timeout_at(deadline, stdout_pipe.read(&mut buf)).await {
-                        Err(_) => return Err(timed_out()),
-                        Ok(Ok(0)) | Ok(Err(_)) => break,
-                        Ok(Ok(n)) => stdout.extend_from_slice(&buf[..n]),
-                    }
-                    // The CLI waits (for ever) for the owner to enable Funnel; the link it printed
-                    // is the answer.
-                    if awaits_enablement(&stdout) {
-                        let _ = child.kill().await;
-                        return Ok(Output {
-                            code: -1,
-                            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                            stderr: String::new(),
-                        });
-                    }
-                }
-                // Dropping the child on timeout kills it (kill_on_drop).
-                let status = tokio::time::timeout_at(deadline, child.wait())
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(spawn_err)?;
-                let stderr = stderr_task.await.unwrap_or_default();
-                Ok(Output {
-                    code: status.code().map_or(-1, i64::from),
-                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
-                })
-            }
+            Runner::Process { bin, socket } => run_process(bin, socket, args, timeout).await,
             Runner::Docker {
                 client,
                 container,
                 bin,
                 socket,
-            } => {
-                let docker = {
-                    let mut c = client.lock().await;
-                    match c.as_ref() {
-                        Some(d) => d.clone(),
-                        None => {
-                            let d = tokio::time::timeout(timeout, connect())
-                                .await
-                                .map_err(|_| RunError::Docker("the Docker Engine did not answer".into()))??;
-                            *c = Some(d.clone());
-                            d
-                        }
-                    }
-                };
-                let mut cmd = vec![bin.clone()];
-                cmd.extend(Self::argv(socket, args));
-                let r = tokio::time::timeout(timeout, exec(&docker, container, cmd)).await;
-                match r {
-                    Err(_) => Err(timed_out()),
-                    Ok(Err(e)) => {
-                        // The next call connects again (the daemon may have restarted).
-                        *client.lock().await = None;
-                        Err(e)
-                    }
-                    Ok(Ok(out)) => Ok(out),
-                }
+            } => run_docker(client, container, bin, socket, args, timeout).await,
+        }
+    }
+}
+
+fn timed_out(args: &[String], timeout: Duration) -> RunError {
+    RunError::Timeout {
+        command: args.join(" "),
+        timeout,
+    }
+}
+
+/// Runs the CLI as a local process, killed when it passes `timeout`.
+async fn run_process(
+    bin: &Path,
+    socket: &Option<PathBuf>,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Output, RunError> {
+    use tokio::io::AsyncReadExt;
+    let spawn_err = |e: std::io::Error| RunError::Spawn {
+        bin: bin.display().to_string(),
+        error: e.to_string(),
+    };
+    let mut child = tokio::process::Command::new(bin)
+        .args(Runner::argv(socket, args))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(spawn_err)?;
+    let mut stdout_pipe = child.stdout.take().expect("piped");
+    let mut stderr_pipe = child.stderr.take().expect("piped");
+    let stderr_task = tokio::spawn(async move {
+        let mut b = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut b).await;
+        b
+    });
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stdout = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stdout_pipe.read(&mut buf)).await {
+            Err(_) => return Err(timed_out(args, timeout)),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => stdout.extend_from_slice(&buf[..n]),
+        }
+        // The CLI waits (for ever) for the owner to enable Funnel; the link it printed
+        // is the answer.
+        if awaits_enablement(&stdout) {
+            let _ = child.kill().await;
+            return Ok(Output {
+                code: -1,
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: String::new(),
+            });
+        }
+    }
+    // Dropping the child on timeout kills it (kill_on_drop).
+    let status = tokio::time::timeout_at(deadline, child.wait())
+        .await
+        .map_err(|_| timed_out(args, timeout))?
+        .map_err(spawn_err)?;
+    let stderr = stderr_task.await.unwrap_or_default();
+    Ok(Output {
+        code: status.code().map_or(-1, i64::from),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
+}
+
+/// Runs the CLI in the sidecar container through the Docker Engine API.
+async fn run_docker(
+    client: &tokio::sync::Mutex<Option<bollard::Docker>>,
+    container: &str,
+    bin: &str,
+    socket: &Option<PathBuf>,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Output, RunError> {
+    let docker = {
+        let mut c = client.lock().await;
+        match c.as_ref() {
+            Some(d) => d.clone(),
+            None => {
+                let d = tokio::time::timeout(timeout, connect())
+                    .await
+                    .map_err(|_| RunError::Docker("the Docker Engine did not answer".into()))??;
+                *c = Some(d.clone());
+                d
             }
         }
+    };
+    let mut cmd = vec![bin.to_string()];
+    cmd.extend(Runner::argv(socket, args));
+    let r = tokio::time::timeout(timeout, exec(&docker, container, cmd)).await;
+    match r {
+        Err(_) => Err(timed_out(args, timeout)),
+        Ok(Err(e)) => {
+            // The next call connects again (the daemon may have restarted).
+            *client.lock().await = None;
+            Err(e)
+        }
+        Ok(Ok(out)) => Ok(out),
     }
 }
 
