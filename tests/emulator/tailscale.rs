@@ -745,29 +745,84 @@ fn expand_target(target: &str, schemes: &[&str], default: &str, version: (u32, u
 }
 
 fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> {
-    // Subcommands first (serve_legacy.go runServeStatus, runServeReset).
+    if let Some(out) = serve_subcommand(socket, sub, args)? {
+        return Ok(out);
+    }
+    // Flags as the installed version defines them (--proxy-protocol is 1.92's).
+    let version = Node::connect(socket).map_or((1, 92), |n| n.version());
+    let (f, args) = serve_args(sub, args, version)?;
+    let turn_off = args.last().is_some_and(|a| a == "off");
+    // runServeCombined: Funnel's check comes first, for `off` too, and always for port 443.
+    let funnel = sub == "funnel";
+    if funnel {
+        verify_funnel_enabled(socket, 443)?;
+    }
+    let mount = clean_url_path(&f.set_path).map_err(|e| Fail::new(format!("failed to clean the mount point: {e}")))?;
+    let (srv, port) = serve_type(sub, &f)?;
+    let node = Node::connect(socket)
+        .map_err(|d| Fail::new(format!("error getting serve config: {}", d.getting_serve_config())))?;
+    let etag = node.etag();
+    let mut sc = node.serve_config();
+    let dns = node.dns_name();
+    let hp = format!("{dns}:{port}");
+    if turn_off {
+        unset_serve(&mut sc, &f, srv, port, &hp, &mount).map_err(|e| Fail::help(sub, e))?;
+        node.set_serve_config(Some(etag), sc)?;
+        return Ok(String::new());
+    }
+    if !f.bg {
+        return Err(Fail::new(
+            "the emulator only keeps background configurations; pass --bg (ferry always does)",
+        ));
+    }
+    validate_config(&sc, port, srv, version)?;
+    let change = Change {
+        sub,
+        flags: f,
+        version,
+        srv,
+        port,
+        dns,
+        mount,
+    };
+    let target = &args[0];
+    match srv {
+        SrvType::Https | SrvType::Http => add_web_handler(&mut sc, &change, target)?,
+        SrvType::Tcp | SrvType::TlsTerminatedTcp => add_tcp_forward(&mut sc, &change, target)?,
+    }
+    apply_funnel(&mut sc, funnel, &change.dns, &hp);
+    node.set_serve_config(Some(etag), sc.clone())?;
+    Ok(message_for_port(&sc, &change.dns, sub, srv, port, funnel))
+}
+
+/// serve_legacy.go runServeStatus and runServeReset: the subcommands, which come before any flag.
+/// `None`: the command is not one of them.
+fn serve_subcommand(socket: &Path, sub: &str, args: &[String]) -> Result<Option<String>, Fail> {
     match args.first().map(String::as_str) {
         Some("status") => {
             let (f, _) = parse_flags(sub, &args[1..], &["json"], (1, 92))?;
             let node = Node::connect(socket).map_err(|d| Fail::new(d.getting_serve_config()))?;
             let sc = node.serve_config();
-            return Ok(if f.json {
+            Ok(Some(if f.json {
                 serde_json::to_string_pretty(&sc).unwrap()
             } else if sc.as_object().is_some_and(Map::is_empty) {
                 "No serve config".into()
             } else {
                 serde_json::to_string(&sc).unwrap()
-            });
+            }))
         }
         Some("reset") => {
             let node = Node::connect(socket).map_err(|d| Fail::new(d.sending_serve_config()))?;
             node.set_serve_config(None, json!({}))?;
-            return Ok(String::new());
+            Ok(Some(String::new()))
         }
-        _ => {}
+        _ => Ok(None),
     }
-    // Flags as the installed version defines them (--proxy-protocol is 1.92's).
-    let version = Node::connect(socket).map_or((1, 92), |n| n.version());
+}
+
+/// The flags `version` defines, and the arguments after them, checked as serve_v2.go
+/// validateArgs checks them.
+fn serve_args(sub: &str, args: &[String], version: (u32, u32)) -> Result<(Flags, Vec<String>), Fail> {
     let mut allowed = vec![
         "bg",
         "set-path",
@@ -781,7 +836,6 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
         allowed.push("http");
     }
     let (f, args) = parse_flags(sub, args, &allowed, version)?;
-    // validateArgs
     if args.is_empty() {
         return Err(Fail::usage(format!(
             "USAGE\n  tailscale {sub} <target>\n  tailscale {sub} status [--json]\n  tailscale {sub} reset"
@@ -799,12 +853,11 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
             "Error: invalid argument format\ntry `tailscale {sub} --help` for usage info"
         )));
     }
-    // runServeCombined: Funnel's check comes first, for `off` too, and always for port 443.
-    let funnel = sub == "funnel";
-    if funnel {
-        verify_funnel_enabled(socket, 443)?;
-    }
-    let mount = clean_url_path(&f.set_path).map_err(|e| Fail::new(format!("failed to clean the mount point: {e}")))?;
+    Ok((f, args))
+}
+
+/// The one kind of handler the flags ask for, and its port (`--https=443` when none is given).
+fn serve_type(sub: &str, f: &Flags) -> Result<(SrvType, u16), Fail> {
     let mut types = vec![];
     for (t, p) in [
         (SrvType::Http, f.http),
@@ -824,83 +877,93 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
     if f.proxy_protocol != 0 && !matches!(srv, SrvType::Tcp | SrvType::TlsTerminatedTcp) {
         return Err(Fail::help(sub, "PROXY protocol is only supported for TCP forwarders"));
     }
-    let node = Node::connect(socket)
-        .map_err(|d| Fail::new(format!("error getting serve config: {}", d.getting_serve_config())))?;
-    let etag = node.etag();
-    let mut sc = node.serve_config();
-    let dns = node.dns_name();
-    let hp = format!("{dns}:{port}");
-    if turn_off {
-        unset_serve(&mut sc, &f, srv, port, &hp, &mount).map_err(|e| Fail::help(sub, e))?;
-        node.set_serve_config(Some(etag), sc)?;
-        return Ok(String::new());
-    }
-    if !f.bg {
-        return Err(Fail::new(
-            "the emulator only keeps background configurations; pass --bg (ferry always does)",
+    Ok((srv, port))
+}
+
+/// A `serve` or `funnel` command that adds a handler, once its flags are checked.
+struct Change<'a> {
+    sub: &'a str,
+    flags: Flags,
+    version: (u32, u32),
+    srv: SrvType,
+    port: u16,
+    /// The node's DNS name.
+    dns: String,
+    mount: String,
+}
+
+/// Adds a web handler (text, file path or proxy) at the change's mount.
+fn add_web_handler(sc: &mut Value, c: &Change, target: &str) -> Result<(), Fail> {
+    let handler = if let Some(text) = target.strip_prefix("text:") {
+        if text.is_empty() {
+            return Err(Fail::help(
+                c.sub,
+                "failed apply web serve: unable to serve; text cannot be an empty string",
+            ));
+        }
+        json!({"Text": text})
+    } else if target.starts_with('/') {
+        json!({"Path": target})
+    } else {
+        let t = expand_target(target, &["http", "https", "https+insecure"], "http", c.version)
+            .map_err(|e| Fail::help(c.sub, format!("failed apply web serve: {e}")))?;
+        json!({"Proxy": t})
+    };
+    if tcp_forwarding(sc, c.port) {
+        return Err(Fail::help(
+            c.sub,
+            "failed apply web serve: cannot serve web; already serving TCP",
         ));
     }
-    validate_config(&sc, port, srv, version)?;
-    let target = &args[0];
-    match srv {
-        SrvType::Https | SrvType::Http => {
-            let handler = if let Some(text) = target.strip_prefix("text:") {
-                if text.is_empty() {
-                    return Err(Fail::help(
-                        sub,
-                        "failed apply web serve: unable to serve; text cannot be an empty string",
-                    ));
-                }
-                json!({"Text": text})
-            } else if target.starts_with('/') {
-                json!({"Path": target})
-            } else {
-                let t = expand_target(target, &["http", "https", "https+insecure"], "http", version)
-                    .map_err(|e| Fail::help(sub, format!("failed apply web serve: {e}")))?;
-                json!({"Proxy": t})
-            };
-            if tcp_forwarding(&sc, port) {
-                return Err(Fail::help(
-                    sub,
-                    "failed apply web serve: cannot serve web; already serving TCP",
-                ));
-            }
-            let key = if srv == SrvType::Https { "HTTPS" } else { "HTTP" };
-            sc["TCP"] = merge(&sc["TCP"], &port.to_string(), json!({ key: true }));
-            let mut web = sc["Web"].as_object().cloned().unwrap_or_default();
-            let entry = web.entry(hp.clone()).or_insert_with(|| json!({"Handlers": {}}));
-            entry["Handlers"][mount.as_str()] = handler;
-            sc["Web"] = Value::Object(web);
-        }
-        SrvType::Tcp | SrvType::TlsTerminatedTcp => {
-            if !f.set_path.is_empty() {
-                return Err(Fail::help(sub, "cannot mount a path for TCP serve"));
-            }
-            let t = expand_target(target, &["tcp"], "tcp", version)
-                .map_err(|e| Fail::help(sub, format!("failed to apply TCP serve: unable to expand target: {e}")))?;
-            if serving_web(&sc, port) {
-                return Err(Fail::help(
-                    sub,
-                    format!("failed to apply TCP serve: cannot serve TCP; already serving web on {port} for {dns}"),
-                ));
-            }
-            let mut h = json!({"TCPForward": t.trim_start_matches("tcp://").split('/').next().unwrap()});
-            if srv == SrvType::TlsTerminatedTcp {
-                h["TerminateTLS"] = json!(dns);
-            }
-            if f.proxy_protocol != 0 {
-                h["ProxyProtocol"] = json!(f.proxy_protocol);
-            }
-            let mut tcp = sc["TCP"].as_object().cloned().unwrap_or_default();
-            tcp.insert(port.to_string(), h);
-            sc["TCP"] = Value::Object(tcp);
-        }
+    let key = if c.srv == SrvType::Https { "HTTPS" } else { "HTTP" };
+    sc["TCP"] = merge(&sc["TCP"], &c.port.to_string(), json!({ key: true }));
+    let mut web = sc["Web"].as_object().cloned().unwrap_or_default();
+    let hp = format!("{}:{}", c.dns, c.port);
+    let entry = web.entry(hp).or_insert_with(|| json!({"Handlers": {}}));
+    entry["Handlers"][c.mount.as_str()] = handler;
+    sc["Web"] = Value::Object(web);
+    Ok(())
+}
+
+/// Adds a TCP forward for the change's port, TLS-terminated or not.
+fn add_tcp_forward(sc: &mut Value, c: &Change, target: &str) -> Result<(), Fail> {
+    if !c.flags.set_path.is_empty() {
+        return Err(Fail::help(c.sub, "cannot mount a path for TCP serve"));
     }
-    // applyFunnel
+    let t = expand_target(target, &["tcp"], "tcp", c.version).map_err(|e| {
+        Fail::help(
+            c.sub,
+            format!("failed to apply TCP serve: unable to expand target: {e}"),
+        )
+    })?;
+    if serving_web(sc, c.port) {
+        return Err(Fail::help(
+            c.sub,
+            format!(
+                "failed to apply TCP serve: cannot serve TCP; already serving web on {} for {}",
+                c.port, c.dns
+            ),
+        ));
+    }
+    let mut h = json!({"TCPForward": t.trim_start_matches("tcp://").split('/').next().unwrap()});
+    if c.srv == SrvType::TlsTerminatedTcp {
+        h["TerminateTLS"] = json!(c.dns);
+    }
+    if c.flags.proxy_protocol != 0 {
+        h["ProxyProtocol"] = json!(c.flags.proxy_protocol);
+    }
+    let mut tcp = sc["TCP"].as_object().cloned().unwrap_or_default();
+    tcp.insert(c.port.to_string(), h);
+    sc["TCP"] = Value::Object(tcp);
+    Ok(())
+}
+
+/// serve_v2.go applyFunnel: `funnel` switches Funnel on for the host and port, `serve` off.
+fn apply_funnel(sc: &mut Value, funnel: bool, dns: &str, hp: &str) {
     let mut allow = sc["AllowFunnel"].as_object().cloned().unwrap_or_default();
     if funnel {
-        allow.insert(hp.clone(), json!(true));
-    } else if allow.remove(&hp).is_some() {
+        allow.insert(hp.to_string(), json!(true));
+    } else if allow.remove(hp).is_some() {
         eprintln!("Removing Funnel for {dns}:{hp}");
     }
     if allow.is_empty() {
@@ -908,8 +971,6 @@ fn serve_cmd(socket: &Path, sub: &str, args: &[String]) -> Result<String, Fail> 
     } else {
         sc["AllowFunnel"] = Value::Object(allow);
     }
-    node.set_serve_config(Some(etag), sc.clone())?;
-    Ok(message_for_port(&sc, &dns, sub, srv, port, funnel))
 }
 
 fn merge(obj: &Value, key: &str, v: Value) -> Value {
@@ -1138,62 +1199,94 @@ fn message_for_port(sc: &Value, dns: &str, sub: &str, srv: SrvType, port: u16, f
 // ---------------------------------------------------------------------------------------------
 // `daemon`: tailscaled's state and Funnel's public front.
 
+/// The `daemon` command's arguments.
+struct DaemonArgs {
+    listen: String,
+    dns: String,
+    funnel_port: u16,
+    funnel: bool,
+    persist: bool,
+}
+
+impl DaemonArgs {
+    /// `Err`: what to print before exiting with status 2.
+    fn parse(args: &[String]) -> Result<DaemonArgs, String> {
+        let mut listen = None;
+        let mut dns = "ferry-test.tail0000.ts.net".to_string();
+        let mut funnel_port: u16 = 443;
+        let mut funnel = true;
+        let mut persist = false;
+        for a in args {
+            if let Some(v) = a.strip_prefix("--listen=") {
+                listen = Some(v.to_string());
+            } else if let Some(v) = a.strip_prefix("--dns-name=") {
+                dns = v.to_string();
+            } else if let Some(v) = a.strip_prefix("--funnel-port=") {
+                funnel_port = v.parse().expect("--funnel-port is a port");
+            } else if a == "--no-funnel" {
+                funnel = false;
+            } else if a == "--persist" {
+                persist = true;
+            } else {
+                return Err(format!("daemon: unknown argument {a:?}"));
+            }
+        }
+        let Some(listen) = listen else {
+            return Err("daemon: --listen=ADDR is required".into());
+        };
+        Ok(DaemonArgs {
+            listen,
+            dns,
+            funnel_port,
+            funnel,
+            persist,
+        })
+    }
+}
+
+/// The node's state as tailscaled starts: the switches the tests set outlive a restart, as a
+/// node's version, prefs and capabilities do; what a restart resets is set here.
+fn started_state(socket: &Path, a: &DaemonArgs) -> Value {
+    let previous: Option<Value> = std::fs::read_to_string(state_path(socket))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    // A restarted tailscaled without persisted state starts with an empty serve config.
+    let serve = match (&previous, a.persist) {
+        (Some(p), true) => p["serve"].clone(),
+        _ => json!({}),
+    };
+    let mut state = match previous.clone() {
+        Some(Value::Object(m)) => Value::Object(m),
+        _ => json!({}),
+    };
+    state["etag"] = json!(previous.as_ref().and_then(|p| p["etag"].as_u64()).unwrap_or(0) + 1);
+    state["dns_name"] = json!(a.dns);
+    state["funnel"] = json!(a.funnel);
+    state["etag_failures"] = json!(0);
+    state["hang_next"] = json!(0);
+    state["serve"] = serve;
+    state
+}
+
 fn daemon(socket: &Path, args: &[String]) -> ExitCode {
-    let mut listen = None;
-    let mut dns = "ferry-test.tail0000.ts.net".to_string();
-    let mut funnel_port: u16 = 443;
-    let mut funnel = true;
-    let mut persist = false;
-    for a in args {
-        if let Some(v) = a.strip_prefix("--listen=") {
-            listen = Some(v.to_string());
-        } else if let Some(v) = a.strip_prefix("--dns-name=") {
-            dns = v.to_string();
-        } else if let Some(v) = a.strip_prefix("--funnel-port=") {
-            funnel_port = v.parse().expect("--funnel-port is a port");
-        } else if a == "--no-funnel" {
-            funnel = false;
-        } else if a == "--persist" {
-            persist = true;
-        } else {
-            eprintln!("daemon: unknown argument {a:?}");
+    let a = match DaemonArgs::parse(args) {
+        Ok(a) => a,
+        Err(m) => {
+            eprintln!("{m}");
             return ExitCode::from(2);
         }
-    }
-    let Some(listen) = listen else {
-        eprintln!("daemon: --listen=ADDR is required");
-        return ExitCode::from(2);
     };
-    let listener = match TcpListener::bind(&listen) {
+    let listener = match TcpListener::bind(&a.listen) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("daemon: cannot listen on {listen}: {e}");
+            eprintln!("daemon: cannot listen on {}: {e}", a.listen);
             return ExitCode::from(1);
         }
     };
     if let Some(d) = socket.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    let previous: Option<Value> = std::fs::read_to_string(state_path(socket))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    // A restarted tailscaled without persisted state starts with an empty serve config.
-    let serve = match (&previous, persist) {
-        (Some(p), true) => p["serve"].clone(),
-        _ => json!({}),
-    };
-    // The switches the tests set outlive a restart, as a node's version, prefs and capabilities
-    // do; what a restart resets is set here.
-    let mut state = match previous.clone() {
-        Some(Value::Object(m)) => Value::Object(m),
-        _ => json!({}),
-    };
-    state["etag"] = json!(previous.as_ref().and_then(|p| p["etag"].as_u64()).unwrap_or(0) + 1);
-    state["dns_name"] = json!(dns);
-    state["funnel"] = json!(funnel);
-    state["etag_failures"] = json!(0);
-    state["hang_next"] = json!(0);
-    state["serve"] = serve;
+    let state = started_state(socket, &a);
     let node = Node {
         socket: socket.to_path_buf(),
         state,
@@ -1216,10 +1309,13 @@ fn daemon(socket: &Path, args: &[String]) -> ExitCode {
             drop(conn);
         }
     });
-    eprintln!("emulated tailscaled: {dns}:{funnel_port} answers on {listen}");
+    eprintln!(
+        "emulated tailscaled: {}:{} answers on {}",
+        a.dns, a.funnel_port, a.listen
+    );
     let front = std::sync::Arc::new(Front {
         socket: socket.to_path_buf(),
-        port: funnel_port,
+        port: a.funnel_port,
         local: listener.local_addr().unwrap(),
     });
     for conn in listener.incoming() {
@@ -1239,7 +1335,7 @@ struct Front {
 }
 
 impl Front {
-    fn serve(&self, mut client: TcpStream) -> std::io::Result<()> {
+    fn serve(&self, client: TcpStream) -> std::io::Result<()> {
         let peer = client.peer_addr()?;
         let Ok(node) = Node::connect(&self.socket) else {
             return client.shutdown(Shutdown::Both);
@@ -1268,139 +1364,8 @@ impl Front {
         if tcp["HTTPS"].as_bool() != Some(true) {
             return client.shutdown(Shutdown::Both);
         }
-        client.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut reader = BufReader::new(client.try_clone()?);
-        let Some(req) = read_head(&mut reader)? else {
-            return Ok(());
-        };
-        let not_found = |client: &mut TcpStream| {
-            respond(
-                client,
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                b"404 page not found\n",
-            )
-        };
         let handlers = conf["Web"][&hp]["Handlers"].as_object().cloned().unwrap_or_default();
-        let (raw_path, query) = match req.target.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (req.target.clone(), None),
-        };
-        // Go's server decodes the path (and answers 400 to a bad escape); handlers are looked up
-        // on the decoded path, then on its cleaned form and its parents.
-        let Some(path) = percent_decode(&raw_path).filter(|p| p.starts_with('/')) else {
-            return respond(
-                &mut client,
-                "400 Bad Request",
-                "text/plain; charset=utf-8",
-                b"400 Bad Request",
-            );
-        };
-        let Some((mount, handler)) = serve_handler(&handlers, &path) else {
-            return not_found(&mut client);
-        };
-        if let Some(text) = handler["Text"].as_str() {
-            return respond(&mut client, "200 OK", "text/plain; charset=utf-8", text.as_bytes());
-        }
-        let Some(proxy) = handler["Proxy"].as_str() else {
-            return not_found(&mut client);
-        };
-        // http.StripPrefix takes the mount off the path as sent, decoded and raw; a path that
-        // reached the mount only once cleaned (`/s/a/../b`) does not start with it: 404.
-        let rest = if path == "/" {
-            Some(raw_path.clone())
-        } else {
-            let prefix = mount.trim_end_matches('/');
-            match (path.strip_prefix(prefix), raw_path.strip_prefix(prefix)) {
-                (Some(_), Some(raw_rest)) => Some(raw_rest.to_string()),
-                _ => None,
-            }
-        };
-        let Some(rest) = rest else {
-            return not_found(&mut client);
-        };
-        let mut body = vec![0u8; req.content_length.min(1 << 20)];
-        reader.read_exact(&mut body)?;
-        // httputil.ReverseProxy joins the rest onto the target's path; an exact match of the
-        // mount goes to the target's path itself.
-        let (upstream, base) = split_url(proxy);
-        let mut out_path = if rest.is_empty() && base != "/" {
-            base.clone()
-        } else {
-            join_slash(&base, &rest)
-        };
-        if let Some(q) = query {
-            out_path = format!("{out_path}?{q}");
-        }
-        let mut head = format!("{} {} HTTP/1.1\r\n", req.method, out_path);
-        for (k, v) in &req.headers {
-            let lk = k.to_ascii_lowercase();
-            if matches!(
-                lk.as_str(),
-                "connection"
-                    | "keep-alive"
-                    | "proxy-connection"
-                    | "te"
-                    | "trailer"
-                    | "transfer-encoding"
-                    | "upgrade"
-                    | "proxy-authenticate"
-                    | "proxy-authorization"
-                    | "forwarded"
-                    | "x-forwarded-for"
-                    | "x-forwarded-host"
-                    | "x-forwarded-proto"
-                    | "tailscale-user-login"
-                    | "tailscale-user-name"
-                    | "tailscale-user-profile-pic"
-                    | "tailscale-funnel-request"
-                    | "tailscale-headers-info"
-            ) {
-                continue;
-            }
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        // ipnlocal addProxyForwardedHeaders and addTailscaleIdentityHeaders.
-        let host = req
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-            .map_or("", |(_, v)| v.as_str());
-        head.push_str(&format!(
-            "X-Forwarded-Host: {host}\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: {}\r\nTailscale-Funnel-Request: ?1\r\nConnection: close\r\n\r\n",
-            peer.ip()
-        ));
-        let idempotent = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
-        // Go's transport retries an idempotent request once on a new connection when the first
-        // closed without a response.
-        for attempt in 0..2 {
-            let Ok(mut up) = TcpStream::connect(&upstream) else {
-                return respond(&mut client, "502 Bad Gateway", "text/plain", b"");
-            };
-            up.write_all(head.as_bytes())?;
-            up.write_all(&body)?;
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = up.read(&mut buf).unwrap_or(0);
-            if n == 0 {
-                if attempt == 0 && idempotent {
-                    continue;
-                }
-                return respond(&mut client, "502 Bad Gateway", "text/plain", b"");
-            }
-            client.write_all(&buf[..n])?;
-            loop {
-                let n = match up.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if client.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            let _ = client.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-        respond(&mut client, "502 Bad Gateway", "text/plain", b"")
+        serve_web(client, peer, &handlers)
     }
 
     /// A TLS-terminated TCP forward (TLS itself is not emulated), with the PROXY protocol header.
@@ -1432,6 +1397,156 @@ impl Front {
         let _ = t.join();
         Ok(())
     }
+}
+
+/// Answers one request on a web port as Funnel does: the handler whose mount matches the path
+/// answers with its text, or as a reverse proxy to its target.
+fn serve_web(mut client: TcpStream, peer: SocketAddr, handlers: &Map<String, Value>) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let Some(req) = read_head(&mut reader)? else {
+        return Ok(());
+    };
+    let not_found = |client: &mut TcpStream| {
+        respond(
+            client,
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            b"404 page not found\n",
+        )
+    };
+    let (raw_path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (req.target.clone(), None),
+    };
+    // Go's server decodes the path (and answers 400 to a bad escape); handlers are looked up
+    // on the decoded path, then on its cleaned form and its parents.
+    let Some(path) = percent_decode(&raw_path).filter(|p| p.starts_with('/')) else {
+        return respond(
+            &mut client,
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            b"400 Bad Request",
+        );
+    };
+    let Some((mount, handler)) = serve_handler(handlers, &path) else {
+        return not_found(&mut client);
+    };
+    if let Some(text) = handler["Text"].as_str() {
+        return respond(&mut client, "200 OK", "text/plain; charset=utf-8", text.as_bytes());
+    }
+    let Some(proxy) = handler["Proxy"].as_str() else {
+        return not_found(&mut client);
+    };
+    // http.StripPrefix takes the mount off the path as sent, decoded and raw; a path that
+    // reached the mount only once cleaned (`/s/a/../b`) does not start with it: 404.
+    let rest = if path == "/" {
+        Some(raw_path.clone())
+    } else {
+        let prefix = mount.trim_end_matches('/');
+        match (path.strip_prefix(prefix), raw_path.strip_prefix(prefix)) {
+            (Some(_), Some(raw_rest)) => Some(raw_rest.to_string()),
+            _ => None,
+        }
+    };
+    let Some(rest) = rest else {
+        return not_found(&mut client);
+    };
+    let mut body = vec![0u8; req.content_length.min(1 << 20)];
+    reader.read_exact(&mut body)?;
+    // httputil.ReverseProxy joins the rest onto the target's path; an exact match of the
+    // mount goes to the target's path itself.
+    let (upstream, base) = split_url(proxy);
+    let mut out_path = if rest.is_empty() && base != "/" {
+        base.clone()
+    } else {
+        join_slash(&base, &rest)
+    };
+    if let Some(q) = query {
+        out_path = format!("{out_path}?{q}");
+    }
+    let head = proxied_head(&req, &out_path, peer);
+    let idempotent = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    relay(&mut client, &upstream, &head, &body, idempotent)
+}
+
+/// The request head the reverse proxy sends upstream: the client's headers without hop-by-hop
+/// and forwarding ones, then those Funnel adds.
+fn proxied_head(req: &Head, out_path: &str, peer: SocketAddr) -> String {
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, out_path);
+    for (k, v) in &req.headers {
+        let lk = k.to_ascii_lowercase();
+        if matches!(
+            lk.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "forwarded"
+                | "x-forwarded-for"
+                | "x-forwarded-host"
+                | "x-forwarded-proto"
+                | "tailscale-user-login"
+                | "tailscale-user-name"
+                | "tailscale-user-profile-pic"
+                | "tailscale-funnel-request"
+                | "tailscale-headers-info"
+        ) {
+            continue;
+        }
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    // ipnlocal addProxyForwardedHeaders and addTailscaleIdentityHeaders.
+    let host = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or("", |(_, v)| v.as_str());
+    head.push_str(&format!(
+        "X-Forwarded-Host: {host}\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: {}\r\nTailscale-Funnel-Request: ?1\r\nConnection: close\r\n\r\n",
+        peer.ip()
+    ));
+    head
+}
+
+/// Sends the request upstream and copies the answer back to the client; 502 when upstream
+/// cannot be reached or closes without answering.
+fn relay(client: &mut TcpStream, upstream: &str, head: &str, body: &[u8], idempotent: bool) -> std::io::Result<()> {
+    // Go's transport retries an idempotent request once on a new connection when the first
+    // closed without a response.
+    for attempt in 0..2 {
+        let Ok(mut up) = TcpStream::connect(upstream) else {
+            return respond(client, "502 Bad Gateway", "text/plain", b"");
+        };
+        up.write_all(head.as_bytes())?;
+        up.write_all(body)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = up.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            if attempt == 0 && idempotent {
+                continue;
+            }
+            return respond(client, "502 Bad Gateway", "text/plain", b"");
+        }
+        client.write_all(&buf[..n])?;
+        loop {
+            let n = match up.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    respond(client, "502 Bad Gateway", "text/plain", b"")
 }
 
 fn proxy_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
