@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{
+use super::values::{
     Config, ConfigError, FUNNEL_PORTS, FunnelMode, LogSlot, NginxMode, ProviderKind, Secret, WebhookFormat, err,
 };
 
