@@ -34,8 +34,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::watch;
 
 use super::audit::AuditRecord;
-use super::{StoreError, Updater, Write, blocking, decode, encode};
-use crate::links::{Link, LinkState, TunnelId};
+use super::backend::{StoreError, Updater, Write, blocking, decode, encode};
+use crate::model::{Link, LinkState, TunnelId};
 
 const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
 const OPEN: TableDefinition<&str, ()> = TableDefinition::new("open");
@@ -721,7 +721,7 @@ mod tests {
     fn a_flush_returns_while_soft_writes_keep_coming() {
         let dir = tempfile::tempdir().unwrap();
         let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
-        let link = crate::links::test_link(10, 1);
+        let link = crate::model::link::test_link(10, 1);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(store.insert(&link, None)).unwrap();
         let (writer_done, stop) = (AtomicBool::new(false), AtomicBool::new(false));
@@ -757,7 +757,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let links: Vec<Link> = (0..3).map(|_| crate::links::test_link(10, 1)).collect();
+        let links: Vec<Link> = (0..3).map(|_| crate::model::link::test_link(10, 1)).collect();
         for link in &links {
             rt.block_on(store.insert(link, None)).unwrap();
         }
@@ -790,7 +790,7 @@ mod tests {
     fn a_query_sees_records_a_commit_under_way_is_still_writing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
-        let link = crate::links::test_link(10, 1);
+        let link = crate::model::link::test_link(10, 1);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -834,7 +834,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let link = crate::links::test_link(10, 1);
+        let link = crate::model::link::test_link(10, 1);
         let store = Embedded::open(&path).unwrap();
         rt.block_on(store.insert(&link, None)).unwrap();
         soft(&store, &link.id, 7);
@@ -855,7 +855,10 @@ mod tests {
         let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
         assert!(store.is_durable(store.mark()), "nothing written is durable");
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (a, b) = (crate::links::test_link(10, 1), crate::links::test_link(10, 1));
+        let (a, b) = (
+            crate::model::link::test_link(10, 1),
+            crate::model::link::test_link(10, 1),
+        );
         rt.block_on(store.insert(&a, None)).unwrap();
         assert!(store.is_durable(store.mark()), "an insert returns once it is on disk");
         soft(&store, &a.id, 1);
@@ -876,7 +879,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Embedded::open(&dir.path().join("s.redb")).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let link = crate::links::test_link(10, 1);
+        let link = crate::model::link::test_link(10, 1);
         rt.block_on(store.insert(&link, None)).unwrap();
         let update = |n: u64| {
             let (_, l) = rt

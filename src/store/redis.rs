@@ -31,7 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 
 use super::audit::AuditRecord;
-use super::{StoreError, Updater, Write, blocking, decode, encode};
+use super::backend::{StoreError, Updater, Write, blocking, decode, encode};
 use crate::model::{Link, LinkState, TunnelId};
 
 const OPEN: &str = "ferry:links:open";
