@@ -10,11 +10,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::error::TunnelError;
+use super::health::Health;
 use super::runner::{Output, RunError, Runner};
 use super::tailscale::{self as ts, Failure, ServeConfig};
-use super::{Health, TunnelError};
 use crate::config::FunnelMode;
-use crate::links::TunnelId;
+use crate::model::TunnelId;
 
 /// Attempts for one command when another writer keeps winning the ETag race.
 const RACE_ATTEMPTS: u32 = 8;

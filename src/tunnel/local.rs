@@ -1,8 +1,8 @@
 //! The `local` provider: no public tunnel. nginx's listener is the only way in, and the per-link
 //! symlink directory is the only gate besides the check.
 
-use super::TunnelError;
-use crate::links::TunnelId;
+use super::error::TunnelError;
+use crate::model::TunnelId;
 
 pub struct Local;
 

@@ -4,60 +4,17 @@
 //! parsing, [`runner`] runs a command locally or in the sidecar). Only this module may run a
 //! command.
 
+mod error;
 pub mod funnel;
+mod health;
 pub mod local;
 pub mod runner;
 pub mod tailscale;
 
 use crate::config::{Config, ProviderKind};
-use crate::links::TunnelId;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
-    #[error("{0}")]
-    Failed(String),
-    /// The node cannot use Funnel (capability missing); the message says how to enable it.
-    #[error("{0}")]
-    NoFunnel(String),
-    /// The node refuses, or ferry will not use it as it is, for a reason only the owner can
-    /// change (a permission, a setting, the port); the message says what to change.
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// How the provider is doing, for `/health`: `Down` means it cannot be reached at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    pub status: crate::health::Health,
-    pub detail: Option<String>,
-}
-
-impl Health {
-    pub fn ok() -> Self {
-        Health {
-            status: crate::health::Health::Ok,
-            detail: None,
-        }
-    }
-    pub fn unknown() -> Self {
-        Health {
-            status: crate::health::Health::Ok,
-            detail: Some("not contacted yet".into()),
-        }
-    }
-    pub fn degraded(m: &str) -> Self {
-        Health {
-            status: crate::health::Health::Degraded,
-            detail: Some(m.to_string()),
-        }
-    }
-    pub fn down(m: &str) -> Self {
-        Health {
-            status: crate::health::Health::Down,
-            detail: Some(m.to_string()),
-        }
-    }
-}
+use crate::model::TunnelId;
+pub use error::TunnelError;
+pub use health::Health;
 
 pub enum Provider {
     Local(local::Local),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::FunnelMode;
-use crate::links::TunnelId;
+use crate::model::TunnelId;
 
 /// The handler ferry keeps while it runs, so Funnel for the port is never switched off and on
 /// (a new Funnel host's DNS and certificate can take minutes).
