@@ -108,3 +108,10 @@ pub struct Event {
     pub time: String,
     pub tunnel: TunnelView,
 }
+
+/// An event another instance emitted: its name and its JSON, as that instance sent it.
+#[derive(Debug, Clone)]
+pub struct PeerEvent {
+    pub event: String,
+    pub json: String,
+}

@@ -6,16 +6,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::event::PeerEvent;
 use super::service::Links;
 use crate::model::{LinkState, TunnelId};
 use crate::store::StoreError;
-
-/// An event another instance emitted: its name and its JSON, as that instance sent it.
-#[derive(Debug, Clone)]
-pub struct PeerEvent {
-    pub event: String,
-    pub json: String,
-}
 
 impl Links {
     /// With shared state: sends this instance's events to the others and hands theirs to this

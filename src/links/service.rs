@@ -7,8 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
 use super::bans;
-use super::event::Event;
-use super::peers::PeerEvent;
+use super::event::{Event, PeerEvent};
 use super::rules::{Policy, Refusal};
 use super::token;
 use crate::config::Config;
@@ -49,7 +48,7 @@ pub struct Links {
     pub log_writes: Arc<crate::monitor::logwrites::LogWrites>,
     /// The latest request admitted on each connection ferry can see (nginx reuses connections;
     /// a new request on one ends the previous).
-    pub(super) conns: std::sync::Mutex<std::collections::HashMap<crate::monitor::sockdiag::Conn, (TunnelId, Arc<str>)>>,
+    pub(super) conns: std::sync::Mutex<std::collections::HashMap<crate::model::Conn, (TunnelId, Arc<str>)>>,
     /// Events other instances emitted (with shared state), for this instance's SSE clients.
     /// Webhooks never see them: each instance sends its own events' webhooks.
     pub peer_events: broadcast::Sender<PeerEvent>,
