@@ -9,7 +9,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WebhookFormat;
-use crate::links::{Event, EventKind, human_size};
+use crate::links::{Event, EventKind};
+use crate::model::format::human_size;
 
 const ATTEMPTS: u32 = 5;
 
@@ -97,9 +98,9 @@ mod tests {
 
     #[test]
     fn ntfy_messages_are_plain_sentences() {
-        let mut link = crate::links::test_link(3_000_000, 1);
+        let mut link = crate::model::link::test_link(3_000_000, 1);
         link.bytes_served = 3_000_000;
-        link.close_reason = Some(crate::links::CloseReason::Stalled);
+        link.close_reason = Some(crate::model::CloseReason::Stalled);
         let links_view = crate::links::TunnelView::of(&link, String::new());
         let e = Event {
             event: EventKind::Closed,

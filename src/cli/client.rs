@@ -36,7 +36,7 @@ impl Failure {
 
 /// Percent-encodes one path segment.
 pub fn segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, crate::links::URL_SEGMENT).to_string()
+    percent_encoding::utf8_percent_encode(s, crate::model::format::URL_SEGMENT).to_string()
 }
 
 /// Percent-encodes a query value.

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use serde_json::Value;
 
-use crate::links::human_size;
+use crate::model::format::human_size;
 
 /// Prints `value` as JSON, or the table `text` makes.
 pub fn print(json: bool, value: &Value, text: impl FnOnce() -> String) {

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::links::rules::{Admission, Method, Refusal, Use};
-use crate::links::{ClientKey, Links, content_disposition_bytes};
-use crate::monitor::sockdiag::Conn;
+use crate::links::{Links, content_disposition_bytes};
+use crate::model::{ClientKey, Conn};
 
 /// nginx's own limit for a request head is 8 KiB a line; the check's head repeats the client's
 /// User-Agent and token, so twice that and some.

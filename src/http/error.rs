@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
+use crate::data_dir::PathError;
 use crate::links::LinkError;
-use crate::links::path::PathError;
 use crate::store::StoreError;
 
 /// Every error: a message that names what was wrong, and details where there are any.

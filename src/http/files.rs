@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::json::ApiQuery;
 use super::state::AppState;
-use crate::links::path::{Entry, PathError, RelPath};
+use crate::data_dir::{Entry, PathError, RelPath};
 
 /// Entries in a page when `limit` is not given, and the most one page may hold.
 const PAGE: usize = 1_000;
@@ -77,7 +77,7 @@ impl From<&Entry> for FileEntry {
             path: e.path.as_str().to_string(),
             size: e.size,
             is_dir: e.is_dir,
-            modified: crate::links::rfc3339(ms),
+            modified: crate::model::rfc3339(ms),
         }
     }
 }

@@ -15,8 +15,9 @@ use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use super::json::{ApiPath, ApiQuery};
 use super::state::AppState;
-use crate::links::path::RelPath;
-use crate::links::{Created, InFlight, LinkError, NewLink, RequestSeen, TunnelId, TunnelView};
+use crate::data_dir::RelPath;
+use crate::links::{Created, LinkError, NewLink, TunnelView};
+use crate::model::{InFlight, RequestSeen, TunnelId, Use, rfc3339};
 use crate::store::audit::AuditRecord;
 
 pub fn router() -> Router<AppState> {
@@ -178,7 +179,7 @@ impl From<&RequestSeen> for RequestView {
     /// A request that ended, as the access log told it.
     fn from(r: &RequestSeen) -> Self {
         RequestView {
-            time: crate::links::rfc3339(r.time_ms),
+            time: rfc3339(r.time_ms),
             client: r.client.address.to_string(),
             user_agent: r.client.user_agent.to_string(),
             method: r.method.to_string(),
@@ -194,13 +195,9 @@ impl From<&RequestSeen> for RequestView {
 impl From<&InFlight> for RequestView {
     /// A request still running.
     fn from(r: &InFlight) -> Self {
-        let method = if r.what == crate::links::rules::Use::Head {
-            "HEAD"
-        } else {
-            "GET"
-        };
+        let method = if r.what == Use::Head { "HEAD" } else { "GET" };
         RequestView {
-            time: crate::links::rfc3339(r.since_ms),
+            time: rfc3339(r.since_ms),
             client: r.client.address.to_string(),
             user_agent: r.client.user_agent.to_string(),
             method: method.to_string(),
@@ -356,7 +353,7 @@ pub struct AuditEvent {
 impl From<AuditRecord> for AuditEvent {
     fn from(r: AuditRecord) -> Self {
         AuditEvent {
-            time: crate::links::rfc3339(r.time_ms),
+            time: rfc3339(r.time_ms),
             event: r.event,
             client: r.client,
             tunnel_id: r.tunnel_id,

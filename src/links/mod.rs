@@ -26,19 +26,15 @@ pub(crate) mod timed_tests;
 
 pub use create::{Created, NewLink};
 pub use error::LinkError;
-pub use event::{ClientView, Event, EventKind, TunnelView};
-pub use peers::PeerEvent;
+pub use event::{ClientView, Event, EventKind, PeerEvent, TunnelView};
 pub use preview::{content_disposition, content_disposition_bytes, preview_html};
 pub use schedule::FILE_WATCH;
 pub use service::Links;
 
-pub use crate::data_dir as path;
+// The property tests name the model's types through `super::*`.
 #[cfg(test)]
 use crate::model::coverage::Coverage;
-pub use crate::model::format::{URL_SEGMENT, human_size};
 #[cfg(test)]
-pub(crate) use crate::model::link::test_link;
-pub use crate::model::{
-    BadTunnelId, Claim, ClientKey, ClientSeen, Clock, CloseReason, InFlight, Link, LinkState, Read, RequestSeen, Slot,
-    TunnelId, now_ms, random_token, rfc3339,
-};
+use crate::model::link::test_link;
+#[cfg(test)]
+use crate::model::*;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::model::Conn;
 pub use crate::model::Use;
 use crate::model::coverage::{ByteRange, Coverage};
-use crate::model::{Claim, ClientKey, CloseReason, InFlight, Link, LinkState};
+use crate::model::{Claim, ClientKey, ClientSeen, CloseReason, InFlight, Link, LinkState, Read, RequestSeen};
 use crate::monitor::record::{AccessRecord, Completion};
 
 /// Timings and sizes the rules depend on (SPEC §2), from the configuration.
@@ -253,7 +253,7 @@ fn charge_read(link: &mut Link, address: &Arc<str>, n: u64) {
     link.reads_total = link.reads_total.saturating_add(n);
     match link.reads.iter_mut().find(|r| r.address == *address) {
         Some(r) => r.bytes = r.bytes.saturating_add(n),
-        None => link.reads.push(super::Read {
+        None => link.reads.push(Read {
             address: address.clone(),
             bytes: n,
             coverage: Default::default(),
@@ -504,7 +504,7 @@ fn see_client(link: &mut Link, client: &ClientKey, bytes: u64) {
     if let Some(seen) = link.clients.iter_mut().find(|c| &c.client == client) {
         seen.bytes = seen.bytes.saturating_add(bytes);
     } else if link.clients.len() < MAX_CLIENTS_KEPT - 1 {
-        link.clients.push(super::ClientSeen {
+        link.clients.push(ClientSeen {
             client: client.clone(),
             bytes,
         });
@@ -515,7 +515,7 @@ fn see_client(link: &mut Link, client: &ClientKey, bytes: u64) {
         };
         match link.clients.iter_mut().find(|c| c.client == others) {
             Some(o) => o.bytes = o.bytes.saturating_add(bytes),
-            None => link.clients.push(super::ClientSeen { client: others, bytes }),
+            None => link.clients.push(ClientSeen { client: others, bytes }),
         }
     }
 }
@@ -653,7 +653,7 @@ pub fn settle(
     }
     remember(
         link,
-        super::RequestSeen {
+        RequestSeen {
             request_id: rec.request_id.as_str().into(),
             time_ms: now,
             client,
@@ -750,7 +750,7 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64, p: &Policy) -> 
         // Should its log line turn up after all, it is not counted a second time.
         remember(
             link,
-            super::RequestSeen {
+            RequestSeen {
                 request_id: f.request_id.clone(),
                 time_ms: now,
                 client: f.client.clone(),
@@ -766,7 +766,7 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64, p: &Policy) -> 
 }
 
 /// Keeps a settled request among the link's last `MAX_REQUESTS_KEPT`.
-fn remember(link: &mut Link, r: super::RequestSeen) {
+fn remember(link: &mut Link, r: RequestSeen) {
     let requests = Arc::make_mut(&mut link.requests);
     if requests.len() >= MAX_REQUESTS_KEPT {
         requests.remove(0);
@@ -886,7 +886,7 @@ pub(crate) const TEST_POLICY: Policy = Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::links::test_link;
+    use crate::model::link::test_link;
 
     const P: Policy = TEST_POLICY;
     /// Header bytes of the lines `line` makes.

@@ -41,8 +41,9 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use crate::config::LogSlot;
+    use crate::links::Links;
     use crate::links::timed_tests::{Fixture, fixture, new_link, record};
-    use crate::links::{Links, TunnelId, now_ms};
+    use crate::model::{TunnelId, now_ms};
     use crate::monitor::follow::{Counters, Follower, Position, SAVE_WITHIN};
     use crate::monitor::steps::Spot;
 

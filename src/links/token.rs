@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::TunnelId;
 use crate::config::Secret;
+use crate::model::TunnelId;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::record::AccessRecord;
 use super::steps::{FileId, Forget, Look, Read, SlotFile, Spot, Step, Turn};
 use crate::config::LogSlot;
-use crate::links::now_ms;
+use crate::model::now_ms;
 use crate::store::StoreError;
 
 /// How long to wait for more log when nothing tells ferry it was written.
@@ -525,7 +525,7 @@ impl Follower {
     /// False only when cancelled before every line could be applied.
     async fn handle_all<S: RecordSink>(&self, sink: &S, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
         let mut groups: Vec<Vec<AccessRecord>> = Vec::new();
-        let mut by_link: std::collections::HashMap<Option<crate::links::TunnelId>, usize> = Default::default();
+        let mut by_link: std::collections::HashMap<Option<crate::model::TunnelId>, usize> = Default::default();
         for line in lines {
             let Some(rec) = self.parse(line) else { continue };
             sink.line_seen((rec.msec * 1000.0) as u64);

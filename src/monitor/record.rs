@@ -30,7 +30,7 @@ pub struct AccessRecord {
     pub user_agent: String,
     /// A previewer or prefetch got the HTML preview, not the file.
     pub preview: bool,
-    /// What the check admitted the request as (`rules::Use::header`); `None` when it did not.
+    /// What the check admitted the request as (`Use::header`); `None` when it did not.
     pub claim: Option<String>,
 }
 

@@ -182,7 +182,7 @@ pub fn error_line(raw: &[u8], writes: Option<&WriteWatch>) -> String {
     let text = String::from_utf8_lossy(raw);
     let line = text.trim_end_matches(['\r', '\n']);
     if let Some((writes, dir)) = writes {
-        writes.error_line(line, dir, crate::links::now_ms());
+        writes.error_line(line, dir, crate::model::now_ms());
     }
     let redacted = redact(line);
     tracing::warn!(target: "ferry::nginx", "{redacted}");
