@@ -353,75 +353,24 @@ async fn act(ctx: Arc<Ctx>, who: usize, actor: Actor) {
             } => {
                 let range = ctx.range(who, span);
                 let if_range = (wrong_if_range && range.is_some()).then(|| "\"0-0\"".to_string());
-                ctx.ask(
-                    who,
-                    &actor,
-                    Ask {
-                        range,
-                        if_range,
-                        abort_after: abort,
-                        ..Ask::default()
-                    },
-                )
-                .await;
+                let ask = Ask {
+                    range,
+                    if_range,
+                    abort_after: abort,
+                    ..Ask::default()
+                };
+                ctx.ask(who, &actor, ask).await;
             }
             Step::Head => {
-                ctx.ask(
-                    who,
-                    &actor,
-                    Ask {
-                        head: true,
-                        ..Ask::default()
-                    },
-                )
-                .await;
+                let ask = Ask {
+                    head: true,
+                    ..Ask::default()
+                };
+                ctx.ask(who, &actor, ask).await;
             }
             Step::Pause(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-            Step::Parallel { n, piece, abort } => {
-                let a = ctx.first_missing(who).unwrap_or(0);
-                let size = ctx.size();
-                let asks: Vec<_> = (0..n)
-                    .map(|k| a + k * piece)
-                    .filter(|&s| s < size)
-                    .enumerate()
-                    .map(|(k, s)| {
-                        let (ctx, actor) = (ctx.clone(), actor.clone());
-                        let e = (s + piece - 1).min(size - 1);
-                        // The first piece runs whole; the others may hang up.
-                        let abort = if k == 0 { None } else { abort };
-                        tokio::spawn(async move {
-                            ctx.ask(
-                                who,
-                                &actor,
-                                Ask {
-                                    range: Some(format!("bytes={s}-{e}")),
-                                    abort_after: abort,
-                                    ..Ask::default()
-                                },
-                            )
-                            .await;
-                        })
-                    })
-                    .collect();
-                for a in asks {
-                    a.await.unwrap();
-                }
-            }
-            Step::Walk { piece, gap_ms, max } => {
-                let mut refused = 0;
-                for _ in 0..max {
-                    let Some(a) = ctx.first_missing(who) else { break };
-                    let e = (a + piece - 1).min(ctx.size() - 1);
-                    let got = ctx.ask(who, &actor, Ask::range(format!("bytes={a}-{e}"))).await;
-                    if got.body.is_empty() {
-                        refused += 1;
-                        if refused == 2 {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(gap_ms)).await;
-                }
-            }
+            Step::Parallel { n, piece, abort } => parallel(&ctx, who, &actor, n, piece, abort).await,
+            Step::Walk { piece, gap_ms, max } => walk(&ctx, who, &actor, piece, gap_ms, max).await,
             Step::Refetch { wait_ms, times } => {
                 for _ in 0..times {
                     tokio::time::sleep(Duration::from_millis(wait_ms)).await;
@@ -429,6 +378,53 @@ async fn act(ctx: Arc<Ctx>, who: usize, actor: Actor) {
                 }
             }
         }
+    }
+}
+
+/// `n` pieces of `piece` bytes at once from the first byte `who` lacks; all but the first may
+/// hang up after `abort` bytes.
+async fn parallel(ctx: &Arc<Ctx>, who: usize, actor: &Actor, n: u64, piece: u64, abort: Option<u64>) {
+    let a = ctx.first_missing(who).unwrap_or(0);
+    let size = ctx.size();
+    let asks: Vec<_> = (0..n)
+        .map(|k| a + k * piece)
+        .filter(|&s| s < size)
+        .enumerate()
+        .map(|(k, s)| {
+            let (ctx, actor) = (ctx.clone(), actor.clone());
+            let e = (s + piece - 1).min(size - 1);
+            // The first piece runs whole; the others may hang up.
+            let abort = if k == 0 { None } else { abort };
+            tokio::spawn(async move {
+                let ask = Ask {
+                    range: Some(format!("bytes={s}-{e}")),
+                    abort_after: abort,
+                    ..Ask::default()
+                };
+                ctx.ask(who, &actor, ask).await;
+            })
+        })
+        .collect();
+    for a in asks {
+        a.await.unwrap();
+    }
+}
+
+/// Up to `max` pieces of `piece` bytes one after another, each from the first byte `who` lacks,
+/// `gap_ms` apart; stops after two refusals.
+async fn walk(ctx: &Ctx, who: usize, actor: &Actor, piece: u64, gap_ms: u64, max: usize) {
+    let mut refused = 0;
+    for _ in 0..max {
+        let Some(a) = ctx.first_missing(who) else { break };
+        let e = (a + piece - 1).min(ctx.size() - 1);
+        let got = ctx.ask(who, actor, Ask::range(format!("bytes={a}-{e}"))).await;
+        if got.body.is_empty() {
+            refused += 1;
+            if refused == 2 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
     }
 }
 
@@ -834,33 +830,17 @@ async fn a_whole_get_hung_up_while_ranges_fetch_the_rest_completes_once() {
     for r in ranges {
         let (ask, got) = r.await.unwrap();
         trace.push(format!("{} -> {}", ask.describe(), got.describe()));
-        let n = got.file_bytes(false);
-        if n > 0 {
-            assert!(got.body[..] == file[got.start as usize..(got.start + n) as usize]);
-        }
+        keep(&got, &file, &mut cover);
         if got.status == 0 {
             refused.push(ask);
         }
-        cover.add(got.start, n);
     }
     drop(held);
     trace.push("the whole GET hangs up".into());
     for ask in refused {
         // The hung-up GET's log line settles it first: what it delivered is then known.
-        let mut got = Got::default();
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            got = fetch(public, Ipv4Addr::LOCALHOST, &target, Some(ua), &ask).await;
-            trace.push(format!("{} again -> {}", ask.describe(), got.describe()));
-            if got.status != 0 {
-                break;
-            }
-        }
-        let n = got.file_bytes(false);
-        if n > 0 {
-            assert!(got.body[..] == file[got.start as usize..(got.start + n) as usize]);
-        }
-        cover.add(got.start, n);
+        let got = ask_again(public, &target, ua, &ask, &mut trace).await;
+        keep(&got, &file, &mut cover);
     }
     assert!(
         cover.whole(size),
@@ -868,21 +848,7 @@ async fn a_whole_get_hung_up_while_ranges_fetch_the_rest_completes_once() {
         trace.join("\n")
     );
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let t = loop {
-        if let Some(t) = app.history().await.into_iter().find(|t| t["tunnel_id"] == id) {
-            break t;
-        }
-        if Instant::now() > deadline {
-            let (_, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
-            panic!(
-                "a client holding every byte must complete the link once; 30 s later it is still open: {}\n{}",
-                stats["tunnel"],
-                trace.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let t = closed_within_30s(&app, id, &trace).await;
     assert!(
         t["close_reason"] == "completed" && t["downloads_completed"] == 1,
         "a client holding every byte must complete the link once: {t}\n{}",
@@ -893,6 +859,48 @@ async fn a_whole_get_hung_up_while_ranges_fetch_the_rest_completes_once() {
         (size..=size + (16 << 20)).contains(&served),
         "bytes_served {served} outside [{size}, size + FERRY_REFETCH_BYTES]: {t}"
     );
+}
+
+/// Asks `ask` again every 250 ms until it is answered (at most 20 times), noting each try.
+async fn ask_again(public: SocketAddr, target: &str, ua: &[u8], ask: &Ask, trace: &mut Vec<String>) -> Got {
+    let mut got = Got::default();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        got = fetch(public, Ipv4Addr::LOCALHOST, target, Some(ua), ask).await;
+        trace.push(format!("{} again -> {}", ask.describe(), got.describe()));
+        if got.status != 0 {
+            break;
+        }
+    }
+    got
+}
+
+/// Checks that the file bytes `got` holds are the file's, and counts them as the client's.
+fn keep(got: &Got, file: &[u8], cover: &mut Cover) {
+    let n = got.file_bytes(false);
+    if n > 0 {
+        assert!(got.body[..] == file[got.start as usize..(got.start + n) as usize]);
+    }
+    cover.add(got.start, n);
+}
+
+/// The link's history record once it has closed; fails the test if it is still open 30 s later.
+async fn closed_within_30s(app: &TestApp, id: &str, trace: &[String]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(t) = app.history().await.into_iter().find(|t| t["tunnel_id"] == id) {
+            return t;
+        }
+        if Instant::now() > deadline {
+            let (_, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
+            panic!(
+                "a client holding every byte must complete the link once; 30 s later it is still open: {}\n{}",
+                stats["tunnel"],
+                trace.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The grace period repairs a tail: the completing client's `Range: bytes=0-` is a whole copy

@@ -514,7 +514,6 @@ fn children(pid: u32) -> Vec<u32> {
 /// privilege at all. Shown here as `nobody`, on loopback.
 #[tokio::test]
 async fn ferry_and_its_nginx_serve_as_an_unprivileged_user() {
-    use std::os::unix::fs::PermissionsExt;
     let unit = std::fs::read_to_string(compose_dir().join("ferry.service")).unwrap();
     for line in [
         "User=ferry",
@@ -524,51 +523,11 @@ async fn ferry_and_its_nginx_serve_as_an_unprivileged_user() {
     ] {
         assert!(unit.lines().any(|l| l.trim() == line), "the unit lacks {line}");
     }
-    const NOBODY: u32 = 65534;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
     let bytes: Vec<u8> = (0..250_000u32).map(|i| (i % 253) as u8).collect();
-    std::fs::write(data.join("a.bin"), &bytes).unwrap();
-    for d in ["state", "tunnels", "logs"] {
-        std::fs::create_dir(dir.path().join(d)).unwrap();
-        std::os::unix::fs::chown(dir.path().join(d), Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    let (admin, public) = (crate::helpers::free_port(), crate::helpers::free_port());
-    let log = std::fs::File::create(dir.path().join("ferry.log")).unwrap();
-    let mut ferry = tokio::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_ferry"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NAS_MOUNT_PATH", &data)
-        .env("FERRY_STATE_DIR", dir.path().join("state"))
-        .env("FERRY_TUNNELS_DIR", dir.path().join("tunnels"))
-        .env("FERRY_LOGS_DIR", dir.path().join("logs"))
-        .env("FERRY_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-        .env("FERRY_PUBLIC_ADDR", format!("127.0.0.1:{public}"))
-        .env("BASE_URL", format!("http://127.0.0.1:{public}"))
-        .current_dir(dir.path())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("setpriv (util-linux) runs ferry as another user");
+    let (mut ferry, admin) = serve_as_nobody(dir.path(), &bytes).await;
     let http = reqwest::Client::new();
     let api = format!("http://127.0.0.1:{admin}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http
-        .get(format!("{api}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        let log = std::fs::read_to_string(dir.path().join("ferry.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "ferry did not come up as nobody:\n{log}");
-        assert!(ferry.try_wait().unwrap().is_none(), "ferry exited as nobody:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let r = http
         .post(format!("{api}/api/links"))
         .json(&json!({"file_path": "a.bin"}))
@@ -599,4 +558,54 @@ async fn ferry_and_its_nginx_serve_as_an_unprivileged_user() {
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(15), ferry.wait()).await;
     assert!(uid_of(master).is_none(), "nginx outlived ferry");
+}
+
+const NOBODY: u32 = 65534;
+
+/// Starts ferry as `nobody` in `dir` (made readable for it), sharing `bytes` as `data/a.bin`, and
+/// waits for its `/health`; returns the process and its admin port.
+async fn serve_as_nobody(dir: &std::path::Path, bytes: &[u8]) -> (tokio::process::Child, u16) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("a.bin"), bytes).unwrap();
+    for d in ["state", "tunnels", "logs"] {
+        std::fs::create_dir(dir.join(d)).unwrap();
+        std::os::unix::fs::chown(dir.join(d), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let (admin, public) = (crate::helpers::free_port(), crate::helpers::free_port());
+    let log = std::fs::File::create(dir.join("ferry.log")).unwrap();
+    let mut ferry = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ferry"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NAS_MOUNT_PATH", &data)
+        .env("FERRY_STATE_DIR", dir.join("state"))
+        .env("FERRY_TUNNELS_DIR", dir.join("tunnels"))
+        .env("FERRY_LOGS_DIR", dir.join("logs"))
+        .env("FERRY_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("FERRY_PUBLIC_ADDR", format!("127.0.0.1:{public}"))
+        .env("BASE_URL", format!("http://127.0.0.1:{public}"))
+        .current_dir(dir)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("setpriv (util-linux) runs ferry as another user");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(format!("http://127.0.0.1:{admin}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        let log = std::fs::read_to_string(dir.join("ferry.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "ferry did not come up as nobody:\n{log}");
+        assert!(ferry.try_wait().unwrap().is_none(), "ferry exited as nobody:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (ferry, admin)
 }
