@@ -1200,7 +1200,6 @@ proptest! {
     }
 }
 
-/// The first request in flight, as an `Index` picks it.
 /// The first request in flight, logged as completed with what its check answered.
 fn logged_whole() -> Event {
     Event::Log {
@@ -1212,11 +1211,37 @@ fn logged_whole() -> Event {
     }
 }
 
+/// The first request in flight, as an `Index` picks it.
 fn first() -> Index {
+    index(0)
+}
+
+/// The `Index` that proptest prints as `Index(raw)`, so that a case it found can be written out
+/// as a test that picks the same requests and offsets. `Index` has no constructor, so a
+/// generated one is steered to `raw` by bisection: shrinking lowers it, complicating raises it.
+fn index(raw: usize) -> Index {
     use proptest::strategy::ValueTree;
+    let raw_of = |i: Index| -> usize {
+        let debug = format!("{i:?}");
+        debug["Index(".len()..debug.len() - 1]
+            .parse()
+            .expect("Index prints as Index(n)")
+    };
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut tree = any::<Index>().new_tree(&mut runner).unwrap();
-    while tree.simplify() {}
+    let mut tree = loop {
+        let tree = any::<Index>().new_tree(&mut runner).unwrap();
+        if raw_of(tree.current()) >= raw {
+            break tree;
+        }
+    };
+    while raw_of(tree.current()) != raw {
+        let moved = if raw_of(tree.current()) > raw {
+            tree.simplify()
+        } else {
+            tree.complicate()
+        };
+        assert!(moved, "bisection stopped short of Index({raw})");
+    }
     tree.current()
 }
 
