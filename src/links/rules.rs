@@ -360,6 +360,10 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
         gone_ms: None,
         ended: false,
     });
+    if let Use::Claim { .. } = what {
+        // Reads of the address may have just joined the slot, so every hold is worked out again.
+        hold_resends(link);
+    }
     Ok(Admitted { new_claim, what })
 }
 
@@ -383,29 +387,58 @@ fn reserve(link: &Link, slot: u32, want: ByteRange, p: &Policy) -> Result<u64, R
     if s.coverage.ranges().len() >= MAX_FRAGMENTS && s.coverage.would_fragment(want) {
         return Err(Refusal::Refetch);
     }
-    // What the slot covers, and what its requests in flight may still cover: two requests for
-    // the same bytes at once send them twice, so the second reserves them as re-sent. Only the
-    // parts inside `want` are gathered: usually none, and then nothing is allocated.
-    let in_flight = link
-        .inflight
-        .iter()
-        .filter(|f| matches!(f.what, Use::Claim { slot: s, .. } if s == slot))
-        .map(|f| ByteRange {
-            start: f.range_start,
-            end: f.range_end,
-        });
-    let mut taken = Coverage::default();
-    for r in s.coverage.ranges().iter().copied().chain(in_flight) {
-        if let Some(x) = ByteRange::new(r.start.max(want.start), r.end.min(want.end)) {
-            taken.insert(x);
-        }
-    }
-    let again = taken.covered();
+    let in_flight = link.inflight.iter().filter(|f| on_slot(f, slot)).map(asked_of);
+    let again = sent_again(&s.coverage, in_flight, want);
     // Once what ferry could not prove delivered has used the budget up, nothing more is sent.
     if again > refetch_left(link, p) || link.resent >= refetch_budget(link, p) {
         return Err(Refusal::Refetch);
     }
     Ok(again)
+}
+
+/// How many bytes of `want` a slot already covers or one of `others` (the ranges of requests in
+/// flight on the slot) may send too: two requests for the same bytes at once send them twice,
+/// so those bytes go out again. Only the parts inside `want` are gathered: usually none, and
+/// then nothing is allocated.
+fn sent_again(covered: &Coverage, others: impl Iterator<Item = ByteRange>, want: ByteRange) -> u64 {
+    let mut taken = Coverage::default();
+    for r in covered.ranges().iter().copied().chain(others) {
+        if let Some(x) = ByteRange::new(r.start.max(want.start), r.end.min(want.end)) {
+            taken.insert(x);
+        }
+    }
+    taken.covered()
+}
+
+fn on_slot(f: &InFlight, slot: u32) -> bool {
+    matches!(f.what, Use::Claim { slot: s, .. } if s == slot)
+}
+
+fn asked_of(f: &InFlight) -> ByteRange {
+    ByteRange {
+        start: f.range_start,
+        end: f.range_end,
+    }
+}
+
+/// Shares out again what the requests in flight hold from the re-send budget, after a slot's
+/// coverage or the requests in flight changed. Each request under a claim holds the bytes of its
+/// range that its slot covers or that a request listed before it on the same slot may send too.
+/// Together they then hold exactly what they may still re-send, whichever of them ends first:
+/// when one of two overlapping requests settles, the bytes they share are covered, and the other
+/// one, now holding them, sends them again.
+fn hold_resends(link: &mut Link) {
+    let Link { slots, inflight, .. } = link;
+    for i in 0..inflight.len() {
+        let Use::Claim { slot, .. } = inflight[i].what else {
+            continue;
+        };
+        let held = slots.get(slot as usize).map_or(0, |s| {
+            let before = inflight[..i].iter().filter(|f| on_slot(f, slot)).map(asked_of);
+            sent_again(&s.coverage, before, asked_of(&inflight[i]))
+        });
+        inflight[i].reserved = held;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -664,6 +697,7 @@ pub fn settle(
             completed: rec.completion == Completion::Ok,
         },
     );
+    hold_resends(link);
     out
 }
 
@@ -761,6 +795,9 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64, p: &Policy) -> 
                 completed: false,
             },
         );
+    }
+    if !lost.is_empty() {
+        hold_resends(link);
     }
     !lost.is_empty()
 }

@@ -280,8 +280,6 @@ struct Sent {
     delivered: u64,
     ended: bool,
     gone: Option<u64>,
-    /// Re-sent bytes the check let it send.
-    reserved: u64,
 }
 
 /// What the log says the link must be.
@@ -393,8 +391,9 @@ impl Run {
             }
             Method::Get => {
                 let active: Vec<&Claim> = l.claims.iter().filter(|c| self.claim_active(c)).collect();
-                let reserved: u64 = self.sent.values().map(|s| s.reserved).sum();
-                let left = refetch_budget(l, &P).saturating_sub(l.resent).saturating_sub(reserved);
+                let left = refetch_budget(l, &P)
+                    .saturating_sub(l.resent)
+                    .saturating_sub(self.held(l));
                 // Once what ferry could not prove delivered has used the budget up, nothing more.
                 let spent = l.resent >= refetch_budget(l, &P);
                 let fits = |slot: u32| self.taken(l, slot).overlap(asked) <= left && !spent;
@@ -442,6 +441,28 @@ impl Run {
             }
         }
         taken
+    }
+
+    /// What the requests in flight may still re-send, however they end: on each slot, every
+    /// byte they ask for that the slot covers, or that more than one of them asks for, counted
+    /// once for each copy past the first.
+    fn held(&self, l: &Link) -> u64 {
+        let mut held = 0;
+        for (i, slot) in l.slots.iter().enumerate() {
+            let asked: Vec<ByteRange> = self
+                .sent
+                .values()
+                .filter(|s| matches!(s.what, Use::Claim { slot, .. } if slot as usize == i))
+                .map(|s| s.asked)
+                .collect();
+            let mut all = slot.coverage.clone();
+            for r in &asked {
+                all.insert(*r);
+            }
+            let copies = slot.coverage.covered() + asked.iter().map(|r| r.len()).sum::<u64>();
+            held += copies - all.covered();
+        }
+        held
     }
 
     fn request(
@@ -517,12 +538,11 @@ impl Run {
             }
             Ok(admitted) => {
                 let want = expected.map_err(|r| TestCaseError::fail(format!("admitted what §2 refuses ({r})")))?;
-                let reserved = match (&want, &admitted.what) {
-                    (Expect::Head, Use::Head) | (Expect::Read, Use::Read) | (Expect::Grace, Use::Grace) => 0,
+                match (&want, &admitted.what) {
+                    (Expect::Head, Use::Head) | (Expect::Read, Use::Read) | (Expect::Grace, Use::Grace) => {}
                     (Expect::Claim(s), Use::Claim { slot, id }) if s == slot => {
                         let mine = before.claims.iter().find(|c| c.client == a.client);
                         prop_assert_eq!(mine.map(|c| &c.id), Some(id), "the client's claim was not reused");
-                        self.taken(&before, *slot).overlap(asked)
                     }
                     (Expect::NewClaim(s), Use::Claim { slot, id }) if s == slot => {
                         prop_assert!(admitted.new_claim);
@@ -539,7 +559,6 @@ impl Run {
                                 *bits = merged;
                             }
                         }
-                        self.taken(&before, *slot).overlap(asked)
                     }
                     (w, u) => return Err(TestCaseError::fail(format!("§2 says {w:?}, the check answered {u:?}"))),
                 };
@@ -574,7 +593,6 @@ impl Run {
                         delivered: 0,
                         ended: false,
                         gone: None,
-                        reserved,
                     },
                 );
             }
@@ -1127,6 +1145,12 @@ impl Run {
             prop_assert!(*n < P.preview_bytes && 2 * n < l.file_size, "{} read {}", address, n);
         }
         prop_assert!(m.admitted_grace <= l.grace_sent && l.grace_sent <= grace_cap(l, &P));
+        let held: u64 = l.inflight.iter().map(|f| f.reserved).sum();
+        prop_assert_eq!(
+            held,
+            self.held(l),
+            "requests in flight hold other than what they may still re-send"
+        );
         // The bound, for what the checks admitted.
         prop_assert!(
             l.bytes_served - m.stray <= bound(l),
@@ -1294,4 +1318,38 @@ fn the_grace_period_refuses_a_head() {
         baseline: 0,
     };
     run((3_000, 1, 100_000, vec![get((0, 0)), log, head])).unwrap();
+}
+
+/// Two requests of one claim ask for overlapping bytes, and the later one, which held the
+/// overlap from the re-send budget, settles first. The earlier one then sends those bytes a
+/// second time, so the budget must go on holding them until it settles too.
+#[test]
+fn an_overlap_stays_held_when_the_later_request_settles_first() {
+    let request = |client, range| Event::Request {
+        client,
+        method: Method::Get,
+        range,
+        if_range: IfRange::None,
+        baseline: 0,
+    };
+    let log = |nth| Event::Log {
+        nth: index(nth),
+        ok: true,
+        cut: 0,
+        fin: None,
+        claim: LineClaim::Answered,
+    };
+    let events = vec![
+        request((0, 0), RangeKind::From(index(25_691_844_113_801_604))),
+        request((1, 0), RangeKind::Suffix(679)),
+        request((1, 0), RangeKind::Span(index(0), 699)),
+        log(12_297_829_382_473_034_411),
+        request((0, 0), RangeKind::Span(index(25_691_844_113_801_604), 83)),
+        log(0),
+        Event::Wait(0),
+        request((0, 0), RangeKind::Multi),
+        Event::Wait(0),
+        Event::Wait(0),
+    ];
+    run((718, 2, 10_000, events)).unwrap();
 }
