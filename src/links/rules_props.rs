@@ -267,6 +267,25 @@ fn respond(kind: RangeKind, if_range: IfRange, size: u64, etag: &str) -> Respons
     }
 }
 
+/// nginx never sends more than `asked` says a request may get, and answers 200 only with the
+/// whole file.
+fn check_response(resp: &Response, asked: ByteRange, size: u64) -> Result<(), TestCaseError> {
+    if let Some(r) = resp.sent {
+        prop_assert!(
+            asked.start <= r.start && r.end <= asked.end,
+            "nginx may send {:?} for {:?} / {:?}, more than asked() says ({:?})",
+            r,
+            resp.range,
+            resp.if_range,
+            asked
+        );
+    }
+    if resp.status == 200 && size > 0 {
+        prop_assert_eq!(asked, ByteRange { start: 0, end: size });
+    }
+    Ok(())
+}
+
 /// What the harness remembers of a request in flight.
 struct Sent {
     client: (u8, u8),
@@ -476,20 +495,7 @@ impl Run {
         let size = self.link.file_size;
         let resp = respond(kind, if_range, size, &self.etag);
         let asked = asked(resp.range.as_deref(), resp.if_range.as_deref(), &self.etag, size);
-        let whole = ByteRange { start: 0, end: size };
-        if let Some(r) = resp.sent {
-            prop_assert!(
-                asked.start <= r.start && r.end <= asked.end,
-                "nginx may send {:?} for {:?} / {:?}, more than asked() says ({:?})",
-                r,
-                resp.range,
-                resp.if_range,
-                asked
-            );
-        }
-        if resp.status == 200 && size > 0 {
-            prop_assert_eq!(asked, whole);
-        }
+        check_response(&resp, asked, size)?;
         let rid = self.fresh_id();
         let conn = Conn {
             local: "127.0.0.1:8080".parse().unwrap(),
@@ -507,79 +513,15 @@ impl Run {
         let expected = self.expected(c, method, asked, resp.range.is_some());
         let before = self.link.clone();
         let got = admit(&mut self.link, &a, self.now, &P);
-        // Claims end when they lapse, whatever the check answers, and no sooner.
-        for c in &before.claims {
-            let kept = self.link.claims.iter().any(|k| k.id == c.id);
-            let lapses = matches!(method, Method::Get) && before.state < LinkState::Completed;
-            prop_assert!(
-                kept || (lapses && !self.claim_active(c)),
-                "an active claim ended at a check ({:?}, last end {}, now {})",
-                c,
-                self.m.last_end[&c.id],
-                self.now
-            );
-            if got.is_ok() && lapses {
-                prop_assert_eq!(kept, self.claim_active(c), "a lapsed claim outlived a check");
-            }
-        }
+        self.check_lapses(&before, method, got.is_ok())?;
         match got {
             Err(refusal) => {
                 prop_assert_eq!(Err(refusal), expected.map(|_| ()), "the check refused what §2 admits");
-                // A refusal may have let lapsed claims go, and nothing else.
-                let mut pruned = before.clone();
-                pruned.claims.retain(|c| self.link.claims.contains(c));
-                prop_assert_eq!(&self.link, &pruned, "a refusal ({}) changed the link", refusal);
-                // nginx answers 444 and logs it with no claim; that line changes nothing.
-                let mut line = self.line(&rid, c, method, 444, None, true, 0);
-                line.claim = Some(String::new()).filter(|_| baseline.is_multiple_of(2));
-                let s = settle(&mut self.link, &line, client_key(c), None, self.now, &P);
-                prop_assert!(!s.changed);
-                prop_assert_eq!(&self.link, &pruned, "a refused request's log line changed the link");
+                self.check_refused(&before, &rid, c, method, baseline, refusal)
             }
             Ok(admitted) => {
                 let want = expected.map_err(|r| TestCaseError::fail(format!("admitted what §2 refuses ({r})")))?;
-                match (&want, &admitted.what) {
-                    (Expect::Head, Use::Head) | (Expect::Read, Use::Read) | (Expect::Grace, Use::Grace) => {}
-                    (Expect::Claim(s), Use::Claim { slot, id }) if s == slot => {
-                        let mine = before.claims.iter().find(|c| c.client == a.client);
-                        prop_assert_eq!(mine.map(|c| &c.id), Some(id), "the client's claim was not reused");
-                    }
-                    (Expect::NewClaim(s), Use::Claim { slot, id }) if s == slot => {
-                        prop_assert!(admitted.new_claim);
-                        prop_assert!(!before.claims.iter().any(|c| c.id == *id));
-                        self.m.last_end.insert(id.clone(), self.now);
-                        // What the address read is in the client's hands: it joins the slot,
-                        // unless that would make the slot whole (only a claim's bytes complete
-                        // a download; the reads stay charged as reads).
-                        if let Some(read) = self.m.read_bits.get_mut(&a.client.address) {
-                            let bits = &mut self.m.bits[*slot as usize];
-                            let merged: Vec<bool> = bits.iter().zip(read.iter()).map(|(b, r)| *b || *r).collect();
-                            read.fill(false);
-                            if !merged.iter().all(|b| *b) {
-                                *bits = merged;
-                            }
-                        }
-                    }
-                    (w, u) => return Err(TestCaseError::fail(format!("§2 says {w:?}, the check answered {u:?}"))),
-                };
-                prop_assert_eq!(admitted.new_claim, matches!(want, Expect::NewClaim(_)));
-                match &admitted.what {
-                    Use::Read => {
-                        let fresh = vec![false; size as usize];
-                        self.m.read_bits.entry(a.client.address.clone()).or_insert(fresh);
-                        *self.m.reads_by_address.entry(a.client.address.clone()).or_default() += asked.len();
-                        self.m.reads_total += asked.len();
-                    }
-                    Use::Grace => self.m.grace_admitted += asked.len(),
-                    Use::Claim { .. } => prop_assert!(self.link.state >= LinkState::Downloading),
-                    Use::Head => {}
-                }
-                prop_assert_eq!(self.link.reads_total, self.m.reads_total, "reads charged at the check");
-                prop_assert_eq!(
-                    self.link.grace_sent,
-                    self.m.grace_admitted,
-                    "grace charged at the check"
-                );
+                self.check_admitted(&before, &a, want, &admitted, asked)?;
                 self.sent.insert(
                     rid,
                     Sent {
@@ -595,8 +537,104 @@ impl Run {
                         gone: None,
                     },
                 );
+                Ok(())
             }
         }
+    }
+
+    /// Claims end when they lapse, whatever the check answers, and no sooner.
+    fn check_lapses(&self, before: &Link, method: Method, admitted: bool) -> Result<(), TestCaseError> {
+        for c in &before.claims {
+            let kept = self.link.claims.iter().any(|k| k.id == c.id);
+            let lapses = matches!(method, Method::Get) && before.state < LinkState::Completed;
+            prop_assert!(
+                kept || (lapses && !self.claim_active(c)),
+                "an active claim ended at a check ({:?}, last end {}, now {})",
+                c,
+                self.m.last_end[&c.id],
+                self.now
+            );
+            if admitted && lapses {
+                prop_assert_eq!(kept, self.claim_active(c), "a lapsed claim outlived a check");
+            }
+        }
+        Ok(())
+    }
+
+    /// A refused request changes nothing but the lapsed claims, and neither does its log line.
+    fn check_refused(
+        &mut self,
+        before: &Link,
+        rid: &str,
+        c: (u8, u8),
+        method: Method,
+        baseline: u64,
+        refusal: Refusal,
+    ) -> Result<(), TestCaseError> {
+        // A refusal may have let lapsed claims go, and nothing else.
+        let mut pruned = before.clone();
+        pruned.claims.retain(|c| self.link.claims.contains(c));
+        prop_assert_eq!(&self.link, &pruned, "a refusal ({}) changed the link", refusal);
+        // nginx answers 444 and logs it with no claim; that line changes nothing.
+        let mut line = self.line(rid, c, method, 444, None, true, 0);
+        line.claim = Some(String::new()).filter(|_| baseline.is_multiple_of(2));
+        let s = settle(&mut self.link, &line, client_key(c), None, self.now, &P);
+        prop_assert!(!s.changed);
+        prop_assert_eq!(&self.link, &pruned, "a refused request's log line changed the link");
+        Ok(())
+    }
+
+    /// An admitted request got what §2 says, and the model takes in what the check charged.
+    fn check_admitted(
+        &mut self,
+        before: &Link,
+        a: &Admission,
+        want: Expect,
+        admitted: &Admitted,
+        asked: ByteRange,
+    ) -> Result<(), TestCaseError> {
+        match (&want, &admitted.what) {
+            (Expect::Head, Use::Head) | (Expect::Read, Use::Read) | (Expect::Grace, Use::Grace) => {}
+            (Expect::Claim(s), Use::Claim { slot, id }) if s == slot => {
+                let mine = before.claims.iter().find(|c| c.client == a.client);
+                prop_assert_eq!(mine.map(|c| &c.id), Some(id), "the client's claim was not reused");
+            }
+            (Expect::NewClaim(s), Use::Claim { slot, id }) if s == slot => {
+                prop_assert!(admitted.new_claim);
+                prop_assert!(!before.claims.iter().any(|c| c.id == *id));
+                self.m.last_end.insert(id.clone(), self.now);
+                // What the address read is in the client's hands: it joins the slot,
+                // unless that would make the slot whole (only a claim's bytes complete
+                // a download; the reads stay charged as reads).
+                if let Some(read) = self.m.read_bits.get_mut(&a.client.address) {
+                    let bits = &mut self.m.bits[*slot as usize];
+                    let merged: Vec<bool> = bits.iter().zip(read.iter()).map(|(b, r)| *b || *r).collect();
+                    read.fill(false);
+                    if !merged.iter().all(|b| *b) {
+                        *bits = merged;
+                    }
+                }
+            }
+            (w, u) => return Err(TestCaseError::fail(format!("§2 says {w:?}, the check answered {u:?}"))),
+        }
+        prop_assert_eq!(admitted.new_claim, matches!(want, Expect::NewClaim(_)));
+        match &admitted.what {
+            Use::Read => {
+                let fresh = vec![false; self.link.file_size as usize];
+                self.m.read_bits.entry(a.client.address.clone()).or_insert(fresh);
+                *self.m.reads_by_address.entry(a.client.address.clone()).or_default() += asked.len();
+                self.m.reads_total += asked.len();
+            }
+            Use::Grace => self.m.grace_admitted += asked.len(),
+            Use::Claim { .. } => prop_assert!(self.link.state >= LinkState::Downloading),
+            Use::Head => {}
+        }
+        prop_assert_eq!(self.link.reads_total, self.m.reads_total, "reads charged at the check");
+        prop_assert_eq!(
+            self.link.grace_sent,
+            self.m.grace_admitted,
+            "grace charged at the check"
+        );
         Ok(())
     }
 
@@ -1037,8 +1075,40 @@ impl Run {
 
     /// What must hold between any two events, given the link before the last one.
     fn invariants(&self, before: &Link) -> Result<(), TestCaseError> {
+        self.check_life(before)?;
+        self.check_slots(before)?;
+        self.check_claims()?;
+        self.check_ledger(before)?;
+        self.check_reads()?;
         let l = &self.link;
         let m = &self.m;
+        prop_assert!(m.admitted_grace <= l.grace_sent && l.grace_sent <= grace_cap(l, &P));
+        let held: u64 = l.inflight.iter().map(|f| f.reserved).sum();
+        prop_assert_eq!(
+            held,
+            self.held(l),
+            "requests in flight hold other than what they may still re-send"
+        );
+        // The bound, for what the checks admitted.
+        prop_assert!(
+            l.bytes_served - m.stray <= bound(l),
+            "handed out {} bytes, bound {} (size {}, {} downloads; resent {}, reads {}, grace {})",
+            l.bytes_served - m.stray,
+            bound(l),
+            l.file_size,
+            l.max_downloads,
+            l.resent,
+            m.reads,
+            m.grace
+        );
+        let p = progress(l);
+        prop_assert!((0.0..=1.0).contains(&p), "progress {}", p);
+        Ok(())
+    }
+
+    /// A link only moves forward, and a closed one keeps its reason and holds no claim.
+    fn check_life(&self, before: &Link) -> Result<(), TestCaseError> {
+        let l = &self.link;
         prop_assert!(l.state >= before.state, "{:?} went back to {:?}", before.state, l.state);
         prop_assert_eq!(l.state == LinkState::Closed, l.close_reason.is_some());
         prop_assert_eq!(l.state == LinkState::Closed, l.closed_at_ms.is_some());
@@ -1054,8 +1124,13 @@ impl Run {
         if l.state == LinkState::Completed {
             prop_assert!(l.completer.is_some() && l.grace_until_ms.is_some());
         }
+        Ok(())
+    }
 
-        // Slots: each covers what the log proved under it, and is complete when that is all.
+    /// Slots: each covers what the log proved under it, and is complete when that is all.
+    fn check_slots(&self, before: &Link) -> Result<(), TestCaseError> {
+        let l = &self.link;
+        let m = &self.m;
         prop_assert_eq!(l.slots.len(), l.max_downloads as usize);
         let size = l.file_size as usize;
         for (i, s) in l.slots.iter().enumerate() {
@@ -1094,8 +1169,12 @@ impl Run {
                 "the allowance is used up and the link serves on"
             );
         }
+        Ok(())
+    }
 
-        // Claims: one per client, one per slot, none on a complete slot.
+    /// Claims: one per client, one per slot, none on a complete slot.
+    fn check_claims(&self) -> Result<(), TestCaseError> {
+        let l = &self.link;
         prop_assert!(l.claims.len() <= l.max_downloads as usize);
         for (i, c) in l.claims.iter().enumerate() {
             prop_assert!(
@@ -1108,8 +1187,13 @@ impl Run {
             );
             prop_assert!(!l.slots[c.slot as usize].complete, "a claim on a complete slot");
         }
+        Ok(())
+    }
 
-        // The ledger: every byte charged is new coverage, re-sent, read or grace.
+    /// The ledger: every byte charged is new coverage, re-sent, read or grace.
+    fn check_ledger(&self, before: &Link) -> Result<(), TestCaseError> {
+        let l = &self.link;
+        let m = &self.m;
         prop_assert!(l.bytes_served >= before.bytes_served);
         prop_assert_eq!(l.bytes_served, m.served, "bytes_served is not what the log charged");
         prop_assert_eq!(l.resent, m.resent, "re-sent bytes are not what the log says");
@@ -1120,6 +1204,14 @@ impl Run {
             m.claim_new + l.resent + m.reads + m.grace + m.other,
             "bytes charged as nothing"
         );
+        Ok(())
+    }
+
+    /// Reads: what each address read is what the log proved, and all stay under their caps.
+    fn check_reads(&self) -> Result<(), TestCaseError> {
+        let l = &self.link;
+        let m = &self.m;
+        let size = l.file_size as usize;
         for r in &l.reads {
             let mut bits = vec![false; size];
             for x in r.coverage.ranges() {
@@ -1144,27 +1236,6 @@ impl Run {
         for (address, n) in &m.reads_by_address {
             prop_assert!(*n < P.preview_bytes && 2 * n < l.file_size, "{} read {}", address, n);
         }
-        prop_assert!(m.admitted_grace <= l.grace_sent && l.grace_sent <= grace_cap(l, &P));
-        let held: u64 = l.inflight.iter().map(|f| f.reserved).sum();
-        prop_assert_eq!(
-            held,
-            self.held(l),
-            "requests in flight hold other than what they may still re-send"
-        );
-        // The bound, for what the checks admitted.
-        prop_assert!(
-            l.bytes_served - m.stray <= bound(l),
-            "handed out {} bytes, bound {} (size {}, {} downloads; resent {}, reads {}, grace {})",
-            l.bytes_served - m.stray,
-            bound(l),
-            l.file_size,
-            l.max_downloads,
-            l.resent,
-            m.reads,
-            m.grace
-        );
-        let p = progress(l);
-        prop_assert!((0.0..=1.0).contains(&p), "progress {}", p);
         Ok(())
     }
 }
