@@ -334,6 +334,94 @@ struct Model {
     grace_admitted: u64,
 }
 
+impl Model {
+    /// Adds proven bytes to a slot (a complete one takes none); returns how many were new.
+    fn add(&mut self, slot: usize, r: ByteRange) -> u64 {
+        let mut new = 0;
+        if !self.complete[slot] {
+            for b in &mut self.bits[slot][r.start as usize..r.end as usize] {
+                new += u64::from(!*b);
+                *b = true;
+            }
+        }
+        new
+    }
+
+    /// Credits a read's charge. A read's bytes are in its address's hands: they go to the slot a
+    /// client of the address claims, now or at its next claim. Returns that slot and its
+    /// claimant, when there is one.
+    fn credit_read(
+        &mut self,
+        client: &ClientKey,
+        charged: u64,
+        proven: Option<ByteRange>,
+        stray: bool,
+        claims: &[Claim],
+    ) -> Option<(usize, ClientKey)> {
+        self.reads += charged;
+        if !stray {
+            self.admitted_reads += charged;
+        }
+        match (proven, claims.iter().find(|c| c.client.address == client.address)) {
+            (Some(r), Some(c)) => {
+                self.add(c.slot as usize, r);
+                Some((c.slot as usize, c.client.clone()))
+            }
+            (Some(r), None) => {
+                if let Some(bits) = self.read_bits.get_mut(&client.address) {
+                    bits[r.start as usize..r.end as usize].fill(true);
+                }
+                None
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// Credits a claim's charge at `now`. Returns its slot, or `None` when the line names a slot
+    /// the link does not have.
+    fn credit_claim(
+        &mut self,
+        slot: u32,
+        id: &Arc<str>,
+        charged: u64,
+        proven: Option<ByteRange>,
+        stray: bool,
+        now: u64,
+    ) -> Result<Option<usize>, TestCaseError> {
+        if let Some(t) = self.last_end.get_mut(id) {
+            *t = now;
+        }
+        self.claim_bytes += charged;
+        let slot = slot as usize;
+        if slot >= self.bits.len() {
+            self.other += charged;
+            return Ok(None);
+        }
+        // What the line proved that its slot did not cover is new; the rest of its charge is
+        // re-sent.
+        let new = match proven {
+            Some(r) => {
+                let had = self.bits[slot][r.start as usize..r.end as usize]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                r.len() - had as u64
+            }
+            None => 0,
+        };
+        if let Some(r) = proven {
+            self.add(slot, r);
+        }
+        prop_assert!(charged >= new, "proved more than was charged");
+        self.resent += charged - new;
+        self.claim_new += new;
+        if stray {
+            self.stray_resent += charged - new;
+        }
+        Ok(Some(slot))
+    }
+}
+
 struct Run {
     link: Link,
     etag: String,
@@ -687,44 +775,13 @@ impl Run {
         if stray {
             m.stray += charged;
         }
-        // Adds proven bytes to a slot (a complete one takes none); how many were new.
-        let add = |m: &mut Model, slot: usize, r: ByteRange| -> u64 {
-            let mut new = 0;
-            if !m.complete[slot] {
-                for b in &mut m.bits[slot][r.start as usize..r.end as usize] {
-                    new += u64::from(!*b);
-                    *b = true;
-                }
-            }
-            new
-        };
         let completed = match what {
             None => {
                 m.resent += charged;
                 m.stray_resent += charged;
                 None
             }
-            Some(Use::Read) => {
-                m.reads += charged;
-                if !stray {
-                    m.admitted_reads += charged;
-                }
-                // A read's bytes are in its address's hands: they go to the slot a client of the
-                // address claims, now or at its next claim.
-                match (proven, claims.iter().find(|c| c.client.address == client.address)) {
-                    (Some(r), Some(c)) => {
-                        add(m, c.slot as usize, r);
-                        Some((c.slot as usize, c.client.clone()))
-                    }
-                    (Some(r), None) => {
-                        if let Some(bits) = m.read_bits.get_mut(&client.address) {
-                            bits[r.start as usize..r.end as usize].fill(true);
-                        }
-                        None
-                    }
-                    (None, _) => None,
-                }
-            }
+            Some(Use::Read) => m.credit_read(client, charged, proven, stray, claims),
             Some(Use::Grace) => {
                 m.grace += charged;
                 if !stray {
@@ -736,39 +793,10 @@ impl Run {
                 m.other += charged;
                 None
             }
-            Some(Use::Claim { slot, id }) => {
-                if let Some(t) = m.last_end.get_mut(id) {
-                    *t = self.now;
-                }
-                m.claim_bytes += charged;
-                let slot = *slot as usize;
-                if slot >= m.bits.len() {
-                    m.other += charged;
-                    return Ok(None);
-                }
-                // What the line proved that its slot did not cover is new; the rest of its
-                // charge is re-sent.
-                let new = match proven {
-                    Some(r) => {
-                        let had = m.bits[slot][r.start as usize..r.end as usize]
-                            .iter()
-                            .filter(|b| **b)
-                            .count();
-                        r.len() - had as u64
-                    }
-                    None => 0,
-                };
-                if let Some(r) = proven {
-                    add(m, slot, r);
-                }
-                prop_assert!(charged >= new, "proved more than was charged");
-                m.resent += charged - new;
-                m.claim_new += new;
-                if stray {
-                    m.stray_resent += charged - new;
-                }
-                Some((slot, client.clone()))
-            }
+            Some(Use::Claim { slot, id }) => match m.credit_claim(*slot, id, charged, proven, stray, self.now)? {
+                Some(slot) => Some((slot, client.clone())),
+                None => return Ok(None),
+            },
         };
         let Some((slot, who)) = completed else {
             return Ok(None);
@@ -882,6 +910,40 @@ impl Run {
         })
     }
 
+    /// The claim value a stray line carries.
+    fn stray_claim(&self, claim: StrayClaim) -> Option<String> {
+        match claim {
+            StrayClaim::None => None,
+            StrayClaim::OfClaim(i) if !self.link.claims.is_empty() => {
+                let c = &self.link.claims[i.index(self.link.claims.len())];
+                Some(
+                    Use::Claim {
+                        slot: c.slot,
+                        id: c.id.clone(),
+                    }
+                    .header(),
+                )
+            }
+            StrayClaim::OfClaim(_) => None,
+            StrayClaim::Value(v) => Some(v.to_string()),
+        }
+    }
+
+    /// A socket sample of the `nth` request in flight: what its peer acknowledged (per mille of
+    /// what the request may send), or gone.
+    fn sample(&mut self, nth: Index, acked: Option<u64>) {
+        if let Some(id) = self.nth_inflight(nth) {
+            let s = self.sent.get_mut(&id).expect("sent");
+            let acked = acked.map(|permille| s.baseline + (HEADER + s.asked.len()) * permille / 1_000);
+            sample(&mut self.link, &id, acked, self.now);
+            match acked {
+                Some(a) if !s.ended => s.delivered = s.delivered.max(a - s.baseline),
+                Some(_) => {}
+                None => s.gone = s.gone.or(Some(self.now)),
+            }
+        }
+    }
+
     fn step(&mut self, e: Event) -> Result<(), TestCaseError> {
         match e {
             Event::Wait(ms) => self.now += ms,
@@ -927,36 +989,11 @@ impl Run {
                 fin,
                 claim,
             } => {
-                let claim = match claim {
-                    StrayClaim::None => None,
-                    StrayClaim::OfClaim(i) if !self.link.claims.is_empty() => {
-                        let c = &self.link.claims[i.index(self.link.claims.len())];
-                        Some(
-                            Use::Claim {
-                                slot: c.slot,
-                                id: c.id.clone(),
-                            }
-                            .header(),
-                        )
-                    }
-                    StrayClaim::OfClaim(_) => None,
-                    StrayClaim::Value(v) => Some(v.to_string()),
-                };
+                let claim = self.stray_claim(claim);
                 let id = self.fresh_id();
                 self.log(&id, None, Some((range, claim, client)), ok, cut, fin, true)?;
             }
-            Event::Sample { nth, acked } => {
-                if let Some(id) = self.nth_inflight(nth) {
-                    let s = self.sent.get_mut(&id).expect("sent");
-                    let acked = acked.map(|permille| s.baseline + (HEADER + s.asked.len()) * permille / 1_000);
-                    sample(&mut self.link, &id, acked, self.now);
-                    match acked {
-                        Some(a) if !s.ended => s.delivered = s.delivered.max(a - s.baseline),
-                        Some(_) => {}
-                        None => s.gone = s.gone.or(Some(self.now)),
-                    }
-                }
-            }
+            Event::Sample { nth, acked } => self.sample(nth, acked),
             Event::Reuse { nth } => {
                 if let Some(id) = self.nth_inflight(nth) {
                     end_on_reuse(&mut self.link, &id);
