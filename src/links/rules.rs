@@ -305,36 +305,10 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
                 charge_read(link, &a.client.address, want.len());
                 Use::Read
             } else {
-                let slot = free_slot(link).ok_or(Refusal::UsedUp)?;
-                reserved = reserve(link, slot, want, p)?;
-                // What this address already read is in the client's hands: it counts toward the
-                // slot, once. Only a claim's own bytes complete a download, so reads that would
-                // make the slot whole (with what an abandoned claim left in it) stay charged as
-                // reads and are not folded in.
-                let size = link.file_size;
-                if let Some(r) = link.reads.iter_mut().find(|r| r.address == a.client.address) {
-                    let s = &mut link.slots[slot as usize];
-                    let mut merged = s.coverage.clone();
-                    for &x in std::mem::take(&mut r.coverage).ranges() {
-                        if merged.ranges().len() < MAX_FRAGMENTS {
-                            merged.insert(x);
-                        }
-                    }
-                    if !merged.covers(size) {
-                        s.coverage = merged;
-                    }
-                }
-                let id: Arc<str> = a.request_id.get(..12).unwrap_or(&a.request_id).into();
-                link.claims.push(Claim {
-                    id: id.clone(),
-                    slot,
-                    client: a.client.clone(),
-                    last_end_ms: now,
-                    bytes: 0,
-                });
+                let (claimed, held) = take_claim(link, a, want, now, p)?;
+                reserved = held;
                 new_claim = true;
-                link.state = LinkState::Downloading;
-                Use::Claim { slot, id }
+                claimed
             }
         }
     };
@@ -365,6 +339,44 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
         hold_resends(link);
     }
     Ok(Admitted { new_claim, what })
+}
+
+/// Takes a new claim for the request's client on a free slot. Returns what the request is
+/// admitted as and what it holds from the re-send budget.
+fn take_claim(link: &mut Link, a: &Admission, want: ByteRange, now: u64, p: &Policy) -> Result<(Use, u64), Refusal> {
+    let slot = free_slot(link).ok_or(Refusal::UsedUp)?;
+    let reserved = reserve(link, slot, want, p)?;
+    fold_reads(link, &a.client.address, slot);
+    let id: Arc<str> = a.request_id.get(..12).unwrap_or(&a.request_id).into();
+    link.claims.push(Claim {
+        id: id.clone(),
+        slot,
+        client: a.client.clone(),
+        last_end_ms: now,
+        bytes: 0,
+    });
+    link.state = LinkState::Downloading;
+    Ok((Use::Claim { slot, id }, reserved))
+}
+
+/// What an address already read is in its client's hands: when the client claims a slot, it
+/// counts toward that slot, once. Only a claim's own bytes complete a download, so reads that
+/// would make the slot whole (with what an abandoned claim left in it) stay charged as reads and
+/// are not folded in.
+fn fold_reads(link: &mut Link, address: &str, slot: u32) {
+    let size = link.file_size;
+    if let Some(r) = link.reads.iter_mut().find(|r| *r.address == *address) {
+        let s = &mut link.slots[slot as usize];
+        let mut merged = s.coverage.clone();
+        for &x in std::mem::take(&mut r.coverage).ranges() {
+            if merged.ranges().len() < MAX_FRAGMENTS {
+                merged.insert(x);
+            }
+        }
+        if !merged.covers(size) {
+            s.coverage = merged;
+        }
+    }
 }
 
 /// The slot a new claim takes: one nobody has received bytes in, else the incomplete one with
