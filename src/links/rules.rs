@@ -220,12 +220,11 @@ pub fn refetch_budget(link: &Link, p: &Policy) -> u64 {
 }
 
 /// What is left of the re-send budget once what was re-sent and what requests in flight may
-/// still re-send are taken off.
-fn refetch_left(link: &Link, p: &Policy) -> u64 {
+/// still re-send are taken off, or `None` when those already pass it. They can: a request that
+/// was never logged is charged its whole range as re-sent, on top of what others hold.
+fn refetch_left(link: &Link, p: &Policy) -> Option<u64> {
     let reserved = link.inflight.iter().fold(0u64, |s, f| s.saturating_add(f.reserved));
-    refetch_budget(link, p)
-        .saturating_sub(link.resent)
-        .saturating_sub(reserved)
+    refetch_budget(link, p).checked_sub(link.resent.saturating_add(reserved))
 }
 
 /// The reads' cap for the link in all: min(8 × the preview size, half the file).
@@ -401,8 +400,12 @@ fn reserve(link: &Link, slot: u32, want: ByteRange, p: &Policy) -> Result<u64, R
     }
     let in_flight = link.inflight.iter().filter(|f| on_slot(f, slot)).map(asked_of);
     let again = sent_again(&s.coverage, in_flight, want);
-    // Once what ferry could not prove delivered has used the budget up, nothing more is sent.
-    if again > refetch_left(link, p) || link.resent >= refetch_budget(link, p) {
+    // Once what ferry could not prove delivered has used the budget up, or would with what the
+    // requests in flight hold, nothing more is sent. That includes bytes the slot lacks: a
+    // request that was never logged was charged for bytes it may not have delivered, and those
+    // are among them.
+    let fits = refetch_left(link, p).is_some_and(|left| again <= left);
+    if !fits || link.resent >= refetch_budget(link, p) {
         return Err(Refusal::Refetch);
     }
     Ok(again)

@@ -498,12 +498,13 @@ impl Run {
             }
             Method::Get => {
                 let active: Vec<&Claim> = l.claims.iter().filter(|c| self.claim_active(c)).collect();
-                let left = refetch_budget(l, &P)
-                    .saturating_sub(l.resent)
-                    .saturating_sub(self.held(l));
+                // What was re-sent and what requests in flight may still re-send, with what this
+                // one would, stay within the budget.
+                let budget = refetch_budget(l, &P);
+                let committed = l.resent + self.held(l);
                 // Once what ferry could not prove delivered has used the budget up, nothing more.
-                let spent = l.resent >= refetch_budget(l, &P);
-                let fits = |slot: u32| self.taken(l, slot).overlap(asked) <= left && !spent;
+                let spent = l.resent >= budget;
+                let fits = |slot: u32| committed + self.taken(l, slot).overlap(asked) <= budget && !spent;
                 if let Some(mine) = active.iter().find(|x| x.client == client) {
                     return if fits(mine.slot) {
                         Ok(Expect::Claim(mine.slot))
@@ -1460,4 +1461,35 @@ fn an_overlap_stays_held_when_the_later_request_settles_first() {
         Event::Wait(0),
     ];
     run((718, 2, 10_000, events)).unwrap();
+}
+
+/// One claim's two requests for the same bytes hold one copy from the re-send budget; another
+/// claim's request is lost with no log line and charged as re-sent, so the two together pass the
+/// budget. From then on a request must be refused even for bytes its slot lacks: the lost
+/// request was charged for bytes it may never have delivered, its slot still lacks them, and
+/// sending them again on top of the held copy would pass the bound.
+#[test]
+fn nothing_more_is_sent_while_held_and_lost_bytes_pass_the_budget() {
+    let request = |client, range| Event::Request {
+        client,
+        method: Method::Get,
+        range,
+        if_range: IfRange::None,
+        baseline: 0,
+    };
+    let events = vec![
+        request((0, 0), RangeKind::Span(index(0), 1200)),
+        request((0, 0), RangeKind::Span(index(0), 1200)),
+        request((1, 0), RangeKind::Span(index(0), 1199)),
+        Event::Sample {
+            nth: index(12_297_829_382_473_034_411),
+            acked: None,
+        },
+        Event::Wait(UNLOGGED_AFTER_MS),
+        Event::Tick,
+        request((0, 0), RangeKind::From(index(7_378_697_629_483_820_647))),
+        request((1, 0), RangeKind::None),
+        request((2, 0), RangeKind::None),
+    ];
+    run((3_000, 3, 1_000_000, events)).unwrap();
 }
