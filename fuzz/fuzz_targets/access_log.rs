@@ -4,8 +4,8 @@
 //! panics and never breaks the link's books.
 #![no_main]
 
-use ferry::model::ClientKey;
 use ferry::links::rules::{self, Admission, Method};
+use ferry::model::ClientKey;
 use ferry::monitor::record::AccessRecord;
 use ferry_fuzz::POLICY;
 use libfuzzer_sys::fuzz_target;

@@ -9,8 +9,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use ferry::http::check::{CheckRequest, admission, parse};
-use ferry::model::ClientKey;
 use ferry::links::rules::{self, Method, Refusal};
+use ferry::model::ClientKey;
 use ferry::model::Conn;
 use ferry_fuzz::POLICY;
 use libfuzzer_sys::fuzz_target;

@@ -6,8 +6,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ferry::config::Secret;
-use ferry::model::TunnelId;
 use ferry::links::token::Keys;
+use ferry::model::TunnelId;
 use libfuzzer_sys::fuzz_target;
 
 /// The key the seeds in corpus/token/ were signed with.

@@ -1,10 +1,10 @@
 //! What the fuzz targets share: a link to apply facts to, and the books every link must keep
 //! whatever is applied to it.
 
-use ferry::links::path::{FileIdentity, RelPath};
+use ferry::data_dir::{FileIdentity, RelPath};
 use ferry::links::rules::{self, MAX_CLIENTS_KEPT, MAX_FRAGMENTS, MAX_READERS_KEPT, MAX_REQUESTS_KEPT, Policy};
-use ferry::links::{Link, TunnelId};
-use ferry::monitor::coverage::Coverage;
+use ferry::model::coverage::Coverage;
+use ferry::model::{Link, TunnelId};
 
 /// The policy the targets apply facts under.
 pub const POLICY: Policy = Policy {

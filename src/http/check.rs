@@ -20,9 +20,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::links::rules::{Admission, Method, Refusal, Use};
+use crate::links::rules::{Admission, Method, Refusal};
 use crate::links::{Links, content_disposition_bytes};
-use crate::model::{ClientKey, Conn};
+use crate::model::{ClientKey, Conn, Use};
 
 /// nginx's own limit for a request head is 8 KiB a line; the check's head repeats the client's
 /// User-Agent and token, so twice that and some.

@@ -30,11 +30,3 @@ pub use event::{ClientView, Event, EventKind, PeerEvent, TunnelView};
 pub use preview::{content_disposition, content_disposition_bytes, preview_html};
 pub use schedule::FILE_WATCH;
 pub use service::Links;
-
-// The property tests name the model's types through `super::*`.
-#[cfg(test)]
-use crate::model::coverage::Coverage;
-#[cfg(test)]
-use crate::model::link::test_link;
-#[cfg(test)]
-use crate::model::*;

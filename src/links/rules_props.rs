@@ -31,10 +31,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::rules::*;
-use super::*;
-use crate::monitor::coverage::ByteRange;
+use crate::model::coverage::{ByteRange, Coverage};
+use crate::model::link::test_link;
+use crate::model::*;
 use crate::monitor::record::{AccessRecord, Completion};
-use crate::monitor::sockdiag::Conn;
 
 const P: Policy = TEST_POLICY;
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{Admission, Method, Refusal, Use};
+use super::rules::{Admission, Method, Refusal};
 use super::*;
 use crate::config::{Config, Source};
 use crate::data_dir::RelPath;
+use crate::model::{ClientKey, Clock, CloseReason, Link, LinkState, TunnelId, Use};
 use crate::monitor::record::{AccessRecord, Completion};
 use crate::store::Store;
 use crate::store::embedded::Embedded;

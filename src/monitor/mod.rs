@@ -4,13 +4,12 @@
 //!   where it left off, and hands each complete line, parsed, to a [`follow::RecordSink`] (the
 //!   links). Its position is kept in the state dir, so a restart neither loses nor repeats a line.
 //! - [`steps`] decides, without I/O, which file the follower reads and what it does after a read.
-//! - [`record`] parses one line; [`coverage`] counts the byte ranges served, each once.
+//! - [`record`] parses one line.
 //! - [`logwrites`] tells whether nginx can write its log at all.
 //! - [`sockdiag`] asks the kernel how many bytes a client acknowledged while a transfer runs.
 //!
 //! Nothing here decides anything about a link, and nothing here writes to nginx's log.
 
-pub use crate::model::coverage;
 pub mod follow;
 pub mod logwrites;
 pub mod record;

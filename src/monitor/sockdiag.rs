@@ -45,7 +45,7 @@ struct Socket {
 
 const SOCKETS: usize = 4;
 
-pub use crate::model::Conn;
+use crate::model::Conn;
 
 impl SockDiag {
     pub fn open() -> io::Result<Self> {
