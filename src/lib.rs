@@ -2,17 +2,21 @@
 //! together with its public tunnel.
 //!
 //! # Layout
+//! From the ground floor up; a module imports only those above it in this list, never one below
+//! (`script/cycles` checks that no file imports one that imports it back).
+//! - [`model`]: what a link is, its ids, the clock and small formatting helpers. It imports
+//!   nothing of ferry. [`data_dir`]: paths beneath the data dir, resolved safely.
 //! - [`config`]: one typed configuration, from the environment, validated at startup.
-//! - [`links`]: the link model, the state machine ([`links::rules`], pure), safe paths, tokens, and
-//!   the one teardown procedure.
-//! - [`store`]: where links live (embedded redb, or Redis shared by several instances), behind one
-//!   interface.
+//! - [`health`], [`programs`]: how a part is doing; finding the programs ferry runs.
+//! - [`store`]: where links live (embedded redb, or Redis), behind one interface.
+//! - [`peers`]: several instances sharing one Redis.
 //! - [`tunnel`]: providers that make a link public: `local`, or Tailscale Funnel through the CLI
 //!   or a Docker exec in the sidecar.
-//! - [`nginx`]: the data plane's config and the managed nginx process.
-//! - [`monitor`]: the access-log follower, its line parser and byte-range coverage.
-//! - [`http`]: the admin API and the check endpoint nginx calls.
-//! - [`cli`]: the command line.
+//! - [`monitor`]: the access-log follower and the kernel's socket counters.
+//! - [`links`]: the link service, one file per activity, over the pure rules of
+//!   [`links::rules`].
+//! - [`nginx`], [`notify`]: the data plane's config and process; webhooks.
+//! - [`http`]: the admin API and the check endpoint nginx calls. [`cli`]: the command line.
 //!
 //! [`run`] wires them together; the caller binds the admin listener, so tests can use port 0.
 
