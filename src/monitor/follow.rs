@@ -1,17 +1,18 @@
 //! Follows nginx's access log without ever losing a line, and without signalling nginx.
 //!
-//! nginx writes each line to `logs/access-<slot>.log`, the slot being a prefix of `$msec` (see
-//! `nginx/nginx.conf`): a new file begins when the clock enters a new slot, so rotation needs no
-//! rename and no reopen signal (it works when nginx runs in another container). The follower reads
-//! the files in slot order, each to its end; it leaves a file only once a later one exists and the
-//! file's slot ended long enough ago that no worker can still be writing to it, and then deletes it.
-//! While a file settles so, the next file is read too, so that its lines do not wait for the
-//! settling. The position (file name and offset, and the same for the file read ahead) is kept in
-//! the state dir, so a restart neither loses nor repeats a line. It never decides anything about
-//! a link: the lines go to a [`RecordSink`].
+//! nginx writes each line to `logs/access-<slot>.log`, where the slot is a prefix of `$msec` (see
+//! `nginx/nginx.conf`). A new file begins when the clock enters a new slot, so rotation needs no
+//! rename and no reopen signal, and it works even when nginx runs in another container. The
+//! follower reads the files in slot order, each to its end. It leaves a file, and deletes it, only
+//! once a later file exists and the file's slot ended long enough ago that no worker can still be
+//! writing to it. While a file waits out that time (while it "settles"), the follower reads the next
+//! file too, so that the next file's lines do not have to wait. The position (the file name and
+//! offset, and the same for the file read ahead) is kept in the state dir, so a restart neither
+//! loses nor repeats a line. The follower never decides anything about a link: it hands the lines
+//! to a [`RecordSink`].
 //!
-//! Which file to read, from where, and what to do after a read is decided in [`super::steps`],
-//! without I/O; this module lists the files, reads them and does what it is told.
+//! The decisions of which file to read, from where, and what to do after a read are made in
+//! [`super::steps`] without I/O. This module lists the files, reads them and does what it is told.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -31,13 +32,15 @@ use crate::store::StoreError;
 
 /// How long to wait for more log when nothing tells ferry it was written.
 const IDLE: Duration = Duration::from_millis(10);
-/// With inotify, the longest wait before looking anyway (a missed event costs no more).
+/// With inotify, the longest the follower waits before it looks at the files anyway, so that a
+/// missed event costs no more than this delay.
 const IDLE_WATCHED: Duration = Duration::from_millis(200);
 /// How long the follower pauses after a busy turn (see [`super::steps::BUSY_LINES`]).
 const BATCH_PAUSE: Duration = Duration::from_millis(2);
-/// How long the position may wait for somebody else's commit with fsync to cover the lines
-/// before it (a claim, a completion, a close) before the follower makes one itself. Making one
-/// per read, a few hundred a second under load, was a tenth of ferry's CPU.
+/// How long a position may wait for another commit with fsync (from a claim, a completion or a
+/// close) to make the lines before it durable, before the follower makes such a commit itself.
+/// Waiting spares the follower an fsync on every read, which under load would cost a large share
+/// of ferry's CPU.
 pub(crate) const SAVE_WITHIN: Duration = Duration::from_secs(1);
 
 /// The file being read (the current one, or the one after it, read ahead), the position it
@@ -49,16 +52,18 @@ struct Reading<'a> {
     saved: &'a mut Position,
 }
 
-/// What the follower hands its lines to, and asks whether what it handed is kept for good.
+/// The receiver of the follower's lines. The follower also asks it whether the writes those lines
+/// caused are durable.
 pub trait RecordSink: Send + Sync {
     /// Applies lines of one link, in their order, in one update.
     fn apply(&self, recs: &[AccessRecord]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Tells that a line nginx wrote at `logged_ms` (milliseconds since the epoch) was read: the
-    /// log can be written again.
+    /// Reports that a line which nginx wrote at `logged_ms` (milliseconds since the epoch) was
+    /// read, which shows that nginx can write the log again.
     fn line_seen(&self, logged_ms: u64);
 
-    /// A mark of the writes made so far: they are durable once [`Self::is_durable`] says so.
+    /// Returns a mark for the writes made so far. Those writes are durable once
+    /// [`Self::is_durable`] returns true for the mark.
     fn mark(&self) -> u64;
 
     /// Whether the writes before `mark` are durable.
@@ -98,7 +103,7 @@ fn slot_files(dir: &Path, slot: LogSlot) -> Vec<SlotFile> {
     v
 }
 
-/// Which file `path` leads to now, and which file `open` is.
+/// Looks up which file `path` leads to now, and which file `open` is.
 fn look(path: &Path, open: Option<&File>) -> Look {
     use std::os::unix::fs::MetadataExt;
     let id = |m: std::fs::Metadata| FileId {
@@ -115,12 +120,14 @@ async fn load_position(path: &Path) -> Option<Spot> {
     Spot::parse(&tokio::fs::read_to_string(path).await.ok()?)
 }
 
-/// The saved position: a [`Spot`] as text, rewritten in place at a fixed width (trailing
-/// spaces) with a `pwrite`. It is saved only once the store has made the writes of the lines
-/// before it durable, so after a crash a line is either applied or read again; a line read again
-/// is recognised by its request id. It is saved as soon as it is durable, so what a crash reads
-/// again is what was applied since the last commit with fsync, and at most one read more. Not
-/// fsynced itself: a position lost with the machine only means more lines read again.
+/// The saved position: a [`Spot`] as text, rewritten in place with a `pwrite` at a fixed width
+/// (padded with trailing spaces). A position is saved only once the store has made the writes of
+/// the lines before it durable, so after a crash each line has either been applied or is read
+/// again, and a line read again is recognised by its request id. A position is saved as soon as
+/// its lines are durable, so after a crash the follower reads again only what was applied since
+/// the last commit with fsync, plus at most one more read. The position file itself is not
+/// fsynced, because losing the position with the machine only means that more lines are read
+/// again.
 pub(crate) struct Position {
     path: PathBuf,
     file: Option<File>,
@@ -131,16 +138,17 @@ pub(crate) struct Position {
     pending: VecDeque<Pending>,
 }
 
-/// A position the follower has applied the lines before.
+/// A position such that the follower has applied all the lines before it.
 struct Pending {
-    /// The store's mark once they were applied: durable from when the store says so.
+    /// The store's mark, taken once those lines were applied. The lines are durable once the
+    /// store says that this mark is.
     mark: u64,
     spot: Spot,
     at: Instant,
 }
 
 impl Position {
-    /// Room for two names and offsets, so that the record keeps one length.
+    /// Room for two names and offsets, so that every record has the same length.
     const WIDTH: usize = 96;
 
     pub(crate) fn new(path: &Path) -> Position {
@@ -153,8 +161,8 @@ impl Position {
         }
     }
 
-    /// Moves the saved position to `spot` now, making the writes of the lines before it durable
-    /// first; false, with nothing saved, while the store cannot.
+    /// Moves the saved position to `spot` now, after first making the writes of the lines before
+    /// it durable. Returns false, and saves nothing, while the store cannot make them durable.
     async fn advance_now(&mut self, sink: &impl RecordSink, spot: &Spot) -> bool {
         if sink.persist().await.is_err() {
             return false;
@@ -164,7 +172,7 @@ impl Position {
         true
     }
 
-    /// Records that the lines before `spot` are applied: the saved position moves there once
+    /// Records that the lines before `spot` are applied. The saved position moves there once
     /// their writes are durable.
     pub(crate) async fn advance(&mut self, sink: &impl RecordSink, spot: &Spot) {
         let mark = sink.mark();
@@ -179,8 +187,9 @@ impl Position {
         self.catch_up(sink).await;
     }
 
-    /// Saves the latest position whose lines' writes are durable by now; one that has waited
-    /// `SAVE_WITHIN` is made durable (with all after it).
+    /// Saves the latest position whose lines' writes are durable by now. Once the oldest pending
+    /// position has waited `SAVE_WITHIN`, the writes are made durable instead, and the latest
+    /// position reached is saved.
     pub(crate) async fn catch_up(&mut self, sink: &impl RecordSink) {
         if self.pending.front().is_some_and(|p| p.at.elapsed() >= SAVE_WITHIN) {
             self.flush(sink).await;
@@ -195,8 +204,9 @@ impl Position {
         }
     }
 
-    /// Saves the latest position reached, making its lines' writes durable first (a store that
-    /// is away: kept for later, and read again after a restart).
+    /// Saves the latest position reached, after first making its lines' writes durable. When the
+    /// store is unavailable, the position is kept for later, and after a restart its lines are
+    /// read again.
     pub(crate) async fn flush(&mut self, sink: &impl RecordSink) {
         if let Some(p) = self.pending.pop_back()
             && !self.advance_now(sink, &p.spot).await
@@ -227,7 +237,7 @@ impl Position {
         let record = format!("{text:<width$}\n", width = Self::WIDTH.max(text.len()));
         let mut done = file.write_all_at(record.as_bytes(), 0);
         if done.is_ok() && record.len() != self.len {
-            // A longer record before (an older run's) would leave a tail.
+            // A longer record written earlier (by an older run) would otherwise leave a tail.
             done = file.set_len(record.len() as u64);
             self.len = record.len();
         }
@@ -258,8 +268,8 @@ impl Wake {
                 dir,
                 inotify::WatchFlags::MODIFY | inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
             )?;
-            // `new` is deprecated because an arbitrary `T` could hand out a different fd later;
-            // an `OwnedFd` cannot, which is what the unsafe `register` would have us promise.
+            // `new` is deprecated because an arbitrary `T` could hand out a different fd later.
+            // An `OwnedFd` cannot, and that is the promise the unsafe `register` would ask for.
             #[allow(deprecated)]
             tokio::io::unix::AsyncFd::new(fd)
         })();
@@ -279,15 +289,16 @@ impl Wake {
         let Ok(Ok(mut ready)) = tokio::time::timeout(IDLE_WATCHED, watch.readable()).await else {
             return;
         };
-        // The events only say "something was written": drain them all, then go and read.
+        // The events only say that something was written, so drain them all and then go and
+        // read the files.
         let mut buf = [0u8; 4096];
         while matches!(rustix::io::read(watch.get_ref(), &mut buf), Ok(n) if n > 0) {}
         ready.clear_ready();
     }
 }
 
-/// A log file the follower holds open, and what it read of the file's last line so far (the
-/// bytes after the last newline: they are applied once the line is complete).
+/// A log file the follower holds open, and the part of the file's last line that it has read so
+/// far. Those bytes after the last newline are applied once the line is complete.
 struct Open {
     file: File,
     partial: Vec<u8>,
@@ -295,14 +306,14 @@ struct Open {
 
 /// What the follower carries from one turn to the next, besides the saved position.
 struct Held {
-    /// Where it is (none on a first run, until a file appears).
+    /// The follower's position. It is `None` on a first run until a file appears.
     position: Option<Spot>,
     /// The current file, by name.
     current: Option<(String, Open)>,
-    /// The file after the current one while the current one settles (its name and offset are
-    /// in the position).
+    /// The file after the current one, held open while the current one settles. Its name and
+    /// offset are kept in the position.
     ahead: Option<Open>,
-    /// What each read reads into.
+    /// The buffer that each read fills.
     chunk: Vec<u8>,
 }
 
@@ -352,8 +363,8 @@ impl Follower {
         }
     }
 
-    /// Reads what nginx wrote since the last turn, applying every complete line: the current
-    /// file to its end and, while it settles, the next one too.
+    /// Reads what nginx wrote since the last turn and applies every complete line. It reads the
+    /// current file to its end and, while the current file settles, the next file too.
     async fn read_turn<S: RecordSink>(
         &self,
         sink: &S,
@@ -372,7 +383,8 @@ impl Follower {
             Forget::Both => (held.current, held.ahead) = (None, None),
         }
         if held.current.as_ref().is_none_or(|(name, _)| *name != turn.current) {
-            // Tried again next turn if it fails; the files after it wait (their lines too).
+            // If opening fails, it is tried again on the next turn, and the files after it (with
+            // their lines) wait.
             held.current = self.open(&turn.current).map(|open| (turn.current.clone(), open));
         }
         turn.open = held.current.is_some();
@@ -425,9 +437,9 @@ impl Follower {
         }
     }
 
-    /// Does what the turn's reading calls for: leaves a finished file, or follows a file made
-    /// anew under the current one's name. Returns what to do before the next turn: wait, pause,
-    /// or read again at once.
+    /// Does what the turn's reading calls for: it leaves a finished file, or switches to a file
+    /// that nginx created again under the current file's name. Returns what to do before the next
+    /// turn: wait, pause, or read again at once.
     async fn settle<S: RecordSink>(&self, sink: &S, saved: &mut Position, held: &mut Held, mut turn: Turn) -> Step {
         loop {
             match turn.step() {
@@ -477,8 +489,9 @@ impl Follower {
     }
 
     /// Reads the file from the position to its current end, applying every complete line.
-    /// Returns how many bytes and lines it read. The reads are plain `pread`s of a local
-    /// file the kernel has just written (page cache): cheaper inline than handed to a thread.
+    /// Returns how many bytes and lines it read. The reads are plain `pread`s of a local file that
+    /// the kernel has just written and still holds in its page cache, so they are cheaper to do
+    /// inline than to hand to a thread.
     async fn read_from<S: RecordSink>(
         &self,
         sink: &S,
@@ -506,23 +519,24 @@ impl Follower {
             }
             read.lines += lines.len();
             if !self.handle_all(sink, &lines, cancel).await {
-                // Shutting down while the store is away: these lines are read again next run
-                // (those already applied are recognised by their request id).
+                // ferry is shutting down while the store is unavailable. These lines are read
+                // again on the next run, and those already applied are recognised by their
+                // request id.
                 return read;
             }
             partial.drain(..start);
             if let Some(offset) = r.spot.offset_mut(r.ahead) {
                 *offset += start as u64;
             }
-            // Saved once the chunk's writes are durable, so a crash loses no line.
+            // The position is saved once the chunk's writes are durable, so a crash loses no line.
             r.saved.advance(sink, r.spot).await;
         }
     }
 
-    /// Applies a run of lines: the lines of one link in their order and in one update, different
-    /// links side by side, so that their store round trips (Redis) overlap instead of queueing
-    /// one behind another.
-    /// False only when cancelled before every line could be applied.
+    /// Applies a run of lines. The lines of one link are applied in their order and in one update,
+    /// and different links are applied concurrently, so that their store round trips (to Redis)
+    /// overlap instead of queueing one behind another.
+    /// Returns false only when cancelled before every line could be applied.
     async fn handle_all<S: RecordSink>(&self, sink: &S, lines: &[&[u8]], cancel: &CancellationToken) -> bool {
         let mut groups: Vec<Vec<AccessRecord>> = Vec::new();
         let mut by_link: std::collections::HashMap<Option<crate::model::TunnelId>, usize> = Default::default();
@@ -541,7 +555,8 @@ impl Follower {
 
     fn parse(&self, line: &[u8]) -> Option<AccessRecord> {
         self.counters.lines.fetch_add(1, Ordering::Relaxed);
-        // Never skipped for its bytes: a User-Agent that is not UTF-8 is logged raw by nginx.
+        // A line is never skipped because of its bytes, since nginx logs a User-Agent that is not
+        // UTF-8 as raw bytes.
         let parsed = AccessRecord::parse(&String::from_utf8_lossy(line)).map_err(|e| e.to_string());
         match parsed {
             Ok(rec) => Some(rec),
@@ -553,17 +568,18 @@ impl Follower {
         }
     }
 
-    /// Applies one link's lines, in one update; false only when cancelled before they could be.
+    /// Applies one link's lines in one update. Returns false only when cancelled before they could
+    /// be applied.
     async fn apply<S: RecordSink>(&self, sink: &S, recs: &[AccessRecord], cancel: &CancellationToken) -> bool {
-        // While the store is unavailable the lines wait (and the lines after them), however long
-        // the outage: a completion must not be lost. A record the store cannot read is retried a
-        // few times, then given up.
+        // While the store is unavailable, these lines and the lines after them wait, however long
+        // the outage lasts, because a completion must not be lost. A record that the store cannot
+        // read is retried a few times and then given up.
         let mut corrupt = 0u32;
         let mut delay = Duration::from_millis(100);
         loop {
             match sink.apply(recs).await {
                 Ok(()) => {
-                    // Lag: from nginx writing each line to ferry having acted on it.
+                    // The lag is the time from nginx writing each line to ferry having acted on it.
                     let now = now_ms();
                     for rec in recs {
                         let lag = now.saturating_sub((rec.msec * 1000.0) as u64);

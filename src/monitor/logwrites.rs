@@ -1,11 +1,13 @@
-//! Can nginx write its access log? The log line is the ledger of every download (SPEC §3): a
-//! request served while the line cannot be written would deliver bytes nobody counts. So while
-//! writes fail (a full disk, most often), ferry takes no new claims and `/health` degrades.
+//! Tracks whether nginx can write its access log. The log line is the ledger of every download
+//! (SPEC §3), so a request served while its line cannot be written would deliver bytes that nobody
+//! counts. While writes fail (most often because the disk is full), ferry therefore takes no new
+//! claims and `/health` reports itself degraded.
 //!
-//! Two witnesses, because neither sees everything: nginx's error log, which names each failed
-//! write (on nginx's stderr in managed mode, on the error-log socket in external mode; a
-//! datagram the socket's queue had no room for is lost), and the free space of the logs dir,
-//! probed every second (catches a disk about to fill).
+//! There are two sources of evidence, because neither sees everything. The first is nginx's error
+//! log, which names each failed write. It arrives on nginx's stderr in managed mode and on the
+//! error-log socket in external mode, where a message is lost if the socket's queue has no room
+//! for it. The second is the free space of the logs dir, probed every second, which catches a disk
+//! that is about to fill.
 //! Writes count as working again once a line newer than the last failure arrives, or once the
 //! disk has room and nginx has not complained for a while.
 
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::now_ms;
 
-/// Below this much free space, the next lines may not fit: stop before they fail.
+/// Below this much free space the next lines may not fit, so ferry stops before the writes fail.
 pub const LOW_SPACE: u64 = 256 << 10;
 /// With no complaint from nginx for this long and room on the disk, writes work again.
 const QUIET_MS: u64 = 3_000;
@@ -28,7 +30,8 @@ pub struct LogWrites {
     failing_since: AtomicU64,
     /// The last evidence of a failure.
     last_failure: AtomicU64,
-    /// The last probe found the disk nearly full: a line that still fitted proves nothing.
+    /// Whether the last probe found the disk nearly full. While it is, a line that still fitted
+    /// does not prove that writes work.
     low_space: AtomicBool,
 }
 
@@ -54,7 +57,8 @@ impl LogWrites {
         }
     }
 
-    /// A line from nginx's error log; true when it reports a failed access-log write.
+    /// Takes a line from nginx's error log. Returns true when the line reports a failed access-log
+    /// write.
     pub fn error_line(&self, line: &str, logs_dir: &Path, now: u64) -> bool {
         let failed = is_write_failure(line, logs_dir);
         if failed {
@@ -63,7 +67,8 @@ impl LogWrites {
         failed
     }
 
-    /// A line nginx wrote at `logged_ms` arrived: writes after the last failure work.
+    /// Records that a line nginx wrote at `logged_ms` arrived, which shows that writes after the
+    /// last failure work.
     pub fn line_seen(&self, logged_ms: u64) {
         if self.failing()
             && !self.low_space.load(Ordering::SeqCst)
@@ -73,7 +78,7 @@ impl LogWrites {
         }
     }
 
-    /// The logs dir has `free` bytes available (to unprivileged writers).
+    /// Records that the logs dir has `free` bytes available to unprivileged writers.
     pub fn space(&self, free: u64, now: u64) {
         self.low_space.store(free < LOW_SPACE, Ordering::SeqCst);
         if free < LOW_SPACE {
@@ -84,8 +89,8 @@ impl LogWrites {
     }
 }
 
-/// nginx's words for a failed log write: `write() to "<file>" failed (28: No space left on
-/// device)`, or `... was incomplete: 10 of 412`, naming a file in the logs dir.
+/// Whether `line` is nginx's message for a failed write to a file in the logs dir, either
+/// `write() to "<file>" failed (28: No space left on device)` or `... was incomplete: 10 of 412`.
 pub fn is_write_failure(line: &str, logs_dir: &Path) -> bool {
     let Some(at) = line.find("write() to \"") else {
         return false;
@@ -126,7 +131,8 @@ mod tests {
             r#"2026/11/23 10:00:00 [alert] 12#12: *5 write() to "/srv/ferry/logs/access-17.log" was incomplete: 10 of 412 while logging request"#,
             dir
         ));
-        // Another file, another message, a look-alike directory: not the access log failing.
+        // Another file, another message or a look-alike directory does not mean that the access
+        // log is failing.
         assert!(!is_write_failure(
             r#"[alert] write() to "/var/log/other.log" failed (28: No space left on device)"#,
             dir
@@ -152,7 +158,8 @@ mod tests {
         w.line_seen(1_001);
         assert!(!w.failing());
 
-        // Low space fails at once; room alone recovers only after a quiet spell.
+        // Low space counts as a failure at once, but room on the disk alone ends the failure only
+        // after a quiet spell.
         w.space(LOW_SPACE - 1, 10_000);
         assert!(w.failing());
         // While the disk is nearly full, a line that still fitted does not end it.

@@ -1,4 +1,5 @@
-//! What nginx did: its access log followed line by line, and how far a transfer got.
+//! Watches what nginx did: this module follows nginx's access log line by line, and tracks how far
+//! a transfer got.
 //!
 //! - [`follow`] reads nginx's log files (`logs/access-<slot>.log`, a new one each slot) from
 //!   where it left off, and hands each complete line, parsed, to a [`follow::RecordSink`] (the

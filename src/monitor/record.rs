@@ -1,7 +1,8 @@
-//! One access-log line, parsed into a typed record. nginx writes it with `escape=json` from the
-//! `log_format` in `nginx/nginx.conf`; a line that does not parse is reported, never guessed at.
-//! nginx writes a header's bytes ≥ 0x80 raw, so the follower hands over a line decoded lossily:
-//! a User-Agent that is not UTF-8 changes how it is shown, never whether the line counts.
+//! One access-log line, parsed into a typed record. nginx writes the line with `escape=json`,
+//! using the `log_format` in `nginx/nginx.conf`. A line that does not parse is reported, never
+//! guessed at. nginx writes a header's bytes ≥ 0x80 raw, so the follower hands over the line
+//! decoded lossily. A User-Agent that is not UTF-8 therefore changes how the line is shown, but
+//! never whether the line counts.
 
 use serde::Deserialize;
 
@@ -28,7 +29,7 @@ pub struct AccessRecord {
     pub completion: Completion,
     pub client: String,
     pub user_agent: String,
-    /// A previewer or prefetch got the HTML preview, not the file.
+    /// Whether a link previewer or prefetcher got the HTML preview instead of the file.
     pub preview: bool,
     /// What the check admitted the request as (`Use::header`); `None` when it did not.
     pub claim: Option<String>,
@@ -63,7 +64,7 @@ struct Raw<'a> {
     #[serde(rename = "request_time")]
     _request_time: f64,
     preview: &'a str,
-    /// Lines written before nginx's config had it (an upgrade) have none.
+    /// Lines written before an upgrade added this field to nginx's config do not have it.
     #[serde(borrow, default)]
     claim: std::borrow::Cow<'a, str>,
 }

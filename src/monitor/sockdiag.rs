@@ -4,7 +4,7 @@
 //! `ss -E` shows).
 //!
 //! nginx logs a request only when it ends, and its `$body_bytes_sent` counts bytes handed to the
-//! kernel, not bytes delivered; the acknowledged count is the truth while a transfer runs. This
+//! kernel, not bytes delivered, so the acknowledged count is the true progress of a transfer. This
 //! module needs no `unsafe`: rustix provides the netlink socket, and the messages are plain bytes.
 //! It sees only sockets in ferry's own network namespace; elsewhere every lookup finds nothing.
 
@@ -28,11 +28,12 @@ const IPPROTO_TCP: u8 = 6;
 /// `tcpi_bytes_acked` in `struct tcp_info` (after the u8 block, 24 u32 and two u64 fields).
 const BYTES_ACKED_OFFSET: usize = 120;
 
-/// A few netlink sockets, each with its reply buffer: every check asks once, and checks run on
-/// several threads at once (one socket behind one lock made them wait for each other).
+/// A few netlink sockets, each with its own reply buffer. Every check asks once, and checks run on
+/// several threads at once, so a single socket behind one lock would make them wait for each other.
 pub struct SockDiag {
     sockets: Vec<Mutex<Socket>>,
-    /// Each query's sequence number; also which busy socket to wait for, in turn.
+    /// The next query's sequence number. It also picks which busy socket to wait for, so that the
+    /// sockets are taken in turn.
     seq: AtomicUsize,
 }
 
@@ -72,7 +73,7 @@ impl SockDiag {
     /// The bytes the peer has acknowledged on this connection, or `None` if it no longer exists.
     pub fn bytes_acked(&self, conn: Conn) -> io::Result<Option<u64>> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        // A free socket if there is one; else wait for one, taking them in turn.
+        // Take a free socket if there is one. Otherwise wait for one, taking the sockets in turn.
         let mut socket = match self.sockets.iter().find_map(|s| s.try_lock().ok()) {
             Some(s) => s,
             None => self.sockets[seq % SOCKETS].lock().expect("sockdiag mutex"),
@@ -80,7 +81,8 @@ impl SockDiag {
         let Socket { fd, reply } = &mut *socket;
         let seq = seq as u32;
         send(&*fd, &request(conn, seq), SendFlags::empty())?;
-        // A reply that came after its asker gave up (the 1 s timeout) is not this one's.
+        // A reply that arrived after its asker gave up (at the 1 s timeout) belongs to an earlier
+        // query, so it is skipped.
         loop {
             let n = recv(&*fd, &mut reply[..], RecvFlags::empty())?.0.min(reply.len());
             if u32_at(&reply[..n], 8) == Some(seq) {
@@ -128,7 +130,7 @@ pub struct ClosedSockets {
     shared: Arc<Shared>,
 }
 
-/// One destroyed socket's last word.
+/// The final state that the kernel reported for one destroyed socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
     /// `tcpi_bytes_acked` when the socket was destroyed.
@@ -207,8 +209,8 @@ impl Finals {
     }
 }
 
-/// A caller's place in [`Finals::waiters`]; leaving it, however the wait ended (an answer, the
-/// time limit, or the caller's future being dropped), removes what it left behind.
+/// A caller's place in [`Finals::waiters`]. Dropping it, however the wait ended (with an answer, at
+/// the time limit, or because the caller's future was dropped), removes what the caller left behind.
 struct Waiter<'a> {
     shared: &'a Shared,
     conn: Conn,
@@ -247,7 +249,8 @@ impl ClosedSockets {
         let fd = socket(AddressFamily::NETLINK, SocketType::DGRAM, Some(netlink::SOCK_DIAG))?;
         let groups = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1));
         rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, groups))?;
-        // Past `net.core.rmem_max` only with CAP_NET_ADMIN; the smaller buffer still works.
+        // A buffer larger than `net.core.rmem_max` needs CAP_NET_ADMIN. Without it, the smaller
+        // buffer still works.
         if sockopt::set_socket_recv_buffer_size_force(&fd, CLOSED_RCVBUF).is_err() {
             sockopt::set_socket_recv_buffer_size(&fd, CLOSED_RCVBUF)?;
         }
@@ -268,7 +271,8 @@ impl ClosedSockets {
         Ok(closed)
     }
 
-    /// One loopback connection, opened and closed; its server side's notification must come.
+    /// Opens and closes one loopback connection, and waits for the notification about its server
+    /// side, which must arrive.
     async fn probe(&self) -> io::Result<()> {
         let since = Instant::now();
         let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
@@ -293,7 +297,7 @@ impl ClosedSockets {
         self.shared.lock().get(conn.canonical(), since)
     }
 
-    /// As [`ClosedSockets::get`], and forgets it.
+    /// Like [`ClosedSockets::get`], but also forgets the notification.
     pub fn take(&self, conn: Conn, since: Instant) -> Option<Closed> {
         let conn = conn.canonical();
         let mut state = self.shared.lock();
@@ -305,9 +309,9 @@ impl ClosedSockets {
     /// What `conn`'s peer had acknowledged when its socket was destroyed, waiting at most `wait`
     /// for the notification; only one received at or after `since` counts.
     ///
-    /// A (local, peer) pair can be used again by a later socket, so `since` should be a moment
-    /// the caller knows the socket it means was open (the check of a request that came on it):
-    /// an earlier socket of the same pair was destroyed before this one was opened, and its
+    /// A (local, peer) pair can be used again by a later socket, so `since` should be a moment at
+    /// which the caller knows its socket was open, such as the check of a request that came on it.
+    /// An earlier socket with the same pair was destroyed before this one was opened, and its
     /// notification, which the kernel sends within microseconds, normally came before the new
     /// connection's first request was even read.
     pub async fn final_acked(&self, conn: Conn, since: Instant, wait: Duration) -> Option<u64> {
@@ -330,7 +334,7 @@ impl ClosedSockets {
             let rx = waiter.rx.as_mut().expect("receiver is set");
             match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(closed)) if closed.at >= since => return Some(closed.bytes_acked),
-                // Only when `since` lies in the future: wait for a later one.
+                // This happens only when `since` lies in the future, so wait for a later one.
                 Ok(Ok(_)) => continue,
                 Ok(Err(_)) | Err(_) => return None,
             }
@@ -598,7 +602,7 @@ mod tests {
     }
 
     /// A loopback connection whose server side sends `n` bytes that the client reads to the end;
-    /// both sides are closed when this returns. The connection as the server sees it.
+    /// both sides are closed when this returns. Returns the connection as the server sees it.
     fn transfer(ip: IpAddr, n: usize) -> Conn {
         let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -631,7 +635,7 @@ mod tests {
             let acked = acked.unwrap_or_else(|| panic!("no notification for {conn:?}"));
             assert!((300_000..=300_001).contains(&acked), "{ip}: acked {acked}");
             assert_eq!(closed.get(conn, since).map(|c| c.bytes_acked), Some(acked));
-            // One that came before the moment asked about is an earlier socket's.
+            // A notification that came before the moment asked about belongs to an earlier socket.
             assert_eq!(closed.get(conn, Instant::now()), None);
             assert_eq!(closed.take(conn, since).map(|c| c.bytes_acked), Some(acked));
             assert_eq!(closed.get(conn, since), None);
@@ -738,7 +742,8 @@ mod tests {
                 at: t + Duration::from_millis(1),
             },
         );
-        // The first one's place in the order is stale; evicting it must not take the second.
+        // The first notification's place in the order is stale, and evicting it must not remove
+        // the second one.
         finals.insert(
             other,
             Closed {

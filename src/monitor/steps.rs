@@ -5,18 +5,19 @@
 //! is told here. Nothing here opens a file, asks the store or reads the clock, so every case can
 //! be a row in the tables at the end.
 
-/// How long after a slot ends before no worker writes to its file any more (a worker reads the
-/// clock once per turn of its event loop, and a write can be slow).
+/// How long after a slot ends no worker can still write to its file. A worker reads the clock only
+/// once per turn of its event loop, and a write can be slow.
 pub(crate) const SETTLE_MS: u64 = 1500;
 
 /// After a turn that read this many lines or more, the follower pauses a little before the next
-/// one: under load lines are read in batches (a few hundred a read) instead of one wake-up each,
-/// which is what following the log costs nginx; an idle log is still read the moment a line
-/// arrives.
+/// turn. Under load, lines are then read in batches of a few hundred instead of with one wake-up
+/// per line, and those wake-ups are what following the log costs nginx. An idle log is still read
+/// as soon as a line arrives.
 pub(crate) const BUSY_LINES: usize = 16;
 
-/// Where the follower is: the lines of `name` before `offset` are applied and, while that file
-/// settles, those of a later file (the next one, read ahead) before its own offset.
+/// The follower's position. The lines of `name` before `offset` have been applied. While that file
+/// settles (until no worker can still write to it), the lines of the next file, which is read
+/// ahead, have also been applied up to that file's own offset.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Spot {
     pub(crate) name: String,
@@ -33,7 +34,8 @@ impl Spot {
         }
     }
 
-    /// The offset of the current file, or of the one read ahead (none before it is opened).
+    /// The offset in the current file, or in the file read ahead. There is no offset for the file
+    /// read ahead before that file is opened.
     pub(crate) fn offset_mut(&mut self, ahead: bool) -> Option<&mut u64> {
         match ahead {
             false => Some(&mut self.offset),
@@ -41,7 +43,8 @@ impl Spot {
         }
     }
 
-    /// `<name> <offset>`, then `<name> <offset>` of the file read ahead, if any.
+    /// Parses `<name> <offset>`, followed by the `<name> <offset>` of the file read ahead if there
+    /// is one.
     pub(crate) fn parse(text: &str) -> Option<Spot> {
         let mut words = text.split_ascii_whitespace();
         let (name, offset) = (words.next()?, words.next()?.parse().ok()?);
@@ -75,92 +78,98 @@ pub(crate) struct SlotFile {
     pub(crate) start_ms: u64,
 }
 
-/// Which file a handle is open on: the device and inode numbers.
+/// Identifies the file that a handle is open on, by its device and inode numbers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct FileId {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
 }
 
-/// What the follower saw when it looked at the current file: the file its name leads to now,
-/// and the file it holds open (each `None` when it could not be told).
+/// What the follower saw when it looked at the current file: the file that the name leads to now,
+/// and the file that the follower holds open. Each is `None` when it could not be determined.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Look {
     pub(crate) named: Option<FileId>,
     pub(crate) open: Option<FileId>,
 }
 
-/// What one read of a file brought: bytes, and complete lines among them.
+/// What one read of a file returned: the number of bytes, and how many complete lines they held.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Read {
     pub(crate) bytes: usize,
     pub(crate) lines: usize,
 }
 
-/// What the follower lets go of before it reads, because the position moved away from it.
+/// What the follower closes and discards before it reads, because the position has moved away from
+/// it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Forget {
     Nothing,
-    /// The file read ahead: it is gone, so nothing is read ahead any more.
+    /// Forget the file read ahead. That file is gone, so nothing is read ahead any more.
     Ahead,
-    /// Both files it holds open, and what it kept of their last lines: the position's file is
-    /// gone (or there was no position), so the follower starts over from what the position says.
+    /// Forget both files the follower holds open, and the partial last lines it kept from them.
+    /// The position's file is gone (or there was no position), so the follower starts over from
+    /// what the position says.
     Both,
 }
 
 /// What the follower does once a turn has read all there was.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Step {
-    /// The current file is done with: save `to` as the position (durably), delete the file and
-    /// go on with the next one at once. With `carry`, the file read ahead is that next one, and
-    /// its handle and what was kept of its last line become the current ones.
+    /// The follower is done with the current file. It saves `to` durably as the position, deletes
+    /// the file and goes on with the next file at once. With `carry`, the file read ahead is that
+    /// next file, and its handle and the partial last line kept from it become the current ones.
     Leave { to: Spot, carry: bool },
     /// Look whether the current file's name still leads to the file held open.
     Look,
-    /// The name leads to a new file (the old one was deleted under nginx, which made it again):
-    /// save `from` as the position (durably), let the old file go and read the new one from its
-    /// start.
+    /// The name leads to a new file, because the old file was deleted while nginx was writing to it
+    /// and nginx created it again. The follower saves `from` durably as the position, closes the
+    /// old file and reads the new one from its start.
     Reopen { from: Spot },
-    /// Nothing new was written: wait for nginx to write.
+    /// Nothing new was written, so wait for nginx to write more.
     Wait,
-    /// Many lines came at once: pause a little so that the next read takes a batch.
+    /// Many lines came at once. Pause a little, so that the next read takes a whole batch.
     Pause,
     /// Read again at once.
     ReadMore,
 }
 
-/// One turn of the follower: which file it reads and from where, and what it learned reading,
-/// for deciding what comes next.
+/// One turn of the follower: which file it reads and from where, and what it learned while
+/// reading. What it learned decides what the follower does next.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Turn {
-    /// Files of slots before the current one: an earlier run read them to their end, so they
-    /// are deleted.
+    /// Files of slots before the current one. An earlier run read them to their end, so they are
+    /// deleted.
     pub(crate) stale: Vec<String>,
     pub(crate) forget: Forget,
-    /// The file read, and the first one after it.
+    /// The file being read, and the first file after it.
     pub(crate) current: String,
     pub(crate) next: Option<String>,
-    /// No worker can still write to the current file, nor start the file of a slot between it
-    /// and the next one (a slot nobody logged in yet): the next one's slot began `SETTLE_MS` ago.
+    /// Whether no worker can still write to the current file, or start a file for a slot between
+    /// it and the next file (a slot in which nothing was logged yet). This is true once the next
+    /// file's slot began at least `SETTLE_MS` ago.
     pub(crate) finished: bool,
-    /// Where the follower is; reading moves it.
+    /// The follower's position, which moves forward as it reads.
     pub(crate) here: Spot,
-    /// Whether the current file is open (it may fail to open; then it is tried again next turn).
+    /// Whether the current file is open. Opening it may fail, and then it is tried again on the next
+    /// turn.
     pub(crate) open: bool,
-    /// What reading the current file, and the one read ahead, brought.
+    /// What reading the current file and the file read ahead returned.
     pub(crate) read: Read,
     pub(crate) read_ahead: Read,
     /// What the follower saw when told to [`Step::Look`].
     pub(crate) looked: Option<Look>,
-    /// The store could not make the position after the current file durable, so it stays.
+    /// The store could not durably save the position past the current file, so the follower stays
+    /// on the current file.
     pub(crate) leave_failed: bool,
-    /// The store could not make the position at the new file's start durable, so it waits.
+    /// The store could not durably save the position at the start of the new file, so the follower
+    /// waits.
     pub(crate) reopen_failed: bool,
 }
 
 impl Turn {
-    /// The turn that reads from `position` among `files` (in slot order) at `now_ms`; none while
-    /// there is no file at all.
+    /// Begins the turn that reads from `position` among `files` (given in slot order) at `now_ms`.
+    /// Returns `None` while there is no file at all.
     pub(crate) fn begin(files: &[SlotFile], position: Option<&Spot>, now_ms: u64) -> Option<Turn> {
         let current = position
             .and_then(|p| files.iter().find(|f| f.name == p.name))
@@ -172,7 +181,8 @@ impl Turn {
             .collect();
         let (mut here, mut forget) = match position {
             Some(p) if p.name == current.name => (p.clone(), Forget::Nothing),
-            // Its file gone (or none): what was read ahead stays read, and may be this file.
+            // The position's file is gone, or there is no position. What was read ahead still
+            // counts as read, and the file read ahead may be the one this turn reads.
             other => {
                 let here = match other.and_then(|p| p.ahead.clone()) {
                     Some((name, offset)) if name == current.name => Spot {
@@ -188,8 +198,9 @@ impl Turn {
                 (here, Forget::Both)
             }
         };
-        // What was read ahead stays read while its file is there (a file of an older slot can
-        // still appear before it: a worker whose clock was read before the slot changed).
+        // What was read ahead still counts as read while its file exists. A file of an older slot
+        // can still appear before it, written by a worker that read its clock before the slot
+        // changed.
         let later = |name: &str| files.iter().any(|f| f.name == name && f.start_ms > current.start_ms);
         if here.ahead.as_ref().is_some_and(|(name, _)| !later(name)) {
             here.ahead = None;
@@ -203,7 +214,8 @@ impl Turn {
             forget,
             current: current.name.clone(),
             next: next.map(|n| n.name.clone()),
-            // The next one is read meanwhile, so waiting for this costs no lag.
+            // The next file is read ahead in the meantime, so waiting for the current file to
+            // settle adds no delay.
             finished: next.is_some_and(|n| now_ms >= n.start_ms + SETTLE_MS),
             here,
             open: false,
@@ -215,9 +227,10 @@ impl Turn {
         })
     }
 
-    /// The file to read ahead: while the current file settles (and is open), the next one, so
-    /// that its lines do not wait for the settling. None when a file read ahead before is not
-    /// the next one (a late file came between): that one stays ahead, and the late one waits.
+    /// The file to read ahead. While the current file is open and settling, this is the next file,
+    /// so that its lines do not wait for the current file to settle. Returns `None` when the file
+    /// read ahead earlier is not the next file, because a late file came in between. In that case
+    /// the earlier file stays read ahead, and the late file waits.
     pub(crate) fn ahead(&self) -> Option<&str> {
         let next = self.next.as_deref()?;
         let ours = self.here.ahead.as_ref().is_none_or(|(name, _)| name == next);
@@ -226,15 +239,15 @@ impl Turn {
 
     /// What the follower does now that the turn has read all there was.
     pub(crate) fn step(&self) -> Step {
-        // A file is left only once it was read to its end (this turn did), and what its lines
-        // wrote is durable.
+        // A file is left only once it has been read to its end (which this turn just did) and
+        // what its lines wrote is durable.
         if self.finished
             && self.open
             && !self.leave_failed
             && let Some(next) = &self.next
         {
-            // The next file goes on from where it was read ahead; a file read ahead that is not
-            // the next one (a late file came between) stays ahead.
+            // Reading the next file goes on from where it was read ahead. A file read ahead that is
+            // not the next file, because a late file came in between, stays read ahead.
             return match &self.here.ahead {
                 Some((name, offset)) if name == next => Step::Leave {
                     to: Spot {
@@ -253,8 +266,9 @@ impl Turn {
                 },
             };
         }
-        // Deleted under nginx, which made it again by its name: the old file is read to its end,
-        // the new one is read from its start.
+        // The file may have been deleted while nginx was writing to it, and nginx then created it
+        // again under the same name. The old file has been read to its end, and the new one is
+        // read from its start.
         if self.read.bytes == 0 && self.open && !self.reopen_failed {
             match self.looked {
                 None => return Step::Look,
@@ -286,7 +300,7 @@ impl Turn {
 mod tests {
     use super::*;
 
-    /// Early in slot 11: slot 10's file still settles.
+    /// A time early in slot 11, while slot 10's file is still settling.
     const EARLY: u64 = 11_100;
 
     fn name(s: u64) -> String {
