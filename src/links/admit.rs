@@ -1,4 +1,4 @@
-//! nginx's question for every public request: may it be served, and as what?
+//! Answers nginx's question for every public request: may it be served, and as what kind of use?
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::model::{Link, LinkState, TunnelId, Use};
 use crate::store::Write;
 
 impl Links {
-    /// nginx's question for every public request: may this request be served?
+    /// Answers nginx's question for every public request: may this request be served?
     pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<(Arc<Link>, Use), Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
@@ -22,9 +22,9 @@ impl Links {
         }
         self.still_the_shared_file(&id).await?;
         self.take_baseline(&mut admission);
-        // The request before this one on a reused connection has ended: usually on this same
-        // link, where the admitting update marks it; on another link it takes an update of its
-        // own.
+        // On a reused connection, the request before this one has now ended. Usually it was on
+        // this same link, and the admitting update marks it as ended. If it was on another link,
+        // ending it takes a separate update.
         let previous = self.previous_on_connection(&admission);
         let ended_here = previous
             .as_ref()
@@ -55,7 +55,8 @@ impl Links {
     /// Refuses a request for a link that is unknown or closed, and closes (as `error`) a link
     /// whose file is no longer the one it shared.
     async fn still_the_shared_file(&self, id: &TunnelId) -> Result<(), Refusal> {
-        // The record is let go before the admitting update, which then need not copy it.
+        // The link record is dropped before the admitting update, so that the update does not
+        // need to copy it.
         let same = {
             let link = self
                 .store
@@ -66,8 +67,9 @@ impl Links {
             if link.state == LinkState::Closed {
                 return Err(Refusal::Closed);
             }
-            // What nginx is about to open is the link's symlink: one stat answers; without the
-            // symlink (not made yet, or made on another instance) the data dir does.
+            // nginx is about to open the link's symlink, so one stat of the symlink answers the
+            // question. When there is no symlink here (it is not made yet, or it was made on
+            // another instance), the data dir answers instead.
             match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
                 Some(served) => served == link.identity,
                 None => self.data.identity(&link.file_path).ok() == Some(link.identity),
@@ -78,8 +80,8 @@ impl Links {
         }
         let why = self.why_file_differs();
         tracing::warn!(tunnel_id = %id, reason = %why, "the shared file is not the one shared; closing the link");
-        // Boxed: closing (the tunnel's teardown) is rare here, and its state is most of a
-        // check's; every check would otherwise carry room for it.
+        // Closing the link (with the tunnel's teardown) is rare here, but its state would make up
+        // most of a check's state. It is boxed so that every check does not carry room for it.
         let _ = Box::pin(self.close_error(id, why)).await;
         Err(Refusal::FileChanged)
     }
@@ -121,8 +123,8 @@ impl Links {
                     if let Some(rid) = ended_here {
                         rules::end_on_reuse(link, rid);
                     }
-                    // A new claim, and what a read or a grace fetch is charged, must survive a
-                    // crash; a request riding on a claim need not.
+                    // A new claim, and the charge for a read or a grace fetch, must survive a
+                    // crash. A request made under an existing claim need not.
                     if a.new_claim || matches!(a.what, Use::Read | Use::Grace) {
                         Write::Durable(Ok(a))
                     } else {
@@ -158,16 +160,16 @@ impl Links {
     }
 }
 
-/// What a connection had acknowledged before the request being checked: nothing on its first
-/// request (most downloads come on a new connection), else what the kernel says now (`ask`; 0 if
-/// it cannot tell).
+/// How many bytes a connection had acknowledged before the request being checked. On the
+/// connection's first request this is 0, since most downloads come on a new connection. Otherwise
+/// it is what the kernel says now through `ask`, or 0 if the kernel cannot tell.
 fn baseline(first_on_connection: bool, ask: impl FnOnce() -> Option<u64>) -> u64 {
     if first_on_connection { 0 } else { ask().unwrap_or(0) }
 }
 
-/// A token's refusal. A token that was well signed for this link and has only expired is bad
-/// luck (a recipient retrying an old link, perhaps one of many behind one NAT), not forgery: it is
-/// refused as expired, which does not count toward a ban.
+/// Maps a token error to a refusal. A token that was correctly signed for this link and has merely
+/// expired is bad luck (a recipient retrying an old link, perhaps one of many behind one NAT), not
+/// forgery. It is refused as expired, which does not count toward a ban.
 fn token_refusal(e: token::TokenError) -> Refusal {
     match e {
         token::TokenError::Expired => Refusal::Expired,

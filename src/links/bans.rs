@@ -1,7 +1,8 @@
 //! Clients that keep presenting bad tokens are banned (444 for everything) for a while, like the
-//! `BlockAfterFails`/`BlockDuration` of the systems ferry replaces. A client is its address (an
-//! IPv6 /64), not its User-Agent, which an attacker changes at will. At most one failure per
-//! client per second counts: Funnel's proxy retries an idempotent request once on its own.
+//! `BlockAfterFails`/`BlockDuration` of the systems ferry replaces. A client is identified by its
+//! address (for IPv6, its /64), not by its User-Agent, which an attacker can change at will. At
+//! most one failure per client per second counts, because Funnel's proxy retries an idempotent
+//! request once on its own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,8 +23,8 @@ pub struct Bans {
 #[derive(Default)]
 struct Clients {
     by_address: HashMap<String, Entry>,
-    /// When the map was last swept of forgotten clients: at most once a second, so a flood of
-    /// addresses does not make every failure walk the whole map.
+    /// When the map was last swept of forgotten clients. Sweeps happen at most once a second, so
+    /// that a flood of addresses does not make every failure walk the whole map.
     swept_ms: u64,
 }
 
@@ -36,7 +37,7 @@ impl Bans {
         }
     }
 
-    /// How many addresses are tracked at most.
+    /// How many addresses are tracked now.
     pub fn tracked(&self) -> usize {
         self.clients.lock().expect("bans mutex").by_address.len()
     }
@@ -50,7 +51,7 @@ impl Bans {
             .is_some_and(|e| now < e.banned_until_ms)
     }
 
-    /// Records a failure; returns true when it bans the client.
+    /// Records a failure, and returns true when this failure bans the client.
     pub fn fail(&self, address: &str, now: u64) -> bool {
         if self.after == 0 {
             return false;
@@ -66,8 +67,9 @@ impl Bans {
             let horizon = self.for_ms;
             clients.retain(|_, e| now < e.banned_until_ms || now < e.last_fail_ms + horizon);
         }
-        // Addresses are many (an IPv6 /64 each): past the cap, those not banned are forgotten
-        // first, and a new address is not tracked at all while banned ones fill it.
+        // There can be very many addresses, since each IPv6 /64 is one. Past the cap, addresses
+        // that are not banned are forgotten first, and while banned addresses fill the map, a new
+        // address is not tracked at all.
         if clients.len() >= MAX_TRACKED && !clients.contains_key(address) {
             if now >= *swept_ms + 1000 {
                 *swept_ms = now;
@@ -95,7 +97,8 @@ impl Bans {
     }
 }
 
-/// Addresses whose failures are counted at most: what anyone can make ferry keep is bounded.
+/// The most addresses whose failures are counted, so that the memory anyone can make ferry use is
+/// bounded.
 pub const MAX_TRACKED: usize = 65_536;
 
 #[cfg(test)]
@@ -106,13 +109,13 @@ mod tests {
     fn a_flood_of_addresses_is_bounded() {
         let b = Bans::new(2, 900_000);
         for i in 0..(MAX_TRACKED as u64 * 3) {
-            // Each address fails twice, a second apart: banned.
+            // Each address fails twice, a second apart, and is banned.
             let a = format!("2001:db8:{:x}:{:x}::/64", i >> 16, i & 0xffff);
             b.fail(&a, i);
             b.fail(&a, i + 1000);
         }
         assert!(b.tracked() <= MAX_TRACKED, "{} addresses tracked", b.tracked());
-        // The first ones are still banned: a flood does not lift bans.
+        // The first addresses are still banned, because a flood does not lift bans.
         assert!(b.is_banned("2001:db8:0:0::/64", 2000));
     }
 

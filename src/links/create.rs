@@ -107,9 +107,9 @@ impl Links {
         let Err(e) = self.store.insert_audited(link, Some(&audit)).await else {
             return Ok(());
         };
-        // The embedded store keeps the record in memory and writes it once it can: it must then
-        // say that this link never got a URL, not stay open until it expires. (Redis stores a
-        // link whole or not at all.)
+        // When the write fails, the embedded store keeps the record in memory and writes it once
+        // it can. The record must then say that this link never got a URL, instead of staying
+        // open until it expires. Redis stores a link whole or not at all, so it needs no close.
         if self.peers.is_none()
             && let Err(e) = self
                 .close_error(&link.id, format!("the link could not be stored: {e}"))

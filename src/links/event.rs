@@ -1,11 +1,11 @@
-//! What the owner sees of a link: its JSON face, and the events the UI and webhooks hear.
+//! What the owner sees of a link: its JSON view, and the events that the UI and webhooks receive.
 
 use serde::Serialize;
 
 use super::rules;
 use crate::model::{CloseReason, Link, LinkState, TunnelId, rfc3339};
 
-/// The JSON face of a link (SPEC §6 `Tunnel`): never the token, never the download URL.
+/// The JSON view of a link (SPEC §6 `Tunnel`). It never includes the token or the download URL.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TunnelView {
     #[schema(value_type = String)]
@@ -32,7 +32,7 @@ pub struct TunnelView {
 }
 
 impl TunnelView {
-    /// The face of `link`, reached at `public_url`.
+    /// The view of `link`, which is reached at `public_url`.
     pub fn of(link: &Link, public_url: String) -> TunnelView {
         TunnelView {
             tunnel_id: link.id.clone(),
@@ -100,8 +100,9 @@ impl EventKind {
     }
 }
 
-/// Something the owner's UI and webhooks hear about: `created`, `started`, `progress`,
-/// `completed` (one download done) or `closed` (with its reason), with the link as it is then.
+/// An event that the owner's UI and webhooks receive: `created`, `started`, `progress`,
+/// `completed` (one download done) or `closed` (with its reason), together with the link as it is
+/// at that moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub event: EventKind,

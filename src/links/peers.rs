@@ -79,7 +79,8 @@ impl Links {
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
             }
-            // Not raced against `cancel`: a pop interrupted by a drop would lose its id.
+            // This is not raced against `cancel`, because a pop whose future is dropped midway
+            // would lose the id it popped.
             match peers.next_teardown(Duration::from_secs(1)).await {
                 Ok(Some(id)) => {
                     tracing::info!(tunnel_id = %id, "tearing down a link closed by another instance");
@@ -96,8 +97,8 @@ impl Links {
         }
     }
 
-    /// One heartbeat: alive, durability re-checked, dead instances' links taken over. Does
-    /// nothing when this instance is alone.
+    /// One heartbeat: says that this instance is alive, checks durability again, and takes over
+    /// the links of dead instances. Does nothing when this instance is alone.
     pub async fn peers_once(&self) -> Result<Vec<TunnelId>, StoreError> {
         let Some(peers) = &self.peers else {
             return Ok(vec![]);
@@ -109,7 +110,8 @@ impl Links {
             tracing::warn!(count = taken.len(), ids = ?taken, "took over the links of an instance that is gone");
             self.wake.notify_one();
         }
-        // A link closed while its owner was gone still waits for its teardown: do it here.
+        // A link that was closed while its owner was gone still waits for its teardown, so the
+        // teardown is done here.
         for id in &taken {
             if !matches!(self.store.get(id).await?, Some(l) if l.state != LinkState::Closed) {
                 self.teardown_here(id).await;
@@ -127,8 +129,8 @@ impl Links {
         }
     }
 
-    /// Makes this instance the owner of `id` again (its tunnel is here): `Some(true)` if it was
-    /// another's, `None` when this instance is alone.
+    /// Makes this instance the owner of `id` again, because the link's tunnel is here. Returns
+    /// `Some(true)` if another instance owned it, and `None` when this instance is alone.
     pub(super) async fn reclaim(&self, id: &TunnelId) -> Option<Result<bool, StoreError>> {
         Some(self.peers.as_ref()?.reclaim(id).await)
     }

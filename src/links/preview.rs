@@ -16,12 +16,12 @@ pub fn preview_html(link: &Link) -> String {
     )
 }
 
-/// `Content-Disposition` for a file's name as its bytes are. A UTF-8 name goes out exactly as
-/// `filename*=UTF-8''...`. Other bytes cannot be UTF-8 there (RFC 8187; browsers then drop the
-/// parameter), so such a name's bytes go out percent-encoded as ISO-8859-1, the charset of most
-/// names old Samba shares wrote, which maps every byte to one character: a Latin-1 `caf\xE9`
-/// is saved as `café`. `filename` carries the readable form (`caf%E9`) for clients that read
-/// only it.
+/// Builds the `Content-Disposition` for a file name from its raw bytes. A UTF-8 name goes out
+/// exactly, as `filename*=UTF-8''...`. Other bytes cannot be declared as UTF-8 there (RFC 8187),
+/// and browsers would drop the parameter, so such a name's bytes go out percent-encoded as
+/// ISO-8859-1. That is the charset of most names that old Samba shares wrote, and it maps every
+/// byte to one character, so a Latin-1 `caf\xE9` is saved as `café`. `filename` carries the
+/// readable form (`caf%E9`) for clients that read only that parameter.
 pub fn content_disposition_bytes(name: &[u8]) -> String {
     match std::str::from_utf8(name) {
         Ok(text) => content_disposition(text),
@@ -45,8 +45,8 @@ pub fn content_disposition(name: &str) -> String {
     )
 }
 
-/// A name in printable ASCII for `filename="..."`: anything else, and quotes and backslashes,
-/// as `_`.
+/// Turns a name into printable ASCII for `filename="..."`, writing every other character, and
+/// quotes and backslashes, as `_`.
 fn ascii_fallback(name: &str) -> String {
     name.chars()
         .map(|c| {

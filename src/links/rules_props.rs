@@ -45,7 +45,7 @@ const UNLOGGED_AFTER_MS: u64 = 5_000;
 /// The sampler waits this many times longer for a request a later one on its connection ended.
 const ENDED_FACTOR: u64 = 12;
 
-/// The last two share a /64: one address as far as reads are concerned.
+/// The last two addresses share a /64, so they count as one address for reads.
 const ADDRESSES: [&str; 4] = ["127.0.0.1", "127.0.0.2", "2001:db8::1", "2001:db8::2"];
 const AGENTS: [&str; 4] = [
     "curl/8.5.0",
@@ -64,13 +64,13 @@ enum RangeKind {
     Span(Index, u64),
     /// `bytes=-n`
     Suffix(u64),
-    /// Two ranges: nginx (`max_ranges 1`) sends the whole file.
+    /// Two ranges, for which nginx (with `max_ranges 1`) sends the whole file.
     Multi,
-    /// Another unit: nginx ignores the header.
+    /// Another unit, for which nginx ignores the header.
     OtherUnit,
-    /// `bytes=x-1`: nginx answers 416.
+    /// `bytes=x-1`, which nginx answers with 416.
     Garbage,
-    /// Starts past the end: 416.
+    /// A range that starts past the end, which nginx answers with 416.
     Past,
 }
 
@@ -692,9 +692,9 @@ impl Run {
                 prop_assert!(admitted.new_claim);
                 prop_assert!(!before.claims.iter().any(|c| c.id == *id));
                 self.m.last_end.insert(id.clone(), self.now);
-                // What the address read is in the client's hands: it joins the slot,
-                // unless that would make the slot whole (only a claim's bytes complete
-                // a download; the reads stay charged as reads).
+                // What the address read is in the client's hands, so it is added to the
+                // slot, unless that would make the slot whole. Only a claim's own bytes
+                // complete a download, so such reads stay charged as reads.
                 if let Some(read) = self.m.read_bits.get_mut(&a.client.address) {
                     let bits = &mut self.m.bits[*slot as usize];
                     let merged: Vec<bool> = bits.iter().zip(read.iter()).map(|(b, r)| *b || *r).collect();
@@ -759,8 +759,8 @@ impl Run {
     }
 
     /// Credits the model with one request's charge to `client`: what the link must then hold.
-    /// `claims` are the link's claims as the credit finds them (a completed slot's go). Returns
-    /// the client that completed a slot, if this did.
+    /// `claims` are the link's claims as the credit finds them (the claims of a completed slot are
+    /// removed). Returns the client that completed a slot, if this request did.
     fn credit(
         &mut self,
         client: &ClientKey,
@@ -862,9 +862,10 @@ impl Run {
         }
         prop_assert!(s.changed, "a log line of a served request changed nothing");
 
-        // The model: a completed line proves and charges what it sent; an aborted one what the
-        // close notification says the peer acknowledged beyond the header, or without it, what
-        // nginx handed to the socket, charged and counted as the recipient's.
+        // In the model, a completed line proves and charges what it sent. An aborted line proves
+        // and charges what the close notification says the peer acknowledged beyond the header.
+        // Without that notification, it charges what nginx handed to the socket and counts those
+        // bytes as the recipient's.
         let (charged, proven) = match (ok, range) {
             (true, r) => (body, r),
             (false, None) => (body, None),
@@ -875,8 +876,8 @@ impl Run {
                 (got, ByteRange::new(r.start, r.start + got))
             }
         };
-        // Credited to the client the check admitted; a line the link does not know, to the
-        // claim it names, else to its own client.
+        // The line is credited to the client the check admitted. A line that the link does not
+        // know is credited to the claim it names, or else to its own client.
         let client = match (&what, sent) {
             (_, Some(s)) => client_key(s.client),
             (Some(Use::Claim { id, .. }), None) => before
@@ -1017,8 +1018,8 @@ impl Run {
             prop_assert!(at <= self.now);
             close(&mut self.link, reason, self.now);
         }
-        // Requests whose connection vanished long enough ago with no log line: their whole
-        // range is charged, what the samples saw (less a header's allowance) proven.
+        // For requests whose connection vanished long enough ago without a log line, the whole
+        // range is charged, and what the samples saw (less a header's allowance) is proven.
         let now = self.now;
         let lost: Vec<String> = self
             .sent
@@ -1245,7 +1246,8 @@ impl Run {
         Ok(())
     }
 
-    /// Reads: what each address read is what the log proved, and all stay under their caps.
+    /// Reads: what each address read equals what the log proved, and all reads stay under their
+    /// caps.
     fn check_reads(&self) -> Result<(), TestCaseError> {
         let l = &self.link;
         let m = &self.m;

@@ -49,7 +49,7 @@ impl Links {
                         }
                         false
                     }
-                    // Created after the listing above? Then it is no orphan.
+                    // A link created after the listing above is not an orphan.
                     Some(Ok(id)) => !matches!(self.store.get(&id).await, Ok(Some(l)) if l.state != LinkState::Closed),
                     _ => !name.to_string_lossy().starts_with('.'),
                 };
@@ -95,7 +95,8 @@ impl Links {
     pub async fn run_scheduler(self: Arc<Self>, cancel: CancellationToken) {
         let mut housekeeping_at = self.clock.now_ms() + 60_000;
         loop {
-            // Looking: any deadline set from here on wakes the next round (see `remind`).
+            // The scheduler is now looking, so any deadline set from here on wakes the next round
+            // (see `remind`).
             self.scheduled_at.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
             let now = self.clock.now_ms();
             if now >= housekeeping_at {
@@ -152,9 +153,9 @@ impl Links {
             .map(|l| l.id.clone())
             .collect();
         if let Some(mine) = self.owned_here().await? {
-            // With shared state, this node's provider serves only the links whose tunnel is
-            // here: another instance's link must never get a handler on this node (nor one of
-            // a gone instance taken over here: its symlink is on the other node).
+            // With shared state, this node's provider serves only the links whose tunnel is here.
+            // Another instance's link must never get a handler on this node. Neither may a link
+            // taken over here from a gone instance, because its symlink is on the other node.
             open.retain(|id| mine.contains(id) && self.tunnels_dir.join(id.as_str()).exists());
         }
         let done = self
@@ -168,7 +169,8 @@ impl Links {
         Ok(())
     }
 
-    /// Every few seconds, [`Self::reconcile_tunnels`]: one `status --json` when all is well.
+    /// Runs [`Self::reconcile_tunnels`] every few seconds. When all is well, a round costs one
+    /// `status --json` call.
     pub async fn run_tunnel_watch(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
         loop {
             tokio::select! {
@@ -181,7 +183,7 @@ impl Links {
         }
     }
 
-    /// Every few seconds, [`Self::watch_files_once`].
+    /// Runs [`Self::watch_files_once`] every few seconds.
     pub async fn run_file_watch(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
         let mut every = Every::new(every, cancel);
         while every.tick().await {
@@ -204,7 +206,8 @@ impl Links {
                 .filter(|l| l.state != LinkState::Completed)
                 .filter(|l| {
                     let file = dir.join(l.id.as_str()).join("file");
-                    // No symlink: not made yet, or on another instance's node.
+                    // A link without a symlink here is skipped: its symlink is not made yet, or it
+                    // is on another instance's node.
                     std::fs::symlink_metadata(&file).is_ok() && DataDir::identity_at(&file) != Some(l.identity)
                 })
                 .map(|l| l.id.clone())

@@ -25,29 +25,29 @@ pub struct Links {
     pub(super) keys: token::Keys,
     pub(super) policy: Policy,
     pub(super) diag: Option<crate::monitor::sockdiag::SockDiag>,
-    /// The kernel's close notifications: what an aborted request's socket had delivered when it
-    /// closed. Set once at startup (`listen_for_closes`); unset, an aborted request is charged
-    /// what nginx sent, and those bytes count as the recipient's.
+    /// The kernel's close notifications, which tell what an aborted request's socket had delivered
+    /// when it closed. This is set once at startup (`listen_for_closes`). While it is unset, an
+    /// aborted request is charged what nginx sent, and those bytes count as the recipient's.
     pub(super) closures: std::sync::OnceLock<crate::monitor::sockdiag::ClosedSockets>,
     pub bans: bans::Bans,
-    /// What refusals may write to the audit: one record a second per client, a few a second in
-    /// all.
+    /// Limits what refusals may write to the audit: one record a second per client, and a few a
+    /// second in all.
     pub(super) refusals_audited: std::sync::Mutex<crate::store::audit::RefusalLimit>,
     pub(super) tunnels_dir: PathBuf,
     pub(super) base_url: String,
     pub(super) history_ms: u64,
     /// Wakes the scheduler when a deadline may have moved earlier.
     pub(super) wake: Notify,
-    /// When the scheduler looks next (`u64::MAX` while it is looking): a new deadline later than that
-    /// needs no wake-up, so creating links does not make it scan them all each time.
+    /// When the scheduler will look next (`u64::MAX` while it is looking). A new deadline later than
+    /// that needs no wake-up, so creating links does not make the scheduler scan them all each time.
     pub(super) scheduled_at: std::sync::atomic::AtomicU64,
     /// When each link last had a `progress` event (they are limited to a few per second).
     pub(super) progress_sent: std::sync::Mutex<std::collections::HashMap<TunnelId, u64>>,
     pub events: broadcast::Sender<Event>,
     /// Whether nginx can write the access log (no new claims while it cannot).
     pub log_writes: Arc<crate::monitor::logwrites::LogWrites>,
-    /// The latest request admitted on each connection ferry can see (nginx reuses connections;
-    /// a new request on one ends the previous).
+    /// The latest request admitted on each connection that ferry can see. nginx reuses
+    /// connections, and a new request on a connection ends the previous one.
     pub(super) conns: std::sync::Mutex<std::collections::HashMap<crate::model::Conn, (TunnelId, Arc<str>)>>,
     /// Events other instances emitted (with shared state), for this instance's SSE clients.
     /// Webhooks never see them: each instance sends its own events' webhooks.

@@ -16,12 +16,13 @@ use crate::store::{StoreError, Write};
 const CLOSE_NOTICE_WAIT: Duration = Duration::from_millis(250);
 
 impl Links {
-    /// What the peer of `conn` had acknowledged when its socket closed, from the kernel's close
-    /// notification for a socket closed after `since_ms` (waiting a moment for it to arrive);
-    /// `None` when ferry cannot know.
+    /// How many bytes the peer of `conn` had acknowledged when its socket closed. The answer comes
+    /// from the kernel's close notification for a socket closed after `since_ms`, and this waits a
+    /// moment for the notification to arrive. Returns `None` when ferry cannot know.
     pub(super) async fn final_acked(&self, conn: Conn, since_ms: u64) -> Option<u64> {
         let closures = self.closures.get()?;
-        // The request's check: its socket was open then, so a close heard since is its own.
+        // `since_ms` is the time of the request's check. The socket was open then, so a close
+        // notification received since then is for this socket.
         let age = Duration::from_millis(self.clock.now_ms().saturating_sub(since_ms));
         let since = std::time::Instant::now().checked_sub(age)?;
         closures.final_acked(conn, since, CLOSE_NOTICE_WAIT).await
@@ -32,8 +33,9 @@ impl Links {
         self.apply_logs(std::slice::from_ref(rec)).await
     }
 
-    /// Applies access-log lines of one link, in their order, in one atomic update: under load a
-    /// read brings dozens of lines per link, and each update copies the link's record.
+    /// Applies access-log lines of one link, in their order, in one atomic update. Under load a
+    /// read brings dozens of lines per link, and each update copies the link's record, so one
+    /// update per line would be wasteful.
     pub async fn apply_logs(&self, recs: &[AccessRecord]) -> Result<(), StoreError> {
         let Some(id) = recs.first().and_then(|r| r.tunnel_id.as_ref()) else {
             return Ok(());
@@ -51,9 +53,10 @@ impl Links {
             .collect();
         let now = self.clock.now_ms();
         // An aborted request is credited with what its peer had acknowledged when the socket
-        // closed: the kernel says so in its close notification, which may come a moment after
-        // nginx wrote the line.
-        // The notices of several aborted requests are awaited together, not one after another.
+        // closed. The kernel reports that in its close notification, which may arrive a moment
+        // after nginx wrote the line.
+        // The notifications of several aborted requests are awaited together, not one after
+        // another.
         let mut acked: Vec<Option<u64>> = vec![None; recs.len()];
         if recs.iter().any(|(r, _)| r.completion == Completion::Aborted)
             && let Some(link) = self.store.get(id).await?
@@ -145,7 +148,8 @@ impl Links {
             if let Err(e) = self.sample_once().await {
                 tracing::warn!(error = %e, "progress sampling failed");
             }
-            // The checks' soft writes of the last second go out together.
+            // The checks' writes of the last second that were not made durable at once (soft
+            // writes) go out together.
             self.store.flush();
         }
     }
@@ -166,13 +170,15 @@ impl Links {
                 .expect("conns mutex")
                 .retain(|_, (_, rid)| live.contains(&**rid));
         }
-        // Only the owner sees a link's sockets (another node's connections look vanished).
+        // Only the instance that owns a link can see its sockets. To any other instance, the
+        // link's connections would look as if they had vanished.
         let mine = self.owned_here().await?;
         for link in open {
             if mine.as_ref().is_some_and(|m| !m.contains(&link.id)) {
                 continue;
             }
-            // Never claimed and nothing in flight: nothing to sample, settle or find stalled.
+            // A link that was never claimed and has nothing in flight has nothing to sample,
+            // settle or find stalled.
             if link.state == LinkState::Open && link.inflight.is_empty() {
                 continue;
             }
@@ -194,7 +200,8 @@ impl Links {
                     }
                     let before = l.bytes_served;
                     let settled = rules::settle_unlogged(l, now, UNLOGGED_AFTER_MS, &policy);
-                    // Counted once the write is kept (a shared store may run this closure again).
+                    // This is counted only once the write is kept, because a shared store may run
+                    // this closure again.
                     let credited = l.bytes_served - before;
                     let dropped = rules::drop_stalled_claims(l, now, &policy);
                     let stalled = rules::stalled(l, now, &policy);

@@ -1,6 +1,6 @@
-//! The links as the place the access-log follower hands its lines to: each run of one link's
-//! lines is settled in one update, and the follower's saved position waits for the store to make
-//! those writes durable. The follower knows nothing else of the links.
+//! The links as the receiver of the access-log follower's lines. Each run of one link's lines is
+//! settled in one update, and the follower's saved position waits until the store has made those
+//! writes durable. The follower knows nothing else about the links.
 
 use super::service::Links;
 use crate::monitor::follow::RecordSink;
@@ -140,7 +140,8 @@ mod tests {
         }
     }
 
-    /// The current second, once it is early in it: the last second's file settles a while yet.
+    /// Waits until the current second is young and returns it. The previous second's file is then
+    /// still settling for a while.
     async fn early_in_a_second() -> u64 {
         while now_ms() % 1000 > 300 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -148,9 +149,10 @@ mod tests {
         now_ms() / 1000
     }
 
-    /// A worker that read the clock before a slot began can still start that slot's file after
-    /// the next slot's file exists, when nobody logged in the slot before: the file before it is
-    /// kept until that can no longer happen, and the late file is read, not deleted unread.
+    /// A worker that read the clock during an older slot can still create that slot's file after
+    /// the next slot's file exists, if nothing was logged in the older slot before. The file
+    /// before the late one is kept until that can no longer happen, and the late file is read
+    /// rather than deleted unread.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_of_an_older_slot_that_appears_late_is_read() {
         let t = Slots::new().await;
@@ -158,7 +160,8 @@ mod tests {
         t.append(slot - 2, &t.line(1, 0));
         t.append(slot, &t.line(2, 100));
         let (cancel, run) = t.follow();
-        // Past where the file of slot - 2 used to be left (1.5 s after its slot ended).
+        // Wait until 1.5 s after slot - 2 ended. A follower that waited only for that file's own
+        // slot to settle would already have left the file by then.
         while now_ms() < slot * 1000 + 700 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -170,9 +173,9 @@ mod tests {
         run.await.unwrap();
     }
 
-    /// While a slot's file settles, the next one's lines are applied at once; a restart in
-    /// between reads none of them twice, and the settled file is left for the next one with
-    /// its place kept.
+    /// While a slot's file settles, the next file's lines are applied at once. A restart in
+    /// between applies none of them twice, and once the first file has settled the follower moves
+    /// on to the next file at the place it had reached.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_next_slots_lines_wait_for_no_settling_and_a_restart_applies_none_twice() {
         let t = Slots::new().await;
@@ -180,7 +183,8 @@ mod tests {
         let (before, after) = (slot - 1, slot);
         let first = t.line(1, 0);
         t.append(before, &first);
-        // More lines than a link remembers request ids of: a second reading would count again.
+        // These are more lines than a link remembers request ids for, so reading them a second
+        // time would count them again.
         let later: String = (0..30).map(|i| t.line(100 + i, 1000 + 100 * i as u64)).collect();
         t.append(after, &later);
         let name = |slot: u64| format!("access-{slot}.log");
@@ -221,9 +225,9 @@ mod tests {
         assert_eq!(t.saved(), Some(format!("{} {}", name(after), later.len() + last.len())));
     }
 
-    /// The position passes lines only once their writes are durable: at once when a commit
-    /// with fsync covers them (somebody else's), within `SAVE_WITHIN` when nobody makes one,
-    /// and at shutdown; a read of soft writes alone takes no commit of its own.
+    /// The saved position moves past lines only once their writes are durable. That happens at
+    /// once when another commit with fsync covers them, within `SAVE_WITHIN` when nobody makes
+    /// one, and at shutdown. A read that caused only soft writes makes no commit of its own.
     #[tokio::test]
     async fn the_position_waits_for_a_durable_commit_and_takes_none_per_read() {
         let f = fixture(&[]);
@@ -238,7 +242,8 @@ mod tests {
         let mut position = Position::new(&path);
         position.advance(links, &at("access-1.log", 400)).await;
         assert_eq!(saved(&path), None, "saved past a soft write nobody made durable");
-        // Another link's creation is a commit with fsync: it carries the line's write.
+        // Creating another link makes a commit with fsync, which also makes the line's write
+        // durable.
         links.create(new_link(3600), None).await.unwrap();
         position.catch_up(links).await;
         assert_eq!(saved(&path).as_deref(), Some("access-1.log 400"));

@@ -12,8 +12,8 @@ use crate::store::{StoreError, Write};
 
 impl Links {
     /// The one teardown procedure. Idempotent: closing a closed link changes nothing, and every
-    /// step can be repeated after a crash. Order: gate (the record says closed, so every check
-    /// refuses), provider, symlink directory, event.
+    /// step can be repeated after a crash. The steps run in this order: the gate (the record says
+    /// closed, so every check refuses), then the provider, the symlink directory and the event.
     pub async fn close(&self, id: &TunnelId, reason: CloseReason) -> Result<bool, StoreError> {
         self.close_because(id, reason, None).await
     }
@@ -35,7 +35,7 @@ impl Links {
         }
     }
 
-    /// The teardown, with the words that say why (see [`Self::close`]).
+    /// The teardown, with a text that says why the link closed (see [`Self::close`]).
     pub(super) async fn close_because(
         &self,
         id: &TunnelId,
@@ -69,7 +69,8 @@ impl Links {
     }
 
     /// The exposure steps of the teardown, run where the link's tunnel lives: here, or on the
-    /// instance that owns it (asked through the store; the gate is already closed for everyone).
+    /// instance that owns it. That instance is asked through the store, and the gate is already
+    /// closed for everyone.
     pub(super) async fn teardown(&self, id: &TunnelId) {
         let Some(peers) = &self.peers else {
             return self.teardown_here(id).await;

@@ -291,9 +291,9 @@ async fn lines_applied_together_leave_the_link_as_lines_applied_one_by_one() {
     let f = fixture(&[]);
     let (one_by_one, _) = f.links.create(new_link(3600), None).await.unwrap();
     let (together, _) = f.links.create(new_link(3600), None).await.unwrap();
-    // A download manager's two halves under one claim and a scanner's read, checked alike on
-    // both links; then their lines: half the file, the other half (completing it), that line
-    // again (a replay), and the read.
+    // A download manager's two halves under one claim and a scanner's read are checked the same
+    // way on both links. Then come their log lines: half the file, the other half (which
+    // completes it), that line again (a replay), and the read.
     let requests = [
         (
             "1",
@@ -364,12 +364,12 @@ async fn lines_applied_together_leave_the_link_as_lines_applied_one_by_one() {
 async fn a_claim_lasts_its_resume_window_after_its_last_request_and_then_the_slot_resumes() {
     let f = fixture(&[("RESUME_WINDOW_SECONDS", "30")]);
     let (created, _) = f.links.create(new_link(3600), None).await.unwrap();
-    // Two million bytes is past the preview size: no read, a claim.
+    // Two million bytes is past the preview size, so this is a claim, not a read.
     let first = check(&f, &created, &rid(1), "127.0.0.5", Some("bytes=0-1999999"))
         .await
         .unwrap();
     assert!(matches!(first, Use::Claim { slot: 0, .. }));
-    // In flight for ten minutes: the claim holds however long the request takes.
+    // The request stays in flight for ten minutes, and the claim holds however long it takes.
     tokio::time::advance(Duration::from_secs(600)).await;
     let other = check(&f, &created, &rid(2), "127.0.0.6", None).await;
     assert_eq!(other, Err(Refusal::UsedUp));

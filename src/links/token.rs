@@ -47,7 +47,8 @@ impl Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = 0;
-        // `exp` is checked below against the caller's clock (leeway 0); its presence is required here.
+        // `exp` is checked later against the caller's clock, with no leeway. Here it is only
+        // required to be present.
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "iat"]);
         Keys {
@@ -90,9 +91,9 @@ impl Keys {
 }
 
 impl Claims {
-    /// The claims against the link and the time, on every use of a token.
+    /// Checks the claims against the link and the time. This runs on every use of a token.
     fn check(&self, id: &TunnelId, now: u64) -> Result<(), TokenError> {
-        // jsonwebtoken accepts `exp == now`; the link is refused from `expires_at` on.
+        // jsonwebtoken accepts `exp == now`, but the link is refused from `expires_at` on.
         if self.tid != id.as_str() {
             return Err(TokenError::OtherLink);
         }
@@ -144,7 +145,8 @@ mod tests {
                 format!("{}.{}.{}", parts[0], B64.encode(&claims), parts[2]),
             ),
             ("changed signature", {
-                // Another last character, one that changes the signature's bits (not only padding).
+                // Replace the last character with one that changes the signature's bits, not only
+                // its padding.
                 let (sig, last) = parts[2].split_at(parts[2].len() - 1);
                 format!("{}.{}.{sig}{}", parts[0], parts[1], if last == "A" { "Q" } else { "A" })
             }),
@@ -181,12 +183,12 @@ mod tests {
         assert_eq!(k.verify(&token, &id, now + 100), Err(TokenError::Expired));
         assert_eq!(k.verify(&token, &TunnelId::random(), now), Err(TokenError::OtherLink));
         assert_eq!(k.verify(&token, &id, now - 1), Err(TokenError::FromTheFuture));
-        // Another key's view of the same string: nothing is shared between keys.
+        // Another key judges the same string on its own, because nothing is shared between keys.
         assert_eq!(
             Keys::new(&Secret::new("x".repeat(40))).verify(&token, &id, now),
             Err(TokenError::Invalid)
         );
-        // Past the bound the memory starts over, and verifying still works.
+        // Past the bound, the memory of verified tokens starts over, and verifying still works.
         for i in 0..VERIFIED_KEPT as u64 + 5 {
             let t = k.issue(&id, now, now + 200 + i);
             assert_eq!(k.verify(&t, &id, now), Ok(()));

@@ -1,4 +1,4 @@
-//! Showing a link: its URLs and JSON face, and announcing what happens to it.
+//! Showing a link: its URLs and JSON view, and the events that announce what happens to it.
 
 use super::event::{Event, EventKind, TunnelView};
 use super::service::Links;
@@ -7,7 +7,8 @@ use crate::model::{Link, rfc3339};
 
 impl Links {
     pub(super) fn public_url(&self, link: &Link) -> String {
-        // The name's bytes as they are: a URL is bytes, and `wget` saves what the path says.
+        // The name's bytes are used unchanged, because a URL is made of bytes and `wget` saves the
+        // file under the name that the path gives.
         let bytes = link.file_path.file_name_bytes();
         let name = percent_encoding::percent_encode(&bytes, URL_SEGMENT);
         let base = self.provider.public_base();
@@ -43,8 +44,9 @@ impl Links {
     pub(super) fn emit_progress(&self, link: &Link) {
         let now = self.clock.now_ms();
         let mut sent = self.progress_sent.lock().expect("progress mutex");
-        // A late line or sample can follow a link's close, which removed its entry: entries older
-        // than the interval change nothing, so dropping them keeps the map to the busy links.
+        // A late line or sample can arrive after a link's close has removed its entry. Entries
+        // older than the interval no longer limit anything, so dropping them keeps only the busy
+        // links in the map.
         if sent.len() > 1024 {
             sent.retain(|_, t| now < *t + 250);
         }

@@ -1,5 +1,6 @@
-//! The check's decision: may this request be served, and under what (a read, a claim on a slot,
-//! a grace fetch)? Whatever it may re-send is held from the link's re-send budget first.
+//! The check's decision: may this request be served, and as what kind of use (a read, a claim on
+//! a slot, or a grace fetch)? Any bytes the request may send a second time are first held from the
+//! link's re-send budget.
 
 use std::sync::Arc;
 
@@ -57,7 +58,8 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
         Method::Head if link.state == LinkState::Completed => return Err(Refusal::Grace),
         Method::Head => Use::Head,
         Method::Get if link.state == LinkState::Completed => {
-            // Grace repairs a tail: the completing client's ranges, never another copy.
+            // The grace period only lets the completing client fetch ranges to repair the end of
+            // its download. It never hands out another copy.
             let completer = link.completer.as_ref() == Some(&a.client);
             let left = grace_cap(link, p).saturating_sub(link.grace_sent);
             if !(completer && a.range.is_some() && want.len() <= left && want.len() < link.file_size) {
@@ -107,7 +109,8 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
         ended: false,
     });
     if let Use::Claim { .. } = what {
-        // Reads of the address may have just joined the slot, so every hold is worked out again.
+        // The address's earlier reads may have just been added to the slot, so every request's
+        // hold on the re-send budget is worked out again.
         hold_resends(link);
     }
     Ok(Admitted { new_claim, what })
@@ -137,10 +140,10 @@ pub(super) fn take_claim(
     Ok((Use::Claim { slot, id }, reserved))
 }
 
-/// What an address already read is in its client's hands: when the client claims a slot, it
-/// counts toward that slot, once. Only a claim's own bytes complete a download, so reads that
-/// would make the slot whole (with what an abandoned claim left in it) stay charged as reads and
-/// are not folded in.
+/// The bytes that an address already read are in its client's hands, so when the client claims a
+/// slot they count toward that slot, once. Only a claim's own bytes complete a download, so reads
+/// that would make the slot whole (together with what an abandoned claim left in it) stay charged
+/// as reads and are not added to the slot.
 pub(super) fn fold_reads(link: &mut Link, address: &str, slot: u32) {
     let size = link.file_size;
     if let Some(r) = link.reads.iter_mut().find(|r| *r.address == *address) {
@@ -157,8 +160,8 @@ pub(super) fn fold_reads(link: &mut Link, address: &str, slot: u32) {
     }
 }
 
-/// The slot a new claim takes: one nobody has received bytes in, else the incomplete one with
-/// the most coverage, among those no active claim holds.
+/// The slot a new claim takes, among the slots that no active claim holds: one in which nobody has
+/// received bytes yet, or else the incomplete one with the most coverage.
 pub(super) fn free_slot(link: &Link) -> Option<u32> {
     let free = |i: &usize| !link.slots[*i].complete && !link.claims.iter().any(|c| c.slot as usize == *i);
     let open = (0..link.slots.len()).filter(free);
@@ -168,8 +171,8 @@ pub(super) fn free_slot(link: &Link) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// The part of `want` its slot already covers is re-sent: it must fit what is left of the
-/// budget, and is held for the request until its log line settles it.
+/// The part of `want` that its slot already covers would be sent again. That part must fit in what
+/// is left of the re-send budget, and it is held for the request until its log line settles it.
 pub(super) fn reserve(link: &Link, slot: u32, want: ByteRange, p: &Policy) -> Result<u64, Refusal> {
     let Some(s) = link.slots.get(slot as usize) else {
         return Err(Refusal::UsedUp);
@@ -190,10 +193,10 @@ pub(super) fn reserve(link: &Link, slot: u32, want: ByteRange, p: &Policy) -> Re
     Ok(again)
 }
 
-/// How many bytes of `want` a slot already covers or one of `others` (the ranges of requests in
-/// flight on the slot) may send too: two requests for the same bytes at once send them twice,
-/// so those bytes go out again. Only the parts inside `want` are gathered: usually none, and
-/// then nothing is allocated.
+/// How many bytes of `want` the slot already covers, or may also be sent by one of `others` (the
+/// ranges of requests in flight on the slot). Two requests for the same bytes at the same time
+/// send those bytes twice, so they go out again. Only the parts inside `want` are gathered. Usually
+/// there are none, and then nothing is allocated.
 pub(super) fn sent_again(covered: &Coverage, others: impl Iterator<Item = ByteRange>, want: ByteRange) -> u64 {
     let mut taken = Coverage::default();
     for r in covered.ranges().iter().copied().chain(others) {

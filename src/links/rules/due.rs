@@ -11,7 +11,7 @@ pub fn delivered(link: &Link) -> u64 {
         .fold(link.bytes_served, |sum, f| sum.saturating_add(f.delivered))
 }
 
-/// Body bytes received under claims (what readers took is not a download's).
+/// Body bytes received under claims. What readers took does not count toward a download.
 pub(super) fn claimed(link: &Link) -> u64 {
     let claims = link.claims.iter().fold(0u64, |s, c| s.saturating_add(c.bytes));
     link.inflight
@@ -30,7 +30,8 @@ pub fn stalled(link: &Link, now: u64, p: &Policy) -> bool {
         && link.last_progress_ms.is_some_and(|t| now >= t + p.stall_ms)
 }
 
-/// With downloads left over, a stall only drops the stalled claims. Returns whether any was.
+/// On a link with downloads left over, a stall only drops the stalled claims. Returns whether any
+/// claim was dropped.
 pub fn drop_stalled_claims(link: &mut Link, now: u64, p: &Policy) -> bool {
     if link.max_downloads == 1 {
         return false;
@@ -49,8 +50,9 @@ pub fn drop_stalled_claims(link: &mut Link, now: u64, p: &Policy) -> bool {
     link.claims.len() != before
 }
 
-/// Closes the link for `reason`: the record is the gate, so from here on every check refuses it.
-/// Returns false when it was already closed (teardown is idempotent; the first reason stays).
+/// Closes the link for `reason`. The record is the gate, so from here on every check refuses the
+/// link. Returns false when the link was already closed: teardown is idempotent, and the first
+/// reason stays.
 pub fn close(link: &mut Link, reason: CloseReason, now: u64) -> bool {
     if link.state == LinkState::Closed {
         return false;

@@ -6,7 +6,8 @@
 //! is either a read (a few bytes a previewer or scanner takes, charged to its address at the
 //! check) or runs under a claim on one slot. The check names what it admitted in the answer it
 //! gives nginx (`Use::header`), nginx writes that into the request's log line, and the line is
-//! credited by it: bytes are never attributed by reading a client's headers a second time.
+//! credited according to that value. Bytes are never attributed by reading a client's headers a
+//! second time.
 //! Every body byte handed out is then one of: new coverage of a slot (at most the file's size per
 //! slot), a re-sent byte drawn from the link's re-send budget, a read under the reads' cap, or a
 //! grace byte under the grace cap. Each of these is reserved or checked before nginx may send it,

@@ -22,11 +22,11 @@ pub const MAX_REQUESTS_KEPT: usize = 20;
 /// How many clients a link's record lists; the rest are added up in the last entry.
 pub const MAX_CLIENTS_KEPT: usize = 32;
 
-/// How many addresses' reads a link keeps count of; a further address must claim.
+/// How many addresses' reads a link keeps count of. Any further address must take a claim.
 pub const MAX_READERS_KEPT: usize = 64;
 
 /// How many separate ranges a slot's coverage may hold. A download manager's segments stay far
-/// below; a client asking for scattered bytes to bloat the record is refused past it.
+/// below this limit. A client that asks for scattered bytes to bloat the record is refused past it.
 pub const MAX_FRAGMENTS: usize = 256;
 
 /// Response header bytes assumed when a request was never logged (so its body bytes are never
@@ -45,9 +45,10 @@ pub fn refetch_budget(link: &Link, p: &Policy) -> u64 {
     p.refetch_bytes.saturating_mul(u64::from(link.max_downloads))
 }
 
-/// What is left of the re-send budget once what was re-sent and what requests in flight may
-/// still re-send are taken off, or `None` when those already pass it. They can: a request that
-/// was never logged is charged its whole range as re-sent, on top of what others hold.
+/// What is left of the re-send budget once what was re-sent and what requests in flight may still
+/// re-send are taken off, or `None` when those already exceed it. That can happen, because a
+/// request that was never logged is charged its whole range as re-sent, on top of what the others
+/// hold.
 pub(super) fn refetch_left(link: &Link, p: &Policy) -> Option<u64> {
     let reserved = link.inflight.iter().fold(0u64, |s, f| s.saturating_add(f.reserved));
     refetch_budget(link, p).checked_sub(link.resent.saturating_add(reserved))

@@ -30,13 +30,14 @@ pub struct Admission {
     pub method: Method,
     /// The `Range` header, if any.
     pub range: Option<String>,
-    /// The `If-Range` header, if any: one that does not match makes nginx send the whole file.
+    /// The `If-Range` header, if any. One that does not match makes nginx send the whole file.
     pub if_range: Option<String>,
     pub client: ClientKey,
     /// The connection and what its peer had acknowledged before this request.
     pub conn: Option<(Conn, u64)>,
-    /// The connection's first request (nginx's `$connection_requests` is 1): nothing was sent
-    /// on it before, so what it had acknowledged is 0 without asking the kernel.
+    /// Whether this is the connection's first request (nginx's `$connection_requests` is 1).
+    /// Nothing was sent on the connection before, so its acknowledged count is 0 without asking
+    /// the kernel.
     pub first_on_connection: bool,
 }
 
@@ -90,8 +91,8 @@ impl Refusal {
         }
     }
 
-    /// Refusals that suggest guessing: they count towards a ban. A well-signed token of a link
-    /// that expired or closed is bad luck, not forgery.
+    /// Whether this refusal suggests guessing, so that it counts towards a ban. A correctly signed
+    /// token of a link that expired or closed is bad luck, not forgery.
     pub fn counts_against_client(&self) -> bool {
         matches!(self, Refusal::BadToken | Refusal::Unknown | Refusal::Malformed)
     }
@@ -100,7 +101,7 @@ impl Refusal {
 /// What an allowed request got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
-    /// It took a new claim: a download starts.
+    /// Whether the request took a new claim, which means that a download starts.
     pub new_claim: bool,
     pub what: Use,
 }
@@ -111,9 +112,9 @@ pub fn etag(mtime_ns: i128, size: u64) -> String {
 }
 
 /// The bytes nginx may send for a GET with these `Range` and `If-Range` headers, for a file of
-/// `size` bytes. Whatever this cannot read exactly as one satisfiable range, nginx either
-/// answers with the whole file or with no body at all, so the whole file is the answer: a
-/// request is never thought to ask for less than it may get.
+/// `size` bytes. For anything this cannot read exactly as one satisfiable range, nginx answers
+/// either with the whole file or with no body at all, so the answer is then the whole file. That
+/// way a request is never assumed to ask for less than it may get.
 pub fn asked(range: Option<&str>, if_range: Option<&str>, etag: &str, size: u64) -> ByteRange {
     let whole = ByteRange { start: 0, end: size };
     let Some(range) = range else { return whole };

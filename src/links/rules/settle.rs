@@ -30,9 +30,9 @@ pub struct Delivery {
     pub proven: Option<ByteRange>,
 }
 
-/// Counts body bytes handed to `client`: the link's and the client's totals, and under a claim,
-/// its slot's coverage and the re-send budget. The counts come from log lines and saturate: no
-/// line, however odd, can wrap them around or panic the follower.
+/// Counts body bytes handed to `client` in the link's and the client's totals and, for a request
+/// under a claim, in its slot's coverage and the re-send budget. The counts come from log lines and
+/// saturate, so no line, however odd, can make them wrap around or make the follower panic.
 pub(super) fn credit(
     link: &mut Link,
     client: &ClientKey,
@@ -48,8 +48,8 @@ pub(super) fn credit(
     }
     see_client(link, client, d.charged);
     if let (Some(Use::Read), Some(r)) = (what, d.proven) {
-        // A read's bytes are in the client's hands: they count toward the slot its address
-        // claims (now, or when it next does), once.
+        // A read's bytes are in the client's hands, so they count once toward the slot that the
+        // client's address claims, now or at its next claim.
         match link.claims.iter().find(|c| c.client.address == client.address) {
             Some(c) => {
                 let (slot, owner) = (c.slot, c.client.clone());
@@ -107,8 +107,8 @@ pub(super) fn add_to_slot(
     }
 }
 
-/// Keeps the per-client byte counts, at most `MAX_CLIENTS_KEPT` of them: what anyone can make a
-/// record hold is bounded.
+/// Keeps the per-client byte counts, at most `MAX_CLIENTS_KEPT` of them, so that what anyone can
+/// make a record hold is bounded.
 pub(super) fn see_client(link: &mut Link, client: &ClientKey, bytes: u64) {
     if let Some(seen) = link.clients.iter_mut().find(|c| &c.client == client) {
         seen.bytes = seen.bytes.saturating_add(bytes);
@@ -218,7 +218,7 @@ pub fn settle(
         .as_ref()
         .map(|f| f.what.clone())
         .or_else(|| rec.claim.as_deref().and_then(Use::parse));
-    // A refused request (444) or one that was never ours sends nothing worth settling.
+    // A refused request (444), or one that this link never admitted, sent nothing worth settling.
     if what.is_none() && !matches!(rec.status, 200 | 206) {
         return Settled::default();
     }
@@ -239,8 +239,9 @@ pub fn settle(
         _ => client,
     };
     match &what {
-        // A line that proves body bytes the check never admitted (it cannot happen while nginx
-        // runs ferry's config): charged to the re-send budget, so it can only cost the client.
+        // A line may prove body bytes that the check never admitted, although that cannot happen
+        // while nginx runs ferry's config. Such bytes are charged to the re-send budget, so they
+        // can only cost the client.
         None => {
             link.resent = link.resent.saturating_add(d.charged);
             see_client(link, &client, d.charged);
@@ -310,8 +311,8 @@ pub fn sample(link: &mut Link, request_id: &str, acked: Option<u64>, now: u64) -
 /// later than one whose connection simply vanished.
 pub(super) const ENDED_WAIT_FACTOR: u64 = 12;
 
-/// A later request arrived on `request_id`'s connection: its response is over. Returns whether
-/// anything changed.
+/// Records that a later request arrived on `request_id`'s connection, which means that its
+/// response is over. Returns whether anything changed.
 pub fn end_on_reuse(link: &mut Link, request_id: &str) -> bool {
     match link
         .inflight
@@ -326,14 +327,15 @@ pub fn end_on_reuse(link: &mut Link, request_id: &str) -> bool {
     }
 }
 
-/// Requests whose connection vanished `after_ms` ago with no log line (an nginx worker was
-/// killed) are settled from their last sample: that much is proven from where they started, and
-/// their whole range is charged (ferry cannot know what they delivered).
+/// Settles the requests whose connection vanished `after_ms` ago without a log line (for example
+/// because an nginx worker was killed), using their last sample. What that sample acknowledged
+/// counts as proven from where the request started, and the request's whole range is charged,
+/// because ferry cannot know what it delivered.
 pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64, p: &Policy) -> bool {
     let (lost, kept): (Vec<InFlight>, Vec<InFlight>) = link
         .inflight
         .drain(..)
-        // An ended request's log line is already written: wait for it far longer.
+        // An ended request's log line has already been written, so wait far longer for it.
         .partition(|f| {
             let wait = if f.ended {
                 after_ms * ENDED_WAIT_FACTOR
@@ -357,7 +359,7 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64, p: &Policy) -> 
             },
         };
         credit(link, &f.client, Some(&f.what), d, now, p, &mut out);
-        // Should its log line turn up after all, it is not counted a second time.
+        // If the request's log line turns up after all, it is not counted a second time.
         remember(
             link,
             RequestSeen {

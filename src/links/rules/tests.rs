@@ -155,7 +155,8 @@ fn a_claim_lapses_after_the_resume_window_and_its_slot_goes_on() {
     let mut l = test_link(1000, 1);
     admit(&mut l, &get("a", 1), 0, &P).unwrap();
     let rec = line(&l, "a", 200, 1000, None, false);
-    // The socket's close notification: 300 of header and 400 of body acknowledged.
+    // The socket's close notification says that 300 bytes of header and 400 of body were
+    // acknowledged.
     settle(&mut l, &rec, client(1), Some(HEADER + 400), 100, &P);
     assert_eq!((l.bytes_served, l.slots[0].coverage.covered()), (400, 400));
     assert_eq!(
@@ -176,14 +177,16 @@ fn a_claim_lapses_after_the_resume_window_and_its_slot_goes_on() {
 
 #[test]
 fn small_pieces_by_any_address_are_reads_until_they_add_up() {
-    // preview 100, size 1000: an address reads below 100 bytes, the link below 500 in all.
+    // With a preview size of 100 and a file of 1000 bytes, an address may read fewer than 100
+    // bytes, and the link fewer than 500 in all.
     let mut l = test_link(1000, 1);
     let a = admit(&mut l, &ranged("a", "bytes=0-98", 1), 0, &P).unwrap();
     assert_eq!(a.what, Use::Read);
     done(&mut l, "a", 206, 99, Some("bytes 0-98/1000"), 1);
-    // One more byte reaches the preview size: no longer a read, so a claim.
+    // One more byte reaches the preview size, so the request is no longer a read but a claim.
     assert!(new_claim(admit(&mut l, &ranged("b", "bytes=99-99", 1), 2, &P)));
-    // Another User-Agent of the same address reads nothing more: the address counts.
+    // A different User-Agent from the same address reads nothing more, because reads are counted
+    // per address.
     let mut other = ranged("c", "bytes=100-150", 1);
     other.client.user_agent = "caf\u{e9}".into();
     assert_eq!(admit(&mut l, &other, 3, &P), Err(Refusal::UsedUp));
@@ -215,7 +218,7 @@ fn re_sent_bytes_draw_on_the_budget() {
     let rec = line(&l, "a", 200, 1000, None, false);
     settle(&mut l, &rec, client(1), Some(HEADER + 900), 1, &P);
     assert_eq!(l.slots[0].coverage.covered(), 900);
-    // Restarting from 0 would re-send 900 > 400: refused.
+    // Restarting from 0 would re-send 900 bytes, more than the 400 allowed, so it is refused.
     assert_eq!(admit(&mut l, &get("b", 1), 2, &P), Err(Refusal::Refetch));
     // A range that re-sends 300 fits, and holds 300 while in flight.
     admit(&mut l, &ranged("c", "bytes=600-", 1), 3, &P).unwrap();
@@ -235,7 +238,8 @@ fn an_aborted_request_is_charged_what_nginx_sent_when_its_close_is_unknown() {
     assert!(sample(&mut l, &format!("{:0>32}", "a"), Some(HEADER + 100), 1));
     let rec = line(&l, "a", 200, 900, None, false);
     settle(&mut l, &rec, client(1), None, 2, &P);
-    // Without the socket's last word, what nginx sent is charged and counted as delivered.
+    // Without the socket's close notification, what nginx sent is charged and counted as
+    // delivered.
     assert_eq!((l.bytes_served, l.slots[0].coverage.covered(), l.resent), (900, 900, 0));
 }
 
@@ -245,7 +249,8 @@ fn the_line_is_credited_by_the_claim_not_its_headers() {
     let mut a = get("a", 1);
     a.client.user_agent = "\u{fffd}\u{fffd}".into();
     admit(&mut l, &a, 0, &P).unwrap();
-    // The line's client and User-Agent decode differently: it still counts, for the claim.
+    // The line's client and User-Agent decode differently, and the line still counts for the
+    // claim.
     let s = done(&mut l, "a", 200, 1000, None, 1);
     assert!(s.download_completed && !s.link_completed);
     assert_eq!(l.clients[0].client, a.client);
@@ -292,7 +297,7 @@ fn grace_repairs_a_tail_and_never_hands_out_a_copy() {
         admit(&mut l, &ranged("g", "bytes=900-", 1), 2, &P).unwrap().what,
         Use::Grace
     );
-    // One byte more would pass the 300 in all.
+    // One more byte would pass the 300 bytes allowed in all.
     assert_eq!(admit(&mut l, &ranged("h", "bytes=999-", 1), 2, &P), Err(Refusal::Grace));
     assert_eq!(l.grace_sent, 300);
     assert_eq!(due(&l), Some((1 + P.grace_ms, CloseReason::Completed)));
