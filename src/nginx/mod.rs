@@ -1,9 +1,9 @@
 //! nginx, ferry's data plane: the config rendered from the template in `nginx/`, and (in managed
-//! mode) the nginx child process, supervised and stopped with ferry. nginx's error log comes to
-//! ferry (managed: on nginx's stderr; external: as syslog datagrams on a Unix socket in the
-//! state dir), is read as bytes (nginx writes request lines raw, so a line need not be UTF-8),
-//! told to the access-log write watch, and redacted before it is recorded. Creating or closing a
-//! link never touches nginx.
+//! mode) the nginx child process, supervised and stopped with ferry. nginx's error log reaches
+//! ferry on nginx's stderr in managed mode, and as syslog datagrams on a Unix socket in the state
+//! dir in external mode. ferry reads it as bytes (nginx writes request lines raw, so a line need
+//! not be UTF-8), passes each line to the access-log write watch, and redacts the line before it
+//! is recorded. Creating or closing a link never touches nginx.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -73,9 +73,9 @@ pub fn error_log_socket(config: &Config) -> PathBuf {
 fn error_log(config: &Config) -> String {
     match config.nginx_mode {
         crate::config::NginxMode::Managed => "error_log stderr warn;".to_string(),
-        // A config whose only error log is syslog gets nginx's default error log as well (its
-        // container's stderr, at level error, with the tokens in clear); a file log on stderr
-        // that takes only emergencies (startup failures, never a request) stands in for it.
+        // When a config's only error log is syslog, nginx also keeps its default error log (the
+        // container's stderr, at level error, with tokens in clear text). A second log on stderr
+        // that takes only emergencies (startup failures, never a request) replaces that default.
         crate::config::NginxMode::External => format!(
             "error_log syslog:server=unix:{},nohostname,tag=nginx warn;\nerror_log stderr emerg;",
             error_log_socket(config).display()
@@ -100,8 +100,8 @@ pub fn render(template: &str, config: &Config) -> String {
             .iter()
             .map(|p| format!("        set_real_ip_from {p};\n"))
             .collect();
-        // Behind a Funnel TCP forward the real client comes in the PROXY protocol header, else
-        // in the proxy's X-Forwarded-For.
+        // Behind a Funnel TCP forward, the real client's address arrives in the PROXY protocol
+        // header. Otherwise it arrives in the proxy's X-Forwarded-For.
         let header = if tcp_funnel(config) {
             "proxy_protocol"
         } else {
@@ -158,7 +158,7 @@ pub fn redact(line: &str) -> String {
         }
     }
     out.push_str(rest);
-    // A JWT anywhere else (a header, a referrer).
+    // Also hide a JWT anywhere else in the line, such as in a header or a referrer.
     while let Some(i) = out.find("eyJ") {
         let end = out[i..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
@@ -168,16 +168,16 @@ pub fn redact(line: &str) -> String {
     out
 }
 
-/// The longest error-log line ferry reads in one piece; nginx's own are under 4 KB, and a longer
-/// one is read in pieces rather than held whole.
+/// The longest error-log line that ferry reads in one piece. nginx's own lines are under 4 KB, and
+/// a longer line is read in pieces instead of being held whole.
 const MAX_ERROR_LINE: u64 = 16 << 10;
 
 /// Where failed access-log writes are reported: the watch, and the logs dir it concerns.
 pub type WriteWatch = (Arc<LogWrites>, PathBuf);
 
-/// One line of nginx's error log, as nginx wrote it: converted lossily (request lines carry raw
-/// bytes), told to the access-log write watch, and recorded with its tokens redacted. Returns
-/// what was recorded.
+/// Handles one line of nginx's error log as nginx wrote it. The line is converted lossily (request
+/// lines carry raw bytes), passed to the access-log write watch, and recorded with its tokens
+/// redacted. Returns what was recorded.
 pub fn error_line(raw: &[u8], writes: Option<&WriteWatch>) -> String {
     let text = String::from_utf8_lossy(raw);
     let line = text.trim_end_matches(['\r', '\n']);
@@ -228,8 +228,8 @@ fn syslog_message(datagram: &[u8]) -> &[u8] {
 }
 
 /// External mode: nginx runs in another container, and its error log comes as syslog datagrams
-/// on a Unix socket in the state dir (mounted at the same path in both containers). Bound before
-/// the config that names it is written, so nginx finds it from its first line.
+/// on a Unix socket in the state dir (mounted at the same path in both containers). The socket is
+/// bound before the config that names it is written, so nginx finds it from its first line.
 pub struct ErrorLogSocket {
     socket: tokio::net::UnixDatagram,
     path: PathBuf,
@@ -243,14 +243,15 @@ impl ErrorLogSocket {
         let _ = std::fs::remove_file(&path);
         let socket =
             tokio::net::UnixDatagram::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
-        // Like the check socket: nginx's user, no one else.
+        // Like the check socket, this socket is open to nginx's user and no one else.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         Ok(ErrorLogSocket { socket, path })
     }
 
     /// Records every datagram (see [`error_line`]) until `cancel`, then removes the socket.
     pub async fn serve(self, writes: Option<WriteWatch>, cancel: CancellationToken) {
-        // nginx's syslog messages are at most about 2 KB; a longer datagram is cut, not lost.
+        // nginx's syslog messages are at most about 2 KB. A longer datagram is cut short, not
+        // lost.
         let mut buf = vec![0u8; 8 << 10];
         loop {
             tokio::select! {
@@ -279,8 +280,8 @@ pub async fn write_external(config: &Config) -> anyhow::Result<PathBuf> {
     write_conf(&prefix(config), config).await
 }
 
-/// Renders the config into `<prefix>/nginx.conf` (whole or not at all: an nginx reading it
-/// meanwhile sees the old one), with the dirs nginx needs beside it.
+/// Renders the config into `<prefix>/nginx.conf`, with the dirs nginx needs beside it. The file is
+/// replaced whole or not at all, so an nginx that reads it meanwhile sees the old config.
 async fn write_conf(prefix: &Path, config: &Config) -> anyhow::Result<PathBuf> {
     for d in ["tmp", "logs", "html"] {
         tokio::fs::create_dir_all(prefix.join(d)).await?;
@@ -297,13 +298,13 @@ pub struct Managed {
     prefix: PathBuf,
     conf: PathBuf,
     pub running: Arc<AtomicBool>,
-    /// Told when nginx reports that a write to the access log in this dir failed.
+    /// Where to report that nginx failed to write to the access log in this dir.
     log_writes: Option<WriteWatch>,
 }
 
 impl Managed {
     /// Writes the config, checks it with `nginx -t`, and stops a stale nginx left by a killed
-    /// ferry (found through the pid file), so there is never two.
+    /// ferry (found through the pid file), so that two never run at once.
     pub async fn prepare(config: &Config) -> anyhow::Result<Self> {
         let bin = find_bin(config)?;
         let prefix = prefix(config);
@@ -362,7 +363,8 @@ impl Managed {
             pid = pid.as_raw_nonzero().get(),
             "stopping a stale nginx left by an earlier ferry"
         );
-        // Fast shutdown: the stale nginx serves nothing ferry answers for any more.
+        // A fast shutdown is enough, because the stale nginx serves nothing that ferry still
+        // answers for.
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         for i in 0..100 {
             if !Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists() {
@@ -405,7 +407,7 @@ impl Managed {
                     continue;
                 }
             };
-            // nginx writes its pid file once its listeners are bound: only then is it up.
+            // nginx writes its pid file once its listeners are bound, and only then is it up.
             let pid = child.id().unwrap_or(0).to_string();
             for _ in 0..200 {
                 let written = tokio::fs::read_to_string(self.pid_file()).await.unwrap_or_default();

@@ -1,11 +1,13 @@
-//! The Funnel driver shared by the `tailscale` and `docker` providers: it runs the commands of
-//! [`super::tailscale`] through a [`Runner`], one at a time (the CLI's ETag check fails concurrent
-//! writers), retries the "Another client is changing the serve config" race with backoff, and
-//! never trusts an exit status: after every change it reads `funnel status --json` and checks.
+//! The Funnel driver shared by the `tailscale` and `docker` providers. It runs the commands of
+//! [`super::tailscale`] through a [`Runner`] one at a time, because the CLI's ETag check makes
+//! concurrent writers fail. It retries the "Another client is changing the serve config" race with
+//! backoff. It never trusts an exit status: after every change it reads `funnel status --json` and
+//! checks the result.
 //!
 //! It keeps the placeholder handler while ferry runs, refuses a port where the owner serves other
-//! things without Funnel, and re-asserts the open links' handlers when the sidecar lost them.
-//! It never runs `reset`, and never `off` without `--set-path` (or, in tcp mode, for its port).
+//! things without Funnel, and puts the open links' handlers back when the sidecar lost them.
+//! It never runs `reset`, and never runs `off` without `--set-path` (in tcp mode, it runs `off`
+//! only for its own port).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -27,23 +29,25 @@ pub struct Funnel {
     /// The public listener as the sidecar reaches it (`FERRY_UPSTREAM_URL`).
     upstream: String,
     timeout: Duration,
-    /// Serializes every call; holds what ferry knows of the node.
+    /// Serializes every call, and holds what ferry knows about the node.
     state: tokio::sync::Mutex<State>,
     health: std::sync::Mutex<Health>,
-    /// Why the last change was refused (Funnel not enabled, a permission, a setting), until a
-    /// change succeeds: a reconciliation that only reads must not call the provider healthy.
+    /// Why the last change was refused (Funnel not enabled, a permission, a setting). It is kept
+    /// until a change succeeds, because a reconciliation that only reads must not report the
+    /// provider as healthy.
     refusal: std::sync::Mutex<Option<String>>,
     dns_name: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Default)]
 struct State {
-    /// The placeholder is in place and the port was found fit for ferry.
+    /// Whether the placeholder is in place and the port was found fit for ferry.
     ready: bool,
     /// Links ferry has opened and not closed.
     open: BTreeSet<TunnelId>,
-    /// Links opened or closed since the last reconciliation began: its list of open links was
-    /// read before it could take the lock, so for these `open` is the later word.
+    /// Links opened or closed since the last reconciliation began. The reconciliation read its
+    /// list of open links before it could take the lock, so for these links `open` is more recent
+    /// and wins.
     touched: BTreeSet<TunnelId>,
 }
 
@@ -81,7 +85,8 @@ impl Funnel {
         self.refusal.lock().expect("refusal mutex").clone()
     }
 
-    /// A change went through (and was seen in the serve config): no refusal stands.
+    /// Records that a change went through and was seen in the serve config, so no refusal stands
+    /// any more.
     fn accepted(&self) {
         *self.refusal.lock().expect("refusal mutex") = None;
     }
@@ -112,13 +117,14 @@ impl Funnel {
             .ok_or_else(|| TunnelError::Failed(format!("FERRY_UPSTREAM_URL: no host:port in {}", self.upstream)))
     }
 
-    /// Runs one command; retries the ETag race; classifies failures.
+    /// Runs one command, retries it when it loses the ETag race, and classifies failures.
     async fn cmd(&self, args: &[String]) -> Result<Output, Failed> {
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=RACE_ATTEMPTS {
             let started = std::time::Instant::now();
             let out = self.runner.run(args, self.timeout).await;
-            // One CLI call (ferry_provider_call_seconds times a whole open or close).
+            // This metric times one CLI call, while ferry_provider_call_seconds times a whole open
+            // or close.
             let command = if args.iter().any(|a| a == "status") {
                 "status"
             } else if args.last().is_some_and(|a| a == "off") {
@@ -160,8 +166,8 @@ impl Funnel {
         Ok(st)
     }
 
-    /// What of ferry's settings this node cannot serve: its tailscale too old for the mode or
-    /// the upstream, or its funnel-ports attribute without the port.
+    /// Which of ferry's settings this node cannot serve: its tailscale may be too old for the mode
+    /// or the upstream, or its funnel-ports attribute may not include the port.
     fn unfit(&self, st: &ts::NodeStatus) -> Option<String> {
         if let Some(m) = self.too_old(st) {
             return Some(m);
@@ -180,9 +186,10 @@ impl Funnel {
         st.version.and_then(|v| ts::unsupported(v, self.mode, &self.upstream))
     }
 
-    /// Before serving: the settings this node's tailscale can never serve (too old for the mode
-    /// or the upstream) are refused (`Err` names the setting). A node that cannot be reached is
-    /// no reason to stop: the reconciliation keeps trying, and checks again.
+    /// Runs before ferry serves, and refuses the settings that this node's tailscale can never
+    /// serve because it is too old for the mode or the upstream. `Err` names the setting. A node
+    /// that cannot be reached is no reason to stop, because the reconciliation keeps trying and
+    /// checks again.
     pub async fn preflight(&self) -> Result<(), String> {
         match self.node().await {
             Ok(st) => self.too_old(&st).map_or(Ok(()), Err),
@@ -239,11 +246,12 @@ impl Funnel {
         err
     }
 
-    /// Before the first link: learn the node's name, check the node and the port are fit for
-    /// ferry, put the placeholder in place (path mode). Done again after the sidecar lost its
-    /// config, or a change was refused. `asked` is a link being opened: only then does a node
-    /// without Funnel get a `tailscale funnel` command, whose output says how to enable it (the
-    /// CLI then waits for the owner, and an exec in the sidecar cannot be stopped).
+    /// Prepares the node before the first link: learns the node's name, checks that the node and
+    /// the port are fit for ferry, and puts the placeholder in place (in path mode). This is done
+    /// again after the sidecar lost its config or a change was refused. `asked` is true when a
+    /// link is being opened. Only then does a node without Funnel get a `tailscale funnel`
+    /// command, whose output says how to enable Funnel. It is not run otherwise, because the CLI
+    /// then waits for the owner, and an exec in the sidecar cannot be stopped.
     async fn ensure_ready(&self, st: &mut State, asked: bool) -> Result<(String, ServeConfig), TunnelError> {
         let host = self.fit_host(st, asked).await?;
         let mut sc = self.serve_config().await?;
@@ -349,8 +357,8 @@ impl Funnel {
         TunnelError::Failed(m)
     }
 
-    /// A command exited 0 and the serve config shows it did nothing: what it printed says why
-    /// when it can.
+    /// Builds the error for a command that exited 0 although the serve config shows it did
+    /// nothing. What the command printed says why, when it can.
     fn not_applied(&self, out: &Output, what: &str) -> TunnelError {
         match ts::unapplied(&out.stdout) {
             Some(f) => self.fail(Failed::Cli(f)),
@@ -363,8 +371,8 @@ impl Funnel {
         let mut st = self.state.lock().await;
         let known = self.dns_name.lock().expect("dns mutex").clone();
         let (host, sc) = match known {
-            // The usual case: one command and one check. The placeholder is the
-            // reconciliation's to keep.
+            // In the usual case this takes one command and one check. Keeping the placeholder
+            // is the reconciliation's job.
             Some(host) if st.ready => (host, ServeConfig::default()),
             _ => self.ensure_ready(&mut st, true).await?,
         };
@@ -424,17 +432,18 @@ impl Funnel {
             FunnelMode::Tcp => Ok(()),
         };
         match r {
-            // A link this process never opened (its open failed, or the sidecar was unreachable
-            // since startup) while the sidecar cannot be reached: nothing to wait for here. If a
-            // handler of it exists, the reconciliation removes it once the sidecar answers (the
-            // link is not open in the store), and nginx's gate refuses it meanwhile.
+            // This process never opened the link (its open failed, or the sidecar has been
+            // unreachable since startup), and the sidecar cannot be reached now, so there is
+            // nothing to wait for here. If the link has a handler, the reconciliation removes it
+            // once the sidecar answers (the link is not open in the store), and nginx's gate
+            // refuses the link meanwhile.
             Err(e) if !was_open && self.health().status == crate::health::Health::Down => {
                 tracing::debug!(tunnel_id = %id, error = %e, "sidecar unreachable; the reconciliation will remove any handler");
                 Ok(())
             }
             Err(e) => {
                 if was_open {
-                    // Still public: a retry must know it was ours.
+                    // The link is still public, and a retry must know that ferry opened it.
                     st.open.insert(id.clone());
                 }
                 Err(e)
@@ -443,9 +452,10 @@ impl Funnel {
         }
     }
 
-    /// `tailscale funnel ... off` removes the handler; but `funnel` first checks that the node may
-    /// use Funnel, and may fail there, or stop there with success having changed nothing. Then
-    /// `tailscale serve ... off`, which makes no such check, removes the same handler.
+    /// `tailscale funnel ... off` removes the handler. But `funnel` first checks that the node may
+    /// use Funnel, and it may fail at that check, or stop there with success without having changed
+    /// anything. In that case `tailscale serve ... off`, which makes no such check, removes the
+    /// same handler.
     async fn close_mount(&self, mount: &str) -> Result<(), TunnelError> {
         let known = self.dns_name.lock().expect("dns mutex").clone();
         let host = match known {
@@ -507,9 +517,10 @@ impl Funnel {
         match self.mode {
             FunnelMode::Path => {
                 if refused && self.refusal().is_some() {
-                    // Only a change shows whether changes are allowed again; this one changes
-                    // nothing that is there. (The node can use Funnel: `ensure_ready` saw to
-                    // that, so the command does not stop early with success.)
+                    // Only a change shows whether changes are allowed again, and this one changes
+                    // nothing that is already there. The node can use Funnel, because
+                    // `ensure_ready` made sure of that, so the command does not stop early with
+                    // success.
                     self.cmd(&ts::open_path_argv(self.port, ts::PLACEHOLDER, ts::PLACEHOLDER_TARGET))
                         .await
                         .map_err(|f| self.fail(f))?;
@@ -563,8 +574,8 @@ impl Funnel {
         Ok(done)
     }
 
-    /// On shutdown: the placeholder goes (links that stay open keep their handlers; the next
-    /// start reconciles them).
+    /// Removes the placeholder on shutdown. Links that stay open keep their handlers, and the next
+    /// start reconciles them.
     pub async fn stop(&self) {
         if self.mode != FunnelMode::Path {
             return;

@@ -31,7 +31,8 @@ pub enum Runner {
         socket: Option<PathBuf>,
     },
     Docker {
-        /// Connected (and the API version negotiated) on first use, again after a failure.
+        /// The client is connected, and the API version negotiated, on first use and again after
+        /// a failure.
         client: tokio::sync::Mutex<Option<bollard::Docker>>,
         container: String,
         bin: String,
@@ -125,8 +126,8 @@ async fn run_process(
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => stdout.extend_from_slice(&buf[..n]),
         }
-        // The CLI waits (for ever) for the owner to enable Funnel; the link it printed
-        // is the answer.
+        // The CLI waits forever for the owner to enable Funnel, and the link it printed is
+        // all the answer ferry needs.
         if awaits_enablement(&stdout) {
             let _ = child.kill().await;
             return Ok(Output {

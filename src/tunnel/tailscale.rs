@@ -349,9 +349,9 @@ pub fn unsupported(version: Version, mode: FunnelMode, upstream: &str) -> Option
     None
 }
 
-/// A proxy target the way tailscaled tells targets apart: the host without brackets (1.92 and
-/// later store `[::1]:8080` as `::1:8080`) and `localhost` as 127.0.0.1 (earlier versions
-/// store it so).
+/// A proxy target in the form in which tailscaled tells targets apart: the host without brackets
+/// (versions 1.92 and later store `[::1]:8080` as `::1:8080`), and `localhost` as 127.0.0.1
+/// (earlier versions store it that way).
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
     scheme: String,
@@ -414,7 +414,7 @@ pub fn public_base(dns_name: &str, port: u16) -> String {
 pub enum Failure {
     /// The ETag check failed: another writer changed the serve config. Retry.
     Race,
-    /// `off` for a handler that is not there: already closed.
+    /// `off` for a handler that is not there, which means the link is already closed.
     NoHandler,
     /// The node cannot use Funnel; the owner must enable it (the URL, when the CLI printed one).
     NoFunnel {
@@ -495,7 +495,8 @@ pub fn classify(stdout: &str, stderr: &str, port: u16) -> Failure {
     if all.contains("shields-up") {
         return refused("shields-up is on and Funnel cannot work with it: run tailscale set --shields-up=false".into());
     }
-    // The CLI's own check (before 1.92), then tailscaled's.
+    // The first message comes from the CLI's own check (before 1.92), the second from
+    // tailscaled's.
     if all.contains("foreground already exists") || all.contains("foreground listener already exists") {
         return refused(foreground_remedy(port));
     }
@@ -543,7 +544,7 @@ fn enable_url(all: &str) -> Option<String> {
         .map(|w| w.trim_end_matches(['.', ',']).to_string())
 }
 
-/// The output's meaningful lines, joined, bounded.
+/// The output's non-empty lines, joined and cut to a bounded length.
 fn summary(all: &str) -> String {
     let s: Vec<&str> = all.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let s = s.join(" ");
@@ -600,8 +601,9 @@ mod tests {
 
     #[test]
     fn status_reads_past_a_number_beyond_f64_in_what_it_skips() {
-        // Found by the `tailscale_status` fuzz target (corpus/crash-number-beyond-f64): JSON
-        // allows 9e440; a CapMap value is never read, so it cannot make ferry refuse the node.
+        // The `tailscale_status` fuzz target found this (corpus/crash-number-beyond-f64). JSON
+        // allows 9e440, and a CapMap value is never read, so such a value cannot make ferry
+        // refuse the node.
         let out = std::fs::read_to_string("fuzz/corpus/tailscale_status/crash-number-beyond-f64").unwrap();
         let st = parse_status(&out).unwrap();
         assert_eq!((st.dns_name.as_str(), st.can_funnel), (HOST, true));
