@@ -22,10 +22,10 @@ pub struct AuditRecord {
     pub detail: Option<String>,
 }
 
-/// Refusal records written a second at most, from all addresses together.
+/// The most refusal records written per second, from all addresses together.
 pub const REFUSALS_PER_SECOND: u32 = 20;
-/// Addresses remembered for the per-address limit at most. Only recorded addresses are
-/// remembered, and only for a second, so the cap above keeps the map far below this; the bound
+/// The most addresses remembered for the per-address limit. Only recorded addresses are
+/// remembered, and only for a second, so the cap above keeps the map far below this. The bound
 /// holds whatever the clock does.
 const MAX_ADDRESSES: usize = 4096;
 
@@ -72,7 +72,8 @@ impl RefusalLimit {
         if self.last.len() >= MAX_ADDRESSES {
             self.last.retain(|_, t| now_ms < t.saturating_add(1000));
             if self.last.len() >= MAX_ADDRESSES {
-                // Only a clock that went back could get here; forgetting errs toward recording.
+                // Only a clock that went backwards could get here. Forgetting the address errs
+                // toward recording.
                 self.last.clear();
             }
         }
@@ -82,7 +83,7 @@ impl RefusalLimit {
         out
     }
 
-    /// Addresses remembered now.
+    /// How many addresses are remembered now.
     pub fn addresses(&self) -> usize {
         self.last.len()
     }
@@ -123,7 +124,8 @@ mod tests {
             }
             assert!(l.addresses() <= 3 * REFUSALS_PER_SECOND as usize, "{}", l.addresses());
         }
-        // Seconds 10, 11 and 12: the cap each, and a summary at the start of 11 and 12.
+        // In seconds 10, 11 and 12, each second records up to the cap, and a summary is written at
+        // the start of seconds 11 and 12.
         assert_eq!(written, 3 * REFUSALS_PER_SECOND as u64);
         assert_eq!(records, 3 * REFUSALS_PER_SECOND as u64 + 2);
         // The third second's leftovers are summed up by the next refusal after it.

@@ -14,7 +14,8 @@ pub enum StoreError {
 /// How an `update` closure wants its change kept.
 pub enum Write<R> {
     /// Nothing changed that must be written. The closure may still have tidied the record (a
-    /// refusal lets lapsed claims go): the embedded store keeps that in memory, Redis drops it.
+    /// refusal releases lapsed claims). The embedded store keeps such a change in memory, and
+    /// Redis drops it.
     No(R),
     /// Changed, but losing it in a crash is harmless (e.g. a request in flight). The embedded
     /// store keeps it in memory until the next commit or `flush`, within a second.

@@ -13,15 +13,15 @@
 //! way becomes the committer and writes everything queued in one transaction (one fsync),
 //! looping while someone waits for what was queued meanwhile. A durable write returns only once
 //! its transaction is on disk, and so does any result that depends on a durable write still in
-//! flight (a second request riding on a claim that is not yet on disk waits for it). With one
+//! flight (a second request made under a claim that is not yet on disk waits for it). With one
 //! caller at a time this is a plain synchronous commit; with a hundred, one fsync serves them
 //! all. An audit query, a purge and `persist` wait for the queue and for the batch being
 //! committed, so they see every write made before them.
 //!
 //! A commit that fails (a full disk) leaves redb refusing every later write until the file is
 //! opened again. So the next commit first reopens the file, and then writes every record held in
-//! memory, with an fsync: what commits without one had written since the last fsync is lost with
-//! the old handle (as in a crash), and memory still holds every open link's latest record. Until
+//! memory, with an fsync. What commits without an fsync had written since the last fsync is lost
+//! with the old handle, as in a crash, but memory still holds every open link's latest record. Until
 //! a commit succeeds again, [`Embedded::ping`] says the store is down; the sampler's `flush`
 //! retries every second, so the store recovers by itself.
 
@@ -53,10 +53,10 @@ pub struct Embedded {
     /// The open file; `None` only while a reopen failed.
     db: RwLock<Option<Database>>,
     path: PathBuf,
-    /// The last commit failed: the next one reopens the file first.
+    /// Whether the last commit failed, in which case the next commit reopens the file first.
     broken: AtomicBool,
     state: Mutex<State>,
-    /// Held by the one caller committing; never awaited, only tried.
+    /// Held by the one caller that is committing. It is never awaited, only tried.
     committer: Mutex<()>,
     audit_seq: std::sync::atomic::AtomicU64,
 }
@@ -66,13 +66,14 @@ struct State {
     live: HashMap<TunnelId, Entry>,
     /// The writes waiting for the next commit.
     queue: Batch,
-    /// The outcome of the batch being committed now: taken from the queue, not yet on disk.
+    /// The outcome of the batch being committed now, which was taken from the queue but is not on
+    /// disk yet.
     writing: Option<watch::Receiver<Outcome>>,
     /// How many commits have dropped closed links from `live`: a record read from disk is only
     /// current if no commit dropped a newer one in the meantime.
     evictions: u64,
-    /// A commit without fsync was made (or is being made) since the last one with: redb keeps
-    /// such commits only once a durable one follows.
+    /// Whether a commit without fsync was made (or is being made) since the last commit with
+    /// fsync. redb keeps such commits only once a durable commit follows them.
     unsynced: bool,
     /// The batch of the latest commit with fsync: it and every batch before it are on disk.
     synced: u64,
@@ -90,8 +91,8 @@ struct Entry {
 
 struct Batch {
     seq: u64,
-    /// The links written since the last commit: their records in `live` as the commit takes
-    /// the batch are what it writes.
+    /// The links written since the last commit. The commit writes their records as they are in
+    /// `live` at the moment it takes the batch.
     dirty: HashSet<TunnelId>,
     audits: Vec<((u64, u64), Vec<u8>)>,
     durable: bool,
@@ -112,7 +113,8 @@ impl Batch {
         }
     }
 
-    /// Nothing to write (a batch marked durable with nothing in it still commits: `persist`).
+    /// Whether there is nothing to write. A batch marked durable with nothing in it still commits,
+    /// which is what `persist` relies on.
     fn is_empty(&self) -> bool {
         self.dirty.is_empty() && self.audits.is_empty() && !self.durable
     }
@@ -120,12 +122,13 @@ impl Batch {
 
 impl State {
     /// Takes the queued batch for a commit, with the records it writes, and queues an empty one.
-    /// `reopening`: the file is reopened before this batch, so every open link goes out again.
+    /// With `reopening`, the file is reopened before this batch, so every open link is written
+    /// again.
     fn take_batch(&mut self, reopening: bool) -> (Batch, Vec<Arc<Link>>) {
         if reopening {
-            // What commits without an fsync had written since the last one with is lost with the
-            // old handle. Memory holds every open link's latest record, so each goes out again,
-            // with an fsync.
+            // What commits without an fsync had written since the last commit with one is lost
+            // with the old handle. Memory holds every open link's latest record, so each record is
+            // written again, with an fsync.
             let all: Vec<TunnelId> = self.live.keys().cloned().collect();
             self.queue.dirty.extend(all);
             self.queue.durable = true;
@@ -144,16 +147,17 @@ impl State {
         (batch, records)
     }
 
-    /// After `batch` is on disk: closed links are there now, and the disk answers for them from
-    /// here on.
+    /// Called once `batch` is on disk. The closed links are on disk now, and from here on the disk
+    /// answers for them.
     fn committed(&mut self, batch: &Batch) {
         if batch.durable {
             self.unsynced = false;
             self.synced = batch.seq;
         }
-        // A link closes by a write, so each closed one is among the links this batch wrote (or a
-        // failed one before it, whose links this batch took over): looking there, not through
-        // every open link, keeps a commit's cost to its own size.
+        // A link closes through a write, so each closed link is among the links this batch wrote,
+        // or among those of a failed batch before it whose links this batch took over. Looking
+        // only there, instead of through every open link, keeps a commit's cost in proportion to
+        // its own size.
         let before = self.live.len();
         for id in &batch.dirty {
             if self
@@ -169,8 +173,8 @@ impl State {
         }
     }
 
-    /// After `batch` failed: memory still holds the truth, so its writes join the queued batch
-    /// and go out again with the next commit.
+    /// Called after `batch` failed. Memory still holds the current records, so the batch's writes
+    /// join the queued batch and go out again with the next commit.
     fn requeue(&mut self, batch: &mut Batch) {
         let mut next = std::mem::replace(&mut self.queue, Batch::new(0));
         // Memory has each link's latest record: the next commit writes it.
@@ -179,7 +183,7 @@ impl State {
         next.audits = std::mem::take(&mut batch.audits);
         next.durable |= batch.durable;
         next.waited |= batch.waited;
-        // Whoever depends on the failed writes now waits for their second chance.
+        // Anyone who depends on the failed writes now waits for the next attempt to write them.
         let retry = (next.seq, next.done.subscribe());
         for e in self.live.values_mut() {
             if e.durable.as_ref().is_some_and(|(seq, _)| *seq == batch.seq) {
@@ -196,10 +200,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 /// Opens (or creates) the file, repairing it if a commit was cut short.
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    // redb caches up to 1 GiB of pages by default, kept for the life of the process; open
-    // links live in memory anyway, history reads are rare, and the kernel caches the file.
-    // A bigger cache only grew ferry's memory with its history (8 MB: 3 MB more after each
-    // thousand links until it was full).
+    // redb caches up to 1 GiB of pages by default, and keeps them for the life of the process.
+    // Open links live in memory anyway, history reads are rare, and the kernel caches the file,
+    // so a bigger cache would only make ferry's memory grow with its history.
     redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
         .create(path)
@@ -270,18 +273,18 @@ impl Embedded {
         }
     }
 
-    /// Closes the file and opens it again: after a failed commit redb refuses every write until
-    /// then ("Previous I/O error occurred").
+    /// Closes the file and opens it again. After a failed commit, redb refuses every write until
+    /// the file is reopened ("Previous I/O error occurred").
     fn reopen(&self) -> Result<(), StoreError> {
         let mut db = self.db.write().expect("store file lock");
-        // One handle per file: the old one goes first.
+        // Only one handle may be open per file, so the old one is closed first.
         *db = None;
         *db = Some(open_db(&self.path)?);
         tracing::info!(path = %self.path.display(), "the store opened its file again after a failed write");
         Ok(())
     }
 
-    /// Whether the store can write: not while its last commit failed.
+    /// Whether the store can write. It cannot while its last commit has failed.
     pub fn ping(&self) -> Result<(), StoreError> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("the store's last write failed".into()));
@@ -289,11 +292,12 @@ impl Embedded {
         Ok(())
     }
 
-    /// Commits everything queued, unless another caller is already doing it. That caller takes
-    /// ours too when anyone waits for it: it loops while someone waits for the queued batch, and
-    /// gives up the role only while holding the state lock, so a waited batch queued before a
-    /// failed `try_lock` is always picked up. Soft writes alone do not keep it looping (under
-    /// load they never stop coming); they wait for the next commit.
+    /// Commits everything queued, unless another caller is already doing it. In that case the
+    /// other caller also commits our batch when anyone waits for it: it loops while someone waits
+    /// for the queued batch, and it gives up the committer role only while holding the state lock,
+    /// so a waited-for batch queued before a failed `try_lock` is always picked up. Soft writes
+    /// alone do not keep it looping, because under load they never stop coming; they wait for the
+    /// next commit.
     fn commit_queued(&self) {
         let Ok(role) = self.committer.try_lock() else {
             return;
@@ -356,7 +360,7 @@ impl Embedded {
                     .insert(link.id.as_str(), encode(link)?.as_slice())
                     .map_err(unavailable)?;
                 if link.state == LinkState::Closed {
-                    // Both idempotent: a link is closed once, at one time.
+                    // Both writes are idempotent, because a link is closed only once, at one time.
                     open.remove(link.id.as_str()).map_err(unavailable)?;
                     history
                         .insert((link.closed_at_ms.unwrap_or(0), link.id.as_str()), ())
@@ -383,8 +387,8 @@ impl Embedded {
             if let Some(outcome) = done.borrow_and_update().clone() {
                 return outcome.map_err(StoreError::Unavailable);
             }
-            // Someone else is committing our batch. A committer whose commit failed stops and
-            // leaves the writes queued after it to their own callers: look again shortly.
+            // Someone else is committing our batch. A committer whose commit failed stops, and
+            // leaves the writes queued after it to their own callers, so look again shortly.
             let wait = tokio::time::timeout(std::time::Duration::from_millis(100), done.changed());
             if let Ok(Err(_)) = wait.await {
                 return Err(StoreError::Unavailable("store commit abandoned".into()));
@@ -404,8 +408,8 @@ impl Embedded {
         })
     }
 
-    /// Makes `link` the record in memory and queues a write of it; returns the batch's receiver
-    /// when it must be durable.
+    /// Makes `link` the record in memory and queues a write of it. Returns the batch's receiver
+    /// when the write must be durable.
     fn queue(st: &mut State, link: Arc<Link>, durable: bool) -> Option<(u64, watch::Receiver<Outcome>)> {
         let id = link.id.clone();
         match st.live.entry(id.clone()) {
@@ -502,25 +506,26 @@ impl Embedded {
             };
             break (result, link, wait);
         };
-        // Soft writes ride with the next commit, or `flush`'s.
+        // Soft writes go out with the next commit, or with the commit that `flush` makes.
         if let Some((_, rx)) = wait {
             self.settled(rx).await?;
         }
         Ok(Some((result.into_inner(), link)))
     }
 
-    /// Commits the writes queued so far, without waiting for the disk: soft writes wait for
-    /// this (or any other commit) instead of taking a commit each.
+    /// Commits the writes queued so far, without waiting for the disk. Soft writes wait for this
+    /// commit (or any other) instead of each making a commit of its own.
     pub fn flush(&self) {
         self.commit_queued();
     }
 
-    /// Where the writes made so far stand: they are all on disk once `is_durable` says so of
-    /// the mark (the batch they are queued in, or were committed with).
+    /// A mark for the writes made so far: the batch they are queued in, or were committed with.
+    /// They are all on disk once `is_durable` returns true for the mark.
     pub fn mark(&self) -> u64 {
         let st = self.state();
         if st.queue.is_empty() {
-            // In the last batch taken off the queue, being written or written.
+            // The writes are in the last batch taken off the queue, which is being written or has
+            // been written.
             st.queue.seq - 1
         } else {
             st.queue.seq
@@ -533,9 +538,9 @@ impl Embedded {
         self.state().synced >= mark
     }
 
-    /// Makes every write so far survive a crash: commits with an fsync when a commit without
-    /// one was made since the last, or writes are queued. The follower calls it when lines it
-    /// applied have waited too long for somebody else's durable commit.
+    /// Makes every write so far survive a crash. It commits with an fsync when a commit without
+    /// fsync was made since the last durable one, or when writes are queued. The follower calls it
+    /// when the lines it applied have waited too long for somebody else's durable commit.
     pub async fn persist(&self) -> Result<(), StoreError> {
         let rx = {
             let mut st = self.state();
@@ -555,8 +560,8 @@ impl Embedded {
         self.settled(rx).await
     }
 
-    /// Commits what is queued (without fsync, unless a durable write is among it) and waits
-    /// for it: before reading the disk for what may still be queued.
+    /// Commits what is queued (without fsync, unless a durable write is among it) and waits for
+    /// the commit. Callers run this before they read from the disk what may still be queued.
     async fn written(&self) -> Result<(), StoreError> {
         let rx = {
             let mut st = self.state();
@@ -606,7 +611,7 @@ impl Embedded {
         Ok(())
     }
 
-    /// Newest first, optionally only one kind of event.
+    /// Lists audit records newest first, optionally only those of one kind of event.
     pub async fn audit_query(&self, event: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         self.written().await?;
         blocking(|| {
@@ -628,8 +633,8 @@ impl Embedded {
         })
     }
 
-    /// Deletes closed links that closed before `before_ms`, and audit records as old (those
-    /// still queued too); returns how many links.
+    /// Deletes closed links that closed before `before_ms`, and audit records that are as old,
+    /// including those still queued. Returns how many links were deleted.
     pub async fn purge_history(&self, before_ms: u64) -> Result<usize, StoreError> {
         self.written().await?;
         blocking(|| {
@@ -868,7 +873,7 @@ mod tests {
         assert!(!store.is_durable(m), "a commit without fsync made a soft write durable");
         soft(&store, &a.id, 2);
         let later = store.mark();
-        // Another link's durable write carries the soft ones before it.
+        // Another link's durable write also makes the soft writes before it durable.
         rt.block_on(store.insert(&b, None)).unwrap();
         assert!(store.is_durable(m) && store.is_durable(later));
     }

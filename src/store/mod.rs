@@ -61,8 +61,8 @@ impl Store {
         }
     }
 
-    /// Makes every write acknowledged so far survive a crash (Redis: each write already does,
-    /// as far as its AOF settings allow; see `Durability`).
+    /// Makes every write acknowledged so far survive a crash. With Redis, each write already does,
+    /// as far as the server's AOF settings allow (see `Durability`).
     pub async fn persist(&self) -> Result<(), StoreError> {
         match self {
             Store::Embedded(s) => s.persist().await,
@@ -79,7 +79,7 @@ impl Store {
     }
 
     /// Whether every write acknowledged before `mark` was taken survives a crash now, without
-    /// waiting for anything (Redis: always, as `persist`).
+    /// waiting for anything. With Redis this is always true, as for `persist`.
     pub fn is_durable(&self, mark: u64) -> bool {
         match self {
             Store::Embedded(s) => s.is_durable(mark),
@@ -87,7 +87,7 @@ impl Store {
         }
     }
 
-    /// Writes out soft writes still held in memory (Redis: each write already went out).
+    /// Writes out soft writes still held in memory. With Redis, each write has already gone out.
     pub fn flush(&self) {
         if let Store::Embedded(s) = self {
             s.flush();

@@ -15,8 +15,8 @@
 //! | `ferry:events` | pub/sub channel | every instance's link events, for the others' SSE clients | - |
 //!
 //! `update` is a compare-and-set: read the record, run the closure, and write it back with a Lua
-//! script only if the record is still exactly what was read (retried on conflict; updates from
-//! this process queue on a local lock first, so only other instances can conflict). The script
+//! script only if the record is still exactly what was read. A conflict is retried. Updates from
+//! this process queue on a local lock first, so only other instances can conflict. The script
 //! also moves the id between the open and history indexes, so a record and its indexes never
 //! disagree. A durable write waits for the AOF fsync (`WAITAOF`) where the server has it; with
 //! `appendfsync always` the reply itself already comes after the fsync.
@@ -45,8 +45,8 @@ fn link_key(id: &str) -> String {
 }
 
 /// How many times a compare-and-set is retried before the store is called unavailable. Within
-/// one process updates of a link queue on a local lock first, so only other instances' writes
-/// conflict: one round per concurrent writer elsewhere, with a wide margin.
+/// one process, updates of a link queue on a local lock first, so only other instances' writes
+/// conflict. The limit allows one round per concurrent writer elsewhere, with a wide margin.
 const CAS_ATTEMPTS: u32 = 500;
 
 /// SET the record and keep the indexes in step, only if the record is what the caller read.
@@ -107,7 +107,7 @@ impl Durability {
         }
     }
 
-    /// Pure: what a server with this configuration promises.
+    /// What a server with this configuration promises, worked out without any I/O.
     pub fn judge(appendonly: Option<&str>, appendfsync: Option<&str>, version: Option<&str>) -> Self {
         let waitaof_known = version.and_then(parse_version).map(|v| v >= (7, 2));
         let aof = appendonly == Some("yes");
@@ -154,14 +154,15 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 pub struct Redis {
     client: redis::Client,
     conn: ConnectionManager,
-    /// A second for reads of many records at once (every open link, history), so that their
-    /// large replies never hold up the checks and creations queued behind them.
+    /// A second connection, for reads of many records at once (every open link, history), so that
+    /// their large replies never hold up the checks and creations queued behind them.
     bulk: ConnectionManager,
     instance: String,
     history_ms: u64,
     durability: RwLock<Durability>,
-    /// Updates of one link from this process queue here instead of colliding in Redis (the
-    /// compare-and-set then only races other instances). Striped by id: no map to clean up.
+    /// Updates of one link from this process queue here instead of colliding in Redis, so the
+    /// compare-and-set only races other instances. The locks are striped by id, so there is no map
+    /// to clean up.
     stripes: Vec<tokio::sync::Mutex<()>>,
     audit_seq: AtomicU64,
     cas: redis::Script,
@@ -186,9 +187,9 @@ pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
-/// A connection whose replies may take up to `response`. It fails fast while Redis is away: a
-/// check must answer (444) quickly rather than hang, and the manager reconnects on the next
-/// command.
+/// A connection whose replies may take up to `response`. It fails fast while Redis is unreachable,
+/// because a check must answer (444) quickly instead of hanging, and the manager reconnects on the
+/// next command.
 fn connection(client: &redis::Client, response: Duration) -> Result<ConnectionManager, StoreError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -202,7 +203,7 @@ impl Redis {
     /// Prepares the connections without waiting for Redis: ferry starts (and `/health` says the
     /// store is down) when Redis is not there yet, and connects when it comes.
     pub async fn connect(url: &str, instance: String, history_ms: u64) -> Result<Self, StoreError> {
-        // The parser's kind only: the URL may hold a password.
+        // Report only the kind of parse error, because the URL may hold a password.
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("REDIS_URL is not a valid Redis URL ({:?})", e.kind())))?;
         let conn = connection(&client, Duration::from_secs(2))?;
@@ -401,8 +402,8 @@ impl Redis {
                 }
                 return Ok(Some((result.into_inner(), Arc::new(link))));
             }
-            // Someone else wrote the record in between: read it again, after a short random
-            // pause so that many contenders spread out instead of colliding again.
+            // Someone else wrote the record in between. Read it again after a short random pause,
+            // so that many contenders spread out instead of colliding again.
             let mut b = [0u8; 1];
             getrandom::fill(&mut b).expect("the OS random source is available");
             let pause = u64::from(b[0] % 8) * u64::from(attempt.min(8) + 1) * 50;
@@ -415,8 +416,8 @@ impl Redis {
 
     async fn load(&self, ids: Vec<String>) -> Result<Vec<Link>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
-        // Small batches: Redis runs one command at a time, and a creation or a check queued
-        // behind a read of hundreds of records would wait for all of it.
+        // Read in small batches, because Redis runs one command at a time, and a creation or a
+        // check queued behind a read of hundreds of records would wait for all of it.
         for chunk in ids.chunks(100) {
             let keys: Vec<String> = chunk.iter().map(|id| link_key(id)).collect();
             let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
@@ -424,7 +425,8 @@ impl Redis {
                 .query_async(&mut self.bulk.clone())
                 .await
                 .map_err(unavailable)?;
-            // A record gone from under its index was purged meanwhile; skip it.
+            // A record that is missing although its index lists it was purged meanwhile, so skip
+            // it.
             blocking(|| {
                 for v in values.into_iter().flatten() {
                     out.push(decode(&v)?);
@@ -435,11 +437,11 @@ impl Redis {
         Ok(out)
     }
 
-    /// The open index, newest first, a page at a time (a single read of thousands of entries
-    /// holds Redis up for milliseconds). Each page covers a whole range of creation times: it
-    /// ends before its oldest time, and that time's entries are read in full (in one read, however
-    /// many: links created in one millisecond), so no entry present throughout is skipped,
-    /// whatever is added or removed meanwhile.
+    /// Reads the open index newest first, a page at a time, because a single read of thousands of
+    /// entries would hold Redis up. Each page covers a whole range of creation times. A page stops
+    /// short of its oldest time, and all entries with that time (links created in the same
+    /// millisecond) are then read in full in one read, however many there are. So no entry that is
+    /// present throughout is skipped, whatever is added or removed meanwhile.
     async fn open_ids(&self) -> Result<Vec<String>, StoreError> {
         const PAGE: usize = 500;
         let mut c = self.bulk.clone();
@@ -544,8 +546,8 @@ impl Redis {
         Ok(old.len())
     }
 
-    /// An audit record as a member of the audit zset. The prefix keeps two identical records in
-    /// one millisecond apart (a zset holds each member once).
+    /// An audit record as a member of the audit zset. The prefix keeps two identical records from
+    /// the same millisecond distinct, because a zset holds each member only once.
     fn audit_member(&self, rec: &AuditRecord) -> Result<String, StoreError> {
         let json = serde_json::to_string(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let seq = self.audit_seq.fetch_add(1, Ordering::Relaxed);
