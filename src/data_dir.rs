@@ -4,10 +4,10 @@
 //! here creates or changes a file in the data dir.
 //!
 //! Linux names are bytes, and a NAS holds names that are not UTF-8 (old Samba shares, cameras,
-//! archives made elsewhere). A [`RelPath`]'s text is exact: UTF-8 text as it is, and each byte
-//! that is not part of UTF-8 text, a control byte or a backslash written `\xHH` (a backslash
-//! appears in a path only so). For people, [`RelPath::display_name`] writes such bytes as `%XX`
-//! instead, as ZIP member names do (SPEC §11).
+//! archives made elsewhere). A [`RelPath`]'s text is exact: UTF-8 text stays as it is, and each
+//! byte that is not part of UTF-8 text, each control byte and each backslash is written `\xHH` (so
+//! a backslash appears in a path's text only in that form). For people, [`RelPath::display_name`]
+//! writes such bytes as `%XX` instead, as ZIP member names do (SPEC §11).
 //!
 //! The data dir is opened again for every operation, never held: a disk mounted there after
 //! ferry started, or mounted again after it went away, is what the next operation sees, and ferry
@@ -165,8 +165,8 @@ impl RelPath {
                 n => names.push(n),
             }
         }
-        // Checked on the normal form too: `./~` must not become `~`, which would not parse again
-        // (and a stored link must always read back).
+        // The normal form is checked too, because `./~` must not become `~`, which would not parse
+        // again, and a stored link must always read back.
         if names.first().is_some_and(|n| n.starts_with(b"~")) {
             return Err(PathError::Absolute);
         }
@@ -290,7 +290,8 @@ const SEARCH_FOLDERS: usize = 10_000;
 pub struct DataDir {
     /// As configured (`NAS_MOUNT_PATH`); it may be a symlink.
     path: PathBuf,
-    /// The data dir has been the root of a mount: when it no longer is, its disk went away.
+    /// Whether the data dir has been the root of a mount. When it no longer is, its disk has gone
+    /// away.
     was_mount: AtomicBool,
 }
 
@@ -305,7 +306,8 @@ struct Root {
 struct Listed {
     name: Vec<u8>,
     is_dir: bool,
-    /// Already known when the entry is a symlink (its target's).
+    /// The entry's metadata, already known when the entry is a symlink (it is then the target's
+    /// metadata).
     stat: Option<rfs::Stat>,
 }
 
@@ -343,7 +345,8 @@ fn is_mount_root(fd: &OwnedFd) -> Option<bool> {
     if stx.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
         return Some(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
     }
-    // Kernels before 5.8: a mount's root is on another device than its parent.
+    // Kernels before 5.8 do not report the attribute. There, a mount's root is on another device
+    // than its parent.
     let parent = rfs::statat(fd, "..", AtFlags::empty()).ok()?;
     let me = rfs::fstat(fd).ok()?;
     Some(me.st_dev != parent.st_dev || me.st_ino == parent.st_ino)
@@ -399,7 +402,7 @@ impl DataDir {
 
     fn open_beneath(&self, root: &Root, rel: &RelPath) -> Result<(OwnedFd, rfs::Stat), PathError> {
         let name = if rel.is_root() { b".".to_vec() } else { rel.to_bytes() };
-        // O_PATH: never blocks on a FIFO or device, and reads nothing.
+        // O_PATH never blocks on a FIFO or device, and reads nothing.
         let fd = rfs::openat2(
             root.fd.as_fd(),
             name,
@@ -455,8 +458,8 @@ impl DataDir {
         })
     }
 
-    /// The file's identity now, for comparison with the one recorded at creation (which
-    /// `resolve_file` checked for escapes: the same identity is the same file).
+    /// The file's identity now, for comparison with the one recorded at creation. `resolve_file`
+    /// checked that one for escapes, so the same identity means the same file.
     pub fn identity(&self, rel: &RelPath) -> Result<FileIdentity, PathError> {
         let root = self.root()?;
         self.open_file(&root, rel).map(|(_, st)| identity(&st))
@@ -642,7 +645,7 @@ mod tests {
             ("~root/x", PathError::Absolute),
             (&long, PathError::TooLong),
             ("line\nbreak", PathError::BadChar),
-            // Found by the `path` fuzz target: `~` behind names that normalise away.
+            // The `path` fuzz target found this: a `~` behind names that normalise away.
             ("./~/./.", PathError::Absolute),
             ("//~x", PathError::Absolute),
         ];

@@ -39,7 +39,7 @@ return 1
 /// Where a link's tunnel lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
-    /// On this instance's node (or nobody's any more): tear it down here.
+    /// On this instance's node, or on no node any more, so tear it down here.
     Here,
     /// On another instance's node, which must be asked.
     Elsewhere(String),
@@ -93,8 +93,9 @@ impl Peers {
         &self.instance
     }
 
-    /// Which instance owns each open link's tunnel, read a few hundred at a time (HSCAN returns
-    /// every entry present for the whole scan; one added meanwhile may wait for the next).
+    /// Which instance owns each open link's tunnel, read a few hundred at a time. HSCAN returns
+    /// every entry that is present for the whole scan, and an entry added meanwhile may have to
+    /// wait for the next scan.
     async fn owners(&self) -> Result<HashMap<String, String>, StoreError> {
         let mut out = HashMap::new();
         let mut cursor = 0u64;
@@ -145,8 +146,8 @@ impl Peers {
         self.swap(id, &self.instance, "").await.map(drop)
     }
 
-    /// Takes `id` back from whichever instance holds it (this node has its tunnel); true if it
-    /// was another's.
+    /// Takes `id` back from whichever instance holds it, because this node has its tunnel.
+    /// Returns true if another instance held it.
     pub async fn reclaim(&self, id: &TunnelId) -> Result<bool, StoreError> {
         let Owner::Elsewhere(current) = self.owner(id).await? else {
             return Ok(false);

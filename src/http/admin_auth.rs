@@ -1,15 +1,15 @@
 //! Who may use the admin listener.
 //!
-//! Every request: its `Host` must name this listener (`localhost`, `127.0.0.1`, `[::1]`, the
-//! listener's own address, or a name in `FERRY_ADMIN_HOSTS`), else 421, which defeats DNS
-//! rebinding; a state-changing request whose `Origin` is not this listener gets 403: scheme
-//! `http`, one of those names, and the listener's own port (a page on another port of the same
-//! host is another site), or an origin `FERRY_ADMIN_HOSTS` lists whole (`https://nas.example`,
-//! for a proxy in front of the listener). With
-//! `FERRY_ADMIN_TOKEN` set, every route but `/health`, the login and the UI's static files needs
-//! `Authorization: Bearer <token>` (compared in constant time) or the session cookie the login
-//! sets (HttpOnly, SameSite=Strict, signed with a key derived from the token). Tokens are never
-//! logged.
+//! Every request's `Host` must name this listener (`localhost`, `127.0.0.1`, `[::1]`, the
+//! listener's own address, or a name in `FERRY_ADMIN_HOSTS`), or the request gets 421, which
+//! defeats DNS rebinding. A state-changing request whose `Origin` is not this listener gets 403.
+//! This listener's origins are those with scheme `http`, one of those names and the listener's own
+//! port (a page on another port of the same host is another site), and the origins that
+//! `FERRY_ADMIN_HOSTS` lists whole (`https://nas.example`, for a proxy in front of the listener).
+//! With `FERRY_ADMIN_TOKEN` set, every route except `/health`, the login and the UI's static files
+//! needs `Authorization: Bearer <token>` (compared in constant time) or the session cookie that the
+//! login sets (HttpOnly, SameSite=Strict, signed with a key derived from the token). Tokens are
+//! never logged.
 
 use std::net::SocketAddr;
 
@@ -39,7 +39,8 @@ struct Session {
     exp: u64,
 }
 
-/// Equal-length, data-independent comparison (the length of the expected token is not secret).
+/// Compares two strings in a time that does not depend on their content. The length of the
+/// expected token is not secret.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -105,7 +106,8 @@ impl AdminAuth {
         let mut origins = Vec::new();
         for h in extra_hosts {
             match Origin::parse(h) {
-                // A whole origin: its host is a name of this listener too (the proxy passes it).
+                // For an origin listed whole, its host is also a name of this listener, because
+                // the proxy passes it on.
                 Some(o) => {
                     hosts.push(o.host.clone());
                     origins.push(o);

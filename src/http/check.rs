@@ -1,15 +1,16 @@
-//! The check nginx makes before serving any public request (`auth_request` over the Unix socket
-//! in the state dir), and the previews it hands over. 204 allows, with the file's
-//! `Content-Disposition`; anything else makes nginx answer 444. Only nginx can reach this socket:
-//! it is never bound to TCP, and it never serves a file's bytes.
+//! The check that nginx makes before it serves any public request (an `auth_request` over the Unix
+//! socket in the state dir), and the link previews that nginx hands over to the same socket. A 204
+//! answer allows the request and carries the file's `Content-Disposition`; any other answer makes
+//! nginx answer 444. Only nginx can reach this socket: the socket is never bound to TCP, and it
+//! never serves a file's bytes.
 //!
-//! Every public request pays for this round trip, so the socket speaks just the HTTP/1.1 nginx
-//! uses upstream instead of going through hyper and axum: the request head is read in place
-//! (httparse), the `x-ferry-*` headers are looked up without being copied, and the answer is one
-//! write on a connection nginx keeps alive. With eleven headers a check, hyper's header map and
-//! axum's handler futures cost more CPU than the decision itself (`perf` under 4 KiB range load).
-//! nginx sends no body (`proxy_pass_request_body off`); a request with one is refused and its
-//! connection closed, as is anything that does not parse.
+//! Every public request pays for this round trip, so the socket speaks only the subset of HTTP/1.1
+//! that nginx uses towards an upstream, instead of going through hyper and axum. The request head
+//! is read in place with httparse, the `x-ferry-*` headers are looked up without being copied, and
+//! the answer is a single write on a connection that nginx keeps alive. A check carries eleven
+//! headers, and for that many headers hyper's header map and axum's handler futures would cost more
+//! CPU than the decision itself. nginx sends no body (`proxy_pass_request_body off`). A request
+//! that has a body is refused and its connection is closed, and so is anything that does not parse.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -24,13 +25,15 @@ use crate::links::rules::{Admission, Method, Refusal};
 use crate::links::{Links, content_disposition_bytes};
 use crate::model::{ClientKey, Conn, Use};
 
-/// nginx's own limit for a request head is 8 KiB a line; the check's head repeats the client's
-/// User-Agent and token, so twice that and some.
+/// nginx limits each line of a request head to 8 KiB. The check's head repeats the client's
+/// User-Agent and token, so this limit is more than twice that.
 const MAX_HEAD: usize = 32 * 1024;
-/// nginx sends eleven headers; room for the client's own, should an older config pass them.
+/// nginx sends eleven headers. The rest leaves room for the client's own headers, in case an older
+/// nginx config passes them on.
 const MAX_HEADERS: usize = 48;
 
-/// Serves the check socket until `shutdown`; a connection finishes the request it is answering.
+/// Serves the check socket until `shutdown` is cancelled. Each open connection first finishes the
+/// request it is answering.
 pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     loop {
@@ -42,14 +45,16 @@ pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: Cancella
                     connections.spawn(connection(stream, links.clone(), shutdown.clone()));
                 }
                 Err(e) => {
-                    // Out of descriptors, most likely: wait instead of spinning.
+                    // The most likely cause is running out of file descriptors, so wait a little
+                    // instead of retrying in a busy loop.
                     tracing::warn!(error = %e, "check socket: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }
     }
-    // Refused from now on, rather than left waiting for the drain.
+    // Dropping the listener refuses new connections from now on, instead of leaving them to wait
+    // while the open connections drain.
     drop(listener);
     connections.close();
     connections.wait().await;
@@ -67,8 +72,9 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                 if req.has_body {
                     respond(&mut out, 400, &[], "");
                 } else {
-                    // Boxed: the state of a check (1.2 KB) lives only while one is answered, not
-                    // in the task of every connection nginx keeps open.
+                    // The answer is boxed so that the state of a check exists only while a request
+                    // is being answered, and not in the task of every connection that nginx keeps
+                    // open.
                     Box::pin(answer(&links, &req, &mut out)).await;
                 }
                 (used, keep_alive)
@@ -78,7 +84,8 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                     input.reserve(4096);
                 }
                 let read = tokio::select! {
-                    // Between requests only: one being answered is finished first.
+                    // Shutdown is only noticed here, between requests, so a request that is being
+                    // answered is always finished first.
                     biased;
                     _ = shutdown.cancelled() => return,
                     read = stream.read_buf(&mut input) => read,
@@ -97,8 +104,9 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
                 (input.len(), false)
             }
             Err(BadHead) => {
-                // Control bytes in a client's header, passed on raw by nginx: the same head
-                // with them written out parses, and the client is served like any other.
+                // nginx passes control bytes in a client's header on unchanged, and httparse
+                // refuses them. Once they are written out as escapes, the same head parses and the
+                // client is served like any other.
                 if let Some(escaped) = escape_controls(&input) {
                     input = escaped;
                     continue;
@@ -109,7 +117,8 @@ async fn connection(mut stream: UnixStream, links: Arc<Links>, shutdown: Cancell
             }
         };
         if !keep_alive {
-            // Said, so that nginx does not put back for reuse a connection about to close.
+            // Tell nginx that this connection is about to close, so that nginx does not keep it
+            // for reuse.
             close_after_status(&mut out);
         }
         if stream.write_all(&out).await.is_err() || !keep_alive {
@@ -128,13 +137,14 @@ pub struct CheckRequest<'a> {
     has_body: bool,
 }
 
-/// What the socket refuses to read: not an HTTP/1.x request head, or too many headers.
+/// The error for a head that the socket refuses to read: input that is not an HTTP/1.x request
+/// head, or a head with too many headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not an HTTP/1.x request head nginx would send")]
 pub struct BadHead;
 
-/// Reads one request head from the start of `buf`, and how many bytes it took: `Ok(None)` while
-/// it is incomplete.
+/// Reads one request head from the start of `buf` and returns it with the number of bytes it took.
+/// Returns `Ok(None)` while the head is incomplete.
 pub fn parse<'a>(
     buf: &'a [u8],
     headers: &'a mut [httparse::Header<'a>],
@@ -169,7 +179,7 @@ pub fn parse<'a>(
 }
 
 impl<'a> CheckRequest<'a> {
-    /// Builds a request from header lines alone (the fuzz target's way in).
+    /// Builds a request from header lines alone. The fuzz target uses this to reach the check.
     pub fn from_headers(headers: &'a [httparse::Header<'a>]) -> Self {
         CheckRequest {
             method: "GET",
@@ -190,8 +200,8 @@ impl<'a> CheckRequest<'a> {
             .unwrap_or("")
     }
 
-    /// The first value of a header as the client sent it, whatever its bytes (a User-Agent may
-    /// be Latin-1, binary or empty, and is still one client), decoded lossily.
+    /// The first value of a header as the client sent it, decoded lossily whatever its bytes are.
+    /// A User-Agent may be Latin-1, binary or empty, and it still identifies one client.
     pub fn header_text(&self, name: &str) -> std::borrow::Cow<'a, str> {
         self.headers
             .iter()
@@ -200,9 +210,10 @@ impl<'a> CheckRequest<'a> {
     }
 }
 
-/// Writes control bytes in the header values of a request head as `\xNN`, so the head parses:
+/// Writes control bytes in the header values of a request head as `\xNN`, so that the head parses.
 /// nginx passes a client's header bytes on as they came, and httparse refuses control bytes that
-/// nginx accepts. Returns `None` when the head has none (or no end yet).
+/// nginx accepts. Returns `None` when the head has no control bytes, or when its end has not
+/// arrived yet.
 fn escape_controls(head: &[u8]) -> Option<Vec<u8>> {
     let end = head.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let bad = |b: u8| (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') || b == 0x7f;
@@ -223,7 +234,8 @@ fn escape_controls(head: &[u8]) -> Option<Vec<u8>> {
 
 async fn answer(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
     match (req.method, req.path) {
-        // nginx's auth subrequest is a GET; a HEAD is answered alike (a 204 has no body).
+        // nginx's auth subrequest is a GET. A HEAD gets the same answer, because a 204 has no body
+        // anyway.
         ("GET" | "HEAD", "/check") => check(links, req, out).await,
         ("GET" | "HEAD", path) if path.starts_with("/s/") => preview(links, req, req.method == "HEAD", out).await,
         _ => respond(out, 404, &[], ""),
@@ -240,7 +252,7 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
     };
     match decided {
         Ok((disposition, rate, what)) => {
-            // nginx's limit_rate: 0 is no cap.
+            // This becomes nginx's limit_rate, where 0 means no limit.
             let rate = rate.to_string();
             let claim = what.header();
             let headers = [
@@ -248,7 +260,8 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
                 ("x-ferry-claim", claim.as_str()),
                 ("x-ferry-disposition", &disposition),
             ];
-            // `content_disposition_bytes` percent-encodes the name; what is not a header value is left out.
+            // `content_disposition_bytes` percent-encodes the file name. If the result is still not
+            // a valid header value, the disposition header is left out.
             let sent = if visible(disposition.as_bytes()) { 3 } else { 2 };
             respond(out, 204, &headers[..sent], "");
         }
@@ -261,7 +274,8 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
     }
 }
 
-/// Audits a refusal, and counts those that look like guessing against the client.
+/// Audits a refusal. A refusal that looks like token guessing also counts toward banning the
+/// client.
 async fn refused(links: &Links, req: &CheckRequest<'_>, address: &str, refusal: Refusal, now: u64) {
     let tunnel = req.header("x-ferry-tunnel");
     links.audit_refusal(address, tunnel, refusal).await;
@@ -274,7 +288,8 @@ async fn refused(links: &Links, req: &CheckRequest<'_>, address: &str, refusal: 
     }
 }
 
-/// A previewer's request, handed over as is by nginx: an HTML preview, or 403 (444 at nginx).
+/// Answers a previewer's request, which nginx hands over unchanged. The answer is an HTML preview,
+/// or a 403 that nginx turns into 444.
 async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Vec<u8>) {
     let address = client_address(req);
     if links.bans.is_banned(&address, links.now_ms()) {
@@ -300,8 +315,8 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
         Err(refusal) => {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             tracing::debug!(%refusal, client = req.header("x-ferry-client"), "preview refused");
-            // A previewer's User-Agent is the client's to choose: its refusals are audited and
-            // count toward a ban like any other.
+            // The client chooses its own User-Agent, so a previewer's refusals are audited and
+            // count toward a ban like any other refusal.
             refused(links, req, &address, refusal, links.now_ms()).await;
             respond(out, 403, &[], "");
         }
@@ -316,7 +331,8 @@ fn client_address(req: &CheckRequest<'_>) -> std::sync::Arc<str> {
         .unwrap_or_default()
 }
 
-/// A header value as HeaderValue::to_str takes it: visible ASCII and tabs.
+/// Whether `HeaderValue::to_str` would accept this header value, which must be visible ASCII and
+/// tabs only.
 fn visible(value: &[u8]) -> bool {
     value.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
 }
@@ -414,8 +430,8 @@ mod tests {
         head(raw).unwrap().unwrap()
     }
 
-    /// nginx keeps up to 128 idle connections a worker to the socket, each one a task waiting
-    /// for its next request: that wait must not hold the state of a whole check.
+    /// nginx keeps up to 128 idle connections to the socket per worker, and each one is a task
+    /// waiting for its next request. A waiting task must not hold the state of a whole check.
     #[tokio::test]
     async fn an_idle_connection_holds_little() {
         let f = crate::links::timed_tests::fixture(&[]);
@@ -425,10 +441,9 @@ mod tests {
         assert!(size <= 4096, "an idle check connection's task takes {size} bytes");
     }
 
-    /// Every check allocates its state and moves it in: what is large and rare (closing a link
-    /// whose file changed) is boxed where it happens, so that a check does not carry room for it.
-    /// 1.2 KB in release and 1.8 KB in a test build; 8 KB with closing inline, and 16.6 KB when
-    /// the ban check wrapped the decision's future too, allocated and copied for each request.
+    /// Every check allocates its state and moves it onto the heap. Work that is large and rare,
+    /// such as closing a link whose file changed, is boxed where it happens, so that every check
+    /// does not have to carry room for it.
     #[tokio::test]
     async fn a_check_carries_little() {
         let f = crate::links::timed_tests::fixture(&[]);

@@ -1,6 +1,6 @@
 //! `GET /admin/events`: the links' events as Server-Sent Events, in the order they happened.
 //! At most [`MAX_SUBSCRIBERS`] streams are open at once (each holds a connection, a task and two
-//! channel receivers); one more gets 503 until one closes.
+//! channel receivers). A further request gets 503 until a stream closes.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::ErrorBody;
 use super::state::AppState;
 
-/// Event streams open at once, at most.
+/// The most event streams that may be open at once.
 pub const MAX_SUBSCRIBERS: usize = 64;
 
 /// The permits for event streams: one is held for as long as its stream is open.
@@ -47,8 +47,9 @@ pub async fn events(State(s): State<AppState>) -> Response {
         )
             .into_response();
     };
-    // This instance's events, and (with shared state) the other instances' ones. The permit
-    // goes with the stream, and back when the client hangs up and the stream is dropped.
+    // The stream carries this instance's events and, with shared state, the other instances'
+    // events. The permit moves into the stream, and is returned when the client hangs up and the
+    // stream is dropped.
     let rx = (s.links.events.subscribe(), s.links.peer_events.subscribe(), permit);
     let stream = stream::unfold(rx, |(mut rx, mut peers, permit)| async move {
         let lagged = |n| SseEvent::default().event("lagged").data(format!("{{\"missed\":{n}}}"));
@@ -57,7 +58,7 @@ pub async fn events(State(s): State<AppState>) -> Response {
                 Ok(e) => SseEvent::default()
                     .event(e.event.as_str())
                     .data(serde_json::to_string(&e).unwrap_or_default()),
-                // A slow reader missed events: say so, and go on from the newest.
+                // A slow reader missed events. Tell it so, and go on from the newest event.
                 Err(RecvError::Lagged(n)) => lagged(n),
                 Err(RecvError::Closed) => return None,
             },

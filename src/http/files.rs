@@ -19,7 +19,7 @@ const PAGE: usize = 1_000;
 const MAX_PAGE: usize = 10_000;
 /// Offsets are whole numbers a JSON client can write exactly (the document says `int64`).
 const MAX_OFFSET: usize = i64::MAX as usize;
-/// Search results at most, and how long one search may look.
+/// The most results a search returns, and how long one search may look.
 const SEARCH_RESULTS: usize = 500;
 const SEARCH_TIME: Duration = Duration::from_secs(2);
 
@@ -97,7 +97,7 @@ pub struct FileList {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<u64>)]
     pub next_offset: Option<Option<u64>>,
-    /// Search: it stopped at a limit (results, folders or time) before looking everywhere.
+    /// Search: whether it stopped at a limit (results, folders or time) before looking everywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
 }

@@ -1,4 +1,5 @@
-//! `GET /health`: is every part ferry depends on working? 503 when one is down.
+//! `GET /health`: reports whether every part that ferry depends on is working, with 503 when a
+//! part is down.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ pub fn router() -> Router<AppState> {
 /// The body of `GET /health`.
 #[derive(Serialize, ToSchema)]
 pub struct HealthReport {
-    /// `ok` when every part is, else `degraded` (also when the answer is 503).
+    /// `ok` when every part is ok, and otherwise `degraded` (also when the answer is 503).
     pub status: Health,
     pub components: Components,
 }
@@ -49,7 +50,7 @@ impl Components {
         ]
     }
 
-    /// ferry as a whole: `ok` when every part is, else `degraded`.
+    /// ferry as a whole: `ok` when every part is ok, and otherwise `degraded`.
     fn overall(&self) -> Health {
         Health::ok_or_degraded(self.statuses().iter().all(|h| *h == Health::Ok))
     }

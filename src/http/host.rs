@@ -7,7 +7,8 @@ use serde::Serialize;
 use sysinfo::{Disks, System};
 use utoipa::ToSchema;
 
-/// The host sampler: CPU usage is a difference between two refreshes, so one `System` lives on.
+/// The host sampler. CPU usage is the difference between two refreshes, so one `System` is kept
+/// between samples.
 /// `None` where the platform gives no system information.
 pub struct Host(Mutex<Option<System>>);
 

@@ -142,8 +142,8 @@ pub async fn list(State(s): State<AppState>) -> Result<Json<TunnelList>, ApiErro
 }
 
 /// Links, newest first.
-// Serialized straight from the views: a `serde_json::Value` in between makes a long list twice
-// as slow.
+// The list is serialized straight from the views, because a `serde_json::Value` in between would
+// slow down a long list.
 #[derive(Serialize, ToSchema)]
 pub struct TunnelList {
     pub tunnels: Vec<TunnelView>,

@@ -1,5 +1,6 @@
-//! `GET /admin/monitor/status`: how the parts are doing: the log monitor (lag, counters), nginx,
-//! the provider, the store, and the host (CPU, memory, free space where the data dir lives).
+//! `GET /admin/monitor/status`: how each part is doing. The parts are the log monitor (lag,
+//! counters), nginx, the provider, the store, and the host (CPU, memory, free space where the data
+//! dir lives).
 
 use std::sync::atomic::Ordering;
 
