@@ -89,9 +89,9 @@ mod heap {
     }
 
     /// glibc gives each thread that allocates its own heap arena (up to 8 per core) and keeps
-    /// freed memory in them: after each burst of a thousand downloads ferry held on to 13 to 20 MB
-    /// more, spread over arenas (measured in tests/it/reliability.rs). One arena is plenty for a
-    /// server whose work is short bookkeeping (nginx moves the bytes).
+    /// freed memory in those arenas, so every burst of downloads would leave ferry holding more
+    /// memory, spread over arenas. One arena is plenty for a server whose work is short
+    /// bookkeeping, since nginx moves the bytes.
     pub fn limit_arenas() {
         const M_ARENA_MAX: i32 = -8;
         // SAFETY: `mallopt` only sets an allocator parameter; it is called once, before any other
@@ -129,7 +129,7 @@ mod heap {
 /// Even with one arena, glibc keeps most of what a burst freed: it returns only a free top of the
 /// heap, and only above a threshold that large frees raise. So every few seconds, if the heap has
 /// changed since the last look and holds a megabyte or more free, its free pages go back to the
-/// system (one walk of the heap's free lists; nothing while idle).
+/// system. That costs one walk of the heap's free lists, and nothing while ferry is idle.
 async fn return_freed_memory(shutdown: CancellationToken) {
     const AT_LEAST: usize = 1 << 20;
     let mut every = ferry::model::Every::new(std::time::Duration::from_secs(5), shutdown);

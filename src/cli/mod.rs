@@ -215,7 +215,8 @@ async fn share(client: &Client, s: Share) -> Result<ExitCode, Failure> {
         let stats = client.get(&path).await?;
         let t = &stats["tunnel"];
         bar.draw(t);
-        // The allowance is used up: the download is done (the link lingers for its grace period).
+        // The allowance is used up, so the download is done. The link stays open for its grace
+        // period.
         if t["state"] == "completed" || t["close_reason"] == "completed" {
             bar.finish("completed");
             return Ok(ExitCode::SUCCESS);

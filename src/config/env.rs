@@ -337,8 +337,8 @@ impl Nginx {
             }
         };
         let nginx_bin = src.get("FERRY_NGINX_BIN").map(PathBuf::from);
-        // Behind a tunnel, the tunnel's own address is believed by default (the sidecar on this
-        // host); with `local` nobody is.
+        // Behind a tunnel, the tunnel's own address (the sidecar on this host) is believed by
+        // default. With the `local` provider, no address is believed.
         let trusted_proxies = match src.get("FERRY_TRUSTED_PROXIES") {
             Some(v) => list(Some(v)),
             None if provider == ProviderKind::Local => vec![],

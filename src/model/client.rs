@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// A client: an IPv4 address or an IPv6 /64, with its User-Agent. The strings of a link record
-/// are shared (`Arc<str>`): a record is copied on every update, and copying it must not
+/// are shared (`Arc<str>`), because a record is copied on every update, and copying it must not
 /// allocate once per string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ClientKey {
@@ -17,7 +17,8 @@ pub struct ClientKey {
 impl ClientKey {
     pub fn new(addr: &str, user_agent: &str) -> Option<Self> {
         let address: Arc<str> = if addr.parse::<std::net::Ipv4Addr>().is_ok() {
-            // std accepts only the normal dotted form (no leading zeros, no spaces): as it is.
+            // std accepts only the normal dotted form (no leading zeros, no spaces), so the
+            // address is kept as it is.
             addr.into()
         } else {
             Self::normal_address(addr)?.into()
@@ -35,7 +36,8 @@ impl ClientKey {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => v4.to_string(),
                 None => {
-                    // The /64 in its one normal form (RFC 5952), so a client has one key.
+                    // The /64 is written in its one normal form (RFC 5952), so that a client has
+                    // only one key.
                     let s = v6.segments();
                     let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
                     format!("{net}/64")
@@ -55,7 +57,8 @@ mod tests {
         let b = ClientKey::new("2001:db8:1:2:bbbb::9", "ua").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.address.as_ref(), "2001:db8:1:2::/64");
-        // Found by the `check_request` fuzz target: zero groups were written out (`2001:db8:a1ba:0::`).
+        // The `check_request` fuzz target found this: zero groups were written out
+        // (`2001:db8:a1ba:0::`).
         let z = ClientKey::new("2001:db8:a1ba::b:2:3:4", "ua").unwrap();
         assert_eq!(z.address.as_ref(), "2001:db8:a1ba::/64");
         assert_eq!(&*ClientKey::new("::1", "ua").unwrap().address, "::/64");

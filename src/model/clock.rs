@@ -40,8 +40,8 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// A period for background work: the first tick at once, a late one not made up, none after
-/// the token is cancelled.
+/// A period for background work. The first tick comes at once, a late tick is not made up, and no
+/// tick comes after the token is cancelled.
 pub struct Every {
     tick: tokio::time::Interval,
     cancel: CancellationToken,
@@ -54,7 +54,7 @@ impl Every {
         Every { tick, cancel }
     }
 
-    /// Waits for the next tick: `false` once cancelled.
+    /// Waits for the next tick. Returns `false` once cancelled.
     pub async fn tick(&mut self) -> bool {
         tokio::select! {
             _ = self.cancel.cancelled() => false,

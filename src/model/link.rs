@@ -67,7 +67,7 @@ pub struct Claim {
 pub struct Read {
     pub address: Arc<str>,
     pub bytes: u64,
-    /// What those reads proved delivered: given to the slot this address claims next, so a
+    /// What those reads proved delivered. It is added to the slot this address claims next, so a
     /// client that began with small reads still completes when it holds every byte.
     #[serde(default)]
     pub coverage: Coverage,
@@ -95,8 +95,9 @@ pub struct InFlight {
     pub progress_ms: u64,
     /// When the connection was first found gone.
     pub gone_ms: Option<u64>,
-    /// A later request arrived on the same connection: this response is over (its log line is
-    /// on its way), and what the connection carries from now on is not this request's.
+    /// Whether a later request arrived on the same connection. If so, this response is over (its
+    /// log line is on its way), and what the connection carries from now on belongs to another
+    /// request.
     #[serde(default)]
     pub ended: bool,
 }
@@ -111,7 +112,8 @@ impl InFlight {
 /// One finished request, as the owner sees it in a link's stats (the last few are kept).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestSeen {
-    /// nginx's `$request_id`: a line read twice (a replay after a crash) is applied once.
+    /// nginx's `$request_id`, which makes sure that a line read twice (a replay after a crash) is
+    /// applied once.
     #[serde(default)]
     pub request_id: Arc<str>,
     pub time_ms: u64,
@@ -150,14 +152,14 @@ pub struct Link {
     /// Reads by address (at most `rules::MAX_READERS_KEPT`), and their sum.
     pub reads: Vec<Read>,
     pub reads_total: u64,
-    /// Bytes handed out that added nothing to a slot: drawn from the re-send budget.
+    /// Bytes handed out that added nothing to a slot. They are drawn from the re-send budget.
     pub resent: u64,
     /// Bytes admitted in the grace period.
     pub grace_sent: u64,
     pub inflight: Vec<InFlight>,
     pub clients: Vec<ClientSeen>,
     /// The last requests settled from the log, oldest first. Shared between copies of the
-    /// record until a log line changes it (a check copies the record and never does).
+    /// record until a log line changes it. A check copies the record but never changes this list.
     #[serde(default)]
     pub requests: Arc<Vec<RequestSeen>>,
     pub last_activity_ms: Option<u64>,
