@@ -110,7 +110,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `hang_next`: this command takes the knob's next turn and hangs.
+/// Implements `hang_next`: while the switch still counts turns, this command takes one of them
+/// and hangs.
 fn hang_if_asked(socket: &Path) {
     let Ok(_guard) = lock(socket) else { return };
     let Ok(mut node) = Node::connect(socket) else { return };
@@ -333,7 +334,8 @@ impl Node {
         }
         let _guard = lock(&self.socket)?;
         let mut now = Node::connect(&self.socket).map_err(|d| Fail::new(d.sending_serve_config()))?;
-        // Neither root nor the operator: 403, which the client reports as "Access denied".
+        // A user who is neither root nor the operator gets 403, which the client reports as
+        // "Access denied".
         if now.flag("denied", false) {
             return Err(Fail::new("sending serve config: Access denied: serve config denied"));
         }
@@ -1354,7 +1356,7 @@ impl Front {
             .iter()
             .any(|c| c["AllowFunnel"][&hp].as_bool() == Some(true));
         if !funnel {
-            // Funnel is off for this host:port: nothing answers from the Internet.
+            // Funnel is off for this host:port, so nothing answers from the Internet.
             return client.shutdown(Shutdown::Both);
         }
         let tcp = &conf["TCP"][self.port.to_string()];
@@ -1438,8 +1440,8 @@ fn serve_web(mut client: TcpStream, peer: SocketAddr, handlers: &Map<String, Val
     let Some(proxy) = handler["Proxy"].as_str() else {
         return not_found(&mut client);
     };
-    // http.StripPrefix takes the mount off the path as sent, decoded and raw; a path that
-    // reached the mount only once cleaned (`/s/a/../b`) does not start with it: 404.
+    // http.StripPrefix takes the mount off the path as sent, both decoded and raw. A path that
+    // reached the mount only once cleaned (`/s/a/../b`) does not start with it, so it gets 404.
     let rest = if path == "/" {
         Some(raw_path.clone())
     } else {

@@ -16,7 +16,8 @@ use crate::helpers::{TestApp, curl, eventually, free_port, startup_error};
 const EMULATOR: &str = env!("CARGO_BIN_EXE_tailscale-emulator");
 const DNS: &str = "ferry-nas.tail0000.ts.net";
 const IMAGE_REPO: &str = "ferry-test-tailscale";
-/// The sidecar container's command: tailscaled, again whenever it exits, unless it was stopped.
+/// The sidecar container's command. It runs tailscaled, and starts it again whenever it exits,
+/// unless it was stopped.
 const DAEMON_LOOP: &str =
     "while :; do [ -e /var/run/tailscale/stopped ] || /usr/local/bin/tailscale daemon \"$@\"; busybox sleep 0.1; done";
 
@@ -75,7 +76,8 @@ impl Sidecar {
                 .map(|s| s.to_string())
                 .collect();
                 args.extend(s.daemon_args());
-                // Named before it runs, so Drop removes it even if `run` half-failed.
+                // The container is named before it runs, so that Drop removes it even if `run`
+                // half-failed.
                 s.container = Some(name);
                 let out = std::process::Command::new("docker").args(&args).output().unwrap();
                 assert!(
@@ -458,7 +460,7 @@ async fn a_link_downloads_through_funnel_and_then_answers_404(kind: Kind) {
     // The real client address came through X-Forwarded-For from the trusted front.
     assert_eq!(closed["clients"][0]["address"], "127.0.0.5", "{closed}");
 
-    // Gone at the provider: Tailscale's own 404; the placeholder stays.
+    // The handler is gone at the provider, so Tailscale answers its own 404. The placeholder stays.
     let front = ts.via_front(url);
     eventually(Duration::from_secs(5), "the path answers 404", async || {
         let r = curl(&front, &[]).await;
@@ -469,7 +471,7 @@ async fn a_link_downloads_through_funnel_and_then_answers_404(kind: Kind) {
     let (_, health) = app.get("/health").await;
     assert_eq!(health["components"]["provider"]["status"], "ok", "{health}");
 
-    // A graceful stop takes the placeholder away too: nothing of ferry's stays public.
+    // A graceful stop removes the placeholder too, so nothing of ferry's stays public.
     let mut app = app;
     app.stop().await;
     assert!(ts.mounts().is_empty(), "{}", ts.serve_config());
@@ -587,7 +589,7 @@ async fn a_sidecar_restart_gets_the_handlers_back(kind: Kind) {
     let id = v["tunnel_id"].as_str().unwrap();
     ts.restart().await;
     let url = ts.via_front(v["download_url"].as_str().unwrap());
-    // With no config at all Funnel is off for the port: nothing answers.
+    // With no config at all, Funnel is off for the port and nothing answers.
     assert_eq!(curl(&url, &["-I"]).await.status, 0, "the restart lost the handler");
     // ferry notices within its reconcile period and puts the link's handler (and the
     // placeholder) back.
@@ -671,7 +673,7 @@ async fn missing_funnel_capability_fails_creation_clearly(kind: Kind) {
         msg.contains("Funnel is not available") && msg.contains("https://login.tailscale.com/f/funnel"),
         "{msg}"
     );
-    // Recorded closed as `error`, nothing exposed, and /health says why.
+    // The link is recorded as closed with `error`, nothing is exposed, and /health says why.
     let history = app.history().await;
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["close_reason"], "error");
@@ -806,7 +808,7 @@ async fn tcp_mode_forwards_with_proxy_protocol_while_a_link_is_open(kind: Kind) 
     assert!(clients.contains(&"127.0.0.7"), "{stats}");
     assert_eq!(closed["clients"][0]["address"], "127.0.0.7", "{closed}");
 
-    // The last link closed: the forward is gone, and nothing answers.
+    // Once the last link is closed, the forward is gone and nothing answers.
     let front = ts.front.clone();
     eventually(Duration::from_secs(5), "the forward is removed", async || {
         ts.serve_config()["TCP"].is_null()
@@ -998,8 +1000,8 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
     }
     let r = curl(&format!("{}/s/probe/%zz", ts.front), &["--path-as-is"]).await;
     assert_eq!(r.status, 400);
-    // An upstream that closes without answering (nginx's 444): one retry on a fresh
-    // connection, as Go's transport does for a GET, then 502.
+    // An upstream that closes without answering (nginx's 444) gets one retry on a fresh
+    // connection, as Go's transport does for a GET, and then the front answers 502.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = format!("http://{}", silent.local_addr().unwrap());
     let (code, _, err) = ts.cli(&["funnel", "--bg", "--https=443", "--set-path=/s/silent", &target]);
@@ -1017,7 +1019,7 @@ async fn the_front_rewrites_paths_and_sets_funnel_headers() {
     assert_eq!((r.status, r.body.len()), (502, 0));
     assert_eq!(closer.await.unwrap(), 2, "one request, one retry");
 
-    // No handler: Tailscale's 404.
+    // Without a handler, Tailscale answers its own 404.
     let r = curl(&format!("{}/s/other/x", ts.front), &[]).await;
     assert_eq!((r.status, r.body.as_slice()), (404, b"404 page not found\n".as_slice()));
 }
@@ -1188,7 +1190,8 @@ async fn funnel_not_enabled_fails_creation_clearly_in_each_of_its_ways(kind: Kin
         ],
     )
     .await;
-    // The control server cannot be asked: the old capability check's words, no link.
+    // When the control server cannot be asked, the CLI prints the old capability check's words
+    // and no link.
     ts.set(&["funnel_enable=error"]);
     refused_creation(
         &ts,
@@ -1271,7 +1274,7 @@ async fn permission_refusals_are_reported_as_such(kind: Kind) {
     provider_ok_again(&app).await;
     app.link("a.bin").await;
 
-    // Not the operator: tailscaled refuses every write.
+    // When ferry's user is not the operator, tailscaled refuses every write.
     ts.set(&["denied=true"]);
     let msg = refused_creation(&ts, &app, &["may not change the serve config", "--operator"]).await;
     assert!(msg.contains("Access denied: serve config denied"), "{msg}");
@@ -1328,7 +1331,8 @@ async fn an_ipv6_upstream_verifies(kind: Kind) {
     let id = v["tunnel_id"].as_str().unwrap();
     let h = handler(&ts.serve_config(), &format!("/s/{id}"));
     assert_eq!(h["Proxy"], format!("http://::1:{port}/s/{id}"), "{h}");
-    // The reconciliation reads it as ferry's too: nothing re-asserted, nothing removed.
+    // The reconciliation also reads it as ferry's handler, so nothing is put back and nothing is
+    // removed.
     two_reconciliations(&app).await;
     assert!(!app.log().contains("tunnel provider reconciled"), "{}", app.log());
     assert_eq!(app.terminate(id).await, 204);
@@ -1362,7 +1366,7 @@ async fn an_old_tailscale_takes_a_localhost_upstream_and_refuses_another(kind: K
     assert!(r.body == bytes);
     drop(app);
 
-    // Another upstream, or tcp mode: ferry does not start, and says what to change.
+    // With another upstream, or in tcp mode, ferry does not start, and it says what to change.
     for (k, v, wants) in [
         (
             "FERRY_UPSTREAM_URL",
