@@ -21,8 +21,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::preview::{content_disposition_bytes, preview_html};
+use crate::links::Links;
 use crate::links::rules::{Admission, Method, Refusal};
-use crate::links::{Links, content_disposition_bytes};
 use crate::model::{ClientKey, Conn, Use};
 
 /// nginx limits each line of a request head to 8 KiB. The check's head repeats the client's
@@ -300,7 +301,7 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
         .await
     {
         Ok(link) => {
-            let html = crate::links::preview_html(&link);
+            let html = preview_html(&link);
             let headers = [
                 ("content-type", "text/html; charset=utf-8"),
                 ("referrer-policy", "no-referrer"),

@@ -15,6 +15,7 @@ pub mod json;
 pub mod links;
 pub mod metrics;
 pub mod openapi;
+pub mod preview;
 pub mod state;
 pub mod status;
 pub mod ui;
