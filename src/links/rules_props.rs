@@ -1431,18 +1431,22 @@ fn the_grace_period_refuses_a_head() {
     run((3_000, 1, 100_000, vec![get((0, 0)), log, head])).unwrap();
 }
 
-/// Two requests of one claim ask for overlapping bytes, and the later one, which held the
-/// overlap from the re-send budget, settles first. The earlier one then sends those bytes a
-/// second time, so the budget must go on holding them until it settles too.
-#[test]
-fn an_overlap_stays_held_when_the_later_request_settles_first() {
-    let request = |client, range| Event::Request {
+/// A plain GET of `range` by `client`, on a new connection.
+fn get_of(client: (u8, u8), range: RangeKind) -> Event {
+    Event::Request {
         client,
         method: Method::Get,
         range,
         if_range: IfRange::None,
         baseline: 0,
-    };
+    }
+}
+
+/// Two requests of one claim ask for overlapping bytes, and the later one, which held the
+/// overlap from the re-send budget, settles first. The earlier one then sends those bytes a
+/// second time, so the budget must go on holding them until it settles too.
+#[test]
+fn an_overlap_stays_held_when_the_later_request_settles_first() {
     let log = |nth| Event::Log {
         nth: index(nth),
         ok: true,
@@ -1451,14 +1455,14 @@ fn an_overlap_stays_held_when_the_later_request_settles_first() {
         claim: LineClaim::Answered,
     };
     let events = vec![
-        request((0, 0), RangeKind::From(index(25_691_844_113_801_604))),
-        request((1, 0), RangeKind::Suffix(679)),
-        request((1, 0), RangeKind::Span(index(0), 699)),
+        get_of((0, 0), RangeKind::From(index(25_691_844_113_801_604))),
+        get_of((1, 0), RangeKind::Suffix(679)),
+        get_of((1, 0), RangeKind::Span(index(0), 699)),
         log(12_297_829_382_473_034_411),
-        request((0, 0), RangeKind::Span(index(25_691_844_113_801_604), 83)),
+        get_of((0, 0), RangeKind::Span(index(25_691_844_113_801_604), 83)),
         log(0),
         Event::Wait(0),
-        request((0, 0), RangeKind::Multi),
+        get_of((0, 0), RangeKind::Multi),
         Event::Wait(0),
         Event::Wait(0),
     ];
@@ -1472,26 +1476,19 @@ fn an_overlap_stays_held_when_the_later_request_settles_first() {
 /// sending them again on top of the held copy would pass the bound.
 #[test]
 fn nothing_more_is_sent_while_held_and_lost_bytes_pass_the_budget() {
-    let request = |client, range| Event::Request {
-        client,
-        method: Method::Get,
-        range,
-        if_range: IfRange::None,
-        baseline: 0,
-    };
     let events = vec![
-        request((0, 0), RangeKind::Span(index(0), 1200)),
-        request((0, 0), RangeKind::Span(index(0), 1200)),
-        request((1, 0), RangeKind::Span(index(0), 1199)),
+        get_of((0, 0), RangeKind::Span(index(0), 1200)),
+        get_of((0, 0), RangeKind::Span(index(0), 1200)),
+        get_of((1, 0), RangeKind::Span(index(0), 1199)),
         Event::Sample {
             nth: index(12_297_829_382_473_034_411),
             acked: None,
         },
         Event::Wait(UNLOGGED_AFTER_MS),
         Event::Tick,
-        request((0, 0), RangeKind::From(index(7_378_697_629_483_820_647))),
-        request((1, 0), RangeKind::None),
-        request((2, 0), RangeKind::None),
+        get_of((0, 0), RangeKind::From(index(7_378_697_629_483_820_647))),
+        get_of((1, 0), RangeKind::None),
+        get_of((2, 0), RangeKind::None),
     ];
     run((3_000, 3, 1_000_000, events)).unwrap();
 }
