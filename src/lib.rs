@@ -5,7 +5,8 @@
 //! From the ground floor up; a module imports only those above it in this list, never one below
 //! (`script/cycles` checks that no file imports one that imports it back).
 //! - [`model`]: what a link is, its ids, the clock and small formatting helpers. It imports
-//!   nothing of ferry. [`data_dir`]: paths beneath the data dir, resolved safely.
+//!   nothing of ferry. [`data_dir`]: paths beneath the data dir, resolved safely. [`archive`]: a
+//!   folder or several files as one ZIP, its member names and exact byte layout, without I/O.
 //! - [`config`]: one typed configuration, from the environment, validated at startup.
 //! - [`health`], [`programs`]: how a part is doing; finding the programs ferry runs.
 //! - [`store`]: where links live (embedded redb, or Redis), behind one interface.
@@ -22,6 +23,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
