@@ -8,6 +8,8 @@
 pub mod layout;
 pub mod names;
 pub mod time;
+#[cfg(test)]
+mod tool_tests;
 
 pub use layout::{Layout, LayoutError, Member, NeedsCrc, Piece, Pieces};
 pub use names::{NameError, archive_name, member_name, member_names};
