@@ -649,5 +649,43 @@ mod tests {
             }
             prop_assert_eq!(joined, whole);
         }
+
+        #[test]
+        fn no_wrong_byte_while_crcs_are_missing(
+            members in names_and_sizes(),
+            known_mask in any::<u8>(),
+            start in any::<u64>(),
+        ) {
+            let files: Vec<Vec<u8>> = members.iter().enumerate().map(|(i, (_, s))| content(i, *s)).collect();
+            let all: Vec<Option<u32>> = (0..members.len()).map(|i| Some(0xBEEF_0000 + i as u32)).collect();
+            let some: Vec<Option<u32>> = all.iter().enumerate().map(|(i, c)| c.filter(|_| known_mask >> i & 1 == 1)).collect();
+            let layout = Layout::new(members.iter().map(|(n, s)| member(n, *s)).collect()).unwrap();
+            let total = layout.total_len();
+            let whole = assemble(&layout, &files, &all, 0..total);
+            let start = start % total;
+            let mut at = start;
+            for piece in layout.pieces(start..total, &some) {
+                match piece {
+                    Ok(Piece::Bytes(b)) => {
+                        prop_assert_eq!(&b[..], &whole[at as usize..at as usize + b.len()]);
+                        at += b.len() as u64;
+                    }
+                    Ok(Piece::File { member, offset, len }) => {
+                        prop_assert_eq!(layout.data_range(member).start + offset, at);
+                        at += len;
+                    }
+                    // It stops at one of that member's CRC bytes, and only when that CRC is unknown.
+                    Err(NeedsCrc { member }) => {
+                        let e = &layout.entries[member];
+                        let fields = [e.local_at + LOCAL_CRC_AT, e.central_at + CENTRAL_CRC_AT];
+                        prop_assert!(some[member].is_none());
+                        prop_assert!(fields.iter().any(|f| (*f..f + 4).contains(&at)), "stopped at {}", at);
+                    }
+                }
+            }
+            if some.iter().all(Option::is_some) {
+                prop_assert_eq!(at, total);
+            }
+        }
     }
 }
