@@ -108,9 +108,10 @@ pub fn admit(link: &mut Link, a: &Admission, now: u64, p: &Policy) -> Result<Adm
         gone_ms: None,
         ended: false,
     });
-    if let Use::Claim { .. } = what {
+    if new_claim {
         // The address's earlier reads may have just been added to the slot, so every request's
-        // hold on the re-send budget is worked out again.
+        // hold on the re-send budget is worked out again. A request under an existing claim
+        // changes no coverage, and `reserve` already gave it the hold this would.
         hold_resends(link);
     }
     Ok(Admitted { new_claim, what })
