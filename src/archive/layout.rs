@@ -329,21 +329,28 @@ impl Layout {
         }
     }
 
+    /// The fields a local header and a central entry share, in the same order: version needed,
+    /// flags, method, DOS time and date, CRC-32 (zeros while unknown), both sizes, name length.
+    fn common_fields(&self, h: &mut Vec<u8>, i: usize, crcs: &[Option<u32>]) {
+        let e = &self.entries[i];
+        put16(h, e.version());
+        put16(h, FLAGS);
+        put16(h, 0); // stored
+        put16(h, e.dos.0);
+        put16(h, e.dos.1);
+        put32(h, known(crcs, i).unwrap_or(0));
+        let size32 = if e.big() { MAX32 } else { e.member.size } as u32;
+        put32(h, size32); // compressed
+        put32(h, size32); // uncompressed
+        put16(h, e.member.name.len() as u16);
+    }
+
     /// Member `i`'s local file header, with its CRC-32 or, while that is unknown, zeros.
     fn local_header(&self, i: usize, crcs: &[Option<u32>]) -> Vec<u8> {
         let e = &self.entries[i];
         let mut h = Vec::with_capacity(e.local_len() as usize);
         put32(&mut h, 0x0403_4b50);
-        put16(&mut h, e.version());
-        put16(&mut h, FLAGS);
-        put16(&mut h, 0); // stored
-        put16(&mut h, e.dos.0);
-        put16(&mut h, e.dos.1);
-        put32(&mut h, known(crcs, i).unwrap_or(0));
-        let size32 = if e.big() { MAX32 } else { e.member.size } as u32;
-        put32(&mut h, size32); // compressed
-        put32(&mut h, size32); // uncompressed
-        put16(&mut h, e.member.name.len() as u16);
+        self.common_fields(&mut h, i, crcs);
         put16(&mut h, if e.big() { 20 } else { 0 });
         h.extend_from_slice(e.member.name.as_bytes());
         if e.big() {
@@ -362,16 +369,7 @@ impl Layout {
         let mut h = Vec::with_capacity(e.central_len() as usize);
         put32(&mut h, 0x0201_4b50);
         put16(&mut h, MADE_BY);
-        put16(&mut h, e.version());
-        put16(&mut h, FLAGS);
-        put16(&mut h, 0); // stored
-        put16(&mut h, e.dos.0);
-        put16(&mut h, e.dos.1);
-        put32(&mut h, known(crcs, i).unwrap_or(0));
-        let size32 = if e.big() { MAX32 } else { e.member.size } as u32;
-        put32(&mut h, size32); // compressed
-        put32(&mut h, size32); // uncompressed
-        put16(&mut h, e.member.name.len() as u16);
+        self.common_fields(&mut h, i, crcs);
         put16(&mut h, e.central_extra_len() as u16);
         put16(&mut h, 0); // comment length
         put16(&mut h, 0); // disk number
