@@ -252,6 +252,36 @@ pub struct FileIdentity {
     pub mtime_ns: i128,
 }
 
+/// What a file was when a link was made: compared again whenever the file is read.
+///
+/// The change time is part of it because a file can be rewritten with its old size and
+/// modification time put back (`touch -r`), and only the change time then tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl Stamp {
+    /// The stamp of an open file now.
+    pub fn of(file: &std::fs::File) -> std::io::Result<Stamp> {
+        Ok(stamp(&rfs::fstat(file)?))
+    }
+}
+
+fn stamp(st: &rfs::Stat) -> Stamp {
+    Stamp {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+        ctime_ns: st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128,
+    }
+}
+
 /// A regular file found beneath the data dir.
 pub struct Resolved {
     pub identity: FileIdentity,
@@ -463,6 +493,29 @@ impl DataDir {
     pub fn identity(&self, rel: &RelPath) -> Result<FileIdentity, PathError> {
         let root = self.root()?;
         self.open_file(&root, rel).map(|(_, st)| identity(&st))
+    }
+
+    /// Opens a regular file beneath the data dir for reading, with its stamp now.
+    ///
+    /// The file is found with `O_PATH`, which opens nothing, and only a regular file is then
+    /// opened through `/proc/self/fd`: that reopens the very file found, so a FIFO (whose open
+    /// would wait for a writer) or a device put in its place meanwhile is never opened.
+    pub fn open_read(&self, rel: &RelPath) -> Result<(std::fs::File, Stamp), PathError> {
+        let root = self.root()?;
+        let (found, _) = self.open_file(&root, rel)?;
+        let file = rfs::open(
+            format!("/proc/self/fd/{}", found.as_raw_fd()),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            // Without /proc the file is there, but it cannot be reopened.
+            rustix::io::Errno::NOENT => PathError::Io(format!("cannot reopen it through /proc: {e}")),
+            e => io(e),
+        })?;
+        let file = std::fs::File::from(file);
+        let stamp = Stamp::of(&file).map_err(|e| PathError::Io(e.to_string()))?;
+        Ok((file, stamp))
     }
 
     /// The identity of the regular file `path` leads to (symlinks followed), if there is one.
