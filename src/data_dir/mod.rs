@@ -23,6 +23,10 @@ use std::time::Instant;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags};
 use serde::{Deserialize, Serialize};
 
+mod collect;
+
+pub use collect::{CollectError, Collected, CollectedFile, Skipped};
+
 /// Longest path, and longest name, in bytes (Linux's `PATH_MAX` and `NAME_MAX`).
 const MAX_PATH: usize = 4096;
 const MAX_NAME: usize = 255;
