@@ -63,7 +63,7 @@ struct Frame {
 /// What one entry of a folder turned out to be.
 enum Kind {
     File(Stamp),
-    Folder(OwnedFd, rfs::Stat),
+    Folder(OwnedFd),
 }
 
 /// One call's progress: the members so far, and every folder entered.
@@ -141,7 +141,8 @@ impl Walk {
     /// Walks the shared folder `top` (found at `rel`), depth first, naming its members
     /// `prefix` followed by their paths inside it. Every entry is resolved from `top` with
     /// `RESOLVE_BENEATH`, so a symlink that leads out of the shared folder is refused by the
-    /// kernel, however it is written.
+    /// kernel, however it is written. Folders reached through a symlink are walked last, so that
+    /// a folder reached both ways keeps its own name and the symlink is the one left out.
     fn folder(&mut self, top: &OwnedFd, st: &rfs::Stat, rel: &RelPath, prefix: &[u8]) -> Result<(), CollectError> {
         if !self.seen.insert((st.st_dev, st.st_ino)) {
             self.skip(rel.to_string(), "folder already included");
@@ -156,6 +157,24 @@ impl Walk {
             rel: rel.clone(),
             entries: entries.into_iter(),
         }];
+        let mut symlinked = std::collections::VecDeque::new();
+        loop {
+            self.walk(top, prefix, &mut stack, &mut symlinked)?;
+            let Some((inner, path, fd)) = symlinked.pop_front() else {
+                return Ok(());
+            };
+            self.enter(&mut stack, inner, path, fd);
+        }
+    }
+
+    /// Walks what `stack` holds, setting folders reached through a symlink aside in `symlinked`.
+    fn walk(
+        &mut self,
+        top: &OwnedFd,
+        prefix: &[u8],
+        stack: &mut Vec<Frame>,
+        symlinked: &mut std::collections::VecDeque<(Vec<u8>, RelPath, OwnedFd)>,
+    ) -> Result<(), CollectError> {
         while let Some(frame) = stack.last_mut() {
             let Some((name, listed)) = frame.entries.next() else {
                 stack.pop();
@@ -180,24 +199,30 @@ impl Walk {
             inner.extend_from_slice(&name);
             match look_up(top, &inner, listed) {
                 Ok(Kind::File(stamp)) => self.add(path, [prefix, &inner].concat(), stamp)?,
-                Ok(Kind::Folder(fd, st)) => {
-                    if !self.seen.insert((st.st_dev, st.st_ino)) {
-                        self.skip(path.to_string(), "folder already included");
-                        continue;
-                    }
-                    match read_entries(&fd) {
-                        Ok(entries) => stack.push(Frame {
-                            inner,
-                            rel: path,
-                            entries: entries.into_iter(),
-                        }),
-                        Err(e) => self.skip(path.to_string(), format!("unreadable: {e}")),
-                    }
-                }
+                Ok(Kind::Folder(fd)) if listed == FileType::Symlink => symlinked.push_back((inner, path, fd)),
+                Ok(Kind::Folder(fd)) => self.enter(stack, inner, path, fd),
                 Err(reason) => self.skip(path.to_string(), reason),
             }
         }
         Ok(())
+    }
+
+    /// Puts the folder `fd` on the stack, unless it was entered before or cannot be read.
+    fn enter(&mut self, stack: &mut Vec<Frame>, inner: Vec<u8>, path: RelPath, fd: OwnedFd) {
+        let Ok(st) = rfs::fstat(&fd) else {
+            return self.skip(path.to_string(), "removed while the folder was read");
+        };
+        if !self.seen.insert((st.st_dev, st.st_ino)) {
+            return self.skip(path.to_string(), "folder already included");
+        }
+        match read_entries(&fd) {
+            Ok(entries) => stack.push(Frame {
+                inner,
+                rel: path,
+                entries: entries.into_iter(),
+            }),
+            Err(e) => self.skip(path.to_string(), format!("unreadable: {e}")),
+        }
     }
 }
 
@@ -232,7 +257,7 @@ fn look_up(top: &OwnedFd, inner: &[u8], listed: FileType) -> Result<Kind, String
     let st = rfs::fstat(&fd).map_err(|e| format!("unreadable: {e}"))?;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => Ok(Kind::File(stamp(&st))),
-        FileType::Directory => Ok(Kind::Folder(fd, st)),
+        FileType::Directory => Ok(Kind::Folder(fd)),
         _ => Err("not a regular file".to_string()),
     }
 }
@@ -433,6 +458,21 @@ mod tests {
             skipped(&c),
             [("top/a/loop", again), ("top/a/self", again), ("top/b", again)]
         );
+    }
+
+    #[test]
+    fn a_folder_reached_directly_and_through_a_symlink_keeps_its_own_name() {
+        let (_dir, data) = tree();
+        put(&data, "top/sub/b.txt");
+        put(&data, "top/other/c.txt");
+        // Both symlinks sort before the folders they lead to.
+        symlink("sub", data.join("top/again")).unwrap();
+        symlink("../sub", data.join("top/other/0-up")).unwrap();
+        let c = collect(&data, &["top"]).unwrap();
+        let want = [("other/c.txt", "top/other/c.txt"), ("sub/b.txt", "top/sub/b.txt")];
+        assert_eq!(members(&c), want.map(|(n, p)| (n.to_string(), p.to_string())));
+        let again = "folder already included";
+        assert_eq!(skipped(&c), [("top/again", again), ("top/other/0-up", again)]);
     }
 
     #[test]
