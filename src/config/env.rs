@@ -122,6 +122,7 @@ impl Config {
             preview_bytes: limits.preview_bytes,
             grace_bytes: limits.grace_bytes,
             refetch_bytes: limits.refetch_bytes,
+            zip_max_files: limits.zip_max_files,
             redis_url: shared.redis_url,
             base_url: listeners.base_url,
             admin_addr: listeners.admin_addr,
@@ -224,6 +225,7 @@ struct Limits {
     preview_bytes: u64,
     grace_bytes: u64,
     refetch_bytes: u64,
+    zip_max_files: usize,
 }
 
 impl Limits {
@@ -236,6 +238,10 @@ impl Limits {
             preview_bytes: number(src, "FERRY_PREVIEW_BYTES", 1 << 20)?,
             grace_bytes: number(src, "FERRY_GRACE_BYTES", 16 << 20)?,
             refetch_bytes: number(src, "FERRY_REFETCH_BYTES", 16 << 20)?,
+            zip_max_files: match number(src, "FERRY_ZIP_MAX_FILES", 10_000)? {
+                0 => return Err(err("FERRY_ZIP_MAX_FILES", "must be at least 1")),
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
         })
     }
 }

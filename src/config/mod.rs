@@ -78,6 +78,7 @@ impl Config {
             "FERRY_PREVIEW_BYTES": self.preview_bytes,
             "FERRY_GRACE_BYTES": self.grace_bytes,
             "FERRY_REFETCH_BYTES": self.refetch_bytes,
+            "FERRY_ZIP_MAX_FILES": self.zip_max_files,
             "REDIS_URL": set(&self.redis_url),
             "BASE_URL": self.base_url,
             "FERRY_ADMIN_ADDR": self.admin_addr.to_string(),

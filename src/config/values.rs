@@ -193,6 +193,8 @@ pub struct Config {
     pub grace_bytes: u64,
     /// The re-send budget per download.
     pub refetch_bytes: u64,
+    /// The most files one ZIP link may hold.
+    pub zip_max_files: usize,
     pub redis_url: Option<Secret>,
     pub base_url: String,
     pub admin_addr: SocketAddr,
