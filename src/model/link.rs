@@ -8,7 +8,7 @@ use super::client::ClientKey;
 use super::conn::Conn;
 use super::coverage::Coverage;
 use super::id::TunnelId;
-use crate::data_dir::{FileIdentity, RelPath};
+use crate::data_dir::{FileIdentity, RelPath, Stamp};
 
 /// Ordered as a link lives: it only ever moves to a greater state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
@@ -174,6 +174,27 @@ pub struct Link {
     /// Why the link closed as `error`, in words for the owner.
     #[serde(default)]
     pub close_detail: Option<String>,
+    /// For a ZIP link (SPEC §11), what the archive holds. A link without it shares one file.
+    #[serde(default)]
+    pub archive: Option<Arc<ArchiveInfo>>,
+}
+
+/// What a ZIP link shares: the archive's name and its members, in the archive's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    /// The file name the recipient gets, ending in `.zip`.
+    pub name: String,
+    pub members: Vec<ArchiveMember>,
+}
+
+/// One file of a ZIP link, as it was when the link was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveMember {
+    /// Where the file is, beneath the data dir.
+    pub path: RelPath,
+    /// Its name in the archive (already cleaned and unique).
+    pub name: String,
+    pub stamp: Stamp,
 }
 
 impl Link {
@@ -216,7 +237,29 @@ impl Link {
             note: None,
             rate_limit_bytes_per_second: None,
             close_detail: None,
+            archive: None,
         }
+    }
+
+    /// The name the recipient's download gets, in exact bytes: the file's, or the archive's.
+    pub fn download_name(&self) -> Vec<u8> {
+        match &self.archive {
+            Some(a) => a.name.as_bytes().to_vec(),
+            None => self.file_path.file_name_bytes(),
+        }
+    }
+
+    /// The same name for people (`%XX` for bytes that are not UTF-8 text).
+    pub fn display_name(&self) -> String {
+        match &self.archive {
+            Some(a) => a.name.clone(),
+            None => self.file_path.display_name(),
+        }
+    }
+
+    /// Whether the link shares a ZIP archive rather than one file.
+    pub fn is_zip(&self) -> bool {
+        self.archive.is_some()
     }
 }
 

@@ -13,4 +13,6 @@ pub use client::ClientKey;
 pub use clock::{Clock, Every, now_ms, rfc3339};
 pub use conn::Conn;
 pub use id::{BadTunnelId, TunnelId, random_token};
-pub use link::{Claim, ClientSeen, CloseReason, InFlight, Link, LinkState, Read, RequestSeen, Slot, Use};
+pub use link::{
+    ArchiveInfo, ArchiveMember, Claim, ClientSeen, CloseReason, InFlight, Link, LinkState, Read, RequestSeen, Slot, Use,
+};
