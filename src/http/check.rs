@@ -400,7 +400,7 @@ async fn decide(links: &Links, req: &CheckRequest<'_>) -> Result<(String, u64, U
         .check(req.header("x-ferry-tunnel"), req.header("x-ferry-token"), admission)
         .await?;
     Ok((
-        content_disposition_bytes(&link.file_path.file_name_bytes()),
+        content_disposition_bytes(&link.download_name()),
         link.rate_limit_bytes_per_second.unwrap_or(0),
         what,
     ))

@@ -97,10 +97,22 @@ impl From<LinkError> for ApiError {
     fn from(e: LinkError) -> Self {
         match e {
             LinkError::Invalid { .. } => ApiError::BadRequest(e.to_string()),
-            LinkError::Path(PathError::NotFound) => ApiError::NotFound(e.to_string()),
-            LinkError::Path(PathError::Io(m)) => ApiError::Internal(m),
-            LinkError::Path(e @ PathError::Unavailable(_)) => ApiError::DataDirUnavailable(e.to_string()),
-            LinkError::Path(_) => ApiError::BadRequest(e.to_string()),
+            LinkError::Path(PathError::NotFound)
+            | LinkError::PathOf {
+                error: PathError::NotFound,
+                ..
+            } => ApiError::NotFound(e.to_string()),
+            LinkError::Path(PathError::Io(_))
+            | LinkError::PathOf {
+                error: PathError::Io(_),
+                ..
+            } => ApiError::Internal(e.to_string()),
+            LinkError::Path(PathError::Unavailable(_))
+            | LinkError::PathOf {
+                error: PathError::Unavailable(_),
+                ..
+            } => ApiError::DataDirUnavailable(e.to_string()),
+            LinkError::Path(_) | LinkError::PathOf { .. } => ApiError::BadRequest(e.to_string()),
             LinkError::NotFound => ApiError::NotFound(e.to_string()),
             LinkError::Tunnel(_) => ApiError::BadGateway(e.to_string()),
             LinkError::Store(s) => s.into(),

@@ -62,6 +62,20 @@ impl JsonObject {
         }
     }
 
+    /// A list of strings.
+    pub fn strings(&self, name: &str) -> Result<Option<Vec<&str>>, ApiError> {
+        let not_list = || ApiError::BadRequest(format!("{name}: must be a list of strings"));
+        match self.field(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().ok_or_else(not_list))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(not_list()),
+        }
+    }
+
     pub fn uint(&self, name: &str) -> Result<Option<u64>, ApiError> {
         match self.field(name) {
             None => Ok(None),

@@ -38,9 +38,13 @@ pub fn router() -> Router<AppState> {
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLinkRequest {
-    /// Path of a regular file, relative to the data dir.
+    /// Path of a regular file, or of a folder to share as one ZIP, relative to the data dir.
+    /// Give either this or `file_paths`.
     #[schema(value_type = String)]
     pub file_path: RelPath,
+    /// Several files and folders, relative to the data dir, to share as one ZIP.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub file_paths: Option<Vec<RelPath>>,
     /// 1 to `MAX_TUNNEL_SECONDS`; defaults to `MAX_TUNNEL_SECONDS`.
     #[schema(minimum = 1)]
     pub expires_in_seconds: Option<u64>,
@@ -56,6 +60,7 @@ pub struct CreateLinkRequest {
 impl CreateLinkRequest {
     const FIELDS: &[&str] = &[
         "file_path",
+        "file_paths",
         "expires_in_seconds",
         "max_downloads",
         "note",
@@ -66,16 +71,14 @@ impl CreateLinkRequest {
     /// (expiry, downloads, note length) are checked when the link is made.
     fn read(body: &JsonObject) -> Result<Self, ApiError> {
         body.only(Self::FIELDS)?;
-        let file_path = body
-            .string("file_path")?
-            .ok_or_else(|| ApiError::BadRequest("file_path: required".into()))?;
-        let file_path = RelPath::parse(file_path).map_err(|e| ApiError::BadRequest(format!("file_path: {e}")))?;
+        let (file_path, file_paths) = Self::paths(body)?;
         let max_downloads = match body.uint("max_downloads")? {
             None => None,
             Some(n) => Some(u32::try_from(n).map_err(|_| ApiError::BadRequest("max_downloads: too large".into()))?),
         };
         Ok(CreateLinkRequest {
             file_path,
+            file_paths,
             expires_in_seconds: body.uint("expires_in_seconds")?,
             max_downloads,
             note: body.string("note")?.map(String::from),
@@ -84,10 +87,32 @@ impl CreateLinkRequest {
     }
 }
 
+impl CreateLinkRequest {
+    /// `file_path`, or `file_paths` (then `file_path` stands for the data dir itself and is unused).
+    fn paths(body: &JsonObject) -> Result<(RelPath, Option<Vec<RelPath>>), ApiError> {
+        let bad = |field: &str, e: crate::data_dir::PathError| ApiError::BadRequest(format!("{field}: {e}"));
+        match (body.string("file_path")?, body.strings("file_paths")?) {
+            (Some(_), Some(_)) => Err(ApiError::BadRequest(
+                "file_paths: give either file_path or file_paths, not both".into(),
+            )),
+            (None, None) => Err(ApiError::BadRequest("file_path: required".into())),
+            (Some(p), None) => Ok((RelPath::parse(p).map_err(|e| bad("file_path", e))?, None)),
+            (None, Some(ps)) => {
+                let paths = ps
+                    .into_iter()
+                    .map(|p| RelPath::parse(p).map_err(|e| bad("file_paths", e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((RelPath::root(), Some(paths)))
+            }
+        }
+    }
+}
+
 impl From<CreateLinkRequest> for NewLink {
     fn from(r: CreateLinkRequest) -> Self {
         NewLink {
             file_path: r.file_path,
+            file_paths: r.file_paths,
             expires_in: r.expires_in_seconds,
             max_downloads: r.max_downloads,
             note: r.note,

@@ -6,7 +6,7 @@ use crate::model::format::{URL_SEGMENT, html_escape, human_size};
 
 /// The HTML a link previewer gets: the file's name and size, nothing external, no referrer.
 pub fn preview_html(link: &Link) -> String {
-    let name = html_escape(&link.file_path.display_name());
+    let name = html_escape(&link.display_name());
     let size = human_size(link.file_size);
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\

@@ -67,6 +67,10 @@ impl Links {
             if link.state == LinkState::Closed {
                 return Err(Refusal::Closed);
             }
+            // An archive's members are checked as they are read (see `crate::zip`).
+            if link.is_zip() {
+                return Ok(());
+            }
             // nginx is about to open the link's symlink, so one stat of the symlink answers the
             // question. When there is no symlink here (it is not made yet, or it was made on
             // another instance), the data dir answers instead.

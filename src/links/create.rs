@@ -1,17 +1,22 @@
 //! Creating a link: resolve the file safely, record it durably, expose it, hand out the URL.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use super::archive::Collected;
 use super::error::LinkError;
 use super::event::EventKind;
 use super::service::Links;
-use crate::data_dir::RelPath;
+use crate::data_dir::{FileIdentity, PathError, RelPath, Skipped};
 use crate::model::{Link, TunnelId, rfc3339};
 
 /// What the owner asked for.
 #[derive(Debug, Clone)]
 pub struct NewLink {
     pub file_path: RelPath,
+    /// Several files and folders to share as one ZIP; `file_path` is then unused.
+    pub file_paths: Option<Vec<RelPath>>,
     pub expires_in: Option<u64>,
     pub max_downloads: Option<u32>,
     pub note: Option<String>,
@@ -25,8 +30,21 @@ pub struct Created {
     pub tunnel_id: TunnelId,
     pub token: String,
     pub file_path: String,
+    /// `file` for one file, `zip` for a folder or several paths shared as one archive.
+    pub kind: &'static str,
+    /// The size of what the recipient gets: the file, or the whole archive.
+    pub file_size: u64,
     pub expires_in_seconds: u64,
     pub expires_at: String,
+    /// What a ZIP link left out, and why (empty for one file).
+    #[schema(value_type = Vec<Object>)]
+    pub skipped: Vec<Skipped>,
+}
+
+/// What a link shares, found when it is made.
+enum Source {
+    File(crate::data_dir::Resolved),
+    Zip(Collected),
 }
 
 impl Links {
@@ -36,23 +54,38 @@ impl Links {
     /// reachable.
     pub async fn create(&self, req: NewLink, by: Option<&str>) -> Result<(Created, Link), LinkError> {
         let (expires_in, max_downloads) = self.validate(&req)?;
-        let resolved = self.data.resolve_file(&req.file_path).map_err(LinkError::Path)?;
+        let source = self.source(&req)?;
         let now = self.clock.now_ms();
         let exp_s = (now + expires_in * 1000).div_ceil(1000);
-        let link = Link {
+        let (path, identity) = match &source {
+            Source::File(r) => (req.file_path.clone(), r.identity),
+            // An archive is made when the link is: its ETag comes from that moment.
+            Source::Zip(c) => (
+                c.folder.clone(),
+                FileIdentity {
+                    dev: 0,
+                    ino: 0,
+                    size: c.total,
+                    mtime_ns: i128::from(now) * 1_000_000,
+                },
+            ),
+        };
+        let mut link = Link {
             note: req.note,
             rate_limit_bytes_per_second: req.rate_limit_bytes_per_second,
-            ..Link::new(
-                TunnelId::random(),
-                req.file_path.clone(),
-                resolved.identity,
-                now,
-                exp_s * 1000,
-                max_downloads,
-            )
+            ..Link::new(TunnelId::random(), path, identity, now, exp_s * 1000, max_downloads)
+        };
+        let (target, skipped) = match source {
+            Source::File(r) => (Some(r.real_path), Vec::new()),
+            Source::Zip(c) => {
+                link.archive = Some(Arc::new(c.info));
+                (None, c.skipped)
+            }
         };
         self.store_new(&link, by).await?;
-        if let Err(e) = self.expose(&link.id, &resolved.real_path).await {
+        // Hashing starts at once, so that the archive is ready by the time a recipient asks.
+        self.archive(&link);
+        if let Err(e) = self.expose(&link.id, target.as_deref()).await {
             tracing::error!(tunnel_id = %link.id, error = %e, "could not expose link");
             self.close_error(&link.id, e.to_string()).await?;
             return Err(e);
@@ -65,10 +98,33 @@ impl Links {
             tunnel_id: link.id.clone(),
             token: self.keys.issue(&link.id, link.issued_at_s, exp_s),
             file_path: link.file_path.to_string(),
+            kind: if link.is_zip() { "zip" } else { "file" },
+            file_size: link.file_size,
             expires_in_seconds: expires_in,
             expires_at: rfc3339(link.expires_at_ms),
+            skipped,
         };
         Ok((created, link))
+    }
+
+    /// What the request shares: one regular file, or a folder or several paths as one archive.
+    fn source(&self, req: &NewLink) -> Result<Source, LinkError> {
+        if let Some(paths) = &req.file_paths {
+            if paths.is_empty() {
+                return Err(LinkError::Invalid {
+                    field: "file_paths",
+                    message: "must name at least one file or folder".into(),
+                });
+            }
+            return self.collect("file_paths", paths).map(Source::Zip);
+        }
+        match self.data.resolve_file(&req.file_path) {
+            Ok(r) => Ok(Source::File(r)),
+            Err(PathError::Folder) => self
+                .collect("file_path", std::slice::from_ref(&req.file_path))
+                .map(Source::Zip),
+            Err(e) => Err(LinkError::Path(e)),
+        }
     }
 
     /// The request's expiry (seconds from now) and number of downloads, or what is wrong with it.
@@ -120,8 +176,9 @@ impl Links {
         Err(e.into())
     }
 
-    /// Makes a stored link reachable: its symlink directory, then its tunnel.
-    async fn expose(&self, id: &TunnelId, target: &std::path::Path) -> Result<(), LinkError> {
+    /// Makes a stored link reachable: its directory (with the symlink to its file, unless it is an
+    /// archive, which nginx asks ferry for), then its tunnel.
+    async fn expose(&self, id: &TunnelId, target: Option<&std::path::Path>) -> Result<(), LinkError> {
         self.link_dir(id, target)
             .await
             .map_err(|e| LinkError::Internal(format!("symlink: {e}")))?;
@@ -131,9 +188,12 @@ impl Links {
         opened.map_err(|e| LinkError::Tunnel(e.to_string()))
     }
 
-    pub(super) async fn link_dir(&self, id: &TunnelId, target: &std::path::Path) -> std::io::Result<()> {
+    pub(super) async fn link_dir(&self, id: &TunnelId, target: Option<&std::path::Path>) -> std::io::Result<()> {
         let dir = self.tunnels_dir.join(id.as_str());
         tokio::fs::create_dir(&dir).await?;
-        tokio::fs::symlink(target, dir.join("file")).await
+        match target {
+            Some(target) => tokio::fs::symlink(target, dir.join("file")).await,
+            None => Ok(()),
+        }
     }
 }

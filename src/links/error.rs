@@ -9,6 +9,9 @@ pub enum LinkError {
     Invalid { field: &'static str, message: String },
     #[error("file_path: {0}")]
     Path(PathError),
+    /// One of several paths (`file_paths`) is wrong.
+    #[error("file_paths: {path}: {error}")]
+    PathOf { path: String, error: PathError },
     #[error("unknown tunnel id")]
     NotFound,
     #[error("tunnel could not be opened: {0}")]

@@ -29,6 +29,30 @@ pub struct TunnelView {
     pub closed_at: Option<String>,
     pub note: Option<String>,
     pub rate_limit_bytes_per_second: Option<u64>,
+    /// `file`, or `zip` for a folder or several files shared as one archive.
+    pub kind: &'static str,
+    /// A ZIP link's members, in the archive's order (the first `FILES_SHOWN`); empty for a file.
+    pub files: Vec<FileView>,
+    /// How many members the archive has in all (1 for a file).
+    pub file_count: usize,
+    /// How far a ZIP link's CRC-32s are computed; absent for a file.
+    pub hashing: Option<Hashing>,
+}
+
+/// The most members a Tunnel lists.
+pub const FILES_SHOWN: usize = 200;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FileView {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Hashing progress: bytes of the members hashed so far, of `total_bytes`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct Hashing {
+    pub hashed_bytes: u64,
+    pub total_bytes: u64,
 }
 
 impl TunnelView {
@@ -61,6 +85,22 @@ impl TunnelView {
             closed_at: link.closed_at_ms.map(rfc3339),
             note: link.note.clone(),
             rate_limit_bytes_per_second: link.rate_limit_bytes_per_second,
+            kind: if link.is_zip() { "zip" } else { "file" },
+            files: link
+                .archive
+                .iter()
+                .flat_map(|a| &a.members)
+                .take(FILES_SHOWN)
+                .map(|m| FileView {
+                    name: m.name.clone(),
+                    size: m.stamp.size,
+                })
+                .collect(),
+            file_count: link.archive.as_ref().map_or(1, |a| a.members.len()),
+            hashing: link.archive.as_ref().map(|a| Hashing {
+                hashed_bytes: 0,
+                total_bytes: a.members.iter().map(|m| m.stamp.size).sum(),
+            }),
         }
     }
 }

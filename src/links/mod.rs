@@ -4,6 +4,7 @@
 //! (nginx does) or runs a command (the tunnel provider does).
 
 mod admit;
+mod archive;
 pub mod bans;
 mod create;
 mod error;

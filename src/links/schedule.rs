@@ -32,21 +32,24 @@ impl Links {
                 closed.push(link.id.clone());
             }
         }
-        let open_ids: std::collections::HashSet<_> = open
+        let open_ids: std::collections::HashMap<_, _> = open
             .iter()
             .filter(|l| !closed.contains(&l.id))
-            .map(|l| l.id.clone())
+            .map(|l| (l.id.clone(), l))
             .collect();
         if let Ok(mut dir) = tokio::fs::read_dir(&self.tunnels_dir).await {
             while let Ok(Some(entry)) = dir.next_entry().await {
                 let name = entry.file_name();
                 let orphan = match name.to_str().map(TunnelId::parse) {
-                    Some(Ok(id)) if open_ids.contains(&id) => {
+                    Some(Ok(id)) if open_ids.contains_key(&id) => {
                         // Its tunnel is on this node: if another instance took the link over
                         // while this one was away, this one owns it again.
                         if let Some(Ok(true)) = self.reclaim(&id).await {
                             tracing::info!(tunnel_id = %id, "reclaimed a link whose tunnel is on this instance");
                         }
+                        // A ZIP link's archive is served from here: hashing starts (again, after
+                        // a restart) before anyone asks.
+                        self.archive(open_ids[&id]);
                         false
                     }
                     // A link created after the listing above is not an orphan.

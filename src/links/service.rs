@@ -21,7 +21,12 @@ pub struct Links {
     pub(super) clock: Clock,
     pub(super) store: Store,
     pub(super) provider: Provider,
-    pub(super) data: DataDir,
+    pub(super) data: Arc<DataDir>,
+    /// The archives of the open ZIP links this instance serves.
+    pub(super) archives: crate::zip::Archives,
+    /// Reports of ZIP members that changed, taken by `run_archive_failures`.
+    pub(super) archive_failures: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(TunnelId, String)>>>,
+    pub(super) zip_max_files: usize,
     pub(super) keys: token::Keys,
     pub(super) policy: Policy,
     pub(super) diag: Option<crate::monitor::sockdiag::SockDiag>,
@@ -66,12 +71,16 @@ impl Links {
             Store::Redis(redis) => Some(Peers::new(redis, config.instance_timeout)?),
             Store::Embedded(_) => None,
         };
-        let data = DataDir::open(&config.data_dir).map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: {e}"))?;
+        let data = Arc::new(DataDir::open(&config.data_dir).map_err(|e| anyhow::anyhow!("NAS_MOUNT_PATH: {e}"))?);
+        let (archives, archive_failures) = crate::zip::Archives::new(data.clone());
         Ok(Arc::new(Links {
             clock,
             store,
             provider,
             data,
+            archives,
+            archive_failures: std::sync::Mutex::new(Some(archive_failures)),
+            zip_max_files: config.zip_max_files,
             keys: token::Keys::new(&config.jwt_secret),
             policy: Policy {
                 max_tunnel_s: config.max_tunnel.as_secs(),

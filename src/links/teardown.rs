@@ -55,6 +55,7 @@ impl Links {
             })
             .await?
             .and_then(|(closed, link)| closed.then_some(link));
+        self.archives.stop(id);
         self.teardown(id).await;
         self.progress_sent.lock().expect("progress mutex").remove(id);
         match closed {

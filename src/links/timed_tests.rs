@@ -52,6 +52,7 @@ pub(crate) fn fixture(extra: &[(&str, &str)]) -> Fixture {
 pub(crate) fn new_link(expires_in: u64) -> NewLink {
     NewLink {
         file_path: RelPath::parse("f.bin").unwrap(),
+        file_paths: None,
         expires_in: Some(expires_in),
         max_downloads: None,
         note: None,

@@ -9,7 +9,7 @@ impl Links {
     pub(super) fn public_url(&self, link: &Link) -> String {
         // The name's bytes are used unchanged, because a URL is made of bytes and `wget` saves the
         // file under the name that the path gives.
-        let bytes = link.file_path.file_name_bytes();
+        let bytes = link.download_name();
         let name = percent_encoding::percent_encode(&bytes, URL_SEGMENT);
         let base = self.provider.public_base();
         format!("{}/s/{}/{}", base.as_deref().unwrap_or(&self.base_url), link.id, name)
@@ -21,7 +21,11 @@ impl Links {
     }
 
     pub fn view(&self, link: &Link) -> TunnelView {
-        TunnelView::of(link, self.public_url(link))
+        let mut view = TunnelView::of(link, self.public_url(link));
+        if let (Some(hashing), Some(archive)) = (view.hashing.as_mut(), self.archives.get(&link.id)) {
+            hashing.hashed_bytes = archive.progress().bytes;
+        }
+        view
     }
 
     pub(super) fn emit(&self, event: EventKind, link: &Link) {
