@@ -38,6 +38,7 @@ pub mod peers;
 pub mod programs;
 pub mod store;
 pub mod tunnel;
+pub mod zip;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -183,6 +184,7 @@ fn spawn_link_upkeep(tasks: &TaskTracker, config: &Config, links: &Arc<Links>, s
     // A shared file that changes, or a data dir that goes away, closes its links within seconds
     // even when nobody asks for them.
     tasks.spawn(links.clone().run_file_watch(links::FILE_WATCH, shutdown.clone()));
+    tasks.spawn(links.clone().run_archive_failures(shutdown.clone()));
     tasks.spawn(links.clone().run_peers(config.instance_timeout / 3, shutdown.clone()));
 }
 
@@ -225,6 +227,12 @@ fn serve_checks(
     let check = UnixListener::bind(&sock).with_context(|| format!("cannot bind {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
     tasks.spawn(http::check::serve(check, links.clone(), shutdown.clone()));
+    // The archive socket: where nginx fetches the bytes of ZIP links, after the check.
+    let zip_sock = nginx::zip_socket(config);
+    let _ = std::fs::remove_file(&zip_sock);
+    let zip = UnixListener::bind(&zip_sock).with_context(|| format!("cannot bind {}", zip_sock.display()))?;
+    std::fs::set_permissions(&zip_sock, std::fs::Permissions::from_mode(0o660))?;
+    tasks.spawn(http::zip::serve(zip, links.clone(), shutdown.clone()));
     Ok(sock)
 }
 

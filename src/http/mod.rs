@@ -19,6 +19,7 @@ pub mod preview;
 pub mod state;
 pub mod status;
 pub mod ui;
+pub mod zip;
 
 use axum::Router;
 

@@ -60,6 +60,11 @@ pub fn check_socket(config: &Config) -> PathBuf {
     config.state_dir.join("check.sock")
 }
 
+/// Where nginx fetches the bytes of ZIP links from ferry.
+pub fn zip_socket(config: &Config) -> PathBuf {
+    config.state_dir.join("zip.sock")
+}
+
 pub fn prefix(config: &Config) -> PathBuf {
     config.state_dir.join("nginx")
 }
@@ -118,6 +123,11 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{error_log}}", &error_log(config))
         .replace("{{prefix}}", &prefix(config).display().to_string())
         .replace("{{check_socket}}", &check_socket(config).display().to_string())
+        .replace("{{zip_socket}}", &zip_socket(config).display().to_string())
+        .replace(
+            "{{zip_read_timeout}}",
+            &config.stall_timeout.as_secs().max(60).to_string(),
+        )
         .replace("{{public_addr}}", &config.public_addr.to_string())
         .replace("{{tunnels}}", &config.tunnels_dir.display().to_string())
         .replace("{{logs}}", &config.logs_dir.display().to_string())
