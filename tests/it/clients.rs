@@ -21,7 +21,7 @@ const REFETCH_BYTES: u64 = 16 << 20;
 
 /// How `bytes_served` may relate to the file's size for a client.
 #[derive(Clone, Copy, PartialEq)]
-enum Served {
+pub(crate) enum Served {
     /// One uninterrupted connection: exactly the size.
     Exact,
     /// A client that aborts or splits: the size, plus what its kernel acknowledged but it never
@@ -29,11 +29,12 @@ enum Served {
     AtMostRefetch,
 }
 
-struct Shared {
-    app: TestApp,
-    bytes: Vec<u8>,
-    id: String,
-    url: String,
+pub(crate) struct Shared {
+    pub(crate) app: TestApp,
+    /// What the client must end up with.
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) id: String,
+    pub(crate) url: String,
     name: &'static str,
     out: tempfile::TempDir,
 }
@@ -42,7 +43,12 @@ impl Shared {
     async fn new(name: &'static str) -> Shared {
         let app = TestApp::spawn_with(&[("GRACE_PERIOD_SECONDS", "1")]).await;
         let bytes = app.data_file(name, SIZE);
-        let (status, link) = app.create(json!({ "file_path": name })).await;
+        Shared::of(app, json!({ "file_path": name }), bytes, name).await
+    }
+
+    /// A link made by `body` on `app`, whose client saves `bytes` under `name`.
+    pub(crate) async fn of(app: TestApp, body: Value, bytes: Vec<u8>, name: &'static str) -> Shared {
+        let (status, link) = app.create(body).await;
         assert_eq!(status, 201, "{link}");
         let url = link["download_url"].as_str().unwrap().to_string();
         assert!(url.starts_with(&app.public), "{url}");
@@ -56,13 +62,18 @@ impl Shared {
         }
     }
 
+    /// Where the client saves.
+    pub(crate) fn out_path(&self) -> &Path {
+        self.out.path()
+    }
+
     fn saved(&self) -> PathBuf {
         self.out.path().join(self.name)
     }
 
     /// The file is saved whole, the link completes exactly once, a further request gets 444, and
     /// history has the right figures.
-    async fn completes_once(&self, client: &str, served: Served) {
+    pub(crate) async fn completes_once(&self, client: &str, served: Served) {
         let saved = std::fs::read(self.saved()).unwrap_or_default();
         assert!(
             saved.len() == self.bytes.len() && saved == self.bytes,
@@ -83,7 +94,7 @@ impl Shared {
         assert_eq!(t["close_reason"], "completed", "{client}: {t}");
         assert_eq!(t["downloads_completed"], 1, "{client}: {t}");
         let got = t["bytes_served"].as_u64().unwrap_or_else(|| panic!("{client}: {t}"));
-        let size = SIZE as u64;
+        let size = self.bytes.len() as u64;
         match served {
             Served::Exact => assert_eq!(got, size, "{client}: bytes_served of one connection is the size"),
             Served::AtMostRefetch => assert!(
@@ -128,7 +139,7 @@ impl Shared {
 }
 
 /// Runs `program` to the end (bounded), failing with the package to install when it is missing.
-async fn run(program: &str, package: &str, args: &[&str], dir: &Path) -> std::process::Output {
+pub(crate) async fn run(program: &str, package: &str, args: &[&str], dir: &Path) -> std::process::Output {
     let child = Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -155,8 +166,17 @@ async fn run(program: &str, package: &str, args: &[&str], dir: &Path) -> std::pr
 }
 
 /// Starts `program`, waits until it has written at least `at` bytes to `file`, and kills it: an
-/// interrupted download. The client must be rate-limited so the cut lands mid-file.
-async fn interrupt(program: &str, package: &str, args: &[&str], dir: &Path, file: &Path, at: u64) {
+/// interrupted download of `whole` bytes. The client must be rate-limited so the cut lands
+/// mid-file.
+pub(crate) async fn interrupt(
+    program: &str,
+    package: &str,
+    args: &[&str],
+    dir: &Path,
+    file: &Path,
+    at: u64,
+    whole: u64,
+) {
     let mut child = Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -184,7 +204,7 @@ async fn interrupt(program: &str, package: &str, args: &[&str], dir: &Path, file
     child.wait().await.unwrap();
     let have = std::fs::metadata(file).unwrap().len();
     assert!(
-        have < SIZE as u64,
+        have < whole,
         "{program} had the whole file before it was interrupted: raise the file size or lower the rate"
     );
 }
@@ -205,7 +225,11 @@ async fn curl_downloads_once_with_bytes_served_equal_to_the_size() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_resumes_with_dash_c_after_an_interrupt_and_completes_once() {
-    let s = Shared::new("resumed.bin").await;
+    curl_resumes(Shared::new("resumed.bin").await).await;
+}
+
+/// `curl -C -` after an interrupted curl.
+pub(crate) async fn curl_resumes(s: Shared) {
     let saved = s.saved();
     let path = saved.to_str().unwrap();
     interrupt(
@@ -215,6 +239,7 @@ async fn curl_resumes_with_dash_c_after_an_interrupt_and_completes_once() {
         s.out.path(),
         &saved,
         10_000_000,
+        s.bytes.len() as u64,
     )
     .await;
     run(
@@ -229,7 +254,11 @@ async fn curl_resumes_with_dash_c_after_an_interrupt_and_completes_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wget_continues_with_dash_c_after_an_interrupt_and_completes_once() {
-    let s = Shared::new("continued.bin").await;
+    wget_continues(Shared::new("continued.bin").await).await;
+}
+
+/// `wget -c` after an interrupted wget.
+pub(crate) async fn wget_continues(s: Shared) {
     let saved = s.saved();
     let path = saved.to_str().unwrap();
     interrupt(
@@ -239,14 +268,16 @@ async fn wget_continues_with_dash_c_after_an_interrupt_and_completes_once() {
         s.out.path(),
         &saved,
         10_000_000,
+        s.bytes.len() as u64,
     )
     .await;
     run("wget", "wget", &["-q", "-c", "-O", path, &s.url], s.out.path()).await;
     s.completes_once("wget -c", Served::AtMostRefetch).await;
 }
 
-async fn aria2c(name: &'static str, connections: &str) {
-    let s = Shared::new(name).await;
+/// aria2c with `connections` connections, each fetching a part.
+pub(crate) async fn aria2c(s: Shared, connections: &str) {
+    let name = s.name;
     let dir = s.out.path().to_str().unwrap().to_string();
     run(
         "aria2c",
@@ -274,12 +305,12 @@ async fn aria2c(name: &'static str, connections: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn aria2c_with_four_connections_completes_once() {
-    aria2c("aria4.bin", "4").await;
+    aria2c(Shared::new("aria4.bin").await, "4").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn aria2c_with_sixteen_connections_completes_once() {
-    aria2c("aria16.bin", "16").await;
+    aria2c(Shared::new("aria16.bin").await, "16").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,3 +22,4 @@ mod store;
 mod ui;
 mod webdriver;
 mod wire;
+mod zip;
