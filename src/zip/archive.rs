@@ -302,7 +302,11 @@ mod tests {
             assert_eq!(u32_at(&zip, at), 0x0403_4b50, "local header {m}");
             assert_eq!(u32_at(&zip, at + 14), crc32fast::hash(bytes), "member {m}'s CRC-32");
             let data_at = at + 30 + name_len;
-            assert_eq!(&zip[data_at..data_at + bytes.len()], bytes.as_slice(), "member {m}'s bytes");
+            assert_eq!(
+                &zip[data_at..data_at + bytes.len()],
+                bytes.as_slice(),
+                "member {m}'s bytes"
+            );
             at = data_at + bytes.len();
         }
     }
@@ -340,10 +344,16 @@ mod tests {
         archive.read_block(&file, 0, 1, &mut buf).unwrap();
         // The same length, other bytes: the CRC-32 or the stamp tells.
         use std::os::unix::fs::FileExt as _;
-        let w = std::fs::OpenOptions::new().write(true).open(dir.path().join("f0")).unwrap();
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("f0"))
+            .unwrap();
         w.write_all_at(b"changed", BLOCK as u64 + 5).unwrap();
         let err = archive.read_block(&file, 0, 1, &mut buf).unwrap_err();
-        assert!(matches!(&err, ReadError::Changed(why) if why.starts_with("f0: ")), "{err}");
+        assert!(
+            matches!(&err, ReadError::Changed(why) if why.starts_with("f0: ")),
+            "{err}"
+        );
         assert!(matches!(archive.open(&data, 0), Err(ReadError::Changed(_))));
         // Hashing it again finds the change too.
         let again = Archive::new(archive.id.clone(), archive.info.clone()).unwrap();
