@@ -34,7 +34,7 @@ pub struct CollectedFile {
 }
 
 /// An entry left out of an archive, and why, in plain words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Skipped {
     /// The entry's path beneath the data dir, in a path's exact text.
     pub path: String,

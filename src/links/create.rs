@@ -37,7 +37,6 @@ pub struct Created {
     pub expires_in_seconds: u64,
     pub expires_at: String,
     /// What a ZIP link left out, and why (empty for one file).
-    #[schema(value_type = Vec<Object>)]
     pub skipped: Vec<Skipped>,
 }
 
