@@ -88,6 +88,7 @@ impl Links {
     }
 
     pub(super) async fn teardown_here(&self, id: &TunnelId) {
+        self.archives.stop(id);
         self.expose_nothing(id).await;
         if let Some(peers) = &self.peers
             && let Err(e) = peers.release(id).await
