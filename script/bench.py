@@ -385,6 +385,59 @@ def bench_download(work, data):
           f"ferry / FastAPI FileResponse = **{r_api:.2f}×**."))
 
 
+def wait_hashed(ferry, tunnel_id, timeout=120):
+    """Waits until a ZIP link's CRC-32s are all computed."""
+    deadline = time.time() + timeout
+    while True:
+        status, body = ferry.get(f"/admin/tunnels/{tunnel_id}/stats")
+        hashing = json.loads(body)["tunnel"]["hashing"] if status == 200 else None
+        if hashing and hashing["hashed_bytes"] == hashing["total_bytes"]:
+            return
+        if time.time() > deadline:
+            raise SystemExit(f"the archive of {tunnel_id} was not hashed within {timeout} s")
+        time.sleep(0.002)
+
+
+def bench_zip(work, data):
+    """8. A 1 GiB ZIP of 100 files through a link, against bare nginx sending one 1 GiB file."""
+    files = 100
+    each = (1 << 30) // files
+    for i in range(files):
+        make_file(os.path.join(data, "album", f"photo-{i:03}.jpg"), each)
+    make_file(os.path.join(data, "one.bin"), 1 << 30)
+    bare = Nginx(work, data)
+    ferry = Ferry(os.path.join(work, "zip"), data)
+    c = ferry.conn()
+    speeds = {"nginx (one file)": [], "ferry (ZIP)": []}
+    hash_s, cpu_s, sizes = [], [], []
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for _ in range(DOWNLOAD_RUNS):
+            speeds["nginx (one file)"].append(curl_speed(f"http://127.0.0.1:{bare.port}/one.bin")[0])
+            t0 = time.perf_counter()
+            link = ferry.create(c, "album")
+            wait_hashed(ferry, link["tunnel_id"])
+            hash_s.append(time.perf_counter() - t0)
+            before = ferry.cpu_ticks()
+            s, n = curl_speed(link["download_url"])
+            cpu_s.append((ferry.cpu_ticks() - before) / tick)
+            assert n == link["file_size"], (n, link["file_size"])
+            sizes.append(n)
+            speeds["ferry (ZIP)"].append(s)
+        ferry.check_quiet()
+    finally:
+        bare.stop()
+        ferry.stop()
+    m, runs = runs_table("server", "GB/s", speeds, lambda x: f"{x / 1e9:.2f}")
+    ratio = m["ferry (ZIP)"] / m["nginx (one file)"]
+    gb = sizes[0] / 1e9
+    results.append(("8. A 1 GiB ZIP of 100 files", runs
+        + f"\n\nferry's ZIP / bare nginx's one file = **{ratio:.3f}** (target ≥ 0.7: {verdict(ratio >= 0.7)}). "
+          f"From creation to a fully hashed archive: {median(hash_s) / gb:.2f} s per GB (median; "
+          f"runs {' '.join(f'{x:.2f}' for x in hash_s)} s for {gb:.2f} GB). "
+          f"ferry's CPU while serving: {median(cpu_s) / gb:.2f} s per GB (nginx's workers not counted)."))
+
+
 def auth204(sock, *flags):
     """The trivial 204 check server (benches/auth204.rs), once it listens on `sock`."""
     # Its own process group: `cargo bench` runs the server as a child, which must go with it.
@@ -866,7 +919,7 @@ def main():
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
     steps = [("download", bench_download), ("ranges", bench_ranges), ("monitor", bench_monitor),
              ("close", bench_close), ("create", bench_creation), ("scale", bench_scale),
-             ("reliability", bench_reliability)]
+             ("reliability", bench_reliability), ("zip", bench_zip)]
     unknown = [a for a in only if a not in dict(steps)]
     if unknown:
         raise SystemExit(f"bench: no part named {', '.join(unknown)}; the parts: {' '.join(n for n, _ in steps)}")
