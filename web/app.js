@@ -5,7 +5,12 @@ import { api, ApiError, size, when, until } from "/api.js";
 
 const $ = (id) => document.getElementById(id);
 const views = ["files", "open", "history", "status"];
-const state = { dir: "", links: new Map(), events: null, sharing: null, expiry: 3600, maxExpiry: 3600 };
+// `selected` holds the entries ticked in Files (by path, across folders and searches), to share
+// together as one ZIP.
+const state = {
+  dir: "", links: new Map(), events: null, sharing: null, expiry: 3600, maxExpiry: 3600,
+  selected: new Map(),
+};
 
 function el(tag, props = {}, ...children) {
   const e = document.createElement(tag);
@@ -62,23 +67,68 @@ async function loadFiles(offset = 0) {
   renderCrumbs();
   const rows = $("file-rows");
   if (!offset) rows.replaceChildren();
-  for (const e of data.entries) {
-    const name = e.is_dir
-      ? el("button", { type: "button", text: `${e.name}/`, onclick: () => { state.dir = e.path; $("search").value = ""; guarded(loadFiles); } })
-      : el("span", { text: q ? e.path : e.name });
-    const share = e.is_dir ? "" : el("button", { type: "button", class: "quiet", text: "Share", "aria-label": `Share ${e.name}`, onclick: () => openShare(e) });
-    rows.append(el("tr", { "data-path": e.path },
-      el("td", { class: "name" }, name),
-      el("td", { class: "num", text: e.is_dir ? "" : size(e.size) }),
-      el("td", { class: "hide-narrow", text: when(e.modified) }),
-      el("td", {}, share)));
-  }
+  for (const e of data.entries) rows.append(fileRow(e, q));
   $("files-empty").hidden = rows.children.length > 0;
+  renderSelection();
   const more = $("files-more");
   more.hidden = data.next_offset == null;
   more.textContent = data.next_offset == null ? "" : `Show more (${data.next_offset} of ${data.total} shown)`;
   more.onclick = () => guarded(() => loadFiles(data.next_offset));
   $("files-truncated").hidden = !data.truncated;
+}
+
+// One entry of the list: a box to tick it for a ZIP, its name (a folder's opens it), and a
+// button to share it alone (a folder alone becomes one ZIP).
+function fileRow(e, q) {
+  const label = q ? e.path : e.name;
+  const name = e.is_dir
+    ? el("button", { type: "button", text: `${label}/`, onclick: () => { state.dir = e.path; $("search").value = ""; guarded(loadFiles); } })
+    : el("span", { text: label });
+  const pick = el("input", { type: "checkbox", "aria-label": `Select ${e.name}` });
+  pick.entry = e;
+  pick.checked = state.selected.has(e.path);
+  pick.addEventListener("change", () => {
+    if (pick.checked) state.selected.set(e.path, e);
+    else state.selected.delete(e.path);
+    renderSelection();
+  });
+  const target = e.is_dir
+    ? { label: `${e.name}/ as one ZIP`, body: { file_path: e.path }, zip: true }
+    : { label: e.name, body: { file_path: e.path }, zip: false };
+  const share = el("button", { type: "button", class: "quiet", text: "Share", "aria-label": `Share ${e.name}`, onclick: () => openShare(target) });
+  return el("tr", { "data-path": e.path },
+    el("td", { class: "pick" }, pick),
+    el("td", { class: "name" }, name),
+    el("td", { class: "num", text: e.is_dir ? "" : size(e.size) }),
+    el("td", { class: "hide-narrow", text: when(e.modified) }),
+    el("td", {}, share));
+}
+
+// The bar under the list says how many entries are ticked; the header's box ticks every row shown.
+function renderSelection() {
+  const n = state.selected.size;
+  $("selection").hidden = n === 0;
+  $("selection-count").textContent = n === 1 ? "1 selected" : `${n} selected`;
+  const boxes = [...document.querySelectorAll("#file-rows td.pick input")];
+  for (const b of boxes) b.checked = state.selected.has(b.entry.path);
+  const ticked = boxes.filter((b) => b.checked).length;
+  $("select-all").checked = boxes.length > 0 && ticked === boxes.length;
+  $("select-all").indeterminate = ticked > 0 && ticked < boxes.length;
+}
+
+function selectAll() {
+  const on = $("select-all").checked;
+  for (const b of document.querySelectorAll("#file-rows td.pick input")) {
+    if (on) state.selected.set(b.entry.path, b.entry);
+    else state.selected.delete(b.entry.path);
+  }
+  renderSelection();
+}
+
+function shareSelection() {
+  const paths = [...state.selected.keys()];
+  const label = paths.length === 1 ? `${state.selected.get(paths[0]).name} as one ZIP` : `${paths.length} items as one ZIP`;
+  openShare({ label, body: { file_paths: paths }, zip: true, fromSelection: true });
 }
 
 function renderCrumbs() {
@@ -96,9 +146,11 @@ function renderCrumbs() {
 
 const PRESETS = [["15 min", 900], ["1 hour", 3600], ["6 hours", 21600], ["1 day", 86400], ["1 week", 604800]];
 
-function openShare(entry) {
-  state.sharing = entry;
-  $("share-name").textContent = entry.name;
+// `target` is what to share: `label` for the dialog's title, `body` the paths as the API takes
+// them (`file_path`, or `file_paths` for a ZIP of several), `zip` whether it becomes an archive.
+function openShare(target) {
+  state.sharing = target;
+  $("share-name").textContent = target.label;
   $("share-form").hidden = false;
   $("share-result").hidden = true;
   $("max-downloads").value = "1";
@@ -121,7 +173,7 @@ function openShare(entry) {
 
 async function createLink(ev) {
   ev.preventDefault();
-  const body = { file_path: state.sharing.path, expires_in_seconds: state.expiry, max_downloads: Number($("max-downloads").value) };
+  const body = { ...state.sharing.body, expires_in_seconds: state.expiry, max_downloads: Number($("max-downloads").value) };
   const note = $("note").value.trim();
   if (note) body.note = note;
   const rate = $("rate").value.trim();
@@ -133,12 +185,38 @@ async function createLink(ev) {
     $("share-result").hidden = false;
     $("share-url").value = created.download_url;
     $("share-qr").src = `/admin/tunnels/${encodeURIComponent(created.tunnel_id)}/qr.svg`;
+    showArchive(created);
+    if (state.sharing.fromSelection) {
+      state.selected.clear();
+      renderSelection();
+    }
     $("share-copy").focus();
   } catch (e) {
     $("share-dialog").close();
     showError(e);
     if (e instanceof ApiError && e.status === 404) guarded(loadFiles).then(() => showError(e));
   }
+}
+
+// The most skipped entries the result lists; the server may leave out many more.
+const SKIPPED_SHOWN = 50;
+
+// For a ZIP link, the result says how big the archive is and what was left out of it, and why.
+function showArchive(created) {
+  const zip = created.kind === "zip";
+  $("share-what").textContent = `It works once, then vanishes. Anyone with it can download the ${zip ? "archive" : "file"}.`;
+  $("share-zip").hidden = !zip;
+  if (!zip) return;
+  $("share-size").textContent = `ZIP archive · ${size(created.file_size)}`;
+  const skipped = created.skipped || [];
+  $("share-skipped").hidden = skipped.length === 0;
+  $("share-skipped-title").textContent = skipped.length === 1 ? "1 entry left out:" : `${skipped.length} entries left out:`;
+  const list = $("share-skipped-list");
+  list.replaceChildren();
+  for (const s of skipped.slice(0, SKIPPED_SHOWN)) {
+    list.append(el("li", {}, el("span", { class: "path", text: s.path }), el("span", { class: "why", text: s.reason })));
+  }
+  if (skipped.length > SKIPPED_SHOWN) list.append(el("li", { class: "more", text: `and ${skipped.length - SKIPPED_SHOWN} more` }));
 }
 
 async function copyUrl() {
@@ -258,6 +336,9 @@ async function start() {
   $("share-cancel").addEventListener("click", () => $("share-dialog").close());
   $("share-done").addEventListener("click", () => { $("share-dialog").close(); location.hash = "#open"; });
   $("share-copy").addEventListener("click", copyUrl);
+  $("select-all").addEventListener("change", selectAll);
+  $("selection-share").addEventListener("click", shareSelection);
+  $("selection-clear").addEventListener("click", () => { state.selected.clear(); renderSelection(); });
   $("logout").addEventListener("click", () => guarded(async () => { await api("POST", "/logout"); location.reload(); }));
   $("login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
