@@ -6,10 +6,10 @@ import { api, ApiError, size, when, until } from "/api.js";
 const $ = (id) => document.getElementById(id);
 const views = ["files", "open", "history", "status"];
 // `selected` holds the entries ticked in Files (by path, across folders and searches), to share
-// together as one ZIP.
+// together as one ZIP. `expanded` holds the open links whose list of members is unfolded.
 const state = {
   dir: "", links: new Map(), events: null, sharing: null, expiry: 3600, maxExpiry: 3600,
-  selected: new Map(),
+  selected: new Map(), expanded: new Set(), polling: false,
 };
 
 function el(tag, props = {}, ...children) {
@@ -240,22 +240,52 @@ async function loadOpen() {
   listen();
 }
 
+// Cards are kept by link id and updated in place, so that a list of members stays unfolded and
+// scrolled where the owner left it while progress comes in.
 function renderOpen() {
   const list = $("open-list");
-  list.replaceChildren();
-  for (const t of state.links.values()) list.append(card(t));
+  const stale = new Map([...list.children].map((li) => [li.dataset.id, li]));
+  let i = 0;
+  for (const t of state.links.values()) {
+    const li = stale.get(t.tunnel_id) || newCard(t);
+    stale.delete(t.tunnel_id);
+    li.dataset.state = t.state;
+    li.firstChild.replaceChildren(...cardParts(t));
+    if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+    i++;
+  }
+  for (const [id, li] of stale) {
+    li.remove();
+    state.expanded.delete(id);
+  }
   $("open-empty").hidden = state.links.size > 0;
   $("open-count").textContent = state.links.size ? String(state.links.size) : "";
+  pollHashing();
 }
 
-function card(t) {
+// A card: its changing part first, then (for a ZIP) the archive's members, which never change.
+function newCard(t) {
+  const li = el("li", { "data-id": t.tunnel_id }, el("div", { class: "live" }));
+  if (t.kind === "zip") li.append(members(t));
+  return li;
+}
+
+// What the recipient gets: the file's path, or the archive's name (the last part of its URL).
+function linkName(t) {
+  if (t.kind !== "zip") return t.file_path;
+  const last = (t.public_url || "").split("/").pop();
+  try { return decodeURIComponent(last); } catch { return last; }
+}
+
+function cardParts(t) {
+  const name = linkName(t);
   const pct = Math.round((t.progress || 0) * 100);
   // progress covers every allowed download; bytes_served is the settled ledger (log lines).
   const total = t.file_size * t.max_downloads;
   const client = t.clients && t.clients.length ? ` · ${t.clients[t.clients.length - 1].address}` : "";
-  const terminate = el("button", { type: "button", class: "danger", text: "Terminate", "aria-label": `Terminate ${t.file_path}` });
+  const terminate = el("button", { type: "button", class: "danger", text: "Terminate", "aria-label": `Terminate ${name}` });
   terminate.addEventListener("click", () => {
-    if (!confirm(`End the link to ${t.file_path} now? The recipient will not be able to use it.`)) return;
+    if (!confirm(`End the link to ${name} now? The recipient will not be able to use it.`)) return;
     guarded(async () => {
       await api("DELETE", `/admin/tunnels/${encodeURIComponent(t.tunnel_id)}`);
       state.links.delete(t.tunnel_id);
@@ -263,11 +293,79 @@ function card(t) {
     });
   });
   const note = t.note ? ` · ${t.note}` : "";
-  return el("li", { "data-id": t.tunnel_id, "data-state": t.state },
-    el("div", { class: "top" }, el("strong", { text: t.file_path }), terminate),
+  return [
+    el("div", { class: "top" }, el("strong", { text: name }), terminate),
     el("div", { class: "meta", text: `${t.state} · ${t.downloads_completed}/${t.max_downloads} downloads · expires in ${until(t.expires_at)}${note}` }),
-    el("progress", { max: "100", value: String(pct), "aria-label": `Progress of ${t.file_path}` }),
-    el("div", { class: "meta", text: `${pct}% · ${size(Math.round((t.progress || 0) * total))} of ${size(total)}${client}` }));
+    el("progress", { class: "download", max: "100", value: String(pct), "aria-label": `Progress of ${name}` }),
+    el("div", { class: "meta", text: `${pct}% · ${size(Math.round((t.progress || 0) * total))} of ${size(total)}${client}` }),
+    ...(t.kind === "zip" ? archiveParts(t, name) : []),
+  ];
+}
+
+// A ZIP link says so, where its files come from, and how far its CRC-32s are computed: until
+// they are, a download waits for them as it reaches each file.
+function archiveParts(t, name) {
+  const files = t.file_count === 1 ? "1 file" : `${t.file_count} files`;
+  const from = t.file_path ? ` from ${t.file_path}/` : "";
+  const parts = [el("div", { class: "meta zip", text: `ZIP archive · ${files}${from} · ${size(t.file_size)}` })];
+  const h = t.hashing;
+  if (!h) return parts;
+  const pct = h.total_bytes ? Math.floor((h.hashed_bytes * 100) / h.total_bytes) : 100;
+  if (preparing(t)) {
+    parts.push(el("div", { class: "meta hashing", text: `Preparing archive: ${pct}%` }),
+      el("progress", { class: "hashing", max: "100", value: String(pct), "aria-label": `Preparing ${name}` }));
+  } else {
+    parts.push(el("div", { class: "meta hashing ok", text: "Archive ready" }));
+  }
+  return parts;
+}
+
+// The archive's members (the server sends the first ones and the count of all), folded.
+function members(t) {
+  const id = t.tunnel_id;
+  const files = t.files || [];
+  const list = el("ul", { class: "members" });
+  for (const f of files) list.append(el("li", {}, el("span", { class: "path", text: f.name }), el("span", { class: "size", text: size(f.size) })));
+  if (t.file_count > files.length) list.append(el("li", { class: "more", text: `and ${t.file_count - files.length} more` }));
+  const details = el("details", { class: "members" }, el("summary", { text: "Files in the archive" }), list);
+  details.open = state.expanded.has(id);
+  details.addEventListener("toggle", () => {
+    if (details.open) state.expanded.add(id);
+    else state.expanded.delete(id);
+  });
+  return details;
+}
+
+// No event says how far hashing got, so while the open list is shown and an archive is not
+// ready, the page asks for those links once a second.
+const preparing = (t) => t.hashing && t.hashing.hashed_bytes < t.hashing.total_bytes;
+
+function pollHashing() {
+  if (state.polling || $("open").hidden || ![...state.links.values()].some(preparing)) return;
+  state.polling = true;
+  setTimeout(async () => {
+    try {
+      await Promise.all([...state.links.values()].filter(preparing).map(refreshLink));
+    } catch (e) {
+      showError(e);
+    }
+    state.polling = false;
+    if (!$("open").hidden) renderOpen();
+  }, 1000);
+}
+
+async function refreshLink(t) {
+  const id = t.tunnel_id;
+  try {
+    const stats = await api("GET", `/admin/tunnels/${encodeURIComponent(id)}/stats`);
+    // An event may have closed the link while the answer was on its way.
+    if (!state.links.has(id)) return;
+    if (stats.tunnel.state === "closed") state.links.delete(id);
+    else state.links.set(id, stats.tunnel);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) state.links.delete(id);
+    else throw e;
+  }
 }
 
 function listen() {
@@ -300,7 +398,7 @@ async function loadHistory() {
   rows.replaceChildren();
   for (const t of data.tunnels) {
     rows.append(el("tr", { "data-id": t.tunnel_id },
-      el("td", { text: t.file_path }),
+      el("td", { text: linkName(t) }),
       el("td", { class: t.close_reason === "completed" ? "ok" : "", text: t.close_detail ? `${t.close_reason}: ${t.close_detail}` : t.close_reason || "" }),
       el("td", { class: "num", text: size(t.bytes_served) }),
       el("td", { class: "hide-narrow", text: when(t.closed_at) })));
