@@ -269,3 +269,166 @@ async fn a_big_folder_shows_more_a_page_at_a_time() {
         json!(true)
     );
 }
+
+/// Two files and a folder ticked in the list and shared together as one ZIP: the result gives a
+/// `.zip` URL, the archive's size and what was left out; the open link lists the members and shows
+/// its CRC-32s being computed, live, until the archive is ready; the download is as long as the
+/// link said; and the pages fit a phone.
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_shares_two_files_and_a_folder_as_one_zip() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN), ("GRACE_PERIOD_SECONDS", "1")]).await;
+    app.data_file("a.jpg", 30_000);
+    app.data_file("b.jpg", 20_000);
+    app.data_file("c.jpg", 10);
+    app.data_file("photos/beach.jpg", 40_000);
+    // Big enough that hashing takes a moment to watch; sparse, so it costs no disk.
+    let raw = app.path("data/photos/scan.raw");
+    std::fs::File::create(raw).unwrap().set_len(2 << 30).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(app.path("data/photos/pipe"))
+        .status();
+    assert!(fifo.unwrap().success(), "mkfifo");
+    let b = Browser::start().await;
+    log_in(&b, &app).await;
+
+    let url = share_ticked_entries(&b, &app).await;
+    let link = app.open().await.remove(0);
+    let id = link["tunnel_id"].as_str().unwrap().to_string();
+    watch_the_archive_being_prepared(&b, &app, &id).await;
+    the_zip_pages_fit_a_phone(&b, &app, &id).await;
+
+    let got = curl(&url, &["-f"]).await;
+    assert_eq!((got.exit, got.status), (0, 200));
+    assert_eq!(got.body.len() as u64, link["file_size"].as_u64().unwrap());
+    assert!(got.body.starts_with(b"PK\x03\x04"), "a ZIP begins with a local header");
+    let closed = app.closed(&id, Duration::from_secs(20)).await;
+    assert_eq!(closed["close_reason"], "completed");
+    a_folder_alone_is_one_zip(&b).await;
+}
+
+/// A folder's own Share button shares the folder as one ZIP named after it.
+async fn a_folder_alone_is_one_zip(b: &Browser) {
+    b.click_css("#file-rows tr[data-path=photos] button[aria-label^=Share]")
+        .await;
+    let title = b.text(&b.find("#share-title").await).await;
+    assert!(title.contains("photos/ as one ZIP"), "{title}");
+    b.click_css("#share-create").await;
+    let url = b.property(&b.find("#share-url").await, "value").await;
+    assert!(url.as_str().unwrap().contains("/photos.zip?t="), "{url}");
+    assert!(b.text(&b.find("#share-size").await).await.contains("ZIP archive"));
+}
+
+/// Ticks a.jpg, b.jpg and photos/, shares them from the selection bar: the download URL.
+async fn share_ticked_entries(b: &Browser, app: &TestApp) -> String {
+    b.wait_for(
+        "the file list",
+        "document.querySelector('#file-rows tr[data-path=\"c.jpg\"]')",
+    )
+    .await;
+    let bar_shown = "return document.getElementById('selection').getClientRects().length > 0";
+    assert_eq!(b.script(bar_shown).await, json!(false), "nothing is ticked yet");
+    for path in ["a.jpg", "b.jpg", "photos"] {
+        b.click_css(&format!("#file-rows tr[data-path=\"{path}\"] td.pick input"))
+            .await;
+    }
+    assert_eq!(b.text(&b.find("#selection-count").await).await, "3 selected");
+    b.screenshot(&shot("zip-selection")).await;
+    b.click_css("#selection-share").await;
+    let title = b.text(&b.find("#share-title").await).await;
+    assert!(title.contains("3 items as one ZIP"), "{title}");
+    b.click_css("#share-create").await;
+
+    let url = b.property(&b.find("#share-url").await, "value").await;
+    let url = url.as_str().unwrap().to_string();
+    assert!(url.starts_with(&app.public) && url.contains(".zip?t="), "{url}");
+    let size = b.text(&b.find("#share-size").await).await;
+    assert!(size.contains("ZIP archive") && size.contains("2.1 GB"), "{size}");
+    let skipped = b.text(&b.find("#share-skipped").await).await;
+    assert!(
+        skipped.contains("photos/pipe") && skipped.contains("not a regular file"),
+        "{skipped}"
+    );
+    b.screenshot(&shot("zip-share-result")).await;
+    assert_eq!(
+        b.script("return document.querySelectorAll('#file-rows td.pick input:checked').length")
+            .await,
+        json!(0),
+        "the shared selection is cleared"
+    );
+    assert_eq!(b.script(bar_shown).await, json!(false), "the selection bar is gone");
+    url
+}
+
+/// The open link's card: a ZIP, its members, and hashing shown as it goes until it is done.
+async fn watch_the_archive_being_prepared(b: &Browser, app: &TestApp, id: &str) {
+    let card = format!("#open-list li[data-id='{id}']");
+    b.click_css("#share-done").await;
+    b.find(&card).await;
+    // Every text the hashing line shows, as the page changes it.
+    b.script(&format!(
+        "window.hashingSeen = [];
+         const seen = () => {{ const h = document.querySelector(\"{card} .hashing\"); if (h) window.hashingSeen.push(h.textContent); }};
+         seen();
+         new MutationObserver(seen).observe(document.getElementById('open-list'), {{ childList: true, subtree: true }});"
+    ))
+    .await;
+    b.screenshot(&shot("zip-open-preparing")).await;
+    b.click_css(&format!("{card} details.members summary")).await;
+    let files = b.text(&b.find(&format!("{card} ul.members")).await).await;
+    for name in ["a.jpg", "b.jpg", "photos/beach.jpg", "photos/scan.raw", "2.1 GB"] {
+        assert!(files.contains(name), "{name} in {files}");
+    }
+    assert!(!files.contains("pipe") && !files.contains("c.jpg"), "{files}");
+    let zip = b.text(&b.find(&format!("{card} .zip")).await).await;
+    assert!(zip.contains("ZIP archive") && zip.contains("4 files"), "{zip}");
+    b.wait_for(
+        "the archive to be ready",
+        &format!("document.querySelector(\"{card} .hashing\")?.textContent === 'Archive ready'"),
+    )
+    .await;
+    let seen = b.script("return window.hashingSeen").await;
+    let seen: Vec<&str> = seen.as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
+    assert!(
+        seen.iter().any(|s| s.starts_with("Preparing archive: ")),
+        "hashing was shown under way: {seen:?}"
+    );
+    let stats = app.get(&format!("/admin/tunnels/{id}/stats")).await.1;
+    let hashing = &stats["tunnel"]["hashing"];
+    assert_eq!(hashing["hashed_bytes"], hashing["total_bytes"], "{hashing}");
+    assert_eq!(
+        b.script(&format!(
+            "return document.querySelector(\"{card} details.members\").open"
+        ))
+        .await,
+        json!(true),
+        "the members stay unfolded while the card is updated"
+    );
+    b.screenshot(&shot("zip-open-ready")).await;
+}
+
+/// At 390 px wide: the open ZIP link with its members unfolded, and the file list with entries
+/// ticked, scroll nowhere sideways.
+async fn the_zip_pages_fit_a_phone(b: &Browser, app: &TestApp, id: &str) {
+    let overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth";
+    b.resize(390, 844).await;
+    let card = format!("#open-list li[data-id='{id}'] ul.members");
+    b.find(&card).await;
+    let sideways = b.script(overflow).await;
+    assert!(
+        sideways.as_i64().unwrap() <= 0,
+        "the open list scrolls sideways by {sideways} px"
+    );
+    b.screenshot(&shot("zip-phone-open")).await;
+
+    b.goto(&format!("{}/#files", app.admin)).await;
+    b.click_css("#file-rows tr[data-path=photos] td.pick input").await;
+    b.click_css("#file-rows tr[data-path=\"c.jpg\"] td.pick input").await;
+    b.find("#selection-share").await;
+    let sideways = b.script(overflow).await;
+    assert!(
+        sideways.as_i64().unwrap() <= 0,
+        "the file list scrolls sideways by {sideways} px"
+    );
+    b.screenshot(&shot("zip-phone-files")).await;
+    b.resize(1200, 900).await;
+}
