@@ -20,7 +20,7 @@ pub use client::{Client, Failure};
 #[command(
     name = "ferry",
     version,
-    about = "Share a file from your NAS through a link that works once, then vanishes."
+    about = "Share a file or folder from your NAS through a link that works once, then vanishes."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run ferry: the control plane, the managed nginx and the log monitor.
     Serve,
-    /// Share a file (path relative to the data dir) and print its link.
+    /// Share a file or folder (or several, as one ZIP) and print its link.
     Share(Share),
     /// List open links.
     Ls(Common),
@@ -80,8 +80,10 @@ pub struct Common {
 
 #[derive(Args)]
 pub struct Share {
-    /// The file, relative to the data dir.
-    pub path: String,
+    /// What to share, relative to the data dir: one file; or a folder, or several files and
+    /// folders, which the recipient gets as one ZIP.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<String>,
     /// How long the link lives: 90s, 15m, 1h, 1h30m.
     #[arg(long, value_parser = parse_duration)]
     pub expires: Option<Duration>,
@@ -185,8 +187,25 @@ async fn execute(client: &Client, command: Command) -> Result<ExitCode, Failure>
     }
 }
 
+/// The paths of a link request: one path as `file_path` (the server shares a folder as one ZIP),
+/// several as `file_paths`. A trailing `/` says "folder" to a person and nothing to the server.
+fn paths_body(paths: &[String]) -> serde_json::Value {
+    let trimmed: Vec<&str> = paths
+        .iter()
+        .map(|p| match p.trim_end_matches('/') {
+            // `/` alone stays, so that the server refuses it as absolute.
+            "" => p.as_str(),
+            t => t,
+        })
+        .collect();
+    match trimmed.as_slice() {
+        [one] => json!({ "file_path": one }),
+        several => json!({ "file_paths": several }),
+    }
+}
+
 async fn share(client: &Client, s: Share) -> Result<ExitCode, Failure> {
-    let mut body = json!({ "file_path": s.path });
+    let mut body = paths_body(&s.paths);
     if let Some(d) = s.expires {
         body["expires_in_seconds"] = json!(d.as_secs());
     }
@@ -197,14 +216,7 @@ async fn share(client: &Client, s: Share) -> Result<ExitCode, Failure> {
         body["note"] = json!(n);
     }
     let created = client.post("/api/links", &body).await?;
-    output::print(s.common.json, &created, || {
-        format!(
-            "{}\nexpires {} · tunnel {}\n",
-            created["download_url"].as_str().unwrap_or(""),
-            created["expires_at"].as_str().unwrap_or(""),
-            created["tunnel_id"].as_str().unwrap_or("")
-        )
-    });
+    output::print(s.common.json, &created, || output::created(&created));
     if !s.wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -236,8 +248,28 @@ async fn share(client: &Client, s: Share) -> Result<ExitCode, Failure> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use serde_json::json;
 
     use super::{Cli, Command};
+
+    #[test]
+    fn one_path_is_file_path_and_several_are_file_paths() {
+        let paths = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["ferry", "share"].iter().chain(args)).unwrap();
+            let Command::Share(s) = cli.command else {
+                panic!("not share")
+            };
+            super::paths_body(&s.paths)
+        };
+        assert_eq!(paths(&["a.jpg"]), json!({"file_path": "a.jpg"}));
+        assert_eq!(paths(&["photos/"]), json!({"file_path": "photos"}), "a folder");
+        assert_eq!(
+            paths(&["a.jpg", "b.jpg", "photos//", "--json"]),
+            json!({"file_paths": ["a.jpg", "b.jpg", "photos"]})
+        );
+        assert_eq!(paths(&["/"]), json!({"file_path": "/"}), "not the whole data dir");
+        assert!(Cli::try_parse_from(["ferry", "share"]).is_err(), "a path is required");
+    }
 
     #[test]
     fn an_id_beginning_with_a_dash_is_an_id_not_a_flag() {

@@ -75,6 +75,30 @@ pub fn tunnels(list: &Value, closed: bool) -> String {
     table(&["ID", "FILE", status, "PROGRESS", "SERVED", when], rows)
 }
 
+/// A new link: its URL alone on the first line (scripts read it), then when it expires and its
+/// id; for a ZIP also the archive's size, and each entry left out of it with the reason.
+pub fn created(c: &Value) -> String {
+    let zip = if c["kind"] == "zip" {
+        format!("zip archive {} · ", human_size(c["file_size"].as_u64().unwrap_or(0)))
+    } else {
+        String::new()
+    };
+    let mut out = format!(
+        "{}\n{zip}expires {} · tunnel {}\n",
+        c["download_url"].as_str().unwrap_or(""),
+        c["expires_at"].as_str().unwrap_or(""),
+        c["tunnel_id"].as_str().unwrap_or("")
+    );
+    let skipped = c["skipped"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !skipped.is_empty() {
+        out.push_str(&format!("left out of the archive ({}):\n", skipped.len()));
+    }
+    for e in skipped {
+        out.push_str(&format!("  {}: {}\n", s(&e["path"]), s(&e["reason"])));
+    }
+    out
+}
+
 /// A page of a folder or a search's results, and what is left out of it.
 pub fn files(list: &Value) -> String {
     let entries = &list["entries"];
@@ -158,5 +182,35 @@ impl Bar {
         if self.on {
             eprintln!("{}link {reason}", if self.tty { "\n" } else { "" });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_zip_link_says_so_and_lists_what_it_left_out() {
+        let file = json!({"download_url": "http://x/s/id/a.jpg?t=T", "kind": "file", "file_size": 10,
+            "expires_at": "E", "tunnel_id": "id", "skipped": []});
+        assert_eq!(
+            super::created(&file),
+            "http://x/s/id/a.jpg?t=T\nexpires E · tunnel id\n"
+        );
+        let zip = json!({"download_url": "http://x/s/id/photos.zip?t=T", "kind": "zip", "file_size": 2_500_000,
+            "expires_at": "E", "tunnel_id": "id",
+            "skipped": [{"path": "photos/pipe", "reason": "not a regular file"}, {"path": "photos/.x", "reason": "hidden"}]});
+        let out = super::created(&zip);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "http://x/s/id/photos.zip?t=T", "the URL comes first, alone");
+        assert!(lines[1].starts_with("zip archive 2.5 MB · expires E"), "{out}");
+        assert_eq!(
+            &lines[2..],
+            [
+                "left out of the archive (2):",
+                "  photos/pipe: not a regular file",
+                "  photos/.x: hidden"
+            ]
+        );
     }
 }
