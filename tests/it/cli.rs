@@ -216,3 +216,49 @@ async fn files_come_a_page_at_a_time() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("limit:"), "{}", text(&o));
 }
+
+/// `ferry share a.jpg b.jpg photos/` shares all three as one ZIP that `unzip -t` accepts, and says
+/// what it left out of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn share_several_paths_as_one_zip() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    app.data_file("a.jpg", 3_000);
+    app.data_file("b.jpg", 2_000);
+    app.data_file("photos/beach.jpg", 50_000);
+    app.data_file("photos/.thumbs", 10);
+
+    let o = run(&app, &["share", "a.jpg", "b.jpg", "photos/", "--json"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let created = json(&o);
+    assert_eq!(created["kind"], "zip", "{created}");
+    assert_eq!(created["skipped"][0]["path"], "photos/.thumbs", "{created}");
+    let url = created["download_url"].as_str().unwrap();
+    assert!(url.contains(".zip?t="), "{url}");
+
+    let got = curl(url, &["-f"]).await;
+    assert_eq!((got.exit, got.status), (0, 200));
+    assert_eq!(got.body.len() as u64, created["file_size"].as_u64().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("shared.zip");
+    std::fs::write(&saved, &got.body).unwrap();
+    let listing = crate::clients::run("unzip", "unzip", &["-t", "shared.zip"], dir.path()).await;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for name in ["a.jpg", "b.jpg", "photos/beach.jpg", "No errors detected"] {
+        assert!(listing.contains(name), "{name}: {listing}");
+    }
+
+    // A folder alone is one ZIP too; people read its size and what was left out.
+    let o = run(&app, &["share", "photos/"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let human = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = human.lines().collect();
+    assert!(lines[0].contains("/photos.zip?t="), "{human}");
+    assert!(
+        lines[1].starts_with("zip archive 50.") && lines[1].contains("expires"),
+        "{human}"
+    );
+    assert!(human.contains("photos/.thumbs: hidden"), "{human}");
+    let o = run(&app, &["share", "a.jpg", "missing.jpg"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("missing.jpg"), "{}", text(&o));
+}
