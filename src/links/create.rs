@@ -108,6 +108,10 @@ impl Links {
 
     /// What the request shares: one regular file, or a folder or several paths as one archive.
     fn source(&self, req: &NewLink) -> Result<Source, LinkError> {
+        let whole = |field| LinkError::Invalid {
+            field,
+            message: "the data dir itself cannot be shared; name a file or a folder in it".into(),
+        };
         if let Some(paths) = &req.file_paths {
             if paths.is_empty() {
                 return Err(LinkError::Invalid {
@@ -115,7 +119,13 @@ impl Links {
                     message: "must name at least one file or folder".into(),
                 });
             }
+            if paths.iter().any(RelPath::is_root) {
+                return Err(whole("file_paths"));
+            }
             return self.collect("file_paths", paths).map(Source::Zip);
+        }
+        if req.file_path.is_root() {
+            return Err(whole("file_path"));
         }
         match self.data.resolve_file(&req.file_path) {
             Ok(r) => Ok(Source::File(r)),
@@ -129,20 +139,10 @@ impl Links {
     /// The request's expiry (seconds from now) and number of downloads, or what is wrong with it.
     fn validate(&self, req: &NewLink) -> Result<(u64, u32), LinkError> {
         let invalid = |field, message: String| Err(LinkError::Invalid { field, message });
-        let expires_in = req.expires_in.unwrap_or(self.policy.max_tunnel_s);
-        if !(1..=self.policy.max_tunnel_s).contains(&expires_in) {
-            let max = self.policy.max_tunnel_s;
-            return invalid(
-                "expires_in_seconds",
-                format!("must be between 1 and {max} (MAX_TUNNEL_SECONDS)"),
-            );
-        }
+        let expires_in = self.expiry(req.expires_in, req.note.as_deref())?;
         let max_downloads = req.max_downloads.unwrap_or(1);
         if max_downloads < 1 {
             return invalid("max_downloads", "must be at least 1".into());
-        }
-        if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
-            return invalid("note", "must be at most 500 characters".into());
         }
         if req.rate_limit_bytes_per_second == Some(0) {
             return invalid("rate_limit_bytes_per_second", "must be at least 1".into());
@@ -150,8 +150,28 @@ impl Links {
         Ok((expires_in, max_downloads))
     }
 
+    /// A new link's expiry in seconds from now (`MAX_TUNNEL_SECONDS` unless asked), after checking
+    /// it and the note that every kind of link may carry.
+    pub(super) fn expiry(&self, asked: Option<u64>, note: Option<&str>) -> Result<u64, LinkError> {
+        let expires_in = asked.unwrap_or(self.policy.max_tunnel_s);
+        if !(1..=self.policy.max_tunnel_s).contains(&expires_in) {
+            let max = self.policy.max_tunnel_s;
+            return Err(LinkError::Invalid {
+                field: "expires_in_seconds",
+                message: format!("must be between 1 and {max} (MAX_TUNNEL_SECONDS)"),
+            });
+        }
+        if note.is_some_and(|n| n.chars().count() > 500) {
+            return Err(LinkError::Invalid {
+                field: "note",
+                message: "must be at most 500 characters".into(),
+            });
+        }
+        Ok(expires_in)
+    }
+
     /// Writes a new link with its audit record, in one durable write.
-    async fn store_new(&self, link: &Link, by: Option<&str>) -> Result<(), LinkError> {
+    pub(super) async fn store_new(&self, link: &Link, by: Option<&str>) -> Result<(), LinkError> {
         let audit = crate::store::audit::AuditRecord {
             time_ms: link.created_at_ms,
             event: "link.created".into(),
@@ -177,7 +197,7 @@ impl Links {
 
     /// Makes a stored link reachable: its directory (with the symlink to its file, unless it is an
     /// archive, which nginx asks ferry for), then its tunnel.
-    async fn expose(&self, id: &TunnelId, target: Option<&std::path::Path>) -> Result<(), LinkError> {
+    pub(super) async fn expose(&self, id: &TunnelId, target: Option<&std::path::Path>) -> Result<(), LinkError> {
         self.link_dir(id, target)
             .await
             .map_err(|e| LinkError::Internal(format!("symlink: {e}")))?;
