@@ -37,6 +37,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     PayloadTooLarge,
     BadGateway(String),
+    /// The request cannot be done to the thing as it is (409).
+    Conflict(String),
     Unavailable(String),
     /// The data dir is not there (unmounted, or its server gone): the message says why.
     DataDirUnavailable(String),
@@ -55,6 +57,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body is too large".into(), None),
             ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m, None),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m, None),
             ApiError::Unavailable(m) => {
                 tracing::error!(error = %m, "service unavailable");
                 (
@@ -107,12 +110,17 @@ impl From<LinkError> for ApiError {
                 error: PathError::Io(_),
                 ..
             } => ApiError::Internal(e.to_string()),
-            LinkError::Path(PathError::Unavailable(_))
+            // The data dir's own words: which file was asked for does not matter.
+            LinkError::Path(u @ PathError::Unavailable(_))
             | LinkError::PathOf {
-                error: PathError::Unavailable(_),
+                error: u @ PathError::Unavailable(_),
                 ..
-            } => ApiError::DataDirUnavailable(e.to_string()),
+            }
+            | LinkError::FolderPath(u @ PathError::Unavailable(_)) => ApiError::DataDirUnavailable(u.to_string()),
             LinkError::Path(_) | LinkError::PathOf { .. } => ApiError::BadRequest(e.to_string()),
+            LinkError::FolderPath(PathError::NotFound) => ApiError::NotFound(e.to_string()),
+            LinkError::FolderPath(_) => ApiError::BadRequest(e.to_string()),
+            LinkError::Conflict(m) => ApiError::Conflict(m),
             LinkError::NotFound => ApiError::NotFound(e.to_string()),
             LinkError::Tunnel(_) => ApiError::BadGateway(e.to_string()),
             LinkError::Store(s) => s.into(),

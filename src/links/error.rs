@@ -12,6 +12,12 @@ pub enum LinkError {
     /// One of several paths (`file_paths`) is wrong.
     #[error("file_paths: {path}: {error}")]
     PathOf { path: String, error: PathError },
+    /// The folder of an upload link.
+    #[error("folder: {0}")]
+    FolderPath(PathError),
+    /// The request is well formed but cannot be done to this folder or link (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("unknown tunnel id")]
     NotFound,
     #[error("tunnel could not be opened: {0}")]
