@@ -29,6 +29,7 @@ pub mod config;
 pub mod data_dir;
 pub mod health;
 pub mod http;
+pub mod inbox;
 pub mod links;
 pub mod model;
 pub mod monitor;
@@ -233,6 +234,12 @@ fn serve_checks(
     let zip = UnixListener::bind(&zip_sock).with_context(|| format!("cannot bind {}", zip_sock.display()))?;
     std::fs::set_permissions(&zip_sock, std::fs::Permissions::from_mode(0o660))?;
     tasks.spawn(http::zip::serve(zip, links.clone(), shutdown.clone()));
+    // The upload socket: where nginx passes what senders send to upload links.
+    let upload_sock = nginx::upload_socket(config);
+    let _ = std::fs::remove_file(&upload_sock);
+    let upload = UnixListener::bind(&upload_sock).with_context(|| format!("cannot bind {}", upload_sock.display()))?;
+    std::fs::set_permissions(&upload_sock, std::fs::Permissions::from_mode(0o660))?;
+    tasks.spawn(http::receive::serve(upload, links.clone(), shutdown.clone()));
     Ok(sock)
 }
 

@@ -51,7 +51,7 @@ pub enum PathError {
     TooLong,
     #[error("no such file in the data dir")]
     NotFound,
-    #[error("folders are not supported")]
+    #[error("is a folder, not a file")]
     Folder,
     #[error("not a regular file")]
     NotRegular,
@@ -59,6 +59,8 @@ pub enum PathError {
     Escapes,
     #[error("not a folder")]
     NotFolder,
+    #[error("the folder is reached through a symlink; give its real path")]
+    Symlinked,
     #[error("data dir unavailable: {0}")]
     Unavailable(String),
     #[error("cannot read it: {0}")]
@@ -476,6 +478,28 @@ impl DataDir {
         )
         .map_err(io)?;
         Ok((dir, st))
+    }
+
+    /// Opens a folder beneath the data dir without following any symlink on the way (`O_PATH`),
+    /// with its (device, inode). Upload links write into such a folder (see `crate::inbox`), and
+    /// only a folder found this way can be checked again to be the same one.
+    pub fn open_folder_exact(&self, rel: &RelPath) -> Result<(OwnedFd, (u64, u64)), PathError> {
+        let root = self.root()?;
+        let name = if rel.is_root() { b".".to_vec() } else { rel.to_bytes() };
+        let fd = rfs::openat2(
+            root.fd.as_fd(),
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => PathError::Symlinked,
+            rustix::io::Errno::NOTDIR => PathError::NotFolder,
+            e => io(e),
+        })?;
+        let st = rfs::fstat(&fd).map_err(io)?;
+        Ok((fd, (st.st_dev, st.st_ino)))
     }
 
     /// Resolves a path to a regular file beneath the data dir.
