@@ -177,6 +177,75 @@ pub struct Link {
     /// For a ZIP link (SPEC §11), what the archive holds. A link without it shares one file.
     #[serde(default)]
     pub archive: Option<Arc<ArchiveInfo>>,
+    /// For an upload link (SPEC §12), what it may receive and what it has received.
+    #[serde(default)]
+    pub upload: Option<Arc<UploadInfo>>,
+}
+
+/// What an upload link receives into: its folder, its limits, and each file sent through it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// The folder's (device, inode) when the link was made: it must still be that folder.
+    pub folder_id: (u64, u64),
+    pub max_files: u32,
+    /// Per file.
+    pub max_bytes: u64,
+    pub files: Vec<Incoming>,
+}
+
+impl UploadInfo {
+    /// Files that hold one of the link's `max_files` places: received, or on their way.
+    pub fn taken(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|f| f.state != IncomingState::Abandoned)
+            .count()
+    }
+
+    pub fn received(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|f| matches!(f.state, IncomingState::Received { .. }))
+            .count()
+    }
+}
+
+/// A file an upload link received whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceivedFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One file an upload link is receiving or has received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incoming {
+    /// The upload's id, in its tus URL.
+    pub id: Arc<str>,
+    /// The name the sender gave, cleaned.
+    pub name: String,
+    /// The length the sender declared (a `PUT` may declare none).
+    pub length: Option<u64>,
+    /// Bytes written so far.
+    pub received: u64,
+    pub state: IncomingState,
+    pub started_ms: u64,
+    /// When bytes last arrived; an upload idle for the stall timeout is abandoned.
+    pub last_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncomingState {
+    Receiving,
+    /// In the folder under `name`, with this SHA-256.
+    Received {
+        name: String,
+        sha256: String,
+    },
+    /// Given up (terminated, cut off, idle, or the link closed): its partial data is removed.
+    Abandoned,
 }
 
 /// What a ZIP link shares: the archive's name and its members, in the archive's order.
@@ -238,6 +307,7 @@ impl Link {
             rate_limit_bytes_per_second: None,
             close_detail: None,
             archive: None,
+            upload: None,
         }
     }
 
@@ -254,6 +324,20 @@ impl Link {
         match &self.archive {
             Some(a) => a.name.clone(),
             None => self.file_path.display_name(),
+        }
+    }
+
+    /// Whether the link receives files rather than shares them.
+    pub fn is_upload(&self) -> bool {
+        self.upload.is_some()
+    }
+
+    /// `file`, `zip` or `upload`.
+    pub fn kind(&self) -> &'static str {
+        match (&self.archive, &self.upload) {
+            (_, Some(_)) => "upload",
+            (Some(_), _) => "zip",
+            _ => "file",
         }
     }
 

@@ -14,5 +14,6 @@ pub use clock::{Clock, Every, now_ms, rfc3339};
 pub use conn::Conn;
 pub use id::{BadTunnelId, TunnelId, random_token};
 pub use link::{
-    ArchiveInfo, ArchiveMember, Claim, ClientSeen, CloseReason, InFlight, Link, LinkState, Read, RequestSeen, Slot, Use,
+    ArchiveInfo, ArchiveMember, Claim, ClientSeen, CloseReason, InFlight, Incoming, IncomingState, Link, LinkState,
+    Read, ReceivedFile, RequestSeen, Slot, UploadInfo, Use,
 };
