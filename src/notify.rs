@@ -1,4 +1,4 @@
-//! Webhook notifications: `created`, `completed` and `closed` events POSTed to
+//! Webhook notifications: `created`, `completed`, `received` and `closed` events POSTed to
 //! `FERRY_WEBHOOK_URL`, in order, with retries and backoff. Delivery runs in its own task behind a
 //! bounded queue, so a slow or dead receiver never holds up a link's lifecycle; when the queue is
 //! full, events are dropped and counted. An ntfy topic gets a plain-text message instead of JSON.
@@ -15,7 +15,10 @@ use crate::model::format::human_size;
 const ATTEMPTS: u32 = 5;
 
 fn wanted(e: &Event) -> bool {
-    matches!(e.event, EventKind::Created | EventKind::Completed | EventKind::Closed)
+    matches!(
+        e.event,
+        EventKind::Created | EventKind::Completed | EventKind::Received | EventKind::Closed
+    )
 }
 
 /// The plain-text line an ntfy topic receives.
@@ -23,7 +26,18 @@ pub fn text(e: &Event) -> String {
     let t = &e.tunnel;
     let name = t.file_path.rsplit('/').next().unwrap_or(&t.file_path);
     match e.event {
+        EventKind::Created if t.kind == "upload" => format!("Receiving files into {}", t.file_path),
         EventKind::Created => format!("Shared {name} ({})", human_size(t.file_size)),
+        EventKind::Received => match &e.file {
+            Some(f) => format!(
+                "Received {} ({}) in {}, SHA-256 {}",
+                f.name,
+                human_size(f.size),
+                t.file_path,
+                f.sha256
+            ),
+            None => format!("Received a file in {}", t.file_path),
+        },
         EventKind::Completed => format!(
             "{name} was downloaded ({} of {})",
             t.downloads_completed, t.max_downloads
@@ -106,6 +120,7 @@ mod tests {
             event: EventKind::Closed,
             time: String::new(),
             tunnel: links_view,
+            file: None,
         };
         assert_eq!(text(&e), "Link to f.bin closed: stalled, 3.0 MB served");
     }

@@ -275,18 +275,9 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
     }
 }
 
-/// Audits a refusal. A refusal that looks like token guessing also counts toward banning the
-/// client.
+/// Audits a refusal, and counts one that looks like token guessing toward banning the client.
 async fn refused(links: &Links, req: &CheckRequest<'_>, address: &str, refusal: Refusal, now: u64) {
-    let tunnel = req.header("x-ferry-tunnel");
-    links.audit_refusal(address, tunnel, refusal).await;
-    if refusal.counts_against_client() && links.bans.fail(address, now) {
-        tracing::warn!(client = %address, "banned after repeated bad tokens");
-        metrics::counter!("ferry_bans_total").increment(1);
-        links
-            .audit("banned", Some(address), Some(tunnel), Some(refusal.code().to_string()))
-            .await;
-    }
+    links.refused(address, req.header("x-ferry-tunnel"), refusal, now).await;
 }
 
 /// Answers a previewer's request, which nginx hands over unchanged. The answer is an HTML preview,

@@ -67,6 +67,10 @@ impl Links {
             if link.state == LinkState::Closed {
                 return Err(Refusal::Closed);
             }
+            // An upload link has nothing to download.
+            if link.is_upload() {
+                return Err(Refusal::Unknown);
+            }
             // An archive's members are checked as they are read (see `crate::zip`).
             if link.is_zip() {
                 return Ok(());
@@ -154,7 +158,7 @@ impl Links {
             .await
             .map_err(|_| Refusal::Unavailable)?
             .ok_or(Refusal::Unknown)?;
-        if link.state == LinkState::Closed {
+        if link.state == LinkState::Closed || link.is_upload() {
             return Err(Refusal::Closed);
         }
         if now >= link.expires_at_ms {

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::rules;
-use crate::model::{CloseReason, Link, LinkState, TunnelId, rfc3339};
+use crate::model::{CloseReason, IncomingState, Link, LinkState, TunnelId, rfc3339};
 
 /// The JSON view of a link (SPEC §6 `Tunnel`). It never includes the token or the download URL.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -37,6 +37,24 @@ pub struct TunnelView {
     pub file_count: usize,
     /// How far a ZIP link's CRC-32s are computed; absent for a file.
     pub hashing: Option<Hashing>,
+    /// For an upload link: the bytes received so far, in all files.
+    pub bytes_received: u64,
+    /// For an upload link: its limits and the files on their way.
+    pub upload: Option<UploadView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UploadView {
+    pub max_files: u32,
+    pub max_bytes: u64,
+    pub in_progress: Vec<UploadProgress>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UploadProgress {
+    pub name: String,
+    pub received: u64,
+    pub length: Option<u64>,
 }
 
 /// The most members a Tunnel lists.
@@ -85,7 +103,7 @@ impl TunnelView {
             closed_at: link.closed_at_ms.map(rfc3339),
             note: link.note.clone(),
             rate_limit_bytes_per_second: link.rate_limit_bytes_per_second,
-            kind: if link.is_zip() { "zip" } else { "file" },
+            kind: link.kind(),
             files: link
                 .archive
                 .iter()
@@ -96,12 +114,53 @@ impl TunnelView {
                     size: m.stamp.size,
                 })
                 .collect(),
-            file_count: link.archive.as_ref().map_or(1, |a| a.members.len()),
+            file_count: match (&link.archive, &link.upload) {
+                (Some(a), _) => a.members.len(),
+                (_, Some(u)) => u.received(),
+                _ => 1,
+            },
             hashing: link.archive.as_ref().map(|a| Hashing {
                 hashed_bytes: 0,
                 total_bytes: a.members.iter().map(|m| m.stamp.size).sum(),
             }),
+            bytes_received: link.upload.iter().flat_map(|u| &u.files).map(|f| f.received).sum(),
+            upload: link.upload.as_ref().map(|u| UploadView {
+                max_files: u.max_files,
+                max_bytes: u.max_bytes,
+                in_progress: u
+                    .files
+                    .iter()
+                    .filter(|f| f.state == IncomingState::Receiving)
+                    .map(|f| UploadProgress {
+                        name: f.name.clone(),
+                        received: f.received,
+                        length: f.length,
+                    })
+                    .collect(),
+            }),
         }
+        .with_received(link)
+    }
+}
+
+impl TunnelView {
+    /// Lists an upload link's received files (final names and sizes) as its `files`.
+    fn with_received(mut self, link: &Link) -> TunnelView {
+        if let Some(u) = &link.upload {
+            self.files = u
+                .files
+                .iter()
+                .filter_map(|f| match &f.state {
+                    IncomingState::Received { name, .. } => Some(FileView {
+                        name: name.clone(),
+                        size: f.received,
+                    }),
+                    _ => None,
+                })
+                .take(FILES_SHOWN)
+                .collect();
+        }
+        self
     }
 }
 
@@ -125,6 +184,10 @@ pub enum EventKind {
     Completed,
     /// The link closed, with its reason.
     Closed,
+    /// An upload link began to receive a file.
+    UploadStarted,
+    /// An upload link received a whole file (the event's `file` says which).
+    Received,
 }
 
 impl EventKind {
@@ -136,6 +199,8 @@ impl EventKind {
             EventKind::Progress => "progress",
             EventKind::Completed => "completed",
             EventKind::Closed => "closed",
+            EventKind::UploadStarted => "upload_started",
+            EventKind::Received => "received",
         }
     }
 }
@@ -148,6 +213,9 @@ pub struct Event {
     pub event: EventKind,
     pub time: String,
     pub tunnel: TunnelView,
+    /// For `received`: the file that arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<crate::model::ReceivedFile>,
 }
 
 /// An event another instance emitted: its name and its JSON, as that instance sent it.

@@ -6,6 +6,7 @@
 mod admit;
 mod archive;
 pub mod bans;
+mod busy;
 mod create;
 mod error;
 mod event;
@@ -17,6 +18,7 @@ mod settle;
 mod sink;
 mod teardown;
 pub mod token;
+mod upload;
 mod view;
 
 #[cfg(test)]
@@ -29,3 +31,4 @@ pub use error::LinkError;
 pub use event::{ClientView, Event, EventKind, PeerEvent, TunnelView};
 pub use schedule::FILE_WATCH;
 pub use service::Links;
+pub use upload::{BeginError, NewUpload, UploadCreated, partial_key};

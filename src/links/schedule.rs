@@ -75,6 +75,7 @@ impl Links {
         if !closed.is_empty() {
             tracing::info!(count = closed.len(), "reconciliation closed links or removed orphans");
         }
+        self.sweep_uploads().await;
         let before = self.clock.now_ms().saturating_sub(self.history_ms);
         let purged = self.store.purge_history(before).await?;
         if purged > 0 {

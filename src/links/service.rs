@@ -27,6 +27,8 @@ pub struct Links {
     /// Reports of ZIP members that changed, taken by `run_archive_failures`.
     pub(super) archive_failures: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(TunnelId, String)>>>,
     pub(super) zip_max_files: usize,
+    /// Uploads a request is writing to right now.
+    pub(super) uploads_busy: super::busy::Busy,
     pub(super) keys: token::Keys,
     pub(super) policy: Policy,
     pub(super) diag: Option<crate::monitor::sockdiag::SockDiag>,
@@ -81,6 +83,7 @@ impl Links {
             archives,
             archive_failures: std::sync::Mutex::new(Some(archive_failures)),
             zip_max_files: config.zip_max_files,
+            uploads_busy: Default::default(),
             keys: token::Keys::new(&config.jwt_secret),
             policy: Policy {
                 max_tunnel_s: config.max_tunnel.as_secs(),
@@ -156,6 +159,18 @@ impl Links {
             Some(refusal.code().to_string()),
         )
         .await;
+    }
+
+    /// Audits a public refusal. One that looks like token guessing also counts toward banning the
+    /// client.
+    pub async fn refused(&self, address: &str, tunnel: &str, refusal: Refusal, now: u64) {
+        self.audit_refusal(address, tunnel, refusal).await;
+        if refusal.counts_against_client() && self.bans.fail(address, now) {
+            tracing::warn!(client = %address, "banned after repeated bad tokens");
+            metrics::counter!("ferry_bans_total").increment(1);
+            self.audit("banned", Some(address), Some(tunnel), Some(refusal.code().to_string()))
+                .await;
+        }
     }
 
     pub fn now_ms(&self) -> u64 {

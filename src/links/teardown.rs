@@ -60,6 +60,9 @@ impl Links {
         self.progress_sent.lock().expect("progress mutex").remove(id);
         match closed {
             Some(link) => {
+                if link.is_upload() {
+                    self.remove_partials_of(&link).await;
+                }
                 let reason = link.close_reason.map_or("unknown", CloseReason::as_str);
                 metrics::counter!("ferry_links_closed_total", "reason" => reason).increment(1);
                 self.emit(EventKind::Closed, &link);

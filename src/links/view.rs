@@ -7,12 +7,17 @@ use crate::model::{Link, rfc3339};
 
 impl Links {
     pub(super) fn public_url(&self, link: &Link) -> String {
+        let base = self.provider.public_base();
+        let base = base.as_deref().unwrap_or(&self.base_url);
+        if link.is_upload() {
+            // Ends with `/`, so that `curl -T file <url>` adds the file's name.
+            return format!("{base}/u/{}/", link.id);
+        }
         // The name's bytes are used unchanged, because a URL is made of bytes and `wget` saves the
         // file under the name that the path gives.
         let bytes = link.download_name();
         let name = percent_encoding::percent_encode(&bytes, URL_SEGMENT);
-        let base = self.provider.public_base();
-        format!("{}/s/{}/{}", base.as_deref().unwrap_or(&self.base_url), link.id, name)
+        format!("{base}/s/{}/{name}", link.id)
     }
 
     pub fn download_url(&self, link: &Link) -> String {
@@ -29,6 +34,15 @@ impl Links {
     }
 
     pub(super) fn emit(&self, event: EventKind, link: &Link) {
+        self.emit_with(event, link, None);
+    }
+
+    /// Emits `received` for a file an upload link received.
+    pub(super) fn emit_received(&self, link: &Link, file: &crate::model::ReceivedFile) {
+        self.emit_with(EventKind::Received, link, Some(file.clone()));
+    }
+
+    fn emit_with(&self, event: EventKind, link: &Link, file: Option<crate::model::ReceivedFile>) {
         tracing::info!(tunnel_id = %link.id, event = event.as_str(), bytes_served = link.bytes_served, reason = ?link.close_reason, "link");
         if self.events.receiver_count() == 0 && self.peers.is_none() {
             return;
@@ -37,6 +51,7 @@ impl Links {
             event,
             time: rfc3339(self.clock.now_ms()),
             tunnel: self.view(link),
+            file,
         };
         if let Some(peers) = &self.peers {
             peers.relay(event.as_str(), &e);

@@ -205,7 +205,9 @@ pub fn settle(
     now: u64,
     p: &Policy,
 ) -> Settled {
-    if rec.preview || link.requests.iter().any(|r| *r.request_id == *rec.request_id) {
+    // An upload link's requests carry no file bytes out; what they bring in is counted as it is
+    // written.
+    if rec.preview || link.is_upload() || link.requests.iter().any(|r| *r.request_id == *rec.request_id) {
         return Settled::default();
     }
     let flight = link
