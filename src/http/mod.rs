@@ -16,9 +16,11 @@ pub mod links;
 pub mod metrics;
 pub mod openapi;
 pub mod preview;
+pub mod receive;
 pub mod state;
 pub mod status;
 pub mod ui;
+pub mod uploads;
 pub mod zip;
 
 use axum::Router;
@@ -30,6 +32,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(health::router())
         .merge(files::router())
         .merge(links::router())
+        .merge(uploads::router())
         .merge(events::router())
         .merge(auth::router())
         .merge(metrics::router())

@@ -32,6 +32,7 @@ impl Modify for BearerAuth {
         super::files::files,
         super::links::create,
         super::links::generate_link,
+        super::uploads::create,
         super::links::list,
         super::links::stats,
         super::links::qr,

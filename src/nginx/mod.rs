@@ -65,6 +65,11 @@ pub fn zip_socket(config: &Config) -> PathBuf {
     config.state_dir.join("zip.sock")
 }
 
+/// Where nginx passes what senders send to upload links.
+pub fn upload_socket(config: &Config) -> PathBuf {
+    config.state_dir.join("upload.sock")
+}
+
 pub fn prefix(config: &Config) -> PathBuf {
     config.state_dir.join("nginx")
 }
@@ -124,6 +129,7 @@ pub fn render(template: &str, config: &Config) -> String {
         .replace("{{prefix}}", &prefix(config).display().to_string())
         .replace("{{check_socket}}", &check_socket(config).display().to_string())
         .replace("{{zip_socket}}", &zip_socket(config).display().to_string())
+        .replace("{{upload_socket}}", &upload_socket(config).display().to_string())
         .replace(
             "{{zip_read_timeout}}",
             &config.stall_timeout.as_secs().max(60).to_string(),

@@ -1,0 +1,93 @@
+//! Upload links over HTTP (SPEC §12): `POST /api/uploads` makes one. What senders send goes
+//! through nginx to `receive.rs`, never to the admin listener.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::json::JsonObject;
+use super::state::AppState;
+use crate::data_dir::RelPath;
+use crate::links::{NewUpload, UploadCreated};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/uploads", post(create))
+}
+
+/// What `POST /api/uploads` accepts.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUploadRequest {
+    /// The folder, relative to the data dir, that received files go into. It must be reached
+    /// without a symlink, and ferry must be able to write to it.
+    #[schema(value_type = String)]
+    pub folder: RelPath,
+    /// 1 to `MAX_TUNNEL_SECONDS`; defaults to `MAX_TUNNEL_SECONDS`.
+    #[schema(minimum = 1)]
+    pub expires_in_seconds: Option<u64>,
+    /// How many files the link receives before it closes; defaults to 1.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_files: Option<u32>,
+    /// The largest file it accepts, in bytes.
+    #[schema(minimum = 1)]
+    pub max_bytes: u64,
+    #[schema(max_length = 500)]
+    pub note: Option<String>,
+}
+
+impl CreateUploadRequest {
+    const FIELDS: &[&str] = &["folder", "expires_in_seconds", "max_files", "max_bytes", "note"];
+
+    fn read(body: &JsonObject) -> Result<Self, ApiError> {
+        body.only(Self::FIELDS)?;
+        let folder = body
+            .string("folder")?
+            .ok_or_else(|| ApiError::BadRequest("folder: required".into()))?;
+        let folder = RelPath::parse(folder).map_err(|e| ApiError::BadRequest(format!("folder: {e}")))?;
+        let max_files = match body.uint("max_files")? {
+            None => None,
+            Some(n) => Some(u32::try_from(n).map_err(|_| ApiError::BadRequest("max_files: too large".into()))?),
+        };
+        Ok(CreateUploadRequest {
+            folder,
+            expires_in_seconds: body.uint("expires_in_seconds")?,
+            max_files,
+            max_bytes: body
+                .uint("max_bytes")?
+                .ok_or_else(|| ApiError::BadRequest("max_bytes: required".into()))?,
+            note: body.string("note")?.map(String::from),
+        })
+    }
+}
+
+/// Receive files: create an upload link.
+#[utoipa::path(post, path = "/api/uploads", tag = "links",
+    request_body(content = CreateUploadRequest, content_type = "application/json"),
+    responses((status = 201, description = "The link; `upload_url` is all a sender needs", body = UploadCreated),
+              (status = 400, description = "Bad input; the message names the field", body = ErrorBody),
+              (status = 404, description = "No such folder", body = ErrorBody),
+              (status = 409, description = "ferry cannot write to the folder", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 502, description = "The tunnel could not be opened", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
+pub async fn create(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: JsonObject,
+) -> Result<(StatusCode, Json<UploadCreated>), ApiError> {
+    let r = CreateUploadRequest::read(&body)?;
+    let req = NewUpload {
+        folder: r.folder,
+        expires_in: r.expires_in_seconds,
+        max_files: r.max_files,
+        max_bytes: r.max_bytes,
+        note: r.note,
+    };
+    let (created, _) = s.links.create_upload(req, Some(&peer.ip().to_string())).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}

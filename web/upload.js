@@ -1,0 +1,1 @@
+// The upload page: sends files with tus to this page's own URL.
