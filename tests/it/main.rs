@@ -20,6 +20,7 @@ mod reliability;
 mod security;
 mod store;
 mod ui;
+mod uploads;
 mod webdriver;
 mod wire;
 mod zip;

@@ -1,0 +1,363 @@
+//! Upload links (SPEC §12): files sent to the NAS through a link, with `curl -T`, with tus (the
+//! tus project's own Python client, tuspy), and over raw HTTP for the cases no client makes on
+//! purpose. Files land whole, under clean names, in the link's folder and nowhere else.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::helpers::{EMPTY_REPLY, SmallDisk, TestApp, curl};
+
+/// Makes an upload link; the status must be 201.
+async fn upload_link(app: &TestApp, body: Value) -> Value {
+    let (status, v) = upload_link_status(app, body).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["kind"], "upload", "{v}");
+    v
+}
+
+async fn upload_link_status(app: &TestApp, body: Value) -> (u16, Value) {
+    let r = app
+        .http
+        .post(format!("{}/api/uploads", app.admin))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn url(link: &Value) -> String {
+    link["upload_url"].as_str().unwrap().to_string()
+}
+
+/// Pseudo-random bytes (a different stream for each `seed`).
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `curl -T <file> <url>`: curl adds the file's name to a URL that ends with `/`.
+async fn curl_t(file: &Path, url: &str) -> (i32, u16) {
+    let r = curl(url, &["-T", file.to_str().unwrap()]).await;
+    (r.exit, r.status)
+}
+
+/// The names in a folder of the data dir, sorted, hidden ones included.
+fn names_in(app: &TestApp, folder: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(app.path("data").join(folder))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_t_lands_a_file_whole_and_a_second_of_the_same_name_beside_it() {
+    let app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/inbox")).unwrap();
+    let link = upload_link(
+        &app,
+        json!({"folder": "inbox", "max_files": 2, "max_bytes": 100_000_000}),
+    )
+    .await;
+    let u = url(&link);
+    assert!(u.contains("/u/") && u.contains("/?t="), "{u}");
+    let dir = tempfile::tempdir().unwrap();
+    let scan = dir.path().join("scan.pdf");
+    let first = bytes(50_000_000, 1);
+    std::fs::write(&scan, &first).unwrap();
+    assert_eq!(curl_t(&scan, &u).await, (0, 201), "{}", app.log());
+    let second = bytes(1_000, 2);
+    std::fs::write(&scan, &second).unwrap();
+    assert_eq!(curl_t(&scan, &u).await, (0, 201));
+    assert_eq!(std::fs::read(app.path("data/inbox/scan.pdf")).unwrap(), first);
+    assert_eq!(std::fs::read(app.path("data/inbox/scan (1).pdf")).unwrap(), second);
+    // Its two places are used: the link closes as completed, and a third file gets 444.
+    let id = link["tunnel_id"].as_str().unwrap();
+    let t = app.closed(id, Duration::from_secs(10)).await;
+    assert_eq!(t["close_reason"], "completed", "{t}");
+    assert_eq!(t["kind"], "upload", "{t}");
+    assert_eq!(t["file_count"], 2, "{t}");
+    assert_eq!(t["bytes_received"], 50_001_000, "{t}");
+    assert_eq!(curl_t(&scan, &u).await.0, EMPTY_REPLY);
+    assert_eq!(
+        names_in(&app, "inbox"),
+        ["scan (1).pdf", "scan.pdf"],
+        "no partial data is left"
+    );
+}
+
+/// Runs a Python script with the upload URL and a file as arguments; it must succeed.
+async fn python(script: &str, args: &[&str]) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .await
+        .expect("python3 is installed");
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// tuspy uploads about half, stops, and a new uploader resumes from the server's offset.
+const TUSPY: &str = r#"
+import os, sys
+from tusclient import client
+url, path = sys.argv[1], sys.argv[2]
+size = os.path.getsize(path)
+c = client.TusClient(url)
+first = c.uploader(path, chunk_size=8 << 20, metadata={"filename": "big.bin"})
+while first.offset < size // 2:
+    first.upload_chunk()
+# As after a crash of the sender: only the upload's URL is kept.
+again = c.uploader(path, url=first.url, chunk_size=8 << 20)
+print("resumed at", again.get_offset(), "of", size)
+again.upload()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tuspy_resumes_from_the_servers_offset_and_the_file_lands_whole() {
+    let app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/drop")).unwrap();
+    let link = upload_link(&app, json!({"folder": "drop", "max_bytes": 200_000_000})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("local.bin");
+    let want = bytes(100_000_000, 3);
+    std::fs::write(&file, &want).unwrap();
+    let said = python(TUSPY, &[&url(&link), file.to_str().unwrap()]).await;
+    let resumed_at: u64 = said.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((50_000_000..100_000_000).contains(&resumed_at), "{said}");
+    assert_eq!(std::fs::read(app.path("data/drop/big.bin")).unwrap(), want);
+    let id = link["tunnel_id"].as_str().unwrap();
+    let t = app.closed(id, Duration::from_secs(10)).await;
+    assert_eq!(
+        (t["close_reason"].as_str(), t["bytes_received"].as_u64()),
+        (Some("completed"), Some(100_000_000)),
+        "{t}"
+    );
+    assert_eq!(names_in(&app, "drop"), ["big.bin"]);
+}
+
+/// A tus request over raw HTTP: (status, headers).
+async fn tus(
+    app: &TestApp,
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap) {
+    let url = if url.starts_with('/') {
+        format!("{}{url}", app.public)
+    } else {
+        url.to_string()
+    };
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), url)
+        .header("Tus-Resumable", "1.0.0")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    match req.send().await {
+        Ok(r) => (r.status().as_u16(), r.headers().clone()),
+        // 444: the connection closed with no response.
+        Err(_) => (444, Default::default()),
+    }
+}
+
+fn metadata(name: &str) -> String {
+    use base64::Engine as _;
+    format!("filename {}", base64::engine::general_purpose::STANDARD.encode(name))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_answered_before_any_byte_is_stored() {
+    let app = TestApp::spawn().await;
+    let disk = SmallDisk::mount(app.path("data/small"), "100M");
+    let link = upload_link(
+        &app,
+        json!({"folder": "small", "max_files": 3, "max_bytes": 1_000_000_000}),
+    )
+    .await;
+    let u = url(&link);
+    let create = |len: u64, name: &str| vec![("Upload-Length", len.to_string()), ("Upload-Metadata", metadata(name))];
+    // Over max_bytes: 413. Over the free space (less a margin): 507.
+    assert_eq!(
+        tus(&app, "POST", &u, &create(2_000_000_000, "huge.bin"), vec![])
+            .await
+            .0,
+        413
+    );
+    assert_eq!(
+        tus(&app, "POST", &u, &create(60_000_000, "big.bin"), vec![]).await.0,
+        507
+    );
+    // A hostile name is cleaned, and the file lands in the folder.
+    let (status, h) = tus(&app, "POST", &u, &create(10, "../../evil\u{202E}txt.exe"), vec![]).await;
+    assert_eq!(status, 201);
+    let at = h["location"].to_str().unwrap().to_string();
+    // A PATCH longer than the upload is refused (413) and nothing of it is kept.
+    let patch = |offset: u64| {
+        vec![
+            ("Upload-Offset", offset.to_string()),
+            ("Content-Type", "application/offset+octet-stream".to_string()),
+        ]
+    };
+    assert_eq!(tus(&app, "PATCH", &at, &patch(0), vec![7; 20]).await.0, 413);
+    let (status, h) = tus(&app, "HEAD", &at, &[], vec![]).await;
+    assert_eq!((status, h["upload-offset"].to_str().unwrap()), (200, "0"));
+    // A wrong offset: 409 with the right one.
+    assert_eq!(tus(&app, "PATCH", &at, &patch(5), vec![7; 5]).await.0, 409);
+    assert_eq!(tus(&app, "PATCH", &at, &patch(0), vec![7; 4]).await.0, 204);
+    assert_eq!(tus(&app, "PATCH", &at, &patch(4), vec![7; 6]).await.0, 204);
+    assert_eq!(names_in(&app, "small"), ["____evil_txt.exe"]);
+    assert_eq!(std::fs::read(disk.0.join("____evil_txt.exe")).unwrap(), vec![7; 10]);
+    // A token for another link, or none: 444.
+    let other = u.replace("?t=", "?t=x");
+    assert_eq!(tus(&app, "POST", &other, &create(10, "a"), vec![]).await.0, 444);
+    let id = link["tunnel_id"].as_str().unwrap();
+    assert_eq!(app.terminate(id).await, 204);
+    assert_eq!(
+        tus(&app, "POST", &u, &create(10, "late.bin"), vec![]).await.0,
+        444,
+        "after termination"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_past_max_bytes_is_cut_off_and_nothing_kept() {
+    let app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/in")).unwrap();
+    let link = upload_link(&app, json!({"folder": "in", "max_files": 2, "max_bytes": 1_000_000})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("too-big.bin");
+    std::fs::write(&file, bytes(3_000_000, 4)).unwrap();
+    // Declared: 413 before the body is read.
+    let r = curl(&url(&link), &["-T", file.to_str().unwrap()]).await;
+    assert_eq!(r.status, 413);
+    // Undeclared (chunked): the connection is cut when the body passes max_bytes.
+    let r = curl(
+        &url(&link),
+        &["-T", file.to_str().unwrap(), "-H", "Transfer-Encoding: chunked"],
+    )
+    .await;
+    assert_ne!(r.status, 201, "a chunked body over max_bytes must not be stored");
+    assert_eq!(
+        names_in(&app, "in"),
+        Vec::<String>::new(),
+        "nothing kept, no partial folder left"
+    );
+    // Neither took a place: two files still fit.
+    for n in 0..2 {
+        let small = dir.path().join(format!("ok{n}.txt"));
+        std::fs::write(&small, b"fits").unwrap();
+        assert_eq!(curl_t(&small, &url(&link)).await, (0, 201));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_resumes_after_ferry_is_killed_and_a_closed_link_leaves_no_partial_data() {
+    let mut app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/kept")).unwrap();
+    let link = upload_link(&app, json!({"folder": "kept", "max_files": 2, "max_bytes": 1_000_000})).await;
+    let u = url(&link);
+    let create = vec![
+        ("Upload-Length", "1000".to_string()),
+        ("Upload-Metadata", metadata("a.txt")),
+    ];
+    let (_, h) = tus(&app, "POST", &u, &create, vec![]).await;
+    let at = h["location"].to_str().unwrap().to_string();
+    let patch = |offset: u64| {
+        vec![
+            ("Upload-Offset", offset.to_string()),
+            ("Content-Type", "application/offset+octet-stream".to_string()),
+        ]
+    };
+    let content = bytes(1000, 5);
+    assert_eq!(tus(&app, "PATCH", &at, &patch(0), content[..600].to_vec()).await.0, 204);
+    app.kill9().await;
+    app.start().await;
+    let (status, h) = tus(&app, "HEAD", &at, &[], vec![]).await;
+    assert_eq!((status, h["upload-offset"].to_str().unwrap()), (200, "600"));
+    assert_eq!(
+        names_in(&app, "kept"),
+        [".ferry-partial"],
+        "the folder never holds a partial file"
+    );
+    assert_eq!(
+        tus(&app, "PATCH", &at, &patch(600), content[600..].to_vec()).await.0,
+        204
+    );
+    assert_eq!(std::fs::read(app.path("data/kept/a.txt")).unwrap(), content);
+    // A second upload, abandoned halfway; the link is ended: its partial data goes.
+    let create = vec![
+        ("Upload-Length", "1000".to_string()),
+        ("Upload-Metadata", metadata("b.txt")),
+    ];
+    let (_, h) = tus(&app, "POST", &u, &create, vec![]).await;
+    let at = h["location"].to_str().unwrap().to_string();
+    assert_eq!(tus(&app, "PATCH", &at, &patch(0), content[..300].to_vec()).await.0, 204);
+    assert_eq!(app.terminate(link["tunnel_id"].as_str().unwrap()).await, 204);
+    assert_eq!(names_in(&app, "kept"), ["a.txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_that_is_missing_symlinked_or_read_only_is_refused_at_creation() {
+    let app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/real")).unwrap();
+    std::os::unix::fs::symlink("real", app.path("data/alias")).unwrap();
+    app.data_file("file.txt", 10);
+    let ro = SmallDisk::mount(app.path("data/ro"), "1M");
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro.0)
+        .status();
+    assert!(remount.unwrap().success(), "remount read-only");
+    for (body, status, words) in [
+        (
+            json!({"folder": "nowhere", "max_bytes": 10}),
+            404,
+            "folder: no such file",
+        ),
+        (json!({"folder": "alias", "max_bytes": 10}), 400, "symlink"),
+        (json!({"folder": "file.txt", "max_bytes": 10}), 400, "not a folder"),
+        (json!({"folder": "ro", "max_bytes": 10}), 409, "cannot write"),
+        (json!({"folder": "real"}), 400, "max_bytes: required"),
+        (
+            json!({"folder": "real", "max_bytes": 0}),
+            400,
+            "max_bytes: must be at least 1",
+        ),
+        (
+            json!({"folder": "real", "max_bytes": 10, "max_files": 0}),
+            400,
+            "max_files",
+        ),
+        (json!({"folder": "../etc", "max_bytes": 10}), 400, "folder"),
+    ] {
+        let (got, v) = upload_link_status(&app, body.clone()).await;
+        assert_eq!(got, status, "{body}: {v}");
+        assert!(v.to_string().contains(words), "{body}: {v} should say {words:?}");
+    }
+    let _ = std::process::Command::new("mount")
+        .args(["-o", "remount,rw"])
+        .arg(&ro.0)
+        .status();
+}
