@@ -1,4 +1,4 @@
-// ferry's web UI: files, sharing, open links (live over SSE), history, status.
+// ferry's web UI: files, sharing, receiving, open links (live over SSE), history, status.
 // Plain DOM, no framework; every piece of server data goes in through textContent.
 
 import { api, ApiError, size, when, until } from "/api.js";
@@ -8,7 +8,7 @@ const views = ["files", "open", "history", "status"];
 // `selected` holds the entries ticked in Files (by path, across folders and searches), to share
 // together as one ZIP. `expanded` holds the open links whose list of members is unfolded.
 const state = {
-  dir: "", links: new Map(), events: null, sharing: null, expiry: 3600, maxExpiry: 3600,
+  dir: "", links: new Map(), events: null, sharing: null, receiving: null, expiry: 3600, maxExpiry: 3600,
   selected: new Map(), expanded: new Set(), polling: false,
 };
 
@@ -65,6 +65,7 @@ async function loadFiles(offset = 0) {
   else if (offset) params.set("offset", String(offset));
   const data = await api("GET", `/api/files?${params}`);
   renderCrumbs();
+  showReceiveHere();
   const rows = $("file-rows");
   if (!offset) rows.replaceChildren();
   for (const e of data.entries) rows.append(fileRow(e, q));
@@ -78,7 +79,8 @@ async function loadFiles(offset = 0) {
 }
 
 // One entry of the list: a box to tick it for a ZIP, its name (a folder's opens it), and a
-// button to share it alone (a folder alone becomes one ZIP).
+// button to share it alone (a folder alone becomes one ZIP); a folder also offers to receive
+// files into it.
 function fileRow(e, q) {
   const label = q ? e.path : e.name;
   const name = e.is_dir
@@ -96,12 +98,16 @@ function fileRow(e, q) {
     ? { label: `${e.name}/ as one ZIP`, body: { file_path: e.path }, zip: true }
     : { label: e.name, body: { file_path: e.path }, zip: false };
   const share = el("button", { type: "button", class: "quiet", text: "Share", "aria-label": `Share ${e.name}`, onclick: () => openShare(target) });
+  const acts = el("div", { class: "row-actions" }, share);
+  if (e.is_dir) {
+    acts.append(el("button", { type: "button", class: "quiet receive", text: "Receive", "aria-label": `Receive files into ${e.name}/`, onclick: () => openReceive(e.path) }));
+  }
   return el("tr", { "data-path": e.path },
     el("td", { class: "pick" }, pick),
     el("td", { class: "name" }, name),
     el("td", { class: "num", text: e.is_dir ? "" : size(e.size) }),
     el("td", { class: "hide-narrow", text: when(e.modified) }),
-    el("td", {}, share));
+    el("td", {}, acts));
 }
 
 // The bar under the list says how many entries are ticked; the header's box ticks every row shown.
@@ -156,7 +162,13 @@ function openShare(target) {
   $("max-downloads").value = "1";
   $("note").value = "";
   $("rate").value = "";
-  const presets = $("expiry-presets");
+  fillPresets($("expiry-presets"));
+  $("share-dialog").showModal();
+}
+
+// The expiry buttons of a dialog: the presets shorter than the server's maximum, then the maximum.
+// One hour (or the maximum, if shorter) is chosen to begin with.
+function fillPresets(presets) {
   presets.replaceChildren();
   const options = PRESETS.filter(([, s]) => s < state.maxExpiry).concat([[`max (${until(new Date(Date.now() + state.maxExpiry * 1000).toISOString())})`, state.maxExpiry]]);
   state.expiry = Math.min(3600, state.maxExpiry);
@@ -168,7 +180,6 @@ function openShare(target) {
     });
     presets.append(b);
   }
-  $("share-dialog").showModal();
 }
 
 async function createLink(ev) {
@@ -219,16 +230,65 @@ function showArchive(created) {
   if (skipped.length > SKIPPED_SHOWN) list.append(el("li", { class: "more", text: `and ${skipped.length - SKIPPED_SHOWN} more` }));
 }
 
-async function copyUrl() {
-  const input = $("share-url");
+// Copies a result's link (the text box `inputId`) and says so on its button for a moment.
+async function copyUrl(inputId, buttonId) {
+  const input = $(inputId);
   input.select();
   try {
     await navigator.clipboard.writeText(input.value);
   } catch {
     document.execCommand("copy");
   }
-  $("share-copy").textContent = "Copied";
-  setTimeout(() => { $("share-copy").textContent = "Copy"; }, 1500);
+  $(buttonId).textContent = "Copied";
+  setTimeout(() => { $(buttonId).textContent = "Copy"; }, 1500);
+}
+
+// ---- receiving (upload links) ------------------------------------------------------------------
+
+// How a folder is named to people: with a trailing slash, and the data dir itself as "data/".
+const folderName = (path) => `${path || "data"}/`;
+
+// The Files toolbar offers to receive into the folder shown; the top level has no such button
+// (a folder's own row offers it instead).
+function showReceiveHere() {
+  const here = $("receive-here");
+  here.hidden = !state.dir;
+  here.textContent = state.dir ? `Receive files into ${state.dir.split("/").pop()}/` : "";
+}
+
+function openReceive(folder) {
+  state.receiving = folder;
+  $("receive-name").textContent = folderName(folder);
+  $("receive-form").hidden = false;
+  $("receive-result").hidden = true;
+  $("receive-size").value = "1";
+  $("receive-unit").value = "1000000000";
+  $("receive-files").value = "1";
+  $("receive-note").value = "";
+  fillPresets($("receive-presets"));
+  $("receive-dialog").showModal();
+}
+
+async function createUploadLink(ev) {
+  ev.preventDefault();
+  const maxBytes = Math.round(Number($("receive-size").value) * Number($("receive-unit").value));
+  const body = { folder: state.receiving, expires_in_seconds: state.expiry, max_files: Number($("receive-files").value), max_bytes: maxBytes };
+  const note = $("receive-note").value.trim();
+  if (note) body.note = note;
+  try {
+    showError(null);
+    const created = await api("POST", "/api/uploads", body);
+    $("receive-form").hidden = true;
+    $("receive-result").hidden = false;
+    const files = created.max_files === 1 ? "one file" : `up to ${created.max_files} files`;
+    $("receive-what").textContent = `Anyone with this link can send ${files} of at most ${size(created.max_bytes)} each into ${folderName(created.folder)}. It stops working in ${until(created.expires_at)}, or once the files have arrived.`;
+    $("receive-url").value = created.upload_url;
+    $("receive-qr").src = `/admin/tunnels/${encodeURIComponent(created.tunnel_id)}/qr.svg`;
+    $("receive-copy").focus();
+  } catch (e) {
+    $("receive-dialog").close();
+    showError(e);
+  }
 }
 
 // ---- open links (live) ------------------------------------------------------------------
