@@ -324,34 +324,44 @@ function renderOpen() {
 }
 
 // A card: its changing part first, then (for a ZIP) the archive's members, which never change.
+// An upload link's received files keep changing, so they are part of the changing part.
 function newCard(t) {
   const li = el("li", { "data-id": t.tunnel_id }, el("div", { class: "live" }));
   if (t.kind === "zip") li.append(members(t));
   return li;
 }
 
-// What the recipient gets: the file's path, or the archive's name (the last part of its URL).
+// What the recipient gets: the file's path, or the archive's name (the last part of its URL); for
+// an upload link, the folder that receives.
 function linkName(t) {
+  if (t.kind === "upload") return folderName(t.file_path);
   if (t.kind !== "zip") return t.file_path;
   const last = (t.public_url || "").split("/").pop();
   try { return decodeURIComponent(last); } catch { return last; }
 }
 
-function cardParts(t) {
-  const name = linkName(t);
-  const pct = Math.round((t.progress || 0) * 100);
-  // progress covers every allowed download; bytes_served is the settled ledger (log lines).
-  const total = t.file_size * t.max_downloads;
-  const client = t.clients && t.clients.length ? ` · ${t.clients[t.clients.length - 1].address}` : "";
+function terminateButton(t, name) {
   const terminate = el("button", { type: "button", class: "danger", text: "Terminate", "aria-label": `Terminate ${name}` });
+  const what = t.kind === "upload" ? `the upload link into ${name}` : `the link to ${name}`;
   terminate.addEventListener("click", () => {
-    if (!confirm(`End the link to ${name} now? The recipient will not be able to use it.`)) return;
+    if (!confirm(`End ${what} now? The recipient will not be able to use it.`)) return;
     guarded(async () => {
       await api("DELETE", `/admin/tunnels/${encodeURIComponent(t.tunnel_id)}`);
       state.links.delete(t.tunnel_id);
       renderOpen();
     });
   });
+  return terminate;
+}
+
+function cardParts(t) {
+  const name = linkName(t);
+  if (t.kind === "upload") return uploadParts(t, name);
+  const pct = Math.round((t.progress || 0) * 100);
+  // progress covers every allowed download; bytes_served is the settled ledger (log lines).
+  const total = t.file_size * t.max_downloads;
+  const client = t.clients && t.clients.length ? ` · ${t.clients[t.clients.length - 1].address}` : "";
+  const terminate = terminateButton(t, name);
   const note = t.note ? ` · ${t.note}` : "";
   return [
     el("div", { class: "top" }, el("strong", { text: name }), terminate),
@@ -380,6 +390,50 @@ function archiveParts(t, name) {
   return parts;
 }
 
+const filesWord = (n) => (n === 1 ? "1 file" : `${n} files`);
+
+// An upload link: where files go, how many have come of how many allowed, the files still
+// arriving (with how far each has got, when its length is known) and the files received.
+function uploadParts(t, name) {
+  const u = t.upload || {};
+  const files = t.files || [];
+  const count = t.file_count ?? files.length;
+  const note = t.note ? ` · ${t.note}` : "";
+  const limit = u.max_bytes ? ` · up to ${size(u.max_bytes)} each` : "";
+  // A link's states are named for downloads; bytes coming in are "receiving" here.
+  const shown = t.state === "downloading" ? "receiving" : t.state;
+  const parts = [
+    el("div", { class: "top" }, el("strong", { text: `Receiving into ${name}` }), terminateButton(t, name)),
+    el("div", { class: "meta", text: `${shown} · ${count} of ${u.max_files ?? "?"} files received${limit} · expires in ${until(t.expires_at)}${note}` }),
+  ];
+  const incoming = u.in_progress || [];
+  if (incoming.length) parts.push(el("ul", { class: "incoming" }, ...incoming.map(incomingRow)));
+  if (files.length) {
+    const list = el("ul", { class: "members received" });
+    for (const f of files) list.append(el("li", {}, el("span", { class: "path", text: f.name }), el("span", { class: "size", text: size(f.size) })));
+    if (count > files.length) list.append(el("li", { class: "more", text: `and ${count - files.length} more` }));
+    parts.push(list);
+  } else if (!incoming.length) {
+    parts.push(el("div", { class: "meta", text: "Nothing received yet." }));
+  }
+  return parts;
+}
+
+// A file on its way in. A PUT without a declared length has no end to measure against: its bar
+// moves back and forth and only the bytes so far are shown.
+function incomingRow(f) {
+  const bar = el("progress", { class: "incoming", "aria-label": `Upload of ${f.name}` });
+  let text = `${size(f.received)} received`;
+  if (f.length) {
+    bar.max = f.length;
+    bar.value = Math.min(f.received, f.length);
+    text = `${size(f.received)} of ${size(f.length)} · ${Math.floor((f.received * 100) / f.length)}%`;
+  }
+  return el("li", {},
+    el("div", { class: "top" }, el("span", { class: "path", text: f.name }), el("span", { class: "size", text })),
+    bar);
+}
+
 // The archive's members (the server sends the first ones and the count of all), folded.
 function members(t) {
   const id = t.tunnel_id;
@@ -396,16 +450,19 @@ function members(t) {
   return details;
 }
 
-// No event says how far hashing got, so while the open list is shown and an archive is not
-// ready, the page asks for those links once a second.
+// No event says how far hashing got, nor each upload's bytes as they come, so while the open list
+// is shown and an archive is not ready or a file is on its way in, the page asks for those links
+// once a second.
 const preparing = (t) => t.hashing && t.hashing.hashed_bytes < t.hashing.total_bytes;
+const receiving = (t) => t.upload && t.upload.in_progress && t.upload.in_progress.length > 0;
+const changing = (t) => preparing(t) || receiving(t);
 
 function pollHashing() {
-  if (state.polling || $("open").hidden || ![...state.links.values()].some(preparing)) return;
+  if (state.polling || $("open").hidden || ![...state.links.values()].some(changing)) return;
   state.polling = true;
   setTimeout(async () => {
     try {
-      await Promise.all([...state.links.values()].filter(preparing).map(refreshLink));
+      await Promise.all([...state.links.values()].filter(changing).map(refreshLink));
     } catch (e) {
       showError(e);
     }
@@ -440,7 +497,7 @@ function listen() {
     if (!$("open").hidden) renderOpen();
     else $("open-count").textContent = state.links.size ? String(state.links.size) : "";
   };
-  for (const name of ["created", "started", "progress", "completed", "closed"]) es.addEventListener(name, update);
+  for (const name of ["created", "started", "progress", "completed", "closed", "upload_started", "received"]) es.addEventListener(name, update);
   // The server dropped events for this slow reader: start again from the list.
   es.addEventListener("lagged", () => guarded(loadOpen));
   es.onerror = () => {
@@ -457,13 +514,20 @@ async function loadHistory() {
   const rows = $("history-rows");
   rows.replaceChildren();
   for (const t of data.tunnels) {
+    const upload = t.kind === "upload";
     rows.append(el("tr", { "data-id": t.tunnel_id },
-      el("td", { text: linkName(t) }),
+      el("td", { text: upload ? `Uploads to ${linkName(t)}` : linkName(t) }),
       el("td", { class: t.close_reason === "completed" ? "ok" : "", text: t.close_detail ? `${t.close_reason}: ${t.close_detail}` : t.close_reason || "" }),
-      el("td", { class: "num", text: size(t.bytes_served) }),
+      el("td", { class: "num", text: upload ? received(t) : size(t.bytes_served) }),
       el("td", { class: "hide-narrow", text: when(t.closed_at) })));
   }
   $("history-empty").hidden = data.tunnels.length > 0;
+}
+
+// What an upload link took in: "received 2 files (3.4 MB)".
+function received(t) {
+  const n = t.file_count ?? (t.files || []).length;
+  return `received ${filesWord(n)}${n ? ` (${size(t.bytes_received || 0)})` : ""}`;
 }
 
 async function loadStatus() {
@@ -493,7 +557,12 @@ async function start() {
   $("share-form").addEventListener("submit", createLink);
   $("share-cancel").addEventListener("click", () => $("share-dialog").close());
   $("share-done").addEventListener("click", () => { $("share-dialog").close(); location.hash = "#open"; });
-  $("share-copy").addEventListener("click", copyUrl);
+  $("share-copy").addEventListener("click", () => copyUrl("share-url", "share-copy"));
+  $("receive-here").addEventListener("click", () => openReceive(state.dir));
+  $("receive-form").addEventListener("submit", createUploadLink);
+  $("receive-cancel").addEventListener("click", () => $("receive-dialog").close());
+  $("receive-done").addEventListener("click", () => { $("receive-dialog").close(); location.hash = "#open"; });
+  $("receive-copy").addEventListener("click", () => copyUrl("receive-url", "receive-copy"));
   $("select-all").addEventListener("change", selectAll);
   $("selection-share").addEventListener("click", shareSelection);
   $("selection-clear").addEventListener("click", () => { state.selected.clear(); renderSelection(); });
