@@ -7,6 +7,7 @@
 
 mod client;
 mod output;
+mod size;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub enum Command {
     Serve,
     /// Share a file or folder (or several, as one ZIP) and print its link.
     Share(Share),
+    /// Make an upload link through which someone can send files into a folder, and print it.
+    Receive(Receive),
     /// List open links.
     Ls(Common),
     /// End an open link now.
@@ -100,6 +103,26 @@ pub struct Share {
     pub common: Common,
 }
 
+#[derive(Args)]
+pub struct Receive {
+    /// The folder that receives the files, relative to the data dir.
+    pub folder: String,
+    /// The largest file accepted: bytes, or with a K, M, G or T suffix (powers of 1024): 500M, 2G.
+    #[arg(long, value_parser = size::parse_size, value_name = "SIZE")]
+    pub max_bytes: u64,
+    /// How many files the link accepts; it closes once they have arrived (default 1).
+    #[arg(long)]
+    pub max_files: Option<u32>,
+    /// How long the link lives: 90s, 15m, 1h, 1h30m.
+    #[arg(long, value_parser = parse_duration)]
+    pub expires: Option<Duration>,
+    /// A note for yourself (shown in lists, never to the sender).
+    #[arg(long)]
+    pub note: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 90s, 15m or 1h)"))?;
     if d.as_secs() == 0 || d.subsec_nanos() != 0 {
@@ -121,6 +144,7 @@ pub fn run(command: Command) -> ExitCode {
     let json_out = match &command {
         Command::Serve => unreachable!("serve is not a client command"),
         Command::Share(s) => s.common.json,
+        Command::Receive(r) => r.common.json,
         Command::Ls(c) | Command::Status(c) => c.json,
         Command::Rm { common, .. } | Command::History { common, .. } | Command::Files { common, .. } => common.json,
     };
@@ -134,6 +158,7 @@ async fn execute(client: &Client, command: Command) -> Result<ExitCode, Failure>
     match command {
         Command::Serve => unreachable!("serve is not a client command"),
         Command::Share(s) => share(client, s).await,
+        Command::Receive(r) => receive(client, r).await,
         Command::Ls(c) => {
             let v = client.get("/admin/tunnels").await?;
             output::print(c.json, &v, || output::tunnels(&v["tunnels"], false));
@@ -187,17 +212,19 @@ async fn execute(client: &Client, command: Command) -> Result<ExitCode, Failure>
     }
 }
 
+/// A path as the server takes it. A trailing `/` says "folder" to a person and nothing to the
+/// server; `/` alone stays, so that the server refuses it as absolute.
+fn trim_folder(p: &str) -> &str {
+    match p.trim_end_matches('/') {
+        "" => p,
+        t => t,
+    }
+}
+
 /// The paths of a link request: one path as `file_path` (the server shares a folder as one ZIP),
-/// several as `file_paths`. A trailing `/` says "folder" to a person and nothing to the server.
+/// several as `file_paths`.
 fn paths_body(paths: &[String]) -> serde_json::Value {
-    let trimmed: Vec<&str> = paths
-        .iter()
-        .map(|p| match p.trim_end_matches('/') {
-            // `/` alone stays, so that the server refuses it as absolute.
-            "" => p.as_str(),
-            t => t,
-        })
-        .collect();
+    let trimmed: Vec<&str> = paths.iter().map(|p| trim_folder(p)).collect();
     match trimmed.as_slice() {
         [one] => json!({ "file_path": one }),
         several => json!({ "file_paths": several }),
@@ -245,6 +272,28 @@ async fn share(client: &Client, s: Share) -> Result<ExitCode, Failure> {
     }
 }
 
+/// An upload link request: the folder, the limits, and what was given of the rest (the server
+/// has defaults for them).
+fn receive_body(r: &Receive) -> serde_json::Value {
+    let mut body = json!({"folder": trim_folder(&r.folder), "max_bytes": r.max_bytes});
+    if let Some(n) = r.max_files {
+        body["max_files"] = json!(n);
+    }
+    if let Some(d) = r.expires {
+        body["expires_in_seconds"] = json!(d.as_secs());
+    }
+    if let Some(n) = &r.note {
+        body["note"] = json!(n);
+    }
+    body
+}
+
+async fn receive(client: &Client, r: Receive) -> Result<ExitCode, Failure> {
+    let created = client.post("/api/uploads", &receive_body(&r)).await?;
+    output::print(r.common.json, &created, || output::receiving(&created));
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -269,6 +318,50 @@ mod tests {
         );
         assert_eq!(paths(&["/"]), json!({"file_path": "/"}), "not the whole data dir");
         assert!(Cli::try_parse_from(["ferry", "share"]).is_err(), "a path is required");
+    }
+
+    #[test]
+    fn receive_sends_the_folder_and_limits_as_given() {
+        let body = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["ferry", "receive"].iter().chain(args)).map_err(|e| e.kind())?;
+            let Command::Receive(r) = cli.command else {
+                panic!("not receive")
+            };
+            Ok(super::receive_body(&r))
+        };
+        assert_eq!(
+            body(&["inbox", "--max-bytes", "2G"]),
+            Ok(json!({"folder": "inbox", "max_bytes": 2_147_483_648u64}))
+        );
+        assert_eq!(
+            body(&[
+                "scans/2025/",
+                "--max-bytes",
+                "500MB",
+                "--max-files",
+                "3",
+                "--expires",
+                "15m",
+                "--note",
+                "from Sam",
+                "--json"
+            ]),
+            Ok(json!({"folder": "scans/2025", "max_bytes": 524_288_000, "max_files": 3,
+                "expires_in_seconds": 900, "note": "from Sam"}))
+        );
+        use clap::error::ErrorKind;
+        assert_eq!(
+            body(&["inbox"]),
+            Err(ErrorKind::MissingRequiredArgument),
+            "the limit is required"
+        );
+        assert_eq!(body(&["inbox", "--max-bytes", "2X"]), Err(ErrorKind::ValueValidation));
+        assert_eq!(body(&["inbox", "--max-bytes", "0"]), Err(ErrorKind::ValueValidation));
+        assert_eq!(
+            body(&["--max-bytes", "2G"]),
+            Err(ErrorKind::MissingRequiredArgument),
+            "a folder is required"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use serde_json::Value;
 
+use super::size::binary_size;
 use crate::model::format::human_size;
 
 /// Prints `value` as JSON, or the table `text` makes.
@@ -99,6 +100,26 @@ pub fn created(c: &Value) -> String {
     out
 }
 
+/// A new upload link: its URL alone on the first line (scripts read it), then how many files of
+/// what size it takes, where they go, when it expires and its id.
+pub fn receiving(c: &Value) -> String {
+    let files = match c["max_files"].as_u64().unwrap_or(1) {
+        1 => "1 file".to_string(),
+        n => format!("up to {n} files"),
+    };
+    let folder = match c["folder"].as_str().unwrap_or("") {
+        "" => "the data dir".to_string(),
+        f => format!("{f}/"),
+    };
+    format!(
+        "{}\nreceives {files} of at most {} each into {folder} · expires {} · tunnel {}\n",
+        c["upload_url"].as_str().unwrap_or(""),
+        binary_size(c["max_bytes"].as_u64().unwrap_or(0)),
+        c["expires_at"].as_str().unwrap_or(""),
+        c["tunnel_id"].as_str().unwrap_or("")
+    )
+}
+
 /// A page of a folder or a search's results, and what is left out of it.
 pub fn files(list: &Value) -> String {
     let entries = &list["entries"];
@@ -188,6 +209,23 @@ impl Bar {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn an_upload_link_prints_its_url_then_its_limits() {
+        let one = json!({"upload_url": "http://x/u/id/?t=T", "tunnel_id": "id", "folder": "inbox",
+            "expires_at": "E", "expires_in_seconds": 3600, "max_files": 1, "max_bytes": 2_147_483_648u64});
+        assert_eq!(
+            super::receiving(&one),
+            "http://x/u/id/?t=T\nreceives 1 file of at most 2 GiB each into inbox/ · expires E · tunnel id\n"
+        );
+        let three = json!({"upload_url": "http://x/u/id/?t=T", "tunnel_id": "id", "folder": "",
+            "expires_at": "E", "max_files": 3, "max_bytes": 1_572_864});
+        let out = super::receiving(&three);
+        assert_eq!(
+            out.lines().nth(1),
+            Some("receives up to 3 files of at most 1.5 MiB each into the data dir · expires E · tunnel id")
+        );
+    }
 
     #[test]
     fn a_zip_link_says_so_and_lists_what_it_left_out() {
