@@ -1,5 +1,6 @@
 //! A small W3C WebDriver client over HTTP, enough to drive headless Chromium through
-//! chromedriver: sessions, navigation, elements, typing, clicking, dialogs, screenshots.
+//! chromedriver: sessions, navigation, elements, typing, clicking, choosing files, dialogs,
+//! screenshots, a slower network.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -189,6 +190,42 @@ impl Browser {
         .await;
     }
 
+    /// Chooses files in the `<input type="file">` matching `css`, as a person picking them in the
+    /// browser's dialog would. The input may be out of sight (pages often hide it behind a styled
+    /// drop zone), so it is not waited for like `find` waits.
+    pub async fn choose_files(&self, css: &str, paths: &[&Path]) {
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        let id = v[ELEMENT].as_str().unwrap_or_else(|| panic!("{v}"));
+        let text = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    /// Makes the page's uploads no faster than `bytes_per_second` (Chromium's network emulation),
+    /// so that a test can act while one is under way.
+    pub async fn limit_uploads(&self, bytes_per_second: u64) {
+        self.cdp("Network.enable", json!({})).await;
+        self.cdp(
+            "Network.emulateNetworkConditions",
+            json!({"offline": false, "latency": 0, "downloadThroughput": -1, "uploadThroughput": bytes_per_second}),
+        )
+        .await;
+    }
+
     pub async fn text(&self, e: &Element) -> String {
         self.cmd(reqwest::Method::GET, &format!("/element/{}/text", e.0), None)
             .await
@@ -234,7 +271,12 @@ impl Browser {
 
     /// Waits until `script` (a JS expression) is truthy.
     pub async fn wait_for(&self, what: &str, expr: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.wait_for_within(what, expr, Duration::from_secs(15)).await;
+    }
+
+    /// Waits until `script` (a JS expression) is truthy, for at most `within`.
+    pub async fn wait_for_within(&self, what: &str, expr: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             let v = self.script(&format!("return !!({expr})")).await;
             if v == true {
