@@ -432,3 +432,246 @@ async fn the_zip_pages_fit_a_phone(b: &Browser, app: &TestApp, id: &str) {
     b.screenshot(&shot("zip-phone-files")).await;
     b.resize(1200, 900).await;
 }
+
+/// Creates an upload link through the API: its create response.
+async fn upload_link(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
+    let r = app
+        .http
+        .post(format!("{}/api/uploads", app.admin))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+/// `size` pseudo-random bytes in a file outside the data dir, as a recipient's own file is.
+fn outside_file(dir: &tempfile::TempDir, name: &str, size: usize) -> (PathBuf, Vec<u8>) {
+    let mut x: u64 = 0x2545F4914F6CDD1D ^ size as u64;
+    let bytes: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let path = dir.path().join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+/// The owner makes an upload link for a folder from Files (size in MB, two files, a preset, a
+/// note), gets its URL and QR code, and watches a file sent with `curl -T` arrive on the link's
+/// card; History then says what came in.
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_makes_an_upload_link_and_sees_a_file_arrive() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    app.data_file("inbox/old.pdf", 100);
+    let b = Browser::start().await;
+    log_in(&b, &app).await;
+
+    let (id, url) = make_an_upload_link(&b, &app).await;
+    let card = format!("#open-list li[data-id='{id}']");
+    b.click_css("#receive-done").await;
+    let top = b.text(&b.find(&format!("{card} .top")).await).await;
+    assert!(top.contains("Receiving into inbox/"), "{top}");
+    let meta = b.text(&b.find(&format!("{card} .meta")).await).await;
+    assert!(
+        meta.contains("0 of 2 files received") && meta.contains("scans from Sam"),
+        "{meta}"
+    );
+    b.screenshot(&shot("receive-open-empty")).await;
+
+    let sender = tempfile::tempdir().unwrap();
+    let (scan, bytes) = outside_file(&sender, "scan-001.pdf", 300_000);
+    let sent = curl(&url, &["-T", scan.to_str().unwrap()]).await;
+    assert_eq!(
+        (sent.exit, sent.status),
+        (0, 201),
+        "{}",
+        String::from_utf8_lossy(&sent.body)
+    );
+    b.wait_for(
+        "the received file on the card",
+        &format!("document.querySelector(\"{card} ul.received\")?.textContent.includes('scan-001.pdf')"),
+    )
+    .await;
+    let received = b.text(&b.find(&format!("{card} ul.received")).await).await;
+    assert!(received.contains("300.0 KB"), "{received}");
+    let meta = b.text(&b.find(&format!("{card} .meta")).await).await;
+    assert!(meta.contains("1 of 2 files received"), "{meta}");
+    assert!(std::fs::read(app.path("data/inbox/scan-001.pdf")).unwrap() == bytes);
+    b.screenshot(&shot("receive-open-received")).await;
+    the_upload_card_fits_a_phone(&b).await;
+
+    b.click(&b.find(&format!("{card} button.danger")).await).await;
+    b.accept_dialog().await;
+    b.wait_for("the card to leave", &format!("!document.querySelector(\"{card}\")"))
+        .await;
+    assert_eq!(
+        app.closed(&id, Duration::from_secs(5)).await["close_reason"],
+        "terminated"
+    );
+    b.click_css("header nav a[data-view=history]").await;
+    let row = format!("#history-rows tr[data-id='{id}']");
+    let row = b.text(&b.find(&row).await).await;
+    assert!(
+        row.contains("inbox/") && row.contains("terminated") && row.contains("received 1 file"),
+        "{row}"
+    );
+    b.screenshot(&shot("receive-history")).await;
+}
+
+/// Opens the dialog from the inbox folder's row, fills it in and creates the link: its id and
+/// upload URL, after checking what the result and the API say about it.
+async fn make_an_upload_link(b: &Browser, app: &TestApp) -> (String, String) {
+    b.wait_for(
+        "the file list",
+        "document.querySelector('#file-rows tr[data-path=inbox]')",
+    )
+    .await;
+    b.click_css("#file-rows tr[data-path=inbox] button.receive").await;
+    let title = b.text(&b.find("#receive-title").await).await;
+    assert!(title.contains("inbox/"), "{title}");
+    b.script("document.getElementById('receive-size').value = ''").await;
+    b.type_into(&b.find("#receive-size").await, "5").await;
+    b.script("document.getElementById('receive-unit').value = '1000000'")
+        .await;
+    b.script("document.getElementById('receive-files').value = ''").await;
+    b.type_into(&b.find("#receive-files").await, "2").await;
+    b.click(&b.find("#receive-presets button[data-seconds='900']").await)
+        .await;
+    b.type_into(&b.find("#receive-note").await, "scans from Sam").await;
+    b.screenshot(&shot("receive-dialog")).await;
+    b.click_css("#receive-create").await;
+
+    let url = b.property(&b.find("#receive-url").await, "value").await;
+    let url = url.as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&app.public) && url.contains("/u/") && url.contains("/?t="),
+        "{url}"
+    );
+    let what = b.text(&b.find("#receive-what").await).await;
+    assert!(
+        what.contains("up to 2 files") && what.contains("5.0 MB") && what.contains("inbox/"),
+        "{what}"
+    );
+    b.wait_for("the QR code", "document.getElementById('receive-qr').naturalWidth > 0")
+        .await;
+    b.screenshot(&shot("receive-result")).await;
+
+    let open = app.open().await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    let t = &open[0];
+    assert_eq!(
+        (&t["kind"], &t["file_path"], &t["note"]),
+        (&json!("upload"), &json!("inbox"), &json!("scans from Sam"))
+    );
+    assert_eq!(t["upload"]["max_files"], 2, "{t}");
+    assert_eq!(t["upload"]["max_bytes"], 5_000_000, "{t}");
+    let expires = millis(&t["expires_at"]) - millis(&t["created_at"]);
+    assert!(
+        (899_000..=901_000).contains(&expires),
+        "the 15 min preset gave {expires} ms"
+    );
+    (t["tunnel_id"].as_str().unwrap().to_string(), url)
+}
+
+/// At 390 px wide the open list with an upload link's card scrolls nowhere sideways.
+async fn the_upload_card_fits_a_phone(b: &Browser) {
+    b.resize(390, 844).await;
+    b.find("#open-list ul.received").await;
+    let sideways = b
+        .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        .await;
+    assert!(
+        sideways.as_i64().unwrap() <= 0,
+        "the open list scrolls sideways by {sideways} px"
+    );
+    b.screenshot(&shot("receive-phone-open")).await;
+    b.resize(1200, 900).await;
+}
+
+/// A recipient opens the upload URL, chooses a 40 MB file, and ferry is killed and started again
+/// while it is on its way: the page waits, asks the server how far it got, continues from there
+/// and says the file was received; the file in the folder is the one sent, byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipient_uploads_through_the_page_and_resumes_after_a_drop() {
+    let mut app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    std::fs::create_dir(app.path("data/inbox")).unwrap();
+    let created = upload_link(&app, json!({"folder": "inbox", "max_bytes": 100_000_000})).await;
+    let id = created["tunnel_id"].as_str().unwrap().to_string();
+    let url = created["upload_url"].as_str().unwrap().to_string();
+    let sender = tempfile::tempdir().unwrap();
+    let (movie, bytes) = outside_file(&sender, "holiday.mkv", 40_000_000);
+
+    let b = Browser::start().await;
+    b.goto(&url).await;
+    let title = b.text(&b.find("h1").await).await;
+    assert_eq!(title, "Send files");
+    b.screenshot(&shot("upload-page")).await;
+    // Slow enough that the upload is still going when ferry is killed.
+    b.limit_uploads(8_000_000).await;
+    b.choose_files("#file", &[&movie]).await;
+    let row = "document.querySelector('#uploads li')";
+    b.wait_for(
+        "the upload under way",
+        &format!(
+            "(() => {{ const p = {row}?.querySelector('progress'); return p && p.value > 0 && p.value < p.max; }})()"
+        ),
+    )
+    .await;
+    b.screenshot(&shot("upload-progress")).await;
+
+    app.kill9().await;
+    b.wait_for(
+        "the page to wait and retry",
+        &format!("{row}.dataset.state === 'retrying'"),
+    )
+    .await;
+    b.screenshot(&shot("upload-retrying")).await;
+    app.start().await;
+    b.wait_for_within(
+        "the upload to finish",
+        &format!("{row}.dataset.state === 'done'"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let status = b.text(&b.find("#uploads li .status").await).await;
+    assert_eq!(status, "Received ✓");
+    b.screenshot(&shot("upload-done")).await;
+
+    let got = std::fs::read(app.path("data/inbox/holiday.mkv")).expect("the file is in the folder");
+    assert!(got == bytes, "the received file is the one sent");
+    let visible: Vec<String> = std::fs::read_dir(app.path("data/inbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(visible, ["holiday.mkv"], "nothing else shows in the folder");
+    let closed = app.closed(&id, Duration::from_secs(10)).await;
+    assert_eq!(closed["close_reason"], "completed", "{closed}");
+    assert_eq!(closed["files"][0]["name"], "holiday.mkv", "{closed}");
+    let kept = b
+        .script("return Object.keys(localStorage).filter((k) => k.startsWith('ferry-upload:')).length")
+        .await;
+    assert_eq!(kept, json!(0), "a finished upload is forgotten by the browser");
+    the_upload_page_fits_a_phone(&b).await;
+}
+
+/// At 390 px wide the upload page, with a file's row, scrolls nowhere sideways.
+async fn the_upload_page_fits_a_phone(b: &Browser) {
+    b.resize(390, 844).await;
+    let sideways = b
+        .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        .await;
+    assert!(
+        sideways.as_i64().unwrap() <= 0,
+        "the upload page scrolls sideways by {sideways} px"
+    );
+    b.screenshot(&shot("upload-phone")).await;
+}
