@@ -3,7 +3,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::helpers::{TestApp, curl};
@@ -261,4 +261,103 @@ async fn share_several_paths_as_one_zip() {
     let o = run(&app, &["share", "a.jpg", "missing.jpg"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("missing.jpg"), "{}", text(&o));
+}
+
+/// `ferry receive` makes an upload link: `--json` gives the server's answer, the link is an
+/// upload link with the limits asked for, and a file sent with `curl -T` lands in the folder (one
+/// over the limit is refused with 413). People get the URL first, then the limits.
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_makes_an_upload_link_that_curl_can_fill() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    std::fs::create_dir(app.path("data/inbox")).unwrap();
+
+    let o = run(&app, &["receive", "inbox", "--max-bytes", "10M", "--json"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let created = json(&o);
+    assert_eq!(created["folder"], "inbox", "{created}");
+    assert_eq!(created["max_bytes"], 10 << 20, "{created}");
+    assert_eq!(created["max_files"], 1, "{created}");
+    let url = created["upload_url"].as_str().unwrap().to_string();
+    assert!(url.contains("/u/") && url.contains("/?t="), "{url}");
+    let id = created["tunnel_id"].as_str().unwrap().to_string();
+    let stats = app.get(&format!("/admin/tunnels/{id}/stats")).await.1;
+    let t = &stats["tunnel"];
+    assert_eq!(
+        (&t["kind"], &t["file_path"]),
+        (&json!("upload"), &json!("inbox")),
+        "{t}"
+    );
+    assert_eq!(t["upload"]["max_bytes"], 10 << 20, "{t}");
+    assert_eq!(t["upload"]["max_files"], 1, "{t}");
+
+    let sender = tempfile::tempdir().unwrap();
+    let big = sender.path().join("too-big.bin");
+    std::fs::File::create(&big).unwrap().set_len((10 << 20) + 1).unwrap();
+    let r = curl(&url, &["-T", big.to_str().unwrap()]).await;
+    assert_eq!(r.status, 413, "one byte over --max-bytes");
+    let letter = sender.path().join("letter.txt");
+    std::fs::write(&letter, "dear ferry, here it is\n").unwrap();
+    let r = curl(&url, &["-T", letter.to_str().unwrap()]).await;
+    assert_eq!((r.exit, r.status), (0, 201), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        std::fs::read_to_string(app.path("data/inbox/letter.txt")).unwrap(),
+        "dear ferry, here it is\n"
+    );
+    assert!(!app.path("data/inbox/too-big.bin").exists());
+    let closed = app.closed(&id, Duration::from_secs(10)).await;
+    assert_eq!(closed["close_reason"], "completed", "{closed}");
+    assert_eq!(closed["files"][0]["name"], "letter.txt", "{closed}");
+
+    let o = run(
+        &app,
+        &[
+            "receive",
+            "inbox/",
+            "--max-bytes",
+            "2G",
+            "--max-files",
+            "3",
+            "--expires",
+            "15m",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let human = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = human.lines().collect();
+    assert!(lines[0].starts_with("http://") && lines[0].contains("/u/"), "{human}");
+    assert!(
+        lines[1].starts_with("receives up to 3 files of at most 2 GiB each into inbox/ · expires "),
+        "{human}"
+    );
+}
+
+/// `ferry receive` fails as `share` does: bad sizes are usage errors, a folder the server refuses
+/// is the server refusing.
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_exits_as_documented() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    std::fs::create_dir(app.path("data/inbox")).unwrap();
+    app.data_file("notes.txt", 10);
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["receive", "inbox", "--max-bytes", "2X"], 2, "500M"),
+        (vec!["receive", "inbox", "--max-bytes", "0"], 2, "at least 1 byte"),
+        (vec!["receive", "inbox"], 2, "--max-bytes"),
+        (vec!["receive", "nowhere", "--max-bytes", "1M"], 1, "folder"),
+        (vec!["receive", "../etc", "--max-bytes", "1M"], 1, "folder"),
+        (vec!["receive", "notes.txt", "--max-bytes", "1M"], 1, "folder"),
+        (
+            vec!["receive", "inbox", "--max-bytes", "1M", "--expires", "10d"],
+            1,
+            "expires_in_seconds",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let o = run(&app, &args).await;
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+    let o = run(&app, &["receive", "nowhere", "--max-bytes", "1M", "--json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(json(&o)["error"].as_str().unwrap().contains("folder"), "{}", text(&o));
 }
