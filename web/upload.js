@@ -166,7 +166,7 @@ async function patch(job) {
 async function advance(job, forward) {
   for (;;) {
     if (job.location && job.offset === null) {
-      setState(job, job.state, "Reconnecting…");
+      setState(job, job.state, "Resuming…");
       await askOffset(job);
     }
     if (!job.location) await create(job);
