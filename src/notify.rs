@@ -123,5 +123,15 @@ mod tests {
             file: None,
         };
         assert_eq!(text(&e), "Link to f.bin closed: stalled, 3.0 MB served");
+        let received = Event {
+            event: EventKind::Received,
+            file: Some(crate::model::ReceivedFile {
+                name: "scan (1).pdf".into(),
+                size: 2_500_000,
+                sha256: "ab12".into(),
+            }),
+            ..e
+        };
+        assert_eq!(text(&received), "Received scan (1).pdf (2.5 MB) in f.bin, SHA-256 ab12");
     }
 }

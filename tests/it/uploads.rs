@@ -66,6 +66,12 @@ fn names_in(app: &TestApp, folder: &str) -> Vec<String> {
 async fn curl_t_lands_a_file_whole_and_a_second_of_the_same_name_beside_it() {
     let app = TestApp::spawn().await;
     std::fs::create_dir_all(app.path("data/inbox")).unwrap();
+    let mut events = app
+        .http
+        .get(format!("{}/admin/events", app.admin))
+        .send()
+        .await
+        .unwrap();
     let link = upload_link(
         &app,
         json!({"folder": "inbox", "max_files": 2, "max_bytes": 100_000_000}),
@@ -78,6 +84,29 @@ async fn curl_t_lands_a_file_whole_and_a_second_of_the_same_name_beside_it() {
     let first = bytes(50_000_000, 1);
     std::fs::write(&scan, &first).unwrap();
     assert_eq!(curl_t(&scan, &u).await, (0, 201), "{}", app.log());
+    // The owner hears what arrived: its name, size and SHA-256.
+    let digest: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&first)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let mut heard = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(chunk)) = events.chunk().await {
+            heard.push_str(&String::from_utf8_lossy(&chunk));
+            if heard.contains(&digest) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no received event with the file's SHA-256: {heard}");
+    assert!(
+        heard.contains("event: received") && heard.contains(r#""name":"scan.pdf","size":50000000"#),
+        "{heard}"
+    );
     let second = bytes(1_000, 2);
     std::fs::write(&scan, &second).unwrap();
     assert_eq!(curl_t(&scan, &u).await, (0, 201));
@@ -239,6 +268,29 @@ async fn limits_are_answered_before_any_byte_is_stored() {
         444,
         "after termination"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_upload_link_refuses_and_keeps_nothing() {
+    let app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/late")).unwrap();
+    let link = upload_link(
+        &app,
+        json!({"folder": "late", "max_bytes": 1000, "expires_in_seconds": 1}),
+    )
+    .await;
+    // A link's expiry is rounded up to the whole second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let create = vec![
+        ("Upload-Length", "10".to_string()),
+        ("Upload-Metadata", metadata("late.txt")),
+    ];
+    assert_eq!(tus(&app, "POST", &url(&link), &create, vec![]).await.0, 444);
+    let t = app
+        .closed(link["tunnel_id"].as_str().unwrap(), Duration::from_secs(10))
+        .await;
+    assert_eq!(t["close_reason"], "expired", "{t}");
+    assert_eq!(names_in(&app, "late"), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
