@@ -274,6 +274,48 @@ http {{
             self.proc.kill()
 
 
+class DavNginx(Nginx):
+    """A plain nginx that stores what is PUT to it (its DAV module), the upload baseline."""
+
+    def __init__(self, work, root):
+        self.port = free_port()
+        self.prefix = os.path.join(work, f"nginx-dav-{self.port}")
+        os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
+        user = "user root;" if os.geteuid() == 0 else ""
+        self._run(f"""
+{user}
+worker_processes auto;
+pid {self.prefix}/nginx.pid;
+error_log stderr error;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.prefix}/tmp;
+    proxy_temp_path {self.prefix}/tmp;
+    fastcgi_temp_path {self.prefix}/tmp;
+    uwsgi_temp_path {self.prefix}/tmp;
+    scgi_temp_path {self.prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {root};
+        client_max_body_size 0;
+        location / {{ dav_methods PUT DELETE; }}
+    }}
+}}
+""")
+
+
+def curl_put_speed(path, url):
+    """Bytes per second of one upload, as curl measures it, and the HTTP status."""
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-T", path, "-w", "%{http_code} %{speed_upload}", url],
+                         capture_output=True, text=True, timeout=300)
+    code, speed = out.stdout.split()
+    if code not in ("201", "204"):
+        raise SystemExit(f"upload to {url} answered {code}: {out.stderr}")
+    return float(speed)
+
+
 def curl_speed(url):
     """Bytes per second of one download, as curl measures it."""
     out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{speed_download} %{size_download}",
@@ -436,6 +478,46 @@ def bench_zip(work, data):
           f"From creation to a fully hashed archive: {median(hash_s) / gb:.2f} s per GB (median; "
           f"runs {' '.join(f'{x:.2f}' for x in hash_s)} s for {gb:.2f} GB). "
           f"ferry's CPU while serving: {median(cpu_s) / gb:.2f} s per GB (nginx's workers not counted)."))
+
+
+def bench_upload(work, data):
+    """9. One 1 GiB upload through an upload link, against nginx storing a PUT (DAV)."""
+    src = os.path.join(work, "upload-source.bin")
+    make_file(src, 1 << 30)
+    inbox = os.path.join(data, "inbox")
+    dav_root = os.path.join(work, "dav")
+    os.makedirs(inbox, exist_ok=True)
+    os.makedirs(dav_root, exist_ok=True)
+    bare = DavNginx(work, dav_root)
+    ferry = Ferry(os.path.join(work, "up"), data)
+    c = ferry.conn()
+    speeds = {"nginx (DAV PUT)": [], "ferry (upload link)": []}
+    try:
+        for i in range(DOWNLOAD_RUNS):
+            # Each upload starts with nothing left to write out from the one before: the disk's
+            # writeback of one would otherwise slow down the next.
+            os.sync()
+            speeds["nginx (DAV PUT)"].append(curl_put_speed(src, f"http://127.0.0.1:{bare.port}/run{i}.bin"))
+            os.remove(os.path.join(dav_root, f"run{i}.bin"))
+            os.sync()
+            body = json.dumps({"folder": "inbox", "max_bytes": 2 << 30})
+            c.request("POST", "/api/uploads", body, {"Content-Type": "application/json"})
+            r = c.getresponse()
+            link = json.loads(r.read())
+            speeds["ferry (upload link)"].append(curl_put_speed(src, link["upload_url"]))
+            for name in os.listdir(inbox):
+                os.remove(os.path.join(inbox, name))
+        ferry.check_quiet()
+    finally:
+        bare.stop()
+        ferry.stop()
+    m, runs = runs_table("server", "GB/s", speeds, lambda x: f"{x / 1e9:.2f}")
+    ratio = m["ferry (upload link)"] / m["nginx (DAV PUT)"]
+    results.append(("9. One 1 GiB upload", runs
+        + f"\n\nferry's upload link / nginx's DAV PUT = **{ratio:.3f}** (target ≥ 0.7: {verdict(ratio >= 0.7)}). "
+          "ferry streams the body through nginx (no buffering), hashes it (SHA-256) as it is written, "
+          "and syncs the file to disk before moving it into the folder; nginx's DAV module writes its "
+          "temporary file and renames it, without a sync. Each upload starts after `sync`."))
 
 
 def auth204(sock, *flags):
@@ -919,7 +1001,8 @@ def main():
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
     steps = [("download", bench_download), ("ranges", bench_ranges), ("monitor", bench_monitor),
              ("close", bench_close), ("create", bench_creation), ("scale", bench_scale),
-             ("reliability", bench_reliability), ("zip", bench_zip)]
+             ("reliability", bench_reliability), ("zip", bench_zip),
+             ("upload", bench_upload)]
     unknown = [a for a in only if a not in dict(steps)]
     if unknown:
         raise SystemExit(f"bench: no part named {', '.join(unknown)}; the parts: {' '.join(n for n, _ in steps)}")
