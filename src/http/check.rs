@@ -36,6 +36,24 @@ const MAX_HEADERS: usize = 48;
 /// Serves the check socket until `shutdown` is cancelled. Each open connection first finishes the
 /// request it is answering.
 pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: CancellationToken) {
+    let stop = shutdown.clone();
+    accept_all(listener, "check socket", shutdown, |stream| {
+        connection(stream, links.clone(), stop.clone())
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled, running `each` on every one,
+/// then waits for the open connections to finish. `what` names the socket in logs.
+pub(super) async fn accept_all<F, Fut>(
+    listener: UnixListener,
+    what: &'static str,
+    shutdown: CancellationToken,
+    mut each: F,
+) where
+    F: FnMut(UnixStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
@@ -43,12 +61,12 @@ pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: Cancella
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(connection(stream, links.clone(), shutdown.clone()));
+                    connections.spawn(each(stream));
                 }
                 Err(e) => {
                     // The most likely cause is running out of file descriptors, so wait a little
                     // instead of retrying in a busy loop.
-                    tracing::warn!(error = %e, "check socket: accept failed");
+                    tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -14,14 +14,12 @@
 use std::io::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::check::{CheckRequest, parse};
+use super::check::{CheckRequest, accept_all, parse};
 use crate::archive::Piece;
 use crate::links::Links;
 use crate::links::rules::etag;
@@ -33,25 +31,11 @@ const MAX_HEADERS: usize = 32;
 
 /// Serves the socket until `shutdown` is cancelled.
 pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: CancellationToken) {
-    let connections = TaskTracker::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(connection(stream, links.clone(), shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "archive socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
+    let stop = shutdown.clone();
+    accept_all(listener, "archive socket", shutdown, |stream| {
+        connection(stream, links.clone(), stop.clone())
+    })
+    .await;
 }
 
 /// What one request is answered with.
