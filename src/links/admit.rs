@@ -149,6 +149,15 @@ impl Links {
 
     /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
     pub async fn preview(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
+        let link = self.live_link(id, token).await?;
+        if link.is_upload() {
+            return Err(Refusal::Closed);
+        }
+        Ok(link)
+    }
+
+    /// The link `id`, if `token` is its own and the link is open and not past its expiry.
+    pub(super) async fn live_link(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
         self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
@@ -158,7 +167,7 @@ impl Links {
             .await
             .map_err(|_| Refusal::Unavailable)?
             .ok_or(Refusal::Unknown)?;
-        if link.state == LinkState::Closed || link.is_upload() {
+        if link.state == LinkState::Closed {
             return Err(Refusal::Closed);
         }
         if now >= link.expires_at_ms {

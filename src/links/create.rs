@@ -81,17 +81,7 @@ impl Links {
                 (None, c.skipped)
             }
         };
-        self.store_new(&link, by).await?;
-        // Hashing starts at once, so that the archive is ready by the time a recipient asks.
-        self.archive(&link);
-        if let Err(e) = self.expose(&link.id, target.as_deref()).await {
-            tracing::error!(tunnel_id = %link.id, error = %e, "could not expose link");
-            self.close_error(&link.id, e.to_string()).await?;
-            return Err(e);
-        }
-        self.remind(link.expires_at_ms);
-        metrics::counter!("ferry_links_created_total").increment(1);
-        self.emit(EventKind::Created, &link);
+        self.publish(&link, target.as_deref(), by).await?;
         let created = Created {
             download_url: self.download_url(&link),
             tunnel_id: link.id.clone(),
@@ -136,6 +126,30 @@ impl Links {
         }
     }
 
+    /// Stores a new link durably, exposes it (its directory, with `target` as its file, then its
+    /// tunnel), and announces it. If exposing fails, the link is closed as `error` and nothing
+    /// stays reachable.
+    pub(super) async fn publish(
+        &self,
+        link: &Link,
+        target: Option<&std::path::Path>,
+        by: Option<&str>,
+    ) -> Result<(), LinkError> {
+        self.store_new(link, by).await?;
+        // A ZIP link's hashing starts at once, so that the archive is ready by the time a
+        // recipient asks.
+        self.archive(link);
+        if let Err(e) = self.expose(&link.id, target).await {
+            tracing::error!(tunnel_id = %link.id, error = %e, "could not expose link");
+            self.close_error(&link.id, e.to_string()).await?;
+            return Err(e);
+        }
+        self.remind(link.expires_at_ms);
+        metrics::counter!("ferry_links_created_total").increment(1);
+        self.emit(EventKind::Created, link);
+        Ok(())
+    }
+
     /// The request's expiry (seconds from now) and number of downloads, or what is wrong with it.
     fn validate(&self, req: &NewLink) -> Result<(u64, u32), LinkError> {
         let invalid = |field, message: String| Err(LinkError::Invalid { field, message });
@@ -171,7 +185,7 @@ impl Links {
     }
 
     /// Writes a new link with its audit record, in one durable write.
-    pub(super) async fn store_new(&self, link: &Link, by: Option<&str>) -> Result<(), LinkError> {
+    async fn store_new(&self, link: &Link, by: Option<&str>) -> Result<(), LinkError> {
         let audit = crate::store::audit::AuditRecord {
             time_ms: link.created_at_ms,
             event: "link.created".into(),
@@ -197,7 +211,7 @@ impl Links {
 
     /// Makes a stored link reachable: its directory (with the symlink to its file, unless it is an
     /// archive, which nginx asks ferry for), then its tunnel.
-    pub(super) async fn expose(&self, id: &TunnelId, target: Option<&std::path::Path>) -> Result<(), LinkError> {
+    async fn expose(&self, id: &TunnelId, target: Option<&std::path::Path>) -> Result<(), LinkError> {
         self.link_dir(id, target)
             .await
             .map_err(|e| LinkError::Internal(format!("symlink: {e}")))?;

@@ -11,7 +11,6 @@ use super::error::LinkError;
 use super::event::EventKind;
 use super::rules::Refusal;
 use super::service::Links;
-use super::token;
 use crate::data_dir::{FileIdentity, RelPath};
 use crate::inbox::{Inbox, InboxError, names};
 use crate::model::{
@@ -109,14 +108,7 @@ impl Links {
             upload: Some(Arc::new(info)),
             ..Link::new(TunnelId::random(), req.folder, identity, now, exp_s * 1000, max_files)
         };
-        self.store_new(&link, by).await?;
-        if let Err(e) = self.expose(&link.id, None).await {
-            self.close_error(&link.id, e.to_string()).await?;
-            return Err(e);
-        }
-        self.remind(link.expires_at_ms);
-        metrics::counter!("ferry_links_created_total").increment(1);
-        self.emit(EventKind::Created, &link);
+        self.publish(&link, None, by).await?;
         let created = UploadCreated {
             upload_url: self.upload_url(&link),
             tunnel_id: link.id.clone(),
@@ -138,24 +130,11 @@ impl Links {
 
     /// The open upload link `id`, if `token` is its own.
     pub async fn upload_link(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
-        let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
-        let now = self.clock.now_ms();
-        self.keys.verify(token, &id, now / 1000).map_err(|e| match e {
-            token::TokenError::Expired => Refusal::Expired,
-            _ => Refusal::BadToken,
-        })?;
-        let link = self
-            .store
-            .get(&id)
-            .await
-            .map_err(|_| Refusal::Unavailable)?
-            .ok_or(Refusal::Unknown)?;
-        match () {
-            _ if !link.is_upload() => Err(Refusal::Unknown),
-            _ if link.state == LinkState::Closed => Err(Refusal::Closed),
-            _ if now >= link.expires_at_ms => Err(Refusal::Expired),
-            _ => Ok(link),
+        let link = self.live_link(id, token).await?;
+        if !link.is_upload() {
+            return Err(Refusal::Unknown);
         }
+        Ok(link)
     }
 
     /// Starts a file called `name` (as the sender gave it) of `length` bytes (when declared):
