@@ -76,19 +76,23 @@ impl TestApp {
 
     /// Writes a file of `size` pseudo-random bytes into the data dir and returns its bytes.
     pub fn data_file(&self, rel: &str, size: usize) -> Vec<u8> {
-        let mut x: u64 = 0x9E3779B97F4A7C15 ^ size as u64;
-        let bytes: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let bytes = pseudo_random(size, size as u64);
         let p = self.path("data").join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, &bytes).unwrap();
         bytes
+    }
+
+    /// Makes an upload link through the API: the status and the response.
+    pub async fn upload_link(&self, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/uploads", self.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn start(&mut self) {
@@ -477,6 +481,19 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `size` pseudo-random bytes (xorshift), a different stream for each `seed`.
+pub fn pseudo_random(size: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A small tmpfs mounted for one test (a disk to fill, or a NAS mount to take away), unmounted

@@ -18,17 +18,8 @@ fn id(v: &Value) -> String {
     v["tunnel_id"].as_str().unwrap().to_string()
 }
 
-/// Pseudo-random bytes that differ with `seed`.
 fn bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15 ^ seed;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::helpers::pseudo_random(size, seed)
 }
 
 async fn health(app: &TestApp) -> (u16, Value) {

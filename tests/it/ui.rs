@@ -435,30 +435,14 @@ async fn the_zip_pages_fit_a_phone(b: &Browser, app: &TestApp, id: &str) {
 
 /// Creates an upload link through the API: its create response.
 async fn upload_link(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
-    let r = app
-        .http
-        .post(format!("{}/api/uploads", app.admin))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    let (status, v) = app.upload_link(body).await;
     assert_eq!(status, 201, "{v}");
     v
 }
 
 /// `size` pseudo-random bytes in a file outside the data dir, as a recipient's own file is.
 fn outside_file(dir: &tempfile::TempDir, name: &str, size: usize) -> (PathBuf, Vec<u8>) {
-    let mut x: u64 = 0x2545F4914F6CDD1D ^ size as u64;
-    let bytes: Vec<u8> = (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = crate::helpers::pseudo_random(size, 0x2545_F491_4F6C_DD1D ^ size as u64);
     let path = dir.path().join(name);
     std::fs::write(&path, &bytes).unwrap();
     (path, bytes)

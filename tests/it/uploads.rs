@@ -19,31 +19,15 @@ async fn upload_link(app: &TestApp, body: Value) -> Value {
 }
 
 async fn upload_link_status(app: &TestApp, body: Value) -> (u16, Value) {
-    let r = app
-        .http
-        .post(format!("{}/api/uploads", app.admin))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    app.upload_link(body).await
 }
 
 fn url(link: &Value) -> String {
     link["upload_url"].as_str().unwrap().to_string()
 }
 
-/// Pseudo-random bytes (a different stream for each `seed`).
 fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::helpers::pseudo_random(len, seed)
 }
 
 /// `curl -T <file> <url>`: curl adds the file's name to a URL that ends with `/`.
