@@ -34,7 +34,7 @@ pub struct CreateUploadRequest {
     #[schema(minimum = 1, maximum = 1000)]
     pub max_files: Option<u32>,
     /// The largest file it accepts, in bytes.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
     pub max_bytes: u64,
     #[schema(max_length = 500)]
     pub note: Option<String>,
@@ -57,9 +57,11 @@ impl CreateUploadRequest {
             folder,
             expires_in_seconds: body.uint("expires_in_seconds")?,
             max_files,
-            max_bytes: body
-                .uint("max_bytes")?
-                .ok_or_else(|| ApiError::BadRequest("max_bytes: required".into()))?,
+            max_bytes: match body.uint("max_bytes")? {
+                None => return Err(ApiError::BadRequest("max_bytes: required".into())),
+                Some(n) if n > i64::MAX as u64 => return Err(ApiError::BadRequest("max_bytes: too large".into())),
+                Some(n) => n,
+            },
             note: body.string("note")?.map(String::from),
         })
     }

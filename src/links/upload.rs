@@ -75,6 +75,13 @@ impl Links {
                 message,
             });
         }
+        if req.folder.is_root() {
+            let message = "name a folder inside the data dir, not the data dir itself".into();
+            return Err(LinkError::Invalid {
+                field: "folder",
+                message,
+            });
+        }
         if req.max_bytes == 0 {
             let message = "must be at least 1".into();
             return Err(LinkError::Invalid {

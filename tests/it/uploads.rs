@@ -387,6 +387,16 @@ async fn a_folder_that_is_missing_symlinked_or_read_only_is_refused_at_creation(
             "max_files",
         ),
         (json!({"folder": "../etc", "max_bytes": 10}), 400, "folder"),
+        (
+            json!({"folder": "", "max_bytes": 10}),
+            400,
+            "folder: name a folder inside",
+        ),
+        (
+            json!({"folder": "real", "max_bytes": 9_223_372_036_854_775_808_u64}),
+            400,
+            "max_bytes: too large",
+        ),
     ] {
         let (got, v) = upload_link_status(&app, body.clone()).await;
         assert_eq!(got, status, "{body}: {v}");
