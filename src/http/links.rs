@@ -192,8 +192,10 @@ pub struct RequestView {
     pub method: String,
     /// Null while the request is running.
     pub status: Option<u16>,
-    /// Bytes sent so far.
+    /// Body bytes sent so far.
     pub bytes: u64,
+    /// Bytes read from the client: request line, headers and body (uploads); 0 while running.
+    pub bytes_received: u64,
     /// The `Range` header; null without one, and while the request is running.
     pub range: Option<String>,
     pub completed: bool,
@@ -210,6 +212,7 @@ impl From<&RequestSeen> for RequestView {
             method: r.method.to_string(),
             status: Some(r.status),
             bytes: r.bytes,
+            bytes_received: r.received,
             range: r.range.as_deref().map(String::from),
             completed: r.completed,
             in_flight: false,
@@ -228,6 +231,7 @@ impl From<&InFlight> for RequestView {
             method: method.to_string(),
             status: None,
             bytes: r.delivered,
+            bytes_received: 0,
             range: None,
             completed: false,
             in_flight: true,

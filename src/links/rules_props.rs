@@ -747,6 +747,7 @@ impl Run {
             status,
             bytes_sent: body + HEADER,
             body_bytes_sent: body,
+            request_length: 0,
             content_range: sent
                 .filter(|_| status == 206)
                 .map(|r| format!("bytes {}-{}/{size}", r.start, r.end - 1)),

@@ -106,7 +106,8 @@ impl Links {
             for _ in 0..downloads {
                 self.emit(EventKind::Completed, &link);
             }
-        } else if s.changed {
+        } else if s.changed && !link.is_upload() {
+            // An upload's progress is reported as its bytes are written, not from the log.
             self.emit_progress(&link);
         }
         if s.link_completed && link.state != LinkState::Closed {

@@ -80,6 +80,7 @@ pub(crate) fn record(request_id: &str, status: u16, body: u64, content_range: &s
         status,
         bytes_sent: body + 300,
         body_bytes_sent: body,
+        request_length: 0,
         content_range: Some(content_range.to_string()).filter(|s| !s.is_empty()),
         completion: Completion::Ok,
         client: "127.0.0.5".into(),

@@ -121,6 +121,9 @@ pub struct RequestSeen {
     pub method: Arc<str>,
     pub status: u16,
     pub bytes: u64,
+    /// Bytes read from the client (request line, headers and body), as nginx logged them.
+    #[serde(default)]
+    pub received: u64,
     pub range: Option<Arc<str>>,
     pub completed: bool,
 }

@@ -25,6 +25,9 @@ pub struct AccessRecord {
     /// Header and body bytes handed to the socket.
     pub bytes_sent: u64,
     pub body_bytes_sent: u64,
+    /// Bytes read from the client: the request line, the headers and as much of the body as
+    /// arrived (nginx's `$request_length`). Uploads are counted by it.
+    pub request_length: u64,
     pub content_range: Option<String>,
     pub completion: Completion,
     pub client: String,
@@ -63,6 +66,9 @@ struct Raw<'a> {
     user_agent: std::borrow::Cow<'a, str>,
     #[serde(rename = "request_time")]
     _request_time: f64,
+    /// Lines written before an upgrade added this field to nginx's config do not have it.
+    #[serde(default)]
+    request_length: u64,
     preview: &'a str,
     /// Lines written before an upgrade added this field to nginx's config do not have it.
     #[serde(borrow, default)]
@@ -104,6 +110,7 @@ impl AccessRecord {
             status: raw.status,
             bytes_sent: raw.bytes_sent,
             body_bytes_sent: raw.body_bytes_sent,
+            request_length: raw.request_length,
             content_range,
             completion,
             client: raw.client.to_string(),
@@ -118,13 +125,14 @@ impl AccessRecord {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"{"msec":"1700000000.123","request_id":"0123456789abcdef0123456789abcdef","tunnel_id":"AAAAAAAAAAAAAAAAAAAAAAAA","method":"GET","status":206,"bytes_sent":900,"body_bytes_sent":500,"range":"bytes=0-499","content_range":"bytes 0-499/1000","completion":"OK","client":"127.0.0.2","user_agent":"curl/8 \"q\"","request_time":0.001,"preview":"0","claim":"c0.0123456789ab"}"#;
+    const GOOD: &str = r#"{"msec":"1700000000.123","request_id":"0123456789abcdef0123456789abcdef","tunnel_id":"AAAAAAAAAAAAAAAAAAAAAAAA","method":"GET","status":206,"bytes_sent":900,"body_bytes_sent":500,"range":"bytes=0-499","content_range":"bytes 0-499/1000","completion":"OK","client":"127.0.0.2","user_agent":"curl/8 \"q\"","request_time":0.001,"request_length":180,"preview":"0","claim":"c0.0123456789ab"}"#;
 
     #[test]
     fn parses_a_line() {
         let r = AccessRecord::parse(GOOD).unwrap();
         assert_eq!(r.status, 206);
         assert_eq!(r.body_bytes_sent, 500);
+        assert_eq!(r.request_length, 180);
         assert_eq!(r.completion, Completion::Ok);
         assert_eq!(r.content_range.as_deref(), Some("bytes 0-499/1000"));
         assert_eq!(r.user_agent, "curl/8 \"q\"");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::helpers::{EMPTY_REPLY, SmallDisk, TestApp, curl};
+use crate::helpers::{EMPTY_REPLY, SmallDisk, TestApp, curl, eventually};
 
 /// Makes an upload link; the status must be 201.
 async fn upload_link(app: &TestApp, body: Value) -> Value {
@@ -166,6 +166,27 @@ async fn tuspy_resumes_from_the_servers_offset_and_the_file_lands_whole() {
         "{t}"
     );
     assert_eq!(names_in(&app, "drop"), ["big.bin"]);
+    // nginx's access log saw the same bytes come in: the PATCH bodies add up to the file, with
+    // no more than request lines and headers on top.
+    let mut patched = (0, 0);
+    eventually(Duration::from_secs(10), "every PATCH is logged", async || {
+        let (_, stats) = app.get(&format!("/admin/tunnels/{id}/stats")).await;
+        let patches: Vec<u64> = stats["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] == "PATCH" && r["status"] == 204)
+            .map(|r| r["bytes_received"].as_u64().unwrap())
+            .collect();
+        patched = (patches.len() as u64, patches.iter().sum::<u64>());
+        patched.1 >= 100_000_000
+    })
+    .await;
+    let (requests, received) = patched;
+    assert!(
+        received - 100_000_000 <= requests * 1024,
+        "{requests} PATCH requests read {received} bytes for a file of 100,000,000"
+    );
 }
 
 /// A tus request over raw HTTP: (status, headers).

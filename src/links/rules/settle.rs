@@ -205,10 +205,17 @@ pub fn settle(
     now: u64,
     p: &Policy,
 ) -> Settled {
-    // An upload link's requests carry no file bytes out; what they bring in is counted as it is
-    // written.
-    if rec.preview || link.is_upload() || link.requests.iter().any(|r| *r.request_id == *rec.request_id) {
+    if rec.preview || link.requests.iter().any(|r| *r.request_id == *rec.request_id) {
         return Settled::default();
+    }
+    // An upload link's requests carry no file bytes out, and what they bring in is counted as it
+    // is written. Their lines are kept only to show what nginx read from each client.
+    if link.is_upload() {
+        remember(link, seen(rec, client, now, rec.body_bytes_sent));
+        return Settled {
+            changed: true,
+            ..Settled::default()
+        };
     }
     let flight = link
         .inflight
@@ -263,21 +270,24 @@ pub fn settle(
             credit(link, &client, Some(u), d, now, p, &mut out);
         }
     }
-    remember(
-        link,
-        RequestSeen {
-            request_id: rec.request_id.as_str().into(),
-            time_ms: now,
-            client,
-            method: rec.method.as_str().into(),
-            status: rec.status,
-            bytes: d.charged,
-            range: rec.content_range.as_deref().map(Arc::from),
-            completed: rec.completion == Completion::Ok,
-        },
-    );
+    remember(link, seen(rec, client, now, d.charged));
     hold_resends(link);
     out
+}
+
+/// A logged request as the link keeps it, with `bytes` of body counted for it.
+fn seen(rec: &AccessRecord, client: ClientKey, now: u64, bytes: u64) -> RequestSeen {
+    RequestSeen {
+        request_id: rec.request_id.as_str().into(),
+        time_ms: now,
+        client,
+        method: rec.method.as_str().into(),
+        status: rec.status,
+        bytes,
+        received: rec.request_length,
+        range: rec.content_range.as_deref().map(Arc::from),
+        completed: rec.completion == Completion::Ok,
+    }
 }
 
 /// A socket sample for one request in flight: `Some(acked)` or `None` when the connection is gone.
@@ -371,6 +381,7 @@ pub fn settle_unlogged(link: &mut Link, now: u64, after_ms: u64, p: &Policy) -> 
                 method: "GET".into(),
                 status: 0,
                 bytes: d.charged,
+                received: 0,
                 range: None,
                 completed: false,
             },

@@ -55,6 +55,7 @@ fn line(l: &Link, id: &str, status: u16, body: u64, cr: Option<&str>, ok: bool) 
         status,
         bytes_sent: body + HEADER,
         body_bytes_sent: body,
+        request_length: 0,
         content_range: cr.map(String::from),
         completion: if ok { Completion::Ok } else { Completion::Aborted },
         client: f.map_or("127.0.0.9".into(), |f| f.client.address.to_string()),
