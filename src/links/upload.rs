@@ -194,9 +194,20 @@ impl Links {
         if length.is_some_and(|n| n > info.max_bytes) {
             return Err(BeginError::TooLarge);
         }
-        let inbox = self
-            .inbox(link)
-            .map_err(|_| BeginError::Refused(Refusal::FileChanged))?;
+        let inbox = match self.inbox(link) {
+            Ok(inbox) => inbox,
+            Err(e) => {
+                // As for a download link whose file changed: the link cannot do what it was made
+                // for, so it closes rather than write anywhere else.
+                let why = match self.data.available() {
+                    Err(gone) => gone.to_string(),
+                    Ok(()) => format!("the upload folder: {e}"),
+                };
+                tracing::warn!(tunnel_id = %link.id, reason = %why, "the upload folder is not the one the link was made for; closing the link");
+                let _ = Box::pin(self.close_error(&link.id, why)).await;
+                return Err(BeginError::Refused(Refusal::FileChanged));
+            }
+        };
         if let Some(n) = length {
             let reserved = self.reserved_for_uploads().await;
             let free = inbox.free_bytes().unwrap_or(u64::MAX);

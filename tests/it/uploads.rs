@@ -428,3 +428,111 @@ async fn a_folder_that_is_missing_symlinked_or_read_only_is_refused_at_creation(
         .arg(&ro.0)
         .status();
 }
+
+/// Every file under `dir`, as paths relative to it, hidden ones included.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                found.push(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A `PUT` names its file by the URL's last segment, which a sender writes as they like: each
+/// hostile name lands cleaned inside the folder, or is refused with nginx's 444. Nothing lands
+/// anywhere else in the data dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_in_a_put_url_land_cleaned_in_the_folder_or_are_refused() {
+    let app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/drop")).unwrap();
+    std::fs::create_dir_all(app.path("data/private")).unwrap();
+    let link = upload_link(&app, json!({"folder": "drop", "max_bytes": 1000, "max_files": 20})).await;
+    let (base, query) = url(&link)
+        .split_once('?')
+        .map(|(b, q)| (b.to_string(), q.to_string()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, b"twelve bytes").unwrap();
+    let long = "x".repeat(300);
+    // (the raw last segment, the name it must land as, or None for a refusal)
+    let cases: Vec<(&str, Option<&str>)> = vec![
+        // nginx decodes these before it matches a location, so they never reach ferry.
+        ("..%2F..%2Fprivate%2Fescaped.txt", None),
+        ("%2E%2E%2Fup.txt", None),
+        ("sub%2Fname.txt", None),
+        ("%01bell%1B%5B31m.txt", Some("_bell_[31m.txt")),
+        (".bashrc", Some("bashrc")),
+        ("-rf", Some("rf")),
+        ("report%E2%80%AEfdp.exe", Some("report_fdp.exe")),
+        ("trailing.%20.%20", Some("trailing")),
+        ("a%3Cb%3E%3A%22%7C%3F%2A%5Cc", Some("a_b_______c")),
+        (&long, Some(&long[..255])),
+        ("bad%FFutf8", None),
+        ("nul%00byte", None),
+    ];
+    for (raw, want) in &cases {
+        let before = names_in(&app, "drop");
+        let r = curl(
+            &format!("{base}{raw}?{query}"),
+            &["--path-as-is", "-T", file.to_str().unwrap()],
+        )
+        .await;
+        let after = names_in(&app, "drop");
+        let new: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
+        match want {
+            Some(name) => {
+                assert_eq!((r.exit, r.status), (0, 201), "{raw}");
+                assert_eq!(new, [name], "{raw}");
+                assert_eq!(
+                    std::fs::read(app.path("data/drop").join(name)).unwrap(),
+                    b"twelve bytes"
+                );
+            }
+            None => {
+                assert_eq!(r.exit, EMPTY_REPLY, "{raw} must be refused with 444, got {}", r.status);
+                assert!(new.is_empty(), "{raw} left {new:?}");
+            }
+        }
+    }
+    let landed = cases.iter().filter(|c| c.1.is_some()).count();
+    let everything = files_under(&app.path("data"));
+    assert_eq!(everything.len(), landed, "only the folder gained files: {everything:?}");
+    assert!(everything.iter().all(|p| p.starts_with("drop/")), "{everything:?}");
+}
+
+/// The folder is swapped for a symlink to a folder outside the data dir after the link was made:
+/// nothing is written through it, and the link closes as `error`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_folder_swapped_for_a_symlink_receives_nothing() {
+    let app = TestApp::spawn().await;
+    std::fs::create_dir_all(app.path("data/drop")).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let link = upload_link(&app, json!({"folder": "drop", "max_bytes": 1000})).await;
+    std::fs::rename(app.path("data/drop"), app.path("data/drop-was")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), app.path("data/drop")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, b"twelve bytes").unwrap();
+    let (exit, _) = curl_t(&file, &url(&link)).await;
+    assert_eq!(exit, EMPTY_REPLY, "an upload through a swapped folder is refused");
+    assert!(files_under(outside.path()).is_empty(), "nothing was written outside");
+    assert!(
+        files_under(&app.path("data/drop-was")).is_empty(),
+        "{:?}",
+        files_under(&app.path("data/drop-was"))
+    );
+    let t = app
+        .closed(link["tunnel_id"].as_str().unwrap(), Duration::from_secs(5))
+        .await;
+    assert_eq!(t["close_reason"], "error", "{t}");
+}
