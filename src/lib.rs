@@ -124,7 +124,7 @@ async fn open_links(config: &Config) -> anyhow::Result<Arc<Links>> {
     Ok(links)
 }
 
-/// Posts link events to `FERRY_WEBHOOK_URL`, when it is set.
+/// Posts link events to `FERRY_WEBHOOK_URL`, when it is set, and to each link's `notify_url`.
 fn start_webhook(config: &Config, links: &Links, shutdown: &CancellationToken) {
     if let Some(url) = &config.webhook_url {
         let url = url.expose().to_string();
@@ -132,8 +132,10 @@ fn start_webhook(config: &Config, links: &Links, shutdown: &CancellationToken) {
             Some(f) => f,
             None => config::WebhookFormat::detect(&url),
         };
-        notify::spawn(url, format, links.events.subscribe(), shutdown.clone());
+        let target = notify::Target::Everything { url, format };
+        notify::spawn(target, links.events.subscribe(), shutdown.clone());
     }
+    notify::spawn(notify::Target::EachLink, links.events.subscribe(), shutdown.clone());
 }
 
 /// Puts the state right after a stop or a crash: closes overdue links, removes orphans, and

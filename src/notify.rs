@@ -1,7 +1,7 @@
-//! Webhook notifications: `created`, `completed`, `received` and `closed` events POSTed to
-//! `FERRY_WEBHOOK_URL`, in order, with retries and backoff. Delivery runs in its own task behind a
-//! bounded queue, so a slow or dead receiver never holds up a link's lifecycle; when the queue is
-//! full, events are dropped and counted. An ntfy topic gets a plain-text message instead of JSON.
+//! Webhook notifications: `created`, `completed`, `received`, `locked` and `closed` events POSTed
+//! to `FERRY_WEBHOOK_URL` and to a link's own `notify_url`, in order, with retries and backoff.
+//! Delivery runs in its own task behind a bounded queue, so a slow or dead receiver never holds up
+//! a link's lifecycle; when the queue is full, events are dropped and counted. An ntfy topic gets a plain-text message instead of JSON.
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ const ATTEMPTS: u32 = 5;
 fn wanted(e: &Event) -> bool {
     matches!(
         e.event,
-        EventKind::Created | EventKind::Completed | EventKind::Received | EventKind::Closed
+        EventKind::Created | EventKind::Completed | EventKind::Received | EventKind::Closed | EventKind::Locked
     )
 }
 
@@ -42,6 +42,7 @@ pub fn text(e: &Event) -> String {
             "{name} was downloaded ({} of {})",
             t.downloads_completed, t.max_downloads
         ),
+        EventKind::Locked => format!("Link to {name} locked after too many wrong passwords"),
         _ => {
             let reason = t
                 .close_reason
@@ -52,9 +53,28 @@ pub fn text(e: &Event) -> String {
     }
 }
 
-pub fn spawn(url: String, format: WebhookFormat, mut events: broadcast::Receiver<Event>, cancel: CancellationToken) {
+/// Where a notifier sends events.
+pub enum Target {
+    /// `FERRY_WEBHOOK_URL`: every link's events.
+    Everything { url: String, format: WebhookFormat },
+    /// Each link's own `notify_url`: that link's events only, in the form its URL calls for.
+    EachLink,
+}
+
+impl Target {
+    /// The URL and form one event goes to, if it goes anywhere.
+    fn route<'a>(&'a self, e: &'a Event) -> Option<(&'a str, WebhookFormat)> {
+        match self {
+            Target::Everything { url, format } => Some((url, *format)),
+            Target::EachLink => e.notify_url.as_deref().map(|u| (u, WebhookFormat::detect(u))),
+        }
+    }
+}
+
+pub fn spawn(target: Target, mut events: broadcast::Receiver<Event>, cancel: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
     let c = cancel.clone();
+    let each_link = matches!(target, Target::EachLink);
     tokio::spawn(async move {
         loop {
             let e = tokio::select! {
@@ -62,7 +82,7 @@ pub fn spawn(url: String, format: WebhookFormat, mut events: broadcast::Receiver
                 e = events.recv() => e,
             };
             match e {
-                Ok(e) if wanted(&e) => {
+                Ok(e) if wanted(&e) && (!each_link || e.notify_url.is_some()) => {
                     if tx.try_send(e).is_err() {
                         tracing::warn!("webhook queue is full; dropping an event");
                     }
@@ -79,31 +99,47 @@ pub fn spawn(url: String, format: WebhookFormat, mut events: broadcast::Receiver
             .build()
             .expect("an HTTP client with default settings");
         while let Some(e) = rx.recv().await {
-            let mut delay = Duration::from_millis(500);
-            for attempt in 1..=ATTEMPTS {
-                let req = match format {
-                    WebhookFormat::Json => http.post(&url).json(&e),
-                    WebhookFormat::Ntfy => http.post(&url).header("Title", "ferry").body(text(&e)),
-                };
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => break,
-                    Ok(r) => tracing::warn!(status = %r.status(), attempt, event = e.event.as_str(), "webhook refused"),
-                    Err(err) => {
-                        tracing::warn!(error = %err.without_url(), attempt, event = e.event.as_str(), "webhook failed")
-                    }
-                }
-                if attempt == ATTEMPTS {
-                    tracing::error!(event = e.event.as_str(), tunnel_id = %e.tunnel.tunnel_id, "webhook gave up");
-                    break;
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay *= 2;
+            if let Some((url, format)) = target.route(&e)
+                && !deliver(&http, url, format, &e, &cancel).await
+            {
+                return;
             }
         }
     });
+}
+
+/// Sends one event, retrying with backoff. Returns false when ferry is shutting down.
+async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    format: WebhookFormat,
+    e: &Event,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=ATTEMPTS {
+        let req = match format {
+            WebhookFormat::Json => http.post(url).json(e),
+            WebhookFormat::Ntfy => http.post(url).header("Title", "ferry").body(text(e)),
+        };
+        match req.send().await {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) => tracing::warn!(status = %r.status(), attempt, event = e.event.as_str(), "webhook refused"),
+            Err(err) => {
+                tracing::warn!(error = %err.without_url(), attempt, event = e.event.as_str(), "webhook failed")
+            }
+        }
+        if attempt == ATTEMPTS {
+            tracing::error!(event = e.event.as_str(), tunnel_id = %e.tunnel.tunnel_id, "webhook gave up");
+            return true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay *= 2;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -121,6 +157,7 @@ mod tests {
             time: String::new(),
             tunnel: links_view,
             file: None,
+            notify_url: None,
         };
         assert_eq!(text(&e), "Link to f.bin closed: stalled, 3.0 MB served");
         let received = Event {

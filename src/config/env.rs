@@ -123,6 +123,9 @@ impl Config {
             grace_bytes: limits.grace_bytes,
             refetch_bytes: limits.refetch_bytes,
             zip_max_files: limits.zip_max_files,
+            default_expires: limits.default_expires,
+            default_max_downloads: limits.default_max_downloads,
+            max_downloads_limit: limits.max_downloads_limit,
             redis_url: shared.redis_url,
             base_url: listeners.base_url,
             admin_addr: listeners.admin_addr,
@@ -226,12 +229,47 @@ struct Limits {
     grace_bytes: u64,
     refetch_bytes: u64,
     zip_max_files: usize,
+    default_expires: Duration,
+    default_max_downloads: u32,
+    max_downloads_limit: u32,
 }
 
 impl Limits {
     fn load(src: &Source) -> Result<Self, ConfigError> {
+        let max_tunnel = seconds(src, "MAX_TUNNEL_SECONDS", 3600, 1)?;
+        let default_expires = match src.get("FERRY_DEFAULT_EXPIRES_SECONDS") {
+            None => max_tunnel,
+            Some(_) => seconds(src, "FERRY_DEFAULT_EXPIRES_SECONDS", 0, 1)?,
+        };
+        if default_expires > max_tunnel {
+            return Err(err(
+                "FERRY_DEFAULT_EXPIRES_SECONDS",
+                format!(
+                    "{} is above MAX_TUNNEL_SECONDS ({})",
+                    default_expires.as_secs(),
+                    max_tunnel.as_secs()
+                ),
+            ));
+        }
+        let downloads = |name, default| -> Result<u32, ConfigError> {
+            match number(src, name, default)? {
+                0 => Err(err(name, "must be at least 1")),
+                n => u32::try_from(n).map_err(|_| err(name, "must be at most 4294967295")),
+            }
+        };
+        let max_downloads_limit = downloads("FERRY_MAX_DOWNLOADS_LIMIT", 100)?;
+        let default_max_downloads = downloads("FERRY_DEFAULT_MAX_DOWNLOADS", 1)?;
+        if default_max_downloads > max_downloads_limit {
+            return Err(err(
+                "FERRY_DEFAULT_MAX_DOWNLOADS",
+                format!("{default_max_downloads} is above FERRY_MAX_DOWNLOADS_LIMIT ({max_downloads_limit})"),
+            ));
+        }
         Ok(Limits {
-            max_tunnel: seconds(src, "MAX_TUNNEL_SECONDS", 3600, 1)?,
+            max_tunnel,
+            default_expires,
+            default_max_downloads,
+            max_downloads_limit,
             stall_timeout: seconds(src, "STALL_TIMEOUT_SECONDS", 300, 1)?,
             grace_period: seconds(src, "GRACE_PERIOD_SECONDS", 60, 0)?,
             resume_window: seconds(src, "RESUME_WINDOW_SECONDS", 30, 0)?,

@@ -65,7 +65,7 @@ impl Config {
     /// The effective configuration as the owner may see it: secrets only say whether they are set.
     pub fn redacted(&self) -> serde_json::Value {
         let set = |s: &Option<Secret>| if s.is_some() { "[set]" } else { "[unset]" };
-        serde_json::json!({
+        let mut all = serde_json::json!({
             "NAS_MOUNT_PATH": self.data_dir,
             "FERRY_STATE_DIR": self.state_dir,
             "FERRY_TUNNELS_DIR": self.tunnels_dir,
@@ -79,6 +79,12 @@ impl Config {
             "FERRY_GRACE_BYTES": self.grace_bytes,
             "FERRY_REFETCH_BYTES": self.refetch_bytes,
             "FERRY_ZIP_MAX_FILES": self.zip_max_files,
+            "FERRY_DEFAULT_EXPIRES_SECONDS": self.default_expires.as_secs(),
+            "FERRY_DEFAULT_MAX_DOWNLOADS": self.default_max_downloads,
+            "FERRY_MAX_DOWNLOADS_LIMIT": self.max_downloads_limit,
+        });
+        // Two objects, because one this large passes the macro's recursion limit.
+        let rest = serde_json::json!({
             "REDIS_URL": set(&self.redis_url),
             "BASE_URL": self.base_url,
             "FERRY_ADMIN_ADDR": self.admin_addr.to_string(),
@@ -105,7 +111,11 @@ impl Config {
             "FERRY_LOG": self.log_filter,
             "FERRY_LOG_SLOT": format!("{}s", self.log_slot.millis() as f64 / 1000.0),
             "FERRY_INSTANCE_TIMEOUT_SECONDS": self.instance_timeout.as_secs(),
-        })
+        });
+        if let (Some(all), serde_json::Value::Object(rest)) = (all.as_object_mut(), rest) {
+            all.extend(rest);
+        }
+        all
     }
 
     /// Values that work but put something at risk, each as one sentence naming the variable.

@@ -195,6 +195,10 @@ pub struct Config {
     pub refetch_bytes: u64,
     /// The most files one ZIP link may hold.
     pub zip_max_files: usize,
+    /// A new link's expiry and downloads when the owner does not say, and the cap on downloads.
+    pub default_expires: Duration,
+    pub default_max_downloads: u32,
+    pub max_downloads_limit: u32,
     pub redis_url: Option<Secret>,
     pub base_url: String,
     pub admin_addr: SocketAddr,

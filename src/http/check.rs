@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::preview::{content_disposition_bytes, preview_html};
-use crate::links::Links;
 use crate::links::rules::{Admission, Method, Refusal};
+use crate::links::{Links, Visitor};
 use crate::model::{ClientKey, Conn, Use};
 
 /// nginx limits each line of a request head to 8 KiB. The check's head repeats the client's
@@ -288,8 +288,45 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             tracing::debug!(%refusal, tunnel = req.header("x-ferry-tunnel"), client = req.header("x-ferry-client"), "refused");
             refused(links, req, &address, refusal, now).await;
-            respond(out, 403, &[], "");
+            refuse(out, req, refusal);
         }
+    }
+}
+
+/// The `WWW-Authenticate` value for link `id`: a realm of its own, so that a browser never offers
+/// one link's password to another.
+pub fn realm(id: &str) -> String {
+    let id: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(64)
+        .collect();
+    format!("Basic realm=\"ferry {id}\", charset=\"UTF-8\"")
+}
+
+/// Answers a refusal: 401 with a Basic challenge when the link wants a password, else 403 (which
+/// nginx turns into 444).
+fn refuse(out: &mut Vec<u8>, req: &CheckRequest<'_>, refusal: Refusal) {
+    match refusal.asks_for_password() {
+        true => {
+            let challenge = realm(req.header("x-ferry-tunnel"));
+            respond(out, 401, &[("www-authenticate", &challenge)], "");
+        }
+        false => respond(out, 403, &[], ""),
+    }
+}
+
+/// What a request shows of its client besides its token. The check's own request carries the
+/// client's `Authorization` in `X-Ferry-Authorization`; a previewer's request, handed over
+/// unchanged, in `Authorization`.
+fn visitor<'a>(req: &CheckRequest<'a>) -> Visitor<'a> {
+    let authorization = match req.header("x-ferry-authorization") {
+        "" => req.header("authorization"),
+        a => a,
+    };
+    Visitor {
+        ip: req.header("x-ferry-client").parse().ok(),
+        authorization,
     }
 }
 
@@ -306,7 +343,7 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
         return respond(out, 403, &[], "");
     }
     match links
-        .preview(req.header("x-ferry-tunnel"), req.header("x-ferry-token"))
+        .preview(req.header("x-ferry-tunnel"), req.header("x-ferry-token"), &visitor(req))
         .await
     {
         Ok(link) => {
@@ -328,7 +365,7 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
             // The client chooses its own User-Agent, so a previewer's refusals are audited and
             // count toward a ban like any other refusal.
             refused(links, req, &address, refusal, links.now_ms()).await;
-            respond(out, 403, &[], "");
+            refuse(out, req, refusal);
         }
     }
 }
@@ -359,6 +396,7 @@ fn respond(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body: &str)
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         431 => "Request Header Fields Too Large",
@@ -406,7 +444,12 @@ pub fn admission(req: &CheckRequest<'_>) -> Result<Admission, Refusal> {
 async fn decide(links: &Links, req: &CheckRequest<'_>) -> Result<(String, u64, Use), Refusal> {
     let admission = admission(req)?;
     let (link, what) = links
-        .check(req.header("x-ferry-tunnel"), req.header("x-ferry-token"), admission)
+        .check(
+            req.header("x-ferry-tunnel"),
+            req.header("x-ferry-token"),
+            &visitor(req),
+            admission,
+        )
         .await?;
     Ok((
         content_disposition_bytes(&link.download_name()),

@@ -76,6 +76,20 @@ impl JsonObject {
         }
     }
 
+    /// A field that may be set to `null`: `None` when absent, `Some(None)` when null, and
+    /// otherwise what `read` gives.
+    pub fn nullable<'a, T>(
+        &'a self,
+        name: &str,
+        read: impl FnOnce(&'a Self, &str) -> Result<Option<T>, ApiError>,
+    ) -> Result<Option<Option<T>>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(serde_json::Value::Null) => Ok(Some(None)),
+            Some(_) => read(self, name).map(Some),
+        }
+    }
+
     pub fn uint(&self, name: &str) -> Result<Option<u64>, ApiError> {
         match self.field(name) {
             None => Ok(None),

@@ -16,7 +16,7 @@ use super::json::JsonObject;
 use super::json::{ApiPath, ApiQuery};
 use super::state::AppState;
 use crate::data_dir::RelPath;
-use crate::links::{Created, LinkError, NewLink, TunnelView};
+use crate::links::{Created, LinkError, NewLink, NewPolicy, TunnelView};
 use crate::model::{InFlight, RequestSeen, TunnelId, Use, rfc3339};
 use crate::store::audit::AuditRecord;
 
@@ -55,6 +55,13 @@ pub struct CreateLinkRequest {
     pub note: Option<String>,
     #[schema(minimum = 1)]
     pub rate_limit_bytes_per_second: Option<u64>,
+    /// Recipients are asked for it (HTTP Basic; the user name is ignored).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub password: Option<String>,
+    /// Address ranges (`192.0.2.0/24`, `2001:db8::/64`) allowed to use the link; empty for any.
+    pub allow_cidrs: Option<Vec<String>>,
+    /// This link's own ntfy topic or webhook (http or https).
+    pub notify_url: Option<String>,
 }
 
 impl CreateLinkRequest {
@@ -65,6 +72,9 @@ impl CreateLinkRequest {
         "max_downloads",
         "note",
         "rate_limit_bytes_per_second",
+        "password",
+        "allow_cidrs",
+        "notify_url",
     ];
 
     /// Reads the body field by field, so that an error names the field it is about. The ranges
@@ -72,6 +82,7 @@ impl CreateLinkRequest {
     fn read(body: &JsonObject) -> Result<Self, ApiError> {
         body.only(Self::FIELDS)?;
         let (file_path, file_paths) = Self::paths(body)?;
+        let policy = super::edit::new_policy(body)?;
         let max_downloads = match body.uint("max_downloads")? {
             None => None,
             Some(n) => Some(u32::try_from(n).map_err(|_| ApiError::BadRequest("max_downloads: too large".into()))?),
@@ -83,6 +94,9 @@ impl CreateLinkRequest {
             max_downloads,
             note: body.string("note")?.map(String::from),
             rate_limit_bytes_per_second: body.uint("rate_limit_bytes_per_second")?,
+            password: policy.password,
+            allow_cidrs: policy.allow_cidrs,
+            notify_url: policy.notify_url,
         })
     }
 }
@@ -117,6 +131,11 @@ impl From<CreateLinkRequest> for NewLink {
             max_downloads: r.max_downloads,
             note: r.note,
             rate_limit_bytes_per_second: r.rate_limit_bytes_per_second,
+            policy: NewPolicy {
+                password: r.password,
+                allow_cidrs: r.allow_cidrs,
+                notify_url: r.notify_url,
+            },
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admin_auth;
 pub mod auth;
 pub mod check;
 pub mod config;
+pub mod edit;
 pub mod error;
 pub mod events;
 pub mod files;
@@ -32,6 +33,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(health::router())
         .merge(files::router())
         .merge(links::router())
+        .merge(edit::router())
         .merge(uploads::router())
         .merge(events::router())
         .merge(auth::router())

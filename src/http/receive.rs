@@ -24,7 +24,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::links::{BeginError, Links, partial_key};
+use crate::links::{BeginError, Links, Visitor, partial_key};
 use crate::model::{ClientKey, IncomingState, Link};
 
 /// Bytes gathered from the body before each write to the partial file.
@@ -119,14 +119,37 @@ async fn authorize(r: &Receiver, id: &str, q: &Token, headers: &HeaderMap) -> Re
     if r.links.bans.is_banned(&address, now) {
         return Err(refuse());
     }
-    match r.links.upload_link(id, q.t.as_deref().unwrap_or("")).await {
+    // The check subrequest carries the client's credentials in its own header; a request nginx
+    // passes on carries them as the client sent them.
+    let authorization = match text(headers, "x-ferry-authorization") {
+        "" => text(headers, "authorization"),
+        a => a,
+    };
+    let visitor = Visitor {
+        ip: text(headers, "x-ferry-client").parse().ok(),
+        authorization,
+    };
+    match r.links.upload_link(id, q.t.as_deref().unwrap_or(""), &visitor).await {
         Ok(link) => Ok(link),
         Err(refusal) => {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             r.links.refused(&address, id, refusal, now).await;
-            Err(refuse())
+            match refusal.asks_for_password() {
+                true => Err(challenge(id)),
+                false => Err(refuse()),
+            }
         }
     }
+}
+
+/// A 401 that makes a browser ask for the link's password. The realm names the link, so that a
+/// browser does not offer one link's password to another.
+fn challenge(id: &str) -> Response {
+    let mut r = StatusCode::UNAUTHORIZED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&super::check::realm(id)) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
 }
 
 /// nginx's question before it reads a byte of a request's body (`auth_request`): 204 lets the

@@ -13,7 +13,7 @@ use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use super::state::AppState;
 use crate::data_dir::RelPath;
-use crate::links::{NewUpload, UploadCreated};
+use crate::links::{NewPolicy, NewUpload, UploadCreated};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/uploads", post(create))
@@ -38,13 +38,30 @@ pub struct CreateUploadRequest {
     pub max_bytes: u64,
     #[schema(max_length = 500)]
     pub note: Option<String>,
+    /// Senders are asked for it (HTTP Basic; the user name is ignored).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub password: Option<String>,
+    /// Address ranges allowed to send; empty for any.
+    pub allow_cidrs: Option<Vec<String>>,
+    /// This link's own ntfy topic or webhook (http or https).
+    pub notify_url: Option<String>,
 }
 
 impl CreateUploadRequest {
-    const FIELDS: &[&str] = &["folder", "expires_in_seconds", "max_files", "max_bytes", "note"];
+    const FIELDS: &[&str] = &[
+        "folder",
+        "expires_in_seconds",
+        "max_files",
+        "max_bytes",
+        "note",
+        "password",
+        "allow_cidrs",
+        "notify_url",
+    ];
 
     fn read(body: &JsonObject) -> Result<Self, ApiError> {
         body.only(Self::FIELDS)?;
+        let policy = super::edit::new_policy(body)?;
         let folder = body
             .string("folder")?
             .ok_or_else(|| ApiError::BadRequest("folder: required".into()))?;
@@ -63,6 +80,9 @@ impl CreateUploadRequest {
                 Some(n) => n,
             },
             note: body.string("note")?.map(String::from),
+            password: policy.password,
+            allow_cidrs: policy.allow_cidrs,
+            notify_url: policy.notify_url,
         })
     }
 }
@@ -89,6 +109,11 @@ pub async fn create(
         max_files: r.max_files,
         max_bytes: r.max_bytes,
         note: r.note,
+        policy: NewPolicy {
+            password: r.password,
+            allow_cidrs: r.allow_cidrs,
+            notify_url: r.notify_url,
+        },
     };
     let (created, _) = s.links.create_upload(req, Some(&peer.ip().to_string())).await?;
     Ok((StatusCode::CREATED, Json(created)))

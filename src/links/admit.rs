@@ -3,24 +3,36 @@
 use std::sync::Arc;
 
 use super::event::EventKind;
+use super::guard::Visitor;
 use super::rules::{self, Admission, Method, Refusal};
 use super::service::Links;
 use super::token;
 use crate::data_dir::DataDir;
-use crate::model::{Link, LinkState, TunnelId, Use};
+use crate::model::{ClientKey, Link, LinkState, TunnelId, Use};
 use crate::store::Write;
 
 impl Links {
     /// Answers nginx's question for every public request: may this request be served?
-    pub async fn check(&self, id: &str, token: &str, mut admission: Admission) -> Result<(Arc<Link>, Use), Refusal> {
+    pub async fn check(
+        &self,
+        id: &str,
+        token: &str,
+        visitor: &Visitor<'_>,
+        mut admission: Admission,
+    ) -> Result<(Arc<Link>, Use), Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
-        self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
+        let generation = self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
         // A request whose log line cannot be written would deliver bytes nobody counts.
         if admission.method != Method::Head && self.log_writes.failing() {
             return Err(Refusal::LogUnwritable);
         }
-        self.still_the_shared_file(&id).await?;
+        let link = self.still_the_shared_file(&id).await?;
+        self.guard(&link, generation, visitor, &admission.client.address)
+            .await?;
+        // The record is dropped before the admitting update, so that the update does not need to
+        // copy it.
+        drop(link);
         self.take_baseline(&mut admission);
         // On a reused connection, the request before this one has now ended. Usually it was on
         // this same link, and the admitting update marks it as ended. If it was on another link,
@@ -53,38 +65,34 @@ impl Links {
     }
 
     /// Refuses a request for a link that is unknown or closed, and closes (as `error`) a link
-    /// whose file is no longer the one it shared.
-    async fn still_the_shared_file(&self, id: &TunnelId) -> Result<(), Refusal> {
-        // The link record is dropped before the admitting update, so that the update does not
-        // need to copy it.
-        let same = {
-            let link = self
-                .store
-                .get(id)
-                .await
-                .map_err(|_| Refusal::Unavailable)?
-                .ok_or(Refusal::Unknown)?;
-            if link.state == LinkState::Closed {
-                return Err(Refusal::Closed);
-            }
-            // An upload link has nothing to download.
-            if link.is_upload() {
-                return Err(Refusal::Unknown);
-            }
-            // An archive's members are checked as they are read (see `crate::zip`).
-            if link.is_zip() {
-                return Ok(());
-            }
-            // nginx is about to open the link's symlink, so one stat of the symlink answers the
-            // question. When there is no symlink here (it is not made yet, or it was made on
-            // another instance), the data dir answers instead.
-            match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
-                Some(served) => served == link.identity,
-                None => self.data.identity(&link.file_path).ok() == Some(link.identity),
-            }
+    /// whose file is no longer the one it shared. Returns the link as it is now.
+    async fn still_the_shared_file(&self, id: &TunnelId) -> Result<Arc<Link>, Refusal> {
+        let link = self
+            .store
+            .get(id)
+            .await
+            .map_err(|_| Refusal::Unavailable)?
+            .ok_or(Refusal::Unknown)?;
+        if link.state == LinkState::Closed {
+            return Err(Refusal::Closed);
+        }
+        // An upload link has nothing to download.
+        if link.is_upload() {
+            return Err(Refusal::Unknown);
+        }
+        // An archive's members are checked as they are read (see `crate::zip`).
+        if link.is_zip() {
+            return Ok(link);
+        }
+        // nginx is about to open the link's symlink, so one stat of the symlink answers the
+        // question. When there is no symlink here (it is not made yet, or it was made on another
+        // instance), the data dir answers instead.
+        let same = match DataDir::identity_at(&self.tunnels_dir.join(id.as_str()).join("file")) {
+            Some(served) => served == link.identity,
+            None => self.data.identity(&link.file_path).ok() == Some(link.identity),
         };
         if same {
-            return Ok(());
+            return Ok(link);
         }
         let why = self.why_file_differs();
         tracing::warn!(tunnel_id = %id, reason = %why, "the shared file is not the one shared; closing the link");
@@ -148,8 +156,8 @@ impl Links {
     }
 
     /// A previewer's request: the token must be valid and the link open, but nothing is claimed.
-    pub async fn preview(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
-        let link = self.live_link(id, token).await?;
+    pub async fn preview(&self, id: &str, token: &str, visitor: &Visitor<'_>) -> Result<Arc<Link>, Refusal> {
+        let link = self.live_link(id, token, visitor).await?;
         if link.is_upload() {
             return Err(Refusal::Closed);
         }
@@ -157,10 +165,11 @@ impl Links {
     }
 
     /// The link `id`, if `token` is its own and the link is open and not past its expiry.
-    pub(super) async fn live_link(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
+    /// The client must also pass what the link asks of it (address, password).
+    pub(super) async fn live_link(&self, id: &str, token: &str, visitor: &Visitor<'_>) -> Result<Arc<Link>, Refusal> {
         let id = TunnelId::parse(id).map_err(|_| Refusal::Malformed)?;
         let now = self.clock.now_ms();
-        self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
+        let generation = self.keys.verify(token, &id, now / 1000).map_err(token_refusal)?;
         let link = self
             .store
             .get(&id)
@@ -173,6 +182,12 @@ impl Links {
         if now >= link.expires_at_ms {
             return Err(Refusal::Expired);
         }
+        let address = visitor
+            .ip
+            .and_then(|ip| ClientKey::new(&ip.to_string(), ""))
+            .map(|c| c.address)
+            .unwrap_or_default();
+        self.guard(&link, generation, visitor, &address).await?;
         Ok(link)
     }
 }

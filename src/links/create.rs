@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::archive::Collected;
+use super::edit::NewPolicy;
 use super::error::LinkError;
 use super::event::EventKind;
 use super::service::Links;
@@ -21,6 +22,8 @@ pub struct NewLink {
     pub max_downloads: Option<u32>,
     pub note: Option<String>,
     pub rate_limit_bytes_per_second: Option<u64>,
+    /// The password, addresses and notification URL the link starts with.
+    pub policy: NewPolicy,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -72,6 +75,8 @@ impl Links {
         let mut link = Link {
             note: req.note,
             rate_limit_bytes_per_second: req.rate_limit_bytes_per_second,
+            ceiling_s: self.ceiling_s(now),
+            policy: Arc::new(self.new_policy(req.policy).await?),
             ..Link::new(TunnelId::random(), path, identity, now, exp_s * 1000, max_downloads)
         };
         let (target, skipped) = match source {
@@ -85,7 +90,7 @@ impl Links {
         let created = Created {
             download_url: self.download_url(&link),
             tunnel_id: link.id.clone(),
-            token: self.keys.issue(&link.id, link.issued_at_s, exp_s),
+            token: self.token(&link),
             file_path: link.file_path.to_string(),
             kind: if link.is_zip() { "zip" } else { "file" },
             file_size: link.file_size,
@@ -154,10 +159,8 @@ impl Links {
     fn validate(&self, req: &NewLink) -> Result<(u64, u32), LinkError> {
         let invalid = |field, message: String| Err(LinkError::Invalid { field, message });
         let expires_in = self.expiry(req.expires_in, req.note.as_deref())?;
-        let max_downloads = req.max_downloads.unwrap_or(1);
-        if max_downloads < 1 {
-            return invalid("max_downloads", "must be at least 1".into());
-        }
+        let max_downloads = req.max_downloads.unwrap_or(self.policy.default_max_downloads);
+        self.check_max_downloads(max_downloads)?;
         if req.rate_limit_bytes_per_second == Some(0) {
             return invalid("rate_limit_bytes_per_second", "must be at least 1".into());
         }
@@ -167,7 +170,7 @@ impl Links {
     /// A new link's expiry in seconds from now (`MAX_TUNNEL_SECONDS` unless asked), after checking
     /// it and the note that every kind of link may carry.
     pub(super) fn expiry(&self, asked: Option<u64>, note: Option<&str>) -> Result<u64, LinkError> {
-        let expires_in = asked.unwrap_or(self.policy.max_tunnel_s);
+        let expires_in = asked.unwrap_or(self.policy.default_expires_s);
         if !(1..=self.policy.max_tunnel_s).contains(&expires_in) {
             let max = self.policy.max_tunnel_s;
             return Err(LinkError::Invalid {

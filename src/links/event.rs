@@ -41,6 +41,16 @@ pub struct TunnelView {
     pub bytes_received: u64,
     /// For an upload link: its limits and the files on their way.
     pub upload: Option<UploadView>,
+    /// Whether recipients must give a password (never the password itself).
+    pub password: bool,
+    /// Locked after too many wrong passwords, until the owner edits the link.
+    pub locked: bool,
+    /// The addresses allowed to use the link; empty for any.
+    pub allow_cidrs: Vec<String>,
+    /// `"[set]"` when the link has its own notification URL, which is a secret.
+    pub notify_url: Option<&'static str>,
+    /// The latest `expires_at` an edit may set.
+    pub max_expires_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -138,6 +148,11 @@ impl TunnelView {
                     })
                     .collect(),
             }),
+            password: link.policy.password_hash.is_some(),
+            locked: link.policy.locked,
+            allow_cidrs: link.policy.allow_cidrs.iter().map(ToString::to_string).collect(),
+            notify_url: link.policy.notify_url.as_ref().map(|_| "[set]"),
+            max_expires_at: rfc3339(link.token_exp_s() * 1000),
         }
         .with_received(link)
     }
@@ -188,6 +203,10 @@ pub enum EventKind {
     UploadStarted,
     /// An upload link received a whole file (the event's `file` says which).
     Received,
+    /// The owner changed the link (expiry, downloads, password, ...) or rotated its token.
+    Edited,
+    /// Too many wrong passwords: the link refuses everyone until its owner edits it.
+    Locked,
 }
 
 impl EventKind {
@@ -201,6 +220,8 @@ impl EventKind {
             EventKind::Closed => "closed",
             EventKind::UploadStarted => "upload_started",
             EventKind::Received => "received",
+            EventKind::Edited => "edited",
+            EventKind::Locked => "locked",
         }
     }
 }
@@ -216,6 +237,9 @@ pub struct Event {
     /// For `received`: the file that arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<crate::model::ReceivedFile>,
+    /// The link's own notification URL, for its notifier only: it is a secret, never shown.
+    #[serde(skip)]
+    pub notify_url: Option<String>,
 }
 
 /// An event another instance emitted: its name and its JSON, as that instance sent it.

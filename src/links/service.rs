@@ -37,6 +37,8 @@ pub struct Links {
     /// aborted request is charged what nginx sent, and those bytes count as the recipient's.
     pub(super) closures: std::sync::OnceLock<crate::monitor::sockdiag::ClosedSockets>,
     pub bans: bans::Bans,
+    /// Checks link passwords, a few at a time, and remembers successes.
+    pub(super) passwords: super::guard::Passwords,
     /// Limits what refusals may write to the audit: one record a second per client, and a few a
     /// second in all.
     pub(super) refusals_audited: std::sync::Mutex<crate::store::audit::RefusalLimit>,
@@ -93,8 +95,12 @@ impl Links {
                 preview_bytes: config.preview_bytes,
                 grace_bytes: config.grace_bytes,
                 refetch_bytes: config.refetch_bytes,
+                default_expires_s: config.default_expires.as_secs(),
+                default_max_downloads: config.default_max_downloads,
+                max_downloads_limit: config.max_downloads_limit,
             },
             refusals_audited: Default::default(),
+            passwords: Default::default(),
             bans: bans::Bans::new(config.ban_after_fails, config.ban.as_millis() as u64),
             diag: match crate::monitor::sockdiag::SockDiag::open() {
                 Ok(d) => Some(d),

@@ -57,6 +57,7 @@ pub(crate) fn new_link(expires_in: u64) -> NewLink {
         max_downloads: None,
         note: None,
         rate_limit_bytes_per_second: None,
+        policy: Default::default(),
     }
 }
 
@@ -113,6 +114,7 @@ async fn check(f: &Fixture, created: &Created, rid: &str, client: &str, range: O
         .check(
             created.tunnel_id.as_str(),
             &created.token,
+            &crate::links::Visitor::default(),
             admission(rid, client, range),
         )
         .await

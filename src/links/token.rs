@@ -16,6 +16,14 @@ struct Claims {
     tid: String,
     iat: u64,
     exp: u64,
+    /// The link's token generation, bumped by each rotation. Left out while 0, so that the
+    /// tokens of links never rotated stay what they always were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    generation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -59,18 +67,22 @@ impl Keys {
         }
     }
 
-    pub fn issue(&self, id: &TunnelId, iat: u64, exp: u64) -> String {
+    /// A token for link `id` of `generation`, issued at `iat` and valid until `exp` (Unix
+    /// seconds).
+    pub fn issue(&self, id: &TunnelId, iat: u64, exp: u64, generation: u32) -> String {
         let claims = Claims {
             tid: id.as_str().to_string(),
             iat,
             exp,
+            generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .expect("HS256 signing of plain claims cannot fail")
     }
 
-    /// Verifies a token for the link `id` at `now` (Unix seconds).
-    pub fn verify(&self, token: &str, id: &TunnelId, now: u64) -> Result<(), TokenError> {
+    /// Verifies a token for the link `id` at `now` (Unix seconds), and returns its generation,
+    /// which the caller compares with the link's.
+    pub fn verify(&self, token: &str, id: &TunnelId, now: u64) -> Result<u32, TokenError> {
         if token.len() > 1024 {
             return Err(TokenError::Invalid);
         }
@@ -92,7 +104,7 @@ impl Keys {
 
 impl Claims {
     /// Checks the claims against the link and the time. This runs on every use of a token.
-    fn check(&self, id: &TunnelId, now: u64) -> Result<(), TokenError> {
+    fn check(&self, id: &TunnelId, now: u64) -> Result<u32, TokenError> {
         // jsonwebtoken accepts `exp == now`, but the link is refused from `expires_at` on.
         if self.tid != id.as_str() {
             return Err(TokenError::OtherLink);
@@ -103,7 +115,7 @@ impl Claims {
         if self.iat > now {
             return Err(TokenError::FromTheFuture);
         }
-        Ok(())
+        Ok(self.generation)
     }
 }
 
@@ -128,8 +140,8 @@ mod tests {
         let id = TunnelId::random();
         let other = TunnelId::random();
         let now = 1_700_000_000;
-        let good = k.issue(&id, now - 10, now + 100);
-        assert_eq!(k.verify(&good, &id, now), Ok(()));
+        let good = k.issue(&id, now - 10, now + 100, 0);
+        assert_eq!(k.verify(&good, &id, now), Ok(0));
 
         let parts: Vec<&str> = good.split('.').collect();
         let claims = format!(
@@ -152,11 +164,11 @@ mod tests {
             }),
             ("alg none", forge(r#"{"alg":"none","typ":"JWT"}"#, &claims, "")),
             ("alg HS512", forge(r#"{"alg":"HS512","typ":"JWT"}"#, &claims, parts[2])),
-            ("other key", other_key.issue(&id, now - 10, now + 100)),
-            ("other link", k.issue(&other, now - 10, now + 100)),
-            ("past exp", k.issue(&id, now - 10, now - 1)),
-            ("exp now", k.issue(&id, now - 10, now)),
-            ("iat in future", k.issue(&id, now + 60, now + 100)),
+            ("other key", other_key.issue(&id, now - 10, now + 100, 0)),
+            ("other link", k.issue(&other, now - 10, now + 100, 0)),
+            ("past exp", k.issue(&id, now - 10, now - 1, 0)),
+            ("exp now", k.issue(&id, now - 10, now, 0)),
+            ("iat in future", k.issue(&id, now + 60, now + 100, 0)),
             ("missing exp", {
                 let c = format!(r#"{{"tid":"{}","iat":{}}}"#, id.as_str(), now);
                 let h = Header::new(Algorithm::HS256);
@@ -177,9 +189,9 @@ mod tests {
         let k = keys();
         let id = TunnelId::random();
         let now = 1_700_000_000;
-        let token = k.issue(&id, now, now + 100);
-        assert_eq!(k.verify(&token, &id, now), Ok(()));
-        assert_eq!(k.verify(&token, &id, now + 99), Ok(()));
+        let token = k.issue(&id, now, now + 100, 0);
+        assert_eq!(k.verify(&token, &id, now), Ok(0));
+        assert_eq!(k.verify(&token, &id, now + 99), Ok(0));
         assert_eq!(k.verify(&token, &id, now + 100), Err(TokenError::Expired));
         assert_eq!(k.verify(&token, &TunnelId::random(), now), Err(TokenError::OtherLink));
         assert_eq!(k.verify(&token, &id, now - 1), Err(TokenError::FromTheFuture));
@@ -190,10 +202,24 @@ mod tests {
         );
         // Past the bound, the memory of verified tokens starts over, and verifying still works.
         for i in 0..VERIFIED_KEPT as u64 + 5 {
-            let t = k.issue(&id, now, now + 200 + i);
-            assert_eq!(k.verify(&t, &id, now), Ok(()));
+            let t = k.issue(&id, now, now + 200 + i, 0);
+            assert_eq!(k.verify(&t, &id, now), Ok(0));
         }
         assert!(k.verified.lock().unwrap().len() <= VERIFIED_KEPT);
-        assert_eq!(k.verify(&token, &id, now), Ok(()));
+        assert_eq!(k.verify(&token, &id, now), Ok(0));
+    }
+
+    #[test]
+    fn a_rotated_token_carries_its_generation_and_an_unrotated_one_is_unchanged() {
+        let k = keys();
+        let id = TunnelId::random();
+        let now = 1_700_000_000;
+        let first = k.issue(&id, now, now + 100, 0);
+        let claims = B64.decode(first.split('.').nth(1).unwrap()).unwrap();
+        assert!(!String::from_utf8(claims).unwrap().contains("generation"));
+        let second = k.issue(&id, now, now + 100, 1);
+        assert_ne!(first, second);
+        assert_eq!(k.verify(&second, &id, now), Ok(1));
+        assert_eq!(k.verify(&first, &id, now), Ok(0));
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::error::LinkError;
 use super::event::EventKind;
+use super::guard::Visitor;
 use super::rules::Refusal;
 use super::service::Links;
 use crate::data_dir::{FileIdentity, RelPath};
@@ -31,6 +32,7 @@ pub struct NewUpload {
     pub max_files: Option<u32>,
     pub max_bytes: u64,
     pub note: Option<String>,
+    pub policy: super::edit::NewPolicy,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -113,6 +115,8 @@ impl Links {
         let link = Link {
             note: req.note,
             upload: Some(Arc::new(info)),
+            ceiling_s: self.ceiling_s(now),
+            policy: Arc::new(self.new_policy(req.policy).await?),
             ..Link::new(TunnelId::random(), req.folder, identity, now, exp_s * 1000, max_files)
         };
         self.publish(&link, None, by).await?;
@@ -131,13 +135,12 @@ impl Links {
 
     /// The URL a sender gets: the link's public path and its token.
     pub fn upload_url(&self, link: &Link) -> String {
-        let token = self.keys.issue(&link.id, link.issued_at_s, link.expires_at_ms / 1000);
-        format!("{}?t={token}", self.public_url(link))
+        format!("{}?t={}", self.public_url(link), self.token(link))
     }
 
     /// The open upload link `id`, if `token` is its own.
-    pub async fn upload_link(&self, id: &str, token: &str) -> Result<Arc<Link>, Refusal> {
-        let link = self.live_link(id, token).await?;
+    pub async fn upload_link(&self, id: &str, token: &str, visitor: &Visitor<'_>) -> Result<Arc<Link>, Refusal> {
+        let link = self.live_link(id, token, visitor).await?;
         if !link.is_upload() {
             return Err(Refusal::Unknown);
         }

@@ -21,8 +21,14 @@ impl Links {
     }
 
     pub fn download_url(&self, link: &Link) -> String {
-        let token = self.keys.issue(&link.id, link.issued_at_s, link.expires_at_ms / 1000);
-        format!("{}?t={}", self.public_url(link), token)
+        format!("{}?t={}", self.public_url(link), self.token(link))
+    }
+
+    /// The link's token, derived again from its record: valid until the link's ceiling, of its
+    /// current generation.
+    pub(super) fn token(&self, link: &Link) -> String {
+        self.keys
+            .issue(&link.id, link.issued_at_s, link.token_exp_s(), link.generation)
     }
 
     pub fn view(&self, link: &Link) -> TunnelView {
@@ -52,6 +58,7 @@ impl Links {
             time: rfc3339(self.clock.now_ms()),
             tunnel: self.view(link),
             file,
+            notify_url: link.policy.notify_url.clone(),
         };
         if let Some(peers) = &self.peers {
             peers.relay(event.as_str(), &e);

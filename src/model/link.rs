@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::cidr::Cidr;
 use super::client::ClientKey;
 use super::conn::Conn;
 use super::coverage::Coverage;
@@ -183,6 +184,36 @@ pub struct Link {
     /// For an upload link (SPEC §12), what it may receive and what it has received.
     #[serde(default)]
     pub upload: Option<Arc<UploadInfo>>,
+    /// The latest `expires_at` an edit may set, in Unix seconds: the token's `exp`, so that the
+    /// URL outlives any expiry the owner chooses. 0 in records made before links could be
+    /// edited, whose tokens expire with the link.
+    #[serde(default)]
+    pub ceiling_s: u64,
+    /// Bumped by each rotation; a token of an older generation is refused.
+    #[serde(default)]
+    pub generation: u32,
+    #[serde(default)]
+    pub policy: Arc<LinkPolicy>,
+}
+
+/// Who may use a link besides holding its token (SPEC §13), and whom it tells of its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkPolicy {
+    /// The password's argon2 hash (a PHC string); never the password.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Wrong passwords given since the password was last set.
+    #[serde(default)]
+    pub password_fails: u32,
+    /// Too many wrong passwords: everyone is refused until the owner edits the link.
+    #[serde(default)]
+    pub locked: bool,
+    /// Empty: any address.
+    #[serde(default)]
+    pub allow_cidrs: Vec<Cidr>,
+    /// This link's own ntfy topic or webhook.
+    #[serde(default)]
+    pub notify_url: Option<String>,
 }
 
 /// What an upload link receives into: its folder, its limits, and each file sent through it.
@@ -311,6 +342,9 @@ impl Link {
             close_detail: None,
             archive: None,
             upload: None,
+            ceiling_s: 0,
+            generation: 0,
+            policy: Arc::default(),
         }
     }
 
@@ -333,6 +367,14 @@ impl Link {
     /// Whether the link receives files rather than shares them.
     pub fn is_upload(&self) -> bool {
         self.upload.is_some()
+    }
+
+    /// The token's `exp`: the ceiling, or the expiry itself for records made before it existed.
+    pub fn token_exp_s(&self) -> u64 {
+        match self.ceiling_s {
+            0 => self.expires_at_ms / 1000,
+            c => c,
+        }
     }
 
     /// `file`, `zip` or `upload`.

@@ -14,10 +14,11 @@
 //! which is what bounds what any set of clients can take.
 //!
 //! `request.rs` holds what the check is told and can answer; `policy.rs` the limits and budgets;
-//! `admit.rs` the check's decision; `settle.rs` what log lines and socket samples settle;
+//! `admit.rs` the check's decision; `allowance.rs` an owner's change of `max_downloads`; `settle.rs` what log lines and socket samples settle;
 //! `due.rs` when a link closes or has stalled.
 
 mod admit;
+mod allowance;
 mod due;
 mod policy;
 mod request;
@@ -26,6 +27,7 @@ mod settle;
 mod tests;
 
 pub use admit::*;
+pub use allowance::*;
 pub use due::*;
 pub use policy::*;
 pub use request::*;

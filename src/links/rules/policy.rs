@@ -14,6 +14,11 @@ pub struct Policy {
     pub grace_bytes: u64,
     /// The re-send budget per download.
     pub refetch_bytes: u64,
+    /// A new link's expiry and downloads when the owner does not say.
+    pub default_expires_s: u64,
+    pub default_max_downloads: u32,
+    /// The most downloads one link may allow.
+    pub max_downloads_limit: u32,
 }
 
 /// How many finished requests a link remembers for its stats.
@@ -74,4 +79,7 @@ pub(crate) const TEST_POLICY: Policy = Policy {
     preview_bytes: 100,
     grace_bytes: 300,
     refetch_bytes: 400,
+    default_expires_s: 3600,
+    default_max_downloads: 1,
+    max_downloads_limit: 100,
 };

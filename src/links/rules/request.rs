@@ -69,6 +69,18 @@ pub enum Refusal {
     Banned,
     #[error("the access log cannot be written")]
     LogUnwritable,
+    #[error("the token is from before the link was rotated")]
+    Rotated,
+    #[error("the client's address is not one the link allows")]
+    NotAllowed,
+    #[error("the link is locked after too many wrong passwords")]
+    Locked,
+    #[error("the link needs a password")]
+    PasswordNeeded,
+    #[error("wrong password")]
+    WrongPassword,
+    #[error("too many passwords are being checked at once")]
+    Busy,
 }
 
 impl Refusal {
@@ -88,13 +100,28 @@ impl Refusal {
             Refusal::Unavailable => "store_unavailable",
             Refusal::Banned => "banned",
             Refusal::LogUnwritable => "log_unwritable",
+            Refusal::Rotated => "rotated",
+            Refusal::NotAllowed => "address_not_allowed",
+            Refusal::Locked => "locked",
+            Refusal::PasswordNeeded => "password_needed",
+            Refusal::WrongPassword => "wrong_password",
+            Refusal::Busy => "busy",
         }
     }
 
     /// Whether this refusal suggests guessing, so that it counts towards a ban. A correctly signed
     /// token of a link that expired or closed is bad luck, not forgery.
     pub fn counts_against_client(&self) -> bool {
-        matches!(self, Refusal::BadToken | Refusal::Unknown | Refusal::Malformed)
+        matches!(
+            self,
+            Refusal::BadToken | Refusal::Unknown | Refusal::Malformed | Refusal::WrongPassword
+        )
+    }
+
+    /// Whether the client is asked for a password (401 and a Basic challenge) instead of being
+    /// refused outright.
+    pub fn asks_for_password(&self) -> bool {
+        matches!(self, Refusal::PasswordNeeded | Refusal::WrongPassword)
     }
 }
 
