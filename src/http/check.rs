@@ -7,7 +7,7 @@
 //! Every public request pays for this round trip, so the socket speaks only the subset of HTTP/1.1
 //! that nginx uses towards an upstream, instead of going through hyper and axum. The request head
 //! is read in place with httparse, the `x-ferry-*` headers are looked up without being copied, and
-//! the answer is a single write on a connection that nginx keeps alive. A check carries eleven
+//! the answer is a single write on a connection that nginx keeps alive. A check carries twelve
 //! headers, and for that many headers hyper's header map and axum's handler futures would cost more
 //! CPU than the decision itself. nginx sends no body (`proxy_pass_request_body off`). A request
 //! that has a body is refused and its connection is closed, and so is anything that does not parse.
@@ -29,7 +29,7 @@ use crate::model::{ClientKey, Conn, Use};
 /// nginx limits each line of a request head to 8 KiB. The check's head repeats the client's
 /// User-Agent and token, so this limit is more than twice that.
 const MAX_HEAD: usize = 32 * 1024;
-/// nginx sends eleven headers. The rest leaves room for the client's own headers, in case an older
+/// nginx sends twelve headers. The rest leaves room for the client's own headers, in case an older
 /// nginx config passes them on.
 const MAX_HEADERS: usize = 48;
 
@@ -288,30 +288,16 @@ async fn check(links: &Links, req: &CheckRequest<'_>, out: &mut Vec<u8>) {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             tracing::debug!(%refusal, tunnel = req.header("x-ferry-tunnel"), client = req.header("x-ferry-client"), "refused");
             refused(links, req, &address, refusal, now).await;
-            refuse(out, req, refusal);
+            refuse(out, refusal);
         }
     }
 }
 
-/// The `WWW-Authenticate` value for link `id`: a realm of its own, so that a browser never offers
-/// one link's password to another.
-pub fn realm(id: &str) -> String {
-    let id: String = id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        .take(64)
-        .collect();
-    format!("Basic realm=\"ferry {id}\", charset=\"UTF-8\"")
-}
-
-/// Answers a refusal: 401 with a Basic challenge when the link wants a password, else 403 (which
-/// nginx turns into 444).
-fn refuse(out: &mut Vec<u8>, req: &CheckRequest<'_>, refusal: Refusal) {
+/// Answers a refusal: 401 when the link wants a password (nginx adds the Basic challenge, with a
+/// realm that names the link), else 403, which nginx turns into 444.
+fn refuse(out: &mut Vec<u8>, refusal: Refusal) {
     match refusal.asks_for_password() {
-        true => {
-            let challenge = realm(req.header("x-ferry-tunnel"));
-            respond(out, 401, &[("www-authenticate", &challenge)], "");
-        }
+        true => respond(out, 401, &[], ""),
         false => respond(out, 403, &[], ""),
     }
 }
@@ -365,7 +351,7 @@ async fn preview(links: &Links, req: &CheckRequest<'_>, head: bool, out: &mut Ve
             // The client chooses its own User-Agent, so a previewer's refusals are audited and
             // count toward a ban like any other refusal.
             refused(links, req, &address, refusal, links.now_ms()).await;
-            refuse(out, req, refusal);
+            refuse(out, refusal);
         }
     }
 }

@@ -134,22 +134,13 @@ async fn authorize(r: &Receiver, id: &str, q: &Token, headers: &HeaderMap) -> Re
         Err(refusal) => {
             metrics::counter!("ferry_refusals_total", "reason" => refusal.code()).increment(1);
             r.links.refused(&address, id, refusal, now).await;
+            // nginx answers a 401 with the Basic challenge, whose realm names the link.
             match refusal.asks_for_password() {
-                true => Err(challenge(id)),
+                true => Err(StatusCode::UNAUTHORIZED.into_response()),
                 false => Err(refuse()),
             }
         }
     }
-}
-
-/// A 401 that makes a browser ask for the link's password. The realm names the link, so that a
-/// browser does not offer one link's password to another.
-fn challenge(id: &str) -> Response {
-    let mut r = StatusCode::UNAUTHORIZED.into_response();
-    if let Ok(v) = HeaderValue::from_str(&super::check::realm(id)) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    r
 }
 
 /// nginx's question before it reads a byte of a request's body (`auth_request`): 204 lets the
@@ -160,8 +151,11 @@ async fn check(State(r): Shared, headers: HeaderMap) -> Response {
     let q = Token {
         t: Some(text(&headers, "x-ferry-token").to_string()),
     };
-    let Ok(link) = authorize(&r, text(&headers, "x-ferry-tunnel"), &q, &headers).await else {
-        return deny(None);
+    let link = match authorize(&r, text(&headers, "x-ferry-tunnel"), &q, &headers).await {
+        Ok(link) => link,
+        // A link with a password asks for it; nginx answers with the challenge.
+        Err(asked) if asked.status() == StatusCode::UNAUTHORIZED => return asked,
+        Err(_) => return deny(None),
     };
     let declared = match text(&headers, "x-ferry-method") {
         "POST" => number(&headers, "x-ferry-upload-length"),

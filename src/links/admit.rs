@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::event::EventKind;
-use super::guard::Visitor;
+use super::passwords::Visitor;
 use super::rules::{self, Admission, Method, Refusal};
 use super::service::Links;
 use super::token;

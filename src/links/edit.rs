@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::error::LinkError;
 use super::event::EventKind;
-use super::guard::{MAX_PASSWORD, hash_password};
+use super::passwords::{MAX_PASSWORD, hash_password};
 use super::rules;
 use super::service::Links;
 use crate::model::{Cidr, CloseReason, Link, LinkPolicy, LinkState, TunnelId, rfc3339};

@@ -38,7 +38,7 @@ pub struct Links {
     pub(super) closures: std::sync::OnceLock<crate::monitor::sockdiag::ClosedSockets>,
     pub bans: bans::Bans,
     /// Checks link passwords, a few at a time, and remembers successes.
-    pub(super) passwords: super::guard::Passwords,
+    pub(super) passwords: super::passwords::Passwords,
     /// Limits what refusals may write to the audit: one record a second per client, and a few a
     /// second in all.
     pub(super) refusals_audited: std::sync::Mutex<crate::store::audit::RefusalLimit>,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::error::LinkError;
 use super::event::EventKind;
-use super::guard::Visitor;
+use super::passwords::Visitor;
 use super::rules::Refusal;
 use super::service::Links;
 use crate::data_dir::{FileIdentity, RelPath};

@@ -10,6 +10,7 @@ mod cli;
 mod clients;
 mod compose;
 mod download;
+mod edit;
 mod funnel;
 mod lifecycle;
 mod nas;

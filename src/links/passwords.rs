@@ -1,0 +1,164 @@
+//! Link passwords (SPEC §13), kept as argon2 hashes. Checking one costs tens of milliseconds of
+//! CPU on purpose, so only a few checks run at once (past a queue, requests are refused), and a
+//! success is remembered per link, client address and credential: a download manager's many
+//! requests cost one check.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use sha2::Digest as _;
+
+use super::rules::Refusal;
+use crate::model::Link;
+
+/// Password checks that run at once. Each keeps one core busy for its duration.
+const HASHING_AT_ONCE: usize = 2;
+/// Requests that may wait for a check; past this, requests are refused.
+const WAITING_MAX: usize = 64;
+/// Successes remembered; the memory starts over past this.
+const KNOWN_KEPT: usize = 4096;
+/// Wrong passwords after which a link refuses everyone until its owner edits it.
+pub const LOCK_AFTER: u32 = 20;
+/// The longest password accepted.
+pub const MAX_PASSWORD: usize = 1024;
+
+/// What a public request shows of its client, besides its token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Visitor<'a> {
+    /// The client's own address, as nginx saw it (after the trusted proxies).
+    pub ip: Option<IpAddr>,
+    /// The `Authorization` header, or "".
+    pub authorization: &'a str,
+}
+
+pub struct Passwords {
+    hashing: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    /// Keys the remembered successes, so that the memory holds no password-derived value an
+    /// attacker could test guesses against offline.
+    key: [u8; 32],
+    known: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl Default for Passwords {
+    fn default() -> Self {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the OS random source works");
+        Passwords {
+            hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
+            waiting: AtomicUsize::new(0),
+            key,
+            known: Mutex::default(),
+        }
+    }
+}
+
+/// The argon2id hash of `password` (a PHC string with its own random salt).
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the OS random source works");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a valid salt");
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with its default parameters hashes any password")
+        .to_string()
+}
+
+/// The password in a `Basic` credential; the user name is ignored.
+pub(super) fn basic_password(authorization: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, value) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    raw.split_once(':').map(|(_, pw)| pw.to_string())
+}
+
+impl Passwords {
+    /// Whether `password` is the one `phc` was made from, for a client at `address` of `link`.
+    pub(super) async fn matches(
+        &self,
+        link: &Link,
+        address: &str,
+        phc: &str,
+        password: String,
+    ) -> Result<bool, Refusal> {
+        let mut h = sha2::Sha256::new();
+        for part in [
+            &self.key[..],
+            link.id.as_str().as_bytes(),
+            address.as_bytes(),
+            phc.as_bytes(),
+        ] {
+            h.update(part);
+            h.update([0]);
+        }
+        h.update(password.as_bytes());
+        let seen: [u8; 32] = h.finalize().into();
+        if self.known.lock().expect("passwords mutex").contains(&seen) {
+            return Ok(true);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= WAITING_MAX {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Refusal::Busy);
+        }
+        let permit = self.hashing.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit.map_err(|_| Refusal::Busy)?;
+        // Another request of the same client may have checked the same password meanwhile.
+        if self.known.lock().expect("passwords mutex").contains(&seen) {
+            return Ok(true);
+        }
+        let phc = phc.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&phc).is_ok_and(|parsed| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            let mut known = self.known.lock().expect("passwords mutex");
+            if known.len() >= KNOWN_KEPT {
+                known.clear();
+            }
+            known.insert(seen);
+        }
+        Ok(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_give_their_password_whatever_the_user() {
+        use base64::Engine as _;
+        let b = |s: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s));
+        assert_eq!(basic_password(&b(":secret")).as_deref(), Some("secret"));
+        assert_eq!(basic_password(&b("anyone:sec:ret")).as_deref(), Some("sec:ret"));
+        assert_eq!(basic_password(&b("no-colon")), None);
+        assert_eq!(basic_password("Bearer abc"), None);
+        assert_eq!(basic_password("Basic !!!"), None);
+        assert_eq!(basic_password(""), None);
+    }
+
+    #[test]
+    fn a_hash_verifies_its_password_only() {
+        let phc = hash_password("correct horse");
+        assert!(phc.starts_with("$argon2id$") && !phc.contains("correct"));
+        let parsed = PasswordHash::new(&phc).unwrap();
+        let a = argon2::Argon2::default();
+        assert!(a.verify_password(b"correct horse", &parsed).is_ok());
+        assert!(a.verify_password(b"correct horse ", &parsed).is_err());
+        assert_ne!(phc, hash_password("correct horse"), "each hash has its own salt");
+    }
+}
