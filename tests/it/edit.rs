@@ -451,3 +451,48 @@ async fn an_upload_link_with_a_password_asks_senders_for_it() {
     assert_eq!(sent.status, 201);
     assert_eq!(std::fs::read(app.path("data/drop/scan.pdf")).unwrap(), b"twelve bytes");
 }
+
+/// In Chromium, a link with a password answers with the Basic challenge a browser prompts on
+/// (headless Chromium waits on the prompt, so the challenge is read by a request that asks for
+/// no prompt). With the password, as the browser sends it once the user typed it, the file
+/// downloads whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_is_challenged_and_downloads_with_the_password() {
+    let app = TestApp::spawn_with(&[("GRACE_PERIOD_SECONDS", "1")]).await;
+    let file = app.data_file("holiday.mov", 300_000);
+    let link = made(&app, json!({"file_path": "holiday.mov", "password": "s3a side"})).await;
+    let b = crate::webdriver::Browser::start().await;
+    let downloads = tempfile::tempdir().unwrap();
+    b.cdp(
+        "Browser.setDownloadBehavior",
+        json!({"behavior": "allow", "downloadPath": downloads.path().display().to_string()}),
+    )
+    .await;
+    // The public listener's only pages are links: an upload link's page gives a page on the same
+    // origin, from which the challenge's headers can be read.
+    std::fs::create_dir_all(app.path("data/drop")).unwrap();
+    let (_, page) = app.upload_link(json!({"folder": "drop", "max_bytes": 10})).await;
+    b.goto(page["upload_url"].as_str().unwrap()).await;
+    let asked = b
+        .script(&format!(
+            "return fetch({:?}, {{credentials: 'omit'}}).then(r => [r.status, r.headers.get('www-authenticate')])",
+            url(&link)
+        ))
+        .await;
+    assert_eq!(asked[0], 401);
+    let challenge = asked[1].as_str().unwrap();
+    assert!(
+        challenge.starts_with(&format!("Basic realm=\"ferry {}\"", id(&link))),
+        "{challenge}"
+    );
+    // The credentials a user types into the prompt, given the way a URL can carry them.
+    let with_password = url(&link).replacen("http://", "http://:s3a%20side@", 1);
+    b.goto(&with_password).await;
+    let saved = downloads.path().join("holiday.mov");
+    eventually(Duration::from_secs(20), "the download finishes", async || {
+        std::fs::read(&saved).is_ok_and(|got| got == file)
+    })
+    .await;
+    let t = app.closed(id(&link), Duration::from_secs(10)).await;
+    assert_eq!(t["close_reason"], "completed");
+}
