@@ -151,6 +151,39 @@ mod tests {
         assert_eq!(basic_password(""), None);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checks_past_the_queue_are_refused_and_a_success_is_remembered() {
+        let passwords = std::sync::Arc::new(Passwords::default());
+        let link = std::sync::Arc::new(crate::model::link::test_link(10, 1));
+        let phc: std::sync::Arc<str> = hash_password("right").into();
+        let tries: Vec<_> = (0..HASHING_AT_ONCE + WAITING_MAX + 30)
+            .map(|i| {
+                let (p, l, h) = (passwords.clone(), link.clone(), phc.clone());
+                tokio::spawn(async move { p.matches(&l, &format!("10.0.0.{i}"), &h, format!("wrong{i}")).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Err(Refusal::Busy) => busy += 1,
+                Ok(false) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(busy >= 30, "only {busy} of the checks past the queue were refused");
+        assert_eq!(
+            passwords.matches(&link, "10.0.0.1", &phc, "right".into()).await,
+            Ok(true)
+        );
+        // Remembered: the same credential from the same address costs no hash, so it passes even
+        // while every hashing place is taken.
+        let _held = passwords.hashing.acquire_many(HASHING_AT_ONCE as u32).await.unwrap();
+        assert_eq!(
+            passwords.matches(&link, "10.0.0.1", &phc, "right".into()).await,
+            Ok(true)
+        );
+    }
+
     #[test]
     fn a_hash_verifies_its_password_only() {
         let phc = hash_password("correct horse");
