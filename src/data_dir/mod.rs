@@ -516,6 +516,15 @@ impl DataDir {
         })
     }
 
+    /// Whether `rel`, followed through symlinks as any lookup here follows them, lands beneath
+    /// the folder `within` (or on it). Both must exist.
+    pub fn lands_within(&self, rel: &RelPath, within: &RelPath) -> Result<bool, PathError> {
+        let root = self.root()?;
+        let (fd, _) = self.open_beneath(&root, rel)?;
+        let (folder, _) = self.open_beneath(&root, within)?;
+        Ok(real_path(&fd)?.starts_with(real_path(&folder)?))
+    }
+
     /// The file's identity now, for comparison with the one recorded at creation. `resolve_file`
     /// checked that one for escapes, so the same identity means the same file.
     pub fn identity(&self, rel: &RelPath) -> Result<FileIdentity, PathError> {
@@ -825,6 +834,34 @@ mod tests {
         assert_eq!(found.identity.size, 1);
         assert_eq!(d.real_path().unwrap(), data.canonicalize().unwrap());
         assert!(d.resolve_file(&RelPath::parse("sub/out").unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_path_lands_within_a_folder_only_where_its_symlinks_stay_there() {
+        let (_dir, data) = tree();
+        std::fs::create_dir_all(data.join("private")).unwrap();
+        std::fs::write(data.join("sub/a.txt"), "a").unwrap();
+        std::fs::write(data.join("private/p.txt"), "p").unwrap();
+        std::os::unix::fs::symlink("../private/p.txt", data.join("sub/out")).unwrap();
+        std::os::unix::fs::symlink("a.txt", data.join("sub/in")).unwrap();
+        std::os::unix::fs::symlink("sub", data.join("alias")).unwrap();
+        let d = DataDir::open(&data).unwrap();
+        let p = |s: &str| RelPath::parse(s).unwrap();
+        let sub = p("sub");
+        for (path, within) in [
+            ("sub", true),
+            ("sub/a.txt", true),
+            ("sub/in", true),
+            ("alias/a.txt", true),
+        ] {
+            assert_eq!(d.lands_within(&p(path), &sub), Ok(within), "{path}");
+        }
+        for path in ["sub/out", "private/p.txt", "private"] {
+            assert_eq!(d.lands_within(&p(path), &sub), Ok(false), "{path}");
+        }
+        assert_eq!(d.lands_within(&p("alias"), &p("sub")), Ok(true), "the same folder");
+        assert_eq!(d.lands_within(&p("sub/missing"), &sub), Err(PathError::NotFound));
+        assert_eq!(d.lands_within(&p("private/p.txt"), &RelPath::root()), Ok(true));
     }
 
     /// Linux names are bytes: a name that is not UTF-8 is listed, searched and resolved by its
