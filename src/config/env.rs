@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::data_dir::RelPath;
+
 use super::values::{
     Config, ConfigError, FUNNEL_PORTS, FunnelMode, LogSlot, NginxMode, ProviderKind, Secret, WebhookFormat, err,
 };
@@ -114,6 +116,7 @@ impl Config {
             state_dir: dirs.state_dir,
             tunnels_dir: dirs.tunnels_dir,
             logs_dir: dirs.logs_dir,
+            mcp_root: dirs.mcp_root,
             jwt_secret: shared.jwt_secret,
             max_tunnel: limits.max_tunnel,
             stall_timeout: limits.stall_timeout,
@@ -163,6 +166,7 @@ struct Dirs {
     state_dir: PathBuf,
     tunnels_dir: PathBuf,
     logs_dir: PathBuf,
+    mcp_root: RelPath,
 }
 
 impl Dirs {
@@ -174,13 +178,53 @@ impl Dirs {
                 format!("{} is not a directory", data_dir.display()),
             ));
         }
+        let mcp_root = mcp_root(src, &data_dir)?;
         Ok(Dirs {
             data_dir,
+            mcp_root,
             state_dir: dir(src, "FERRY_STATE_DIR", "./state")?,
             tunnels_dir: dir(src, "FERRY_TUNNELS_DIR", "./tunnels")?,
             logs_dir: dir(src, "FERRY_LOGS_DIR", "./logs")?,
         })
     }
+}
+
+/// `FERRY_MCP_ROOT`: a folder inside the data dir, as a path from the data dir's real location
+/// (symlinks on the way resolved, so the folder is the one an agent really reaches).
+fn mcp_root(src: &Source, data_dir: &Path) -> Result<RelPath, ConfigError> {
+    let var = "FERRY_MCP_ROOT";
+    if src.get(var).is_none() {
+        return Ok(RelPath::root());
+    }
+    let path = dir(src, var, ".")?;
+    let real = std::fs::canonicalize(&path).map_err(|e| {
+        err(
+            var,
+            format!("{} is not a directory inside the data dir: {e}", path.display()),
+        )
+    })?;
+    if !real.is_dir() {
+        return Err(err(var, format!("{} is not a directory", path.display())));
+    }
+    let data = std::fs::canonicalize(data_dir)
+        .map_err(|e| err("NAS_MOUNT_PATH", format!("cannot resolve {}: {e}", data_dir.display())))?;
+    let outside = || {
+        err(
+            var,
+            format!(
+                "{} is not inside the data dir {} (NAS_MOUNT_PATH)",
+                path.display(),
+                data.display()
+            ),
+        )
+    };
+    let rel = real.strip_prefix(&data).map_err(|_| outside())?;
+    let mut out = RelPath::root();
+    for name in rel.iter() {
+        use std::os::unix::ffi::OsStrExt;
+        out = out.child(name.as_bytes()).map_err(|e| err(var, e.to_string()))?;
+    }
+    Ok(out)
 }
 
 /// The token secret and the Redis store, which instances that share links must agree on.

@@ -70,6 +70,7 @@ impl Config {
             "FERRY_STATE_DIR": self.state_dir,
             "FERRY_TUNNELS_DIR": self.tunnels_dir,
             "FERRY_LOGS_DIR": self.logs_dir,
+            "FERRY_MCP_ROOT": if self.mcp_root.is_root() { self.data_dir.clone() } else { self.data_dir.join(self.mcp_root.as_str()) },
             "JWT_SECRET": "[set]",
             "MAX_TUNNEL_SECONDS": self.max_tunnel.as_secs(),
             "STALL_TIMEOUT_SECONDS": self.stall_timeout.as_secs(),
@@ -229,6 +230,35 @@ mod tests {
             let e = load(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, *var, "{var}={value} blamed {e}");
             assert!(e.to_string().starts_with(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_mcp_root_is_a_folder_inside_the_data_dir() {
+        let data = tempfile::tempdir().unwrap();
+        let d = data.path();
+        std::fs::create_dir_all(d.join("shared/agents")).unwrap();
+        std::fs::write(d.join("file.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.join("shared"), d.join("link")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let with = |root: &std::path::Path| {
+            let (data, root) = (d.to_str().unwrap(), root.to_str().unwrap());
+            Config::load(&Source::from_pairs([
+                ("NAS_MOUNT_PATH", data),
+                ("FERRY_MCP_ROOT", root),
+            ]))
+        };
+        assert!(load(&[]).unwrap().mcp_root.is_root(), "the data dir by default");
+        assert!(with(d).unwrap().mcp_root.is_root());
+        assert_eq!(
+            with(&d.join("shared/agents")).unwrap().mcp_root.as_str(),
+            "shared/agents"
+        );
+        // A symlink on the way is resolved: the root is where an agent really lands.
+        assert_eq!(with(&d.join("link/agents")).unwrap().mcp_root.as_str(), "shared/agents");
+        for bad in [outside.path(), &d.join("file.txt"), &d.join("missing"), &d.join("..")] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.var, "FERRY_MCP_ROOT", "{bad:?}: {e}");
         }
     }
 

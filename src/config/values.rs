@@ -183,6 +183,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub tunnels_dir: PathBuf,
     pub logs_dir: PathBuf,
+    /// The folder agents may reach through MCP (`FERRY_MCP_ROOT`), as a path in the data dir
+    /// (the data dir itself unless set).
+    pub mcp_root: crate::data_dir::RelPath,
     pub jwt_secret: Secret,
     pub max_tunnel: Duration,
     pub stall_timeout: Duration,
