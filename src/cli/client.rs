@@ -7,6 +7,8 @@ use serde_json::Value;
 pub struct Client {
     base: String,
     token: Option<String>,
+    /// A header every request carries (`ferry mcp` marks its requests as made through MCP).
+    header: Option<(&'static str, &'static str)>,
     http: reqwest::Client,
 }
 
@@ -21,16 +23,42 @@ pub enum Failure {
 
 impl Failure {
     pub fn report(self, json: bool) -> ExitCode {
-        let (code, message) = match &self {
-            Failure::Refused { status, message } => (1, format!("ferry refused ({status}): {message}")),
-            Failure::Unreachable(m) => (3, m.clone()),
+        let code = match &self {
+            Failure::Refused { .. } => 1,
+            Failure::Unreachable(_) => 3,
         };
+        let message = self.message();
         if json {
             println!("{}", serde_json::json!({"error": message}));
         } else {
             eprintln!("ferry: {message}");
         }
         ExitCode::from(code)
+    }
+}
+
+impl Failure {
+    /// What went wrong, in one line: the API's own message when ferry refused.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Refused { status, message } => format!("ferry refused ({status}): {message}"),
+            Failure::Unreachable(m) => m.clone(),
+        }
+    }
+}
+
+/// What an answer of the admin API means: its JSON body on success (`null` for 204), else the
+/// failure its status says. With `any_status`, a JSON object is the answer whatever the status.
+pub fn outcome(status: u16, body: Value, any_status: bool) -> Result<Value, Failure> {
+    let message = body["error"].as_str().unwrap_or("no details").to_string();
+    match status {
+        200..=299 => Ok(body),
+        401 | 403 | 421 => Err(Failure::Unreachable(format!(
+            "not authorised ({status}): {message}; set FERRY_ADMIN_TOKEN"
+        ))),
+        _ if any_status && body.is_object() => Ok(body),
+        400..=499 => Err(Failure::Refused { status, message }),
+        _ => Err(Failure::Unreachable(format!("ferry answered {status}: {message}"))),
     }
 }
 
@@ -58,12 +86,29 @@ impl Client {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
-        Ok(Client { base, token, http })
+        Ok(Client {
+            base,
+            token,
+            header: None,
+            http,
+        })
+    }
+
+    /// The same client, sending `name: value` with every request.
+    pub fn with_header(self, name: &'static str, value: &'static str) -> Client {
+        Client {
+            header: Some((name, value)),
+            ..self
+        }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, any_status: bool) -> Result<Value, Failure> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let req = match self.header {
+            Some((name, value)) => req.header(name, value),
             None => req,
         };
         let r = req.send().await.map_err(|e| {
@@ -79,16 +124,17 @@ impl Client {
         } else {
             r.json().await.unwrap_or(Value::Null)
         };
-        let message = body["error"].as_str().unwrap_or("no details").to_string();
-        match status {
-            200..=299 => Ok(body),
-            401 | 403 | 421 => Err(Failure::Unreachable(format!(
-                "not authorised ({status}): {message}; set FERRY_ADMIN_TOKEN"
-            ))),
-            _ if any_status && body.is_object() => Ok(body),
-            400..=499 => Err(Failure::Refused { status, message }),
-            _ => Err(Failure::Unreachable(format!("ferry answered {status}: {message}"))),
-        }
+        outcome(status, body, any_status)
+    }
+
+    /// Any request, with an optional JSON body.
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        let req = match body {
+            Some(b) => req.json(b),
+            None => req,
+        };
+        self.send(req, false).await
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-pub use client::{Client, Failure};
+pub use client::{Client, Failure, outcome, query, segment};
 
 #[derive(Parser)]
 #[command(
@@ -223,7 +223,7 @@ fn trim_folder(p: &str) -> &str {
 
 /// The paths of a link request: one path as `file_path` (the server shares a folder as one ZIP),
 /// several as `file_paths`.
-fn paths_body(paths: &[String]) -> serde_json::Value {
+pub fn paths_body(paths: &[String]) -> serde_json::Value {
     let trimmed: Vec<&str> = paths.iter().map(|p| trim_folder(p)).collect();
     match trimmed.as_slice() {
         [one] => json!({ "file_path": one }),
