@@ -17,7 +17,8 @@
 //! - [`links`]: the link service, one file per activity, over the pure rules of
 //!   [`links::rules`].
 //! - [`nginx`], [`notify`]: the data plane's config and process; webhooks.
-//! - [`http`]: the admin API and the check endpoint nginx calls. [`cli`]: the command line.
+//! - [`cli`]: the command line. [`mcp`]: the tools agents use over MCP, which call the admin API.
+//! - [`http`]: the admin API and the check endpoint nginx calls.
 //!
 //! [`run`] wires them together; the caller binds the admin listener, so tests can use port 0.
 
@@ -31,6 +32,7 @@ pub mod health;
 pub mod http;
 pub mod inbox;
 pub mod links;
+pub mod mcp;
 pub mod model;
 pub mod monitor;
 pub mod nginx;

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => serve(),
+        Command::Mcp => ferry::mcp::run_stdio(),
         command => ferry::cli::run(command),
     }
 }

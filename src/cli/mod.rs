@@ -32,6 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Run ferry: the control plane, the managed nginx and the log monitor.
     Serve,
+    /// Give an AI agent ferry's tools over MCP on standard input and output (the agent starts
+    /// this; it talks to a running ferry like the other commands).
+    Mcp,
     /// Share a file or folder (or several, as one ZIP) and print its link.
     Share(Share),
     /// Make an upload link through which someone can send files into a folder, and print it.
@@ -142,7 +145,7 @@ pub fn run(command: Command) -> ExitCode {
         Err(f) => return f.report(false),
     };
     let json_out = match &command {
-        Command::Serve => unreachable!("serve is not a client command"),
+        Command::Serve | Command::Mcp => unreachable!("serve and mcp are not client commands"),
         Command::Share(s) => s.common.json,
         Command::Receive(r) => r.common.json,
         Command::Ls(c) | Command::Status(c) => c.json,
@@ -156,7 +159,7 @@ pub fn run(command: Command) -> ExitCode {
 
 async fn execute(client: &Client, command: Command) -> Result<ExitCode, Failure> {
     match command {
-        Command::Serve => unreachable!("serve is not a client command"),
+        Command::Serve | Command::Mcp => unreachable!("serve and mcp are not client commands"),
         Command::Share(s) => share(client, s).await,
         Command::Receive(r) => receive(client, r).await,
         Command::Ls(c) => {
