@@ -10,9 +10,11 @@ use axum::{Json, Router};
 use utoipa::ToSchema;
 
 use super::admin_auth::{COOKIE, now_s};
+use super::caller::ThroughMcp;
 use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use super::state::AppState;
+use crate::mcp::{VIA_HEADER, VIA_MCP};
 
 /// Routes anyone on the listener may reach: health, the login, the UI's static files.
 fn is_public(path: &str) -> bool {
@@ -23,7 +25,7 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(ErrorBody::new(message))).into_response()
 }
 
-pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let auth = &s.auth;
     let host = req
         .headers()
@@ -52,6 +54,10 @@ pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Respo
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return r;
+    }
+    // Only now, on a request that may use the API, does the MCP mark count.
+    if req.headers().get(VIA_HEADER).is_some_and(|v| v == VIA_MCP) {
+        req.extensions_mut().insert(ThroughMcp);
     }
     next.run(req).await
 }

@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::caller::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::json::ApiQuery;
 use super::state::AppState;
@@ -136,11 +137,16 @@ impl FileList {
     responses((status = 200, description = "Entries", body = FileList),
               (status = 400, description = "Bad path", body = ErrorBody),
               (status = 404, description = "No such folder", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "Data dir or state store unavailable", body = ErrorBody)))]
-pub async fn files(State(s): State<AppState>, ApiQuery(q): ApiQuery<FilesQuery>) -> Result<Json<FileList>, ApiError> {
+pub async fn files(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<FilesQuery>,
+) -> Result<Json<FileList>, ApiError> {
     let dir = match q.path.as_deref() {
-        None | Some("") | Some("/") => RelPath::root(),
+        None | Some("") | Some("/") => caller.home(&s),
         Some(p) => RelPath::parse(p).map_err(|e| ApiError::BadRequest(format!("path: {e}")))?,
     };
+    caller.confine(&s, "path", &dir)?;
     let offset = number("offset", q.offset.as_deref(), 0, 0..=MAX_OFFSET)?;
     let limit = number("limit", q.limit.as_deref(), PAGE, 1..=MAX_PAGE)?;
     let data = s.links.data();

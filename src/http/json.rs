@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::caller::ThroughMcp;
 use super::error::ApiError;
 
 const LIMIT: usize = 64 * 1024;
@@ -27,10 +28,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
+        let through_mcp = req.extensions().get::<ThroughMcp>().is_some();
         let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
             .await
             .map_err(|_| ApiError::PayloadTooLarge)?;
         match serde_json::from_slice(&bytes) {
+            // An agent cannot choose where ferry sends notifications (SPEC §14).
+            Ok(Value::Object(map)) if through_mcp && map.contains_key("notify_url") => {
+                Err(ApiError::BadRequest("notify_url: cannot be set through MCP".into()))
+            }
             Ok(Value::Object(map)) => Ok(JsonObject(map)),
             Ok(_) => Err(ApiError::BadRequest("body must be a JSON object".into())),
             Err(e) => Err(ApiError::BadRequest(format!("body is not valid JSON: {e}"))),

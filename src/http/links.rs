@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::caller::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use super::json::{ApiPath, ApiQuery};
@@ -151,10 +152,10 @@ impl From<CreateLinkRequest> for NewLink {
               (status = 502, description = "The tunnel could not be opened", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn generate_link(
     s: State<AppState>,
-    peer: ConnectInfo<SocketAddr>,
+    caller: Caller,
     body: JsonObject,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    create(s, peer, body).await
+    create(s, caller, body).await
 }
 
 /// Share a file: create a link.
@@ -168,11 +169,15 @@ pub async fn generate_link(
               (status = 502, description = "The tunnel could not be opened", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     body: JsonObject,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let req = CreateLinkRequest::read(&body)?;
-    let (created, _) = s.links.create(req.into(), Some(&peer.ip().to_string())).await?;
+    match &req.file_paths {
+        Some(paths) => paths.iter().try_for_each(|p| caller.confine(&s, "file_paths", p))?,
+        None => caller.confine(&s, "file_path", &req.file_path)?,
+    }
+    let (created, _) = s.links.create(req.into(), Some(&caller.audit_name())).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -318,13 +323,13 @@ pub async fn qr(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Resu
               (status = 404, description = "No open link with this id", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn terminate(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     match s.links.terminate(&id).await {
         Ok(()) => {
             s.links
-                .audit("link.terminated", Some(&peer.ip().to_string()), Some(&id), None)
+                .audit("link.terminated", Some(&caller.audit_name()), Some(&id), None)
                 .await;
             Ok(StatusCode::NO_CONTENT)
         }

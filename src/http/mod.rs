@@ -4,6 +4,7 @@
 
 pub mod admin_auth;
 pub mod auth;
+pub mod caller;
 pub mod check;
 pub mod config;
 pub mod edit;

@@ -1,14 +1,13 @@
 //! Upload links over HTTP (SPEC §12): `POST /api/uploads` makes one. What senders send goes
 //! through nginx to `receive.rs`, never to the admin listener.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use utoipa::ToSchema;
 
+use super::caller::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::json::JsonObject;
 use super::state::AppState;
@@ -99,10 +98,11 @@ impl CreateUploadRequest {
               (status = 502, description = "The tunnel could not be opened", body = ErrorBody), (status = 401, description = "Authentication required", body = ErrorBody), (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn create(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     body: JsonObject,
 ) -> Result<(StatusCode, Json<UploadCreated>), ApiError> {
     let r = CreateUploadRequest::read(&body)?;
+    caller.confine(&s, "folder", &r.folder)?;
     let req = NewUpload {
         folder: r.folder,
         expires_in: r.expires_in_seconds,
@@ -115,6 +115,6 @@ pub async fn create(
             notify_url: r.notify_url,
         },
     };
-    let (created, _) = s.links.create_upload(req, Some(&peer.ip().to_string())).await?;
+    let (created, _) = s.links.create_upload(req, Some(&caller.audit_name())).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
