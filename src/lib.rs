@@ -18,7 +18,7 @@
 //!   [`links::rules`].
 //! - [`nginx`], [`notify`]: the data plane's config and process; webhooks.
 //! - [`cli`]: the command line. [`mcp`]: the tools agents use over MCP, which call the admin API.
-//! - [`http`]: the admin API and the check endpoint nginx calls.
+//! - [`http`]: the admin API (`/mcp` included) and the check endpoint nginx calls.
 //!
 //! [`run`] wires them together; the caller binds the admin listener, so tests can use port 0.
 

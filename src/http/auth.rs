@@ -38,7 +38,8 @@ pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> R
             "Host is not this admin listener (see FERRY_ADMIN_HOSTS)",
         );
     }
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // MCP checks the Origin of every request to `/mcp`, reads included (SPEC §14).
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) && req.uri().path() != "/mcp";
     let origin = req.headers().get(header::ORIGIN);
     if !safe && origin.is_some_and(|o| !o.to_str().is_ok_and(|o| auth.origin_allowed(o))) {
         return error(

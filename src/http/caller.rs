@@ -1,9 +1,10 @@
 //! Who made an admin request, and the rules for requests an agent made through MCP (SPEC §14).
 //!
-//! ferry's MCP tools call this API with the header [`crate::mcp::VIA_HEADER`]. The guard turns
-//! it into [`ThroughMcp`] only on a request it has authorised, and the handlers then apply the
-//! rules below, so that no tool can skip them: a path must lead into `FERRY_MCP_ROOT`,
-//! `notify_url` cannot be set (see `json.rs`), and the audit names the action as made through MCP.
+//! ferry's MCP tools call this API (from `ferry mcp` over HTTP, from `/mcp` in process) with the
+//! header [`crate::mcp::VIA_HEADER`]. The guard turns it into [`ThroughMcp`] only on a request it
+//! has authorised, and the handlers then apply the rules below, so they hold for both transports
+//! and no tool can skip them: a path must lead into `FERRY_MCP_ROOT`, `notify_url` cannot be set
+//! (see `json.rs`), and the audit names the action as made through MCP.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -29,7 +29,20 @@ use axum::Router;
 
 pub use state::AppState;
 
+/// The admin listener: the API, the web UI, and `/mcp`, whose tools call the rest in process.
 pub fn admin_router(state: AppState) -> Router {
+    let guarded = |routes: Router<AppState>| {
+        routes
+            .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
+            .with_state(state.clone())
+    };
+    let api = api_router();
+    let mcp = crate::mcp::service(guarded(api.clone()));
+    guarded(api.route_service("/mcp", mcp))
+}
+
+/// Every route but `/mcp`, without the guard.
+fn api_router() -> Router<AppState> {
     Router::new()
         .merge(health::router())
         .merge(files::router())
@@ -44,6 +57,4 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(ui::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
-        .with_state(state)
 }
