@@ -13,6 +13,7 @@ mod download;
 mod edit;
 mod funnel;
 mod lifecycle;
+mod mcp;
 mod nas;
 mod openapi;
 mod raw;
