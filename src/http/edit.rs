@@ -2,13 +2,12 @@
 //! /admin/tunnels/{id}/rotate`, and the policy fields (`password`, `allow_cidrs`, `notify_url`)
 //! that new links take as well.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::routing::{patch, post};
 use axum::{Json, Router};
 use utoipa::ToSchema;
 
+use super::caller::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::json::{ApiPath, JsonObject};
 use super::state::AppState;
@@ -136,14 +135,14 @@ fn not_open(id: &str, e: LinkError) -> ApiError {
               (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn edit(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     body: JsonObject,
 ) -> Result<Json<TunnelView>, ApiError> {
     let change = EditLinkRequest::read(&body)?;
     let link = s
         .links
-        .edit(&id, change, Some(&peer.ip().to_string()))
+        .edit(&id, change, Some(&caller.audit_name()))
         .await
         .map_err(|e| not_open(&id, e))?;
     Ok(Json(s.links.view(&link)))
@@ -159,12 +158,12 @@ pub async fn edit(
               (status = 503, description = "State store unavailable", body = ErrorBody)))]
 pub async fn rotate(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Rotated>, ApiError> {
     let rotated = s
         .links
-        .rotate(&id, Some(&peer.ip().to_string()))
+        .rotate(&id, Some(&caller.audit_name()))
         .await
         .map_err(|e| not_open(&id, e))?;
     Ok(Json(rotated))
