@@ -19,6 +19,8 @@ pub enum Failure {
     Refused { status: u16, message: String },
     /// Not reachable, or not authorised: exit 3.
     Unreachable(String),
+    /// Arguments that parsed but cannot be used (an unreadable password file): exit 2.
+    Usage(String),
 }
 
 impl Failure {
@@ -26,6 +28,7 @@ impl Failure {
         let code = match &self {
             Failure::Refused { .. } => 1,
             Failure::Unreachable(_) => 3,
+            Failure::Usage(_) => 2,
         };
         let message = self.message();
         if json {
@@ -42,7 +45,7 @@ impl Failure {
     pub fn message(&self) -> String {
         match self {
             Failure::Refused { status, message } => format!("ferry refused ({status}): {message}"),
-            Failure::Unreachable(m) => m.clone(),
+            Failure::Unreachable(m) | Failure::Usage(m) => m.clone(),
         }
     }
 }

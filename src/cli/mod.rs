@@ -7,6 +7,7 @@
 
 mod client;
 mod output;
+mod password;
 mod size;
 
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 pub use client::{Client, Failure, outcome, query, segment};
+pub use password::Password;
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +105,8 @@ pub struct Share {
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
+    pub password: Password,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -122,6 +126,8 @@ pub struct Receive {
     /// A note for yourself (shown in lists, never to the sender).
     #[arg(long)]
     pub note: Option<String>,
+    #[command(flatten)]
+    pub password: Password,
     #[command(flatten)]
     pub common: Common,
 }
@@ -245,8 +251,14 @@ async fn share(client: &Client, s: Share) -> Result<ExitCode, Failure> {
     if let Some(n) = &s.note {
         body["note"] = json!(n);
     }
+    let password = s.password.read()?;
+    if let Some(p) = &password {
+        body["password"] = json!(p);
+    }
     let created = client.post("/api/links", &body).await?;
-    output::print(s.common.json, &created, || output::created(&created));
+    output::print(s.common.json, &created, || {
+        output::created(&created) + if password.is_some() { output::ASKS_PASSWORD } else { "" }
+    });
     if !s.wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -292,8 +304,15 @@ fn receive_body(r: &Receive) -> serde_json::Value {
 }
 
 async fn receive(client: &Client, r: Receive) -> Result<ExitCode, Failure> {
-    let created = client.post("/api/uploads", &receive_body(&r)).await?;
-    output::print(r.common.json, &created, || output::receiving(&created));
+    let mut body = receive_body(&r);
+    let password = r.password.read()?;
+    if let Some(p) = &password {
+        body["password"] = json!(p);
+    }
+    let created = client.post("/api/uploads", &body).await?;
+    output::print(r.common.json, &created, || {
+        output::receiving(&created) + if password.is_some() { output::ASKS_PASSWORD } else { "" }
+    });
     Ok(ExitCode::SUCCESS)
 }
 

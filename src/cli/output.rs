@@ -120,6 +120,9 @@ pub fn receiving(c: &Value) -> String {
     )
 }
 
+/// Said after a new link that asks for a password, with how recipients give it.
+pub const ASKS_PASSWORD: &str = "recipients are asked for the password (curl -u :PASSWORD)\n";
+
 /// A page of a folder or a search's results, and what is left out of it.
 pub fn files(list: &Value) -> String {
     let entries = &list["entries"];
