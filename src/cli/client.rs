@@ -154,6 +154,11 @@ impl Client {
             .await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(body), false)
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
         self.send(self.http.delete(format!("{}{path}", self.base)), false).await
     }

@@ -1,14 +1,17 @@
 //! The command line: `ferry serve` runs everything; the other commands are a client of a running
 //! ferry (`FERRY_URL`, `FERRY_ADMIN_TOKEN`). Tables for people, `--json` for scripts.
 //!
-//! Exit codes: 0 success; 1 the server refused (bad input, unknown id); 2 usage; 3 ferry
-//! unreachable or unauthorised; 4 `share --wait` ended with the link closed for a reason other
-//! than `completed`.
+//! Exit codes: 0 success; 1 the server refused (bad input, unknown id, a link already closed);
+//! 2 usage; 3 ferry unreachable or unauthorised; 4 `share --wait` ended with the link closed for a
+//! reason other than `completed`.
 
 mod client;
+mod common;
+mod edit;
 mod output;
 mod password;
 mod size;
+mod time;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +20,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 pub use client::{Client, Failure, outcome, query, segment};
+pub use common::Common;
+pub use edit::Edit;
 pub use password::Password;
 
 #[derive(Parser)]
@@ -43,6 +48,16 @@ pub enum Command {
     Receive(Receive),
     /// List open links.
     Ls(Common),
+    /// Change an open link (expiry, downloads, password, rate); its URL stays the same.
+    Edit(Edit),
+    /// Give an open link a new URL: the old one stops working at once.
+    Rotate {
+        /// The link's tunnel id (ids may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// End an open link now.
     Rm {
         /// The link's tunnel id (ids may begin with `-`).
@@ -80,20 +95,13 @@ pub enum Command {
 }
 
 #[derive(Args)]
-pub struct Common {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args)]
 pub struct Share {
     /// What to share, relative to the data dir: one file; or a folder, or several files and
     /// folders, which the recipient gets as one ZIP.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
     /// How long the link lives: 90s, 15m, 1h, 1h30m.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = time::parse_duration)]
     pub expires: Option<Duration>,
     /// How many complete downloads the link allows.
     #[arg(long)]
@@ -121,7 +129,7 @@ pub struct Receive {
     #[arg(long)]
     pub max_files: Option<u32>,
     /// How long the link lives: 90s, 15m, 1h, 1h30m.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = time::parse_duration)]
     pub expires: Option<Duration>,
     /// A note for yourself (shown in lists, never to the sender).
     #[arg(long)]
@@ -130,14 +138,6 @@ pub struct Receive {
     pub password: Password,
     #[command(flatten)]
     pub common: Common,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 90s, 15m or 1h)"))?;
-    if d.as_secs() == 0 || d.subsec_nanos() != 0 {
-        return Err("must be a whole number of seconds, at least 1s".into());
-    }
-    Ok(d)
 }
 
 /// Runs a client command; `serve` is handled by the caller.
@@ -154,8 +154,12 @@ pub fn run(command: Command) -> ExitCode {
         Command::Serve | Command::Mcp => unreachable!("serve and mcp are not client commands"),
         Command::Share(s) => s.common.json,
         Command::Receive(r) => r.common.json,
+        Command::Edit(e) => e.common.json,
         Command::Ls(c) | Command::Status(c) => c.json,
-        Command::Rm { common, .. } | Command::History { common, .. } | Command::Files { common, .. } => common.json,
+        Command::Rm { common, .. }
+        | Command::Rotate { common, .. }
+        | Command::History { common, .. }
+        | Command::Files { common, .. } => common.json,
     };
     match runtime.block_on(execute(&client, command)) {
         Ok(code) => code,
@@ -168,6 +172,8 @@ async fn execute(client: &Client, command: Command) -> Result<ExitCode, Failure>
         Command::Serve | Command::Mcp => unreachable!("serve and mcp are not client commands"),
         Command::Share(s) => share(client, s).await,
         Command::Receive(r) => receive(client, r).await,
+        Command::Edit(e) => edit::edit(client, e).await,
+        Command::Rotate { id, common } => edit::rotate(client, &id, &common).await,
         Command::Ls(c) => {
             let v = client.get("/admin/tunnels").await?;
             output::print(c.json, &v, || output::tunnels(&v["tunnels"], false));

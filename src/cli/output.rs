@@ -123,6 +123,44 @@ pub fn receiving(c: &Value) -> String {
 /// Said after a new link that asks for a password, with how recipients give it.
 pub const ASKS_PASSWORD: &str = "recipients are asked for the password (curl -u :PASSWORD)\n";
 
+/// A link as an edit left it: what an owner can change, one fact a line.
+pub fn edited(t: &Value) -> String {
+    let downloads = if t["kind"] == "upload" {
+        String::new()
+    } else {
+        format!(
+            "downloads  {} of {} complete\n",
+            t["downloads_completed"].as_u64().unwrap_or(0),
+            t["max_downloads"].as_u64().unwrap_or(0)
+        )
+    };
+    let password = match (t["password"] == true, t["locked"] == true) {
+        (_, true) => "locked after too many wrong passwords",
+        (true, false) => "required",
+        (false, false) => "none",
+    };
+    let rate = match t["rate_limit_bytes_per_second"].as_u64() {
+        Some(r) => format!("{}/s", binary_size(r)),
+        None => "no cap".into(),
+    };
+    format!(
+        "edited {}\nexpires    {} (at the latest {})\n{downloads}password   {password}\nrate       {rate}\n",
+        s(&t["tunnel_id"]),
+        s(&t["expires_at"]),
+        s(&t["max_expires_at"]),
+    )
+}
+
+/// A link's new URL alone on the first line (scripts read it), then what became of the old one.
+pub fn rotated(r: &Value) -> String {
+    format!(
+        "{}\nthe old URL no longer works · expires {} · tunnel {}\n",
+        s(&r["download_url"]),
+        s(&r["expires_at"]),
+        s(&r["tunnel_id"])
+    )
+}
+
 /// A page of a folder or a search's results, and what is left out of it.
 pub fn files(list: &Value) -> String {
     let entries = &list["entries"];
@@ -227,6 +265,31 @@ mod tests {
         assert_eq!(
             out.lines().nth(1),
             Some("receives up to 3 files of at most 1.5 MiB each into the data dir · expires E · tunnel id")
+        );
+    }
+
+    #[test]
+    fn an_edited_link_shows_what_can_be_changed() {
+        let t = json!({"tunnel_id": "id", "kind": "file", "expires_at": "E", "max_expires_at": "M",
+            "downloads_completed": 1, "max_downloads": 3, "password": true, "locked": false,
+            "rate_limit_bytes_per_second": 2_097_152});
+        assert_eq!(
+            super::edited(&t),
+            "edited id\nexpires    E (at the latest M)\ndownloads  1 of 3 complete\npassword   required\nrate       2 MiB/s\n"
+        );
+        let upload = json!({"tunnel_id": "id", "kind": "upload", "expires_at": "E", "max_expires_at": "M",
+            "password": false, "locked": false, "rate_limit_bytes_per_second": null});
+        let out = super::edited(&upload);
+        assert!(!out.contains("downloads"), "{out}");
+        assert!(out.contains("password   none\nrate       no cap\n"), "{out}");
+    }
+
+    #[test]
+    fn a_rotated_link_prints_its_new_url_first() {
+        let r = json!({"tunnel_id": "id", "download_url": "http://x/s/id/a?t=N", "token": "N", "expires_at": "E"});
+        assert_eq!(
+            super::rotated(&r),
+            "http://x/s/id/a?t=N\nthe old URL no longer works · expires E · tunnel id\n"
         );
     }
 
