@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::helpers::{TestApp, curl};
+use crate::helpers::{EMPTY_REPLY, TestApp, curl};
 
 const TOKEN: &str = "cli-test-admin-token";
 
@@ -360,4 +360,225 @@ async fn receive_exits_as_documented() {
     let o = run(&app, &["receive", "nowhere", "--max-bytes", "1M", "--json"]).await;
     assert_eq!(o.status.code(), Some(1));
     assert!(json(&o)["error"].as_str().unwrap().contains("folder"), "{}", text(&o));
+}
+
+/// `ferry share --password-file`, `ferry edit` and `ferry rotate` against a real ferry: curl needs
+/// the password (`-u :PW`) exactly while one is set, an extended or explicit expiry and new limits
+/// reach the link, the old URL gets 444 after a rotation and the new one works, and a closed or
+/// unknown link makes `edit` and `rotate` exit 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn edit_rotate_and_passwords_end_to_end() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    let bytes = app.data_file("report.pdf", 50_000);
+    let secret = app.path("pw.txt");
+    std::fs::write(&secret, "open sesame\n").unwrap();
+
+    let o = run(
+        &app,
+        &["share", "report.pdf", "--max-downloads", "5", "--expires", "15m"]
+            .into_iter()
+            .chain(["--password-file", secret.to_str().unwrap(), "--json"])
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let created = json(&o);
+    let id = created["tunnel_id"].as_str().unwrap().to_string();
+    let url = created["download_url"].as_str().unwrap().to_string();
+    assert_eq!(curl(&url, &[]).await.status, 401, "no password");
+    assert_eq!(curl(&url, &["-u", ":wrong"]).await.status, 401, "a wrong password");
+    let got = curl(&url, &["-u", ":open sesame"]).await;
+    assert!(got.status == 200 && got.body == bytes, "the password opens it");
+    downloads_completed(&app, &id, 1).await;
+
+    edit_the_link(&app, &id, &url, &created["expires_at"], &bytes).await;
+    let new_url = rotate_the_link(&app, &id, &url, &bytes).await;
+
+    assert!(run(&app, &["rm", &id]).await.status.success());
+    for args in [
+        vec!["edit", &id, "--max-downloads", "9"],
+        vec!["edit", &id, "--extend", "1m"],
+        vec!["rotate", &id],
+    ] {
+        let o = run(&app, &args).await;
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("409") && text(&o).contains("closed"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    assert_eq!(curl(&new_url, &["-u", ":second"]).await.exit, EMPTY_REPLY);
+    let o = run(&app, &["edit", "AAAAAAAAAAAAAAAAAAAAAAAA", "--rate", "1M", "--json"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(json(&o)["error"].as_str().unwrap().contains("404"), "{}", text(&o));
+}
+
+/// Each `ferry edit` of the test above, and what curl and the API see afterwards.
+async fn edit_the_link(app: &TestApp, id: &str, url: &str, expires_at: &Value, bytes: &[u8]) {
+    let o = run(app, &["edit", id, "--no-password", "--json"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json(&o)["password"], false, "{}", text(&o));
+    let got = curl(url, &[]).await;
+    assert!(got.status == 200 && got.body == bytes, "no password any more");
+    downloads_completed(app, id, 2).await;
+
+    let mut set = ferry(app, &["edit", id, "--password-file", "-"]);
+    let o = with_stdin(&mut set, b"second\n").await;
+    assert!(o.status.success(), "{}", text(&o));
+    let human = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        human.starts_with(&format!("edited {id}\n")) && human.contains("password   required"),
+        "{human}"
+    );
+    assert_eq!(curl(url, &["-I"]).await.status, 401);
+    assert_eq!(
+        curl(url, &["-I", "-u", ":open sesame"]).await.status,
+        401,
+        "the old password"
+    );
+    assert_eq!(
+        curl(url, &["-I", "-u", "anyone:second"]).await.status,
+        200,
+        "any user name"
+    );
+
+    let o = run(app, &["edit", id, "--extend", "10m", "--json"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let t = json(&o);
+    assert_eq!(millis(&t["expires_at"]) - millis(expires_at), 600_000, "{t}");
+    let o = run(app, &["edit", id, "--extend", "2h"]).await;
+    assert_eq!(o.status.code(), Some(1), "past the link's ceiling: {}", text(&o));
+    assert!(text(&o).contains("expires_at: must be at most"), "{}", text(&o));
+
+    let later = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(1800));
+    let offset = shift_to_plus_two(&later.to_string());
+    let o = run(
+        app,
+        &[
+            "edit",
+            id,
+            "--expires-at",
+            &offset,
+            "--max-downloads",
+            "7",
+            "--rate",
+            "2M",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let t = json(&o);
+    assert_eq!(millis(&t["expires_at"]), millis(&json!(later.to_string())), "{t}");
+    assert_eq!(
+        (&t["max_downloads"], &t["rate_limit_bytes_per_second"]),
+        (&json!(7), &json!(2 << 20))
+    );
+
+    let o = run(app, &["edit", id, "--max-downloads", "1"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("max_downloads: must be at least 2"), "{}", text(&o));
+    let o = run(app, &["edit", id]).await;
+    assert_eq!(o.status.code(), Some(2), "nothing to change: {}", text(&o));
+    let o = run(app, &["edit", id, "--password", "a", "--no-password"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(app, &["edit", id, "--password-file", "/nonexistent/pw"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--password-file /nonexistent/pw"), "{}", text(&o));
+}
+
+/// `ferry rotate`, for people and with `--json`: the new URL, after checking that the old one is
+/// refused with 444 and the new one serves the file.
+async fn rotate_the_link(app: &TestApp, id: &str, url: &str, bytes: &[u8]) -> String {
+    let o = run(app, &["rotate", id]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let human = String::from_utf8_lossy(&o.stdout).to_string();
+    let first = human.lines().next().unwrap().to_string();
+    assert!(
+        first.contains(&format!("/s/{id}/report.pdf?t=")) && first != url,
+        "{human}"
+    );
+    assert!(human.contains("the old URL no longer works"), "{human}");
+    assert_eq!(curl(url, &["-u", ":second"]).await.exit, EMPTY_REPLY, "the old URL");
+    let got = curl(&first, &["-u", ":second"]).await;
+    assert!(got.status == 200 && got.body == bytes, "the new URL");
+
+    let o = run(app, &["rotate", id, "--json"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let r = json(&o);
+    assert_eq!(r["tunnel_id"], id);
+    let newest = r["download_url"].as_str().unwrap().to_string();
+    assert_ne!(newest, first);
+    assert_eq!(curl(&first, &["-I", "-u", ":second"]).await.exit, EMPTY_REPLY);
+    assert_eq!(curl(&newest, &["-I", "-u", ":second"]).await.status, 200);
+    newest
+}
+
+/// `ferry receive --password`: a sender needs it too; without it, or with a wrong one, nothing is
+/// stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_with_a_password() {
+    let app = TestApp::spawn_with(&[("FERRY_ADMIN_TOKEN", TOKEN)]).await;
+    std::fs::create_dir(app.path("data/inbox")).unwrap();
+    let o = run(
+        &app,
+        &["receive", "inbox", "--max-bytes", "1M", "--password", "drop it here"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let human = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(human.contains("recipients are asked for the password"), "{human}");
+    let url = human.lines().next().unwrap().to_string();
+    let sender = tempfile::tempdir().unwrap();
+    let letter = sender.path().join("letter.txt");
+    std::fs::write(&letter, "hello\n").unwrap();
+    for wrong in [&[][..], &["-u", ":guess"]] {
+        let r = curl(&url, &[&["-T", letter.to_str().unwrap()], wrong].concat()).await;
+        assert!(r.status != 201 && r.status / 100 != 2, "{wrong:?}: {}", r.status);
+        assert!(!app.path("data/inbox/letter.txt").exists(), "{wrong:?}");
+    }
+    let r = curl(&url, &["-T", letter.to_str().unwrap(), "-u", ":drop it here"]).await;
+    assert_eq!((r.exit, r.status), (0, 201), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        std::fs::read_to_string(app.path("data/inbox/letter.txt")).unwrap(),
+        "hello\n"
+    );
+}
+
+/// Waits until link `id` counts `n` complete downloads (its access-log lines are settled), so
+/// that the next download takes a slot of its own.
+async fn downloads_completed(app: &TestApp, id: &str, n: u64) {
+    crate::helpers::eventually(Duration::from_secs(10), "the download is counted", async || {
+        let stats = app.get(&format!("/admin/tunnels/{id}/stats")).await.1;
+        stats["tunnel"]["downloads_completed"] == n
+    })
+    .await;
+}
+
+/// Runs a prepared `ferry` command with `input` on its standard input.
+async fn with_stdin(c: &mut Command, input: &[u8]) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    child.wait_with_output().await.unwrap()
+}
+
+/// `2025-06-01T18:00:00Z` written as the same moment at +02:00: `2025-06-01T20:00:00+02:00`.
+fn shift_to_plus_two(utc: &str) -> String {
+    let at = humantime::parse_rfc3339(utc).unwrap() + Duration::from_secs(7200);
+    let local = humantime::format_rfc3339_seconds(at).to_string();
+    format!("{}+02:00", local.trim_end_matches('Z'))
+}
+
+fn millis(t: &Value) -> u128 {
+    let t = humantime::parse_rfc3339(t.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
 }
