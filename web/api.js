@@ -46,3 +46,15 @@ export function until(iso) {
   if (s < 3600) return `${Math.round(s / 60)}m`;
   return `${Math.floor(s / 3600)}h ${Math.round((s % 3600) / 60)}m`;
 }
+
+// How a folder is named to people: with a trailing slash, and the data dir itself as "data/".
+export const folderName = (path) => `${path || "data"}/`;
+
+// What the recipient of a link gets: the file's path, or the archive's name (the last part of its
+// URL); for an upload link, the folder that receives.
+export function linkName(t) {
+  if (t.kind === "upload") return folderName(t.file_path);
+  if (t.kind !== "zip") return t.file_path || "";
+  const last = (t.public_url || "").split("/").pop();
+  try { return decodeURIComponent(last); } catch { return last; }
+}

@@ -1,9 +1,9 @@
 // ferry's web UI: files, sharing, receiving, open links (live over SSE), history, status.
 // Plain DOM, no framework; every piece of server data goes in through textContent.
 
-import { api, ApiError, size, when, until } from "/api.js";
+import { api, ApiError, size, when, until, folderName, linkName } from "/api.js";
+import { $, el, copyFrom } from "/dom.js";
 
-const $ = (id) => document.getElementById(id);
 const views = ["files", "open", "history", "status"];
 // `selected` holds the entries ticked in Files (by path, across folders and searches), to share
 // together as one ZIP. `expanded` holds the open links whose list of members is unfolded.
@@ -11,18 +11,6 @@ const state = {
   dir: "", links: new Map(), events: null, sharing: null, receiving: null, expiry: 3600, maxExpiry: 3600,
   selected: new Map(), expanded: new Set(), polling: false,
 };
-
-function el(tag, props = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === "class") e.className = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else if (k === "text") e.textContent = v;
-    else e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-}
 
 function showError(err) {
   const box = $("error");
@@ -230,23 +218,7 @@ function showArchive(created) {
   if (skipped.length > SKIPPED_SHOWN) list.append(el("li", { class: "more", text: `and ${skipped.length - SKIPPED_SHOWN} more` }));
 }
 
-// Copies a result's link (the text box `inputId`) and says so on its button for a moment.
-async function copyUrl(inputId, buttonId) {
-  const input = $(inputId);
-  input.select();
-  try {
-    await navigator.clipboard.writeText(input.value);
-  } catch {
-    document.execCommand("copy");
-  }
-  $(buttonId).textContent = "Copied";
-  setTimeout(() => { $(buttonId).textContent = "Copy"; }, 1500);
-}
-
 // ---- receiving (upload links) ------------------------------------------------------------------
-
-// How a folder is named to people: with a trailing slash, and the data dir itself as "data/".
-const folderName = (path) => `${path || "data"}/`;
 
 // The Files toolbar offers to receive into the folder shown; the top level has no such button
 // (a folder's own row offers it instead).
@@ -329,15 +301,6 @@ function newCard(t) {
   const li = el("li", { "data-id": t.tunnel_id }, el("div", { class: "live" }));
   if (t.kind === "zip") li.append(members(t));
   return li;
-}
-
-// What the recipient gets: the file's path, or the archive's name (the last part of its URL); for
-// an upload link, the folder that receives.
-function linkName(t) {
-  if (t.kind === "upload") return folderName(t.file_path);
-  if (t.kind !== "zip") return t.file_path;
-  const last = (t.public_url || "").split("/").pop();
-  try { return decodeURIComponent(last); } catch { return last; }
 }
 
 function terminateButton(t, name) {
@@ -557,12 +520,12 @@ async function start() {
   $("share-form").addEventListener("submit", createLink);
   $("share-cancel").addEventListener("click", () => $("share-dialog").close());
   $("share-done").addEventListener("click", () => { $("share-dialog").close(); location.hash = "#open"; });
-  $("share-copy").addEventListener("click", () => copyUrl("share-url", "share-copy"));
+  $("share-copy").addEventListener("click", () => copyFrom($("share-url"), $("share-copy")));
   $("receive-here").addEventListener("click", () => openReceive(state.dir));
   $("receive-form").addEventListener("submit", createUploadLink);
   $("receive-cancel").addEventListener("click", () => $("receive-dialog").close());
   $("receive-done").addEventListener("click", () => { $("receive-dialog").close(); location.hash = "#open"; });
-  $("receive-copy").addEventListener("click", () => copyUrl("receive-url", "receive-copy"));
+  $("receive-copy").addEventListener("click", () => copyFrom($("receive-url"), $("receive-copy")));
   $("select-all").addEventListener("change", selectAll);
   $("selection-share").addEventListener("click", shareSelection);
   $("selection-clear").addEventListener("click", () => { state.selected.clear(); renderSelection(); });

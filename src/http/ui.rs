@@ -21,6 +21,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../web/api.js"),
     ),
     (
+        "/dom.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/dom.js"),
+    ),
+    (
         "/style.css",
         "text/css; charset=utf-8",
         include_str!("../../web/style.css"),
