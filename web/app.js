@@ -2,13 +2,15 @@
 // Plain DOM, no framework; every piece of server data goes in through textContent.
 
 import { api, ApiError, size, when, until, folderName, linkName } from "/api.js";
-import { $, el, copyFrom } from "/dom.js";
+import { $, el, copyFrom, revealToggle, hidePassword } from "/dom.js";
 
 const views = ["files", "open", "history", "status"];
 // `selected` holds the entries ticked in Files (by path, across folders and searches), to share
-// together as one ZIP. `expanded` holds the open links whose list of members is unfolded.
+// together as one ZIP. `expanded` holds the open links whose list of members is unfolded. The
+// defaults and limits of new links come from the server's configuration.
 const state = {
   dir: "", links: new Map(), events: null, sharing: null, receiving: null, expiry: 3600, maxExpiry: 3600,
+  defaultExpiry: 3600, defaultDownloads: 1, maxDownloads: 100,
   selected: new Map(), expanded: new Set(), polling: false,
 };
 
@@ -138,7 +140,17 @@ function renderCrumbs() {
 
 // ---- sharing ------------------------------------------------------------------
 
-const PRESETS = [["15 min", 900], ["1 hour", 3600], ["6 hours", 21600], ["1 day", 86400], ["1 week", 604800]];
+// Expiry presets, in seconds; a dialog offers those up to the server's maximum.
+const PRESETS = [900, 3600, 86400, 604800];
+
+// "15 min", "1 hour", "7 days", "90 min", "100 s".
+function span(secs) {
+  const unit = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+  if (secs % 86400 === 0) return unit(secs / 86400, "day", "days");
+  if (secs % 3600 === 0) return unit(secs / 3600, "hour", "hours");
+  if (secs % 60 === 0) return `${secs / 60} min`;
+  return `${secs} s`;
+}
 
 // `target` is what to share: `label` for the dialog's title, `body` the paths as the API takes
 // them (`file_path`, or `file_paths` for a ZIP of several), `zip` whether it becomes an archive.
@@ -147,20 +159,24 @@ function openShare(target) {
   $("share-name").textContent = target.label;
   $("share-form").hidden = false;
   $("share-result").hidden = true;
-  $("max-downloads").value = "1";
+  $("max-downloads").value = String(state.defaultDownloads);
+  $("max-downloads").max = String(state.maxDownloads);
   $("note").value = "";
   $("rate").value = "";
+  hidePassword($("share-password"), $("share-password-show"));
   fillPresets($("expiry-presets"));
   $("share-dialog").showModal();
 }
 
-// The expiry buttons of a dialog: the presets shorter than the server's maximum, then the maximum.
-// One hour (or the maximum, if shorter) is chosen to begin with.
+// The expiry buttons of a dialog: the presets up to the server's maximum, the maximum itself and
+// the server's default, which is chosen to begin with.
 function fillPresets(presets) {
   presets.replaceChildren();
-  const options = PRESETS.filter(([, s]) => s < state.maxExpiry).concat([[`max (${until(new Date(Date.now() + state.maxExpiry * 1000).toISOString())})`, state.maxExpiry]]);
-  state.expiry = Math.min(3600, state.maxExpiry);
-  for (const [label, secs] of options) {
+  const max = state.maxExpiry;
+  state.expiry = Math.min(state.defaultExpiry, max);
+  const options = [...new Set([...PRESETS.filter((s) => s <= max), max, state.expiry])].sort((a, b) => a - b);
+  for (const secs of options) {
+    const label = secs === max ? `${span(secs)} (longest)` : span(secs);
     const b = el("button", { type: "button", text: label, "aria-pressed": String(secs === state.expiry), "data-seconds": String(secs) });
     b.addEventListener("click", () => {
       state.expiry = secs;
@@ -177,6 +193,8 @@ async function createLink(ev) {
   if (note) body.note = note;
   const rate = $("rate").value.trim();
   if (rate) body.rate_limit_bytes_per_second = Math.round(Number(rate) * 1000);
+  const password = $("share-password").value;
+  if (password) body.password = password;
   try {
     showError(null);
     const created = await api("POST", "/api/links", body);
@@ -184,7 +202,7 @@ async function createLink(ev) {
     $("share-result").hidden = false;
     $("share-url").value = created.download_url;
     $("share-qr").src = `/admin/tunnels/${encodeURIComponent(created.tunnel_id)}/qr.svg`;
-    showArchive(created);
+    showArchive(created, Boolean(password));
     if (state.sharing.fromSelection) {
       state.selected.clear();
       renderSelection();
@@ -200,10 +218,14 @@ async function createLink(ev) {
 // The most skipped entries the result lists; the server may leave out many more.
 const SKIPPED_SHOWN = 50;
 
-// For a ZIP link, the result says how big the archive is and what was left out of it, and why.
-function showArchive(created) {
+// What the link allows, and for a ZIP link how big the archive is and what was left out of it, and
+// why.
+function showArchive(created, password) {
   const zip = created.kind === "zip";
-  $("share-what").textContent = `It works once, then vanishes. Anyone with it can download the ${zip ? "archive" : "file"}.`;
+  const n = Number($("max-downloads").value);
+  const uses = n === 1 ? "It works once, then vanishes." : `It works ${n} times, then vanishes.`;
+  const who = password ? "Anyone with it and the password" : "Anyone with it";
+  $("share-what").textContent = `${uses} ${who} can download the ${zip ? "archive" : "file"}.`;
   $("share-zip").hidden = !zip;
   if (!zip) return;
   $("share-size").textContent = `ZIP archive · ${size(created.file_size)}`;
@@ -237,6 +259,7 @@ function openReceive(folder) {
   $("receive-unit").value = "1000000000";
   $("receive-files").value = "1";
   $("receive-note").value = "";
+  hidePassword($("receive-password"), $("receive-password-show"));
   fillPresets($("receive-presets"));
   $("receive-dialog").showModal();
 }
@@ -247,13 +270,16 @@ async function createUploadLink(ev) {
   const body = { folder: state.receiving, expires_in_seconds: state.expiry, max_files: Number($("receive-files").value), max_bytes: maxBytes };
   const note = $("receive-note").value.trim();
   if (note) body.note = note;
+  const password = $("receive-password").value;
+  if (password) body.password = password;
   try {
     showError(null);
     const created = await api("POST", "/api/uploads", body);
     $("receive-form").hidden = true;
     $("receive-result").hidden = false;
     const files = created.max_files === 1 ? "one file" : `up to ${created.max_files} files`;
-    $("receive-what").textContent = `Anyone with this link can send ${files} of at most ${size(created.max_bytes)} each into ${folderName(created.folder)}. It stops working in ${until(created.expires_at)}, or once the files have arrived.`;
+    const who = password ? "Anyone with this link and the password" : "Anyone with this link";
+    $("receive-what").textContent = `${who} can send ${files} of at most ${size(created.max_bytes)} each into ${folderName(created.folder)}. It stops working in ${until(created.expires_at)}, or once the files have arrived.`;
     $("receive-url").value = created.upload_url;
     $("receive-qr").src = `/admin/tunnels/${encodeURIComponent(created.tunnel_id)}/qr.svg`;
     $("receive-copy").focus();
@@ -521,11 +547,13 @@ async function start() {
   $("share-cancel").addEventListener("click", () => $("share-dialog").close());
   $("share-done").addEventListener("click", () => { $("share-dialog").close(); location.hash = "#open"; });
   $("share-copy").addEventListener("click", () => copyFrom($("share-url"), $("share-copy")));
+  revealToggle($("share-password"), $("share-password-show"));
   $("receive-here").addEventListener("click", () => openReceive(state.dir));
   $("receive-form").addEventListener("submit", createUploadLink);
   $("receive-cancel").addEventListener("click", () => $("receive-dialog").close());
   $("receive-done").addEventListener("click", () => { $("receive-dialog").close(); location.hash = "#open"; });
   $("receive-copy").addEventListener("click", () => copyFrom($("receive-url"), $("receive-copy")));
+  revealToggle($("receive-password"), $("receive-password-show"));
   $("select-all").addEventListener("change", selectAll);
   $("selection-share").addEventListener("click", shareSelection);
   $("selection-clear").addEventListener("click", () => { state.selected.clear(); renderSelection(); });
@@ -545,6 +573,9 @@ async function start() {
 async function boot() {
   const cfg = await api("GET", "/admin/config");
   state.maxExpiry = cfg.config.MAX_TUNNEL_SECONDS;
+  state.defaultExpiry = cfg.config.FERRY_DEFAULT_EXPIRES_SECONDS ?? state.maxExpiry;
+  state.defaultDownloads = cfg.config.FERRY_DEFAULT_MAX_DOWNLOADS ?? 1;
+  state.maxDownloads = cfg.config.FERRY_MAX_DOWNLOADS_LIMIT ?? 100;
   $("logout").hidden = cfg.config.FERRY_ADMIN_TOKEN !== "[set]";
   route();
 }

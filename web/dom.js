@@ -1,4 +1,5 @@
-// Small helpers for building the page: finding and making elements, copying a link.
+// Small helpers for building the page: finding and making elements, copying a link, showing a
+// password as typed.
 
 export const $ = (id) => document.getElementById(id);
 
@@ -33,4 +34,21 @@ export async function copyFrom(input, button) {
   clearTimeout(button.copyTimer);
   button.copyTimer = setTimeout(() => { button.textContent = label; }, 1500);
   return copied;
+}
+
+// A "Show" button beside a password input: the owner has to pass the password on, so may read it.
+export function revealToggle(input, button) {
+  button.addEventListener("click", () => {
+    const shown = input.type === "text";
+    input.type = shown ? "password" : "text";
+    button.textContent = shown ? "Show" : "Hide";
+    button.setAttribute("aria-pressed", String(!shown));
+  });
+}
+
+export function hidePassword(input, button) {
+  input.value = "";
+  input.type = "password";
+  button.textContent = "Show";
+  button.setAttribute("aria-pressed", "false");
 }
