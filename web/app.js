@@ -1,8 +1,9 @@
-// ferry's web UI: files, sharing, receiving, open links (live over SSE), history, status.
-// Plain DOM, no framework; every piece of server data goes in through textContent.
+// ferry's web UI: files, sharing, receiving, open links (live over SSE), a link's own page,
+// history, status. Plain DOM, no framework; every piece of server data goes in through textContent.
 
 import { api, ApiError, size, when, until, folderName, linkName } from "/api.js";
 import { $, el, copyFrom, revealToggle, hidePassword } from "/dom.js";
+import { setupLinkPage, showLinkPage, linkEvent } from "/link.js";
 
 const views = ["files", "open", "history", "status"];
 // `selected` holds the entries ticked in Files (by path, across folders and searches), to share
@@ -28,19 +29,26 @@ async function guarded(fn) {
 
 // ---- navigation -----------------------------------------------------------
 
+// `#files`, `#open`, `#history`, `#status`, or one link's page: `#/links/<id>`.
 function route() {
-  const view = views.includes(location.hash.slice(1)) ? location.hash.slice(1) : "files";
-  for (const v of views) $(v).hidden = v !== view;
+  const link = /^#\/links\/([^/]+)$/.exec(location.hash);
+  const view = link ? "link" : views.includes(location.hash.slice(1)) ? location.hash.slice(1) : "files";
+  for (const v of [...views, "link"]) $(v).hidden = v !== view;
   $("login").hidden = true;
+  const current = view === "link" ? "open" : view;
   for (const a of document.querySelectorAll("header nav a")) {
-    if (a.dataset.view === view) a.setAttribute("aria-current", "page");
+    if (a.dataset.view === current) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
+  }
+  if (link) {
+    guarded(async () => { listen(); await showLinkPage(decodeURIComponent(link[1])); });
+    return;
   }
   guarded(() => ({ files: loadFiles, open: loadOpen, history: loadHistory, status: loadStatus })[view]());
 }
 
 function showLogin() {
-  for (const v of views) $(v).hidden = true;
+  for (const v of [...views, "link"]) $(v).hidden = true;
   $("login").hidden = false;
   $("token").focus();
 }
@@ -202,6 +210,7 @@ async function createLink(ev) {
     $("share-result").hidden = false;
     $("share-url").value = created.download_url;
     $("share-qr").src = `/admin/tunnels/${encodeURIComponent(created.tunnel_id)}/qr.svg`;
+    $("share-page").href = `#/links/${encodeURIComponent(created.tunnel_id)}`;
     showArchive(created, Boolean(password));
     if (state.sharing.fromSelection) {
       state.selected.clear();
@@ -329,6 +338,15 @@ function newCard(t) {
   return li;
 }
 
+// A link's name, leading to its own page.
+const pageLink = (t, text) => el("a", { href: `#/links/${encodeURIComponent(t.tunnel_id)}`, class: "page", text });
+
+// What a card says besides progress: whether a password is asked, or wrong ones locked the link.
+function guardText(t) {
+  if (t.locked) return " · locked";
+  return t.password ? " · password" : "";
+}
+
 function terminateButton(t, name) {
   const terminate = el("button", { type: "button", class: "danger", text: "Terminate", "aria-label": `Terminate ${name}` });
   const what = t.kind === "upload" ? `the upload link into ${name}` : `the link to ${name}`;
@@ -353,8 +371,8 @@ function cardParts(t) {
   const terminate = terminateButton(t, name);
   const note = t.note ? ` · ${t.note}` : "";
   return [
-    el("div", { class: "top" }, el("strong", { text: name }), terminate),
-    el("div", { class: "meta", text: `${t.state} · ${t.downloads_completed}/${t.max_downloads} downloads · expires in ${until(t.expires_at)}${note}` }),
+    el("div", { class: "top" }, el("strong", {}, pageLink(t, name)), terminate),
+    el("div", { class: "meta", text: `${t.state} · ${t.downloads_completed}/${t.max_downloads} downloads · expires in ${until(t.expires_at)}${guardText(t)}${note}` }),
     el("progress", { class: "download", max: "100", value: String(pct), "aria-label": `Progress of ${name}` }),
     el("div", { class: "meta", text: `${pct}% · ${size(Math.round((t.progress || 0) * total))} of ${size(total)}${client}` }),
     ...(t.kind === "zip" ? archiveParts(t, name) : []),
@@ -392,8 +410,8 @@ function uploadParts(t, name) {
   // A link's states are named for downloads; bytes coming in are "receiving" here.
   const shown = t.state === "downloading" ? "receiving" : t.state;
   const parts = [
-    el("div", { class: "top" }, el("strong", { text: `Receiving into ${name}` }), terminateButton(t, name)),
-    el("div", { class: "meta", text: `${shown} · ${count} of ${u.max_files ?? "?"} files received${limit} · expires in ${until(t.expires_at)}${note}` }),
+    el("div", { class: "top" }, el("strong", {}, pageLink(t, `Receiving into ${name}`)), terminateButton(t, name)),
+    el("div", { class: "meta", text: `${shown} · ${count} of ${u.max_files ?? "?"} files received${limit} · expires in ${until(t.expires_at)}${guardText(t)}${note}` }),
   ];
   const incoming = u.in_progress || [];
   if (incoming.length) parts.push(el("ul", { class: "incoming" }, ...incoming.map(incomingRow)));
@@ -485,8 +503,9 @@ function listen() {
     else state.links.set(t.tunnel_id, t);
     if (!$("open").hidden) renderOpen();
     else $("open-count").textContent = state.links.size ? String(state.links.size) : "";
+    linkEvent(e);
   };
-  for (const name of ["created", "started", "progress", "completed", "closed", "upload_started", "received"]) es.addEventListener(name, update);
+  for (const name of ["created", "started", "progress", "completed", "closed", "upload_started", "received", "edited", "locked"]) es.addEventListener(name, update);
   // The server dropped events for this slow reader: start again from the list.
   es.addEventListener("lagged", () => guarded(loadOpen));
   es.onerror = () => {
@@ -505,7 +524,7 @@ async function loadHistory() {
   for (const t of data.tunnels) {
     const upload = t.kind === "upload";
     rows.append(el("tr", { "data-id": t.tunnel_id },
-      el("td", { text: upload ? `Uploads to ${linkName(t)}` : linkName(t) }),
+      el("td", { class: "name" }, pageLink(t, upload ? `Uploads to ${linkName(t)}` : linkName(t))),
       el("td", { class: t.close_reason === "completed" ? "ok" : "", text: t.close_detail ? `${t.close_reason}: ${t.close_detail}` : t.close_reason || "" }),
       el("td", { class: "num", text: upload ? received(t) : size(t.bytes_served) }),
       el("td", { class: "hide-narrow", text: when(t.closed_at) })));
@@ -546,6 +565,7 @@ async function start() {
   $("share-form").addEventListener("submit", createLink);
   $("share-cancel").addEventListener("click", () => $("share-dialog").close());
   $("share-done").addEventListener("click", () => { $("share-dialog").close(); location.hash = "#open"; });
+  $("share-page").addEventListener("click", () => $("share-dialog").close());
   $("share-copy").addEventListener("click", () => copyFrom($("share-url"), $("share-copy")));
   revealToggle($("share-password"), $("share-password-show"));
   $("receive-here").addEventListener("click", () => openReceive(state.dir));
@@ -554,6 +574,7 @@ async function start() {
   $("receive-done").addEventListener("click", () => { $("receive-dialog").close(); location.hash = "#open"; });
   $("receive-copy").addEventListener("click", () => copyFrom($("receive-url"), $("receive-copy")));
   revealToggle($("receive-password"), $("receive-password-show"));
+  setupLinkPage(showError);
   $("select-all").addEventListener("change", selectAll);
   $("selection-share").addEventListener("click", shareSelection);
   $("selection-clear").addEventListener("click", () => { state.selected.clear(); renderSelection(); });
