@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{TestApp, curl};
+use crate::helpers::{EMPTY_REPLY, TestApp, curl};
 use crate::webdriver::Browser;
 
 const TOKEN: &str = "ui-test-admin-token-0123";
@@ -658,4 +658,354 @@ async fn the_upload_page_fits_a_phone(b: &Browser) {
         "the upload page scrolls sideways by {sideways} px"
     );
     b.screenshot(&shot("upload-phone")).await;
+}
+
+/// The share dialog offers expiry presets up to a maximum of eight days and takes a password;
+/// the link's own page copies its URL, shows its QR code and follows its requests and clients
+/// live; it shows the API's refusal of too few downloads, moves the expiry by a step and to a
+/// chosen time, sets and removes the password, caps the bandwidth, gives the link a new URL and
+/// ends it, and fits a phone. The upload-link dialog takes a password too.
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_edits_a_password_link_from_its_page() {
+    let app = TestApp::spawn_with(&[
+        ("FERRY_ADMIN_TOKEN", TOKEN),
+        ("MAX_TUNNEL_SECONDS", "691200"),
+        ("FERRY_DEFAULT_EXPIRES_SECONDS", "3600"),
+    ])
+    .await;
+    let report = app.data_file("docs/report.pdf", 250_000);
+    std::fs::create_dir(app.path("data/inbox")).unwrap();
+    let b = Browser::start().await;
+    log_in(&b, &app).await;
+
+    let (id, url) = share_with_a_password(&b, &app).await;
+    open_the_link_page(&b, &app, &id, &url).await;
+    watch_requests_and_clients(&b, &app, &id, &url, &report).await;
+    page_edits(&b, &app, &id, &url).await;
+    let new_url = page_rotates(&b, &app, &id, &url).await;
+    the_link_page_fits_a_phone(&b).await;
+    page_ends_the_link(&b, &app, &id, &new_url).await;
+    the_receive_dialog_takes_a_password(&b, &app).await;
+}
+
+/// Shares docs/report.pdf for 15 minutes, three downloads, at most 100 KB/s (so that a download
+/// is seen under way), with a password: its id and URL, after checking the presets offered and
+/// that curl needs the password.
+async fn share_with_a_password(b: &Browser, app: &TestApp) -> (String, String) {
+    b.wait_for(
+        "the file list",
+        "document.querySelector('#file-rows tr[data-path=docs]')",
+    )
+    .await;
+    b.click_css("#file-rows tr[data-path=docs] button").await;
+    b.click_css("#file-rows tr[data-path=\"docs/report.pdf\"] button[aria-label^=Share]")
+        .await;
+    b.find("#expiry-presets button").await;
+    let presets = b
+        .script("return [...document.querySelectorAll('#expiry-presets button')].map(b => [b.dataset.seconds, b.textContent, b.getAttribute('aria-pressed')])")
+        .await;
+    assert_eq!(
+        presets,
+        json!([
+            ["900", "15 min", "false"],
+            ["3600", "1 hour", "true"],
+            ["86400", "1 day", "false"],
+            ["604800", "7 days", "false"],
+            ["691200", "8 days (longest)", "false"]
+        ]),
+        "the presets up to MAX_TUNNEL_SECONDS, the default chosen"
+    );
+    b.click_css("#expiry-presets button[data-seconds='900']").await;
+    b.script("document.getElementById('max-downloads').value = ''").await;
+    b.type_into(&b.find("#max-downloads").await, "3").await;
+    b.type_into(&b.find("#rate").await, "100").await;
+    b.type_into(&b.find("#share-password").await, "open sesame").await;
+    b.click_css("#share-password-show").await;
+    b.screenshot(&shot("share-dialog-password")).await;
+    b.click_css("#share-create").await;
+    let url = b.property(&b.find("#share-url").await, "value").await;
+    let url = url.as_str().unwrap().to_string();
+    let what = b.text(&b.find("#share-what").await).await;
+    assert!(what.contains("3 times") && what.contains("the password"), "{what}");
+    b.screenshot(&shot("share-result-password")).await;
+
+    let t = app.open().await.remove(0);
+    assert_eq!(
+        (&t["password"], &t["max_downloads"], &t["rate_limit_bytes_per_second"]),
+        (&json!(true), &json!(3), &json!(100_000)),
+        "{t}"
+    );
+    let expires = millis(&t["expires_at"]) - millis(&t["created_at"]);
+    assert!(
+        (899_000..=901_000).contains(&expires),
+        "the 15 min preset gave {expires} ms"
+    );
+    assert_eq!(curl(&url, &["-I"]).await.status, 401, "no password");
+    assert_eq!(curl(&url, &["-I", "-u", ":open sesame"]).await.status, 200);
+    (t["tunnel_id"].as_str().unwrap().to_string(), url)
+}
+
+/// From the result to the open list, and from the link's name on its card to its page, which shows
+/// the URL and the QR code and copies the URL.
+async fn open_the_link_page(b: &Browser, app: &TestApp, id: &str, url: &str) {
+    b.click_css("#share-done").await;
+    b.click_css(&format!("#open-list li[data-id='{id}'] a.page")).await;
+    b.wait_for("the link page", &format!("location.hash === '#/links/{id}'"))
+        .await;
+    let shown = b.property(&b.find("#link-url").await, "value").await;
+    assert_eq!(shown, json!(url), "the page shows the link's URL");
+    b.wait_for("the QR code", "document.getElementById('link-qr').naturalWidth > 0")
+        .await;
+    let qr = app.get(&format!("/admin/tunnels/{id}/qr.svg")).await;
+    assert_eq!(qr.0, 200);
+
+    // The clipboard is the browser's own: reading it needs the permission and a focused page.
+    b.cdp(
+        "Browser.grantPermissions",
+        json!({"origin": app.admin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]}),
+    )
+    .await;
+    b.cdp("Emulation.setFocusEmulationEnabled", json!({"enabled": true}))
+        .await;
+    b.click_css("#link-copy").await;
+    b.wait_for(
+        "the copy to be done",
+        "document.getElementById('link-copy').textContent === 'Copied'",
+    )
+    .await;
+    let selected = b
+        .script(
+            "const i = document.getElementById('link-url'); return i.value.substring(i.selectionStart, i.selectionEnd)",
+        )
+        .await;
+    assert_eq!(selected, json!(url), "the URL is selected, to copy by hand if need be");
+    let clipboard = b
+        .cdp(
+            "Runtime.evaluate",
+            json!({"expression": "navigator.clipboard.readText()", "awaitPromise": true}),
+        )
+        .await;
+    assert_eq!(clipboard["result"]["value"], json!(url), "{clipboard}");
+    b.screenshot(&shot("link-page")).await;
+}
+
+/// Two downloads with the password, each taking a few seconds at the link's cap: the page lists
+/// the requests and the clients as they happen, without being reloaded.
+async fn watch_requests_and_clients(b: &Browser, app: &TestApp, id: &str, url: &str, report: &[u8]) {
+    let u = url.to_string();
+    let slow = tokio::spawn(async move { curl(&u, &["-u", ":open sesame", "-A", "slow-reader/1.0"]).await });
+    b.wait_for(
+        "a request under way",
+        "[...document.querySelectorAll('#link-requests tr.running')].some(r => r.textContent.includes('slow-reader/1.0'))",
+    )
+    .await;
+    b.screenshot(&shot("link-page-sending")).await;
+    let got = slow.await.unwrap();
+    assert!(got.status == 200 && got.body == report, "the slow download");
+    downloads_completed(app, id, 1).await;
+    let got = curl(url, &["-u", ":open sesame", "-A", "second-reader/2.0"]).await;
+    assert!(got.status == 200 && got.body == report, "the second download");
+    b.wait_for(
+        "both clients",
+        "['slow-reader/1.0', 'second-reader/2.0'].every(ua => document.getElementById('link-clients').textContent.includes(ua))",
+    )
+    .await;
+    b.wait_for(
+        "both requests ended",
+        "!document.querySelector('#link-requests tr.running') && ['slow-reader/1.0', 'second-reader/2.0'].every(ua => document.getElementById('link-requests').textContent.includes(ua))",
+    )
+    .await;
+    let requests = b.text(&b.find("#link-requests").await).await;
+    assert!(
+        requests.contains("GET from 127.0.0.1") && requests.contains("200"),
+        "{requests}"
+    );
+    b.wait_for(
+        "the count of downloads",
+        "document.getElementById('link-meta').textContent.includes('2/3 downloads')",
+    )
+    .await;
+}
+
+/// Downloads: fewer than are done is refused with the API's message; more is saved. Expiry: a
+/// step, then a chosen time. Password: removed (HEAD needs none), then a new one. Bandwidth: capped.
+async fn page_edits(b: &Browser, app: &TestApp, id: &str, url: &str) {
+    let stats = async || app.get(&format!("/admin/tunnels/{id}/stats")).await.1["tunnel"].clone();
+    set_value(b, "#link-downloads", "1").await;
+    b.click_css("#link-downloads-form button[type=submit]").await;
+    let error = b.text(&b.find("#link-error").await).await;
+    assert!(error.contains("max_downloads: must be at least 2"), "{error}");
+    b.screenshot(&shot("link-page-refused")).await;
+    set_value(b, "#link-downloads", "5").await;
+    b.click_css("#link-downloads-form button[type=submit]").await;
+    b.wait_for(
+        "5 downloads",
+        "document.getElementById('link-meta').textContent.includes('2/5 downloads')",
+    )
+    .await;
+    assert!(b.script("return document.getElementById('link-error').hidden").await == true);
+
+    let before = millis(&stats().await["expires_at"]);
+    b.click_css("#link-steps button[data-seconds='3600']").await;
+    b.wait_for(
+        "the expiry moved",
+        "document.getElementById('link-said').textContent.startsWith('Expires')",
+    )
+    .await;
+    assert_eq!(millis(&stats().await["expires_at"]) - before, 3_600_000, "+1 hour");
+    let chosen = b
+        .script(
+            "const d = new Date(Date.now() + 3 * 86400000); d.setSeconds(0, 0);
+             const p = (n) => String(n).padStart(2, '0');
+             document.getElementById('link-expires-at').value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+             return d.getTime()",
+        )
+        .await;
+    b.click_css("#link-expires-form button[type=submit]").await;
+    let chosen = chosen.as_u64().unwrap() as u128;
+    crate::helpers::eventually(Duration::from_secs(5), "the chosen expiry", async || {
+        millis(&stats().await["expires_at"]) == chosen
+    })
+    .await;
+
+    b.click_css("#link-password-clear").await;
+    b.wait_for(
+        "no password",
+        "document.getElementById('link-password-state').textContent === '(none)'",
+    )
+    .await;
+    assert_eq!(curl(url, &["-I"]).await.status, 200, "no password needed");
+    set_value(b, "#link-password", "second").await;
+    b.click_css("#link-password-form button[type=submit]").await;
+    b.wait_for(
+        "a password",
+        "document.getElementById('link-password-state').textContent === '(one is set)'",
+    )
+    .await;
+    assert_eq!(curl(url, &["-I"]).await.status, 401);
+    assert_eq!(curl(url, &["-I", "-u", ":second"]).await.status, 200);
+
+    set_value(b, "#link-rate", "500").await;
+    b.click_css("#link-rate-form button[type=submit]").await;
+    b.wait_for(
+        "the cap",
+        "document.getElementById('link-said').textContent.includes('500.0 KB/s')",
+    )
+    .await;
+    assert_eq!(stats().await["rate_limit_bytes_per_second"], 500_000);
+    b.screenshot(&shot("link-page-edited")).await;
+}
+
+/// New URL: the page shows it and its QR code; the old URL gets 444, the new one the file's
+/// headers. The new URL.
+async fn page_rotates(b: &Browser, app: &TestApp, id: &str, url: &str) -> String {
+    let qr_before = b.script("return document.getElementById('link-qr').src").await;
+    b.click_css("#link-rotate").await;
+    b.accept_dialog().await;
+    b.wait_for(
+        "the new URL",
+        &format!("document.getElementById('link-url').value !== {}", json!(url)),
+    )
+    .await;
+    let new_url = b.property(&b.find("#link-url").await, "value").await;
+    let new_url = new_url.as_str().unwrap().to_string();
+    assert!(new_url.contains(&format!("/s/{id}/report.pdf?t=")), "{new_url}");
+    assert_eq!(
+        new_url,
+        app.get(&format!("/admin/tunnels/{id}/stats")).await.1["download_url"]
+    );
+    assert_ne!(
+        b.script("return document.getElementById('link-qr').src").await,
+        qr_before
+    );
+    b.wait_for(
+        "the new QR code",
+        "document.getElementById('link-qr').complete && document.getElementById('link-qr').naturalWidth > 0",
+    )
+    .await;
+    let said = b.text(&b.find("#link-said").await).await;
+    assert!(said.contains("old one no longer works"), "{said}");
+    assert_eq!(
+        curl(url, &["-I", "-u", ":second"]).await.exit,
+        EMPTY_REPLY,
+        "the old URL"
+    );
+    assert_eq!(
+        curl(&new_url, &["-I", "-u", ":second"]).await.status,
+        200,
+        "the new URL"
+    );
+    b.screenshot(&shot("link-page-rotated")).await;
+    new_url
+}
+
+/// At 390 px wide the link's page scrolls nowhere sideways.
+async fn the_link_page_fits_a_phone(b: &Browser) {
+    b.resize(390, 844).await;
+    b.find("#link-url").await;
+    let sideways = b
+        .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        .await;
+    assert!(
+        sideways.as_i64().unwrap() <= 0,
+        "the link page scrolls sideways by {sideways} px"
+    );
+    b.screenshot(&shot("link-page-phone")).await;
+    b.script("window.scrollTo(0, document.body.scrollHeight)").await;
+    b.screenshot(&shot("link-page-phone-end")).await;
+    b.resize(1200, 900).await;
+}
+
+/// End now: the page says the link closed, and the URL gets 444.
+async fn page_ends_the_link(b: &Browser, app: &TestApp, id: &str, url: &str) {
+    b.script("window.scrollTo(0, 0)").await;
+    b.click_css("#link-end").await;
+    b.accept_dialog().await;
+    b.wait_for(
+        "the closed link",
+        "document.getElementById('link-meta').textContent.startsWith('Closed (terminated)')",
+    )
+    .await;
+    assert_eq!(
+        b.script("return document.getElementById('link-change').hidden && document.getElementById('link-live').hidden")
+            .await,
+        json!(true),
+        "a closed link offers no changes"
+    );
+    assert_eq!(
+        app.closed(id, Duration::from_secs(5)).await["close_reason"],
+        "terminated"
+    );
+    assert_eq!(curl(url, &["-I", "-u", ":second"]).await.exit, EMPTY_REPLY);
+    b.screenshot(&shot("link-page-ended")).await;
+}
+
+/// The upload-link dialog's password reaches the link.
+async fn the_receive_dialog_takes_a_password(b: &Browser, app: &TestApp) {
+    b.click_css("header nav a[data-view=files]").await;
+    b.click_css("#crumbs button").await;
+    b.click_css("#file-rows tr[data-path=inbox] button.receive").await;
+    b.type_into(&b.find("#receive-password").await, "drop it here").await;
+    b.screenshot(&shot("receive-dialog-password")).await;
+    b.click_css("#receive-create").await;
+    let what = b.text(&b.find("#receive-what").await).await;
+    assert!(what.contains("and the password"), "{what}");
+    let t = app.open().await.remove(0);
+    assert_eq!((&t["kind"], &t["password"]), (&json!("upload"), &json!(true)), "{t}");
+}
+
+/// Replaces the value of the input `css` with `text`, typed as a person would.
+async fn set_value(b: &Browser, css: &str, text: &str) {
+    let input = b.find(css).await;
+    b.script(&format!("document.querySelector({}).value = ''", json!(css)))
+        .await;
+    b.type_into(&input, text).await;
+}
+
+/// Waits until link `id` counts `n` complete downloads (its access-log lines are settled).
+async fn downloads_completed(app: &TestApp, id: &str, n: u64) {
+    crate::helpers::eventually(Duration::from_secs(10), "the download is counted", async || {
+        app.get(&format!("/admin/tunnels/{id}/stats")).await.1["tunnel"]["downloads_completed"] == n
+    })
+    .await;
 }
