@@ -2,9 +2,7 @@
 //! (`Z` or an offset such as `+02:00`), sent to the server in UTC, and an expiry moved later by a
 //! duration.
 
-use std::time::{Duration, SystemTime};
-
-const HINT: &str = "an RFC 3339 time with its zone, such as 2025-06-01T18:00:00Z or 2025-06-01T20:00:00+02:00";
+use std::time::Duration;
 
 /// A whole number of seconds, at least one: `90s`, `15m`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -18,40 +16,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses `s` and gives the same moment in UTC (`2025-06-01T18:00:00.000Z`). A time without a zone
 /// is refused: the server would take it as UTC, which is rarely what a person at a clock means.
 pub fn parse_time(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let (local, east_of_utc) = split_zone(s).ok_or_else(|| format!("expected {HINT}"))?;
-    if local.len() < "2025-06-01T18:00:00".len() {
-        return Err(format!("expected {HINT}"));
-    }
-    let at = humantime::parse_rfc3339_weak(local).map_err(|e| format!("{e}: expected {HINT}"))?;
-    let utc = if east_of_utc >= 0 {
-        at.checked_sub(Duration::from_secs(east_of_utc.unsigned_abs()))
-    } else {
-        at.checked_add(Duration::from_secs(east_of_utc.unsigned_abs()))
-    };
-    let utc = utc.filter(|t| *t >= SystemTime::UNIX_EPOCH).ok_or("before 1970")?;
+    let utc = crate::model::clock::parse_zoned(s)?;
     Ok(humantime::format_rfc3339_millis(utc).to_string())
-}
-
-/// The time without its zone, and the zone's offset east of UTC in seconds.
-fn split_zone(s: &str) -> Option<(&str, i64)> {
-    if let Some(local) = s.strip_suffix(['Z', 'z']) {
-        return Some((local, 0));
-    }
-    let at = s.len().checked_sub("+02:00".len()).filter(|&i| s.is_char_boundary(i))?;
-    let (local, zone) = s.split_at(at);
-    let sign = match zone.as_bytes()[0] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let (h, m) = zone[1..].split_once(':')?;
-    let digits = |d: &str| d.len() == 2 && d.bytes().all(|b| b.is_ascii_digit());
-    if !digits(h) || !digits(m) {
-        return None;
-    }
-    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-    (h <= 23 && m <= 59).then_some((local, sign * (h * 3600 + m * 60)))
 }
 
 /// `expires_at` (as the server writes it) moved later by `by`, in UTC.

@@ -84,8 +84,7 @@ impl EditLinkRequest {
         let expires_at_ms = match body.string("expires_at")? {
             None => None,
             Some(t) => {
-                let at = humantime::parse_rfc3339_weak(t)
-                    .map_err(|_| bad(format!("expires_at: {t:?} is not an RFC 3339 time")))?;
+                let at = crate::model::clock::parse_zoned(t).map_err(|e| bad(format!("expires_at: {t:?}: {e}")))?;
                 let ms = at
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_err(|_| bad("expires_at: before 1970".into()))?

@@ -84,6 +84,23 @@ async fn an_extended_link_serves_past_its_old_deadline_and_closes_at_the_new_one
         "444 after the new deadline"
     );
 
+    // A time is read with its zone; one without a zone is refused.
+    let (_, other) = app.create(json!({"file_path": "late.bin"})).await;
+    let at = time(&other["expires_at"]) - Duration::from_secs(60);
+    let in_paris = humantime::format_rfc3339(at + Duration::from_secs(3600))
+        .to_string()
+        .replace('Z', "+01:00");
+    let (status, t) = patch(&app, id(&other), json!({"expires_at": in_paris})).await;
+    assert_eq!(status, 200, "{t}");
+    let moved = time(&t["expires_at"]).duration_since(at).unwrap_or_default();
+    assert!(
+        moved < Duration::from_secs(1),
+        "{in_paris} is {at:?}, got {}",
+        t["expires_at"]
+    );
+    let (status, e) = patch(&app, id(&other), json!({"expires_at": "2030-01-01T10:00:00"})).await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("with its zone"), "{e}");
     // Past the ceiling: refused, naming the field and the ceiling.
     let other = made(&app, json!({"file_path": "late.bin"})).await;
     let (status, e) = patch(&app, id(&other), json!({"expires_at": in_secs(7200)})).await;
