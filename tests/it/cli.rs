@@ -548,7 +548,7 @@ async fn receive_with_a_password() {
     std::fs::write(&letter, "hello\n").unwrap();
     for wrong in [&[][..], &["-u", ":guess"]] {
         let r = curl(&url, &[&["-T", letter.to_str().unwrap()], wrong].concat()).await;
-        assert!(r.status != 201 && r.status / 100 != 2, "{wrong:?}: {}", r.status);
+        assert_eq!(r.status, 401, "{wrong:?}: the sender is asked for the password");
         assert!(!app.path("data/inbox/letter.txt").exists(), "{wrong:?}");
     }
     let r = curl(&url, &["-T", letter.to_str().unwrap(), "-u", ":drop it here"]).await;
