@@ -266,6 +266,18 @@ pub struct Link {
     /// An upload link: bytes received so far.
     #[serde(default)]
     pub bytes_received: u64,
+    /// Whether recipients must give a password (never the password itself).
+    #[serde(default)]
+    pub password: bool,
+    /// Locked after too many wrong passwords, until the owner edits it.
+    #[serde(default)]
+    pub locked: bool,
+    /// The addresses allowed to use it; empty for any.
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    /// The latest deadline `edit_link` may set.
+    #[serde(default)]
+    pub max_expires_at: String,
 }
 
 /// A recipient: an address and the User-Agent it sent.

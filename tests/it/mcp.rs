@@ -148,6 +148,9 @@ async fn share_download_and_fail_politely(transport: Transport) {
         {"call": "edit_link", "args": {"tunnel_id": "no-such-link", "note": "x"}},
         {"call": "revoke_link", "args": {"tunnel_id": "no-such-link"}},
         {"call": "list_links"},
+        {"call": "share_file", "args": {"paths": ["docs/report.pdf"], "password": "for Sam only"}},
+        {"call": "edit_link", "args": {"tunnel_id": "$9.tunnel_id", "max_downloads": 2, "allow_cidrs": ["127.0.0.0/8"]}},
+        {"call": "edit_link", "args": {"tunnel_id": "$9.tunnel_id", "notify_url": "http://127.0.0.1:9/x"}},
     ]);
     let r = session(&app, transport, Some(TOKEN), steps).await;
     check_tools(&r[0]);
@@ -183,6 +186,18 @@ async fn share_download_and_fail_politely(transport: Transport) {
     failed(&r[6]);
     assert!(failed(&r[7]).contains("(404): no open tunnel with id"), "{}", r[7]);
     ok(&r[8]);
+    // A link shared with a password, then edited: the agent sees the password set (never its
+    // value), the new allowance and addresses; it cannot set where notifications go.
+    let edited = ok(&r[10]);
+    assert_eq!(
+        (&edited["password"], &edited["max_downloads"], &edited["allow_cidrs"]),
+        (&json!(true), &json!(2), &json!(["127.0.0.0/8"])),
+        "{edited}"
+    );
+    assert!(!r[10].to_string().contains("Sam only"), "{}", r[10]);
+    failed(&r[11]);
+    let (_, audit) = app.get("/admin/audit?event=link.edited").await;
+    assert_eq!(audit["events"][0]["client"], "127.0.0.1 via MCP", "{audit}");
     // The owner sees that an agent made the link.
     let (_, audit) = app.get("/admin/audit?event=link.created").await;
     let made = audit["events"]
