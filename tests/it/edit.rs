@@ -275,12 +275,7 @@ async fn twenty_wrong_passwords_lock_a_link_until_its_owner_edits_it() {
         json!({"file_path": "locked.bin", "password": "pw", "max_downloads": 2}),
     )
     .await;
-    let mut events = app
-        .http
-        .get(format!("{}/admin/events", app.admin))
-        .send()
-        .await
-        .unwrap();
+    let mut events = app.events().await;
     for i in 0..20 {
         let r = curl(&url(&link), &["-u", &format!(":guess{i}")]).await;
         assert_eq!(r.status, 401);

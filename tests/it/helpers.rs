@@ -197,6 +197,15 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Subscribes to the Server-Sent Events stream (`GET /admin/events`).
+    pub async fn events(&self) -> reqwest::Response {
+        self.http
+            .get(format!("{}/admin/events", self.admin))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn history(&self) -> Vec<Value> {
         self.get("/admin/history").await.1["tunnels"]
             .as_array()

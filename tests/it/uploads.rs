@@ -50,12 +50,7 @@ fn names_in(app: &TestApp, folder: &str) -> Vec<String> {
 async fn curl_t_lands_a_file_whole_and_a_second_of_the_same_name_beside_it() {
     let app = TestApp::spawn().await;
     std::fs::create_dir_all(app.path("data/inbox")).unwrap();
-    let mut events = app
-        .http
-        .get(format!("{}/admin/events", app.admin))
-        .send()
-        .await
-        .unwrap();
+    let mut events = app.events().await;
     let link = upload_link(
         &app,
         json!({"folder": "inbox", "max_files": 2, "max_bytes": 100_000_000}),
