@@ -25,9 +25,9 @@ fuzz_target!(|token: &str| {
     let id = TunnelId::parse(ID).unwrap();
     let other = TunnelId::parse("otherotherotherotherother").unwrap();
     let k = keys();
-    if k.verify(token, &id, NOW).is_err() {
+    let Ok(generation) = k.verify(token, &id, NOW) else {
         return;
-    }
+    };
     // Accepted: the claims must be exactly what ferry would sign for this link and clock.
     let payload = token.split('.').nth(1).expect("an accepted token has a payload");
     let claims: serde_json::Value =
@@ -36,7 +36,15 @@ fuzz_target!(|token: &str| {
     let exp = claims["exp"].as_u64().expect("exp");
     assert!(iat <= NOW && NOW < exp, "{claims}");
     assert_eq!(claims["tid"], ID);
-    assert_eq!(k.issue(&id, iat, exp), token, "an accepted token ferry never issued");
+    assert_eq!(
+        claims.get("generation").and_then(|g| g.as_u64()).unwrap_or(0),
+        u64::from(generation)
+    );
+    assert_eq!(
+        k.issue(&id, iat, exp, generation),
+        token,
+        "an accepted token ferry never issued"
+    );
     // The same token never opens another link, nor this one at its `exp`.
     assert!(k.verify(token, &other, NOW).is_err());
     assert!(k.verify(token, &id, exp).is_err());

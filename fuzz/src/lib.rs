@@ -15,6 +15,9 @@ pub const POLICY: Policy = Policy {
     preview_bytes: 1 << 20,
     grace_bytes: 16 << 20,
     refetch_bytes: 16 << 20,
+    default_expires_s: 3600,
+    default_max_downloads: 1,
+    max_downloads_limit: 100,
 };
 
 /// A fresh open link to a file of `size` bytes, expiring an hour after t = 0.
