@@ -3,11 +3,38 @@
 //! give the link's password when it has one.
 
 use super::event::EventKind;
-use super::passwords::{LOCK_AFTER, MAX_PASSWORD, Visitor, basic_password};
+use super::passwords::{LOCK_AFTER, MAX_PASSWORD, Verdict, Visitor, basic_password};
 use super::rules::Refusal;
 use super::service::Links;
-use crate::model::Link;
+use std::sync::Arc;
+
+use crate::model::{Link, LinkPolicy};
 use crate::store::Write;
+
+/// What a request was let in under: the link's token generation and who it admits. A request
+/// that waited (for a password check, say) is admitted only if these still hold when its claim
+/// is taken, so that a rotation, a new password or a lock takes effect at once.
+pub(super) struct Terms {
+    generation: u32,
+    policy: Arc<LinkPolicy>,
+}
+
+impl Terms {
+    pub(super) fn of(link: &Link) -> Terms {
+        Terms {
+            generation: link.generation,
+            policy: link.policy.clone(),
+        }
+    }
+
+    pub(super) fn still(&self, link: &Link) -> bool {
+        let (then, now) = (&self.policy, &link.policy);
+        link.generation == self.generation
+            && !now.locked
+            && now.password_hash == then.password_hash
+            && now.allow_cidrs == then.allow_cidrs
+    }
+}
 
 impl Links {
     /// Checks what a link asks of a client besides a valid token: the token's `generation`, the
@@ -40,20 +67,24 @@ impl Links {
         if given.len() > MAX_PASSWORD {
             return Err(Refusal::WrongPassword);
         }
-        if self.passwords.matches(link, address, phc, given).await? {
-            return Ok(());
+        match self.passwords.matches(link, address, phc, given).await? {
+            Verdict::Right => Ok(()),
+            Verdict::WrongAgain => Err(Refusal::WrongPassword),
+            Verdict::Wrong => {
+                self.wrong_password(link, phc).await;
+                Err(Refusal::WrongPassword)
+            }
         }
-        self.wrong_password(link).await;
-        Err(Refusal::WrongPassword)
     }
 
-    /// Counts a wrong password against the link, and locks it at the limit.
-    async fn wrong_password(&self, link: &Link) {
+    /// Counts a wrong password against the link, and locks it at the limit. A password checked
+    /// against a hash the owner has since replaced does not count.
+    async fn wrong_password(&self, link: &Link, phc: &str) {
         let updated = self
             .store
             .update(&link.id, &mut |l| {
                 let p = std::sync::Arc::make_mut(&mut l.policy);
-                if p.locked || p.password_hash.is_none() {
+                if p.locked || p.password_hash.as_deref() != Some(phc) {
                     return Write::No(false);
                 }
                 p.password_fails += 1;
@@ -71,6 +102,32 @@ impl Links {
             )
             .await;
             self.emit(EventKind::Locked, &l);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Cidr, link::test_link};
+
+    #[test]
+    fn terms_hold_until_the_token_password_addresses_or_lock_change() {
+        let mut link = test_link(10, 1);
+        Arc::make_mut(&mut link.policy).password_hash = Some("$argon2id$a".into());
+        let terms = Terms::of(&link);
+        Arc::make_mut(&mut link.policy).password_fails = 3;
+        assert!(terms.still(&link), "a count of wrong passwords changes nothing");
+        let changes: [fn(&mut Link); 4] = [
+            |l| l.generation += 1,
+            |l| Arc::make_mut(&mut l.policy).password_hash = Some("$argon2id$b".into()),
+            |l| Arc::make_mut(&mut l.policy).allow_cidrs = vec![Cidr::parse("10.0.0.0/8").unwrap()],
+            |l| Arc::make_mut(&mut l.policy).locked = true,
+        ];
+        for change in changes {
+            let mut changed = link.clone();
+            change(&mut changed);
+            assert!(!terms.still(&changed));
         }
     }
 }

@@ -3,10 +3,11 @@
 //! success is remembered per link, client address and credential: a download manager's many
 //! requests cost one check.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::Digest as _;
@@ -18,8 +19,10 @@ use crate::model::Link;
 const HASHING_AT_ONCE: usize = 2;
 /// Requests that may wait for a check; past this, requests are refused.
 const WAITING_MAX: usize = 64;
-/// Successes remembered; the memory starts over past this.
+/// Credentials remembered; the memory starts over past this.
 const KNOWN_KEPT: usize = 4096;
+/// How long a wrong credential is answered from memory, without hashing it or counting it again.
+const WRONG_KEPT: Duration = Duration::from_secs(60);
 /// Wrong passwords after which a link refuses everyone until its owner edits it.
 pub const LOCK_AFTER: u32 = 20;
 /// The longest password accepted.
@@ -37,10 +40,10 @@ pub struct Visitor<'a> {
 pub struct Passwords {
     hashing: tokio::sync::Semaphore,
     waiting: AtomicUsize,
-    /// Keys the remembered successes, so that the memory holds no password-derived value an
+    /// Keys the remembered credentials, so that the memory holds no password-derived value an
     /// attacker could test guesses against offline.
     key: [u8; 32],
-    known: Mutex<HashSet<[u8; 32]>>,
+    known: Mutex<HashMap<[u8; 32], Remembered>>,
 }
 
 impl Default for Passwords {
@@ -79,6 +82,34 @@ pub(super) fn basic_password(authorization: &str) -> Option<String> {
     raw.split_once(':').map(|(_, pw)| pw.to_string())
 }
 
+/// What a password check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Right,
+    /// Wrong, found by hashing it now: this counts against the link.
+    Wrong,
+    /// Wrong, as this client was already told moments ago (a download manager's parallel
+    /// requests, a retry): no hash, and no second count.
+    WrongAgain,
+}
+
+/// What is remembered of a credential.
+#[derive(Clone, Copy)]
+enum Remembered {
+    Right,
+    Wrong(Instant),
+}
+
+/// Holds a place in the queue of checks waiting to hash, and gives it back when dropped, also
+/// when the request is abandoned while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Passwords {
     /// Whether `password` is the one `phc` was made from, for a client at `address` of `link`.
     pub(super) async fn matches(
@@ -87,7 +118,7 @@ impl Passwords {
         address: &str,
         phc: &str,
         password: String,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<Verdict, Refusal> {
         let mut h = sha2::Sha256::new();
         for part in [
             &self.key[..],
@@ -100,22 +131,22 @@ impl Passwords {
         }
         h.update(password.as_bytes());
         let seen: [u8; 32] = h.finalize().into();
-        if self.known.lock().expect("passwords mutex").contains(&seen) {
-            return Ok(true);
+        if let Some(v) = self.recall(&seen) {
+            return Ok(v);
         }
+        let waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= WAITING_MAX {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(Refusal::Busy);
         }
         let permit = self.hashing.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         let _permit = permit.map_err(|_| Refusal::Busy)?;
         // Another request of the same client may have checked the same password meanwhile.
-        if self.known.lock().expect("passwords mutex").contains(&seen) {
-            return Ok(true);
+        if let Some(v) = self.recall(&seen) {
+            return Ok(v);
         }
         let phc = phc.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
+        let right = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc).is_ok_and(|parsed| {
                 argon2::Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
@@ -124,14 +155,24 @@ impl Passwords {
         })
         .await
         .unwrap_or(false);
-        if ok {
-            let mut known = self.known.lock().expect("passwords mutex");
-            if known.len() >= KNOWN_KEPT {
-                known.clear();
-            }
-            known.insert(seen);
+        let mut known = self.known.lock().expect("passwords mutex");
+        if known.len() >= KNOWN_KEPT {
+            known.clear();
         }
-        Ok(ok)
+        match right {
+            true => known.insert(seen, Remembered::Right),
+            false => known.insert(seen, Remembered::Wrong(Instant::now())),
+        };
+        Ok(if right { Verdict::Right } else { Verdict::Wrong })
+    }
+
+    /// What was found for this credential before, if it still holds.
+    fn recall(&self, seen: &[u8; 32]) -> Option<Verdict> {
+        match self.known.lock().expect("passwords mutex").get(seen) {
+            Some(Remembered::Right) => Some(Verdict::Right),
+            Some(Remembered::Wrong(at)) if at.elapsed() < WRONG_KEPT => Some(Verdict::WrongAgain),
+            _ => None,
+        }
     }
 }
 
@@ -166,22 +207,31 @@ mod tests {
         for t in tries {
             match t.await.unwrap() {
                 Err(Refusal::Busy) => busy += 1,
-                Ok(false) => {}
+                Ok(Verdict::Wrong) => {}
                 other => panic!("{other:?}"),
             }
         }
         assert!(busy >= 30, "only {busy} of the checks past the queue were refused");
         assert_eq!(
-            passwords.matches(&link, "10.0.0.1", &phc, "right".into()).await,
-            Ok(true)
+            passwords.waiting.load(Ordering::SeqCst),
+            0,
+            "every place in the queue is given back"
         );
-        // Remembered: the same credential from the same address costs no hash, so it passes even
-        // while every hashing place is taken.
-        let _held = passwords.hashing.acquire_many(HASHING_AT_ONCE as u32).await.unwrap();
-        assert_eq!(
-            passwords.matches(&link, "10.0.0.1", &phc, "right".into()).await,
-            Ok(true)
-        );
+        let right = passwords.matches(&link, "10.0.0.1", &phc, "right".into()).await;
+        assert_eq!(right, Ok(Verdict::Right));
+        // Remembered: the same credential from the same address costs no hash, so it is answered
+        // even while every hashing place is taken, and a wrong one is not counted twice.
+        let held = passwords.hashing.acquire_many(HASHING_AT_ONCE as u32).await.unwrap();
+        let again = passwords.matches(&link, "10.0.0.1", &phc, "right".into()).await;
+        assert_eq!(again, Ok(Verdict::Right));
+        let wrong = passwords.matches(&link, "10.0.0.0", &phc, "wrong0".into());
+        assert_eq!(wrong.await, Ok(Verdict::WrongAgain));
+        // A check abandoned while it waits for a hashing place gives its place in the queue back.
+        let abandoned = passwords.matches(&link, "10.0.0.1", &phc, "new".into());
+        let waited = tokio::time::timeout(Duration::from_millis(50), abandoned).await;
+        assert!(waited.is_err());
+        assert_eq!(passwords.waiting.load(Ordering::SeqCst), 0);
+        drop(held);
     }
 
     #[test]
