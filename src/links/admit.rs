@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::event::EventKind;
+use super::guard::Terms;
 use super::passwords::Visitor;
 use super::rules::{self, Admission, Method, Refusal};
 use super::service::Links;
@@ -30,6 +31,7 @@ impl Links {
         let link = self.still_the_shared_file(&id).await?;
         self.guard(&link, generation, visitor, &admission.client.address)
             .await?;
+        let terms = Terms::of(&link);
         // The record is dropped before the admitting update, so that the update does not need to
         // copy it.
         drop(link);
@@ -42,7 +44,7 @@ impl Links {
             .as_ref()
             .filter(|(prev_id, _)| *prev_id == id)
             .map(|(_, rid)| rid);
-        let (admitted, link) = self.admit_in_store(&id, &admission, ended_here, now).await?;
+        let (admitted, link) = self.admit_in_store(&id, &admission, &terms, ended_here, now).await?;
         if admitted.new_claim {
             self.emit(EventKind::Started, &link);
         }
@@ -128,26 +130,16 @@ impl Links {
         &self,
         id: &TunnelId,
         admission: &Admission,
+        terms: &Terms,
         ended_here: Option<&Arc<str>>,
         now: u64,
     ) -> Result<(rules::Admitted, Arc<Link>), Refusal> {
         let policy = self.policy;
         let outcome = self
             .store
-            .update(id, &mut |link| match rules::admit(link, admission, now, &policy) {
-                Ok(a) => {
-                    if let Some(rid) = ended_here {
-                        rules::end_on_reuse(link, rid);
-                    }
-                    // A new claim, and the charge for a read or a grace fetch, must survive a
-                    // crash. A request made under an existing claim need not.
-                    if a.new_claim || matches!(a.what, Use::Read | Use::Grace) {
-                        Write::Durable(Ok(a))
-                    } else {
-                        Write::Soft(Ok(a))
-                    }
-                }
-                Err(r) => Write::No(Err(r)),
+            .update(id, &mut |link| match terms.still(link) {
+                false => Write::No(Err(Refusal::TermsChanged)),
+                true => admit_here(link, admission, ended_here, now, &policy),
             })
             .await
             .map_err(|_| Refusal::Unavailable)?
@@ -189,6 +181,32 @@ impl Links {
             .unwrap_or_default();
         self.guard(&link, generation, visitor, &address).await?;
         Ok(link)
+    }
+}
+
+/// The admitting update itself: the decision, and the end of the request before it on its
+/// connection, in one write.
+fn admit_here(
+    link: &mut Link,
+    admission: &Admission,
+    ended_here: Option<&Arc<str>>,
+    now: u64,
+    policy: &rules::Policy,
+) -> Write<Result<rules::Admitted, Refusal>> {
+    match rules::admit(link, admission, now, policy) {
+        Ok(a) => {
+            if let Some(rid) = ended_here {
+                rules::end_on_reuse(link, rid);
+            }
+            // A new claim, and the charge for a read or a grace fetch, must survive a crash. A
+            // request made under an existing claim need not.
+            if a.new_claim || matches!(a.what, Use::Read | Use::Grace) {
+                Write::Durable(Ok(a))
+            } else {
+                Write::Soft(Ok(a))
+            }
+        }
+        Err(r) => Write::No(Err(r)),
     }
 }
 

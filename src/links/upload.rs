@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::error::LinkError;
 use super::event::EventKind;
+use super::guard::Terms;
 use super::passwords::Visitor;
 use super::rules::Refusal;
 use super::service::Links;
@@ -161,9 +162,14 @@ impl Links {
             started_ms: now,
             last_ms: now,
         };
+        // The sender was let in under these terms; a rotation or a new password since then wins.
+        let terms = Terms::of(link);
         let taken = self
             .store
             .update(&link.id, &mut |l| {
+                if !terms.still(l) {
+                    return Write::No(Err(Refusal::TermsChanged));
+                }
                 let open = l.state != LinkState::Closed && now < l.expires_at_ms;
                 let Some(info) = l.upload.as_mut().filter(|_| open) else {
                     return Write::No(Err(Refusal::Closed));

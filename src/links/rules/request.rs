@@ -81,6 +81,8 @@ pub enum Refusal {
     WrongPassword,
     #[error("too many passwords are being checked at once")]
     Busy,
+    #[error("the link's token, password or addresses changed while the request waited")]
+    TermsChanged,
 }
 
 impl Refusal {
@@ -106,6 +108,7 @@ impl Refusal {
             Refusal::PasswordNeeded => "password_needed",
             Refusal::WrongPassword => "wrong_password",
             Refusal::Busy => "busy",
+            Refusal::TermsChanged => "terms_changed",
         }
     }
 
