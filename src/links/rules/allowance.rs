@@ -89,6 +89,41 @@ mod tests {
     }
 
     #[test]
+    fn a_late_line_with_the_old_slot_number_credits_the_claims_slot() {
+        use super::super::settle::{Delivery, Settled, credit};
+        let p = policy();
+        let mut link = test_link(1000, 3);
+        link.state = LinkState::Downloading;
+        claim(&mut link, 2, 100);
+        let client = link.claims[0].client.clone();
+        set_max_downloads(&mut link, 1, 100, &p).unwrap();
+        assert_eq!(link.claims[0].slot, 0);
+        // The line names slot 2, as nginx logged it before the change.
+        let logged = Use::Claim {
+            slot: 2,
+            id: "c2".into(),
+        };
+        let d = Delivery {
+            charged: 400,
+            proven: ByteRange::new(0, 400),
+        };
+        credit(&mut link, &client, Some(&logged), d, 200, &p, &mut Settled::default());
+        assert_eq!(link.slots[0].coverage.covered(), 400);
+        assert_eq!(link.resent, 0);
+        // A line for a claim that is gone, naming a slot that is gone, only adds re-sent bytes.
+        let gone = Use::Claim {
+            slot: 2,
+            id: "old".into(),
+        };
+        let d = Delivery {
+            charged: 300,
+            proven: ByteRange::new(0, 300),
+        };
+        credit(&mut link, &client, Some(&gone), d, 200, &p, &mut Settled::default());
+        assert_eq!((link.slots[0].coverage.covered(), link.resent), (400, 300));
+    }
+
+    #[test]
     fn raising_a_completed_link_lets_it_serve_again() {
         let mut link = test_link(1000, 1);
         link.slots[0].complete = true;

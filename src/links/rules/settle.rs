@@ -68,19 +68,26 @@ pub(super) fn credit(
     let Some(Use::Claim { slot, id }) = what else {
         return;
     };
+    // The claim knows its slot's place now; the logged one may be from before an owner changed
+    // `max_downloads` (see `allowance.rs`).
+    let mut slot = slot;
     if let Some(c) = link.claims.iter_mut().find(|c| c.id == *id) {
         c.last_end_ms = now;
         c.bytes = c.bytes.saturating_add(d.charged);
+        slot = &c.slot;
     }
-    let Some(s) = link.slots.get_mut(*slot as usize) else {
+    let slot = *slot;
+    let Some(s) = link.slots.get_mut(slot as usize) else {
+        // A slot that is gone adds nothing: its bytes are re-sent bytes.
+        link.resent = link.resent.saturating_add(d.charged);
         return;
     };
     let new = d.proven.map_or(0, |r| r.len() - s.coverage.overlap(r));
     link.resent = link.resent.saturating_add(d.charged.saturating_sub(new));
     let empty_file = link.file_size == 0 && d.proven.is_none() && d.charged == 0;
     match d.proven {
-        Some(r) => add_to_slot(link, *slot, r, client, now, p, out),
-        None if empty_file && !s.complete => complete_slot(link, *slot, client, now, p, out),
+        Some(r) => add_to_slot(link, slot, r, client, now, p, out),
+        None if empty_file && !s.complete => complete_slot(link, slot, client, now, p, out),
         None => {}
     }
 }
