@@ -8,7 +8,7 @@ use super::event::EventKind;
 use super::passwords::{MAX_PASSWORD, hash_password};
 use super::rules;
 use super::service::Links;
-use crate::model::{Cidr, CloseReason, Link, LinkPolicy, LinkState, TunnelId, rfc3339};
+use crate::model::{Cidr, Link, LinkPolicy, LinkState, TunnelId, rfc3339};
 use crate::store::Write;
 
 /// The most address ranges one link may allow.
@@ -209,7 +209,8 @@ impl Links {
         self.audit("link.edited", by, Some(id.as_str()), Some(fields.join(", ")))
             .await;
         if link.expires_at_ms <= now {
-            self.close(&id, CloseReason::Expired).await?;
+            // `expired`, or `completed` for a link whose downloads were all done.
+            self.close_if_due(&id).await?;
         } else {
             self.remind(link.expires_at_ms);
             self.emit(EventKind::Edited, &link);

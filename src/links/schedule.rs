@@ -118,11 +118,12 @@ impl Links {
             match self.store.list_open().await {
                 Ok(open) => {
                     for link in open {
-                        let Some((at, reason)) = rules::due(&link) else {
+                        let Some((at, _)) = rules::due(&link) else {
                             continue;
                         };
                         if at <= now {
-                            if let Err(e) = self.close(&link.id, reason).await {
+                            // Judged again as it closes: an edit since the list was read wins.
+                            if let Err(e) = self.close_if_due(&link.id).await {
                                 tracing::error!(tunnel_id = %link.id, error = %e, "could not close a due link");
                                 next = next.min(now + 1000);
                             }

@@ -15,12 +15,21 @@ impl Links {
     /// step can be repeated after a crash. The steps run in this order: the gate (the record says
     /// closed, so every check refuses), then the provider, the symlink directory and the event.
     pub async fn close(&self, id: &TunnelId, reason: CloseReason) -> Result<bool, StoreError> {
-        self.close_because(id, reason, None).await
+        self.close_because(id, Some(reason), None).await
+    }
+
+    /// Closes the link if it is due now, for the reason it is due (`rules::due`), judged on the
+    /// record at the moment of closing: an owner's edit made since the caller looked (a later
+    /// expiry, more downloads) wins.
+    pub(super) async fn close_if_due(&self, id: &TunnelId) -> Result<bool, StoreError> {
+        self.close_because(id, None, None).await
     }
 
     /// Closes a link as `error`, saying why in the record and in the audit.
     pub async fn close_error(&self, id: &TunnelId, why: String) -> Result<bool, StoreError> {
-        let closed = self.close_because(id, CloseReason::Error, Some(why.clone())).await?;
+        let closed = self
+            .close_because(id, Some(CloseReason::Error), Some(why.clone()))
+            .await?;
         if closed {
             self.audit("link.error", None, Some(id.as_str()), Some(why)).await;
         }
@@ -35,17 +44,23 @@ impl Links {
         }
     }
 
-    /// The teardown, with a text that says why the link closed (see [`Self::close`]).
+    /// The teardown, with a text that says why the link closed (see [`Self::close`]). Without a
+    /// `reason`, the link closes only if it is due, for the reason it is due.
     pub(super) async fn close_because(
         &self,
         id: &TunnelId,
-        reason: CloseReason,
+        reason: Option<CloseReason>,
         detail: Option<String>,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let closed = self
             .store
             .update(id, &mut |link| {
+                let reason = match (reason, rules::due(link)) {
+                    (Some(r), _) => r,
+                    (None, Some((at, r))) if at <= now => r,
+                    (None, _) => return Write::No(false),
+                };
                 if rules::close(link, reason, now) {
                     link.close_detail.clone_from(&detail);
                     Write::Durable(true)
