@@ -309,8 +309,8 @@ struct Model {
     complete: Vec<bool>,
     served: u64,
     resent: u64,
-    /// Charged as reads, grace fetches, or neither (a head, a slot that does not exist), from
-    /// any line; and the same for lines of requests the check admitted.
+    /// Charged as reads, grace fetches, or neither (a head), from any line; and the same for
+    /// lines of requests the check admitted. Bytes for a slot that does not exist are re-sent.
     reads: u64,
     grace: u64,
     other: u64,
@@ -378,7 +378,7 @@ impl Model {
     }
 
     /// Credits a claim's charge at `now`. Returns its slot, or `None` when the line names a slot
-    /// the link does not have.
+    /// the link does not have (its bytes are then re-sent bytes).
     fn credit_claim(
         &mut self,
         slot: u32,
@@ -394,7 +394,10 @@ impl Model {
         self.claim_bytes += charged;
         let slot = slot as usize;
         if slot >= self.bits.len() {
-            self.other += charged;
+            self.resent += charged;
+            if stray {
+                self.stray_resent += charged;
+            }
             return Ok(None);
         }
         // What the line proved that its slot did not cover is new; the rest of its charge is
@@ -795,7 +798,15 @@ impl Run {
                 m.other += charged;
                 None
             }
-            Some(Use::Claim { slot, id }) => match m.credit_claim(*slot, id, charged, proven, stray, self.now)? {
+            // The claim knows its slot; a line's own number counts only without a claim.
+            Some(Use::Claim { slot, id }) => match m.credit_claim(
+                claims.iter().find(|c| c.id == *id).map_or(*slot, |c| c.slot),
+                id,
+                charged,
+                proven,
+                stray,
+                self.now,
+            )? {
                 Some(slot) => Some((slot, client.clone())),
                 None => return Ok(None),
             },
