@@ -30,7 +30,8 @@
 //!     control server's text and exits 0 having changed nothing), or `error` (the control query
 //!     fails: "Funnel not available", no link).
 //!   - `funnel_ports`: the node's funnel-ports attribute (`443,8443,10000` unless set; empty: none).
-//!   - `denied`: serve-config writes are refused (neither root nor the operator).
+//!   - `denied`: serve-config writes are refused (neither root nor the operator). Without it, a
+//!     client whose uid is neither 0 nor the daemon's is refused all the same, as by tailscaled.
 //!   - `operator_admin` (`true` unless set): `false` is an operator that cannot `sudo`, whose writes
 //!     are refused while the config holds a file-path handler.
 //!   - `shields_up`: shields-up is on (Funnel cannot be switched on, nothing answers outside).
@@ -215,6 +216,18 @@ struct Node {
     state: Value,
 }
 
+/// The effective uid of this process (what tailscaled reads from a client's socket with
+/// SO_PEERCRED).
+fn effective_uid() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            line.split_whitespace().nth(2)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 fn state_path(socket: &Path) -> PathBuf {
     socket.with_extension("state")
 }
@@ -332,10 +345,17 @@ impl Node {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
+        // tailscaled lets a client change the node only when it is root, tailscaled's own user,
+        // or the operator (ipn/ipnauth IsReadonlyConn); anyone else gets 403, which the client
+        // reports as "Access denied". The emulator knows no operator: `denied` stands for one
+        // that is missing.
+        let me = effective_uid();
+        let daemon = self.state["daemon_uid"].as_u64().unwrap_or(0);
+        if me != 0 && me != daemon {
+            return Err(Fail::new("sending serve config: Access denied: serve config denied"));
+        }
         let _guard = lock(&self.socket)?;
         let mut now = Node::connect(&self.socket).map_err(|d| Fail::new(d.sending_serve_config()))?;
-        // A user who is neither root nor the operator gets 403, which the client reports as
-        // "Access denied".
         if now.flag("denied", false) {
             return Err(Fail::new("sending serve config: Access denied: serve config denied"));
         }
@@ -1266,6 +1286,7 @@ fn started_state(socket: &Path, a: &DaemonArgs) -> Value {
     state["funnel"] = json!(a.funnel);
     state["etag_failures"] = json!(0);
     state["hang_next"] = json!(0);
+    state["daemon_uid"] = json!(effective_uid());
     state["serve"] = serve;
     state
 }
@@ -1306,6 +1327,8 @@ fn daemon(socket: &Path, args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // tailscaled's socket is open to every local user; what each may do is decided per client.
+    let _ = std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o666));
     std::thread::spawn(move || {
         for conn in api.incoming() {
             drop(conn);

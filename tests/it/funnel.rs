@@ -1383,3 +1383,67 @@ async fn an_old_tailscale_takes_a_localhost_upstream_and_refuses_another(kind: K
         assert!(line.contains(wants) && line.contains("1.92"), "{line}");
     }
 }
+
+/// tailscaled lets a client change the serve config only when it is root, the operator, or
+/// tailscaled's own user, and the emulator does the same: a non-root ferry can drive a sidecar
+/// only when tailscaled runs as ferry's user (as in `compose/`).
+#[test]
+fn only_root_or_tailscaleds_own_user_may_change_the_serve_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = format!("--socket={}", dir.path().join("tailscaled.sock").display());
+    let as_user = |uid: Option<u32>, args: &[&str]| -> std::process::Command {
+        let mut c = match uid {
+            Some(u) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([format!("--reuid={u}"), format!("--regid={u}"), "--clear-groups".into()])
+                    .arg(EMULATOR);
+                c
+            }
+            None => std::process::Command::new(EMULATOR),
+        };
+        c.arg(&socket).args(args);
+        c
+    };
+    let open = |uid: Option<u32>| {
+        let out = as_user(
+            uid,
+            &[
+                "funnel",
+                "--bg",
+                "--yes",
+                "--https=443",
+                "--set-path=/s/a",
+                "http://127.0.0.1:9/s/a",
+            ],
+        )
+        .output()
+        .expect("setpriv (util-linux) runs the CLI as another user");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for daemon_uid in [None, Some(NOBODY)] {
+        let listen = format!("--listen=127.0.0.1:{}", free_port());
+        let mut daemon = as_user(daemon_uid, &["daemon", &listen, &format!("--dns-name={DNS}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !as_user(None, &["status", "--json"]).output().unwrap().status.success() {
+            assert!(Instant::now() < deadline, "the emulated tailscaled did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (ok, err) = open(Some(NOBODY));
+        if daemon_uid.is_none() {
+            assert!(!ok && err.contains("Access denied"), "{err}");
+            let (ok, err) = open(None);
+            assert!(ok, "root: {err}");
+        } else {
+            assert!(ok, "tailscaled's own user: {err}");
+        }
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+}
+
+const NOBODY: u32 = 65534;
