@@ -1,5 +1,8 @@
 //! `compose/`: the stack's file is accepted by the compose tool (`docker-compose config` or
-//! `docker compose config`, where installed) and holds what SPEC §8 asks of it either way.
+//! `docker compose config`, where installed) and holds what SPEC §8 asks of it either way; the
+//! systemd unit; and, for real, the stack (`stack.rs`) and the Debian package (`package.rs`) on
+//! stand-in images (`stand_ins.rs`).
+
 
 mod stack;
 mod stand_ins;
@@ -147,15 +150,18 @@ fn the_compose_tool_accepts_it_and_names_missing_secrets() {
 #[test]
 fn the_systemd_unit_waits_for_the_mounts_it_needs() {
     let unit = std::fs::read_to_string(compose_dir().join("ferry.service")).unwrap();
-    let value = |prefix: &str| {
-        unit.lines()
-            .find_map(|l| l.trim_start_matches("#").trim().strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in the unit"))
+    let env = std::fs::read_to_string(compose_dir().join("ferry.env")).unwrap();
+    let value = |text: &str, prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}"))
             .trim()
             .to_string()
     };
-    let data = value("NAS_MOUNT_PATH=");
-    let state = value("WorkingDirectory=");
+    let data = value(&env, "NAS_MOUNT_PATH=");
+    let state = value(&unit, "WorkingDirectory=");
+    assert_eq!(value(&unit, "ReadOnlyPaths="), data, "the data dir is read only");
+    assert_eq!(value(&unit, "EnvironmentFile="), "/etc/ferry/ferry.env");
     let unit_section = unit.split("[Service]").next().unwrap();
     let mounts: Vec<&str> = unit_section
         .lines()
@@ -172,7 +178,7 @@ fn the_systemd_unit_waits_for_the_mounts_it_needs() {
     // systemd's own reading of it, with ExecStart pointing at this build.
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("ferry.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/ferry", env!("CARGO_BIN_EXE_ferry"))).unwrap();
+    std::fs::write(&copy, unit.replace("/usr/bin/ferry", env!("CARGO_BIN_EXE_ferry"))).unwrap();
     let out = std::process::Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&copy)
