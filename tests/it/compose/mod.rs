@@ -3,7 +3,7 @@
 //! systemd unit; and, for real, the stack (`stack.rs`) and the Debian package (`package.rs`) on
 //! stand-in images (`stand_ins.rs`).
 
-
+mod package;
 mod stack;
 mod stand_ins;
 
