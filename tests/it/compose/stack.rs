@@ -52,17 +52,9 @@ impl Stack {
             ),
         )
         .unwrap();
-        // The Funnel front, which the real sidecar has on the Internet, and nginx's public
-        // listener, on loopback ports here; and the upload folder, mounted writable below the
-        // read-only data dir.
         std::fs::write(
             dir.path().join("front.yml"),
-            format!(
-                "services:\n  tailscale:\n    ports:\n      - \"127.0.0.1:{front_port}:443\"\n  \
-                 nginx:\n    ports:\n      - \"127.0.0.1:{nginx_port}:8080\"\n  \
-                 ferry:\n    volumes:\n      - \"{}:/data/inbox:rw\"\n",
-                data.join("inbox").display()
-            ),
+            override_file(&data, front_port, nginx_port),
         )
         .unwrap();
         let mut headers = reqwest::header::HeaderMap::new();
@@ -263,6 +255,31 @@ impl Stack {
         }
         mounts
     }
+}
+
+/// What the test changes in `compose/`: the Funnel front, which the real sidecar has on the
+/// Internet, and nginx's public listener, on loopback ports; the upload folder, mounted writable
+/// below the read-only data dir; and the stack's private subnet (with the sidecar's address, the
+/// one proxy ferry trusts), one per test run, so that two runs on one machine do not collide.
+fn override_file(data: &Path, front_port: u16, nginx_port: u16) -> String {
+    let net = format!("172.30.{}", 54 + std::process::id() % 190);
+    format!(
+        "services:
+  tailscale:
+    ports: [\"127.0.0.1:{front_port}:443\"]
+    networks: {{ferry: {{ipv4_address: {net}.10}}}}
+  nginx:
+    ports: [\"127.0.0.1:{nginx_port}:8080\"]
+    networks: {{ferry: {{ipv4_address: {net}.20}}}}
+  ferry:
+    environment: {{FERRY_TRUSTED_PROXIES: {net}.10}}
+    volumes: [\"{inbox}:/data/inbox:rw\"]
+networks:
+  ferry:
+    ipam: {{config: [{{subnet: {net}.0/24}}]}}
+",
+        inbox = data.join("inbox").display()
+    )
 }
 
 impl Drop for Stack {
