@@ -253,13 +253,13 @@ mod tests {
 
     #[test]
     fn an_upload_link_prints_its_url_then_its_limits() {
-        let one = json!({"upload_url": "http://x/u/id/?t=T", "tunnel_id": "id", "folder": "inbox",
+        let one = json!({"upload_url": "http://x/s/id/up/?t=T", "tunnel_id": "id", "folder": "inbox",
             "expires_at": "E", "expires_in_seconds": 3600, "max_files": 1, "max_bytes": 2_147_483_648u64});
         assert_eq!(
             super::receiving(&one),
-            "http://x/u/id/?t=T\nreceives 1 file of at most 2 GiB each into inbox/ · expires E · tunnel id\n"
+            "http://x/s/id/up/?t=T\nreceives 1 file of at most 2 GiB each into inbox/ · expires E · tunnel id\n"
         );
-        let three = json!({"upload_url": "http://x/u/id/?t=T", "tunnel_id": "id", "folder": "",
+        let three = json!({"upload_url": "http://x/s/id/up/?t=T", "tunnel_id": "id", "folder": "",
             "expires_at": "E", "max_files": 3, "max_bytes": 1_572_864});
         let out = super::receiving(&three);
         assert_eq!(

@@ -1,4 +1,4 @@
-//! What senders send to upload links (SPEC §12). nginx proxies `/u/<id>/...` to this Unix socket in
+//! What senders send to upload links (SPEC §12). nginx proxies `/s/<id>/up/...` to this Unix socket in
 //! the state dir, without buffering the body, after applying its limits; everything refused here
 //! is answered 403, which nginx turns into 444.
 //!
@@ -55,9 +55,9 @@ pub async fn serve(listener: UnixListener, links: Arc<Links>, shutdown: Cancella
     });
     let app = Router::new()
         .route("/check", get(check))
-        .route("/u/{id}/", get(page).post(create).options(options))
+        .route("/s/{id}/up/", get(page).post(create).options(options))
         .route(
-            "/u/{id}/{item}",
+            "/s/{id}/up/{item}",
             axum::routing::head(offset)
                 .patch(append)
                 .delete(terminate)
@@ -216,7 +216,7 @@ async fn create(State(r): Shared, Path(id): Path<String>, Query(q): Query<Token>
             return refuse();
         }
     }
-    let location = format!("/u/{}/{}?t={}", link.id, incoming.id, q.t.unwrap_or_default());
+    let location = format!("/s/{}/up/{}?t={}", link.id, incoming.id, q.t.unwrap_or_default());
     tus(
         StatusCode::CREATED,
         &[("location", location), ("upload-offset", "0".into())],

@@ -10,8 +10,9 @@ impl Links {
         let base = self.provider.public_base();
         let base = base.as_deref().unwrap_or(&self.base_url);
         if link.is_upload() {
-            // Ends with `/`, so that `curl -T file <url>` adds the file's name.
-            return format!("{base}/u/{}/", link.id);
+            // Under the link's own path, which is what its Funnel path publishes. Ends with `/`, so
+            // that `curl -T file <url>` adds the file's name.
+            return format!("{base}/s/{}/up/", link.id);
         }
         // The name's bytes are used unchanged, because a URL is made of bytes and `wget` saves the
         // file under the name that the path gives.

@@ -278,7 +278,7 @@ async fn receive_makes_an_upload_link_that_curl_can_fill() {
     assert_eq!(created["max_bytes"], 10 << 20, "{created}");
     assert_eq!(created["max_files"], 1, "{created}");
     let url = created["upload_url"].as_str().unwrap().to_string();
-    assert!(url.contains("/u/") && url.contains("/?t="), "{url}");
+    assert!(url.contains("/up/") && url.contains("/?t="), "{url}");
     let id = created["tunnel_id"].as_str().unwrap().to_string();
     let stats = app.get(&format!("/admin/tunnels/{id}/stats")).await.1;
     let t = &stats["tunnel"];
@@ -325,7 +325,7 @@ async fn receive_makes_an_upload_link_that_curl_can_fill() {
     assert!(o.status.success(), "{}", text(&o));
     let human = String::from_utf8_lossy(&o.stdout).to_string();
     let lines: Vec<&str> = human.lines().collect();
-    assert!(lines[0].starts_with("http://") && lines[0].contains("/u/"), "{human}");
+    assert!(lines[0].starts_with("http://") && lines[0].contains("/up/"), "{human}");
     assert!(
         lines[1].starts_with("receives up to 3 files of at most 2 GiB each into inbox/ · expires "),
         "{human}"

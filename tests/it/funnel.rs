@@ -1447,3 +1447,29 @@ fn only_root_or_tailscaleds_own_user_may_change_the_serve_config() {
 }
 
 const NOBODY: u32 = 65534;
+
+/// An upload link lives under its own Funnel path: the page and a `curl -T` come through the
+/// front, and the file lands.
+#[tokio::test]
+async fn an_upload_link_receives_through_its_funnel_path() {
+    let ts = Sidecar::start(Kind::Process, &[]).await;
+    let app = app_with(&ts, &[]).await;
+    std::fs::create_dir_all(app.path("data/drop")).unwrap();
+    let (status, v) = app.upload_link(json!({"folder": "drop", "max_bytes": 100_000})).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["tunnel_id"].as_str().unwrap();
+    let url = v["upload_url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("https://{DNS}/s/{id}/up/?t=")), "{url}");
+    let page = curl(&ts.via_front(url), &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("<html"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scan.pdf");
+    let sent = crate::helpers::pseudo_random(50_000, 7);
+    std::fs::write(&file, &sent).unwrap();
+    let r = curl(&ts.via_front(url), &["-T", file.to_str().unwrap()]).await;
+    assert_eq!(r.status, 201);
+    assert!(std::fs::read(app.path("data/drop/scan.pdf")).unwrap() == sent);
+    let closed = app.closed(id, Duration::from_secs(10)).await;
+    assert_eq!(closed["close_reason"], "completed");
+}

@@ -536,7 +536,7 @@ async fn make_an_upload_link(b: &Browser, app: &TestApp) -> (String, String) {
     let url = b.property(&b.find("#receive-url").await, "value").await;
     let url = url.as_str().unwrap().to_string();
     assert!(
-        url.starts_with(&app.public) && url.contains("/u/") && url.contains("/?t="),
+        url.starts_with(&app.public) && url.contains("/up/") && url.contains("/?t="),
         "{url}"
     );
     let what = b.text(&b.find("#receive-what").await).await;

@@ -57,7 +57,7 @@ async fn curl_t_lands_a_file_whole_and_a_second_of_the_same_name_beside_it() {
     )
     .await;
     let u = url(&link);
-    assert!(u.contains("/u/") && u.contains("/?t="), "{u}");
+    assert!(u.contains("/up/") && u.contains("/?t="), "{u}");
     let dir = tempfile::tempdir().unwrap();
     let scan = dir.path().join("scan.pdf");
     let first = bytes(50_000_000, 1);

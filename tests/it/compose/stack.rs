@@ -23,7 +23,6 @@ struct Stack {
     dir: tempfile::TempDir,
     admin: String,
     front: String,
-    nginx: String,
     http: reqwest::Client,
     _images: Arc<stand_ins::StandIns>,
 }
@@ -41,7 +40,6 @@ impl Stack {
         let uid: u32 = FERRY_UID.parse().unwrap();
         std::os::unix::fs::chown(data.join("inbox"), Some(uid), Some(uid)).unwrap();
         let (admin_port, front_port) = (crate::helpers::free_port(), crate::helpers::free_port());
-        let nginx_port = crate::helpers::free_port();
         std::fs::write(
             dir.path().join(".env"),
             format!(
@@ -52,11 +50,7 @@ impl Stack {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.path().join("front.yml"),
-            override_file(&data, front_port, nginx_port),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("front.yml"), override_file(&data, front_port)).unwrap();
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
@@ -68,7 +62,6 @@ impl Stack {
             dir,
             admin: format!("http://127.0.0.1:{admin_port}"),
             front: format!("http://127.0.0.1:{front_port}"),
-            nginx: format!("http://127.0.0.1:{nginx_port}"),
             http: reqwest::Client::builder().default_headers(headers).build().unwrap(),
             _images: images,
         };
@@ -258,10 +251,10 @@ impl Stack {
 }
 
 /// What the test changes in `compose/`: the Funnel front, which the real sidecar has on the
-/// Internet, and nginx's public listener, on loopback ports; the upload folder, mounted writable
+/// Internet, on a loopback port; the upload folder, mounted writable
 /// below the read-only data dir; and the stack's private subnet (with the sidecar's address, the
 /// one proxy ferry trusts), one per test run, so that two runs on one machine do not collide.
-fn override_file(data: &Path, front_port: u16, nginx_port: u16) -> String {
+fn override_file(data: &Path, front_port: u16) -> String {
     let net = format!("172.30.{}", 54 + std::process::id() % 190);
     format!(
         "services:
@@ -269,7 +262,6 @@ fn override_file(data: &Path, front_port: u16, nginx_port: u16) -> String {
     ports: [\"127.0.0.1:{front_port}:443\"]
     networks: {{ferry: {{ipv4_address: {net}.10}}}}
   nginx:
-    ports: [\"127.0.0.1:{nginx_port}:8080\"]
     networks: {{ferry: {{ipv4_address: {net}.20}}}}
   ferry:
     environment: {{FERRY_TRUSTED_PROXIES: {net}.10}}
@@ -376,8 +368,7 @@ async fn fails_closed_without_redis_and_recovers(stack: &Stack) {
 }
 
 /// The data dir is read only in the stack; the one folder mounted writable receives files
-/// through an upload link (`curl -T`). The Funnel providers publish only `/s/` paths, so the
-/// upload goes to nginx's listener directly.
+/// through an upload link (`curl -T`), sent through the sidecar's Funnel front like a download.
 async fn receives_only_in_the_writable_folder(stack: &Stack) {
     let (code, v) = stack
         .post("/api/uploads", json!({"folder": "docs", "max_bytes": 1_000_000}))
@@ -387,10 +378,7 @@ async fn receives_only_in_the_writable_folder(stack: &Stack) {
         .post("/api/uploads", json!({"folder": "inbox", "max_bytes": 1_000_000}))
         .await;
     assert_eq!(code, 201, "{v}");
-    let url = v["upload_url"]
-        .as_str()
-        .unwrap()
-        .replacen("https://ferry.tail0000.ts.net", &stack.nginx, 1);
+    let url = stack.public(v["upload_url"].as_str().unwrap());
     let sent: Vec<u8> = crate::helpers::pseudo_random(200_000, 29);
     let file = stack.dir.path().join("sent.bin");
     std::fs::write(&file, &sent).unwrap();
