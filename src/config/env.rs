@@ -37,12 +37,15 @@ impl Source {
         }
     }
 
+    /// A variable's value: the environment's, else the file's. An empty value counts as unset,
+    /// so `KEY=` in the environment leaves the file's value in force.
     fn get(&self, var: &str) -> Option<&str> {
+        let set = |v: &&String| !v.is_empty();
         self.env
             .get(var)
-            .or_else(|| self.file.get(var))
+            .filter(set)
+            .or_else(|| self.file.get(var).filter(set))
             .map(String::as_str)
-            .filter(|v| !v.is_empty())
     }
 }
 
@@ -584,4 +587,29 @@ fn valid_cidr(s: &str) -> bool {
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     bits.is_none_or(|b| b.parse::<u8>().is_ok_and(|b| b <= max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(env: &[(&str, &str)], file: &[(&str, &str)]) -> Source {
+        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Source {
+            env: map(env),
+            file: map(file),
+        }
+    }
+
+    #[test]
+    fn the_environment_wins_and_an_empty_variable_leaves_the_files_value() {
+        let file = [("JWT_SECRET", "from-the-file")];
+        assert_eq!(
+            source(&[("JWT_SECRET", "")], &file).get("JWT_SECRET"),
+            Some("from-the-file")
+        );
+        assert_eq!(source(&[("JWT_SECRET", "env")], &file).get("JWT_SECRET"), Some("env"));
+        assert_eq!(source(&[("JWT_SECRET", "")], &[]).get("JWT_SECRET"), None);
+        assert_eq!(source(&[], &[("JWT_SECRET", "")]).get("JWT_SECRET"), None);
+    }
 }
