@@ -49,6 +49,10 @@ impl CloseReason {
 pub struct Slot {
     pub coverage: Coverage,
     pub complete: bool,
+    /// Who completed it, and when: the client a grace period serves if the owner's edit makes
+    /// this the allowance's last download.
+    #[serde(default)]
+    pub completed_by: Option<(ClientKey, u64)>,
 }
 
 /// A client's right to receive body bytes into one slot.

@@ -60,8 +60,15 @@ pub fn set_max_downloads(link: &mut Link, n: u32, now: u64, p: &Policy) -> Resul
             link.grace_until_ms = None;
         }
         LinkState::Open | LinkState::Downloading if used_up => {
+            // The grace period serves the client that completed the last download.
             link.state = LinkState::Completed;
             link.grace_until_ms = Some(now + p.grace_ms);
+            link.completer = link
+                .slots
+                .iter()
+                .filter_map(|s| s.completed_by.as_ref())
+                .max_by_key(|(_, at)| *at)
+                .map(|(client, _)| client.clone());
         }
         _ => {}
     }
@@ -155,9 +162,12 @@ mod tests {
         assert!(link.slots[0].complete);
         assert_eq!(link.slots[1].coverage.covered(), 500);
         assert_eq!(link.claims[0].slot, 2);
-        // A claim that lapsed holds nothing.
+        // A claim that lapsed holds nothing. The grace period serves whoever completed last.
+        let last = ClientKey::new("127.0.0.7", "wget").unwrap();
+        link.slots[0].completed_by = Some((last.clone(), 50));
         set_max_downloads(&mut link, 1, 100 + p.resume_ms, &p).unwrap();
         assert_eq!((link.downloads_completed, link.state), (1, LinkState::Completed));
         assert_eq!(link.grace_until_ms, Some(100 + p.resume_ms + p.grace_ms));
+        assert_eq!(link.completer, Some(last));
     }
 }

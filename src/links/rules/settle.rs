@@ -138,6 +138,7 @@ pub(super) fn see_client(link: &mut Link, client: &ClientKey, bytes: u64) {
 
 pub(super) fn complete_slot(link: &mut Link, slot: u32, client: &ClientKey, now: u64, p: &Policy, out: &mut Settled) {
     link.slots[slot as usize].complete = true;
+    link.slots[slot as usize].completed_by = Some((client.clone(), now));
     link.claims.retain(|c| c.slot != slot);
     link.downloads_completed = link.slots.iter().filter(|s| s.complete).count() as u32;
     out.download_completed = true;
