@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::archive::Collected;
-use super::edit::NewPolicy;
+use super::edit::{NewPolicy, check_note};
 use super::error::LinkError;
 use super::event::EventKind;
 use super::service::Links;
@@ -178,12 +178,7 @@ impl Links {
                 message: format!("must be between 1 and {max} (MAX_TUNNEL_SECONDS)"),
             });
         }
-        if note.is_some_and(|n| n.chars().count() > 500) {
-            return Err(LinkError::Invalid {
-                field: "note",
-                message: "must be at most 500 characters".into(),
-            });
-        }
+        check_note(note)?;
         Ok(expires_in)
     }
 

@@ -102,6 +102,17 @@ fn notify_url(url: &str) -> Result<String, LinkError> {
     }
 }
 
+/// A note is the owner's words about a link, at most 500 characters.
+pub(super) fn check_note(note: Option<&str>) -> Result<(), LinkError> {
+    match note.is_some_and(|n| n.chars().count() > 500) {
+        true => Err(LinkError::Invalid {
+            field: "note",
+            message: "must be at most 500 characters".into(),
+        }),
+        false => Ok(()),
+    }
+}
+
 /// Runs argon2 off the async threads: it takes tens of milliseconds on purpose.
 async fn hashed(password: String) -> Result<String, LinkError> {
     tokio::task::spawn_blocking(move || password_hash(&password))
@@ -156,8 +167,8 @@ impl Links {
                 "must be at least 1 (null removes the limit)",
             ));
         }
-        if let Some(Some(note)) = &edit.note {
-            self.expiry(Some(1), Some(note))?;
+        if let Some(note) = &edit.note {
+            check_note(note.as_deref())?;
         }
         let allow = edit.allow_cidrs.as_deref().map(cidrs).transpose()?;
         let notify = match &edit.notify_url {
